@@ -1,0 +1,129 @@
+"""Vectorized numpy quantizers that write exactly the bytes ggml writes.
+
+``quantize(rows, qtype, imatrix=None, *, threads=None)`` is the stable entry point.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import numpy.typing as npt
+from gguf import GGMLQuantizationType
+
+from ._numeric import F32Array, U8Array
+from .registry import SPECS, QuantFn, QuantizerSpec
+
+__all__ = [
+    "QuantizationError",
+    "implemented_types",
+    "parse_qtype",
+    "quantize",
+    "spec_for",
+]
+
+# Values per work item: big enough to amortise numpy's per-call overhead, small enough that the
+# temporaries of one chunk stay in cache.
+CHUNK_VALUES = 1 << 16
+
+
+class QuantizationError(ValueError):
+    """Input that a quantizer cannot take (wrong shape, missing imatrix, unsupported type)."""
+
+
+def parse_qtype(qtype: str | int | GGMLQuantizationType) -> GGMLQuantizationType:
+    if isinstance(qtype, GGMLQuantizationType):
+        return qtype
+    if isinstance(qtype, int):
+        return GGMLQuantizationType(qtype)
+    try:
+        return GGMLQuantizationType[qtype.strip().upper()]
+    except KeyError:
+        known = ", ".join(t.name for t in SPECS)
+        raise QuantizationError(f"unknown quantization type {qtype!r}; expected one of: {known}") from None
+
+
+def spec_for(qtype: str | int | GGMLQuantizationType) -> QuantizerSpec:
+    t = parse_qtype(qtype)
+    spec = SPECS.get(t)
+    if spec is None:
+        raise QuantizationError(f"gguf-recipe cannot produce {t.name}")
+    return spec
+
+
+_LOADED: dict[GGMLQuantizationType, QuantFn] = {}
+
+
+def _function(spec: QuantizerSpec) -> QuantFn:
+    fn = _LOADED.get(spec.qtype)
+    if fn is None:
+        try:
+            fn = spec.load()
+        except (ImportError, AttributeError) as exc:
+            raise QuantizationError(f"the {spec.qtype.name} quantizer is not implemented yet") from exc
+        _LOADED[spec.qtype] = fn
+    return fn
+
+
+def implemented_types() -> list[GGMLQuantizationType]:
+    """The types whose quantizer is present in this build."""
+    out = []
+    for spec in SPECS.values():
+        try:
+            _function(spec)
+        except QuantizationError:
+            continue
+        out.append(spec.qtype)
+    return out
+
+
+def quantize(
+    rows: npt.ArrayLike,
+    qtype: str | int | GGMLQuantizationType,
+    imatrix: npt.ArrayLike | None = None,
+    *,
+    threads: int | None = None,
+) -> U8Array:
+    """Quantize float32 ``rows`` (one ggml row per numpy row) to ``qtype``.
+
+    Returns uint8 of shape ``(n_rows, row_bytes)`` holding exactly the bytes ggml's
+    ``ggml_quantize_chunk`` writes. ``imatrix`` is one importance weight per column.
+    ``threads=None`` uses every core.
+    """
+    spec = spec_for(qtype)
+    x = np.ascontiguousarray(rows, dtype=np.float32)
+    if x.ndim != 2:
+        raise QuantizationError(f"rows must be 2-D (n_rows, n_per_row), got shape {x.shape}")
+    n_rows, n_per_row = x.shape
+    if n_per_row % spec.block_size:
+        raise QuantizationError(
+            f"{spec.qtype.name} needs rows whose length is a multiple of {spec.block_size}, got {n_per_row}"
+        )
+    weights: F32Array | None = None
+    if imatrix is not None:
+        weights = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1)
+        if weights.shape[0] != n_per_row:
+            raise QuantizationError(
+                f"imatrix has {weights.shape[0]} weights but rows have {n_per_row} columns"
+            )
+    elif spec.requires_imatrix:
+        raise QuantizationError(f"{spec.qtype.name} requires an importance matrix (imatrix)")
+    fn = _function(spec)
+    out = np.empty((n_rows, spec.row_bytes(n_per_row)), dtype=np.uint8)
+    if n_rows == 0:
+        return out
+    chunk = max(1, CHUNK_VALUES // max(n_per_row, 1))
+    starts = range(0, n_rows, chunk)
+    n_threads = threads if threads is not None else (os.cpu_count() or 1)
+
+    def run(start: int) -> None:
+        out[start : start + chunk] = fn(x[start : start + chunk], weights)
+
+    if n_threads <= 1 or len(starts) == 1:
+        for s in starts:
+            run(s)
+    else:
+        with ThreadPoolExecutor(max_workers=n_threads) as pool:
+            list(pool.map(run, starts))
+    return out
