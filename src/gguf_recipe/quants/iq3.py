@@ -1,0 +1,378 @@
+"""IQ3_XXS and IQ3_S: ggml's ``quantize_row_iq3_xxs_impl`` / ``quantize_row_iq3_s_impl``, vectorized.
+
+Both quantize 32-value blocks as 8 groups of 4 magnitudes, each group a point of a 3-bit grid (256 points
+for IQ3_XXS, 512 for IQ3_S), plus signs and a 4-bit block scale under an fp16 super-scale per 256 values.
+Per block ggml tries a range of scales; for each trial a group whose rounded levels are not a grid point
+is replaced by its best neighbour among a precomputed list (see ``_iq3_tables``).
+
+Every step below runs over all blocks (and all trials) at once. Per-block arrays are j-major,
+``(32, n_blocks)`` / ``(32, n_trials, n_blocks)``, so C's sequential sums over a block are ordered
+reductions over axis 0 (:func:`seq_sum0`). The variable-length neighbour lists are padded to a fixed
+width (two widths: most lists are short) and searched with a mask.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from ._iq3_tables import Iq3Tables, iq3_tables
+from ._numeric import F32Array, U8Array, fp32_to_fp16_bits, nearest_int
+from .iq4 import seq_sum0
+
+__all__ = ["quantize_iq3_s", "quantize_iq3_xxs"]
+
+IntArray = npt.NDArray[np.intp]
+BoolArray = npt.NDArray[np.bool_]
+I32Array = npt.NDArray[np.int32]
+I16Array = npt.NDArray[np.int16]
+
+_FLT_MAX = np.float32(np.finfo(np.float32).max)
+# Neighbour lists are searched in buckets of similar length, each padded to the bucket's width.
+_BUCKET_WIDTHS = (3, 4, 5, 6, 8, 10, 12, 16, 20, 27, 38)
+_ROW_NO = np.arange(64, dtype=np.int64)
+_COUNTDOWN = np.arange(64, 0, -1).astype(np.uint8)  # ends with ..., 3, 2, 1
+_BUCKET_OF_COUNT = np.searchsorted(np.array(_BUCKET_WIDTHS), np.arange(_BUCKET_WIDTHS[-1] + 1)).astype(np.uint8)
+_BLOCKS_PER_STEP = 256
+
+
+@dataclass(frozen=True)
+class _Kind:
+    grid_size: int
+    n_scale_steps: int  # trial scales is = -n..n
+    eps: np.float32 | None  # IQ3_XXS skips blocks with max < eps; IQ3_S only all-zero blocks
+    parity_signs: bool  # IQ3_XXS stores 7 signs per 8 values, the 8th implied by even parity
+    refine_all_groups: bool  # IQ3_S recomputes every group after the trials, IQ3_XXS only off-grid ones
+
+
+_XXS = _Kind(256, 15, np.float32(1e-8), True, False)
+_S = _Kind(512, 9, None, False, True)
+
+
+def _level_codes(xval: F32Array, inv_scale: F32Array) -> I16Array:
+    """Group codes ``sum(l[4k+i] << 3*i)`` of the levels ``MAX(0, MIN(7, nearest_int(0.5f*(id*xval - 1))))``.
+
+    ``xval`` (32, ...) broadcast against ``inv_scale``; returns (8, ...). The argument of nearest_int stays
+    far below 2**22, where it equals rint. Levels are small integers, so the packing is exact in float32.
+    """
+    a = xval * inv_scale
+    a -= np.float32(1.0)
+    a *= np.float32(0.5)
+    np.rint(a, out=a)
+    np.clip(a, 0.0, 7.0, out=a)
+    lv = a.reshape((8, 4, *a.shape[1:]))
+    c = lv[:, 3] * np.float32(8.0)
+    c += lv[:, 2]
+    c *= np.float32(8.0)
+    c += lv[:, 1]
+    c *= np.float32(8.0)
+    c += lv[:, 0]
+    return c.astype(np.int16)
+
+
+def _positions(codes: I16Array) -> F32Array:
+    """(8, ...) group codes -> (32, ...) float32 positions ``q = 2*l + 1`` of the 32 values."""
+    out = np.empty((8, 4, *codes.shape[1:]), dtype=np.float32)
+    for i in range(4):
+        li = codes >> np.int16(3 * i) if i else codes.copy()
+        li &= np.int16(7)
+        li <<= np.int16(1)
+        li |= np.int16(1)
+        out[:, i] = li
+    return out.reshape((32, *codes.shape[1:]))
+
+
+@functools.cache
+def _packed_positions(grid_size: int, width: int) -> npt.NDArray[np.uint16]:
+    """(width, n_rows) uint16: neighbour n of table row r has positions ``(p >> 4*i) & 15``, i = 0..3."""
+    pos = iq3_tables(grid_size).nb_pos[:, :width, :].astype(np.uint16)
+    packed = pos[..., 0] | (pos[..., 1] << 4) | (pos[..., 2] << 8) | (pos[..., 3] << 12)
+    return np.ascontiguousarray(packed.T)
+
+
+def _best_neighbours(
+    tab: Iq3Tables, rows: I32Array, bucket_ends: IntArray, x4: F32Array, w4: F32Array, scale: F32Array
+) -> I32Array:
+    """``iq3_find_best_neighbour`` for G groups at once: returns the chosen grid index per group.
+
+    ``rows`` (G,) neighbour-table rows of the groups' codes, sorted so that the groups of length bucket
+    ``b`` are ``[bucket_ends[b-1], bucket_ends[b])``; ``x4``/``w4`` (4, G) values and sqrt-weights;
+    ``scale`` (G,). Each bucket is searched at one width, neighbours x groups, groups along the
+    contiguous axis.
+    """
+    full = tab.nb_index.shape[1]
+    counts = tab.nb_count[rows]
+    picked = np.empty(len(rows), dtype=np.intp)
+    lo = 0
+    for bi, width in enumerate(_BUCKET_WIDTHS):
+        hi = int(bucket_ends[bi])
+        if hi == lo:
+            continue
+        sl = slice(lo, hi)
+        lo = hi
+        min_count = _BUCKET_WIDTHS[bi - 1] + 1 if bi else 1
+        width = min(width, full)
+        r = rows[sl]
+        packed = np.take(_packed_positions(tab.grid_size, width), r, axis=1)  # (width, g)
+        s = scale[sl]
+        d2 = np.empty(packed.shape, dtype=np.float32)
+        t = np.empty(packed.shape, dtype=np.float32)
+        for i in range(4):
+            q = packed >> np.uint16(4 * i) if i else packed.copy()
+            q &= np.uint16(15)
+            # C: d2 += weight[i]*diff*diff with diff = scale*q - xval[i]
+            diff = np.multiply(q, s, dtype=np.float32)
+            diff -= x4[i, sl]
+            acc = t if i else d2
+            np.multiply(w4[i, sl], diff, out=acc)
+            acc *= diff
+            if i:
+                d2 += t
+        if width > min_count:
+            np.copyto(d2[min_count:], np.float32(np.inf), where=_ROW_NO[min_count:width, None] >= counts[sl])
+        # C keeps the first neighbour with the smallest d2 (strict '<'); fmin skips NaN like C does.
+        best = np.fmin.reduce(d2, axis=0)
+        first = (d2 == best) * _COUNTDOWN[-width:, None]
+        pick = width - np.max(first, axis=0).astype(np.intp)
+        picked[sl] = pick + r.astype(np.intp) * full
+    out: I32Array = np.take(tab.nb_index, picked)
+    return out
+
+
+def _snap_to_grid(
+    tab: Iq3Tables,
+    codes: I16Array,
+    xv: F32Array,
+    wv: F32Array,
+    scale: F32Array,
+    groups: BoolArray | None = None,
+) -> BoolArray:
+    """Replace, in place, every off-grid group code by the code of its best grid neighbour.
+
+    ``codes`` (8, *S), C-contiguous, for S = (n_blocks,) or (n_trials, n_blocks); ``xv``/``wv``
+    (4, 8*n_blocks) values and sqrt-weights, element i of group k of block b at ``[i, k*n_blocks + b]``;
+    ``scale`` (*S) the scale used in the distance. Only groups where ``groups`` (8, *S) is true are
+    considered. Returns (8, *S): whether each group was already on the grid.
+    """
+    if not codes.flags.c_contiguous:
+        raise ValueError("codes must be C-contiguous (updated in place)")
+    on = np.take(tab.kmap, codes) >= 0
+    todo = ~on if groups is None else ~on & groups
+    flat = np.flatnonzero(todo)
+    if flat.size:
+        rows = np.take(tab.nb_row, np.take(codes, flat))
+        bucket = np.take(_BUCKET_OF_COUNT, np.take(tab.nb_count, rows))
+        order = np.argsort(bucket, kind="stable")
+        ends = np.cumsum(np.bincount(bucket, minlength=len(_BUCKET_WIDTHS)))
+        flat, rows = np.take(flat, order), np.take(rows, order)
+        per_k = codes[0].size
+        k = flat // per_k
+        rest = flat - k * per_k  # index into S
+        kb = k * codes.shape[-1] + rest % codes.shape[-1]
+        gi = _best_neighbours(
+            tab, rows, ends, np.take(xv, kb, axis=1), np.take(wv, kb, axis=1), np.take(scale, rest)
+        )
+        np.put(codes, flat, np.take(tab.grid_codes, gi))
+    return on
+
+
+def _iq3_blocks(
+    kind: _Kind, xt: F32Array, w: F32Array
+) -> tuple[npt.NDArray[np.uint8], F32Array, npt.NDArray[np.uint8], BoolArray]:
+    """The per-32-block part of both quantizers, for j-major ``xt``/``w`` (32, nb).
+
+    Returns (group codes (8, nb), scale (nb,), signs (4, nb) one byte per 8 values, skipped (nb,)).
+    """
+    tab = iq3_tables(kind.grid_size)
+    nb = xt.shape[1]
+    cols = np.arange(nb)
+    waux = np.sqrt(w)
+
+    neg = ~(xt >= 0)  # -0.0 counts as non-negative, like C's `x >= 0`
+    xval = np.where(neg, -xt, xt)
+    bits = (np.uint8(1) << np.arange(8, dtype=np.uint8))[None, :, None]
+    signs = (neg.reshape(4, 8, nb) * bits).sum(axis=1, dtype=np.uint8)
+    if kind.parity_signs:
+        odd = (neg.reshape(4, 8, nb).sum(axis=1) & 1).astype(bool)
+        imin = np.argmin(((w * xt) * xt).reshape(4, 8, nb), axis=1)  # first minimum
+        gk, gb = np.nonzero(odd)
+        j = 8 * gk + imin[gk, gb]
+        xval[j, gb] = -xval[j, gb]
+        signs[gk, gb] ^= np.uint8(1) << imin[gk, gb].astype(np.uint8)
+        signs &= np.uint8(127)
+
+    vmax = np.max(xval, axis=0)
+    skip = vmax < kind.eps if kind.eps is not None else vmax == 0
+    vmax = np.where(skip, np.float32(1.0), vmax)
+
+    # id = (2*kMaxQ - 1 + is*0.2f) / max, all float32.
+    steps = np.arange(-kind.n_scale_steps, kind.n_scale_steps + 1, dtype=np.float32)
+    numer = np.float32(15.0) + steps * np.float32(0.2)
+    ids = numer[:, None] / vmax[None, :]  # (T, nb)
+    this_scale = np.float32(1.0) / ids
+
+    xg = np.ascontiguousarray(xval.reshape(8, 4, nb).transpose(1, 0, 2)).reshape(4, 8 * nb)
+    wg = np.ascontiguousarray(waux.reshape(8, 4, nb).transpose(1, 0, 2)).reshape(4, 8 * nb)
+
+    codes_t = _level_codes(xval[:, None, :], ids[None, :, :])  # (8, T, nb)
+    on = _snap_to_grid(tab, codes_t, xg, wg, this_scale)
+    q = _positions(codes_t)  # (32, T, nb)
+    wx = (w * xval)[:, None, :]
+    sumqx = seq_sum0(wx * q)
+    wq = w[:, None, :] * q
+    wq *= q
+    sumq2 = seq_sum0(wq)
+
+    scale = vmax / np.float32(15.0)
+    best = np.zeros(nb, dtype=np.float32)
+    win = np.full(nb, -1, dtype=np.intp)
+    with np.errstate(all="ignore"):
+        for t in range(ids.shape[0]):
+            sx, s2 = sumqx[t], sumq2[t]
+            take = (s2 > 0) & (sx * sx > best * s2)
+            scale = np.where(take, sx / s2, scale)
+            best = np.where(take, scale * sx, best)
+            win[take] = t
+
+    has = win >= 0
+    wsafe = np.where(has, win, 0)
+    codes = np.where(has, codes_t[:, wsafe, cols], np.int16(0))
+    on_grid = np.where(has, on[:, wsafe, cols], not kind.refine_all_groups)
+
+    refine = (~on_grid).any(axis=0) & (scale > 0) & ~skip
+    rb = np.flatnonzero(refine)
+    if rb.size:
+        with np.errstate(all="ignore"):
+            sc = scale[rb]
+            xr = np.take(xval, rb, axis=1)
+            cr = _level_codes(xr, (np.float32(1.0) / sc)[None, :])
+            groups = None if kind.refine_all_groups else ~on_grid[:, rb]
+            if groups is not None:
+                cr = np.where(groups, cr, np.take(codes, rb, axis=1))
+            sub = (np.arange(8)[:, None] * nb + rb[None, :]).reshape(-1)
+            _snap_to_grid(tab, cr, np.take(xg, sub, axis=1), np.take(wg, sub, axis=1), sc, groups)
+            qr = _positions(cr)
+            wr = np.take(w, rb, axis=1)
+            sx = seq_sum0((wr * xr) * qr)
+            s2 = seq_sum0((wr * qr) * qr)
+            scale[rb] = np.where(s2 > 0, sx / s2, sc)
+            codes[:, rb] = cr
+
+    flip = scale < 0
+    scale = np.where(flip, -scale, scale)
+    signs = np.where(flip[None, :], ~signs & np.uint8(127 if kind.parity_signs else 255), signs)
+    scale = np.where(skip, np.float32(0.0), scale)
+    codes[:, skip] = 0
+    return codes, scale, signs, skip
+
+
+def _grid_index(tab: Iq3Tables, codes: I16Array) -> I32Array:
+    gi: I32Array = np.take(tab.kmap, codes)
+    if (gi < 0).any():
+        raise RuntimeError("IQ3 quantizer produced a point that is not on the grid")  # ggml aborts too
+    return gi
+
+
+def _prepare(rows: F32Array, imatrix: F32Array | None) -> tuple[F32Array, F32Array]:
+    """j-major values and weights (32, nb) of all 32-blocks of ``rows``."""
+    n_rows = rows.shape[0]
+    nsb = rows.size // 256
+    xt = np.ascontiguousarray(rows.reshape(-1, 32).T)
+    if imatrix is None:
+        return xt, xt * xt
+    sumx2 = seq_sum0(np.ascontiguousarray(rows.reshape(nsb, 256).T) ** 2)
+    sigma2 = (np.float32(2.0) * sumx2) / np.float32(256.0)
+    qw = np.tile(np.asarray(imatrix, dtype=np.float32).reshape(-1, 32).T, (1, n_rows))
+    w = qw * np.sqrt(np.repeat(sigma2, 8)[None, :] + xt * xt)
+    return xt, w
+
+
+def _blocks_in_steps(
+    kind: _Kind, xt: F32Array, w: F32Array
+) -> tuple[npt.NDArray[np.uint8], F32Array, npt.NDArray[np.uint8], BoolArray]:
+    nb = xt.shape[1]
+    codes = np.empty((8, nb), dtype=np.int16)
+    scale = np.empty(nb, dtype=np.float32)
+    signs = np.empty((4, nb), dtype=np.uint8)
+    skip = np.empty(nb, dtype=bool)
+    for s in range(0, nb, _BLOCKS_PER_STEP):
+        e = min(nb, s + _BLOCKS_PER_STEP)
+        codes[:, s:e], scale[s:e], signs[:, s:e], skip[s:e] = _iq3_blocks(kind, xt[:, s:e], w[:, s:e])
+    return codes, scale, signs, skip
+
+
+def _scale_codes(scale: F32Array, max_scale: F32Array) -> I32Array:
+    """Per block ``MAX(0, MIN(15, nearest_int(0.5f*(id*scale - 1))))`` with id = 1/(max_scale/31)."""
+    with np.errstate(all="ignore"):
+        d = max_scale / np.float32(31.0)
+        inv = np.float32(1.0) / d
+        v = inv[:, None] * scale
+        v -= np.float32(1.0)
+        v *= np.float32(0.5)
+    return np.clip(nearest_int(v), 0, 15)
+
+
+def quantize_iq3_xxs(rows: F32Array, imatrix: F32Array | None) -> U8Array:
+    tab = iq3_tables(256)
+    n_rows = rows.shape[0]
+    nsb = rows.size // 256
+    xt, w = _prepare(rows, imatrix)
+    codes, scale, signs, skip = _blocks_in_steps(_XXS, xt, w)
+    gi = _grid_index(tab, codes)  # (8, nb)
+
+    scale = scale.reshape(nsb, 8)
+    max_scale = np.max(scale, axis=1)
+    ls = _scale_codes(scale, max_scale).astype(np.uint32)
+    sg = np.where(skip[None, :], np.uint8(0), signs).astype(np.uint32).reshape(4, nsb, 8)
+    sas = sg[0] | (sg[1] << 7) | (sg[2] << 14) | (sg[3] << 21) | (ls << 28)
+    with np.errstate(over="ignore"):
+        dh = fp32_to_fp16_bits((max_scale / np.float32(31.0)) * np.float32(1.0125))
+
+    out = np.empty((nsb, 98), dtype=np.uint8)
+    out[:, 0:2] = dh.reshape(nsb, 1).view(np.uint8)
+    out[:, 2:66] = gi.T.reshape(nsb, 64).astype(np.uint8)
+    out[:, 66:98] = sas.astype("<u4").view(np.uint8)
+    out[max_scale == 0] = 0
+    return out.reshape(n_rows, -1)
+
+
+def quantize_iq3_s(rows: F32Array, imatrix: F32Array | None) -> U8Array:
+    tab = iq3_tables(512)
+    n_rows = rows.shape[0]
+    nsb = rows.size // 256
+    xt, w = _prepare(rows, imatrix)
+    codes, scale, signs, skip = _blocks_in_steps(_S, xt, w)
+    gi = _grid_index(tab, codes)  # (8, nb)
+
+    scale = scale.reshape(nsb, 8)
+    max_scale = np.max(scale, axis=1)
+    ls = _scale_codes(scale, max_scale)
+    with np.errstate(over="ignore"):
+        dh = fp32_to_fp16_bits((max_scale / np.float32(31.0)) * np.float32(1.033))
+
+    # ggml advances the qs/signs write pointers only past blocks it did not skip, so the blocks that
+    # follow a skipped one are stored one slot earlier (and the last slots stay zero).
+    kept = ~skip.reshape(nsb, 8)
+    slot = np.cumsum(kept, axis=1) - 1
+    sb, ib = np.nonzero(kept)
+    dest = slot[sb, ib]
+    qs = np.zeros((nsb, 8, 8), dtype=np.uint8)
+    sgn = np.zeros((nsb, 8, 4), dtype=np.uint8)
+    gib = gi.T.reshape(nsb, 8, 8)  # (super-block, block, group)
+    qs[sb, dest] = (gib[sb, ib] & 255).astype(np.uint8)
+    sgn[sb, dest] = signs.T.reshape(nsb, 8, 4)[sb, ib]
+    qh_bits = ((gib >> 8) & 1).astype(np.uint8) * (np.uint8(1) << np.arange(8, dtype=np.uint8))
+    qh = np.where(kept, qh_bits.sum(axis=2, dtype=np.uint8), np.uint8(0))
+
+    has = max_scale != 0
+    sc = np.where(has[:, None], ls, 0).astype(np.uint8)
+    out = np.empty((nsb, 110), dtype=np.uint8)
+    out[:, 0:2] = np.where(has, dh, np.uint16(0)).reshape(nsb, 1).view(np.uint8)
+    out[:, 2:66] = qs.reshape(nsb, 64)
+    out[:, 66:74] = qh
+    out[:, 74:106] = sgn.reshape(nsb, 32)
+    out[:, 106:110] = sc[:, 0::2] | (sc[:, 1::2] << 4)
+    return out.reshape(n_rows, -1)

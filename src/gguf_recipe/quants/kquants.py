@@ -1,0 +1,371 @@
+"""k-quants (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K), byte-exact with ggml's ``ggml_quantize_chunk``.
+
+Without an imatrix ggml runs ``quantize_row_qX_K_ref`` over the whole chunk, with one it runs
+``quantize_row_qX_K_impl`` row by row; both are reproduced here, vectorized over every super-block of the
+chunk. The scale searches live in :mod:`._scale_search` and work on a transposed ``(n, groups)`` layout.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from ._numeric import F32Array, U8Array, fp16_round, fp32_to_fp16_bits, nearest_int
+from ._scale_search import (
+    make_q3_quants,
+    make_qkx2_quants,
+    make_qkx3_quants,
+    make_qp_quants,
+    make_qx_quants,
+    seq_sum,
+)
+
+__all__ = ["quantize_q2_k", "quantize_q3_k", "quantize_q4_k", "quantize_q5_k", "quantize_q6_k"]
+
+QK_K = 256
+I32Array = npt.NDArray[np.int32]
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _groups(rows: F32Array, n: int) -> F32Array:
+    """(n, G) transposed layout: column g holds the n consecutive values of group g."""
+    return np.ascontiguousarray(rows.reshape(-1, n).T)
+
+
+def _weights_groups(imatrix: F32Array, n_rows: int, n: int) -> F32Array:
+    """The imatrix laid out like :func:`_groups` of the rows (the same weights repeat for every row)."""
+    return np.ascontiguousarray(np.tile(imatrix.reshape(-1, n).T, (1, n_rows)))
+
+
+def _ungroup(v: F32Array, n_super: int) -> F32Array:
+    """Inverse of :func:`_groups`: back to (n_super, 256)."""
+    return np.ascontiguousarray(v.T).reshape(n_super, QK_K)
+
+
+def _superblock_sumsq(rows: F32Array) -> F32Array:
+    """``float s = 0; for (j < 256) s += x[j]*x[j];`` for every super-block."""
+    xs = np.ascontiguousarray(rows.reshape(-1, QK_K).T)
+    return seq_sum(xs * xs)
+
+
+def _nint(v: F32Array) -> I32Array:
+    with np.errstate(all="ignore"):
+        return nearest_int(v)
+
+
+def _requant(xs: F32Array, d: F32Array, lo: int, hi: int, keep: F32Array, m: F32Array | None = None) -> I32Array:
+    """``if (!d) keep; else L = clamp(nearest_int((x [+ m])/d), lo, hi) - lo`` per 16/32-value sub-block.
+
+    xs: (S, nsub, n) values; d, m: (S, nsub); keep: (S, nsub, n) levels from the scale search.
+    """
+    with np.errstate(all="ignore"):
+        num = xs if m is None else xs + m[:, :, None]
+        q = np.clip(nearest_int(num / d[:, :, None]), lo, hi) - lo
+    return np.where((d == 0)[:, :, None], keep.astype(np.int32), q)
+
+
+def _pack_2bit(L: I32Array) -> U8Array:
+    """qs[j/4 + l] = L[j+l] | L[j+l+32] << 2 | L[j+l+64] << 4 | L[j+l+96] << 6 for j in (0, 128)."""
+    q = L.reshape(-1, 2, 4, 32)
+    out = q[:, :, 0] | (q[:, :, 1] << 2) | (q[:, :, 2] << 4) | (q[:, :, 3] << 6)
+    return out.reshape(-1, 64).astype(np.uint8)
+
+
+def _fp16_bytes(v: F32Array) -> U8Array:
+    return fp32_to_fp16_bits(v).view(np.uint8).reshape(-1, 2)
+
+
+def _first_absmax_rows(v: F32Array) -> F32Array:
+    """Per row: the value with the largest |v|, first wins, 0 when none is > 0 (C's strict ``>`` from 0)."""
+    a = np.abs(v)
+    a[np.isnan(a)] = -1
+    idx = np.argmax(a, axis=1)
+    best = np.take_along_axis(v, idx[:, None], axis=1)[:, 0]
+    return np.where(np.take_along_axis(a, idx[:, None], axis=1)[:, 0] > 0, best, np.float32(0))
+
+
+def _max_pos_rows(v: F32Array) -> F32Array:
+    """Per row: ``float m = 0; for (j) if (v[j] > m) m = v[j];``."""
+    m = np.fmax.reduce(v, axis=1)
+    return np.where(m > 0, m, np.float32(0))
+
+
+# ----------------------------------------------------------------------------------------------------- Q6_K
+
+
+def quantize_q6_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
+    with np.errstate(all="ignore"):
+        return _q6_k(rows, imatrix)
+
+
+def _q6_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
+    n_rows = rows.shape[0]
+    n_super = rows.size // QK_K
+    x16 = _groups(rows, 16)
+    qw = None if imatrix is None else _weights_groups(imatrix, n_rows, 16)
+    scales, L0 = make_qx_quants(x16, 32, qw)
+    sc = scales.reshape(n_super, 16)
+
+    a = np.abs(sc)
+    a[np.isnan(a)] = -1
+    idx = np.argmax(a, axis=1)
+    max_abs = np.take_along_axis(a, idx[:, None], axis=1)[:, 0]
+    max_scale = np.take_along_axis(sc, idx[:, None], axis=1)[:, 0]
+    zero = ~(max_abs >= np.float32(1e-15))
+
+    iscale = np.float32(-128.0) / np.where(zero, np.float32(1), max_scale)
+    d = np.float32(1) / iscale
+    q_sc = np.minimum(_nint(iscale[:, None] * sc), 127)
+    q_sc_i8 = q_sc.astype(np.int8)  # stored as int8_t
+    dq = fp16_round(d)[:, None] * q_sc_i8.astype(np.float32)
+
+    xs = rows.reshape(n_super, 16, 16)
+    L = _requant(xs, dq, -32, 31, _ungroup(L0, n_super).reshape(n_super, 16, 16)).reshape(n_super, 256)
+
+    Lr = L.reshape(n_super, 2, 4, 32)
+    lo4 = Lr & 0xF
+    ql = np.stack([lo4[:, :, 0] | (lo4[:, :, 2] << 4), lo4[:, :, 1] | (lo4[:, :, 3] << 4)], axis=2)
+    hi2 = Lr >> 4
+    qh = hi2[:, :, 0] | (hi2[:, :, 1] << 2) | (hi2[:, :, 2] << 4) | (hi2[:, :, 3] << 6)
+
+    out = np.empty((n_super, 210), dtype=np.uint8)
+    out[:, :128] = ql.reshape(n_super, 128)
+    out[:, 128:192] = qh.reshape(n_super, 64)
+    out[:, 192:208] = q_sc_i8.view(np.uint8)
+    out[:, 208:210] = _fp16_bytes(d)
+    out[zero] = 0
+    return out.reshape(n_rows, -1)
+
+
+# ----------------------------------------------------------------------------------------------------- Q3_K
+
+
+def _q3_scale_bytes(ls: I32Array) -> U8Array:
+    """Pack 16 6-bit scales (S, 16) into ggml's 12-byte Q3_K layout."""
+    lo = ls & 0xF
+    hi = (ls >> 4) & 3
+    out = np.zeros((ls.shape[0], 12), dtype=np.int32)
+    out[:, :8] = lo[:, :8] | (lo[:, 8:] << 4)
+    h = hi.reshape(-1, 4, 4)  # [s, j/4, j%4]
+    out[:, 8:] = h[:, 0] | (h[:, 1] << 2) | (h[:, 2] << 4) | (h[:, 3] << 6)
+    return out.astype(np.uint8)
+
+
+def _q3_pack(n_super: int, L: I32Array, scale_bytes: U8Array, d: F32Array) -> U8Array:
+    """L in [0, 8): high bit to hmask (bit j/32 of byte j%32), low 2 bits to qs."""
+    high = L > 3
+    hb = high.reshape(n_super, 8, 32).astype(np.int32)
+    hmask = np.zeros((n_super, 32), dtype=np.int32)
+    for b in range(8):
+        hmask |= hb[:, b] << b
+    low = np.where(high, L - 4, L)
+    out = np.empty((n_super, 110), dtype=np.uint8)
+    out[:, :32] = hmask
+    out[:, 32:96] = _pack_2bit(low)
+    out[:, 96:108] = scale_bytes
+    out[:, 108:110] = _fp16_bytes(d)
+    return out
+
+
+def quantize_q3_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
+    with np.errstate(all="ignore"):
+        return _q3_k(rows, imatrix)
+
+
+def _q3_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
+    n_rows = rows.shape[0]
+    n_super = rows.size // QK_K
+    x16 = _groups(rows, 16)
+    if imatrix is None:
+        # quantize_row_q3_K_ref
+        scales, L0 = make_q3_quants(x16, 4)
+        sc = scales.reshape(n_super, 16)
+        max_scale = _first_absmax_rows(sc)
+        nz = max_scale != 0
+        iscale = np.float32(-32.0) / np.where(nz, max_scale, np.float32(1))
+        li = _nint(iscale[:, None] * sc)
+        li = ((li + 128) & 0xFF) - 128  # int8_t l
+        ls = np.clip(li, -32, 31) + 32
+        ls[~nz] = 0
+        d = np.where(nz, np.float32(1) / iscale, np.float32(0))
+    else:
+        # quantize_row_q3_K_impl
+        sumx2 = _superblock_sumsq(rows)
+        sigma2 = np.float32(2) * sumx2 / np.float32(QK_K)
+        qw = _weights_groups(imatrix, n_rows, 16)
+        s2 = np.repeat(sigma2, 16)
+        weight = qw * np.sqrt(s2 + x16 * x16)
+        sw = seq_sum(weight)
+        scales, L0 = make_qx_quants(x16, 4, weight)
+        d, Ls = make_qx_quants(
+            np.ascontiguousarray(scales.reshape(n_super, 16).T), 32, np.ascontiguousarray(sw.reshape(n_super, 16).T)
+        )
+        ls = np.ascontiguousarray(Ls.T).astype(np.int32)
+    scale_bytes = _q3_scale_bytes(ls)
+    sc_dec = (ls & 0x3F) - 32
+    dq = fp16_round(d)[:, None] * sc_dec.astype(np.float32)
+    xs = rows.reshape(n_super, 16, 16)
+    L = _requant(xs, dq, -4, 3, _ungroup(L0, n_super).reshape(n_super, 16, 16)).reshape(n_super, 256)
+    return _q3_pack(n_super, L, scale_bytes, d).reshape(n_rows, -1)
+
+
+# ---------------------------------------------------------------------------------------------- Q4_K / Q5_K
+
+
+def _k4_scale_bytes(ls: I32Array, lm: I32Array) -> U8Array:
+    """The 12-byte scales/mins field of Q4_K/Q5_K, written exactly as ggml's uint8_t stores do."""
+    out = np.zeros((ls.shape[0], 12), dtype=np.int32)
+    out[:, 0:4] = ls[:, :4]
+    out[:, 4:8] = lm[:, :4]
+    out[:, 8:12] = (ls[:, 4:] & 0xF) | ((lm[:, 4:] & 0xF) << 4)
+    out[:, 0:4] |= (ls[:, 4:] >> 4) << 6
+    out[:, 4:8] |= (lm[:, 4:] >> 4) << 6
+    return (out & 0xFF).astype(np.uint8)
+
+
+def _k4_scale_decode(q: U8Array) -> tuple[I32Array, I32Array]:
+    """get_scale_min_k4 for j = 0..7."""
+    b = q.astype(np.int32)
+    sc = np.empty((q.shape[0], 8), dtype=np.int32)
+    mn = np.empty((q.shape[0], 8), dtype=np.int32)
+    sc[:, :4] = b[:, 0:4] & 63
+    mn[:, :4] = b[:, 4:8] & 63
+    sc[:, 4:] = (b[:, 8:12] & 0xF) | ((b[:, 0:4] >> 6) << 4)
+    mn[:, 4:] = (b[:, 8:12] >> 4) | ((b[:, 4:8] >> 6) << 4)
+    return sc, mn
+
+
+def _q45_k(rows: F32Array, imatrix: F32Array | None, nmax: int) -> tuple[int, U8Array, F32Array, F32Array, I32Array]:
+    """Shared Q4_K/Q5_K body up to the final levels: (n_super, scale bytes, d, dmin, L (S, 256))."""
+    n_rows = rows.shape[0]
+    n_super = rows.size // QK_K
+    x32 = _groups(rows, 32)
+    if imatrix is None:
+        # quantize_row_q{4,5}_K_ref
+        sum_x2 = seq_sum(x32 * x32)
+        av_x = np.sqrt(sum_x2 / np.float32(32))
+        weights = av_x + np.abs(x32)
+        if nmax == 15:
+            scales, mins, L0 = make_qkx2_quants(x32, weights, 15, -1.0, 0.1, 20, False)
+        else:
+            scales, mins, L0 = make_qkx2_quants(x32, weights, 31, -0.5, 0.1, 15, False)
+        sc = scales.reshape(n_super, 8)
+        mn = mins.reshape(n_super, 8)
+        max_scale = _max_pos_rows(sc)
+        max_min = _max_pos_rows(mn)
+        inv_scale = np.where(max_scale > 0, np.float32(63) / max_scale, np.float32(0))
+        inv_min = np.where(max_min > 0, np.float32(63) / max_min, np.float32(0))
+        ls = np.minimum(_nint(inv_scale[:, None] * sc) & 0xFF, 63)
+        lm = np.minimum(_nint(inv_min[:, None] * mn) & 0xFF, 63)
+        d = max_scale / np.float32(63)
+        dmin = max_min / np.float32(63)
+    else:
+        # quantize_row_q{4,5}_K_impl
+        sigma2 = np.float32(2) * _superblock_sumsq(rows) / np.float32(QK_K)
+        qw = _weights_groups(imatrix, n_rows, 32)
+        weights = qw * np.sqrt(np.repeat(sigma2, 8) + x32 * x32)
+        sw = seq_sum(weights)
+        scales, mins, L0 = make_qkx3_quants(x32, weights, nmax, -0.9, 0.05, 36, False)
+        # Both make_qp_quants calls (scales, mins) in one batch of 2*S groups.
+        both = np.concatenate([scales.reshape(n_super, 8), mins.reshape(n_super, 8)], axis=0)
+        sw2 = np.tile(sw.reshape(n_super, 8), (2, 1))
+        dm, Lsm = make_qp_quants(np.ascontiguousarray(both.T), 63, np.ascontiguousarray(sw2.T))
+        Lsm_i = np.ascontiguousarray(Lsm.T).astype(np.int32)
+        ls, lm = Lsm_i[:n_super], Lsm_i[n_super:]
+        if nmax == 31:
+            ls = np.minimum(ls, 63)
+            lm = np.minimum(lm, 63)
+        d, dmin = dm[:n_super], dm[n_super:]
+    scale_bytes = _k4_scale_bytes(ls, lm)
+    sc_dec, mn_dec = _k4_scale_decode(scale_bytes)
+    dq = fp16_round(d)[:, None] * sc_dec.astype(np.float32)
+    dmq = fp16_round(dmin)[:, None] * mn_dec.astype(np.float32)
+    xs = rows.reshape(n_super, 8, 32)
+    L = _requant(xs, dq, 0, nmax, _ungroup(L0, n_super).reshape(n_super, 8, 32), dmq)
+    return n_super, scale_bytes, d, dmin, L.reshape(n_super, 256)
+
+
+def quantize_q4_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
+    with np.errstate(all="ignore"):
+        n_super, scale_bytes, d, dmin, L = _q45_k(rows, imatrix, 15)
+        Lr = L.reshape(n_super, 4, 2, 32)
+        out = np.empty((n_super, 144), dtype=np.uint8)
+        out[:, 0:2] = _fp16_bytes(d)
+        out[:, 2:4] = _fp16_bytes(dmin)
+        out[:, 4:16] = scale_bytes
+        out[:, 16:144] = (Lr[:, :, 0] | (Lr[:, :, 1] << 4)).reshape(n_super, 128)
+    return out.reshape(rows.shape[0], -1)
+
+
+def quantize_q5_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
+    with np.errstate(all="ignore"):
+        n_super, scale_bytes, d, dmin, L = _q45_k(rows, imatrix, 31)
+        Lr = L.reshape(n_super, 4, 2, 32)
+        hi = Lr >> 4
+        qh = np.zeros((n_super, 32), dtype=np.int32)
+        for n in range(4):
+            qh |= (hi[:, n, 0] << (2 * n)) | (hi[:, n, 1] << (2 * n + 1))
+        lo = Lr & 0xF
+        out = np.empty((n_super, 176), dtype=np.uint8)
+        out[:, 0:2] = _fp16_bytes(d)
+        out[:, 2:4] = _fp16_bytes(dmin)
+        out[:, 4:16] = scale_bytes
+        out[:, 16:48] = qh
+        out[:, 48:176] = (lo[:, :, 0] | (lo[:, :, 1] << 4)).reshape(n_super, 128)
+    return out.reshape(rows.shape[0], -1)
+
+
+# ----------------------------------------------------------------------------------------------------- Q2_K
+
+
+def quantize_q2_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
+    with np.errstate(all="ignore"):
+        return _q2_k(rows, imatrix)
+
+
+def _q2_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
+    n_rows = rows.shape[0]
+    n_super = rows.size // QK_K
+    x16 = _groups(rows, 16)
+    f15 = np.float32(15)
+    if imatrix is None:
+        # quantize_row_q2_K_ref
+        scales, mins, L0 = make_qkx2_quants(x16, np.abs(x16), 3, -0.5, 0.1, 15, True)
+        sc = scales.reshape(n_super, 16)
+        mn = mins.reshape(n_super, 16)
+        max_scale = _max_pos_rows(sc)
+        max_min = _max_pos_rows(mn)
+        has_s = max_scale > 0
+        has_m = max_min > 0
+        ls = _nint((f15 / np.where(has_s, max_scale, f15))[:, None] * sc)
+        lm = _nint((f15 / np.where(has_m, max_min, f15))[:, None] * mn)
+        ls = np.where(has_s[:, None], ls, 0)
+        lm = np.where(has_m[:, None], lm, 0)
+        d = np.where(has_s, max_scale / f15, np.float32(0))
+        dmin = np.where(has_m, max_min / f15, np.float32(0))
+    else:
+        # quantize_row_q2_K_impl
+        sigma2 = _superblock_sumsq(rows) / np.float32(QK_K)
+        qw = _weights_groups(imatrix, n_rows, 16)
+        weights = qw * np.sqrt(np.repeat(sigma2, 16) + x16 * x16)
+        sw = seq_sum(weights)
+        scales, mins, L0 = make_qkx3_quants(x16, weights, 3, -0.9, 0.05, 36, False)
+        both = np.concatenate([scales.reshape(n_super, 16), mins.reshape(n_super, 16)], axis=0)
+        sw2 = np.tile(sw.reshape(n_super, 16), (2, 1))
+        dm, Lsm = make_qp_quants(np.ascontiguousarray(both.T), 15, np.ascontiguousarray(sw2.T))
+        Lsm_i = np.ascontiguousarray(Lsm.T).astype(np.int32)
+        ls, lm = Lsm_i[:n_super], Lsm_i[n_super:]
+        d, dmin = dm[:n_super], dm[n_super:]
+    scale_bytes = ((ls & 0xFF) | (lm << 4)) & 0xFF
+    dq = fp16_round(d)[:, None] * (scale_bytes & 0xF).astype(np.float32)
+    dmq = fp16_round(dmin)[:, None] * (scale_bytes >> 4).astype(np.float32)
+    xs = rows.reshape(n_super, 16, 16)
+    L = _requant(xs, dq, 0, 3, _ungroup(L0, n_super).reshape(n_super, 16, 16), dmq).reshape(n_super, 256)
+    out = np.empty((n_super, 84), dtype=np.uint8)
+    out[:, :16] = scale_bytes
+    out[:, 16:80] = _pack_2bit(L)
+    out[:, 80:82] = _fp16_bytes(d)
+    out[:, 82:84] = _fp16_bytes(dmin)
+    return out.reshape(n_rows, -1)

@@ -1,0 +1,169 @@
+"""Ternary and microscaling types: TQ1_0, TQ2_0 (``quantize_row_tq*_ref``) and MXFP4
+(``quantize_row_mxfp4_ref``). ggml ignores the imatrix for all three.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import numpy as np
+
+from ._numeric import F32Array, I32Array, U8Array, fp32_to_fp16_bits
+
+__all__ = ["quantize_mxfp4", "quantize_tq1_0", "quantize_tq2_0"]
+
+_F = np.float32
+
+
+def _quiet(
+    fn: Callable[[F32Array, F32Array | None], U8Array],
+) -> Callable[[F32Array, F32Array | None], U8Array]:
+    """Run a quantizer with numpy's FP warnings off: inf/NaN intermediates (overflowing fp16 scales,
+    1/d of a subnormal d) are part of ggml's behaviour and must not surface as warnings."""
+
+    @functools.wraps(fn)
+    def run(rows: F32Array, imatrix: F32Array | None) -> U8Array:
+        with np.errstate(all="ignore"):
+            return fn(rows, imatrix)
+
+    return run
+
+
+QK_K = 256
+QK_MXFP4 = 32
+
+
+def _abs_max(blocks: F32Array) -> F32Array:
+    """max |x| per row of ``blocks`` as C's ``MAX(amax, fabsf(v))`` from 0.0f (never -0.0).
+
+    Reduced on the integer view: for non-negative floats the bit patterns order like the values,
+    and an integer max has no NaN bookkeeping, so it is much faster than a float max.
+    """
+    bits = blocks.view(np.int32) & np.int32(0x7FFFFFFF)
+    amax: F32Array = bits.max(axis=1).view(np.float32)
+    return amax
+
+
+def _fp16_bytes(v: F32Array) -> U8Array:
+    with np.errstate(over="ignore"):  # |d| > 65504 overflows to inf, exactly as ggml stores it
+        bits = fp32_to_fp16_bits(v).astype("<u2", copy=False)
+    out: U8Array = bits.view(np.uint8).reshape(-1, 2)
+    return out
+
+
+def _ternary_digits(rows: F32Array) -> tuple[F32Array, U8Array]:
+    """(d, xi) with d = amax per 256-block and xi = lroundf(x/d) + 1 in {0, 1, 2}, shape (nb, 256)."""
+    blocks = rows.reshape(-1, QK_K)
+    d = _abs_max(blocks)
+    inv = np.zeros_like(d)
+    np.divide(_F(1.0), d, out=inv, where=d != 0)
+    v = blocks * inv[:, None]
+    # |v| <= 1, so lroundf(v) + 1 is 2 for v >= 0.5, 0 for v <= -0.5, else 1.
+    xi = (v >= _F(0.5)).view(np.uint8) + np.uint8(1)
+    xi -= (v <= _F(-0.5)).view(np.uint8)
+    return d, xi
+
+
+@_quiet
+def quantize_tq2_0(rows: F32Array, imatrix: F32Array | None) -> U8Array:
+    del imatrix  # quantize_tq2_0 ignores it
+    d, xi = _ternary_digits(rows)
+    nb = xi.shape[0]
+    # byte c*32 + m holds the elements c*128 + n*32 + m (n = 0..3) at bit 2n.
+    g = xi.reshape(nb, 2, 4, 32)
+    qs = g[:, :, 0] | (g[:, :, 1] << np.uint8(2))
+    qs |= g[:, :, 2] << np.uint8(4)
+    qs |= g[:, :, 3] << np.uint8(6)
+    out = np.empty((nb, 66), dtype=np.uint8)
+    out[:, :64] = qs.reshape(nb, 64)
+    out[:, 64:] = _fp16_bytes(d)
+    res: U8Array = out.reshape(rows.shape[0], -1)
+    return res
+
+
+def _pack_trits(digits: U8Array, n_digits: int) -> U8Array:
+    """Horner ``q = q*3 + xi`` over axis 1 (most significant first), then ggml's ceiling scaling."""
+    q = digits[:, 0].astype(np.uint16)
+    for n in range(1, n_digits):
+        q *= np.uint16(3)
+        q += digits[:, n]
+    if n_digits == 4:  # qh: shift the first value to the most significant of five trits
+        q *= np.uint16(3)
+    q = (q * np.uint16(256) + np.uint16(242)) // np.uint16(243)
+    packed: U8Array = q.astype(np.uint8)
+    return packed
+
+
+@_quiet
+def quantize_tq1_0(rows: F32Array, imatrix: F32Array | None) -> U8Array:
+    del imatrix  # quantize_tq1_0 ignores it
+    d, xi = _ternary_digits(rows)
+    nb = xi.shape[0]
+    out = np.empty((nb, 54), dtype=np.uint8)
+    # qs[m], m < 32: elements m + 32n (n = 0..4); qs[32+m], m < 16: 160 + m + 16n; qh[j]: 240 + j + 4m.
+    out[:, :32] = _pack_trits(xi[:, :160].reshape(nb, 5, 32), 5)
+    out[:, 32:48] = _pack_trits(xi[:, 160:240].reshape(nb, 5, 16), 5)
+    out[:, 48:52] = _pack_trits(xi[:, 240:].reshape(nb, 4, 4), 4)
+    out[:, 52:] = _fp16_bytes(d)
+    res: U8Array = out.reshape(rows.shape[0], -1)
+    return res
+
+
+# kvalues_mxfp4 = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12} (in units of d).
+# best_index_mxfp4 picks the first index of least |k*d - x|. For x >= 0 that is the nearest of the
+# positive values 0..12 (index 0..7), ties going to the smaller one; for x < 0 the mirror image with
+# index 8 + i (index 0 for a result of 0). All differences near a tie are exact (Sterbenz), so the tie
+# is an exact midpoint: with t = ceil(2|x|/d), the index is the number of doubled midpoints
+# (1, 3, 5, 7, 10, 14, 20) below t.
+_MIDPOINTS2 = np.array([1, 3, 5, 7, 10, 14, 20])
+_MAG_INDEX = np.searchsorted(_MIDPOINTS2, np.arange(33), side="left").astype(np.uint8)
+_INDEX_LUT = np.concatenate([_MAG_INDEX, np.where(_MAG_INDEX > 0, _MAG_INDEX + 8, 0)]).astype(np.uint8)
+
+
+def _e8m0_half(e: U8Array) -> F32Array:
+    """GGML_E8M0_TO_FP32_HALF: 2^(e-128) (subnormal patterns for e < 2)."""
+    e32 = e.astype(np.uint32)
+    bits = np.where(e32 < 2, np.uint32(0x00200000) << e32, (e32 - np.uint32(1)) << np.uint32(23))
+    d: F32Array = bits.astype(np.uint32).view(np.float32)
+    return d
+
+
+def _mxfp4_exponent(amax: F32Array) -> U8Array:
+    """``amax > 0 ? (uint8_t)(floorf(log2f(amax)) - 2 + 127) : 0``.
+
+    glibc's log2f is the float64 log2 rounded to float (checked at every power-of-two boundary);
+    the float->uint8 conversion of an out-of-range value keeps the low byte of the int32, as x86 does.
+    """
+    with np.errstate(divide="ignore"):
+        lg = np.log2(amax.astype(np.float64)).astype(np.float32)
+    v = np.floor(lg) - _F(2) + _F(127)
+    e_int: I32Array = np.where(amax > 0, v, _F(0)).astype(np.int32)
+    e: U8Array = (e_int & np.int32(0xFF)).astype(np.uint8)
+    return e
+
+
+@_quiet
+def quantize_mxfp4(rows: F32Array, imatrix: F32Array | None) -> U8Array:
+    del imatrix  # quantize_mxfp4 ignores it
+    blocks = rows.reshape(-1, QK_MXFP4)
+    nb = blocks.shape[0]
+    e = _mxfp4_exponent(_abs_max(blocks))
+    d = _e8m0_half(e)
+    # 2/d is a power of two, so |x| * (2/d) is exact; in float64 it cannot overflow for tiny d.
+    two_over_d = 2.0 / d.astype(np.float64)
+    a = np.abs(blocks)
+    if np.all(two_over_d <= 2.0**127):
+        s = a * two_over_d.astype(np.float32)[:, None]
+    else:
+        s = (a.astype(np.float64) * two_over_d[:, None]).astype(np.float32)
+    np.ceil(s, out=s)
+    np.minimum(s, _F(32), out=s)
+    key = s.astype(np.uint8)
+    key += np.signbit(blocks).view(np.uint8) * np.uint8(33)
+    idx = _INDEX_LUT[key]
+    out = np.empty((nb, 17), dtype=np.uint8)
+    out[:, 0] = e
+    out[:, 1:] = idx[:, :16] | (idx[:, 16:] << np.uint8(4))
+    res: U8Array = out.reshape(rows.shape[0], -1)
+    return res

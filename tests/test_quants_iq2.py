@@ -1,0 +1,178 @@
+"""IQ2_XXS / IQ2_XS / IQ2_S: grid tables, neighbour search, round-trip error and robustness.
+
+Byte-exactness against ggml is covered by tests/test_quant_oracle.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType
+from gguf.quants import dequantize
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from gguf_recipe.quants import QuantizationError, quantize
+from gguf_recipe.quants import iq2 as iq2_mod
+from gguf_recipe.quants._iq2_tables import (
+    KGRID_IQ2S,
+    KGRID_IQ2XS,
+    KGRID_IQ2XXS,
+    KMAP_SIZE,
+    KSIGNS_IQ2XS,
+    build_grid_tables,
+    iq2_tables,
+    keven_signs,
+)
+
+TYPES = ["IQ2_XXS", "IQ2_XS", "IQ2_S"]
+NEEDS_IMATRIX = {"IQ2_XXS", "IQ2_XS"}
+ROW_BYTES_PER_256 = {"IQ2_XXS": 66, "IQ2_XS": 74, "IQ2_S": 82}
+GRIDS = {"IQ2_XXS": (KGRID_IQ2XXS, 2), "IQ2_XS": (KGRID_IQ2XS, 2), "IQ2_S": (KGRID_IQ2S, 1)}
+
+
+def _reference_neighbours(grid: tuple[int, ...], nwant: int, code: int) -> list[int]:
+    """Line-by-line port of the per-point part of ggml's iq2xs_init_impl."""
+    pos = [2 * ((code >> 2 * k) & 3) + 1 for k in range(8)]
+    dist2 = []
+    for j, g in enumerate(grid):
+        gp = [2 * ((g >> 2 * k) & 3) + 1 for k in range(8)]
+        dist2.append((sum((a - b) * (a - b) for a, b in zip(gp, pos, strict=True)), j))
+    dist2.sort()
+    out: list[int] = []
+    d2, nhave = dist2[0][0], 1
+    for d, j in dist2:
+        if d > d2:
+            if nhave == nwant:
+                break
+            d2 = d
+            nhave += 1
+        out.append(j)
+    return out
+
+
+def test_grid_sizes_and_kmap() -> None:
+    for name, size in (("IQ2_XXS", 256), ("IQ2_XS", 512), ("IQ2_S", 1024)):
+        t = iq2_tables(name)
+        assert t.grid_size == size
+        assert np.array_equal(t.kmap[t.grid_codes.astype(np.int64)], np.arange(size))
+        assert (t.kmap >= 0).sum() == size
+        # every code reachable by the quantizers (levels <= 2) is on the grid or has a neighbour list
+        lv = (np.arange(KMAP_SIZE)[:, None] >> (2 * np.arange(8))) & 3
+        reachable = (lv <= 2).all(axis=1)
+        assert np.all((t.kmap >= 0) | (t.nb_row >= 0) | ~reachable)
+        assert np.all((t.kmap < 0) | (t.nb_row < 0))
+        assert iq2_tables(name) is t  # cached
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_neighbour_lists_match_ggml_port(name: str) -> None:
+    grid, nwant = GRIDS[name]
+    t = iq2_tables(name)
+    rng = np.random.default_rng(3)
+    for r in rng.choice(t.nb_codes.size, size=60, replace=False):
+        code = int(t.nb_codes[r])
+        want = _reference_neighbours(grid, nwant, code)
+        got = t.nb_flat[t.nb_start[r] : t.nb_start[r] + t.nb_count[r]].tolist()
+        assert got == want
+        assert t.nb_padded[r, : t.nb_count[r]].tolist() == want
+        assert t.nb_valid[r].sum() == t.nb_count[r]
+        assert np.all(t.nb_padded[r, t.nb_count[r] :] == want[0])
+
+
+def test_builder_is_generic_and_can_cover_every_code() -> None:
+    grid = (0, 5, 21, 170, 1365, 43690, 0xFFFF & 0x3FFF)
+    t = build_grid_tables(grid, 3, max_level=3)
+    for r in range(0, t.nb_codes.size, 997):
+        assert t.nb_flat[t.nb_start[r] : t.nb_start[r] + t.nb_count[r]].tolist() == _reference_neighbours(
+            grid, 3, int(t.nb_codes[r])
+        )
+    assert t.nb_codes.size == KMAP_SIZE - len(set(grid))
+    with pytest.raises(ValueError):
+        build_grid_tables((), 1)
+
+
+def test_sign_tables() -> None:
+    assert KSIGNS_IQ2XS[:8].tolist() == [0, 129, 130, 3, 132, 5, 6, 135]
+    assert KSIGNS_IQ2XS[-1] == 255
+    signs = keven_signs()
+    assert signs.shape == (128, 8)
+    assert np.all((signs < 0).sum(axis=1) % 2 == 0)
+
+
+@pytest.mark.parametrize("name", ["IQ2_XXS", "IQ2_XS"])
+def test_filtered_search_equals_exact_search(name: str) -> None:
+    s = iq2_mod._search(name)
+    assert s.use_filter
+    rng = np.random.default_rng(5)
+    n = 3000
+    rows = rng.integers(0, s.tables.nb_codes.size, n)
+    codes = s.tables.nb_codes[rows]
+    # integer-valued data produces many exact ties, which the filter must hand to the exact path
+    xval = np.where(rng.random((n, 8)) < 0.5, rng.integers(0, 6, (n, 8)), rng.random((n, 8)) * 6).astype(
+        np.float32
+    )
+    waux = np.where(rng.random((n, 8)) < 0.5, 1.0, rng.exponential(size=(n, 8))).astype(np.float32)
+    scale = np.where(rng.random(n) < 0.5, 1.0, rng.uniform(0.5, 1.5, n)).astype(np.float32)
+    fast = iq2_mod._best_neighbour(s, codes, xval, waux, scale)
+    exact = iq2_mod._exact_neighbour(s, rows.astype(np.int32), iq2_mod._d2_terms(s, xval, waux, scale))
+    assert np.array_equal(fast, exact)
+
+
+def _relative_rmse(name: str, x: np.ndarray, imatrix: np.ndarray | None) -> float:
+    q = quantize(x, name, imatrix, threads=1)
+    y = dequantize(q, GGMLQuantizationType[name]).reshape(x.shape)
+    return float(np.sqrt(np.mean((y - x) ** 2) / np.mean(x**2)))
+
+
+@pytest.mark.parametrize(("name", "limit"), [("IQ2_XXS", 0.45), ("IQ2_XS", 0.40), ("IQ2_S", 0.33)])
+def test_dequantized_error(name: str, limit: float) -> None:
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((8, 1024)).astype(np.float32)
+    im = rng.exponential(size=1024).astype(np.float32)
+    assert _relative_rmse(name, x, im) < limit
+    if name not in NEEDS_IMATRIX:
+        assert _relative_rmse(name, x, None) < limit
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_zero_rows_give_zero_bytes(name: str) -> None:
+    x = np.zeros((2, 512), dtype=np.float32)
+    q = quantize(x, name, np.ones(512, dtype=np.float32), threads=1)
+    assert q.shape == (2, 2 * ROW_BYTES_PER_256[name])
+    assert not q.any()
+
+
+@pytest.mark.parametrize("name", sorted(NEEDS_IMATRIX))
+def test_imatrix_is_required(name: str) -> None:
+    with pytest.raises(QuantizationError, match="requires an importance matrix"):
+        quantize(np.ones((1, 256), dtype=np.float32), name)
+
+
+_finite = st.floats(width=32, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def _inputs(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
+    n_rows = draw(st.integers(1, 8))
+    n_per_row = 256 * draw(st.integers(1, 2))
+    scale = draw(st.sampled_from([1.0, 1e-6, 1e3, 1e30]))
+    x = draw(arrays(np.float32, (n_rows, n_per_row), elements=_finite))
+    with np.errstate(over="ignore"):
+        x = np.where(np.abs(x) <= 3.0e38 / max(scale, 1.0), x * np.float32(scale), x).astype(np.float32)
+    im = draw(arrays(np.float32, (n_per_row,), elements=st.floats(0, 1e4, width=32)))
+    return x, im
+
+
+@pytest.mark.parametrize("name", TYPES)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=_inputs(), use_imatrix=st.booleans())
+def test_never_crashes_and_sizes_are_right(
+    name: str, data: tuple[np.ndarray, np.ndarray], use_imatrix: bool
+) -> None:
+    x, im = data
+    imatrix = im if (use_imatrix or name in NEEDS_IMATRIX) else None
+    q = quantize(x, name, imatrix, threads=1)
+    assert q.dtype == np.uint8
+    assert q.shape == (x.shape[0], x.shape[1] // 256 * ROW_BYTES_PER_256[name])

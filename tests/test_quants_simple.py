@@ -1,0 +1,141 @@
+"""Float, legacy (Q8_0/Q4_0/Q4_1/Q5_0/Q5_1) and ternary/MXFP4 quantizers: round trip error, agreement
+with gguf-py's numpy quantizers, and hypothesis properties (never crash, right byte size)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf.quants import dequantize
+from gguf.quants import quantize as gguf_quantize
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from gguf_recipe.quants import implemented_types, quantize
+
+T = GGMLQuantizationType
+
+# Relative RMS error of dequantize(quantize(x)) for N(0,1) data: comfortably above what ggml gets.
+MAX_REL_RMSE = {
+    T.F32: 0.0,
+    T.F16: 5e-4,
+    T.BF16: 4e-3,
+    T.Q8_0: 0.008,
+    T.Q5_0: 0.05,
+    T.Q5_1: 0.05,
+    T.Q4_0: 0.1,
+    T.Q4_1: 0.1,
+    T.MXFP4: 0.14,
+    # ternary: x is mapped to {-amax, 0, +amax}; meant for ternary weights, large error on gaussians
+    T.TQ1_0: 0.9,
+    T.TQ2_0: 0.9,
+}
+USES_IMATRIX = {T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1}
+OURS = sorted(set(MAX_REL_RMSE) & set(implemented_types()), key=lambda t: t.name)
+# gguf-py's numpy quantizers match ggml byte for byte on finite inputs without negative zeros.
+GGUF_PY = [t for t in OURS if t not in (T.F32,)]
+
+
+def _rel_rmse(x: np.ndarray, q: np.ndarray, qtype: GGMLQuantizationType) -> float:
+    y = dequantize(q, qtype).reshape(x.shape)
+    return float(np.sqrt(np.mean((y - x) ** 2)) / np.sqrt(np.mean(x**2)))
+
+
+def _gaussian(rows: int, cols: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((rows, cols)).astype(np.float32)
+
+
+@pytest.mark.parametrize("qtype", OURS, ids=lambda t: t.name)
+def test_dequantized_error_is_small(qtype: GGMLQuantizationType) -> None:
+    x = _gaussian(8, 1024)
+    assert _rel_rmse(x, quantize(x, qtype), qtype) <= MAX_REL_RMSE[qtype]
+
+
+@pytest.mark.parametrize(
+    "qtype", sorted(USES_IMATRIX & set(OURS), key=lambda t: t.name), ids=lambda t: t.name
+)
+def test_imatrix_lowers_the_weighted_error(qtype: GGMLQuantizationType) -> None:
+    x = _gaussian(16, 1024, seed=1)
+    im = np.random.default_rng(2).exponential(size=1024).astype(np.float32) ** 3
+    y_plain = dequantize(quantize(x, qtype), qtype).reshape(x.shape)
+    y_im = dequantize(quantize(x, qtype, im), qtype).reshape(x.shape)
+    err_plain = float(np.sum(im * (y_plain - x) ** 2))
+    err_im = float(np.sum(im * (y_im - x) ** 2))
+    assert err_im < err_plain
+    assert _rel_rmse(x, quantize(x, qtype, im), qtype) <= 1.5 * MAX_REL_RMSE[qtype]
+
+
+@pytest.mark.parametrize("qtype", GGUF_PY, ids=lambda t: t.name)
+def test_same_bytes_as_gguf_py(qtype: GGMLQuantizationType) -> None:
+    x = _gaussian(6, 512, seed=4) * np.float32(3.0)
+    ours = quantize(x, qtype)
+    theirs = np.ascontiguousarray(gguf_quantize(x, qtype)).view(np.uint8).reshape(ours.shape)
+    assert np.array_equal(ours, theirs)
+
+
+def test_imatrix_ignored_where_ggml_ignores_it() -> None:
+    x = _gaussian(4, 512, seed=5)
+    im = np.random.default_rng(6).exponential(size=512).astype(np.float32)
+    for qtype in set(OURS) - USES_IMATRIX:
+        assert np.array_equal(quantize(x, qtype), quantize(x, qtype, im)), qtype.name
+
+
+def test_zero_block_sign_conventions() -> None:
+    """ggml stores d = -0.0 (0x8000) for an all-zero Q4_0 block without imatrix, +0.0 with one."""
+    x = np.zeros((1, 32), dtype=np.float32)
+    plain = quantize(x, "Q4_0")
+    assert plain[0, :2].tolist() == [0x00, 0x80] and set(plain[0, 2:].tolist()) == {0x88}
+    weighted = quantize(x, "Q4_0", np.ones(32, dtype=np.float32))
+    assert not weighted.any()
+    # Q4_1 min keeps the sign of the first zero of a block that has no negative value.
+    y = np.zeros((1, 32), dtype=np.float32)
+    y[0, 0] = -0.0
+    y[0, 5] = 1.0
+    assert quantize(y, "Q4_1")[0, 2:4].tolist() == [0x00, 0x80]
+
+
+finite_f32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
+moderate_f32 = st.floats(min_value=-1e4, max_value=1e4, width=32, allow_nan=False)
+
+
+@st.composite
+def _case(draw: st.DrawFn, qtype: GGMLQuantizationType, elements: st.SearchStrategy[float]) -> tuple:
+    block = GGML_QUANT_SIZES[qtype][0]
+    unit = max(block, 32)
+    rows = draw(st.integers(1, 8))
+    cols = unit * draw(st.integers(1, 512 // unit if unit < 256 else 2))
+    x = draw(hnp.arrays(np.float32, (rows, cols), elements=elements))
+    im = None
+    if draw(st.booleans()):
+        im = draw(
+            hnp.arrays(np.float32, (cols,), elements=st.floats(0, 1e6, width=32, allow_subnormal=False))
+        )
+    return x, im
+
+
+@pytest.mark.parametrize("qtype", OURS, ids=lambda t: t.name)
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_any_finite_input_gives_the_right_size(qtype: GGMLQuantizationType, data: st.DataObject) -> None:
+    x, im = data.draw(_case(qtype, finite_f32))
+    with np.errstate(divide="raise", over="raise", invalid="raise"):  # no numpy warning may leak out
+        q = quantize(x, qtype, im, threads=1)
+    block, type_size = GGML_QUANT_SIZES[qtype]
+    assert q.dtype == np.uint8
+    assert q.shape == (x.shape[0], x.shape[1] // block * type_size)
+
+
+@pytest.mark.parametrize("qtype", OURS, ids=lambda t: t.name)
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_moderate_input_round_trips(qtype: GGMLQuantizationType, data: st.DataObject) -> None:
+    x, im = data.draw(_case(qtype, moderate_f32))
+    q = quantize(x, qtype, im, threads=1)
+    y = dequantize(q, qtype).reshape(x.shape)
+    assert np.all(np.isfinite(y))
+    # every value lands within its block's range (ternary types only know -amax, 0, +amax).
+    block = max(GGML_QUANT_SIZES[qtype][0], 32)
+    xb = x.reshape(-1, block)
+    amax = np.abs(xb).max(axis=1, keepdims=True)
+    assert np.all(np.abs(y.reshape(-1, block)) <= amax * 1.01 + 1e-5)  # + fp16 subnormal rounding
