@@ -1,6 +1,6 @@
 """IQ1_S / IQ1_M quantizers: round-trip error, agreement with a scalar port of ggml's C on tie-heavy
-inputs, the exactness machinery of the split search (contender band, full replay), and hypothesis
-properties (never crash, right byte size)."""
+inputs, the exactness shortcuts (contender band of the split search, full replay, approximate
+neighbour distances), and hypothesis properties (never crash, right byte size)."""
 
 from __future__ import annotations
 
@@ -350,6 +350,20 @@ def test_tiny_weights_take_the_full_replay_and_match_scalar_port() -> None:
     assert iq1.quantize_iq1_s(x[None], im).tobytes() == _ref_iq1_s(x, im)
 
 
+@pytest.mark.parametrize("x_kind", ["ones", "gauss"])
+def test_zero_imatrix_spans_match_scalar_port(x_kind: str) -> None:
+    x = np.ones(256, dtype=np.float32) if x_kind == "ones" else _gaussian(1, 256, seed=14)[0]
+    im = np.exp(_gaussian(1, 256, seed=15)[0]).astype(np.float32)
+    im[:32] = 0.0  # one IQ1_S sub-block without weight
+    im[64:80] = -0.0  # one IQ1_M sub-block, signed zeros
+    im[200:203] = 0.0
+    assert iq1.quantize_iq1_s(x[None], im).tobytes() == _ref_iq1_s(x, im)
+    assert iq1.quantize_iq1_m(x[None], im).tobytes() == _ref_iq1_m(x, im)
+    zero = np.zeros(256, dtype=np.float32)
+    assert iq1.quantize_iq1_s(x[None], zero).tobytes() == _ref_iq1_s(x, zero)
+    assert iq1.quantize_iq1_m(x[None], zero).tobytes() == _ref_iq1_m(x, zero)
+
+
 # ------------------------------------------------------------------------------------------------
 # the contender shortcut must give the same bytes as replaying ggml's whole scan
 
@@ -383,6 +397,10 @@ def test_shortcut_equals_full_replay(
     monkeypatch.undo()
     # no block passes the range check: the whole scan is replayed for every block
     monkeypatch.setattr(iq1, "_safe", lambda m, *a: np.zeros(m.shape, dtype=bool))
+    assert np.array_equal(fn(x, im), fast)
+    monkeypatch.undo()
+    # every neighbour gets the exact sequential distance
+    monkeypatch.setattr(iq1, "_NB_TOL", 1e30)
     assert np.array_equal(fn(x, im), fast)
 
 

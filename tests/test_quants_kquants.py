@@ -14,7 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from gguf_recipe.quants import _scale_search as ss
 from gguf_recipe.quants import quantize, spec_for
+from gguf_recipe.quants._numeric import nearest_int
 
 KQUANTS = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 
@@ -134,3 +136,91 @@ def test_moderate_inputs_roundtrip_within_block_range(qtype: str, x: np.ndarray)
     blocks_x = np.abs(x.reshape(-1, 256)).max(axis=1)
     blocks_y = np.abs(y.reshape(-1, 256)).max(axis=1)
     assert (blocks_y <= blocks_x * 2.5 + 1e-6).all()
+
+
+@pytest.mark.parametrize("qtype", KQUANTS)
+def test_inputs_are_not_modified(qtype: str) -> None:
+    # A single super-block once made a transposed view alias the caller's row (regression).
+    for x in (np.full((1, 256), -1.0, dtype=np.float32), np.random.default_rng(1).standard_normal((3, 512))):
+        x = x.astype(np.float32)
+        im = np.zeros(x.shape[1], dtype=np.float32)
+        x0, im0 = x.copy(), im.copy()
+        first = quantize(x, qtype, im, threads=1)
+        assert np.array_equal(x, x0) and np.array_equal(im, im0)
+        assert np.array_equal(first, quantize(x, qtype, im, threads=1))
+        quantize(x, qtype, threads=1)
+        assert np.array_equal(x, x0)
+
+
+# ------------------------------------------------------------------ scale-search building blocks vs scalar C
+
+f32 = np.float32
+
+
+def _nint(v: np.float32) -> int:
+    return int(nearest_int(np.array([v], dtype=np.float32))[0])
+
+
+def _ref_make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.float32, list[int]]:
+    """make_q3_quants(n, nmax, x, L, true) transcribed line by line with float32 scalars."""
+    n = len(x)
+    amax, mx = f32(0), f32(0)
+    for i in range(n):
+        ax = abs(x[i])
+        if ax > amax:
+            amax, mx = ax, x[i]
+    if amax < f32(1e-15):
+        return f32(0), [0] * n
+    iscale = f32(-nmax) / mx
+    L = [0] * n
+    sumlx = suml2 = f32(0)
+    for i in range(n):
+        lv = max(-nmax, min(nmax - 1, _nint(iscale * x[i])))
+        L[i] = lv
+        w = x[i] * x[i]
+        sumlx += w * x[i] * f32(lv)
+        suml2 += w * f32(lv) * f32(lv)
+    for _ in range(5):
+        n_changed = 0
+        for i in range(n):
+            w = x[i] * x[i]
+            slx = sumlx - w * x[i] * f32(L[i])
+            if slx > 0:
+                sl2 = suml2 - w * f32(L[i]) * f32(L[i])
+                new_l = max(-nmax, min(nmax - 1, _nint(x[i] * sl2 / slx)))
+                if new_l != L[i]:
+                    slx += w * x[i] * f32(new_l)
+                    sl2 += w * f32(new_l) * f32(new_l)
+                    if sl2 > 0 and slx * slx * suml2 > sumlx * sumlx * sl2:
+                        L[i], sumlx, suml2 = new_l, slx, sl2
+                        n_changed += 1
+        if not n_changed:
+            break
+    return (sumlx / suml2 if suml2 > 0 else f32(0)), [v + nmax for v in L]
+
+
+def test_seq_sum_is_sequential() -> None:
+    """The k-quant searches rely on numpy reducing axis 0 of a C-contiguous array element by element."""
+    rng = np.random.default_rng(2)
+    for n in (8, 16, 32, 256):
+        t = (rng.standard_normal((n, 300)) * np.exp(rng.standard_normal((n, 300)) * 6)).astype(np.float32)
+        acc = np.zeros(300, dtype=np.float32)
+        for i in range(n):
+            acc += t[i]
+        assert np.array_equal(ss.seq_sum(t), acc)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    groups=hnp.arrays(
+        np.float32,
+        st.tuples(st.just(16), st.integers(1, 40)),
+        elements=st.one_of(st.integers(-8, 8).map(float), st.floats(-50, 50, width=32)),
+    )
+)
+def test_make_q3_quants_matches_scalar_reference(groups: np.ndarray) -> None:
+    scale, L = ss.make_q3_quants(np.ascontiguousarray(groups), 4)
+    for gi in range(groups.shape[1]):
+        ref_scale, ref_L = _ref_make_q3_quants(groups[:, gi], 4)
+        assert scale[gi].tobytes() == ref_scale.tobytes()
+        assert L[:, gi].astype(int).tolist() == ref_L

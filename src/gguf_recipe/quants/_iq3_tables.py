@@ -48,6 +48,7 @@ class Iq3Tables:
     kmap: I32Array  # (4096,) grid index of code u, -1 off the grid
     nb_row: I32Array  # (4096,) row of u in the neighbour tables, -1 on the grid
     nb_count: I32Array  # (n_rows,)
+    nb_count_u8: U8Array  # (n_rows,) the same as uint8 (fast sorting keys)
     nb_index: I32Array  # (n_rows, max_count) grid indices, padded with 0
     nb_pos: F32Array  # (n_rows, max_count, 4) neighbour positions 2*l+1 as float32, padded with 0
     nb_pos_t: F32Array  # (4, max_count, n_rows) the same, coordinate-major
@@ -56,7 +57,7 @@ class Iq3Tables:
 def _grid_levels(grid_size: int) -> U8Array:
     if grid_size == 256:
         raw = np.load(_DATA / "iq3xxs_grid.npy").astype("<u4").view(np.uint8).reshape(-1, 4)
-        levels = np.searchsorted(_IQ3XXS_BYTES, raw).astype(np.uint8)
+        levels: U8Array = np.searchsorted(_IQ3XXS_BYTES, raw).astype(np.uint8)
         ok = bool(np.array_equal(_IQ3XXS_BYTES[levels.clip(0, 7)], raw))
     elif grid_size == 512:
         raw = np.load(_DATA / "iq3s_grid.npy").astype("<u4").view(np.uint8).reshape(-1, 4)
@@ -102,6 +103,7 @@ def build_iq3_tables(grid_size: int) -> Iq3Tables:
         kmap=kmap,
         nb_row=nb_row,
         nb_count=count,
+        nb_count_u8=count.astype(np.uint8),
         nb_index=np.ascontiguousarray(nb_index),
         nb_pos=np.ascontiguousarray(nb_pos),
         nb_pos_t=np.ascontiguousarray(nb_pos.transpose(2, 1, 0)),

@@ -21,7 +21,9 @@ temporaries; fresh multi-100-KB temporaries cost page faults on every allocation
 
 from __future__ import annotations
 
+import functools
 import threading
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -35,28 +37,32 @@ __all__ = [
     "make_qp_quants",
     "make_qx_quants",
     "nearest_int_f",
+    "nearest_int_inplace",
+    "nearest_int_into",
     "scratch",
     "seq_sum",
 ]
 
 IntpArray = npt.NDArray[np.intp]
+AnyArray = npt.NDArray[Any]
 
 GROUP_MAX_EPS = np.float32(1e-15)
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
 # Below this magnitude ggml's nearest_int (the 1.5*2^23 trick) equals round-half-even.
 _NINT_SAFE = np.float32(4194304.0)
+_MAGIC = np.float32(12582912.0)
 
 _TLS = threading.local()
-_SCRATCH_CACHE_LIMIT = 1 << 22  # elements; bigger buffers are not kept between calls
+_SCRATCH_CACHE_LIMIT = 1 << 20  # elements; bigger buffers (very long rows) are not kept between calls
 
 
-def scratch(key: str, shape: tuple[int, ...]) -> F32Array:
-    """A float32 work array of ``shape`` owned by this thread, reused between calls (contents undefined).
+def scratch(key: str, shape: tuple[int, ...], dtype: type[np.generic] = np.float32) -> npt.NDArray[Any]:
+    """A work array of ``shape`` owned by this thread, reused between calls (contents undefined).
 
     Each caller uses its own keys; a buffer must not be used after the same key is requested again.
     """
-    pool: dict[str, F32Array] | None = getattr(_TLS, "pool", None)
+    pool: dict[str, npt.NDArray[Any]] | None = getattr(_TLS, "pool", None)
     if pool is None:
         pool = {}
         _TLS.pool = pool
@@ -64,20 +70,35 @@ def scratch(key: str, shape: tuple[int, ...]) -> F32Array:
     for d in shape:
         size *= d
     buf = pool.get(key)
-    if buf is None or buf.size < size:
-        buf = np.empty(size, dtype=np.float32)
+    if buf is None or buf.size < size or buf.dtype != dtype:
+        buf = np.empty(size, dtype=dtype)
         if size <= _SCRATCH_CACHE_LIMIT:
             pool[key] = buf
     return buf[:size].reshape(shape)
 
 
-def seq_sum(t: F32Array, out: F32Array | None = None) -> F32Array:
+def nearest_int_inplace(v: F32Array) -> npt.NDArray[np.int32]:
+    """ggml ``nearest_int`` of every element, computed in ``v``'s memory; returns the int32 view of it."""
+    np.add(v, _MAGIC, out=v)
+    vi = v.view(np.int32)
+    np.bitwise_and(vi, np.int32(0x007FFFFF), out=vi)
+    np.subtract(vi, np.int32(0x00400000), out=vi)
+    return vi
+
+
+def nearest_int_into(v: F32Array, out: F32Array) -> F32Array:
+    """ggml ``nearest_int`` of every element as float32 into ``out``; ``v`` is overwritten."""
+    np.copyto(out, nearest_int_inplace(v), casting="unsafe")
+    return out
+
+
+def seq_sum(t: AnyArray, out: F32Array | None = None) -> F32Array:
     """``float s = 0; for (i...) s += t[i];`` over axis 0 of a C-contiguous ``(n, G)`` array."""
     res: F32Array = np.add.reduce(t, axis=0, initial=_F0, out=out)
     return res
 
 
-def nearest_int_f(v: F32Array) -> F32Array:
+def nearest_int_f(v: AnyArray) -> F32Array:
     """ggml ``nearest_int`` for any float32 input (NaN/inf/huge included), as float32."""
     return nearest_int(v).astype(np.float32)
 
@@ -87,7 +108,7 @@ def _first_absmax(x: F32Array) -> tuple[F32Array, F32Array]:
 
     NaN never wins (C's ``>``); among equal magnitudes the first element wins.
     """
-    n, g = x.shape
+    n = x.shape[0]
     ax = np.abs(x, out=scratch("fam.ax", x.shape))
     amax: F32Array = np.fmax.reduce(ax, axis=0)
     amax[~(amax > 0)] = 0
@@ -115,10 +136,7 @@ def make_qx_quants(x: F32Array, nmax: int, qw: F32Array | None = None) -> tuple[
     n, g = x.shape
     amax, mx = _first_absmax(x)
     zero = amax < GROUP_MAX_EPS
-    if qw is None:
-        w = np.multiply(x, x, out=scratch("qx.w", x.shape))
-    else:
-        w = qw
+    w = np.multiply(x, x, out=scratch("qx.w", x.shape)) if qw is None else qw
     wx = np.multiply(w, x, out=scratch("qx.wx", x.shape))
     safe_mx = np.where(zero, _F1, mx)
     lo, hi = np.float32(-nmax), np.float32(nmax - 1)
@@ -126,11 +144,20 @@ def make_qx_quants(x: F32Array, nmax: int, qw: F32Array | None = None) -> tuple[
     t = scratch("qx.t", (2, n, g))
     sums = scratch("qx.sums", (2, g))
 
-    def candidate(iscale: F32Array) -> None:
-        # |iscale*x| <= nmax + 1 here, so rint is ggml's nearest_int.
-        np.multiply(x, iscale, out=v)
-        np.rint(v, out=v)
-        np.clip(v, lo, hi, out=v)
+    # For finite x, |iscale*x| <= nmax + 1 and rint is ggml's nearest_int; NaN/inf need the exact trick.
+    exact = not bool(np.isfinite(x).all())
+
+    def levels(iscale: AnyArray, out: F32Array) -> F32Array:
+        np.multiply(x, iscale, out=out)
+        if exact:
+            out[...] = nearest_int_f(out)
+        else:
+            np.rint(out, out=out)
+        np.clip(out, lo, hi, out=out)
+        return out
+
+    def candidate(iscale: AnyArray) -> None:
+        levels(iscale, v)
         np.multiply(wx, v, out=t[0])
         np.multiply(w, v, out=t[1])
         np.multiply(t[1], v, out=t[1])
@@ -154,9 +181,7 @@ def make_qx_quants(x: F32Array, nmax: int, qw: F32Array | None = None) -> tuple[
             np.divide(sumlx, suml2, out=scale, where=better)
             np.multiply(scale, sumlx, out=best, where=better)
             np.copyto(best_iscale, iscale_c, where=better)
-        L = np.multiply(x, best_iscale)
-        np.rint(L, out=L)
-        np.clip(L, lo, hi, out=L)
+        L = levels(best_iscale, np.empty_like(x))
         L += np.float32(nmax)
     if zero.any():
         np.copyto(L, _F0, where=zero)
@@ -169,22 +194,32 @@ def make_qx_quants(x: F32Array, nmax: int, qw: F32Array | None = None) -> tuple[
 
 def make_q3_quants(x: F32Array, nmax: int) -> tuple[F32Array, F32Array]:
     """make_q3_quants(n, nmax, x, L, do_rmse=true) for every group; returns (scale, L) with L = nmax + l."""
+    n, g = x.shape
     amax, mx = _first_absmax(x)
     zero = amax < GROUP_MAX_EPS
-    w = np.multiply(x, x, out=scratch("q3.w", x.shape))
-    wx = np.multiply(w, x, out=scratch("q3.wx", x.shape))
-    t = scratch("q3.t", x.shape)
+    z = scratch("q3.z", (4, n, g))
+    w = np.multiply(x, x, out=z[0])
+    wx = np.multiply(w, x, out=z[1])
+    z[2] = x
+    t = scratch("q3.t", (2, n, g))
+    sums = np.empty((2, g), dtype=np.float32)
     lo, hi = np.float32(-nmax), np.float32(nmax - 1)
     with np.errstate(all="ignore"):
         iscale = np.float32(-nmax) / np.where(zero, _F1, mx)
         L = np.multiply(x, iscale)
-        np.rint(L, out=L)
+        if np.isfinite(x).all():
+            np.rint(L, out=L)  # |iscale*x| <= nmax: rint is ggml's nearest_int
+        else:
+            L[...] = nearest_int_f(L)
         np.clip(L, lo, hi, out=L)
-        sumlx = seq_sum(np.multiply(wx, L, out=t))
-        np.multiply(w, L, out=t)
-        suml2 = seq_sum(np.multiply(t, L, out=t))
-        _refine_levels(x, w, wx, L, sumlx, suml2, np.flatnonzero(~zero), -nmax, nmax - 1, qp=False)
-        scale = np.where(suml2 > 0, sumlx / suml2, _F0)
+        np.multiply(w, L, out=t[0])
+        np.multiply(t[0], L, out=t[0])
+        np.multiply(wx, L, out=t[1])
+        np.add.reduce(t, axis=1, initial=_F0, out=sums)
+        z[3] = L
+        _refine_levels(z, sums, np.flatnonzero(~zero), -nmax, nmax - 1, qp=False)
+        L = z[3].copy()
+        scale = np.where(sums[0] > 0, sums[1] / sums[0], _F0)
     L += np.float32(nmax)
     if zero.any():
         np.copyto(L, _F0, where=zero)
@@ -195,6 +230,7 @@ def make_q3_quants(x: F32Array, nmax: int) -> tuple[F32Array, F32Array]:
 # ------------------------------------------------------------------------------- iterative level refinement
 
 
+@functools.cache
 def _first_set_lut(n: int) -> npt.NDArray[np.int32]:
     """LUT[m] = index i of the first element of a group whose bit (n-1-i) is set in the n-bit mask m; n if none."""
     m = np.arange(1, 1 << n, dtype=np.float64)
@@ -203,22 +239,18 @@ def _first_set_lut(n: int) -> npt.NDArray[np.int32]:
     return lut
 
 
-_LUTS = {n: _first_set_lut(n) for n in (8, 16)}
-
-
 def _refine_levels(
-    x: F32Array,
-    w: F32Array,
-    wx: F32Array,
-    L: F32Array,
-    sumlx: F32Array,
-    suml2: F32Array,
+    z: F32Array,
+    sums: F32Array,
     active: IntpArray,
     lo: float | None,
     hi: float,
     qp: bool,
 ) -> None:
     """The ``for (itry < 5) { for (i < n) {...}; if (!n_changed) break; }`` loop of make_q3/qp_quants, in place.
+
+    ``z`` is ``[w, w*x, x, L]`` with shape (4, n, G) (L = z[3] is updated); ``sums`` is ``[suml2, sumlx]``
+    with shape (2, G), updated too.
 
     C visits the elements of a group one by one and may accept a new level for element i, which changes
     the running sums seen by the following elements. Until the next acceptance every element sees the same
@@ -232,82 +264,68 @@ def _refine_levels(
     make_qp_quants (qp=True): ``if (slx > 0 && sl2 > 0)`` ... ``MIN(hi, l)`` ... ``if (better)``, and L is
     C's ``uint8_t`` array (stored levels wrap modulo 256).
     """
-    n = x.shape[0]
-    lut = _LUTS[n]
+    n, g = z.shape[1], z.shape[2]
+    L = z[3]
+    lut = _first_set_lut(n)
+    rest_of = (np.int32(1) << (n - np.arange(n + 1, dtype=np.int32))) - 1  # bits of elements pos..n-1
     bits = (np.int32(1) << (n - 1 - np.arange(n, dtype=np.int32)))[:, None]
-    pos = np.zeros(active.size, dtype=np.int32)
+    pos = np.zeros(active.size, dtype=np.intp)
     itry = np.zeros(active.size, dtype=np.int32)
-    changed = np.zeros(active.size, dtype=np.bool_)
+    allow = np.zeros(active.size, dtype=np.int32)  # -1 where the group may start another itry
     flo = None if lo is None else np.float32(lo)
     fhi = np.float32(hi)
     act = active
-    full = act.size == x.shape[1]
-    while act.size:
-        if full:
-            xa, wa, wxa, la = x, w, wx, L
-            sx, s2 = sumlx, suml2
-        else:
-            xa, wa, wxa, la = (np.take(a, act, axis=1) for a in (x, w, wx, L))
-            sx, s2 = sumlx[act], suml2[act]
-        full = False
-        slx = sx - wxa * la
-        sl2 = s2 - wa * la * la
-        new_l = nearest_int_f(xa * sl2 / slx)
+    za, sa = z, sums
+    if act.size != g:
+        za, sa = np.take(z, act, axis=2), np.take(sums, act, axis=1)
+    # ru = [sl2, slx, sl2_n, slx_n]: [slx, sl2_n] (q3) and [sl2, slx] (qp) are adjacent for the > 0 tests.
+    conds = slice(0, 2) if qp else slice(1, 3)
+    while True:
+        a = act.size
+        la = za[3]
+        ru = scratch("rf.ru", (4, n, a))
+        r = np.multiply(za[0:2], la, out=ru[0:2])
+        np.multiply(r[0], la, out=r[0])
+        np.subtract(sa[:, None, :], r, out=r)
+        q = np.multiply(za[2], r[0], out=scratch("rf.q", (n, a)))
+        np.divide(q, r[1], out=q)
+        new_l = nearest_int_into(q, scratch("rf.nl", (n, a)))
         if flo is None:
             np.minimum(new_l, fhi, out=new_l)
         else:
             np.clip(new_l, flo, fhi, out=new_l)
-        slx_n = slx + wxa * new_l
-        sl2_n = sl2 + wa * new_l * new_l
-        acc = (slx > 0) & (new_l != la) & (slx_n * slx_n * s2 > sx * sx * sl2_n)
-        acc &= (sl2 > 0) if qp else (sl2_n > 0)
-        mask = np.add.reduce(acc * bits, axis=0)
-        rest = (np.int32(1) << (n - pos)) - 1  # elements pos..n-1 of this itry
+        u = np.multiply(za[0:2], new_l, out=ru[2:4])
+        np.multiply(u[0], new_l, out=u[0])
+        np.add(u, r, out=u)
+        # slx_n*slx_n*suml2 > sumlx*sumlx*sl2_n, and the sign / changed tests
+        lhs = np.multiply(u[1], u[1], out=q)
+        np.multiply(lhs, sa[0], out=lhs)
+        rhs = np.multiply(sa[1] * sa[1], u[0], out=scratch("rf.rhs", (n, a)))
+        b = scratch("rf.b", (4, n, a), np.bool_)
+        np.greater(lhs, rhs, out=b[0])
+        np.greater(ru[conds], _F0, out=b[1:3])
+        np.not_equal(new_l, la, out=b[3])
+        acc = np.logical_and.reduce(b, axis=0)
+        mask = np.add.reduce(np.multiply(acc, bits, out=scratch("rf.bits", (n, a), np.int32)), axis=0)
+        rest = rest_of[pos]
         m1 = mask & rest
-        m2 = mask & ~rest
-        hit1 = m1 != 0
-        hit2 = ~hit1 & changed & (itry < 4) & (m2 != 0)
-        hit = hit1 | hit2
-        if not hit.any():
+        sel = np.where(m1 != 0, m1, mask & ~rest & allow)
+        k = lut[sel]
+        cols = np.flatnonzero(k < n)
+        if not cols.size:
             break
-        cols = np.flatnonzero(hit)
-        kh = lut[np.where(hit1, m1, m2)[cols]]
-        g = act[cols]
+        kh = k[cols]
+        gi = act[cols]
         nl = new_l[kh, cols]
         if qp:
             nl = (nl.astype(np.int32) & 0xFF).astype(np.float32)
-        L[kh, g] = nl
-        sumlx[g] = slx_n[kh, cols]
-        suml2[g] = sl2_n[kh, cols]
-        itry[hit2] += 1
-        act, pos, itry = g, kh + 1, itry[cols]
-        changed = np.ones(act.size, dtype=np.bool_)
-
-
-# --------------------------------------------------------------------------------------------- make_q3_quants
-
-
-def make_q3_quants(x: F32Array, nmax: int) -> tuple[F32Array, F32Array]:
-    """make_q3_quants(n, nmax, x, L, do_rmse=true) for every group; returns (scale, L) with L = nmax + l."""
-    n, g = x.shape
-    amax, mx = _first_absmax(x)
-    zero = amax < GROUP_MAX_EPS
-    w = x * x
-    wx = w * x
-    lo, hi = np.float32(-nmax), np.float32(nmax - 1)
-    with np.errstate(all="ignore"):
-        iscale = np.float32(-nmax) / np.where(zero, np.float32(1), mx)
-        L = np.multiply(x, iscale)
-        np.rint(L, out=L)
-        np.clip(L, lo, hi, out=L)
-        sumlx = seq_sum(wx * L)
-        suml2 = seq_sum(w * L * L)
-        _refine_levels(x, w, wx, L, sumlx, suml2, np.flatnonzero(~zero), -nmax, nmax - 1, qp=False)
-        scale = np.where(suml2 > 0, sumlx / suml2, _F0)
-    L += np.float32(nmax)
-    L[:, zero] = 0
-    scale[zero] = 0
-    return scale, L
+        L[kh, gi] = nl
+        sums[:, gi] = u[:, kh, cols]
+        itry = itry[cols] + (m1[cols] == 0)
+        allow = -(itry < 4).astype(np.int32)
+        pos = kh + 1
+        act = gi
+        za, sa = np.take(z, act, axis=2), np.take(sums, act, axis=1)
 
 
 # ------------------------------------------------------------------------------------- make_qkx2/3_quants
@@ -327,83 +345,104 @@ def _qkx_search(
 
     Returns (scale, the_min, L) with L in [0, nmax] as float32.
     """
+    n, g = x.shape
     fmax = np.float32(nmax)
-    xmin: F32Array = np.minimum.reduce(x, axis=0)
-    xmax: F32Array = np.maximum.reduce(x, axis=0)
+    # min = x[0]; if (x[i] < min) min = x[i];  NaN elements are skipped unless x[0] is NaN.
+    xmin: F32Array = np.fmin.reduce(x, axis=0)
+    xmax: F32Array = np.fmax.reduce(x, axis=0)
+    nan0 = np.isnan(x[0])
+    if nan0.any():
+        xmin[nan0] = np.nan
+        xmax[nan0] = np.nan
+    t = scratch("qkx.t", (3, n, g))
+    v = scratch("qkx.v", (n, g))
+    sums = scratch("qkx.sums", (3, g))
     # sum_w starts from weights[0] and sum_x from weights[0]*x[0] in C (not from 0).
     sum_w: F32Array = np.add.reduce(w, axis=0)
-    sum_x: F32Array = np.add.reduce(w * x, axis=0)
+    sum_x: F32Array = np.add.reduce(np.multiply(w, x, out=t[0]), axis=0)
     # C: if (min > 0) min = 0;
     mn = np.where(xmin > 0, _F0, xmin)
     zero = (xmax <= mn) if qkx3 else (xmax == mn)
     live = ~zero
-    t = np.empty_like(x)
-    wl = np.empty_like(x)
-    v = np.empty_like(x)
+    any_zero = bool(zero.any())
+    absx = np.maximum(np.abs(xmax), np.abs(xmin))
 
-    def error(scale: F32Array, mn_: F32Array, lv: F32Array) -> F32Array:
+    def error(scale: AnyArray, mn_: AnyArray, lv: F32Array) -> F32Array:
         # diff = scale*L + min - x; C sums w*diff^2 (or w*|diff|) from 0.
-        np.multiply(lv, scale, out=t)
-        np.add(t, mn_, out=t)
-        np.subtract(t, x, out=t)
+        e = t[0]
+        np.multiply(lv, scale, out=e)
+        np.add(e, mn_, out=e)
+        np.subtract(e, x, out=e)
         if use_mad:
-            np.abs(t, out=t)
+            np.abs(e, out=e)
         else:
-            np.multiply(t, t, out=t)
-        np.multiply(w, t, out=t)
-        return seq_sum(t)
+            np.multiply(e, e, out=e)
+        np.multiply(w, e, out=e)
+        return seq_sum(e)
 
-    def levels_clip(iscale: F32Array, mn_: F32Array, out: F32Array) -> F32Array:
+    def safe(iscale: AnyArray, mn_: AnyArray) -> bool:
+        # |iscale*(x - min)| <= (max|x| + |min|)*|iscale| < 2^22 for every live group: rint == nearest_int.
+        bound = (absx + np.abs(mn_)) * np.abs(iscale)
+        if any_zero:
+            bound[zero] = 0
+        return bool(bound.max() < _NINT_SAFE)
+
+    def levels_clip(iscale: AnyArray, mn_: AnyArray, out: F32Array) -> F32Array:
         # MAX(0, MIN(nmax, nearest_int(iscale*(x - min))))
         np.subtract(x, mn_, out=out)
         np.multiply(out, iscale, out=out)
-        bound = np.maximum(np.abs(xmax - mn_), np.abs(xmin - mn_)) * np.abs(iscale)
-        if bool(np.all(bound[live] < _NINT_SAFE)):
+        if safe(iscale, mn_):
             np.rint(out, out=out)
         else:
             out[...] = nearest_int_f(out)
         np.clip(out, _F0, fmax, out=out)
         return out
 
-    def levels_v(iscale: F32Array, mn_: F32Array, out: F32Array) -> F32Array:
+    def levels_v(iscale: AnyArray, mn_: AnyArray, out: F32Array) -> F32Array:
         # make_qkx3: v > 0 ? nearest_int(MIN(v, nmax)) : 0   (NaN -> 0, +inf -> nmax)
         np.subtract(x, mn_, out=out)
         np.multiply(out, iscale, out=out)
-        np.fmax(out, _F0, out=out)
-        np.fmin(out, fmax, out=out)
+        if bool(np.isinf(iscale[live]).any()):
+            np.fmax(out, _F0, out=out)
+            np.fmin(out, fmax, out=out)
+        else:
+            # No NaN possible: x - min is finite and iscale is finite.
+            np.clip(out, _F0, fmax, out=out)
         np.rint(out, out=out)
         return out
 
     levels = levels_v if qkx3 else levels_clip
 
     with np.errstate(all="ignore"):
-        iscale = fmax / np.where(zero, np.float32(1), xmax - mn)
-        scale = np.float32(1) / iscale
+        iscale = fmax / np.where(zero, _F1, xmax - mn)
+        scale = _F1 / iscale
         L = levels_clip(iscale, mn, np.empty_like(x))
         best_error = error(scale, mn, L)
         if nstep >= 1:
             # Remember, per group, the (iscale, min) that produced the accepted levels; L is recomputed once.
             acc_iscale = iscale.copy()
             acc_min = mn.copy()
-            accepted = np.zeros_like(live)
+            accepted = np.zeros(g, dtype=np.bool_)
+            this_scale = np.empty(g, dtype=np.float32)
             for step in range(nstep + 1):
                 c = np.float32(rmin) + np.float32(rdelta) * np.float32(step) + fmax
                 iscale_c = c / (xmax - mn)
                 lv = levels(iscale_c, mn, v)
-                np.multiply(w, lv, out=wl)
-                sum_l = seq_sum(wl)
-                np.multiply(wl, lv, out=t)
-                sum_l2 = seq_sum(t)
-                np.multiply(wl, x, out=t)
-                sum_xl = seq_sum(t)
+                wl = np.multiply(w, lv, out=t[0])
+                np.multiply(wl, lv, out=t[1])
+                np.multiply(wl, x, out=t[2])
+                np.add.reduce(t, axis=1, initial=_F0, out=sums)
+                sum_l, sum_l2, sum_xl = sums[0], sums[1], sums[2]
                 d = sum_w * sum_l2 - sum_l * sum_l
-                this_scale = (sum_w * sum_xl - sum_x * sum_l) / d
+                np.divide(sum_w * sum_xl - sum_x * sum_l, d, out=this_scale)
                 this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d
                 pos = this_min > 0
-                this_min[pos] = 0
-                this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
+                np.copyto(this_min, _F0, where=pos)
+                np.divide(sum_xl, sum_l2, out=this_scale, where=pos)
                 cur = error(this_scale, this_min, lv)
-                better = (d > 0) & (cur < best_error) & live
+                better = (d > 0) & (cur < best_error)
+                if any_zero:
+                    better &= live
                 if better.any():
                     accepted |= better
                     np.copyto(best_error, cur, where=better)
@@ -414,9 +453,10 @@ def _qkx_search(
             if accepted.any():
                 lv = levels(acc_iscale, acc_min, v)
                 np.copyto(L, lv, where=accepted)
-    L[:, zero] = 0
-    scale[zero] = 0
-    return scale, -mn, L
+    if any_zero:
+        np.copyto(L, _F0, where=zero)
+        scale[zero] = 0
+    return cast(F32Array, scale), cast(F32Array, -mn), L
 
 
 def make_qkx2_quants(
@@ -441,7 +481,6 @@ def make_qp_quants(x: F32Array, nmax: int, qw: F32Array) -> tuple[F32Array, F32A
 
     L is what C stores in its ``uint8_t`` array (negative levels wrap modulo 256), as float32.
     """
-    n, g = x.shape
     fmax = np.float32(nmax)
     # float max = 0; for (i) max = MAX(max, x[i]);  with MAX(a, b) = a > b ? a : b (NaN semantics included)
     mx = np.zeros(x.shape[1], dtype=np.float32)
@@ -473,11 +512,11 @@ def make_qp_quants(x: F32Array, nmax: int, qw: F32Array) -> tuple[F32Array, F32A
             best_mse = np.where(better, mse, best_mse)
             iscale = np.where(better, iscale_is, iscale)
         lint = np.minimum(nearest_int_f(iscale * x), fmax)
-        sumlx = seq_sum(wx * lint)
-        suml2 = seq_sum(qw * lint * lint)
-        L = wrap(lint)
-        _refine_levels(x, qw, wx, L, sumlx, suml2, np.flatnonzero(~zero), None, nmax, qp=True)
-        scale = np.where(suml2 > 0, sumlx / suml2, _F0)
+        sums = np.stack([seq_sum(qw * lint * lint), seq_sum(wx * lint)])
+        z = np.stack([qw, wx, x, wrap(lint)])
+        _refine_levels(z, sums, np.flatnonzero(~zero), None, nmax, qp=True)
+        L = z[3]
+        scale = np.where(sums[0] > 0, sums[1] / sums[0], _F0)
     L[:, zero] = 0
     scale[zero] = 0
-    return scale, L
+    return cast(F32Array, scale), L

@@ -5,16 +5,19 @@ shift of +-IQ1_DELTA) by two split points over the values sorted ascending, tryi
 points (and every shift) with a running "best so far" scan, then snap each group of 8 levels to the
 2048-point grid (nearest neighbour under the weighted error when the code is off the grid).
 
-Exact reproduction of the running scan: every candidate's sums are computed exactly as C does (float32,
-C order) for all sub-blocks at once, and ``s = sumqx^2 / sumq2`` ranks them. ggml's comparison
+Exact reproduction of the running scan: every candidate's sums are computed for all sub-blocks at once
+(as C does, up to exact power-of-two rescalings) and ``s = sumqx^2 / sumq2`` ranks them. ggml's test
 ``sumqx*sumqx > best_score*sumq2`` agrees with ``s_k > s_best`` whenever the two differ by more than a
 few ulps, so only the candidates whose ``s`` lies within ``eps`` of the sub-block maximum (separated from
-the rest by a gap of at least ``_BAND``) can change the outcome; ggml's scan is replayed exactly over
-those few. Sub-blocks where that argument does not hold (values near float32 under/overflow, negative
-weights) replay the whole scan.
+the rest by a gap of at least ``_BAND``) can change the outcome: their sums are recomputed exactly as in
+C and ggml's scan is replayed over them. Sub-blocks where that argument does not hold (values near
+float32 under/overflow, negative weights) replay the whole scan. The neighbour search works the same
+way: approximate distances pick the few neighbours that can win, which get C's exact sequential sum.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -30,8 +33,7 @@ BoolArray = npt.NDArray[np.bool_]
 
 QK_K = 256
 _F = np.float32
-_DELTA = _F(0.125)  # IQ1S_DELTA == IQ1M_DELTA
-_XP = np.array([-1 + 0.125, 0.125, 1 + 0.125], dtype=_F)  # x_p
+_XP = np.array([-1 + 0.125, 0.125, 1 + 0.125], dtype=_F)  # x_p; IQ1S_DELTA == IQ1M_DELTA == 0.125
 _XM = np.array([-1 - 0.125, -0.125, 1 - 0.125], dtype=_F)  # x_m
 _FLT_MAX = _F(np.finfo(np.float32).max)
 _BAND = 1e-5  # relative gap around the contender threshold; >> the few ulps ggml's test can be off
@@ -74,15 +76,16 @@ def _seq_sum(v: F32Array) -> F32Array:
 
 
 def _contenders(
-    score: F32Array, wsum: F32Array, wxabs: F32Array, wmin: F32Array
+    score: F32Array, m: F32Array, wsum: F32Array, wxabs: F32Array, wmin: F32Array, wmax: F32Array
 ) -> tuple[I64Array, I64Array]:
     """(block, candidate) of every candidate that can influence ggml's running scan, sorted by block then
-    candidate index (the scan order). ``score`` is (n_candidates, n_blocks); wsum, wxabs, wmin: per block
-    sum(w), sum(|w*x|), min(w) for the range check (:func:`_safe`)."""
+    candidate index (the scan order). ``score`` is (n_candidates, n_blocks), ``m`` its maximum per block;
+    wsum, wxabs, wmin, wmax: per block sum(w), sum(|w*x|), min(w), max(w) for the range check
+    (:func:`_safe`)."""
     ncand, nb = score.shape
-    with np.errstate(invalid="ignore"):
-        m = score.max(axis=0)
     unsafe = ~_safe(m, wsum, wxabs, wmin)
+    # all weights zero: every sumq2 is exactly 0, no candidate passes `sumq2 > 0`
+    unsafe &= ~((wmax == 0) & (wmin == 0))
     blocks: list[I64Array] = []
     cands: list[I64Array] = []
     todo = np.flatnonzero(~unsafe)
@@ -112,35 +115,77 @@ def _contenders(
         b, c = np.nonzero(np.ones((todo.size, ncand), dtype=bool))
         blocks.append(todo[b])
         cands.append(c)
-    blk = np.concatenate(blocks)
-    cand = np.concatenate(cands)
-    order = np.lexsort((cand, blk))
-    return blk[order], cand[order]
+    key = np.concatenate(blocks) * ncand + np.concatenate(cands)
+    key.sort(kind="stable")  # a few sorted runs: cheap for timsort
+    blk, cand = np.divmod(key, ncand)
+    return blk, cand
+
+
+def _at(a: F32Array, flat: I64Array) -> F32Array:
+    """``a.reshape(-1)[flat]``."""
+    return np.take(a.reshape(-1), flat)
 
 
 def _replay(blk: I64Array, qx: F32Array, q2: F32Array, nb: int) -> tuple[I64Array, F32Array]:
     """ggml's scan ``if (sumq2 > 0 && sumqx*sumqx > best_score*sumq2) {scale = sumqx/sumq2;
-    best_score = scale*sumqx; ...}`` over the listed candidates (grouped by block, in scan order).
+    best_score = scale*sumqx; ...}`` over the listed candidates (grouped by block, in scan order),
+    starting from ``best_score = -FLT_MAX``.
 
     Returns the winning position in the list per block (-1: none) and its scale."""
     count = np.bincount(blk, minlength=nb)
     start = np.cumsum(count) - count
     best = np.full(nb, -1, dtype=np.int64)
-    best_score = np.full(nb, -_FLT_MAX, dtype=_F)
     scale = np.zeros(nb, dtype=_F)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         sq = qx * qx
         sc_all = qx / q2
         bs_all = sc_all * qx
-        for t in range(int(count.max()) if nb else 0):
-            sel = np.flatnonzero(count > t)
-            j = start[sel] + t
-            ok = (q2[j] > 0) & (sq[j] > best_score[sel] * q2[j])
-            sel, j = sel[ok], j[ok]
-            best[sel] = j
-            best_score[sel] = bs_all[j]
-            scale[sel] = sc_all[j]
+        ok = (q2 > 0) & (sq > -_FLT_MAX * q2)  # the test against the initial best_score
+        one = np.flatnonzero(count == 1)
+        j = start[one]
+        hit = ok[j]
+        best[one[hit]] = j[hit]
+        many = np.flatnonzero(count > 1)
+        if many.size:
+            # blocks with several candidates, most first: row t of the (width, nm) table holds the t-th
+            # candidate of the blocks that have more than t, in its first n_active[t] columns
+            cm = count[many]
+            col_order = np.argsort(-cm, kind="stable")
+            many, cm = many[col_order], cm[col_order]
+            nm = many.size
+            width = int(cm[0])
+            n_active = nm - np.searchsorted(cm[::-1], np.arange(width), side="right")
+            col = np.full(nb, -1, dtype=np.int64)
+            col[many] = np.arange(nm)
+            e = np.flatnonzero(col[blk] >= 0)
+            dest = (e - start[blk[e]]) * nm + col[blk[e]]
+            q2p = np.empty(width * nm, dtype=_F)
+            sqp = np.empty(width * nm, dtype=_F)
+            bsp = np.empty(width * nm, dtype=_F)
+            q2p[dest] = q2[e]
+            sqp[dest] = sq[e]
+            bsp[dest] = bs_all[e]
+            bsc = np.full(nm, -_FLT_MAX, dtype=_F)
+            bt = np.full(nm, -1, dtype=np.int64)
+            for t in range(width):
+                k = int(n_active[t])
+                r = slice(t * nm, t * nm + k)
+                upd = (q2p[r] > 0) & (sqp[r] > bsc[:k] * q2p[r])
+                np.copyto(bsc[:k], bsp[r], where=upd)
+                np.copyto(bt[:k], t, where=upd)
+            found = bt >= 0
+            best[many[found]] = start[many][found] + bt[found]
+        hasb = best >= 0
+        scale[hasb] = sc_all[best[hasb]]
     return best, scale
+
+
+def _c_max(v: F32Array) -> F32Array:
+    """``m = 0; for i: m = MAX(m, v[:, i])`` with C's ``MAX(a, b) = a > b ? a : b`` (NaN handling)."""
+    m = np.zeros(v.shape[0], dtype=_F)
+    for i in range(v.shape[1]):
+        m = np.where(m > v[:, i], m, v[:, i])
+    return m
 
 
 def _imatrix_weights(xsb: F32Array, qw: F32Array) -> F32Array:
@@ -161,29 +206,29 @@ def _safe(m: F32Array, wsum: F32Array, wxabs: F32Array, wmin: F32Array) -> BoolA
             & (m64 >= 1e-36)
             & (mw >= 1e-34)
             & (mw <= 1e37)
-            & (w64 > 0)
+            & (w64 >= 1e-30)
             & (w64 <= 1e36)
+            & (wxabs.astype(np.float64) >= 1e-30)
             & (wxabs.astype(np.float64) <= 1e18)
             & (wmin >= 0)
         )
     return np.asarray(ok, dtype=bool)
 
 
-_PACKED: list[npt.NDArray[np.uint64]] = []
+_NB_CODES: list[tuple[I32Array, I32Array]] = []
 _POW3 = np.array([1, 3, 9, 27], dtype=np.int64)
+_NB_TOL = 1e-5  # relative slack of the approximate neighbour distances (their error is < 1e-6)
 
 
-def _packed_levels() -> npt.NDArray[np.uint64]:
-    """Per neighbour-list entry, one uint64 whose bytes are: the base-3 code of levels 0..3, then
-    levels 4, 5, 6, 7 (and three zero bytes)."""
-    if not _PACKED:
+def _nb_codes() -> tuple[I32Array, I32Array]:
+    """Per neighbour-list entry: base-3 codes of its levels 0..3 and of its levels 4..7."""
+    if not _NB_CODES:
         tables = iq1_tables()
         lev = tables.grid_levels[tables.nb_flat].astype(np.int64)
-        packed = np.zeros((lev.shape[0], 8), dtype=np.uint8)
-        packed[:, 0] = lev[:, :4] @ _POW3
-        packed[:, 1:5] = lev[:, 4:]
-        _PACKED.append(packed.view(np.uint64).reshape(-1))
-    return _PACKED[0]
+        lo = (lev[:, :4] @ _POW3).astype(np.int32)
+        hi = (lev[:, 4:] @ _POW3).astype(np.int32)
+        _NB_CODES.append((lo, hi))
+    return _NB_CODES[0]
 
 
 def _first_min(d2: F32Array, seg: npt.NDArray[np.int64]) -> I64Array:
@@ -195,12 +240,25 @@ def _first_min(d2: F32Array, seg: npt.NDArray[np.int64]) -> I64Array:
     return pos
 
 
+def _table4(t: F32Array) -> F32Array:
+    """Sums over 4 coordinates for every base-3 code c = c0 + 3*c1 + 9*c2 + 27*c3, accumulated in
+    coordinate order: t (4, 3, n) -> (n, 81)."""
+    n = t.shape[2]
+    p = t[0]
+    for i in (1, 2):
+        p = (p[None, :, :] + t[i][:, None, :]).reshape(-1, n)
+    out = np.empty((n, 3, 27), dtype=_F)
+    np.add(p.T[:, None, :], t[3].T[:, :, None], out=out)
+    return out.reshape(n, 81)
+
+
 def _best_neighbours(codes: I64Array, x8: F32Array, w8: F32Array, scale: F32Array, xx: F32Array) -> I64Array:
     """``iq1_find_best_neighbour2`` for every off-grid group of 8 at once.
 
     codes (n,): the off-grid level codes; x8/w8 (n, 8); scale (n,); xx (n, 3): the level values.
-    d2 = sum_i w[i]*diff*diff is accumulated in C order; its first four steps depend only on the first
-    four levels, so they are tabulated per group (81 values) and the rest is gathered per neighbour.
+    Every neighbour's d2 = sum_i w[i]*diff*diff is first approximated from two tables per group (sums
+    over coordinates 0..3 and 4..7 for all 81 level patterns each); only the neighbours within
+    ``_NB_TOL`` of a group's approximate minimum get ggml's exact sequential float32 sum.
     """
     tables = iq1_tables()
     n = codes.shape[0]
@@ -211,24 +269,34 @@ def _best_neighbours(codes: I64Array, x8: F32Array, w8: F32Array, scale: F32Arra
     # one flat entry per (group, neighbour); entry = index into the neighbour tables
     entry = np.repeat(tables.nb_start[rows] - seg, counts) + np.arange(total, dtype=np.int64)
     g81 = np.repeat(np.arange(0, 81 * n, 81, dtype=np.int32), counts)
-    g3 = np.repeat(np.arange(0, 3 * n, 3, dtype=np.int32), counts)
-    lev = np.ascontiguousarray(_packed_levels()[entry].view(np.uint8).reshape(total, 8)[:, :5].T)
+    lo_t, hi_t = _nb_codes()
+    ilo = g81 + lo_t[entry]
     # the 3 possible terms w*diff*diff of every coordinate (diff = scale*q - x), (8, 3, n)
     diff = (scale[None, None, :] * xx.T[None, :, :]) - x8.T[:, None, :]
     terms = (w8.T[:, None, :] * diff) * diff
-    # partial sums over coordinates 0..3 for every base-3 code l0 + 3*l1 + 9*l2 + 27*l3, as (n, 81)
-    p = terms[0] + _F(0)  # C starts from d2 = 0: a -0.0 first term becomes +0.0
-    for i in range(1, 4):
-        p = (p[None, :, :] + terms[i][:, None, :]).reshape(-1, n)
-    p81 = np.ascontiguousarray(p.T).reshape(-1)
+    terms[0] += _F(0)  # C starts from d2 = 0: a -0.0 first term becomes +0.0
+    p81 = _table4(terms[:4]).reshape(-1)  # exactly C's partial sums
+    q81 = _table4(terms[4:]).reshape(-1)
+    d2a = p81[ilo] + q81[g81 + hi_t[entry]]
+    dmin = np.minimum.reduceat(d2a, seg)
+    thr = dmin + dmin * _F(_NB_TOL) + _F(1e-37)
+    cand = d2a <= np.repeat(thr, counts)
+    # negative weights (cancellation) or NaN: check every neighbour of the group exactly
+    every = np.isnan(dmin) | (w8 < 0).any(axis=1)
+    if every.any():
+        cand |= np.repeat(every, counts)
+    ci = np.flatnonzero(cand)
+    g = g81[ci] // 81
+    lev = tables.grid_levels[tables.nb_flat[entry[ci]], 4:].astype(np.int32)
     t48 = np.ascontiguousarray(terms[4:].transpose(0, 2, 1)).reshape(4, -1)  # (4, n*3)
-    d2 = p81[g81 + lev[0]]
+    d2 = p81[ilo[ci]]
     for i in range(4):
-        d2 += t48[i][g3 + lev[i + 1]]
-    kmin = _first_min(d2, seg)
+        d2 += t48[i][g * 3 + lev[:, i]]
+    seg2 = np.flatnonzero(np.concatenate(([True], g[1:] != g[:-1])))
+    kmin = _first_min(d2, seg2)
     if np.isnan(d2[kmin]).any():  # C's `d2 < best` never picks a NaN
-        kmin = _first_min(np.where(np.isnan(d2), _F(np.inf), d2), seg)
-    best: I64Array = tables.nb_flat[entry[kmin]].astype(np.int64)
+        kmin = _first_min(np.where(np.isnan(d2), _F(np.inf), d2), seg2)
+    best: I64Array = tables.nb_flat[entry[ci[kmin]]].astype(np.int64)
     return best
 
 
@@ -252,13 +320,13 @@ def _grid_lookup(
 # IQ1_S
 
 
-def _iq1s_pairs(n: int) -> tuple[I64Array, I64Array]:
+def _split_pairs(n: int) -> tuple[I64Array, I64Array]:
     i1, i2 = np.triu_indices(n + 1)
     return i1.astype(np.int64), i2.astype(np.int64)
 
 
-_PAIRS_S = _iq1s_pairs(32)
-_PAIRS_M = _iq1s_pairs(16)
+_PAIRS_S = _split_pairs(32)
+_PAIRS_M = _split_pairs(16)
 
 
 def _iq1s_search(
@@ -295,6 +363,7 @@ def _iq1s_search(
         npairs = (bs + 1) * (bs + 2) // 2
         score = np.empty((npairs, 2, nb), dtype=_F)
         bd, bq, bx, b2 = (np.empty((bs + 1, nb), dtype=_F) for _ in range(4))
+        smax = np.full(nb, -np.inf, dtype=_F)
         off = 0
         for i1 in range(bs + 1):
             k = bs + 1 - i1
@@ -313,23 +382,31 @@ def _iq1s_search(
             q2 += b3m[i1:]
             qx *= qx
             np.divide(qx, q2, out=out[:, 1])
+            np.maximum(smax, out.reshape(-1, nb).max(axis=0), out=smax)
             off += k
-    blk, cand = _contenders(score.reshape(2 * npairs, nb), sw[bs], np.abs(wx).sum(axis=1), w.min(axis=1))
+    blk, cand = _contenders(
+        score.reshape(2 * npairs, nb), smax, sw[bs], np.abs(wx).sum(axis=1), w.min(axis=1), w.max(axis=1)
+    )
     pair = cand >> 1
     minus = (cand & 1).astype(bool)
     p1 = _PAIRS_S[0][pair]
     p2 = _PAIRS_S[1][pair]
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):
-        d8 = (sx[p2, blk] - sx[p1, blk]) * xp1
-        qq = ((sw[p2, blk] - sw[p1, blk]) * xp1) * xp1
-        qx = np.where(minus, (a1m[p1, blk] - d8) + a3m[p2, blk], (a1p[p1, blk] + d8) + a3p[p2, blk])
-        q2 = np.where(minus, (b1m[p1, blk] + qq) + b3m[p2, blk], (b1p[p1, blk] + qq) + b3p[p2, blk])
+        f1 = p1 * nb + blk  # flat positions in the (bs+1, nb) prefix tables
+        f2 = p2 * nb + blk
+        d8 = (_at(sx, f2) - _at(sx, f1)) * xp1
+        qq = ((_at(sw, f2) - _at(sw, f1)) * xp1) * xp1
+        qx = np.where(minus, (_at(a1m, f1) - d8) + _at(a3m, f2), (_at(a1p, f1) + d8) + _at(a3p, f2))
+        q2 = np.where(minus, (_at(b1m, f1) + qq) + _at(b3m, f2), (_at(b1p, f1) + qq) + _at(b3p, f2))
     best, scale = _replay(blk, qx.astype(_F), q2.astype(_F), nb)
     found = best >= 0
-    bi = np.where(found, best, 0)
-    s1 = np.where(found, p1[bi], 0)
-    s2 = np.where(found, p2[bi], 0)
-    shift = np.where(found, np.where(minus[bi], -1, 1), 0).astype(np.int8)
+    bi = best[found]
+    s1 = np.zeros(nb, dtype=np.int64)
+    s2 = np.zeros(nb, dtype=np.int64)
+    shift = np.zeros(nb, dtype=np.int8)
+    s1[found] = p1[bi]
+    s2[found] = p2[bi]
+    shift[found] = np.where(minus[bi], -1, 1)
     # levels by sorted position, scattered back to the original positions
     j = np.arange(bs, dtype=np.int64)[None, :]
     ls = ((j >= s1[:, None]).astype(np.int8) + (j >= s2[:, None]).astype(np.int8)).astype(np.int8)
@@ -338,11 +415,37 @@ def _iq1s_search(
     return lv, scale, shift, found
 
 
-def _iq1s_impl(rows: F32Array, imatrix: F32Array) -> U8Array:
+def _superblocks(rows: F32Array, imatrix: F32Array | None) -> tuple[F32Array, F32Array | None]:
+    """rows (nrows, n_per_row) -> super-blocks (nsb, 256), with the matching imatrix slice of each."""
     nrows, npr = rows.shape
-    nsb = nrows * (npr // QK_K)
-    xsb = rows.reshape(nsb, QK_K)
-    qw = np.broadcast_to(imatrix.reshape(-1, QK_K)[None], (nrows, npr // QK_K, QK_K)).reshape(nsb, QK_K)
+    xsb = rows.reshape(-1, QK_K)
+    if imatrix is None:
+        return xsb, None
+    qw = np.broadcast_to(imatrix.reshape(1, -1, QK_K), (nrows, npr // QK_K, QK_K)).reshape(-1, QK_K)
+    return xsb, qw
+
+
+# Super-blocks per batch: bounds the (candidates x sub-blocks) score table (~9 MB) whatever the row length.
+_BATCH = 256
+
+
+def _batched(
+    fn: Callable[[F32Array, F32Array | None], U8Array], rows: F32Array, imatrix: F32Array | None
+) -> U8Array:
+    xsb, qw = _superblocks(rows, imatrix)
+    parts = [
+        fn(xsb[i : i + _BATCH], None if qw is None else qw[i : i + _BATCH])
+        for i in range(0, xsb.shape[0], _BATCH)
+    ]
+    out = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return out.reshape(rows.shape[0], -1)
+
+
+def _iq1s_blocks(xsb: F32Array, qw: F32Array | None) -> U8Array:
+    """IQ1_S bytes (nsb, 50) of super-blocks xsb (nsb, 256) with imatrix slices qw."""
+    if qw is None:
+        raise ValueError("IQ1_S requires an importance matrix")
+    nsb = xsb.shape[0]
     wsb = _imatrix_weights(xsb, qw)
     nb = nsb * 8
     x = xsb.reshape(nb, 32)
@@ -386,7 +489,7 @@ def _iq1s_impl(rows: F32Array, imatrix: F32Array) -> U8Array:
 
     qh = ((index >> 8) << (3 * np.arange(4, dtype=np.int64))).sum(axis=1)
     sc8 = scales.reshape(nsb, 8)
-    max_scale = sc8.max(axis=1)
+    max_scale = _c_max(sc8)
     has = max_scale != 0
     d = max_scale / _F(15)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -402,7 +505,7 @@ def _iq1s_impl(rows: F32Array, imatrix: F32Array) -> U8Array:
     out[:, 0:2] = dbits.reshape(nsb, 1).view(np.uint8)
     out[:, 2:34] = (index.reshape(nsb, 32) & 255).astype(np.uint8)
     out[:, 34:50] = qh.astype("<u2").view(np.uint8)
-    return out.reshape(nrows, -1)
+    return out
 
 
 def quantize_iq1_s(rows: F32Array, imatrix: F32Array | None) -> U8Array:
@@ -410,7 +513,7 @@ def quantize_iq1_s(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     if imatrix is None:
         raise ValueError("IQ1_S requires an importance matrix")
     with np.errstate(all="ignore"):  # float32 C arithmetic: overflow to inf is part of the result
-        return _iq1s_impl(rows, imatrix)
+        return _batched(_iq1s_blocks, rows, imatrix)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -446,50 +549,53 @@ def _iq1m_search(x: F32Array, w: F32Array) -> tuple[npt.NDArray[np.int8], F32Arr
         cm = [((pw[h][bs] * m2) * m2) + pw[h] * cm1 for h in (0, 1)]
         dp = [pw[h] * cp2 for h in (0, 1)]  # per i2
         dm = [pw[h] * cm2 for h in (0, 1)]
+        # per half h: the x_p and x_m variants stacked on a leading axis of 2 (0: x_p, 1: x_m)
+        tt = [np.array([tp[h], tm[h]])[:, None, :] for h in (0, 1)]  # (2, 1, nb)
+        cc = [np.stack([cp[h], cm[h]]) for h in (0, 1)]  # (2, bs+1, nb), per i1
+        dd = [np.stack([dp[h], dm[h]]) for h in (0, 1)]  # (2, bs+1, nb), per i2
         npairs = (bs + 1) * (bs + 2) // 2
         score = np.empty((npairs, 4, nb), dtype=_F)
+        sxb = np.empty((bs + 1, nb), dtype=_F)
+        xb = [np.empty((2, bs + 1, nb), dtype=_F) for _ in (0, 1)]
+        rb = [np.empty((2, bs + 1, nb), dtype=_F) for _ in (0, 1)]
+        qxb = np.empty((2, 2, bs + 1, nb), dtype=_F)
+        q2b = np.empty((2, 2, bs + 1, nb), dtype=_F)
+        smax = np.full(nb, -np.inf, dtype=_F)
         off = 0
         for i1 in range(bs + 1):
             k = bs + 1 - i1
-            out = score[off : off + k]
-            sx0 = px[0][i1] + px[0][i1:]
-            sx1 = px[1][i1] + px[1][i1:]
-            qxp0 = tp[0] - sx0
-            qxm0 = tm[0] - sx0
-            qxp1 = tp[1] - sx1
-            qxm1 = tm[1] - sx1
-            q2p0 = cp[0][i1] + dp[0][i1:]
-            q2m0 = cm[0][i1] + dm[0][i1:]
-            q2p1 = cp[1][i1] + dp[1][i1:]
-            q2m1 = cm[1][i1] + dm[1][i1:]
-            for ik, (a, b, c, d) in enumerate(
-                (
-                    (qxp0, qxp1, q2p0, q2p1),
-                    (qxp0, qxm1, q2p0, q2m1),
-                    (qxm0, qxp1, q2m0, q2p1),
-                    (qxm0, qxm1, q2m0, q2m1),
-                )
-            ):
-                qx = a + b
-                np.multiply(qx, qx, out=qx)
-                np.divide(qx, c + d, out=out[:, ik])
+            for h in (0, 1):
+                sx = np.add(px[h][i1], px[h][i1:], out=sxb[:k])
+                np.subtract(tt[h], sx[None], out=xb[h][:, :k])
+                np.add(cc[h][:, i1 : i1 + 1], dd[h][:, i1:], out=rb[h][:, :k])
+            # candidate k = 2*(half 0 uses x_m) + (half 1 uses x_m), as in ggml's sumqx[0..3]
+            qx = np.add(xb[0][:, None, :k], xb[1][None, :, :k], out=qxb[:, :, :k])
+            q2 = np.add(rb[0][:, None, :k], rb[1][None, :, :k], out=q2b[:, :, :k])
+            qx *= qx
+            out = score[off : off + k].reshape(k, 2, 2, nb).transpose(1, 2, 0, 3)
+            np.divide(qx, q2, out=out)
+            np.maximum(smax, score[off : off + k].reshape(-1, nb).max(axis=0), out=smax)
             off += k
     wsum = pw[0][bs] + pw[1][bs]
-    blk, cand = _contenders(score.reshape(4 * npairs, nb), wsum, np.abs(wx).sum(axis=1), w.min(axis=1))
+    blk, cand = _contenders(
+        score.reshape(4 * npairs, nb), smax, wsum, np.abs(wx).sum(axis=1), w.min(axis=1), w.max(axis=1)
+    )
     pair = cand >> 2
     kk = cand & 3
     p1 = _PAIRS_M[0][pair]
     p2i = _PAIRS_M[1][pair]
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        f1 = p1 * nb + blk  # flat positions in the (bs+1, nb) prefix tables
+        f2 = p2i * nb + blk
         hq: list[tuple[F32Array, F32Array, F32Array, F32Array]] = []
         for h in (0, 1):
-            sxh = px[h][p1, blk] + px[h][p2i, blk]
+            sxh = _at(px[h], f1) + _at(px[h], f2)
             hq.append(
                 (
                     tp[h][blk] - sxh,
                     tm[h][blk] - sxh,
-                    cp[h][p1, blk] + dp[h][p2i, blk],
-                    cm[h][p1, blk] + dm[h][p2i, blk],
+                    _at(cp[h], f1) + _at(dp[h], f2),
+                    _at(cm[h], f1) + _at(dm[h], f2),
                 )
             )
         m0 = kk >= 2  # first half uses x_m
@@ -498,10 +604,13 @@ def _iq1m_search(x: F32Array, w: F32Array) -> tuple[npt.NDArray[np.int8], F32Arr
         q2 = np.where(m0, hq[0][3], hq[0][2]) + np.where(m1, hq[1][3], hq[1][2])
     best, scale = _replay(blk, qx.astype(_F), q2.astype(_F), nb)
     found = best >= 0
-    bi = np.where(found, best, 0)
-    s1 = np.where(found, p1[bi], 0)
-    s2 = np.where(found, p2i[bi], 0)
-    best_k = np.where(found, kk[bi], 0).astype(np.int64)
+    bi = best[found]
+    s1 = np.zeros(nb, dtype=np.int64)
+    s2 = np.zeros(nb, dtype=np.int64)
+    best_k = np.zeros(nb, dtype=np.int64)
+    s1[found] = p1[bi]
+    s2[found] = p2i[bi]
+    best_k[found] = kk[bi]
     j = np.arange(bs, dtype=np.int64)[None, :]
     ls = ((j >= s1[:, None]).astype(np.int8) + (j >= s2[:, None]).astype(np.int8)).astype(np.int8)
     lv = np.empty_like(ls)
@@ -512,15 +621,10 @@ def _iq1m_search(x: F32Array, w: F32Array) -> tuple[npt.NDArray[np.int8], F32Arr
 _MASKS_M = np.array([0x00, 0x80, 0x08, 0x88], dtype=np.int64)
 
 
-def _iq1m_impl(rows: F32Array, imatrix: F32Array | None) -> U8Array:
-    nrows, npr = rows.shape
-    nsb = nrows * (npr // QK_K)
-    xsb = rows.reshape(nsb, QK_K)
-    if imatrix is not None:
-        qw = np.broadcast_to(imatrix.reshape(-1, QK_K)[None], (nrows, npr // QK_K, QK_K)).reshape(nsb, QK_K)
-        wsb = _imatrix_weights(xsb, qw)
-    else:
-        wsb = xsb * xsb
+def _iq1m_blocks(xsb: F32Array, qw: F32Array | None) -> U8Array:
+    """IQ1_M bytes (nsb, 56) of super-blocks xsb (nsb, 256) with imatrix slices qw (or none)."""
+    nsb = xsb.shape[0]
+    wsb = _imatrix_weights(xsb, qw) if qw is not None else xsb * xsb
     nb = nsb * 16
     x = xsb.reshape(nb, 16)
     w = wsb.reshape(nb, 16)
@@ -560,7 +664,7 @@ def _iq1m_impl(rows: F32Array, imatrix: F32Array | None) -> U8Array:
         index[act[ok]] = gi[ok]
 
     sc16 = scales.reshape(nsb, 16)
-    max_scale = sc16.max(axis=1)
+    max_scale = _c_max(sc16)
     has = max_scale != 0
     d = max_scale / _F(15)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -591,10 +695,10 @@ def _iq1m_impl(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     out[:, 0:32] = (index.reshape(nsb, 32) & 255).astype(np.uint8)
     out[:, 32:48] = qh.astype(np.uint8)
     out[:, 48:56] = sc.astype("<u2").view(np.uint8)
-    return out.reshape(nrows, -1)
+    return out
 
 
 def quantize_iq1_m(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     """IQ1_M (ggml's quantize_iq1_m), with or without imatrix."""
     with np.errstate(all="ignore"):  # float32 C arithmetic: overflow to inf is part of the result
-        return _iq1m_impl(rows, imatrix)
+        return _batched(_iq1m_blocks, rows, imatrix)

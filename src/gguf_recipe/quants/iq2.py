@@ -5,7 +5,9 @@ each sub-block into groups of 8. Signs are stored separately; the 8 magnitudes o
 to a grid point (levels 0..2 at positions 1, 3, 5). A sub-block tries a fan of scales; for each, every
 group is rounded to levels and, when that point is off the grid, replaced by the best of its
 precomputed grid neighbours (``iq2_find_best_neighbour``). All of this runs over every sub-block of the
-chunk at once; the neighbour search is a segmented argmin over the variable-length neighbour lists.
+chunk at once. The neighbour search is a segmented argmin over the variable-length neighbour lists
+(exact float32 distances); for the long lists of IQ2_XXS/IQ2_XS a matmul estimate decides first and only
+near-ties go through the exact search (see ``_best_neighbour``).
 
 Exactness notes: all arithmetic is float32 in C order (no FMA). C's sequential ``sum += ...`` loops
 are column-by-column adds (``np.sum`` is pairwise), starting from ``+0.0`` like C (which turns an
@@ -26,7 +28,6 @@ from ._numeric import F32Array, U8Array, fp32_to_fp16_bits, nearest_int
 __all__ = ["quantize_iq2_s", "quantize_iq2_xs", "quantize_iq2_xxs"]
 
 I32Array = npt.NDArray[np.int32]
-I64Array = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
 QK_K = 256
@@ -55,8 +56,6 @@ class _Search:
 # Lists longer than this on average are searched through the matmul filter (see _best_neighbour).
 _FILTER_MIN_MEAN_LIST = 16.0
 _BLOCK = 1024
-# Lists at most this long are cheaper to search exactly than through the matmul filter.
-_SHORT_LIST = 0
 
 
 @cache
@@ -149,28 +148,22 @@ def _best_neighbour(s: _Search, codes: I32Array, xval: F32Array, waux: F32Array,
     codes (n,), xval/waux (n, 8), scale (n,). For every neighbour ``d2 = sum_i waux*diff*diff`` with
     ``diff = scale*q - xval``; the first neighbour with the smallest d2 wins (C's strict ``<``).
 
-    For long neighbour lists, d2 of every grid point is first estimated with one float32 matmul of the
-    terms against a one-hot grid matrix. All terms are >= 0, so the estimate and C's sequential sum are
-    both within ~8 ulp-relative of the true sum: a grid point can only be C's choice if its estimate is
-    within ``2**-18`` (relative) of the smallest neighbour estimate. Groups where exactly one neighbour
-    passes that test are decided; the rest (near ties, non-finite values) take the exact path.
+    For long neighbour lists, d2 of every grid point is first estimated with a float32 matmul of the
+    terms against a one-hot grid matrix. All terms are >= 0, so both the estimate (any summation order
+    of 24 terms) and C's sequential sum are within 23 resp. 7 units of 2**-24 (relative) of the true sum:
+    C's choice must have an estimate within ~60 * 2**-24 of the smallest estimate among the neighbours.
+    Groups where no other neighbour lies within ``2**-16`` (relative) of that smallest estimate are
+    decided by it; the rest (near ties, exact ties, non-finite values) take the exact path.
     """
     rows = s.tables.nb_row[codes]
     terms = _d2_terms(s, xval, waux, scale)
     if not s.use_filter:
         return _exact_neighbour(s, rows, terms)
-    out = np.empty(rows.shape[0], dtype=np.int32)
-    short = s.tables.nb_count[rows] <= _SHORT_LIST
-    if short.any():
-        out[short] = _exact_neighbour(s, rows[short], terms[short])
-        long_ = np.flatnonzero(~short)
-        if long_.size:
-            out[long_] = _filtered_neighbour(s, rows[long_], terms[long_])
-        return out
     return _filtered_neighbour(s, rows, terms)
 
 
 def _filtered_neighbour(s: _Search, rows: I32Array, terms: F32Array) -> I32Array:
+    """The matmul-filtered search of :func:`_best_neighbour` (rows: neighbour-table rows, terms (n, 8, L))."""
     n = rows.shape[0]
     out = np.empty(n, dtype=np.int32)
     amb_l: list[npt.NDArray[np.intp]] = []
@@ -184,7 +177,7 @@ def _filtered_neighbour(s: _Search, rows: I32Array, terms: F32Array) -> I32Array
         j = est.argmin(axis=1)
         r = np.arange(b - a)
         m = est[r, j]
-        thr = m + (m * np.float32(2.0**-18) + np.float32(2.0**-120))
+        thr = m + (m * np.float32(2.0**-16) + np.float32(2.0**-120))
         est[r, j] = np.inf
         # decided when every other neighbour is clearly worse (False for NaN too)
         amb = ~(est.min(axis=1) > thr)
@@ -202,13 +195,16 @@ def _round_to_grid(
     """Round (S, n, 8) magnitudes with inverse scale ``id_`` (S,) to levels, snapping off-grid groups
     to their best neighbour at ``scale`` (S,). Returns levels (S, n, 8) and the on-grid mask (S, n)."""
     lv = nearest_int(_HALF * (id_[:, None, None] * xval - _F1))
-    lv = np.clip(lv, 0, 2)
+    lv = np.ascontiguousarray(np.clip(lv, 0, 2))  # reshape below must be a view
     u = _codes(lv)
     on = s.tables.kmap[u] >= 0
-    sb, grp = np.nonzero(~on)
-    if sb.size:
-        gi = _best_neighbour(s, u[sb, grp], xval[sb, grp], waux[sb, grp], scale[sb])
-        lv[sb, grp] = s.levels_i32[gi]
+    off = np.flatnonzero(~on)
+    if off.size:
+        ng = xval.shape[1]
+        gi = _best_neighbour(
+            s, u.reshape(-1)[off], xval.reshape(-1, 8)[off], waux.reshape(-1, 8)[off], scale[off // ng]
+        )
+        lv.reshape(-1, 8)[off] = s.levels_i32[gi]
     return lv, on
 
 

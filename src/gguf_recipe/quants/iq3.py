@@ -7,14 +7,18 @@ is replaced by its best neighbour among a precomputed list (see ``_iq3_tables``)
 
 Every step below runs over all blocks (and all trials) at once. Per-block arrays are j-major,
 ``(32, n_blocks)`` / ``(32, n_trials, n_blocks)``, so C's sequential sums over a block are ordered
-reductions over axis 0 (:func:`seq_sum0`). The variable-length neighbour lists are padded to a fixed
-width (two widths: most lists are short) and searched with a mask.
+reductions over axis 0 (:func:`seq_sum0`); a group of 4 levels is carried as its 12-bit code
+(``(8, ...)`` arrays). The neighbour lists (from ``_iq3_tables``, padded there to one width with the
+lengths alongside) have 2..38 entries: the off-grid groups are sorted by the length of their list and
+the groups of each length are searched as one rectangular (neighbours x groups) array, so no work is
+spent on padding.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -30,13 +34,23 @@ BoolArray = npt.NDArray[np.bool_]
 I32Array = npt.NDArray[np.int32]
 I16Array = npt.NDArray[np.int16]
 
-_FLT_MAX = np.float32(np.finfo(np.float32).max)
-# Neighbour lists are searched in buckets of similar length, each padded to the bucket's width.
-_BUCKET_WIDTHS = (3, 4, 5, 6, 8, 10, 12, 16, 20, 27, 38)
-_ROW_NO = np.arange(64, dtype=np.int64)
+
+class _Blocks(NamedTuple):
+    codes: I16Array  # (8, nb) grid codes of the 8 groups of every block
+    scale: F32Array  # (nb,) block scales (0 for skipped blocks)
+    signs: U8Array  # (4, nb) sign bits, one byte per 8 values
+    skip: BoolArray  # (nb,) blocks ggml skips (max below its threshold)
+
+
+def _f32(a: npt.ArrayLike) -> F32Array:
+    """float32 view of an array numpy's stubs type as float64 (no copy when it is float32 already)."""
+    return np.asarray(a, dtype=np.float32)
+
+
+_MAGIC = np.float32(12582912.0)  # 1.5 * 2**23, as in ggml's nearest_int
 _COUNTDOWN = np.arange(64, 0, -1).astype(np.uint8)  # ends with ..., 3, 2, 1
-_BUCKET_OF_COUNT = np.searchsorted(np.array(_BUCKET_WIDTHS), np.arange(_BUCKET_WIDTHS[-1] + 1)).astype(np.uint8)
-_BLOCKS_PER_STEP = 256
+# Blocks handled per step: large steps amortise numpy's per-call overhead over more groups.
+_BLOCKS_PER_STEP = 1024
 
 
 @dataclass(frozen=True)
@@ -55,22 +69,24 @@ _S = _Kind(512, 9, None, False, True)
 def _level_codes(xval: F32Array, inv_scale: F32Array) -> I16Array:
     """Group codes ``sum(l[4k+i] << 3*i)`` of the levels ``MAX(0, MIN(7, nearest_int(0.5f*(id*xval - 1))))``.
 
-    ``xval`` (32, ...) broadcast against ``inv_scale``; returns (8, ...). The argument of nearest_int stays
-    far below 2**22, where it equals rint. Levels are small integers, so the packing is exact in float32.
+    ``xval`` (32, ...) broadcast against ``inv_scale``; returns (8, ...). nearest_int is ggml's bit trick,
+    reproduced for arguments beyond 2**22 too (after the trials, ``id`` can be huge relative to a value
+    whose weight is zero).
     """
     a = xval * inv_scale
     a -= np.float32(1.0)
     a *= np.float32(0.5)
-    np.rint(a, out=a)
-    np.clip(a, 0.0, 7.0, out=a)
-    lv = a.reshape((8, 4, *a.shape[1:]))
-    c = lv[:, 3] * np.float32(8.0)
-    c += lv[:, 2]
-    c *= np.float32(8.0)
-    c += lv[:, 1]
-    c *= np.float32(8.0)
-    c += lv[:, 0]
-    return c.astype(np.int16)
+    a += _MAGIC
+    bits = a.view(np.int32)
+    bits &= np.int32(0x007FFFFF)
+    bits -= np.int32(0x00400000)
+    np.clip(bits, 0, 7, out=bits)
+    lv = bits.reshape((8, 4, *a.shape[1:])).astype(np.int16)
+    c = lv[:, 3] << np.int16(9)
+    c |= lv[:, 2] << np.int16(6)
+    c |= lv[:, 1] << np.int16(3)
+    c |= lv[:, 0]
+    return c
 
 
 def _positions(codes: I16Array) -> F32Array:
@@ -94,50 +110,47 @@ def _packed_positions(grid_size: int, width: int) -> npt.NDArray[np.uint16]:
 
 
 def _best_neighbours(
-    tab: Iq3Tables, rows: I32Array, bucket_ends: IntArray, x4: F32Array, w4: F32Array, scale: F32Array
+    tab: Iq3Tables, rows: IntArray, ends: IntArray, x4: F32Array, w4: F32Array, scale: F32Array
 ) -> I32Array:
     """``iq3_find_best_neighbour`` for G groups at once: returns the chosen grid index per group.
 
-    ``rows`` (G,) neighbour-table rows of the groups' codes, sorted so that the groups of length bucket
-    ``b`` are ``[bucket_ends[b-1], bucket_ends[b])``; ``x4``/``w4`` (4, G) values and sqrt-weights;
-    ``scale`` (G,). Each bucket is searched at one width, neighbours x groups, groups along the
-    contiguous axis.
+    ``rows`` (G,) neighbour-table rows of the groups' codes, sorted by list length so that the groups
+    whose lists have n entries are ``[ends[n-1], ends[n])``; ``x4``/``w4`` (4, G) values and
+    sqrt-weights; ``scale`` (G,). Groups of one list length are searched together: neighbours x groups,
+    groups along the contiguous axis.
     """
     full = tab.nb_index.shape[1]
-    counts = tab.nb_count[rows]
     picked = np.empty(len(rows), dtype=np.intp)
-    lo = 0
-    for bi, width in enumerate(_BUCKET_WIDTHS):
-        hi = int(bucket_ends[bi])
+    for width in range(1, full + 1):
+        lo, hi = int(ends[width - 1]), int(ends[width])
         if hi == lo:
             continue
         sl = slice(lo, hi)
-        lo = hi
-        min_count = _BUCKET_WIDTHS[bi - 1] + 1 if bi else 1
-        width = min(width, full)
         r = rows[sl]
         packed = np.take(_packed_positions(tab.grid_size, width), r, axis=1)  # (width, g)
         s = scale[sl]
         d2 = np.empty(packed.shape, dtype=np.float32)
         t = np.empty(packed.shape, dtype=np.float32)
+        diff = np.empty(packed.shape, dtype=np.float32)
         for i in range(4):
             q = packed >> np.uint16(4 * i) if i else packed.copy()
             q &= np.uint16(15)
             # C: d2 += weight[i]*diff*diff with diff = scale*q - xval[i]
-            diff = np.multiply(q, s, dtype=np.float32)
+            np.copyto(diff, q)
+            diff *= s
             diff -= x4[i, sl]
             acc = t if i else d2
             np.multiply(w4[i, sl], diff, out=acc)
             acc *= diff
             if i:
                 d2 += t
-        if width > min_count:
-            np.copyto(d2[min_count:], np.float32(np.inf), where=_ROW_NO[min_count:width, None] >= counts[sl])
         # C keeps the first neighbour with the smallest d2 (strict '<'); fmin skips NaN like C does.
         best = np.fmin.reduce(d2, axis=0)
         first = (d2 == best) * _COUNTDOWN[-width:, None]
-        pick = width - np.max(first, axis=0).astype(np.intp)
-        picked[sl] = pick + r.astype(np.intp) * full
+        pick = np.uint8(width) - np.max(first, axis=0)
+        # No finite candidate at all (C asserts there): take the last, so callers never fail.
+        np.minimum(pick, np.uint8(width - 1), out=pick)
+        picked[sl] = r * full + pick
     out: I32Array = np.take(tab.nb_index, picked)
     return out
 
@@ -164,28 +177,28 @@ def _snap_to_grid(
     flat = np.flatnonzero(todo)
     if flat.size:
         rows = np.take(tab.nb_row, np.take(codes, flat))
-        bucket = np.take(_BUCKET_OF_COUNT, np.take(tab.nb_count, rows))
-        order = np.argsort(bucket, kind="stable")
-        ends = np.cumsum(np.bincount(bucket, minlength=len(_BUCKET_WIDTHS)))
+        counts = np.take(tab.nb_count_u8, rows)
+        order = np.argsort(counts, kind="stable")
+        ends = np.cumsum(np.bincount(counts, minlength=tab.nb_index.shape[1] + 1))
         flat, rows = np.take(flat, order), np.take(rows, order)
         per_k = codes[0].size
         k = flat // per_k
         rest = flat - k * per_k  # index into S
         kb = k * codes.shape[-1] + rest % codes.shape[-1]
         gi = _best_neighbours(
-            tab, rows, ends, np.take(xv, kb, axis=1), np.take(wv, kb, axis=1), np.take(scale, rest)
+            tab,
+            rows.astype(np.intp),
+            ends,
+            np.take(xv, kb, axis=1),
+            np.take(wv, kb, axis=1),
+            np.take(scale, rest),
         )
         np.put(codes, flat, np.take(tab.grid_codes, gi))
     return on
 
 
-def _iq3_blocks(
-    kind: _Kind, xt: F32Array, w: F32Array
-) -> tuple[npt.NDArray[np.uint8], F32Array, npt.NDArray[np.uint8], BoolArray]:
-    """The per-32-block part of both quantizers, for j-major ``xt``/``w`` (32, nb).
-
-    Returns (group codes (8, nb), scale (nb,), signs (4, nb) one byte per 8 values, skipped (nb,)).
-    """
+def _iq3_blocks(kind: _Kind, xt: F32Array, w: F32Array) -> _Blocks:
+    """The per-32-block part of both quantizers, for j-major ``xt``/``w`` (32, nb)."""
     tab = iq3_tables(kind.grid_size)
     nb = xt.shape[1]
     cols = np.arange(nb)
@@ -211,8 +224,8 @@ def _iq3_blocks(
     # id = (2*kMaxQ - 1 + is*0.2f) / max, all float32.
     steps = np.arange(-kind.n_scale_steps, kind.n_scale_steps + 1, dtype=np.float32)
     numer = np.float32(15.0) + steps * np.float32(0.2)
-    ids = numer[:, None] / vmax[None, :]  # (T, nb)
-    this_scale = np.float32(1.0) / ids
+    ids = _f32(numer[:, None] / vmax[None, :])  # (T, nb)
+    this_scale = _f32(np.float32(1.0) / ids)
 
     xg = np.ascontiguousarray(xval.reshape(8, 4, nb).transpose(1, 0, 2)).reshape(4, 8 * nb)
     wg = np.ascontiguousarray(waux.reshape(8, 4, nb).transpose(1, 0, 2)).reshape(4, 8 * nb)
@@ -248,12 +261,12 @@ def _iq3_blocks(
         with np.errstate(all="ignore"):
             sc = scale[rb]
             xr = np.take(xval, rb, axis=1)
-            cr = _level_codes(xr, (np.float32(1.0) / sc)[None, :])
+            cr = _level_codes(xr, _f32(np.float32(1.0) / sc)[None, :])
             groups = None if kind.refine_all_groups else ~on_grid[:, rb]
             if groups is not None:
                 cr = np.where(groups, cr, np.take(codes, rb, axis=1))
             sub = (np.arange(8)[:, None] * nb + rb[None, :]).reshape(-1)
-            _snap_to_grid(tab, cr, np.take(xg, sub, axis=1), np.take(wg, sub, axis=1), sc, groups)
+            _snap_to_grid(tab, cr, np.take(xg, sub, axis=1), np.take(wg, sub, axis=1), _f32(sc), groups)
             qr = _positions(cr)
             wr = np.take(w, rb, axis=1)
             sx = seq_sum0((wr * xr) * qr)
@@ -266,7 +279,7 @@ def _iq3_blocks(
     signs = np.where(flip[None, :], ~signs & np.uint8(127 if kind.parity_signs else 255), signs)
     scale = np.where(skip, np.float32(0.0), scale)
     codes[:, skip] = 0
-    return codes, scale, signs, skip
+    return _Blocks(codes, _f32(scale), signs, skip)
 
 
 def _grid_index(tab: Iq3Tables, codes: I16Array) -> I32Array:
@@ -290,10 +303,10 @@ def _prepare(rows: F32Array, imatrix: F32Array | None) -> tuple[F32Array, F32Arr
     return xt, w
 
 
-def _blocks_in_steps(
-    kind: _Kind, xt: F32Array, w: F32Array
-) -> tuple[npt.NDArray[np.uint8], F32Array, npt.NDArray[np.uint8], BoolArray]:
+def _blocks_in_steps(kind: _Kind, xt: F32Array, w: F32Array) -> _Blocks:
     nb = xt.shape[1]
+    if nb <= _BLOCKS_PER_STEP:
+        return _iq3_blocks(kind, xt, w)
     codes = np.empty((8, nb), dtype=np.int16)
     scale = np.empty(nb, dtype=np.float32)
     signs = np.empty((4, nb), dtype=np.uint8)
@@ -301,7 +314,7 @@ def _blocks_in_steps(
     for s in range(0, nb, _BLOCKS_PER_STEP):
         e = min(nb, s + _BLOCKS_PER_STEP)
         codes[:, s:e], scale[s:e], signs[:, s:e], skip[s:e] = _iq3_blocks(kind, xt[:, s:e], w[:, s:e])
-    return codes, scale, signs, skip
+    return _Blocks(codes, scale, signs, skip)
 
 
 def _scale_codes(scale: F32Array, max_scale: F32Array) -> I32Array:
@@ -316,6 +329,11 @@ def _scale_codes(scale: F32Array, max_scale: F32Array) -> I32Array:
 
 
 def quantize_iq3_xxs(rows: F32Array, imatrix: F32Array | None) -> U8Array:
+    with np.errstate(all="ignore"):  # inf/NaN propagate silently, as in C
+        return _quantize_iq3_xxs(rows, imatrix)
+
+
+def _quantize_iq3_xxs(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     tab = iq3_tables(256)
     n_rows = rows.shape[0]
     nsb = rows.size // 256
@@ -340,6 +358,11 @@ def quantize_iq3_xxs(rows: F32Array, imatrix: F32Array | None) -> U8Array:
 
 
 def quantize_iq3_s(rows: F32Array, imatrix: F32Array | None) -> U8Array:
+    with np.errstate(all="ignore"):  # inf/NaN propagate silently, as in C
+        return _quantize_iq3_s(rows, imatrix)
+
+
+def _quantize_iq3_s(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     tab = iq3_tables(512)
     n_rows = rows.shape[0]
     nsb = rows.size // 256

@@ -10,6 +10,9 @@ reduction over axis 0, which numpy performs in order (see :func:`seq_sum0`).
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
@@ -19,7 +22,9 @@ __all__ = ["KVALUES_IQ4NL", "best_index_iq4nl", "quantize_iq4_nl", "quantize_iq4
 
 IntpArray = npt.NDArray[np.intp]
 
-KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8)
+KVALUES_IQ4NL = np.array(
+    [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8
+)
 _KV_F32 = KVALUES_IQ4NL.astype(np.float32)
 
 GROUP_MAX_EPS = np.float32(1e-15)
@@ -31,11 +36,11 @@ NTRY = 7
 # floor(2 * x): a lookup table over the integers [-232, 202].
 _LUT_LO = -232
 _LUT_HI = 202
-_MID2 = (_KV_F32[:-1].astype(np.int32) + _KV_F32[1:].astype(np.int32))  # 2 * midpoints
+_MID2 = _KV_F32[:-1].astype(np.int32) + _KV_F32[1:].astype(np.int32)  # 2 * midpoints
 _LUT_INDEX = np.searchsorted(_MID2, np.arange(_LUT_LO, _LUT_HI + 1), side="right").astype(np.uint8)
 _LUT_VALUE = _KV_F32[_LUT_INDEX]
 
-# Blocks handled per inner step: keeps the (32, 16, blocks) temporaries inside the CPU cache.
+# Blocks handled per inner step: keeps the (32, 16, blocks) work arrays inside the CPU cache.
 _BLOCKS_PER_STEP = 512
 
 
@@ -55,20 +60,47 @@ def seq_sum0(a: F32Array) -> F32Array:
     return s
 
 
-def _lut_position(x2: F32Array) -> IntpArray:
-    """Lookup-table position of ``floor(x2)`` (x2 = 2 * value), clamped; NaN maps to the top like C."""
-    t = np.floor(x2)
-    t -= np.float32(_LUT_LO)
+_TLS = threading.local()
+
+
+def _scratch(key: str, shape: tuple[int, ...], dtype: type[np.generic]) -> npt.NDArray[Any]:
+    """A per-thread work array, reused between calls (contents undefined).
+
+    The big temporaries of every step are the same few shapes; allocating them afresh makes glibc map
+    and unmap (and the kernel zero) megabytes per step, which costs more than the arithmetic.
+    """
+    pool: dict[str, npt.NDArray[Any]] | None = getattr(_TLS, "pool", None)
+    if pool is None:
+        pool = _TLS.pool = {}
+    size = int(np.prod(shape))
+    buf = pool.get(key)
+    if buf is None or buf.size < size or buf.dtype != dtype:
+        buf = pool[key] = np.empty(size, dtype=dtype)
+    return buf[:size].reshape(shape)
+
+
+def _lut_position(x2: F32Array, out: IntpArray | None = None) -> IntpArray:
+    """Lookup-table position of ``floor(x2)`` (x2 = 2 * value), clamped; NaN maps to the top like C.
+
+    ``x2`` is overwritten.
+    """
+    np.floor(x2, out=x2)
+    x2 -= np.float32(_LUT_LO)
     # fmin first: it turns NaN into the upper bound, as best_index_int8 returns n-1 for NaN.
-    np.fmin(t, np.float32(_LUT_HI - _LUT_LO), out=t)
-    np.fmax(t, np.float32(0.0), out=t)
-    return t.astype(np.intp)
+    np.fmin(x2, np.float32(_LUT_HI - _LUT_LO), out=x2)
+    np.fmax(x2, np.float32(0.0), out=x2)
+    if out is None:
+        return x2.astype(np.intp)
+    np.copyto(out, x2, casting="unsafe")
+    return out
 
 
 def best_index_iq4nl(x: F32Array) -> U8Array:
     """ggml's ``best_index_int8(16, kvalues_iq4nl, x)`` elementwise."""
-    x2 = np.asarray(x, dtype=np.float32) * np.float32(2.0)
-    out: U8Array = _LUT_INDEX.take(_lut_position(x2))
+    x = np.asarray(x, dtype=np.float32)
+    x2 = np.multiply(x, np.float32(2.0), out=_scratch("bi.x2", x.shape, np.float32))
+    pos = _lut_position(x2, _scratch("bi.pos", x.shape, np.intp))
+    out: U8Array = _LUT_INDEX.take(pos)
     return out
 
 
@@ -103,11 +135,14 @@ def _iq4_block_scales_step(xt: F32Array, w: F32Array) -> F32Array:
         ids2[t] = np.float32(itry + int(KVALUES_IQ4NL[0])) / vmax
     ids2 *= np.float32(2.0)  # exact; the lookup wants 2 * id * x
 
+    shape = (32, 2 * NTRY + 2, nb)
     xt3 = xt[:, None, :]
-    q = _LUT_VALUE.take(_lut_position(xt3 * ids2[None, :, :]))
-    wq = w[:, None, :] * q
-    sumqx = seq_sum0(wq * xt3)
-    sumq2 = seq_sum0(wq * q)
+    prod = np.multiply(xt3, ids2[None, :, :], out=_scratch("st.prod", shape, np.float32))
+    pos = _lut_position(prod, _scratch("st.pos", shape, np.intp))
+    q = np.take(_LUT_VALUE, pos, out=_scratch("st.q", shape, np.float32))
+    wq = np.multiply(w[:, None, :], q, out=_scratch("st.wq", shape, np.float32))
+    sumqx = seq_sum0(np.multiply(wq, xt3, out=prod))
+    sumq2 = seq_sum0(np.multiply(wq, q, out=wq))
 
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         d = np.where(sumq2[0] > 0, sumqx[0] / sumq2[0], np.float32(0.0))
@@ -143,6 +178,11 @@ def _imatrix_t(imatrix: F32Array, n_rows: int) -> F32Array:
 
 
 def quantize_iq4_nl(rows: F32Array, imatrix: F32Array | None) -> U8Array:
+    with np.errstate(all="ignore"):  # inf/NaN propagate silently, as in C
+        return _quantize_iq4_nl(rows, imatrix)
+
+
+def _quantize_iq4_nl(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     n_rows = rows.shape[0]
     xb = rows.reshape(-1, 32)
     nb = xb.shape[0]
@@ -163,6 +203,11 @@ def quantize_iq4_nl(rows: F32Array, imatrix: F32Array | None) -> U8Array:
 
 
 def quantize_iq4_xs(rows: F32Array, imatrix: F32Array | None) -> U8Array:
+    with np.errstate(all="ignore"):  # inf/NaN propagate silently, as in C
+        return _quantize_iq4_xs(rows, imatrix)
+
+
+def _quantize_iq4_xs(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     n_rows = rows.shape[0]
     nsb = rows.size // 256
     xb = rows.reshape(-1, 32)
@@ -173,8 +218,11 @@ def quantize_iq4_xs(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     scales = _iq4_block_scales(xt, w)
     scales = scales.reshape(nsb, 8)
 
-    # max_scale: the scale of largest |.|, first one on ties (strict '>'), 0 when all are 0.
-    iam = np.argmax(np.abs(scales), axis=1)
+    # max_scale: the scale of largest |.|, first one on ties (strict '>'), 0 when all are 0; a NaN
+    # scale never wins C's comparison.
+    abs_scales = np.abs(scales)
+    abs_scales[np.isnan(abs_scales)] = -1.0
+    iam = np.argmax(abs_scales, axis=1)
     max_scale = scales[np.arange(nsb), iam]
     max_scale = np.where(np.abs(max_scale) > 0, max_scale, np.float32(0.0))
     d = (-max_scale / np.float32(32.0)).astype(np.float32, copy=False)
@@ -188,7 +236,9 @@ def quantize_iq4_xs(rows: F32Array, imatrix: F32Array | None) -> U8Array:
 
     lu = (ls + 32).astype(np.uint16)
     scales_l = (lu[:, 0::2] & 0xF) | ((lu[:, 1::2] & 0xF) << 4)
-    scales_h = np.bitwise_or.reduce((lu >> 4) << (2 * np.arange(8, dtype=np.uint16)), axis=1).astype(np.uint16)
+    scales_h = np.bitwise_or.reduce((lu >> 4) << (2 * np.arange(8, dtype=np.uint16)), axis=1).astype(
+        np.uint16
+    )
 
     out = np.empty((nsb, 136), dtype=np.uint8)
     out[:, 0:2] = fp32_to_fp16_bits(d).reshape(nsb, 1).view(np.uint8)

@@ -7,6 +7,8 @@ chunk. The scale searches live in :mod:`._scale_search` and work on a transposed
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import numpy as np
 import numpy.typing as npt
 
@@ -17,6 +19,8 @@ from ._scale_search import (
     make_qkx3_quants,
     make_qp_quants,
     make_qx_quants,
+    nearest_int_inplace,
+    scratch,
     seq_sum,
 )
 
@@ -24,6 +28,7 @@ __all__ = ["quantize_q2_k", "quantize_q3_k", "quantize_q4_k", "quantize_q5_k", "
 
 QK_K = 256
 I32Array = npt.NDArray[np.int32]
+AnyArray = npt.NDArray[Any]
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -31,7 +36,7 @@ I32Array = npt.NDArray[np.int32]
 
 def _groups(rows: F32Array, n: int) -> F32Array:
     """(n, G) transposed layout: column g holds the n consecutive values of group g."""
-    return np.ascontiguousarray(rows.reshape(-1, n).T)
+    return rows.reshape(-1, n).T.copy()
 
 
 def _weights_groups(imatrix: F32Array, n_rows: int, n: int) -> F32Array:
@@ -39,41 +44,61 @@ def _weights_groups(imatrix: F32Array, n_rows: int, n: int) -> F32Array:
     return np.ascontiguousarray(np.tile(imatrix.reshape(-1, n).T, (1, n_rows)))
 
 
-def _ungroup(v: F32Array, n_super: int) -> F32Array:
-    """Inverse of :func:`_groups`: back to (n_super, 256)."""
-    return np.ascontiguousarray(v.T).reshape(n_super, QK_K)
-
-
 def _superblock_sumsq(rows: F32Array) -> F32Array:
     """``float s = 0; for (j < 256) s += x[j]*x[j];`` for every super-block."""
-    xs = np.ascontiguousarray(rows.reshape(-1, QK_K).T)
-    return seq_sum(xs * xs)
+    xs = rows.reshape(-1, QK_K).T.copy()  # always a copy: squared in place below
+    return seq_sum(np.multiply(xs, xs, out=xs))
 
 
-def _nint(v: F32Array) -> I32Array:
-    with np.errstate(all="ignore"):
-        return nearest_int(v)
+def _nint(v: AnyArray) -> I32Array:
+    return nearest_int(v)
 
 
-def _requant(xs: F32Array, d: F32Array, lo: int, hi: int, keep: F32Array, m: F32Array | None = None) -> I32Array:
-    """``if (!d) keep; else L = clamp(nearest_int((x [+ m])/d), lo, hi) - lo`` per 16/32-value sub-block.
+def _requant(
+    x: F32Array, d: F32Array, lo: int, hi: int, keep: F32Array, m: F32Array | None = None
+) -> U8Array:
+    """Final levels of every sub-block, back in row order: (S, 256) uint8.
 
-    xs: (S, nsub, n) values; d, m: (S, nsub); keep: (S, nsub, n) levels from the scale search.
+    ``if (!d) keep the search's L; else L = clamp(nearest_int((x [+ m])/d), lo, hi) - lo``. ``x`` and
+    ``keep`` are in the (n, G) group layout, ``d`` and ``m`` per group.
     """
-    with np.errstate(all="ignore"):
-        num = xs if m is None else xs + m[:, :, None]
-        q = np.clip(nearest_int(num / d[:, :, None]), lo, hi) - lo
-    return np.where((d == 0)[:, :, None], keep.astype(np.int32), q)
+    n, g = x.shape
+    q = scratch("kq.rq", (n, g))
+    if m is None:
+        np.divide(x, d, out=q)
+    else:
+        np.add(x, m, out=q)
+        np.divide(q, d, out=q)
+    qi = nearest_int_inplace(q)
+    np.clip(qi, lo, hi, out=qi)
+    if lo:
+        np.subtract(qi, np.int32(lo), out=qi)
+    dz = np.flatnonzero(d == 0)
+    if dz.size:
+        qi[:, dz] = keep[:, dz]
+    return np.ascontiguousarray(qi.astype(np.uint8).T).reshape(-1, QK_K)
 
 
-def _pack_2bit(L: I32Array) -> U8Array:
+def _pack_2bit(L: AnyArray) -> U8Array:
     """qs[j/4 + l] = L[j+l] | L[j+l+32] << 2 | L[j+l+64] << 4 | L[j+l+96] << 6 for j in (0, 128)."""
     q = L.reshape(-1, 2, 4, 32)
     out = q[:, :, 0] | (q[:, :, 1] << 2) | (q[:, :, 2] << 4) | (q[:, :, 3] << 6)
-    return out.reshape(-1, 64).astype(np.uint8)
+    return cast(U8Array, out.reshape(-1, 64))
 
 
-def _fp16_bytes(v: F32Array) -> U8Array:
+def _pack_bits(b: AnyArray) -> U8Array:
+    """(S, k, 32) 0/1 uint8 values -> (S, 32) bytes with bit i taken from b[:, i]."""
+    out: U8Array = b[:, 0].copy()
+    for i in range(1, b.shape[1]):
+        out |= b[:, i] << i
+    return out
+
+
+def _fp16r(v: AnyArray) -> F32Array:
+    return fp16_round(v)
+
+
+def _fp16_bytes(v: AnyArray) -> U8Array:
     return fp32_to_fp16_bits(v).view(np.uint8).reshape(-1, 2)
 
 
@@ -81,15 +106,17 @@ def _first_absmax_rows(v: F32Array) -> F32Array:
     """Per row: the value with the largest |v|, first wins, 0 when none is > 0 (C's strict ``>`` from 0)."""
     a = np.abs(v)
     a[np.isnan(a)] = -1
-    idx = np.argmax(a, axis=1)
-    best = np.take_along_axis(v, idx[:, None], axis=1)[:, 0]
-    return np.where(np.take_along_axis(a, idx[:, None], axis=1)[:, 0] > 0, best, np.float32(0))
+    idx = np.argmax(a, axis=1)[:, None]
+    best = np.take_along_axis(v, idx, axis=1)[:, 0]
+    best[~(np.take_along_axis(a, idx, axis=1)[:, 0] > 0)] = 0
+    return best
 
 
 def _max_pos_rows(v: F32Array) -> F32Array:
     """Per row: ``float m = 0; for (j) if (v[j] > m) m = v[j];``."""
-    m = np.fmax.reduce(v, axis=1)
-    return np.where(m > 0, m, np.float32(0))
+    m: F32Array = np.fmax.reduce(v, axis=1)
+    m[~(m > 0)] = 0
+    return m
 
 
 # ----------------------------------------------------------------------------------------------------- Q6_K
@@ -119,19 +146,18 @@ def _q6_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     d = np.float32(1) / iscale
     q_sc = np.minimum(_nint(iscale[:, None] * sc), 127)
     q_sc_i8 = q_sc.astype(np.int8)  # stored as int8_t
-    dq = fp16_round(d)[:, None] * q_sc_i8.astype(np.float32)
+    dq = _fp16r(d)[:, None] * q_sc_i8.astype(np.float32)
 
-    xs = rows.reshape(n_super, 16, 16)
-    L = _requant(xs, dq, -32, 31, _ungroup(L0, n_super).reshape(n_super, 16, 16)).reshape(n_super, 256)
+    L = _requant(x16, dq.reshape(-1), -32, 31, L0)
 
     Lr = L.reshape(n_super, 2, 4, 32)
     lo4 = Lr & 0xF
-    ql = np.stack([lo4[:, :, 0] | (lo4[:, :, 2] << 4), lo4[:, :, 1] | (lo4[:, :, 3] << 4)], axis=2)
     hi2 = Lr >> 4
-    qh = hi2[:, :, 0] | (hi2[:, :, 1] << 2) | (hi2[:, :, 2] << 4) | (hi2[:, :, 3] << 6)
-
     out = np.empty((n_super, 210), dtype=np.uint8)
-    out[:, :128] = ql.reshape(n_super, 128)
+    ql = out[:, :128].reshape(n_super, 2, 2, 32)
+    ql[:, :, 0] = lo4[:, :, 0] | (lo4[:, :, 2] << 4)
+    ql[:, :, 1] = lo4[:, :, 1] | (lo4[:, :, 3] << 4)
+    qh = hi2[:, :, 0] | (hi2[:, :, 1] << 2) | (hi2[:, :, 2] << 4) | (hi2[:, :, 3] << 6)
     out[:, 128:192] = qh.reshape(n_super, 64)
     out[:, 192:208] = q_sc_i8.view(np.uint8)
     out[:, 208:210] = _fp16_bytes(d)
@@ -153,17 +179,11 @@ def _q3_scale_bytes(ls: I32Array) -> U8Array:
     return out.astype(np.uint8)
 
 
-def _q3_pack(n_super: int, L: I32Array, scale_bytes: U8Array, d: F32Array) -> U8Array:
+def _q3_pack(n_super: int, L: U8Array, scale_bytes: U8Array, d: F32Array) -> U8Array:
     """L in [0, 8): high bit to hmask (bit j/32 of byte j%32), low 2 bits to qs."""
-    high = L > 3
-    hb = high.reshape(n_super, 8, 32).astype(np.int32)
-    hmask = np.zeros((n_super, 32), dtype=np.int32)
-    for b in range(8):
-        hmask |= hb[:, b] << b
-    low = np.where(high, L - 4, L)
     out = np.empty((n_super, 110), dtype=np.uint8)
-    out[:, :32] = hmask
-    out[:, 32:96] = _pack_2bit(low)
+    out[:, :32] = _pack_bits((L >> 2).reshape(n_super, 8, 32))
+    out[:, 32:96] = _pack_2bit(L & 3)
     out[:, 96:108] = scale_bytes
     out[:, 108:110] = _fp16_bytes(d)
     return out
@@ -200,14 +220,15 @@ def _q3_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
         sw = seq_sum(weight)
         scales, L0 = make_qx_quants(x16, 4, weight)
         d, Ls = make_qx_quants(
-            np.ascontiguousarray(scales.reshape(n_super, 16).T), 32, np.ascontiguousarray(sw.reshape(n_super, 16).T)
+            np.ascontiguousarray(scales.reshape(n_super, 16).T),
+            32,
+            np.ascontiguousarray(sw.reshape(n_super, 16).T),
         )
         ls = np.ascontiguousarray(Ls.T).astype(np.int32)
     scale_bytes = _q3_scale_bytes(ls)
     sc_dec = (ls & 0x3F) - 32
-    dq = fp16_round(d)[:, None] * sc_dec.astype(np.float32)
-    xs = rows.reshape(n_super, 16, 16)
-    L = _requant(xs, dq, -4, 3, _ungroup(L0, n_super).reshape(n_super, 16, 16)).reshape(n_super, 256)
+    dq = _fp16r(d)[:, None] * sc_dec.astype(np.float32)
+    L = _requant(x16, dq.reshape(-1), -4, 3, L0)
     return _q3_pack(n_super, L, scale_bytes, d).reshape(n_rows, -1)
 
 
@@ -237,7 +258,9 @@ def _k4_scale_decode(q: U8Array) -> tuple[I32Array, I32Array]:
     return sc, mn
 
 
-def _q45_k(rows: F32Array, imatrix: F32Array | None, nmax: int) -> tuple[int, U8Array, F32Array, F32Array, I32Array]:
+def _q45_k(
+    rows: F32Array, imatrix: F32Array | None, nmax: int
+) -> tuple[int, U8Array, F32Array, F32Array, U8Array]:
     """Shared Q4_K/Q5_K body up to the final levels: (n_super, scale bytes, d, dmin, L (S, 256))."""
     n_rows = rows.shape[0]
     n_super = rows.size // QK_K
@@ -280,11 +303,10 @@ def _q45_k(rows: F32Array, imatrix: F32Array | None, nmax: int) -> tuple[int, U8
         d, dmin = dm[:n_super], dm[n_super:]
     scale_bytes = _k4_scale_bytes(ls, lm)
     sc_dec, mn_dec = _k4_scale_decode(scale_bytes)
-    dq = fp16_round(d)[:, None] * sc_dec.astype(np.float32)
-    dmq = fp16_round(dmin)[:, None] * mn_dec.astype(np.float32)
-    xs = rows.reshape(n_super, 8, 32)
-    L = _requant(xs, dq, 0, nmax, _ungroup(L0, n_super).reshape(n_super, 8, 32), dmq)
-    return n_super, scale_bytes, d, dmin, L.reshape(n_super, 256)
+    dq = _fp16r(d)[:, None] * sc_dec.astype(np.float32)
+    dmq = _fp16r(dmin)[:, None] * mn_dec.astype(np.float32)
+    L = _requant(x32, dq.reshape(-1), 0, nmax, L0, dmq.reshape(-1))
+    return n_super, scale_bytes, d, dmin, L
 
 
 def quantize_q4_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
@@ -303,10 +325,8 @@ def quantize_q5_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     with np.errstate(all="ignore"):
         n_super, scale_bytes, d, dmin, L = _q45_k(rows, imatrix, 31)
         Lr = L.reshape(n_super, 4, 2, 32)
-        hi = Lr >> 4
-        qh = np.zeros((n_super, 32), dtype=np.int32)
-        for n in range(4):
-            qh |= (hi[:, n, 0] << (2 * n)) | (hi[:, n, 1] << (2 * n + 1))
+        # bit 2n+h of qh[j] is the high bit of L[64n + 32h + j]
+        qh = _pack_bits((L >> 4).reshape(n_super, 8, 32))
         lo = Lr & 0xF
         out = np.empty((n_super, 176), dtype=np.uint8)
         out[:, 0:2] = _fp16_bytes(d)
@@ -359,10 +379,9 @@ def _q2_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
         ls, lm = Lsm_i[:n_super], Lsm_i[n_super:]
         d, dmin = dm[:n_super], dm[n_super:]
     scale_bytes = ((ls & 0xFF) | (lm << 4)) & 0xFF
-    dq = fp16_round(d)[:, None] * (scale_bytes & 0xF).astype(np.float32)
-    dmq = fp16_round(dmin)[:, None] * (scale_bytes >> 4).astype(np.float32)
-    xs = rows.reshape(n_super, 16, 16)
-    L = _requant(xs, dq, 0, 3, _ungroup(L0, n_super).reshape(n_super, 16, 16), dmq).reshape(n_super, 256)
+    dq = _fp16r(d)[:, None] * (scale_bytes & 0xF).astype(np.float32)
+    dmq = _fp16r(dmin)[:, None] * (scale_bytes >> 4).astype(np.float32)
+    L = _requant(x16, dq.reshape(-1), 0, 3, L0, dmq.reshape(-1))
     out = np.empty((n_super, 84), dtype=np.uint8)
     out[:, :16] = scale_bytes
     out[:, 16:80] = _pack_2bit(L)

@@ -3,17 +3,20 @@
 Without an imatrix these follow ``quantize_row_*_ref``; with one, ``quantize_row_q{4,5}_{0,1}_impl``
 (a weighted ``make_qx_quants`` / ``make_qkx3_quants`` search). Q8_0 ignores the imatrix.
 
-Layout: every function works on the chunk transposed to ``(32, n_blocks)`` so that each step is one
-contiguous vector op over all blocks and a sum over the block (axis 0) is numpy's sequential
-row-by-row reduction, i.e. C's ``s += a[i]`` order. The bytes are transposed back once at the end.
+Layouts: the imatrix searches work on the chunk transposed to ``(32, n_blocks)`` so that each step is
+one contiguous vector op over all blocks and a sum over the block (axis 0) is numpy's row-by-row
+reduction, i.e. C's ``s += a[i]`` order. The reference paths need no ordered sums and use a cheaper
+"quad" layout (see ``_quads``). Packed bytes are transposed back once at the end.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from ._numeric import F32Array, U8Array, fp32_to_fp16_bits
 
@@ -58,39 +61,10 @@ def _weights_t(imatrix: F32Array, n_rows: int) -> F32Array:
     return qw
 
 
-def _fp16_bytes(v: F32Array) -> U8Array:
-    with np.errstate(over="ignore"):  # scales past 65504 become inf, exactly as ggml stores them
-        bits = fp32_to_fp16_bits(v).astype("<u2", copy=False)
-    out: U8Array = bits.view(np.uint8).reshape(-1, 2)
-    return out
-
-
-def _assemble(n_rows: int, parts: list[U8Array]) -> U8Array:
-    """Concatenate per-block byte fields; each part is ``(n_blocks, k)`` or ``(k, n_blocks)``-transposed."""
-    nb = parts[0].shape[0]
-    size = sum(p.shape[1] for p in parts)
-    out = np.empty((nb, size), dtype=np.uint8)
-    pos = 0
-    for p in parts:
-        out[:, pos : pos + p.shape[1]] = p
-        pos += p.shape[1]
-    res: U8Array = out.reshape(n_rows, -1)
-    return res
-
-
-def _nibbles(q: U8Array) -> U8Array:
-    """qs[j] = q[j] | q[j+16] << 4 (low 4 bits of each), as ``(n_blocks, 16)``."""
-    lo = q[:16] & np.uint8(0x0F)
-    lo |= q[16:] << np.uint8(4)
-    res: U8Array = lo.T
-    return res
-
-
-def _high_bits(q: U8Array) -> U8Array:
-    """qh: bit j of a little-endian uint32 is bit 4 of q[j], as ``(n_blocks, 4)``."""
-    h = (q >> np.uint8(4)) & np.uint8(1)
-    packed: U8Array = np.packbits(h, axis=0, bitorder="little").T
-    return packed
+def _fp16(v: F32Array) -> npt.NDArray[np.uint16]:
+    """fp16 bits; scales past 65504 become inf as in ggml (callers run under ``_quiet``)."""
+    bits: npt.NDArray[np.uint16] = fp32_to_fp16_bits(v)
+    return bits
 
 
 def _first_absmax(xt: F32Array) -> F32Array:
@@ -123,6 +97,16 @@ def _first_min(xt: F32Array) -> F32Array:
     return mn
 
 
+def _f32(a: npt.NDArray[Any]) -> F32Array:
+    """Typing only: numpy's stubs widen float32 array arithmetic to float64; the values are float32."""
+    return a
+
+
+def _where(cond: npt.NDArray[np.bool_], a: F32Array | np.float32, b: F32Array | np.float32) -> F32Array:
+    res: F32Array = np.where(cond, a, b)
+    return res
+
+
 def _inverse(d: F32Array) -> F32Array:
     """``d ? 1.0f/d : 0.0f``."""
     inv = np.zeros_like(d)
@@ -131,7 +115,16 @@ def _inverse(d: F32Array) -> F32Array:
 
 
 def _seq_sum(a: F32Array) -> F32Array:
-    """``float s = 0; for i: s += a[i]`` over axis 0 (numpy reduces a non-inner axis row by row)."""
+    """``float s = 0; for i: s += a[i]`` over axis 0 of a 2-D array.
+
+    numpy reduces a non-inner axis row by row (C's order), but when only one column is left it
+    reduces that contiguous column pairwise; a zero column keeps it on the row-by-row path.
+    """
+    if a.shape[1] == 1:
+        padded = np.zeros((a.shape[0], 2), dtype=a.dtype)
+        padded[:, 0] = a[:, 0]
+        one: F32Array = np.add.reduce(padded, axis=0)[:1]
+        return one
     s: F32Array = np.add.reduce(a, axis=0)
     return s
 
@@ -145,10 +138,13 @@ def _seq_sum_from_first(a: F32Array) -> F32Array:
 
 
 def _row_sigma2(rows: F32Array) -> F32Array:
-    """``sum_x2/n_per_row`` per row, with ``sum_x2 += x[j]*x[j]`` accumulated in order."""
-    sq = rows * rows
-    sum_x2 = np.add.accumulate(sq, axis=1)[:, -1]
-    sigma2: F32Array = sum_x2 / _F(rows.shape[1])
+    """``sum_x2/n_per_row`` per row, with ``sum_x2 += x[j]*x[j]`` accumulated in order.
+
+    Reduced over axis 0 of the transposed squares: in order per row, but vectorized across rows
+    (an accumulate along each row is one long dependency chain).
+    """
+    sq = np.ascontiguousarray((rows * rows).T)
+    sigma2: F32Array = _seq_sum(sq) / _F(rows.shape[1])
     return sigma2
 
 
@@ -170,7 +166,7 @@ def _make_qx_quants(xt: F32Array, wt: F32Array, nmax: int) -> tuple[F32Array, U8
     """``make_qx_quants(32, nmax, x, L, rmse_type=1, qw)``: returns (scale, L) with L in [0, 2*nmax)."""
     mx = _first_absmax(xt)
     zero = np.abs(mx) < _GROUP_MAX_EPS
-    safe = np.where(zero, _F(1.0), mx)
+    safe = _where(zero, _F(1.0), mx)
     wx = wt * xt
     lo, hi = _F(-nmax), _F(nmax - 1)
     buf = np.empty_like(xt)
@@ -178,7 +174,8 @@ def _make_qx_quants(xt: F32Array, wt: F32Array, nmax: int) -> tuple[F32Array, U8
 
     def sums(iscale: F32Array) -> tuple[F32Array, F32Array]:
         np.multiply(xt, iscale, out=buf)
-        np.clip(buf, lo, hi, out=buf)
+        np.minimum(buf, hi, out=buf)
+        np.maximum(buf, lo, out=buf)
         np.rint(buf, out=buf)  # nearest_int then clamp == clamp then round (integer bounds)
         np.multiply(wx, buf, out=tmp)
         sumlx = _seq_sum(tmp)
@@ -194,11 +191,10 @@ def _make_qx_quants(xt: F32Array, wt: F32Array, nmax: int) -> tuple[F32Array, U8
     for step in (*range(-9, 0), *range(1, 10)):
         iscale = -(_F(nmax) + _F(0.1) * _F(step)) / safe
         sumlx, suml2 = sums(iscale)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            upd = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-            scale = np.where(upd, sumlx / suml2, scale)
-        best = np.where(upd, scale * sumlx, best)
-        best_iscale = np.where(upd, iscale, best_iscale)
+        upd = (suml2 > 0) & (sumlx * sumlx > best * suml2)
+        scale = _where(upd, _f32(sumlx / suml2), scale)
+        best = _where(upd, scale * sumlx, best)
+        best_iscale = _where(upd, iscale, best_iscale)
     np.multiply(xt, best_iscale, out=buf)
     np.clip(buf, lo, hi, out=buf)
     np.rint(buf, out=buf)
@@ -222,10 +218,10 @@ def _make_qkx3_quants(
     wx = wt * xt
     sum_w = _seq_sum_from_first(wt)
     sum_x = _seq_sum_from_first(wx)
-    mn = np.where(mn > 0, _F(0.0), mn)
+    mn = _where(mn > 0, _F(0.0), mn)
     flat = mx <= mn  # L = 0, scale 0, the_min = -min
     live = ~flat
-    span = np.where(flat, _F(1.0), mx - mn)
+    span = _where(flat, _F(1.0), mx - mn)
     iscale = fnmax / span
     scale = _F(1.0) / iscale
 
@@ -249,117 +245,238 @@ def _make_qkx3_quants(
         np.multiply(tmp, wt, out=tmp)
         return _seq_sum(tmp)
 
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        levels_into(buf, iscale, mn)
-        best_mad = weighted_sq_err(scale, mn, buf)
-        acc_iscale = iscale
-        acc_min = mn
-        for step in range(nstep + 1):
-            isc = (_F(rmin) + _F(rdelta) * _F(step) + fnmax) / (mx - mn)
-            levels_into(buf, isc, mn)
-            np.multiply(wt, buf, out=wl)
-            sum_l = _seq_sum(wl)
-            np.multiply(wl, buf, out=tmp)
-            sum_l2 = _seq_sum(tmp)
-            np.multiply(wl, xt, out=tmp)
-            sum_xl = _seq_sum(tmp)
-            det = sum_w * sum_l2 - sum_l * sum_l
-            ok = (det > 0) & live
-            this_scale = (sum_w * sum_xl - sum_x * sum_l) / det
-            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det
-            pos = this_min > 0
-            this_min = np.where(pos, _F(0.0), this_min)
-            this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
-            mad = weighted_sq_err(this_scale, this_min, buf)
-            upd = ok & (mad < best_mad)
-            best_mad = np.where(upd, mad, best_mad)
-            scale = np.where(upd, this_scale, scale)
-            acc_iscale = np.where(upd, isc, acc_iscale)
-            acc_min = np.where(upd, mn, acc_min)
-            mn = np.where(upd, this_min, mn)
-        levels_into(buf, acc_iscale, acc_min)
+    # FP warnings are off (``_quiet``): inf/NaN intermediates here mirror C.
+    levels_into(buf, iscale, mn)
+    best_mad = weighted_sq_err(scale, mn, buf)
+    acc_iscale = iscale
+    acc_min = mn
+    for step in range(nstep + 1):
+        isc = _f32((_F(rmin) + _F(rdelta) * _F(step) + fnmax) / (mx - mn))
+        levels_into(buf, isc, mn)
+        np.multiply(wt, buf, out=wl)
+        sum_l = _seq_sum(wl)
+        np.multiply(wl, buf, out=tmp)
+        sum_l2 = _seq_sum(tmp)
+        np.multiply(wl, xt, out=tmp)
+        sum_xl = _seq_sum(tmp)
+        det = sum_w * sum_l2 - sum_l * sum_l
+        ok = (det > 0) & live
+        this_scale = _f32((sum_w * sum_xl - sum_x * sum_l) / det)
+        this_min = _f32((sum_l2 * sum_x - sum_l * sum_xl) / det)
+        pos = this_min > 0
+        this_min = _where(pos, _F(0.0), this_min)
+        this_scale = _where(pos, _f32(sum_xl / sum_l2), this_scale)
+        mad = weighted_sq_err(this_scale, this_min, buf)
+        upd = ok & (mad < best_mad)
+        best_mad = _where(upd, mad, best_mad)
+        scale = _where(upd, this_scale, scale)
+        acc_iscale = _where(upd, isc, acc_iscale)
+        acc_min = _where(upd, mn, acc_min)
+        mn = _where(upd, this_min, mn)
+    levels_into(buf, acc_iscale, acc_min)
     levels = buf.astype(np.uint8)
     levels[:, flat] = 0
-    scale = np.where(flat, _F(0.0), scale)
+    scale = _where(flat, _F(0.0), scale)
     return scale, mn, levels
 
 
 # ------------------------------------------------------------------------------------------- types
 
 
+# ----------------------------------------------------------------------- reference (no imatrix) paths
+#
+# The reference paths need no in-order sums, so they use a cheaper "quad" layout: the chunk's 16-byte
+# groups (4 floats) are transposed as complex128 items, giving ``(8, n_blocks*4)`` where
+# ``[k, 4*b + p]`` is element ``4*k + p`` of block ``b``. Per-block values are repeated 4 times to
+# broadcast along the lanes; packed bytes come back as uint32 words transposed the same way.
+
+
+def _quads(rows: F32Array) -> F32Array:
+    nb = rows.size // QK
+    groups = np.ascontiguousarray(rows).reshape(nb, QK).view(np.complex128)  # (nb, 8) items of 4 floats
+    xq: F32Array = np.ascontiguousarray(groups.T).view(np.float32).reshape(8, nb * 4)
+    return xq
+
+
+def _per_block(lanes: npt.NDArray[np.generic], op: np.ufunc) -> F32Array:
+    """Combine the 4 lanes of each block: ``(n_blocks*4,)`` -> ``(n_blocks,)``."""
+    q = lanes.reshape(-1, 4)
+    res: F32Array = op(op(q[:, 0], q[:, 1]), op(q[:, 2], q[:, 3]))
+    return res
+
+
+def _lanes(v: F32Array) -> F32Array:
+    res: F32Array = np.repeat(v, 4)
+    return res
+
+
+def _quad_max_min(xq: F32Array) -> tuple[F32Array, F32Array]:
+    return _per_block(xq.max(axis=0), np.maximum), _per_block(xq.min(axis=0), np.minimum)
+
+
+def _first_absmax_q(xq: F32Array, rows: F32Array) -> tuple[F32Array, F32Array]:
+    """(max, min) and C's signed max-|x| element (first wins; +0.0 for an all-zero block)."""
+    mx, mn = _quad_max_min(xq)
+    neg = -mn
+    m: F32Array = np.where(neg > mx, mn, mx) + _F(0.0)
+    tie = np.flatnonzero((neg == mx) & (mx != 0))
+    if tie.size:
+        sub = rows.reshape(-1, QK)[tie]
+        first_pos = np.argmax(sub == mx[tie, None], axis=1)
+        first_neg = np.argmax(sub == mn[tie, None], axis=1)
+        m[tie] = np.where(first_neg < first_pos, mn[tie], mx[tie])
+    return m, mn
+
+
+def _first_min_fix(mn: F32Array, rows: F32Array) -> F32Array:
+    """A zero minimum takes the sign of the block's first zero (C's strict ``v < min``)."""
+    zero = np.flatnonzero(mn == 0)
+    if zero.size:
+        sub = rows.reshape(-1, QK)[zero]
+        first = np.argmax(sub == 0, axis=1)
+        mn[zero] = sub[np.arange(zero.size), first]
+    return mn
+
+
+def _words(q: U8Array) -> npt.NDArray[np.uint32]:
+    """Quad-layout bytes ``(k, n_blocks*4)`` as little-endian words ``(k, n_blocks)``."""
+    w: npt.NDArray[np.uint32] = q.view("<u4")
+    return w
+
+
+def _nibble_words(q: U8Array, five_bit: bool) -> npt.NDArray[np.uint32]:
+    """qs[j] = q[j] | q[j+16] << 4 as 4 words per block (j = 4k + p sits at [k, 4b + p]).
+
+    4-bit levels are already < 16; 5-bit ones keep only their low nibble here.
+    """
+    lo = q[:4] & np.uint8(0x0F) if five_bit else q[:4].copy()
+    lo |= q[4:] << np.uint8(4)
+    return _words(lo)
+
+
+_BIT_GATHER = np.uint32(0x01020408)  # moves bit 0 of byte p of a word to bit 24 + p (no carries)
+_NIBBLE_SHIFT = (np.arange(8, dtype=np.uint32) * np.uint32(4))[:, None]
+
+
+def _high_bit_word(q: U8Array) -> npt.NDArray[np.uint32]:
+    """qh: bit j of a little-endian uint32 is bit 4 of q[j] (q < 32), one word per block."""
+    h = _words(q >> np.uint8(4))
+    nib = (h * _BIT_GATHER) >> np.uint32(24)
+    nib &= np.uint32(0x0F)
+    nib <<= _NIBBLE_SHIFT
+    qh: npt.NDArray[np.uint32] = np.bitwise_or.reduce(nib, axis=0)
+    return qh
+
+
+def _pack(n_rows: int, size: int, fields: list[tuple[int, npt.NDArray[Any]]]) -> U8Array:
+    """Blocks of ``size`` bytes from (byte offset, field) pairs. A field is one uint16 per block
+    ``(nb,)`` (an fp16 scale) or uint32 words ``(n_words, nb)`` / ``(nb,)``; each is written with one
+    strided copy through a uint16/uint32 view of the output (numpy handles the misalignment)."""
+    nb = fields[0][1].shape[-1]
+    out = np.empty((nb, size), dtype=np.uint8)
+    for off, f in fields:
+        width = f.dtype.itemsize
+        w = f.reshape(-1, nb)
+        out[:, off : off + width * w.shape[0]].view(f"<u{width}")[...] = w.T
+    res: U8Array = out.reshape(n_rows, -1)
+    return res
+
+
 @_quiet
 def quantize_q8_0(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     del imatrix  # quantize_q8_0 ignores it
-    xt = _blocks_t(rows)
+    xq = _quads(rows)
+    mx, mn = _quad_max_min(xq)
     # MAX(amax, fabsf(v)) from amax = 0.0f never yields -0.0; "+ 0.0" clears numpy's zero sign.
-    amax = np.maximum(xt.max(axis=0), -xt.min(axis=0)) + _F(0.0)
-    d = amax / _F(127)
-    v = xt * _inverse(d)
+    d = (np.maximum(mx, -mn) + _F(0.0)) / _F(127)
+    v = xq * _lanes(_inverse(d))
     h = np.copysign(_HALF_DOWN, v)
     v += h
-    with np.errstate(invalid="ignore"):
-        q = v.astype(np.int8).view(np.uint8)
-    return _assemble(rows.shape[0], [_fp16_bytes(d), q.T])
+    q = v.astype(np.int8).view(np.uint8)
+    return _pack(rows.shape[0], 34, [(0, _fp16(d)), (2, _words(q))])
 
 
-def _q_0_ref(xt: F32Array, nmax: int) -> tuple[F32Array, U8Array]:
+def _q_0_ref(rows: F32Array, nmax: int) -> tuple[F32Array, U8Array]:
     """quantize_row_q{4,5}_0_ref: d = max/-nmax, q = MIN(2*nmax-1, (int8)(x*id + nmax + 0.5))."""
-    d = _first_absmax(xt) / _F(-nmax)
-    v = xt * _inverse(d)
+    xq = _quads(rows)
+    d = _first_absmax_q(xq, rows)[0] / _F(-nmax)
+    v = xq * _lanes(_inverse(d))
     v += _F(nmax + 0.5)
-    q = v.astype(np.uint8)
-    np.minimum(q, np.uint8(2 * nmax - 1), out=q)
-    return d, q
+    # v >= 0, so MIN(2*nmax-1, (int)v) == (int)MIN(v, 2*nmax-1); a float minimum is much faster.
+    np.minimum(v, _F(2 * nmax - 1), out=v)
+    return d, v.astype(np.uint8)
 
 
-def _q_1_ref(xt: F32Array, levels: int) -> tuple[F32Array, F32Array, U8Array]:
+def _q_1_ref(rows: F32Array, levels: int) -> tuple[F32Array, F32Array, U8Array]:
     """quantize_row_q{4,5}_1_ref: d = (max-min)/levels, q = (uint8)((x-min)*id + 0.5)."""
-    mn = _first_min(xt)
+    xq = _quads(rows)
+    mx, mn = _quad_max_min(xq)
+    mn = _first_min_fix(mn, rows)
     # max - min of one element with itself is +0.0 whatever numpy's zero signs are; "+ 0.0" does that.
-    d = (xt.max(axis=0) - mn + _F(0.0)) / _F(levels)
-    v = xt - mn
-    v *= _inverse(d)
+    d = (mx - mn + _F(0.0)) / _F(levels)
+    v = xq - _lanes(mn)
+    v *= _lanes(_inverse(d))
     v += _F(0.5)
-    q = v.astype(np.uint8)
-    np.minimum(q, np.uint8(levels), out=q)
-    return d, mn, q
+    np.minimum(v, _F(levels), out=v)  # v >= 0: same as clamping the truncated integer
+    return d, mn, v.astype(np.uint8)
+
+
+def _quad_from_t(q: U8Array) -> U8Array:
+    """Levels from the ``(32, n_blocks)`` layout of the imatrix searches, in quad layout."""
+    res: U8Array = np.ascontiguousarray(q.reshape(8, 4, -1).transpose(0, 2, 1)).reshape(8, -1)
+    return res
 
 
 @_quiet
 def quantize_q4_0(rows: F32Array, imatrix: F32Array | None) -> U8Array:
-    xt = _blocks_t(rows)
     if imatrix is None:
-        d, q = _q_0_ref(xt, 8)
+        d, q = _q_0_ref(rows, 8)
     else:
-        d, q = _make_qx_quants(xt, _imatrix_weights(rows, xt, imatrix), 8)
-    return _assemble(rows.shape[0], [_fp16_bytes(d), _nibbles(q)])
+        xt = _blocks_t(rows)
+        d, qt = _make_qx_quants(xt, _imatrix_weights(rows, xt, imatrix), 8)
+        q = _quad_from_t(qt)
+    return _pack(rows.shape[0], 18, [(0, _fp16(d)), (2, _nibble_words(q, False))])
 
 
 @_quiet
 def quantize_q5_0(rows: F32Array, imatrix: F32Array | None) -> U8Array:
-    xt = _blocks_t(rows)
     if imatrix is None:
-        d, q = _q_0_ref(xt, 16)
+        d, q = _q_0_ref(rows, 16)
     else:
-        d, q = _make_qx_quants(xt, _imatrix_weights(rows, xt, imatrix), 16)
-    return _assemble(rows.shape[0], [_fp16_bytes(d), _high_bits(q), _nibbles(q)])
+        xt = _blocks_t(rows)
+        d, qt = _make_qx_quants(xt, _imatrix_weights(rows, xt, imatrix), 16)
+        q = _quad_from_t(qt)
+    fields: list[tuple[int, npt.NDArray[Any]]] = [
+        (0, _fp16(d)),
+        (2, _high_bit_word(q)),
+        (6, _nibble_words(q, True)),
+    ]
+    return _pack(rows.shape[0], 22, fields)
 
 
 @_quiet
 def quantize_q4_1(rows: F32Array, imatrix: F32Array | None) -> U8Array:
-    xt = _blocks_t(rows)
     if imatrix is None:
-        d, m, q = _q_1_ref(xt, 15)
+        d, m, q = _q_1_ref(rows, 15)
     else:
-        d, m, q = _make_qkx3_quants(xt, _imatrix_weights(rows, xt, imatrix), 15, -0.9, 0.05, 36)
-    return _assemble(rows.shape[0], [_fp16_bytes(d), _fp16_bytes(m), _nibbles(q)])
+        xt = _blocks_t(rows)
+        d, m, qt = _make_qkx3_quants(xt, _imatrix_weights(rows, xt, imatrix), 15, -0.9, 0.05, 36)
+        q = _quad_from_t(qt)
+    return _pack(rows.shape[0], 20, [(0, _fp16(d)), (2, _fp16(m)), (4, _nibble_words(q, False))])
 
 
 @_quiet
 def quantize_q5_1(rows: F32Array, imatrix: F32Array | None) -> U8Array:
-    xt = _blocks_t(rows)
     if imatrix is None:
-        d, m, q = _q_1_ref(xt, 31)
+        d, m, q = _q_1_ref(rows, 31)
     else:
-        d, m, q = _make_qkx3_quants(xt, _imatrix_weights(rows, xt, imatrix), 31, -0.9, 0.05, 36)
-    return _assemble(rows.shape[0], [_fp16_bytes(d), _fp16_bytes(m), _high_bits(q), _nibbles(q)])
+        xt = _blocks_t(rows)
+        d, m, qt = _make_qkx3_quants(xt, _imatrix_weights(rows, xt, imatrix), 31, -0.9, 0.05, 36)
+        q = _quad_from_t(qt)
+    fields: list[tuple[int, npt.NDArray[Any]]] = [
+        (0, _fp16(d)),
+        (2, _fp16(m)),
+        (4, _high_bit_word(q)),
+        (8, _nibble_words(q, True)),
+    ]
+    return _pack(rows.shape[0], 24, fields)
