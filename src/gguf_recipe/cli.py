@@ -1,0 +1,671 @@
+"""The ``recipe`` command: a thin typer layer over the Python API.
+
+    recipe validate FILE [--strict] [--model MODEL]
+    recipe plan RECIPE MODEL [--imatrix FILE] [--format table|json|markdown] [-o PLAN.json]
+    recipe schema [recipe|plan] [-o FILE]
+    recipe types
+    recipe import [-o FILE] -- <llama-quantize options> TYPE
+    recipe export RECIPE
+    recipe apply RECIPE_OR_PLAN MODEL -o OUT.gguf [--imatrix FILE] [--threads N] [--resume] [--force] ...
+
+Exit status: 0 on success, 1 when the input has errors (or warnings with ``--strict``), 2 on usage errors,
+130 when ``recipe apply`` is interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .diagnostics import Diagnostic, RecipeError, format_diagnostics, sort_diagnostics
+
+app = typer.Typer(
+    name="recipe",
+    help="Declarative per-tensor quantization recipes for GGUF models: validate, plan, apply, import, export.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _err(text: str) -> None:
+    typer.echo(text, err=True)
+
+
+def _print_diagnostics(diags: list[Diagnostic]) -> None:
+    if diags:
+        _err(format_diagnostics(diags))
+
+
+def _summary(diags: list[Diagnostic]) -> str:
+    ne = sum(1 for d in diags if d.is_error)
+    nw = len(diags) - ne
+    parts = []
+    if ne:
+        parts.append(f"{ne} error{'s' if ne != 1 else ''}")
+    if nw:
+        parts.append(f"{nw} warning{'s' if nw != 1 else ''}")
+    return "Found " + " and ".join(parts) + "."
+
+
+def _dedupe(diags: list[Diagnostic]) -> list[Diagnostic]:
+    seen: set[tuple[Any, ...]] = set()
+    out = []
+    for d in diags:
+        key = (d.file, d.line, d.col, d.severity, d.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(d)
+    return out
+
+
+def _recipe_path(name_or_path: str) -> str | Path:
+    """A file path, or the file of a built-in name such as llama.cpp/Q4_K_M."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    from .recipes import resolve
+
+    try:
+        return resolve(name_or_path)
+    except FileNotFoundError as exc:
+        raise RecipeError(Diagnostic(str(exc), "error", name_or_path)) from None
+
+
+def validate_file(path: str, *, model: str | None = None, imatrix: str | None = None) -> list[Diagnostic]:
+    """Every diagnostic for a recipe file (and, with a model, those that need the model)."""
+    from .recipe.loader import check_recipe
+
+    try:
+        source = _recipe_path(path)
+    except RecipeError as exc:
+        return exc.diagnostics
+    lr, diags = check_recipe(source)
+    if lr is None or any(d.is_error for d in diags):
+        return diags
+    if lr.recipe.extends is not None:
+        from .recipes import resolve
+
+        try:
+            parent = resolve(lr.recipe.extends, relative_to=source if isinstance(source, Path) else None)
+        except FileNotFoundError as exc:
+            diags.append(lr.diagnostic(("extends",), f"{exc}"))
+            return diags
+        if Path(parent).resolve() != Path(source).resolve():
+            _, pdiags = check_recipe(parent)
+            diags += pdiags
+    if model is not None and not any(d.is_error for d in diags):
+        from .compiler import CompileError, compile_plan
+
+        try:
+            result = compile_plan(source, model, imatrix=imatrix)
+        except CompileError as exc:
+            return diags + list(exc.diagnostics)
+        diags += result.diagnostics
+        diags += _lint(source, model, result, imatrix is not None)
+    return _dedupe(diags)
+
+
+def _lint(source: str | Path, model: str | Path, result: Any, imatrix: bool) -> list[Diagnostic]:
+    try:
+        from .compiler.lint import lint_compiled
+    except ImportError:  # pragma: no cover
+        return []
+    out: list[Diagnostic] = lint_compiled(source, model, result, imatrix=imatrix)
+    return out
+
+
+@app.command()
+def validate(
+    file: Annotated[str, typer.Argument(help="recipe file (YAML or JSON) or built-in name")],
+    strict: Annotated[bool, typer.Option("--strict", help="treat warnings as errors")] = False,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="also check the recipe against this GGUF model's header"),
+    ] = None,
+    imatrix: Annotated[
+        str | None, typer.Option("--imatrix", help="an importance matrix will be used")
+    ] = None,
+) -> None:
+    """Check a recipe: syntax, keys, types, regexes, layer selectors (and, with --model, the rules' effect)."""
+    diags = sort_diagnostics(validate_file(file, model=model, imatrix=imatrix))
+    _print_diagnostics(diags)
+    errors = any(d.is_error for d in diags)
+    if errors or (strict and diags):
+        _err(_summary(diags) + (" (--strict: warnings are errors)" if strict and not errors else ""))
+        raise typer.Exit(1)
+    if diags:
+        _err(_summary(diags))
+    typer.echo(f"{file}: ok")
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    markdown = "markdown"
+
+
+@app.command()
+def plan(
+    recipe: Annotated[str, typer.Argument(help="recipe file or built-in name (e.g. llama.cpp/Q4_K_M)")],
+    model: Annotated[str, typer.Argument(help="GGUF model (any file of a -0000k-of-0000n split)")],
+    imatrix: Annotated[
+        str | None, typer.Option("--imatrix", help="importance matrix file that will be used")
+    ] = None,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="output format")] = Format.table,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write the plan JSON here")] = None,
+    strict_fallbacks: Annotated[
+        bool, typer.Option("--strict-fallbacks", help="a type the row length cannot hold is an error")
+    ] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="treat warnings as errors")] = False,
+) -> None:
+    """Expand a recipe against a model header into a per-tensor plan (a dry run)."""
+    from .compiler import CompileError, compile_plan
+    from .render import render_plan
+
+    try:
+        source = _recipe_path(recipe)
+        result = compile_plan(source, model, imatrix=imatrix, strict_fallbacks=strict_fallbacks)
+    except (RecipeError, CompileError) as exc:
+        _print_diagnostics(list(exc.diagnostics))
+        raise typer.Exit(1) from None
+    except FileNotFoundError as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(1) from None
+    except ValueError as exc:  # unreadable model header
+        _err(f"{model}: error: {exc}")
+        raise typer.Exit(1) from None
+    diags = _dedupe(list(result.diagnostics) + _lint(source, model, result, imatrix is not None))
+    _print_diagnostics(diags)
+    if any(d.is_error for d in diags) or (strict and diags):
+        _err(_summary(diags))
+        raise typer.Exit(1)
+    if output is not None:
+        result.plan.save(output)
+    sys.stdout.write(render_plan(result.plan, fmt.value))
+
+
+class SchemaKind(str, Enum):
+    recipe = "recipe"
+    plan = "plan"
+
+
+def schema_text(kind: str = "recipe") -> str:
+    """The JSON Schema text that schema/<kind>.schema.json holds."""
+    if kind == "plan":
+        from .plan import plan_json_schema
+
+        data: dict[str, Any] = plan_json_schema()
+        data.setdefault("$schema", "https://json-schema.org/draft/2020-12/schema")
+        data.setdefault("title", "gguf-recipe plan")
+    else:
+        from .recipe.model import recipe_json_schema
+
+        data = recipe_json_schema()
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+@app.command()
+def schema(
+    kind: Annotated[SchemaKind, typer.Argument(help="which schema")] = SchemaKind.recipe,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write to this file")] = None,
+) -> None:
+    """Print the JSON Schema of recipe files (or of plans)."""
+    text = schema_text(kind.value)
+    if output is not None:
+        output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+
+
+def types_table() -> list[dict[str, Any]]:
+    """Every ggml type: block size, bytes per block, bits per weight, and what gguf-recipe can do with it."""
+    from gguf import GGMLQuantizationType
+
+    from .quants import implemented_types
+    from .quants.registry import SPECS
+    from .recipe.typenames import ggml_type_info
+
+    implemented = set(implemented_types())
+    rows = []
+    for t in GGMLQuantizationType:
+        info = ggml_type_info(t)
+        spec = SPECS.get(t)
+        rows.append(
+            {
+                "name": info.name,
+                "id": int(t),
+                "block_size": info.block_size,
+                "type_size": info.type_size,
+                "bpw": round(info.bpw, 4),
+                "in_recipes": spec is not None,
+                "can_produce": t in implemented,
+                "requires_imatrix": bool(spec and spec.requires_imatrix),
+            }
+        )
+    return rows
+
+
+@app.command("types")
+def types_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """List every ggml type with its block size, bits per weight and whether gguf-recipe can produce it."""
+    rows = types_table()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    head = ["type", "id", "block", "bytes", "bpw", "recipes", "produce", "imatrix"]
+    cells = [
+        [
+            r["name"],
+            str(r["id"]),
+            str(r["block_size"]),
+            str(r["type_size"]),
+            f"{r['bpw']:.4g}",
+            "yes" if r["in_recipes"] else "-",
+            "yes" if r["can_produce"] else "-",
+            "needed" if r["requires_imatrix"] else "",
+        ]
+        for r in rows
+    ]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
+    typer.echo("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=False)).rstrip())
+    for c in cells:
+        typer.echo("  ".join(x.ljust(w) for x, w in zip(c, widths, strict=False)).rstrip())
+    typer.echo(
+        "\nrecipes: usable in a recipe (a type llama.cpp quantizes weights to); "
+        "produce: this build of gguf-recipe has its quantizer; imatrix: llama.cpp refuses it without one"
+    )
+
+
+@app.command(
+    "import",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def import_cmd(
+    ctx: typer.Context,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write the recipe here")] = None,
+    ik_to_mainline: Annotated[
+        bool, typer.Option("--ik-to-mainline", help="replace ik_llama.cpp-only types by mainline ones")
+    ] = False,
+    name: Annotated[str | None, typer.Option("--name", help="recipe name")] = None,
+) -> None:
+    """Turn llama-quantize options into a recipe:  recipe import -o r.yaml -- --tensor-type attn_v=q8_0 Q4_K_M"""
+    from .interop import InteropError, import_llama_quantize
+
+    argv = list(ctx.args)
+    if not argv:
+        _err(
+            "error: missing llama-quantize options and TYPE, e.g.: recipe import -- --tensor-type attn_v=q8_0 Q4_K_M"
+        )
+        raise typer.Exit(2)
+    try:
+        text = import_llama_quantize(argv, ik_to_mainline=ik_to_mainline, name=name)
+    except InteropError as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(1) from None
+    if output is not None:
+        output.write_text(text, encoding="utf-8")
+        _err(f"wrote {output}")
+    else:
+        sys.stdout.write(text)
+
+
+@app.command("export")
+def export_cmd(
+    recipe: Annotated[str, typer.Argument(help="recipe file or built-in name")],
+    n_layers: Annotated[
+        int | None,
+        typer.Option(
+            "--layers", help="the model's block count (needed for fractional/negative layer selectors)"
+        ),
+    ] = None,
+    model: Annotated[
+        str, typer.Option("--model", help="input model path to put in the command")
+    ] = "MODEL.gguf",
+    out: Annotated[str, typer.Option("--out", help="output path to put in the command")] = "OUTPUT.gguf",
+) -> None:
+    """Print the llama-quantize command line equivalent to a recipe."""
+    from .interop import InteropError, export_llama_quantize_notes
+    from .recipe.loader import load
+
+    try:
+        source = _recipe_path(recipe)
+        lr = load(source)
+        argv, notes = export_llama_quantize_notes(
+            lr.recipe, base_dir=lr.base_dir, n_layers=n_layers, model=model, output=out
+        )
+    except RecipeError as exc:
+        _print_diagnostics(exc.diagnostics)
+        raise typer.Exit(1) from None
+    except InteropError as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(1) from None
+    for n in notes:
+        _err(f"note: {n}")
+    typer.echo(shlex.join(argv))
+
+
+# --- apply --------------------------------------------------------------------------------------
+
+_SIZE_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 1000,
+    "M": 1000**2,
+    "G": 1000**3,
+    "T": 1000**4,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+    "TB": 1000**4,
+    "KIB": 1 << 10,
+    "MIB": 1 << 20,
+    "GIB": 1 << 30,
+    "TIB": 1 << 40,
+}
+
+
+def parse_size(text: str) -> int:
+    """``2G`` -> 2_000_000_000 bytes. K/M/G/T are powers of 1000 as in llama-gguf-split's
+    ``--split-max-size``; KiB/MiB/GiB/TiB are powers of 1024; a bare number is bytes."""
+    t = text.strip().replace(" ", "").upper()
+    num = t.rstrip("KMGTIB")
+    unit = t[len(num) :]
+    try:
+        value = float(num)
+    except ValueError:
+        raise ValueError(f"not a size: {text!r} (e.g. 2G, 500M, 4GiB or a number of bytes)") from None
+    if unit not in _SIZE_UNITS:
+        raise ValueError(f"unknown size unit in {text!r} (use K, M, G, T, KiB, MiB, GiB, TiB)")
+    n = int(value * _SIZE_UNITS[unit])
+    if n < 1:
+        raise ValueError(f"size must be positive: {text!r}")
+    return n
+
+
+def _load_plan_file(arg: str) -> Any:
+    """The :class:`~gguf_recipe.plan.Plan` in ``arg`` when it is a plan JSON file (told by content:
+    a JSON object with ``fingerprints`` and ``tensors``), else None (a recipe file or name)."""
+    p = Path(arg)
+    if not p.is_file():
+        return None
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not (isinstance(data, dict) and "fingerprints" in data and "tensors" in data):
+        return None
+    from pydantic import ValidationError
+
+    from .plan import Plan
+
+    try:
+        return Plan.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        raise ValueError(
+            f"{arg}: looks like a plan but is not a valid one ({where}: {first.get('msg')}); "
+            "make it again with `recipe plan RECIPE MODEL -o PLAN.json`"
+        ) from None
+
+
+def _recipe_fingerprint_of_plan(plan: Any, recipe: str | None) -> str | None:
+    """The fingerprint of the recipe the plan says it was made from, as it is now (to refuse a plan
+    made from an older recipe): ``--recipe`` when given; else a built-in recipe of the plan's name;
+    else the plan's own recipe text when it extends nothing or only built-ins. None: cannot tell."""
+    import hashlib
+
+    from .compiler import CompileError, load_recipe_chain
+    from .recipes import is_builtin_name
+
+    def fp(source: str | Path) -> str:
+        chain = load_recipe_chain(source)
+        return hashlib.sha256("\0".join(lr.text for lr in chain).encode()).hexdigest()
+
+    if recipe is not None:
+        return fp(_recipe_path(recipe))  # errors are the user's to see
+    try:
+        if is_builtin_name(plan.recipe_name):
+            return fp(plan.recipe_name)
+        text = plan.recipe_text
+        if "\n" not in text:
+            return None
+        from .recipe.loader import load
+
+        extends = load(text).recipe.extends
+        if extends is None or is_builtin_name(str(extends)):
+            return fp(text)
+    except (RecipeError, CompileError, OSError):
+        pass
+    return None
+
+
+@app.command("apply")
+def apply_cmd(
+    recipe_or_plan: Annotated[
+        str,
+        typer.Argument(
+            metavar="RECIPE_OR_PLAN",
+            help="recipe file, built-in name (e.g. llama.cpp/Q4_K_M) or a plan JSON from `recipe plan -o`",
+        ),
+    ],
+    model: Annotated[str, typer.Argument(help="source GGUF model (any file of a -0000k-of-0000n split)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="the GGUF file to write")],
+    imatrix: Annotated[
+        str | None, typer.Option("--imatrix", help="importance matrix (llama.cpp .dat or GGUF imatrix)")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", "-t", min=1, help="quantizer threads (default: every core)")
+    ] = None,
+    chunk_values: Annotated[
+        int | None,
+        typer.Option(
+            "--chunk-values", min=1, help="values per read/quantize chunk (bounds peak memory; default 4Mi)"
+        ),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue an interrupted run from its checkpoint")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="apply a plan even if the model, recipe or imatrix changed")
+    ] = False,
+    allow_requantize: Annotated[
+        bool,
+        typer.Option(
+            "--allow-requantize", help="quantize tensors that are already quantized (loses quality)"
+        ),
+    ] = False,
+    max_shard_size: Annotated[
+        str | None,
+        typer.Option("--max-shard-size", help="split the output into shards of at most SIZE (e.g. 2G, 500M)"),
+    ] = None,
+    max_shard_tensors: Annotated[
+        int | None,
+        typer.Option("--max-shard-tensors", min=1, help="split the output into shards of at most N tensors"),
+    ] = None,
+    strict_fallbacks: Annotated[
+        bool, typer.Option("--strict-fallbacks", help="a type the row length cannot hold is an error")
+    ] = False,
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            "--recipe",
+            help="with a plan: the recipe it was made from, to refuse the plan if it changed since",
+        ),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="no progress bar and no summary (warnings and errors only)")
+    ] = False,
+) -> None:
+    """Quantize MODEL as a recipe (compiled on the fly) or a saved plan says, and write OUT.gguf.
+
+    The output appears only when complete. On Ctrl-C the work done so far is kept beside the output:
+    run the same command with --resume to continue. A plan made for another model, recipe or imatrix
+    is refused unless --force.
+    """
+    shard_bytes: int | None = None
+    if max_shard_size is not None:
+        try:
+            shard_bytes = parse_size(max_shard_size)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="'--max-shard-size'") from None
+    try:
+        _apply(
+            recipe_or_plan,
+            model,
+            output,
+            imatrix=imatrix,
+            threads=threads,
+            chunk_values=chunk_values,
+            resume=resume,
+            force=force,
+            allow_requantize=allow_requantize,
+            max_shard_bytes=shard_bytes,
+            max_shard_tensors=max_shard_tensors,
+            strict_fallbacks=strict_fallbacks,
+            recipe=recipe,
+            quiet=quiet,
+        )
+    except KeyboardInterrupt:
+        _err(f"interrupted; nothing was written at {output}.")
+        raise typer.Exit(130) from None
+
+
+def _apply(
+    recipe_or_plan: str,
+    model: str,
+    output: Path,
+    *,
+    imatrix: str | None,
+    threads: int | None,
+    chunk_values: int | None,
+    resume: bool,
+    force: bool,
+    allow_requantize: bool,
+    max_shard_bytes: int | None,
+    max_shard_tensors: int | None,
+    strict_fallbacks: bool,
+    recipe: str | None,
+    quiet: bool,
+) -> None:
+    import warnings
+
+    from .compiler import CompileError, compile_plan
+    from .executor import DEFAULT_CHUNK_VALUES, ApplyInterrupted, ExecutorError, StalePlanError, apply_plan
+
+    def fail(msg: str) -> typer.Exit:
+        _err(f"error: {msg}")
+        return typer.Exit(1)
+
+    if not Path(model).is_file():
+        raise fail(f"model not found: {model}")
+    if imatrix is not None and not Path(imatrix).is_file():
+        raise fail(f"imatrix not found: {imatrix}")
+    try:
+        plan = _load_plan_file(recipe_or_plan)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+
+    recipe_fp: str | None = None
+    if plan is not None:
+        if strict_fallbacks and plan.totals.n_fallbacks:
+            raise fail(
+                f"--strict-fallbacks: the plan has {plan.totals.n_fallbacks} fallback(s); "
+                "re-plan with --strict-fallbacks to see them"
+            )
+        try:
+            recipe_fp = _recipe_fingerprint_of_plan(plan, recipe)
+        except (RecipeError, CompileError) as exc:
+            _print_diagnostics(list(exc.diagnostics))
+            raise typer.Exit(1) from None
+        except FileNotFoundError as exc:
+            raise fail(str(exc)) from None
+        if recipe_fp is None and not quiet:
+            _err(
+                f"note: cannot find the recipe {plan.recipe_name!r} the plan was made from; "
+                "only the model and imatrix are checked (pass --recipe FILE to check it too)"
+            )
+    else:
+        if recipe is not None:
+            raise fail("--recipe is for plans; RECIPE_OR_PLAN is already a recipe")
+        try:
+            source = _recipe_path(recipe_or_plan)
+            result = compile_plan(source, model, imatrix=imatrix, strict_fallbacks=strict_fallbacks)
+        except (RecipeError, CompileError) as exc:
+            _print_diagnostics(list(exc.diagnostics))
+            raise typer.Exit(1) from None
+        except FileNotFoundError as exc:
+            raise fail(str(exc)) from None
+        except ValueError as exc:  # unreadable model header
+            raise fail(f"{model}: {exc}") from None
+        diags = sort_diagnostics(
+            _dedupe(list(result.diagnostics) + _lint(source, model, result, imatrix is not None))
+        )
+        _print_diagnostics(diags)
+        if any(d.is_error for d in diags):
+            _err(_summary(diags) + " Nothing was written.")
+            raise typer.Exit(1)
+        plan = result.plan
+        if not quiet:
+            t = plan.totals
+            _err(
+                f"plan: {plan.recipe_name}: {t.n_tensors} tensors, {t.bpw:.3f} bpw, "
+                f"{t.n_fallbacks} fallback(s)"
+            )
+
+    def show(message: Warning | str, *args: Any, **kwargs: Any) -> None:
+        _err(f"warning: {message}")
+
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            res = apply_plan(
+                plan,
+                model,
+                output,
+                imatrix=imatrix,
+                threads=threads,
+                chunk_values=chunk_values or DEFAULT_CHUNK_VALUES,
+                resume=resume,
+                force=force,
+                allow_requantize=allow_requantize,
+                progress=False if quiet else None,
+                max_shard_bytes=max_shard_bytes,
+                max_shard_tensors=max_shard_tensors,
+                recipe_fingerprint=recipe_fp,
+            )
+    except ApplyInterrupted as exc:
+        _err(f"interrupted: {exc}")
+        if "kept" in str(exc):
+            _err("hint: run the same command with --resume to continue where it stopped")
+        raise typer.Exit(130) from None
+    except StalePlanError as exc:
+        _err(f"error: {exc}")
+        _err("hint: make a new plan with `recipe plan RECIPE MODEL -o PLAN.json`, or pass --force")
+        raise typer.Exit(1) from None
+    except ExecutorError as exc:
+        raise fail(str(exc)) from None
+    except (OSError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    if quiet:
+        for w in res.warnings:
+            _err(f"warning: {w}")
+    else:
+        typer.echo(res.summary())
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

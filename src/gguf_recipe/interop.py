@@ -1,0 +1,676 @@
+"""llama-quantize command lines <-> recipes.
+
+``import_llama_quantize(argv)`` parses llama-quantize's options exactly as tools/quantize/quantize.cpp
+does (options first, each starting with ``--``; ``--tensor-type`` patterns lower-cased; type names
+case-insensitive; ``--tensor-type-file`` holds ``pattern=type`` words separated by spaces or newlines)
+and returns the text of an equivalent recipe. ``export_llama_quantize(recipe)`` goes the other way for
+recipes that llama-quantize can express.
+
+ik_llama.cpp's ``--custom-q regex=type,regex=type`` is accepted too (patterns keep their case there).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gguf import GGMLQuantizationType
+
+from .recipe.model import Recipe, Rule
+from .recipe.selectors import parse_selector
+from .recipe.typenames import IK_LLAMA_ALTERNATIVES, ggml_name, parse_type_name
+
+__all__ = [
+    "FTYPES",
+    "FTYPE_BASE_TYPE",
+    "InteropError",
+    "QuantizeArgs",
+    "export_llama_quantize",
+    "export_llama_quantize_notes",
+    "import_llama_quantize",
+    "parse_llama_quantize_args",
+]
+
+
+class InteropError(ValueError):
+    """A command line or a recipe that cannot be translated; the message says why."""
+
+
+# tools/quantize/quantize.cpp QUANT_OPTIONS: name -> llama_ftype value (order matters for numeric lookup).
+FTYPES: dict[str, int] = {
+    "Q1_0": 40,
+    "Q2_0": 41,
+    "Q4_0": 2,
+    "Q4_1": 3,
+    "MXFP4_MOE": 38,
+    "Q5_0": 8,
+    "Q5_1": 9,
+    "IQ2_XXS": 19,
+    "IQ2_XS": 20,
+    "IQ2_S": 28,
+    "IQ2_M": 29,
+    "IQ1_S": 24,
+    "IQ1_M": 31,
+    "TQ1_0": 36,
+    "TQ2_0": 37,
+    "Q2_K": 10,
+    "Q2_K_S": 21,
+    "IQ3_XXS": 23,
+    "IQ3_S": 26,
+    "IQ3_M": 27,
+    "Q3_K": 12,
+    "IQ3_XS": 22,
+    "Q3_K_S": 11,
+    "Q3_K_M": 12,
+    "Q3_K_L": 13,
+    "IQ4_NL": 25,
+    "IQ4_XS": 30,
+    "Q4_K": 15,
+    "Q4_K_S": 14,
+    "Q4_K_M": 15,
+    "Q5_K": 17,
+    "Q5_K_S": 16,
+    "Q5_K_M": 17,
+    "Q6_K": 18,
+    "Q8_0": 7,
+    "F16": 1,
+    "BF16": 32,
+    "F32": 0,
+    "COPY": 0,
+}
+
+# The canonical mix name of an ftype value (aliases such as Q4_K resolve to Q4_K_M).
+_CANONICAL: dict[int, str] = {}
+for _name, _v in FTYPES.items():
+    if _name in ("Q3_K", "Q4_K", "Q5_K", "COPY"):
+        continue
+    _CANONICAL.setdefault(_v, _name)
+
+# llama-quant.cpp: the default type of each ftype (what --pure uses everywhere).
+FTYPE_BASE_TYPE: dict[str, str] = {
+    "Q4_0": "q4_0",
+    "Q4_1": "q4_1",
+    "Q5_0": "q5_0",
+    "Q5_1": "q5_1",
+    "Q8_0": "q8_0",
+    "F16": "f16",
+    "BF16": "bf16",
+    "F32": "f32",
+    "Q1_0": "q1_0",
+    "Q2_0": "q2_0",
+    "MXFP4_MOE": "mxfp4",
+    "Q2_K_S": "q2_K",
+    "Q2_K": "q2_K",
+    "IQ3_XS": "iq3_s",
+    "Q3_K_S": "q3_K",
+    "Q3_K_M": "q3_K",
+    "Q3_K_L": "q3_K",
+    "Q4_K_S": "q4_K",
+    "Q4_K_M": "q4_K",
+    "Q5_K_S": "q5_K",
+    "Q5_K_M": "q5_K",
+    "Q6_K": "q6_K",
+    "TQ1_0": "tq1_0",
+    "TQ2_0": "tq2_0",
+    "IQ2_XXS": "iq2_xxs",
+    "IQ2_XS": "iq2_xs",
+    "IQ2_S": "iq2_xs",
+    "IQ2_M": "iq2_s",
+    "IQ3_XXS": "iq3_xxs",
+    "IQ1_S": "iq1_s",
+    "IQ1_M": "iq1_m",
+    "IQ4_NL": "iq4_nl",
+    "IQ4_XS": "iq4_xs",
+    "IQ3_S": "iq3_s",
+    "IQ3_M": "iq3_s",
+}
+
+_GGML_TYPES: dict[str, GGMLQuantizationType] = {t.name.lower(): t for t in GGMLQuantizationType}
+
+
+@dataclass
+class TensorType:
+    pattern: str
+    type: str  # ggml spelling
+    source: str  # the option text as given, for comments
+
+
+@dataclass
+class QuantizeArgs:
+    """llama-quantize's options, as parsed by quantize.cpp."""
+
+    ftype: str = ""  # canonical mix name, e.g. Q4_K_M
+    ftype_arg: str = ""  # as written
+    leave_output_tensor: bool = False
+    output_tensor_type: str | None = None
+    token_embedding_type: str | None = None
+    tensor_types: list[TensorType] = field(default_factory=list)
+    prune_layers: list[int] = field(default_factory=list)
+    kv_overrides: list[tuple[str, str, str | int | float | bool]] = field(default_factory=list)
+    pure: bool = False
+    imatrix: str | None = None
+    include_weights: list[str] = field(default_factory=list)
+    exclude_weights: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    ik_replacements: list[tuple[str, str]] = field(default_factory=list)
+
+
+def try_parse_ftype(text: str) -> str | None:
+    """quantize.cpp try_parse_ftype: a name (case-insensitive) or an ftype number -> canonical mix name."""
+    up = text.upper()
+    for name, value in FTYPES.items():
+        if name == up:
+            if name == "COPY":
+                return "COPY"
+            return _CANONICAL[value] if name in ("Q3_K", "Q4_K", "Q5_K") else name
+    try:
+        n = int(text.strip())  # std::stoi accepts leading whitespace and trailing junk; be strict on junk
+    except ValueError:
+        m = re.match(r"^\s*([+-]?\d+)", text)
+        if not m:
+            return None
+        n = int(m.group(1))
+    return _CANONICAL.get(n)
+
+
+def _parse_ggml_type(arg: str, *, ik_to_mainline: bool, args: QuantizeArgs) -> str:
+    """quantize.cpp parse_ggml_type: any ggml type name, case-insensitive."""
+    t = _GGML_TYPES.get(arg.lower())
+    if t is None:
+        base = re.sub(r"_r(4|8|16)$", "", arg.lower())
+        if base in IK_LLAMA_ALTERNATIVES or (base != arg.lower() and base in _GGML_TYPES):
+            if ik_to_mainline:
+                repl = (
+                    IK_LLAMA_ALTERNATIVES[base][0]
+                    if base in IK_LLAMA_ALTERNATIVES
+                    else ggml_name(_GGML_TYPES[base])
+                )
+                args.ik_replacements.append((arg, repl))
+                return repl
+            alts = IK_LLAMA_ALTERNATIVES.get(base) or (ggml_name(_GGML_TYPES[base]),)
+            raise InteropError(
+                f"'{arg}' is an ik_llama.cpp type; llama.cpp (and gguf-recipe) cannot write it; "
+                f"use a mainline type such as {', '.join(repr(a) for a in alts)} "
+                "(or pass --ik-to-mainline to replace ik_llama.cpp types automatically)"
+            )
+        raise InteropError(f"invalid ggml_type '{arg}'")
+    return ggml_name(t)
+
+
+def _parse_tensor_type(
+    data: str, out: list[TensorType], *, lower: bool, ik_to_mainline: bool, args: QuantizeArgs
+) -> None:
+    """quantize.cpp parse_tensor_type: ``name=type``; the name is lower-cased (llama-quantize does)."""
+    sep = data.find("=")
+    if sep < 0:
+        raise InteropError(f"malformed tensor type '{data}' (expected pattern=type)")
+    if sep == 0:
+        raise InteropError(f"missing tensor name in '{data}'")
+    if sep == len(data) - 1:
+        raise InteropError(f"missing quantization type in '{data}'")
+    name = data[:sep]
+    if lower:
+        name = "".join(chr(ord(c) + 32) if "A" <= c <= "Z" else c for c in name)  # C tolower, ASCII only
+    type_text = data[sep + 1 :]
+    try:
+        qtype = _parse_ggml_type(type_text, ik_to_mainline=ik_to_mainline, args=args)
+    except InteropError as exc:
+        if "ik_llama" in str(exc):
+            raise
+        raise InteropError(f"invalid quantization type '{type_text}' in '{data}'") from None
+    out.append(TensorType(name, qtype, data))
+
+
+def _parse_layer_prune(data: str) -> list[int]:
+    ids: list[int] = []
+    for part in data.split(","):
+        m = re.match(r"^\s*([+-]?\d+)", part)
+        v = int(m.group(1)) if m else -1
+        if v < 0:
+            raise InteropError(f"invalid layer id '{part}' in --prune-layers")
+        ids.append(v)
+    return sorted(set(ids))
+
+
+def _parse_kv_override(data: str) -> tuple[str, str, str | int | float | bool]:
+    """common.cpp string_parse_kv_override: ``KEY=TYPE:VALUE`` with TYPE int, float, bool or str."""
+    sep = data.find("=")
+    if sep < 0 or sep >= 128:
+        raise InteropError(f"malformed KV override '{data}' (expected KEY=TYPE:VALUE)")
+    key, rest = data[:sep], data[sep + 1 :]
+    if rest.startswith("int:"):
+        m = re.match(r"^\s*([+-]?\d+)", rest[4:])
+        return key, "int", int(m.group(1)) if m else 0
+    if rest.startswith("float:"):
+        m = re.match(r"^\s*([+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?)", rest[6:])
+        return key, "float", float(m.group(1)) if m else 0.0
+    if rest.startswith("bool:"):
+        v = rest[5:]
+        if v not in ("true", "false"):
+            raise InteropError(f"invalid boolean value for KV override '{data}' (expected true or false)")
+        return key, "bool", v == "true"
+    if rest.startswith("str:"):
+        v = rest[4:]
+        if len(v) > 127:
+            raise InteropError(f"malformed KV override '{data}', value cannot exceed 127 chars")
+        return key, "str", v
+    raise InteropError(f"invalid type for KV override '{data}' (expected int:, float:, bool: or str:)")
+
+
+def parse_llama_quantize_args(
+    argv: Sequence[str], *, base_dir: str | Path | None = None, ik_to_mainline: bool = False
+) -> QuantizeArgs:
+    """Parse llama-quantize options (and ik_llama.cpp's --custom-q) the way quantize.cpp does.
+
+    ``argv`` is ``[options...] TYPE`` or the full ``[llama-quantize] [options...] in.gguf [out.gguf] TYPE [nthreads]``.
+    """
+    args = QuantizeArgs()
+    items = list(argv)
+    if (
+        items
+        and Path(items[0]).name.startswith(("llama-quantize", "quantize"))
+        and not items[0].startswith("--")
+    ):
+        items = items[1:]
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    i = 0
+
+    def value(opt: str) -> str:
+        nonlocal i
+        if i + 1 >= len(items):
+            raise InteropError(f"{opt} needs a value")
+        i += 1
+        return items[i]
+
+    while i < len(items) and items[i].startswith("--"):
+        opt = items[i]
+        if opt == "--leave-output-tensor":
+            args.leave_output_tensor = True
+        elif opt == "--output-tensor-type":
+            args.output_tensor_type = _parse_ggml_type(value(opt), ik_to_mainline=ik_to_mainline, args=args)
+        elif opt == "--token-embedding-type":
+            args.token_embedding_type = _parse_ggml_type(value(opt), ik_to_mainline=ik_to_mainline, args=args)
+        elif opt == "--tensor-type":
+            _parse_tensor_type(
+                value(opt), args.tensor_types, lower=True, ik_to_mainline=ik_to_mainline, args=args
+            )
+        elif opt == "--tensor-type-file":
+            fname = value(opt)
+            path = Path(fname) if Path(fname).is_absolute() else base / fname
+            try:
+                words = path.read_text(encoding="utf-8").split()
+            except OSError as exc:
+                raise InteropError(f"failed to open file '{fname}': {exc.strerror or exc}") from None
+            for w in words:
+                _parse_tensor_type(w, args.tensor_types, lower=True, ik_to_mainline=ik_to_mainline, args=args)
+        elif opt == "--custom-q":
+            for part in value(opt).split(","):
+                if part:
+                    _parse_tensor_type(
+                        part, args.tensor_types, lower=False, ik_to_mainline=ik_to_mainline, args=args
+                    )
+        elif opt == "--prune-layers":
+            args.prune_layers = _parse_layer_prune(value(opt))
+        elif opt == "--override-kv":
+            args.kv_overrides.append(_parse_kv_override(value(opt)))
+        elif opt in ("--dry-run", "--allow-requantize", "--keep-split"):
+            args.ignored.append(opt)
+        elif opt == "--max-buffer-size":
+            v = value(opt)
+            args.ignored.append(f"{opt} {v}")
+        elif opt == "--pure":
+            args.pure = True
+        elif opt == "--imatrix":
+            args.imatrix = value(opt)
+        elif opt == "--include-weights":
+            args.include_weights.append(value(opt))
+        elif opt == "--exclude-weights":
+            args.exclude_weights.append(value(opt))
+        else:
+            raise InteropError(f"unknown llama-quantize option '{opt}'")
+        i += 1
+    if args.include_weights and args.exclude_weights:
+        raise InteropError("--include-weights and --exclude-weights cannot be used together")
+    rest = items[i:]
+    if not rest:
+        raise InteropError("missing ftype (the quantization type, e.g. Q4_K_M) after the options")
+    if len(rest) == 1:
+        ftype_arg = rest[0]
+        ftype = try_parse_ftype(ftype_arg)
+        if ftype is None:
+            raise InteropError(f"invalid ftype '{ftype_arg}'" + _ftype_hint(ftype_arg))
+    else:
+        # <input> <ftype> [nthreads]  or  <input> <output> <ftype> [nthreads]
+        ftype = try_parse_ftype(rest[1])
+        ftype_arg = rest[1]
+        extra = rest[2:]
+        if ftype is None:
+            if len(rest) < 3:
+                raise InteropError("missing ftype")
+            ftype_arg = rest[2]
+            ftype = try_parse_ftype(ftype_arg)
+            if ftype is None:
+                raise InteropError(f"invalid ftype '{ftype_arg}'" + _ftype_hint(ftype_arg))
+            extra = rest[3:]
+        if len(extra) > 1 or (extra and not re.match(r"^\s*[+-]?\d+", extra[0])):
+            raise InteropError(f"unexpected arguments after the ftype: {' '.join(extra)}")
+    if ftype == "COPY":
+        raise InteropError("ftype COPY (copy every tensor unchanged) has no recipe equivalent")
+    args.ftype = ftype
+    args.ftype_arg = ftype_arg
+    return args
+
+
+def _ftype_hint(text: str) -> str:
+    from .diagnostics import did_you_mean
+
+    dym = did_you_mean(text.upper(), [n for n in FTYPES if n != "COPY"])
+    return f"; {dym}" if dym else ""
+
+
+def _q(s: str) -> str:
+    """A YAML single-quoted scalar."""
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _yaml_scalar(v: str | int | float | bool) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return _q(v)
+
+
+def import_llama_quantize(
+    argv: list[str],
+    *,
+    base_dir: str | Path | None = None,
+    ik_to_mainline: bool = False,
+    name: str | None = None,
+) -> str:
+    """The text of a recipe equivalent to a llama-quantize command line (``[options...] TYPE``)."""
+    a = parse_llama_quantize_args(argv, base_dir=base_dir, ik_to_mainline=ik_to_mainline)
+    for tt in a.tensor_types:
+        try:
+            re.compile(tt.pattern)
+        except re.error as exc:
+            raise InteropError(
+                f"invalid regex '{tt.pattern}' in --tensor-type '{tt.source}': {exc.msg} at position {exc.pos}"
+            ) from None
+    for t in [a.output_tensor_type, a.token_embedding_type, *(tt.type for tt in a.tensor_types)]:
+        if t is not None:
+            try:
+                parse_type_name(t)
+            except ValueError as exc:
+                raise InteropError(str(exc)) from None
+    base_type = FTYPE_BASE_TYPE[a.ftype]
+    try:
+        parse_type_name(base_type)
+    except ValueError:
+        raise InteropError(f"gguf-recipe cannot produce ftype {a.ftype} (type {base_type})") from None
+    quantized_base = base_type not in ("f16", "bf16", "f32")
+    lines: list[str] = []
+    shown = " ".join(shlex.quote(x) for x in argv)
+    lines.append(f"# Imported from: llama-quantize {shown}")
+    if any(tt.pattern != tt.source.split("=", 1)[0] for tt in a.tensor_types):
+        lines.append(
+            "# llama-quantize lower-cases --tensor-type patterns; they are written here as it uses them."
+        )
+    for old, new in a.ik_replacements:
+        lines.append(f"# ik_llama.cpp type {old} replaced by the mainline type {new}.")
+    if a.ignored:
+        lines.append(f"# Options without a recipe equivalent (ignored): {' '.join(a.ignored)}")
+    rules = a.tensor_types
+    if rules and not quantized_base:
+        lines.append(
+            f"# llama-quantize ignores --tensor-type for {a.ftype} (its base type is not quantized): dropped."
+        )
+        rules = []
+    lines.append("recipe: 1")
+    lines.append(f"name: {_q(name or ('imported-' + a.ftype + ('-pure' if a.pure else '')))}")
+    if a.pure:
+        lines.append(
+            f"base: {base_type}                # --pure: every quantizable tensor gets the {a.ftype} base type"
+        )
+        lines.append(f"ftype: {a.ftype}")
+    else:
+        lines.append(f"extends: llama.cpp/{a.ftype}")
+        if rules:
+            lines.append(
+                "counters: llama-quantize    # --tensor-type moves the mix's position-based choices, as here"
+            )
+    if a.token_embedding_type is not None:
+        lines.append(f"token_embedding: {a.token_embedding_type}")
+    if a.leave_output_tensor:
+        lines.append("output: keep                  # --leave-output-tensor")
+    elif a.output_tensor_type is not None:
+        lines.append(f"output: {a.output_tensor_type}")
+    if a.imatrix is not None or a.include_weights or a.exclude_weights:
+        lines.append("imatrix:")
+        if a.imatrix is not None:
+            lines.append(f"  required: true               # --imatrix {a.imatrix}")
+        if a.include_weights:
+            lines.append("  include: [" + ", ".join(_q(re.escape(w)) for w in a.include_weights) + "]")
+        if a.exclude_weights:
+            lines.append("  exclude: [" + ", ".join(_q(re.escape(w)) for w in a.exclude_weights) + "]")
+    if a.prune_layers:
+        lines.append("prune_layers: [" + ", ".join(str(x) for x in a.prune_layers) + "]")
+    if a.kv_overrides:
+        lines.append("metadata:")
+        for key, typ, val in a.kv_overrides:
+            lines.append(f"  {_q(key)}: {{type: {typ}, value: {_yaml_scalar(val)}}}")
+    if rules:
+        lines.append("rules:")
+        for tt in rules:
+            lines.append(f"  - match: {_q(tt.pattern)}")
+            lines.append(f"    type: {tt.type}")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# export
+
+
+def _flatten(
+    recipe: Recipe, base_dir: Path | None, seen: tuple[str, ...] = ()
+) -> tuple[Recipe, list[Rule], str | None]:
+    """(merged scalars, all rules child-first, the llama.cpp mix it ends in or None for a base recipe)."""
+    if recipe.extends is None:
+        return recipe, list(recipe.rules), None
+    ext = recipe.extends
+    m = re.fullmatch(r"llama\.cpp/([A-Za-z0-9_]+)", ext)
+    if m and try_parse_ftype(m.group(1)) is not None and not (base_dir and (base_dir / ext).is_file()):
+        return recipe, list(recipe.rules), try_parse_ftype(m.group(1))
+    from . import recipes
+    from .recipe.loader import load
+
+    try:
+        path = recipes.resolve(ext, relative_to=(base_dir / "x") if base_dir else None)
+    except FileNotFoundError as exc:
+        raise InteropError(str(exc)) from None
+    key = str(path.resolve())
+    if key in seen:
+        raise InteropError(f"recipe '{ext}' extends itself (cycle: {' -> '.join((*seen, key))})")
+    parent_lr = load(path)
+    parent, parent_rules, mix = _flatten(parent_lr.recipe, parent_lr.base_dir, (*seen, key))
+    overrides = {
+        k: getattr(recipe, k) for k in recipe.model_fields_set if k not in ("rules", "extends", "recipe")
+    }
+    merged = parent.model_copy(update=overrides)
+    return merged, list(recipe.rules) + parent_rules, mix
+
+
+def _layer_regex(rule: Rule, n_layers: int | None, problems: list[str], where: str) -> str | None:
+    if rule.layers is None:
+        return None
+    items = rule.layers if isinstance(rule.layers, list) else [rule.layers]
+    layers: set[int] = set()
+    for s in items:
+        sel = parse_selector(s)
+        if n_layers is None:
+            lo, hi = sel.lo, sel.hi
+            literal = all(b is None or (not b.is_fraction and not b.negative) for b in (lo, hi))
+            if not literal or (not sel.single and hi is None):
+                problems.append(
+                    f"{where}: layer selector '{sel.text}' depends on the model's layer count (pass the layer count)"
+                )
+                return None
+            n = (hi.resolve(0) + 1) if hi is not None else (lo.resolve(0) + 1 if lo is not None else 0)
+            layers.update(sel.layers(n))
+        else:
+            layers.update(sel.layers(n_layers))
+    if not layers:
+        problems.append(f"{where}: its layer selectors select no layer")
+        return None
+    return "|".join(str(x) for x in sorted(layers))
+
+
+def export_llama_quantize_notes(
+    recipe: Recipe,
+    *,
+    base_dir: str | Path | None = None,
+    n_layers: int | None = None,
+    model: str = "MODEL.gguf",
+    output: str = "OUTPUT.gguf",
+) -> tuple[list[str], list[str]]:
+    """(argv, notes): the llama-quantize command line for a recipe, and caveats about the translation.
+
+    Raises :class:`InteropError` listing every part of the recipe llama-quantize cannot express.
+    """
+    bd = Path(base_dir) if base_dir is not None else None
+    merged, rules, mix = _flatten(recipe, bd)
+    problems: list[str] = []
+    notes: list[str] = []
+    opts: list[str] = []
+    if mix is None:
+        assert merged.base is not None
+        t = parse_type_name(merged.base)
+        assert t is not None
+        base = ggml_name(t)
+        ftype = merged.ftype.upper() if merged.ftype else None
+        if ftype is None or FTYPE_BASE_TYPE.get(ftype) != base:
+            cands = [f for f, b in FTYPE_BASE_TYPE.items() if b == base and f in _CANONICAL.values()]
+            if not cands:
+                problems.append(f"base type {base} is not the base type of any llama-quantize ftype")
+                ftype = "?"
+            else:
+                ftype = cands[0]
+        opts.append("--pure")
+    else:
+        ftype = mix
+        if merged.ftype and merged.ftype.upper() != mix:
+            notes.append(
+                f"ftype {merged.ftype} is ignored: llama-quantize writes the ftype of the mix ({mix})"
+            )
+    if merged.prune_layers:
+        opts += ["--prune-layers", ",".join(str(x) for x in merged.prune_layers)]
+    if merged.token_embedding is not None and merged.token_embedding.lower() != "keep":
+        t = parse_type_name(merged.token_embedding)
+        assert t is not None
+        opts += ["--token-embedding-type", ggml_name(t)]
+    elif merged.token_embedding is not None:
+        problems.append("token_embedding: keep has no llama-quantize option")
+    if merged.output is not None:
+        if merged.output.lower() == "keep":
+            opts.append("--leave-output-tensor")
+        else:
+            t = parse_type_name(merged.output)
+            assert t is not None
+            opts += ["--output-tensor-type", ggml_name(t)]
+    if merged.imatrix is not None:
+        if merged.imatrix.required:
+            opts += ["--imatrix", "IMATRIX.gguf"]
+        for flag, pats in (
+            ("--include-weights", merged.imatrix.include),
+            ("--exclude-weights", merged.imatrix.exclude),
+        ):
+            for p in pats:
+                lit = _unescape_literal(p)
+                if lit is None:
+                    problems.append(
+                        f"imatrix pattern '{p}' is a regex; llama-quantize {flag} takes a plain substring"
+                    )
+                else:
+                    opts += [flag, lit]
+    for key, mv in merged.metadata.items():
+        v = mv.value
+        sval = ("true" if v else "false") if isinstance(v, bool) else str(v)
+        opts += ["--override-kv", f"{key}={mv.type}:{sval}"]
+    own = len(recipe.rules)
+    for k, rule in enumerate(rules):
+        where = f"rule {k + 1}" if k < own else f"rule {k + 1} (inherited)"
+        bad = []
+        if rule.category is not None:
+            bad.append("category")
+        if rule.when is not None:
+            bad.append("when")
+        if rule.layers_by != "block":
+            bad.append("layers_by: position")
+        if rule.imatrix is not None:
+            bad.append("imatrix")
+        if rule.type.lower() == "keep":
+            bad.append("type: keep")
+        if bad:
+            problems.append(f"{where}: llama-quantize --tensor-type cannot express {', '.join(bad)}")
+            continue
+        pattern = rule.match or ("" if rule.layers is not None else ".")
+        layer_alt = _layer_regex(rule, n_layers, problems, where)
+        if rule.layers is not None and layer_alt is None:
+            continue
+        if layer_alt is not None:
+            if pattern.startswith("^") or "blk" in pattern:
+                problems.append(
+                    f"{where}: pattern '{rule.match}' cannot be combined with its layers into one regex "
+                    "(it refers to the block prefix)"
+                )
+                continue
+            # no look-ahead: llama-quantize splits --tensor-type at the first '='
+            pattern = f"^blk\\.(?:{layer_alt})\\." + (f".*(?:{pattern})" if pattern else "")
+        if "=" in pattern:
+            problems.append(f"{where}: pattern '{rule.match}' contains '=', which llama-quantize cannot take")
+            continue
+        if pattern != pattern.lower():
+            problems.append(
+                f"{where}: pattern '{rule.match}' has upper-case letters; llama-quantize lower-cases --tensor-type patterns"
+            )
+            continue
+        t = parse_type_name(rule.type)
+        assert t is not None
+        opts += ["--tensor-type", f"{pattern}={ggml_name(t)}"]
+    if mix is not None and rules and recipe.counters == "stable":
+        notes.append(
+            "counters: stable: llama-quantize's --tensor-type moves the mix's position-based choices "
+            "(e.g. which attn_v/ffn_down layers get more bits); plans can differ where a rule hits those tensors"
+        )
+    if mix is None and merged.token_embedding is None:
+        pass
+    if problems:
+        raise InteropError("cannot export to llama-quantize:\n" + "\n".join(f"  - {p}" for p in problems))
+    return ["llama-quantize", *opts, model, output, ftype or "?"], notes
+
+
+def export_llama_quantize(
+    recipe: Recipe, *, base_dir: str | Path | None = None, n_layers: int | None = None
+) -> list[str]:
+    """The llama-quantize command line (argv) equivalent to a recipe; see :func:`export_llama_quantize_notes`."""
+    return export_llama_quantize_notes(recipe, base_dir=base_dir, n_layers=n_layers)[0]
+
+
+def _unescape_literal(pattern: str) -> str | None:
+    """The literal a regex matches when it is just an escaped string, else None."""
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\" and i + 1 < len(pattern) and not pattern[i + 1].isalnum():
+            out.append(pattern[i + 1])
+            i += 2
+            continue
+        if c in ".^$*+?{}[]|()\\":
+            return None
+        out.append(c)
+        i += 1
+    return "".join(out)

@@ -1,0 +1,65 @@
+"""Built-in recipes: ``llama.cpp/Q4_K_M`` and friends.
+
+The canonical files live in the package (``src/gguf_recipe/builtin_recipes/llama.cpp/*.yaml``, shipped as
+package data so an installed wheel has them); the repository's ``recipes/llama.cpp/`` holds identical
+copies for people browsing the repo, and a test asserts the two trees are equal.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+BUILTIN_DIR = Path(__file__).resolve().parent / "builtin_recipes"
+
+
+class RecipeNotFoundError(FileNotFoundError):
+    pass
+
+
+def builtin_names() -> list[str]:
+    """Every built-in recipe name, e.g. ``llama.cpp/Q4_K_M``."""
+    out: list[str] = []
+    for p in sorted(BUILTIN_DIR.glob("*/*.yaml")):
+        out.append(f"{p.parent.name}/{p.stem}")
+    return out
+
+
+def is_builtin_name(name: str) -> bool:
+    return (BUILTIN_DIR / f"{name}.yaml").is_file() and "/" in name and not name.startswith((".", "/"))
+
+
+def resolve(name_or_path: str | Path, *, relative_to: str | Path | None = None) -> Path:
+    """The file of a recipe: a built-in name (``llama.cpp/Q4_K_M``, case-insensitive for the type part)
+    or a path (relative to ``relative_to``'s directory when given, else to the working directory)."""
+    text = str(name_or_path)
+    if relative_to is not None:
+        cand = Path(relative_to).parent / text
+        if cand.is_file():
+            return cand
+    cand = Path(text)
+    if cand.is_file():
+        return cand
+    builtin = _builtin(text)
+    if builtin is not None:
+        return builtin
+    hint = ""
+    if "/" in text and not text.endswith((".yaml", ".yml", ".json")):
+        hint = "; built-in recipes are: " + ", ".join(builtin_names())
+    raise RecipeNotFoundError(f"recipe '{text}' not found (neither a file nor a built-in recipe){hint}")
+
+
+def _builtin(text: str) -> Path | None:
+    name = text.removesuffix(".yaml")
+    if "/" not in name:
+        return None
+    family, _, mix = name.partition("/")
+    fam_dir = BUILTIN_DIR / family
+    if not fam_dir.is_dir() or "/" in mix or not mix:
+        return None
+    exact = fam_dir / f"{mix}.yaml"
+    if exact.is_file():
+        return exact
+    for p in fam_dir.glob("*.yaml"):
+        if p.stem.lower() == mix.lower():
+            return p
+    return None
