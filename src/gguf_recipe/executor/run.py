@@ -1,0 +1,664 @@
+"""``apply_plan``: run a frozen plan against a model and write the quantized GGUF.
+
+The run, in order:
+
+1. load the plan, open the source (header only), refuse a stale plan (model / recipe / imatrix
+   fingerprints) unless ``force``, and refuse a plan that does not fit the model at all;
+2. load the imatrix, resolve every planned tensor's weights up front (a bad entry fails before any
+   byte is written) and work out coverage;
+3. build the output metadata and every shard's header from the plan (target sizes are known);
+4. stream: read one row chunk of one tensor through a memory map, convert to float32, quantize,
+   hand the bytes to a writer thread that appends them while the next chunk is quantized;
+5. sync and rename the temp files into place; return an :class:`ApplyResult`.
+
+Any failure removes the partial output; Ctrl-C keeps it with a checkpoint so that
+``resume=True`` continues tensor by tensor (the result is byte-identical to an uninterrupted run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import time
+import warnings
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from gguf import GGMLQuantizationType, GGUFValueType
+
+from .. import quants
+from ..plan import PLAN_SCHEMA_VERSION, Plan, PlannedTensor
+from .checks import check_finite, validate_output
+from .errors import (
+    ApplyInterrupted,
+    ExecutorError,
+    ImatrixError,
+    OutputError,
+    PlanMismatchError,
+    RequantizeError,
+    StalePlanError,
+)
+from .gguf_format import OutTensor, tensor_nbytes
+from .imatrix import Imatrix, is_token_embedding, load_imatrix
+from .metadata import (
+    GGML_QNT_VERSION,
+    KEY_FILE_TYPE,
+    KEY_QUANT_VERSION,
+    SPLIT_KEYS,
+    MetadataBuilder,
+    block_ids,
+    guess_ftype,
+    imatrix_kvs,
+    recipe_kvs,
+)
+from .progress import ProgressReporter, format_bytes, format_duration, make_progress
+from .source import FLOAT_TYPES, SourceModel
+from .writer import StreamingWriter, is_disk_full, plan_layout
+
+__all__ = [
+    "DEFAULT_CHUNK_VALUES",
+    "ApplyResult",
+    "ImatrixCoverage",
+    "RequantizeWarning",
+    "apply_plan",
+    "plan_fingerprint",
+]
+
+F32Array = npt.NDArray[np.float32]
+T = GGMLQuantizationType
+
+# Values per read/quantize chunk: 4 Mi float32 = 16 MiB of rows; with the source slice, the
+# quantized bytes and up to MAX_PENDING_WRITES chunks queued for the writer, the executor's own
+# memory stays within a few times this (plus the quantizers' temporaries).
+DEFAULT_CHUNK_VALUES = 1 << 22
+MAX_PENDING_WRITES = 2
+
+# llama-quant.cpp tensor_requires_imatrix (Q2_K only for the Q2_K_S ftype, 21)
+_NEEDS_IMATRIX = frozenset({T.IQ3_XXS, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ1_M, T.IQ1_S})
+_FTYPE_Q2_K_S = 21
+
+
+class RequantizeWarning(UserWarning):
+    """Tensors that were already quantized were dequantized and quantized again."""
+
+
+def plan_fingerprint(plan: Plan) -> str:
+    """sha256 of the plan's canonical JSON (sorted keys, no whitespace)."""
+    data = json.dumps(plan.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(data.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class ImatrixCoverage:
+    file: str
+    format: str
+    n_entries: int
+    wanted: int  # planned tensors that asked for importance weights
+    used: int  # ... and got them
+    missing: tuple[str, ...]  # planned (output) tensor names that asked but found no entry
+
+    @property
+    def fraction(self) -> float:
+        return self.used / self.wanted if self.wanted else 1.0
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    outputs: tuple[Path, ...]
+    n_tensors: int  # tensors written
+    n_pruned: int
+    n_quantized: int
+    n_copied: int
+    source_bytes: int  # tensor data read (kept tensors)
+    output_bytes: int  # total size of the written files
+    tensor_bytes: int  # tensor data written
+    n_elements: int  # elements of the source model (bpw denominator, as llama-quantize)
+    seconds: float
+    fallbacks: tuple[str, ...]  # "name: wanted -> got (reason)"
+    requantized: tuple[str, ...]
+    imatrix: ImatrixCoverage | None
+    resumed_tensors: int  # tensors taken from a checkpoint instead of recomputed
+    peak_rss_bytes: int
+    plan_fingerprint: str
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def bpw(self) -> float:
+        return self.tensor_bytes * 8 / self.n_elements if self.n_elements else 0.0
+
+    @property
+    def rate_bytes_per_s(self) -> float:
+        return self.source_bytes / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        out = (
+            self.outputs[0]
+            if len(self.outputs) == 1
+            else f"{self.outputs[0]} (+{len(self.outputs) - 1} shards)"
+        )
+        lines = [
+            f"wrote {out}",
+            f"  size      {format_bytes(self.output_bytes)} ({self.bpw:.3f} bpw) from "
+            f"{format_bytes(self.source_bytes)} of tensor data",
+            f"  tensors   {self.n_tensors} ({self.n_quantized} quantized, {self.n_copied} copied"
+            + (f", {self.n_pruned} pruned" if self.n_pruned else "")
+            + (f", {self.resumed_tensors} resumed" if self.resumed_tensors else "")
+            + ")",
+            f"  time      {format_duration(self.seconds)} ({format_bytes(self.rate_bytes_per_s)}/s), "
+            f"peak memory {format_bytes(self.peak_rss_bytes)}",
+            f"  fallbacks {len(self.fallbacks)}" + "".join(f"\n    {f}" for f in self.fallbacks[:10]),
+        ]
+        if len(self.fallbacks) > 10:
+            lines.append(f"    ... and {len(self.fallbacks) - 10} more")
+        if self.imatrix is not None:
+            im = self.imatrix
+            lines.append(
+                f"  imatrix   {im.used}/{im.wanted} planned tensors covered ({im.fraction * 100:.0f}%), "
+                f"{im.n_entries} entries in {im.file}"
+            )
+            if im.missing:
+                shown = ", ".join(im.missing[:5]) + (
+                    f" (+{len(im.missing) - 5} more)" if len(im.missing) > 5 else ""
+                )
+                lines.append(f"    no entry for: {shown}")
+        if self.requantized:
+            lines.append(f"  requantized {len(self.requantized)} already-quantized tensor(s)")
+        lines.extend(f"  warning: {w}" for w in self.warnings)
+        return "\n".join(lines)
+
+
+@dataclass
+class _Job:
+    index: int  # position among the written tensors
+    planned: PlannedTensor
+    target: GGMLQuantizationType
+    mode: str  # "quantize" or "copy"
+    weights: F32Array | None  # (n_matrices, ne0)
+
+
+def _peak_rss() -> int:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(r) * 1024 if os.uname().sysname != "Darwin" else int(r)
+
+
+def _parse_type(name: str, what: str) -> GGMLQuantizationType:
+    try:
+        return quants.parse_qtype(name)
+    except (ValueError, KeyError) as exc:
+        raise PlanMismatchError(f"{what}: unknown ggml type {name!r}") from exc
+
+
+def _current_model_fingerprint(path: Path, fallback: str) -> str:
+    """The compiler's definition (gguf_recipe.model.read_model) when available, else ours (equal for
+    single files)."""
+    try:
+        from ..model import read_model
+    except ImportError:  # pragma: no cover - the compiler side is not installed
+        return fallback
+    try:
+        fp: str = read_model(path).header_sha256
+    except Exception:  # its reader may refuse what ours accepted; our own checks already ran
+        return fallback
+    return fp
+
+
+def _check_fresh(
+    plan: Plan,
+    src: SourceModel,
+    im: Imatrix | None,
+    recipe_fingerprint: str | None,
+    force: bool,
+    warn: list[str],
+) -> None:
+    problems: list[str] = []
+    model_fp = _current_model_fingerprint(src.path, src.fingerprint)
+    if plan.fingerprints.model != model_fp:
+        problems.append(
+            f"the model header changed since the plan was made (plan {plan.fingerprints.model[:12]}, "
+            f"model {model_fp[:12]})"
+        )
+    if recipe_fingerprint is not None and recipe_fingerprint != plan.fingerprints.recipe:
+        problems.append("the recipe changed since the plan was made")
+    wants_im = plan.fingerprints.imatrix is not None or any(
+        t.imatrix for t in plan.tensors if t.action != "prune"
+    )
+    if (
+        im is not None
+        and plan.fingerprints.imatrix is not None
+        and im.fingerprint != plan.fingerprints.imatrix
+    ):
+        problems.append(f"the imatrix {im.path} is not the one the plan was made with")
+    if im is None and wants_im:
+        problems.append("the plan was made with an imatrix but none was given")
+    if im is not None and not wants_im:
+        warn.append("an imatrix was given but the plan uses none; it is ignored (re-plan with it)")
+    if problems:
+        text = "; ".join(problems)
+        if not force:
+            raise StalePlanError(f"stale plan: {text}. Re-run the plan, or force to apply it anyway")
+        warn.append(f"applying a stale plan (forced): {text}")
+
+
+def _check_structure(plan: Plan, src: SourceModel, allow_requantize: bool) -> tuple[list[_Job], list[str]]:
+    """Match the plan to the source; return the jobs (written tensors, in order) and requantized names."""
+    if plan.plan_schema_version != PLAN_SCHEMA_VERSION:
+        raise PlanMismatchError(
+            f"plan schema version {plan.plan_schema_version} is not supported (expected {PLAN_SCHEMA_VERSION})"
+        )
+    seen_src: set[str] = set()
+    seen_out: set[str] = set()
+    jobs: list[_Job] = []
+    requant: list[str] = []
+    implemented = set(quants.implemented_types())
+    for pt in plan.tensors:
+        info = src.tensors.get(pt.source_name)
+        if info is None:
+            raise PlanMismatchError(
+                f"the plan names tensor {pt.source_name!r} but the model has no such tensor"
+            )
+        if pt.source_name in seen_src:
+            raise PlanMismatchError(f"the plan lists source tensor {pt.source_name!r} twice")
+        seen_src.add(pt.source_name)
+        if list(info.shape) != list(pt.shape):
+            raise PlanMismatchError(
+                f"tensor {pt.source_name!r}: the plan says shape {pt.shape}, the model has {list(info.shape)}"
+            )
+        stype = _parse_type(pt.source_type, pt.source_name)
+        if stype != info.qtype:
+            raise PlanMismatchError(
+                f"tensor {pt.source_name!r}: the plan says type {pt.source_type}, the model has {info.qtype.name}"
+            )
+        if pt.action == "prune":
+            continue
+        if pt.name in seen_out:
+            raise PlanMismatchError(f"the plan writes two tensors named {pt.name!r}")
+        seen_out.add(pt.name)
+        target = _parse_type(pt.type, pt.name)
+        if pt.action == "copy" and target != info.qtype:
+            raise PlanMismatchError(
+                f"tensor {pt.name!r}: action copy but target type {pt.type} differs from the source {info.qtype.name}"
+            )
+        mode = "copy" if target == info.qtype else "quantize"
+        if mode == "quantize":
+            if target not in implemented:
+                raise PlanMismatchError(
+                    f"tensor {pt.name!r}: gguf-recipe cannot produce {target.name} yet "
+                    f"(available: {', '.join(sorted(t.name for t in implemented))})"
+                )
+            block = quants.spec_for(target).block_size
+            if info.ne0 % block:
+                raise PlanMismatchError(
+                    f"tensor {pt.name!r}: row length {info.ne0} is not a multiple of {target.name}'s block size {block}"
+                )
+            if info.qtype not in FLOAT_TYPES:
+                requant.append(pt.name)
+        nbytes = tensor_nbytes(info.shape, target)
+        if pt.target_bytes != nbytes:
+            raise PlanMismatchError(
+                f"tensor {pt.name!r}: the plan says {pt.target_bytes} bytes but {target.name} of shape "
+                f"{list(info.shape)} takes {nbytes}"
+            )
+        jobs.append(_Job(len(jobs), pt, target, mode, None))
+    missing = [n for n in src.tensors if n not in seen_src]
+    if missing:
+        more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
+        raise PlanMismatchError(
+            f"the model has tensor(s) the plan does not mention: {', '.join(missing[:3])}{more}; "
+            "the plan was made for another model"
+        )
+    if requant and not allow_requantize:
+        more = f" (+{len(requant) - 3} more)" if len(requant) > 3 else ""
+        raise RequantizeError(
+            f"{len(requant)} tensor(s) are already quantized and would be requantized "
+            f"({', '.join(requant[:3])}{more}); this loses quality. Start from an F16/BF16/F32 model, "
+            "or allow requantizing (--allow-requantize)"
+        )
+    return jobs, requant
+
+
+def _assign_imatrix(
+    jobs: Sequence[_Job], im: Imatrix | None, ftype: int | None, warn: list[str]
+) -> ImatrixCoverage | None:
+    wanted = used = 0
+    missing: list[str] = []
+    for job in jobs:
+        pt = job.planned
+        needs = job.mode == "quantize" and (
+            quants.spec_for(job.target).requires_imatrix
+            or (
+                not is_token_embedding(pt.name)
+                and pt.name != "output.weight"
+                and (job.target in _NEEDS_IMATRIX or (job.target == T.Q2_K and ftype == _FTYPE_Q2_K_S))
+            )
+        )
+        w = None
+        if im is not None and pt.imatrix and job.mode == "quantize":
+            wanted += 1
+            w = im.weights_for(pt.source_name, pt.shape)
+            if w is None:
+                missing.append(pt.name)
+                if pt.source_name in im.entries:
+                    warn.append(
+                        f"imatrix entry for {pt.source_name} does not fit the token embedding; not used"
+                    )
+            else:
+                used += 1
+        if w is None and needs:
+            raise ImatrixError(
+                f"tensor {pt.name!r} is planned as {job.target.name}, which needs importance weights, but "
+                + (
+                    "no imatrix was given"
+                    if im is None
+                    else f"the imatrix has no usable entry for {pt.source_name!r}"
+                )
+                + " (llama-quantize refuses this too: the result would be garbage)"
+            )
+        job.weights = w
+    if im is None:
+        return None
+    if missing:
+        warn.append(
+            f"the imatrix has no entry for {len(missing)} planned tensor(s): {', '.join(missing[:5])}"
+        )
+    return ImatrixCoverage(str(im.path), im.format, len(im), wanted, used, tuple(missing))
+
+
+def _build_metadata(
+    plan: Plan,
+    src: SourceModel,
+    jobs: Sequence[_Job],
+    im: Imatrix | None,
+    imatrix_name: str | None,
+    plan_fp: str,
+    warn: list[str],
+) -> list[bytes]:
+    b = MetadataBuilder(src.kvs)
+    for k in SPLIT_KEYS:
+        b.remove(k)
+    ftype = plan.ftype
+    if ftype is None:
+        ftype = guess_ftype({j.planned.name: j.target for j in jobs})
+    b.set(KEY_QUANT_VERSION, GGUFValueType.UINT32, GGML_QNT_VERSION)
+    b.set(KEY_FILE_TYPE, GGUFValueType.UINT32, ftype)
+    for key, value in plan.metadata_overrides.items():
+        b.override(key, value)
+    if im is not None and imatrix_name is not None:
+        imatrix_kvs(b, imatrix_name, im.datasets, len(im), im.chunk_count)
+    # pruned layers: llama-quantize sets {arch}.block_count to the number of layers kept
+    src_blocks = block_ids(src.tensors)
+    out_blocks = block_ids(j.planned.name for j in jobs)
+    arch = src.get("general.architecture")
+    if out_blocks != src_blocks and isinstance(arch, str) and src.kv(f"{arch}.block_count") is not None:
+        n_kept = len(out_blocks)
+        if out_blocks != set(range(n_kept)):
+            raise PlanMismatchError(
+                f"after pruning, the layers are numbered {sorted(out_blocks)[:8]}...; they must be 0..{n_kept - 1}"
+            )
+        key = f"{arch}.block_count"
+        if key in plan.metadata_overrides:
+            if _override_int(plan.metadata_overrides[key]) != n_kept:
+                warn.append(f"metadata override {key} disagrees with the {n_kept} layers kept")
+        else:
+            b.set(key, GGUFValueType.UINT32, n_kept)
+    recipe_kvs(
+        b,
+        recipe_name=plan.recipe_name,
+        recipe_text=plan.recipe_text,
+        recipe_fingerprint=plan.fingerprints.recipe,
+        plan_fingerprint=plan_fp,
+    )
+    return b.blobs()
+
+
+def _override_int(v: object) -> int | None:
+    if isinstance(v, dict):
+        v = v.get("value")
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _check_paths(src: SourceModel, outputs: Sequence[Path]) -> None:
+    sources = {p.resolve() for p in src.paths}
+    for out in outputs:
+        if out.resolve() in sources or src.same_file(out):
+            raise OutputError(f"refusing to write {out}: it is the input model (the input is never modified)")
+
+
+def _chunks(job: _Job, shape: Sequence[int], chunk_values: int) -> list[tuple[int, int, int]]:
+    """(first_row, n_rows, matrix) chunks of whole rows that never cross a matrix (expert) boundary."""
+    ne0 = int(shape[0]) if shape else 1
+    n_rows = 1
+    for d in shape[1:]:
+        n_rows *= int(d)
+    rows_per_mat = int(shape[1]) if len(shape) >= 2 else 1
+    if n_rows == 0 or rows_per_mat == 0:
+        return []
+    step = max(1, chunk_values // max(ne0, 1))
+    out = []
+    for m in range(n_rows // rows_per_mat):
+        base = m * rows_per_mat
+        for r in range(0, rows_per_mat, step):
+            out.append((base + r, min(step, rows_per_mat - r), m))
+    return out
+
+
+def apply_plan(
+    plan: Plan | str | os.PathLike[str],
+    model_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    imatrix: str | os.PathLike[str] | Imatrix | None = None,
+    threads: int | None = None,
+    chunk_values: int = DEFAULT_CHUNK_VALUES,
+    resume: bool = False,
+    force: bool = False,
+    allow_requantize: bool = False,
+    progress: bool | ProgressReporter | None = None,
+    max_shard_bytes: int | None = None,
+    max_shard_tensors: int | None = None,
+    overwrite: bool = True,
+    recipe_fingerprint: str | None = None,
+    keep_partial_on_interrupt: bool = True,
+    durable: bool = True,
+) -> ApplyResult:
+    """Apply ``plan`` to the model at ``model_path`` and write ``out_path`` (or its shards).
+
+    ``imatrix``: a legacy ``.dat`` or GGUF imatrix file (or a loaded :class:`Imatrix`).
+    ``threads``: quantizer threads (default: every core). ``chunk_values``: values per read/quantize
+    chunk, which bounds peak memory. ``resume``: continue an interrupted run from its checkpoint.
+    ``force``: apply a stale plan (model/recipe/imatrix fingerprints differ). ``allow_requantize``:
+    quantize tensors that are already quantized (dequantized with gguf-py; warns).
+    ``progress``: ``None`` = bars when stderr is a terminal, ``True``/``False``, or a reporter.
+    ``max_shard_bytes`` / ``max_shard_tensors``: split the output llama.cpp-style.
+    ``recipe_fingerprint``: the current recipe's fingerprint, to refuse a plan made from an older one.
+    """
+    t0 = time.monotonic()
+    if chunk_values < 1:
+        raise ValueError("chunk_values must be positive")
+    if threads is not None and threads < 1:
+        raise ValueError("threads must be at least 1")
+    if not isinstance(plan, Plan):
+        plan = Plan.load(Path(plan))
+    out = Path(out_path)
+    warn: list[str] = []
+    reporter = make_progress(progress)
+    plan_fp = plan_fingerprint(plan)
+
+    with SourceModel(model_path) as src:
+        if isinstance(imatrix, Imatrix) or imatrix is None:
+            im = imatrix
+            im_name = str(im.path) if im is not None else None
+        else:
+            im = load_imatrix(imatrix)
+            im_name = os.fspath(imatrix)
+        _check_fresh(plan, src, im, recipe_fingerprint, force, warn)
+        jobs, requant = _check_structure(plan, src, allow_requantize)
+        if requant:
+            msg = f"requantizing {len(requant)} already-quantized tensor(s) (quality loss): {', '.join(requant[:5])}"
+            warnings.warn(msg, RequantizeWarning, stacklevel=2)
+            warn.append(msg)
+        coverage = _assign_imatrix(jobs, im, plan.ftype, warn)
+        kv_blobs = _build_metadata(plan, src, jobs, im, im_name, plan_fp, warn)
+        out_tensors = [
+            OutTensor(j.planned.name, tuple(j.planned.shape), j.target, j.planned.target_bytes) for j in jobs
+        ]
+        layout = plan_layout(
+            out,
+            kv_blobs,
+            out_tensors,
+            alignment=src.headers[0].alignment,
+            max_shard_bytes=max_shard_bytes,
+            max_shard_tensors=max_shard_tensors,
+        )
+        _check_paths(src, [*layout.paths, *(s.temp for s in layout.shards)])
+        run_key = hashlib.sha256(
+            "\0".join(
+                [
+                    plan_fp,
+                    src.fingerprint,
+                    im.fingerprint if im else "",
+                    layout.fingerprint,
+                    str(allow_requantize),
+                ]
+            ).encode()
+        ).hexdigest()
+        writer = StreamingWriter(layout, run_key=run_key, durable=durable)
+        writer.preflight(overwrite=overwrite)
+        if resume and not writer.checkpoint.exists():
+            warn.append("resume: no checkpoint found; started from the beginning")
+        total_in = sum(src.tensors[j.planned.source_name].nbytes for j in jobs)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gguf-recipe-writer")
+        pending: deque[Future[None]] = deque()
+
+        def submit(fn: Callable[..., None], *args: Any) -> None:
+            pending.append(pool.submit(fn, *args))
+            while len(pending) > MAX_PENDING_WRITES:
+                pending.popleft().result()
+
+        ok = False
+        start = 0
+        try:
+            start = writer.start(resume=resume)
+            done_in = sum(src.tensors[j.planned.source_name].nbytes for j in jobs[:start])
+            reporter.start(len(jobs), total_in, done_in)
+            for job in jobs[start:]:
+                _run_job(job, src, writer, submit, reporter, threads, chunk_values, allow_requantize)
+            while pending:
+                pending.popleft().result()
+            src.check_unchanged()
+            outputs = writer.finalize()
+            ok = True
+        except KeyboardInterrupt as exc:
+            _drain(pool, pending, finish=True)
+            keep = keep_partial_on_interrupt and writer.completed > 0
+            writer.abort(keep_partial=keep)
+            where = ", ".join(str(s.temp) for s in layout.shards if s.temp.exists())
+            raise ApplyInterrupted(
+                f"interrupted after {writer.completed} of {len(jobs)} tensors; nothing was written at {out}. "
+                + (
+                    f"The partial output is kept in {where}; run again with resume to continue, or delete it."
+                    if keep
+                    else "The partial output was removed."
+                )
+            ) from exc
+        except BaseException as exc:
+            _drain(pool, pending)
+            writer.abort(keep_partial=False)
+            if is_disk_full(exc):
+                raise OutputError(
+                    f"disk full while writing {out} (it needs {format_bytes(layout.total_size)}); "
+                    "the partial output was removed and nothing was written"
+                ) from exc
+            if isinstance(exc, ExecutorError):
+                raise
+            if isinstance(exc, OSError):
+                raise OutputError(
+                    f"cannot write {out}: {exc.strerror or exc}; the partial output was removed"
+                ) from exc
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            reporter.finish(ok)
+
+    fallbacks = tuple(
+        f"{j.planned.name}: {j.planned.fallback.wanted} -> {j.planned.fallback.got} ({j.planned.fallback.reason})"
+        for j in jobs
+        if j.planned.fallback is not None
+    )
+    return ApplyResult(
+        outputs=tuple(outputs),
+        n_tensors=len(jobs),
+        n_pruned=sum(1 for t in plan.tensors if t.action == "prune"),
+        n_quantized=sum(1 for j in jobs if j.mode == "quantize"),
+        n_copied=sum(1 for j in jobs if j.mode == "copy"),
+        source_bytes=total_in,
+        output_bytes=sum(p.stat().st_size for p in outputs),
+        tensor_bytes=sum(t.nbytes for t in out_tensors),
+        n_elements=src.n_elements,
+        seconds=time.monotonic() - t0,
+        fallbacks=fallbacks,
+        requantized=tuple(requant),
+        imatrix=coverage,
+        resumed_tensors=start,
+        peak_rss_bytes=_peak_rss(),
+        plan_fingerprint=plan_fp,
+        warnings=tuple(warn),
+    )
+
+
+def _drain(pool: ThreadPoolExecutor, pending: deque[Future[None]], *, finish: bool = False) -> None:
+    """Wait for the writer, ignoring its errors (we are failing anyway). ``finish``: let the queued
+    writes complete (an interrupt keeps the work already done); else cancel them."""
+    if not finish:
+        for f in pending:
+            f.cancel()
+    else:
+        for f in pending:
+            try:
+                f.result()
+            except BaseException:  # the first error stops the rest
+                break
+    pool.shutdown(wait=True, cancel_futures=True)
+    pending.clear()
+
+
+def _run_job(
+    job: _Job,
+    src: SourceModel,
+    writer: StreamingWriter,
+    submit: Callable[..., None],
+    reporter: ProgressReporter,
+    threads: int | None,
+    chunk_values: int,
+    allow_requantize: bool,
+) -> None:
+    pt = job.planned
+    info = src.tensors[pt.source_name]
+    what = f"{info.qtype.name} -> {job.target.name}" if job.mode == "quantize" else f"copy {info.qtype.name}"
+    reporter.tensor_start(job.index, pt.name, info.nbytes, what)
+    submit(writer.begin_tensor, job.index)
+    rb = info.row_bytes
+    for first, n, mat in _chunks(job, info.shape, chunk_values):
+        if job.mode == "copy":
+            raw = src.read_raw_rows(info, first, n)
+            if info.qtype in FLOAT_TYPES:
+                validate_output(raw, info.qtype, pt.name, first)
+            submit(writer.write, raw)
+        else:
+            rows = src.read_f32_rows(info, first, n, allow_requantize=allow_requantize)
+            check_finite(rows, pt.source_name, first)
+            w = job.weights[mat] if job.weights is not None else None
+            q = quants.quantize(rows, job.target, w, threads=threads)
+            del rows
+            validate_output(q, job.target, pt.name, first)
+            submit(writer.write, q)
+        reporter.advance(n * rb)
+    submit(writer.end_tensor)
+    reporter.tensor_done(job.index, pt.name)

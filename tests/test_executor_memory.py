@@ -1,0 +1,66 @@
+"""Peak memory follows ``chunk_values``, not the tensor size: the source is read through short-lived
+memory maps one row chunk at a time and written as it is produced."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest_executor import T, make_plan, require_types, write_model
+
+CHILD = r"""
+import json, sys
+from gguf_recipe.executor import apply_plan
+from gguf_recipe.plan import Plan
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+
+plan = Plan.load(sys.argv[1])
+base = status("VmRSS")
+try:
+    with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS
+        f.write("5")
+except OSError:
+    print(json.dumps({"growth_kib": None}))
+    sys.exit(0)
+apply_plan(plan, sys.argv[2], sys.argv[3], chunk_values=int(sys.argv[4]), threads=1, progress=False)
+print(json.dumps({"growth_kib": status("VmHWM") - base}))
+"""
+
+
+def _growth_mib(plan_path: Path, model: Path, out: Path, chunk_values: int) -> float:
+    r = subprocess.run(
+        [sys.executable, "-c", CHILD, str(plan_path), str(model), str(out), str(chunk_values)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    growth = json.loads(r.stdout.strip().splitlines()[-1])["growth_kib"]
+    if growth is None:
+        pytest.skip("cannot reset the peak RSS here (/proc/self/clear_refs)")
+    return float(growth) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_peak_memory_bounded_by_chunk_size(tmp_path: Path) -> None:
+    require_types(T.Q8_0)
+    rng = np.random.default_rng(0)
+    big = (rng.standard_normal((2048, 4096)) * 0.02).astype(np.float32)  # 8 Mi values: 32 MiB as f32
+    model = write_model(tmp_path / "m.gguf", {"blk.0.ffn_up.weight": big}, n_layer=1)
+    del big
+    plan = make_plan(model, default=T.Q8_0)
+    plan_path = tmp_path / "plan.json"
+    plan.save(plan_path)
+    small = _growth_mib(plan_path, model, tmp_path / "a.gguf", 1 << 16)  # 256 KiB of f32 rows per chunk
+    whole = _growth_mib(plan_path, model, tmp_path / "b.gguf", 1 << 24)  # the whole tensor at once
+    assert (tmp_path / "a.gguf").read_bytes() == (tmp_path / "b.gguf").read_bytes()
+    assert small < 16, small  # the tensor is 16 MiB of F16 and 32 MiB as float32
+    assert whole > small + 24, (small, whole)
