@@ -15,6 +15,7 @@ Exit status: 0 on success, 1 when the input has errors (or warnings with ``--str
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from enum import Enum
@@ -458,7 +459,9 @@ def apply_cmd(
             help="recipe file, built-in name (e.g. llama.cpp/Q4_K_M) or a plan JSON from `recipe plan -o`",
         ),
     ],
-    model: Annotated[str, typer.Argument(help="source GGUF model (any file of a -0000k-of-0000n split)")],
+    model: Annotated[
+        str, typer.Argument(metavar="MODEL", help="source GGUF model (any file of a -0000k-of-0000n split)")
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="the GGUF file to write")],
     imatrix: Annotated[
         str | None, typer.Option("--imatrix", help="importance matrix (llama.cpp .dat or GGUF imatrix)")
@@ -570,6 +573,8 @@ def _apply(
         raise fail(f"model not found: {model}")
     if imatrix is not None and not Path(imatrix).is_file():
         raise fail(f"imatrix not found: {imatrix}")
+    if output.exists() and os.path.samefile(output, model):
+        raise fail(f"refusing to write {output}: it is the input model (the input is never modified)")
     try:
         plan = _load_plan_file(recipe_or_plan)
     except ValueError as exc:
@@ -644,7 +649,7 @@ def _apply(
                 recipe_fingerprint=recipe_fp,
             )
     except ApplyInterrupted as exc:
-        _err(f"interrupted: {exc}")
+        _err(str(exc))
         if "kept" in str(exc):
             _err("hint: run the same command with --resume to continue where it stopped")
         raise typer.Exit(130) from None
