@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from gguf_recipe.quants import QuantizationError, iq1, quantize
+from gguf_recipe.quants import QuantizationError, _iq2_tables, iq1, quantize
 from gguf_recipe.quants._iq1_tables import KGRID_IQ1S, iq1_tables
 from gguf_recipe.quants._numeric import nearest_int
 
@@ -145,6 +145,18 @@ def _ref_iq1_m(x: np.ndarray, qw: np.ndarray | None) -> bytes:
         return _ref_iq1_m_impl(x, qw)
 
 
+def _snap_refit(
+    lv: list[int], xb: list, w: list, scale: np.float32, xx: list
+) -> tuple[list[int], np.float32]:
+    """Snap the groups to the grid; refit the scale when one went off the grid (both IQ1 types)."""
+    index, allon = _snap(lv, xb, w, scale, xx)
+    if not allon:
+        a, b = _refit(index, xb, w, xx)
+        if a > 0 and b > 0:
+            scale = f(a / b)
+    return index, scale
+
+
 def _ref_iq1_s_impl(x: np.ndarray, qw: np.ndarray) -> bytes:
     out = bytearray()
     for ibl in range(len(x) // 256):
@@ -186,11 +198,7 @@ def _ref_iq1_s_impl(x: np.ndarray, qw: np.ndarray) -> bytes:
             if scale < 0:
                 lv, scale, bsh = [2 - v for v in lv], -scale, -bsh
             xx = XP if bsh == 1 else XM
-            index, allon = _snap(lv, xb, w, scale, [xx] * 4)
-            if not allon:
-                a, b = _refit(index, xb, w, [xx] * 4)
-                if a > 0 and b > 0:
-                    scale = f(a / b)
+            index, scale = _snap_refit(lv, xb, w, scale, [xx] * 4)
             for k in range(4):
                 qs[4 * ib + k] = index[k] & 255
                 qh[ib] |= (index[k] >> 8) << (3 * k)
@@ -275,11 +283,7 @@ def _ref_iq1_m_impl(x: np.ndarray, qw: np.ndarray | None) -> bytes:
             lv = _levels(16, idx, b1, b2)
             if scale < 0:
                 lv, scale, bk = [2 - v for v in lv], -scale, 3 - bk
-            index, allon = _snap(lv, xb, w, scale, xxs(bk))
-            if not allon:
-                a, b = _refit(index, xb, w, xxs(bk))
-                if a > 0 and b > 0:
-                    scale = f(a / b)
+            index, scale = _snap_refit(lv, xb, w, scale, xxs(bk))
             qs[2 * ib], qs[2 * ib + 1] = index[0] & 255, index[1] & 255
             qh[ib] = (index[0] >> 8) | ((index[1] >> 8) << 4)
             scales[ib], shifts[ib] = scale, bk
@@ -400,7 +404,7 @@ def test_shortcut_equals_full_replay(
     assert np.array_equal(fn(x, im), fast)
     monkeypatch.undo()
     # every neighbour gets the exact sequential distance
-    monkeypatch.setattr(iq1, "_NB_TOL", 1e30)
+    monkeypatch.setattr(_iq2_tables, "_NB_TOL", np.float32(1e30))
     assert np.array_equal(fn(x, im), fast)
 
 

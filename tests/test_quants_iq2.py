@@ -5,9 +5,12 @@ Byte-exactness against ggml is covered by tests/test_quant_oracle.py.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType
+from gguf import quants as gguf_quants
 from gguf.quants import dequantize
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -15,6 +18,7 @@ from hypothesis.extra.numpy import arrays
 
 from gguf_recipe.quants import QuantizationError, quantize
 from gguf_recipe.quants import iq2 as iq2_mod
+from gguf_recipe.quants._iq1_tables import iq1_tables
 from gguf_recipe.quants._iq2_tables import (
     KGRID_IQ2S,
     KGRID_IQ2XS,
@@ -32,12 +36,11 @@ ROW_BYTES_PER_256 = {"IQ2_XXS": 66, "IQ2_XS": 74, "IQ2_S": 82}
 GRIDS = {"IQ2_XXS": (KGRID_IQ2XXS, 2), "IQ2_XS": (KGRID_IQ2XS, 2), "IQ2_S": (KGRID_IQ2S, 1)}
 
 
-def _reference_neighbours(grid: tuple[int, ...], nwant: int, code: int) -> list[int]:
-    """Line-by-line port of the per-point part of ggml's iq2xs_init_impl."""
-    pos = [2 * ((code >> 2 * k) & 3) + 1 for k in range(8)]
+def reference_neighbours(grid_pos: list[list[int]], pos: list[int], nwant: int) -> list[int]:
+    """Line-by-line port of the per-point part of ggml's iq2xs_init_impl / iq3xs_init_impl: indices of
+    the grid points (positions ``grid_pos``) at the ``nwant`` smallest distances from ``pos``."""
     dist2 = []
-    for j, g in enumerate(grid):
-        gp = [2 * ((g >> 2 * k) & 3) + 1 for k in range(8)]
+    for j, gp in enumerate(grid_pos):
         dist2.append((sum((a - b) * (a - b) for a, b in zip(gp, pos, strict=True)), j))
     dist2.sort()
     out: list[int] = []
@@ -50,6 +53,25 @@ def _reference_neighbours(grid: tuple[int, ...], nwant: int, code: int) -> list[
             nhave += 1
         out.append(j)
     return out
+
+
+def _positions(code: int) -> list[int]:
+    return [2 * ((code >> 2 * k) & 3) + 1 for k in range(8)]
+
+
+def _reference_neighbours(grid: Iterable[int], nwant: int, code: int) -> list[int]:
+    return reference_neighbours([_positions(int(g)) for g in grid], _positions(code), nwant)
+
+
+@pytest.mark.parametrize("name", [*TYPES, "IQ1_S"])
+def test_grid_data_matches_gguf_py(name: str) -> None:
+    """The compact grids in data/*.npy expand to the dequantization grids gguf-py ships."""
+    cls = getattr(gguf_quants, name)
+    cls.init_grid()
+    theirs = np.asarray(cls.grid).reshape(-1, 8)
+    tables = iq1_tables() if name == "IQ1_S" else iq2_tables(name)
+    ours = np.asarray(cls.grid_map, dtype=theirs.dtype)[tables.grid_levels]
+    assert np.array_equal(ours, theirs)
 
 
 def test_grid_sizes_and_kmap() -> None:

@@ -16,29 +16,15 @@ from hypothesis.extra.numpy import arrays
 from gguf_recipe.quants import iq3 as iq3_mod
 from gguf_recipe.quants import quantize
 from gguf_recipe.quants._iq3_tables import KMAP_SIZE, build_iq3_tables, iq3_tables
+from test_quants_iq2 import reference_neighbours
 
 TYPES = {"IQ3_XXS": 98, "IQ3_S": 110}
 GRID_SIZE = {"IQ3_XXS": 256, "IQ3_S": 512}
 
 
 def _reference_neighbours(levels: np.ndarray, nwant: int, code: int) -> list[int]:
-    """Line-by-line port of the per-point part of ggml's iq3xs_init_impl."""
     pos = [2 * ((code >> 3 * k) & 7) + 1 for k in range(4)]
-    dist2 = []
-    for j, lv in enumerate(levels.tolist()):
-        gp = [2 * v + 1 for v in lv]
-        dist2.append((sum((a - b) * (a - b) for a, b in zip(gp, pos, strict=True)), j))
-    dist2.sort()
-    out: list[int] = []
-    d2, nhave = dist2[0][0], 1
-    for d, j in dist2:
-        if d > d2:
-            if nhave == nwant:
-                break
-            d2 = d
-            nhave += 1
-        out.append(j)
-    return out
+    return reference_neighbours((2 * levels.astype(int) + 1).tolist(), pos, nwant)
 
 
 @pytest.mark.parametrize("name", sorted(TYPES))

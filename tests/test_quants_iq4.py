@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType
-from gguf.quants import dequantize
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from _quant_helpers import FINITE_F32, gaussian_round_trip, imatrices, rel_rms_error, round_trip
 from gguf_recipe.quants import iq4 as iq4_mod
 from gguf_recipe.quants import quantize
-from gguf_recipe.quants.iq4 import KVALUES_IQ4NL, best_index_iq4nl, seq_sum0
+from gguf_recipe.quants.iq4 import KVALUES_IQ4NL, best_index_iq4nl
 
 TYPES = {"IQ4_NL": (32, 18), "IQ4_XS": (256, 136)}
 
@@ -55,43 +54,22 @@ def test_best_index_matches_ggml_binary_search() -> None:
     assert got.tolist() == want
 
 
-def test_seq_sum0_is_sequential() -> None:
-    rng = np.random.default_rng(1)
-    for shape in [(32, 5), (32, 1), (256, 1), (7, 3, 2)]:
-        a = (rng.standard_normal(shape) * np.exp(rng.standard_normal(shape) * 4)).astype(np.float32)
-        ref = np.zeros(shape[1:], dtype=np.float32)
-        for j in range(shape[0]):
-            ref = ref + a[j]
-        assert np.array_equal(seq_sum0(a).view(np.uint32), ref.view(np.uint32))
-
-
 @pytest.mark.parametrize("name", sorted(TYPES))
 @pytest.mark.parametrize("with_imatrix", [False, True])
 def test_round_trip_error(name: str, with_imatrix: bool) -> None:
-    rng = np.random.default_rng(5)
-    x = rng.standard_normal((8, 1024)).astype(np.float32)
-    im = rng.exponential(size=1024).astype(np.float32) if with_imatrix else None
-    q = quantize(x, name, im, threads=1)
-    assert q.shape == (8, 1024 // TYPES[name][0] * TYPES[name][1])
-    y = dequantize(q, GGMLQuantizationType[name]).reshape(x.shape)
-    rel = float(np.sqrt(np.mean((y - x) ** 2) / np.mean(x**2)))
-    assert rel < 0.09
+    x, y = gaussian_round_trip(name, with_imatrix)
+    assert rel_rms_error(x, y) < 0.09
     # every value lands on (scale * codebook entry) of the nearest kind: error well below the block max
     assert float(np.max(np.abs(y - x))) < 0.5 * float(np.max(np.abs(x)))
 
 
 @pytest.mark.parametrize("name", sorted(TYPES))
 def test_zero_rows(name: str) -> None:
-    x = np.zeros((2, 512), dtype=np.float32)
-    y = dequantize(quantize(x, name, threads=1), GGMLQuantizationType[name])
-    assert np.all(y == 0)
+    assert np.all(round_trip(np.zeros((2, 512), dtype=np.float32), name) == 0)
 
 
 def _shapes(block: int) -> st.SearchStrategy[tuple[int, int]]:
     return st.tuples(st.integers(1, 8), st.integers(1, 4 if block == 256 else 12).map(lambda k: k * block))
-
-
-finite = st.floats(width=32, allow_nan=False, allow_infinity=False)
 
 
 @pytest.mark.parametrize("name", sorted(TYPES))
@@ -100,11 +78,8 @@ finite = st.floats(width=32, allow_nan=False, allow_infinity=False)
 def test_any_finite_input(name: str, data: st.DataObject) -> None:
     block, type_size = TYPES[name]
     n_rows, n_per_row = data.draw(_shapes(block))
-    x = data.draw(arrays(np.float32, (n_rows, n_per_row), elements=finite))
-    im = data.draw(
-        st.none()
-        | arrays(np.float32, (n_per_row,), elements=st.floats(0, 1e6, width=32, allow_subnormal=False))
-    )
+    x = data.draw(arrays(np.float32, (n_rows, n_per_row), elements=FINITE_F32))
+    im = data.draw(imatrices(n_per_row))
     q = quantize(x, name, im, threads=1)
     assert q.dtype == np.uint8
     assert q.shape == (n_rows, n_per_row // block * type_size)

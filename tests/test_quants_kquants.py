@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType
-from gguf.quants import dequantize
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from _quant_helpers import round_trip
 from gguf_recipe.quants import _scale_search as ss
 from gguf_recipe.quants import quantize, spec_for
 from gguf_recipe.quants._numeric import nearest_int
@@ -24,20 +23,13 @@ KQUANTS = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 RMSE_BOUND = {"Q2_K": 0.33, "Q3_K": 0.18, "Q4_K": 0.085, "Q5_K": 0.045, "Q6_K": 0.022}
 
 
-def _roundtrip(x: np.ndarray, qtype: str, imatrix: np.ndarray | None = None) -> np.ndarray:
-    q = quantize(x, qtype, imatrix, threads=1)
-    assert q.dtype == np.uint8
-    assert q.shape == (x.shape[0], spec_for(qtype).row_bytes(x.shape[1]))
-    return np.asarray(dequantize(q, GGMLQuantizationType[qtype]), dtype=np.float32).reshape(x.shape)
-
-
 @pytest.mark.parametrize("qtype", KQUANTS)
 @pytest.mark.parametrize("with_imatrix", [False, True])
 def test_gaussian_reconstruction_error(qtype: str, with_imatrix: bool) -> None:
     rng = np.random.default_rng(11)
     x = rng.standard_normal((8, 1024)).astype(np.float32)
     im = rng.uniform(0.5, 2.0, size=1024).astype(np.float32) if with_imatrix else None
-    y = _roundtrip(x, qtype, im)
+    y = round_trip(x, qtype, im)
     rmse = float(np.sqrt(np.mean((x - y) ** 2)))
     assert rmse < RMSE_BOUND[qtype]
 
@@ -48,7 +40,7 @@ def test_error_scales_with_input(qtype: str) -> None:
     x = rng.standard_normal((4, 512)).astype(np.float32)
     for scale in (1e-3, 1e3):
         xs = (x * np.float32(scale)).astype(np.float32)
-        y = _roundtrip(xs, qtype)
+        y = round_trip(xs, qtype)
         assert float(np.sqrt(np.mean((xs - y) ** 2))) < RMSE_BOUND[qtype] * scale
 
 
@@ -56,8 +48,8 @@ def test_error_scales_with_input(qtype: str) -> None:
 def test_zero_rows_dequantize_to_zero(qtype: str) -> None:
     x = np.zeros((3, 512), dtype=np.float32)
     im = np.ones(512, dtype=np.float32)
-    assert not _roundtrip(x, qtype).any()
-    assert not _roundtrip(x, qtype, im).any()
+    assert not round_trip(x, qtype).any()
+    assert not round_trip(x, qtype, im).any()
 
 
 @pytest.mark.parametrize("qtype", KQUANTS)
@@ -67,8 +59,8 @@ def test_imatrix_weights_matter(qtype: str) -> None:
     x = rng.standard_normal((16, 512)).astype(np.float32)
     im = np.full(512, 1e-3, dtype=np.float32)
     im[::8] = 1e3
-    y_w = _roundtrip(x, qtype, im)
-    y_flat = _roundtrip(x, qtype, np.ones(512, dtype=np.float32))
+    y_w = round_trip(x, qtype, im)
+    y_flat = round_trip(x, qtype, np.ones(512, dtype=np.float32))
     err_w = float(np.mean((x - y_w)[:, ::8] ** 2))
     err_flat = float(np.mean((x - y_flat)[:, ::8] ** 2))
     assert err_w < err_flat
@@ -131,7 +123,7 @@ def test_any_finite_input_gives_right_size(qtype: str, x: np.ndarray, data: st.D
 )
 def test_moderate_inputs_roundtrip_within_block_range(qtype: str, x: np.ndarray) -> None:
     """Dequantized values stay finite and within the per-block magnitude (plus the quantization step)."""
-    y = _roundtrip(x, qtype)
+    y = round_trip(x, qtype)
     assert np.isfinite(y).all()
     blocks_x = np.abs(x.reshape(-1, 256)).max(axis=1)
     blocks_y = np.abs(y.reshape(-1, 256)).max(axis=1)
@@ -197,17 +189,6 @@ def _ref_make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.float32, list[int]
         if not n_changed:
             break
     return (sumlx / suml2 if suml2 > 0 else f32(0)), [v + nmax for v in L]
-
-
-def test_seq_sum_is_sequential() -> None:
-    """The k-quant searches rely on numpy reducing axis 0 of a C-contiguous array element by element."""
-    rng = np.random.default_rng(2)
-    for n in (8, 16, 32, 256):
-        t = (rng.standard_normal((n, 300)) * np.exp(rng.standard_normal((n, 300)) * 6)).astype(np.float32)
-        acc = np.zeros(300, dtype=np.float32)
-        for i in range(n):
-            acc += t[i]
-        assert np.array_equal(ss.seq_sum(t), acc)
 
 
 @settings(max_examples=25, deadline=None)

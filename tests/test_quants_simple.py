@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from _quant_helpers import FINITE_F32, imatrices
 from gguf_recipe.quants import implemented_types, quantize
 
 T = GGMLQuantizationType
@@ -95,7 +96,6 @@ def test_zero_block_sign_conventions() -> None:
     assert quantize(y, "Q4_1")[0, 2:4].tolist() == [0x00, 0x80]
 
 
-finite_f32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
 moderate_f32 = st.floats(min_value=-1e4, max_value=1e4, width=32, allow_nan=False)
 
 
@@ -106,11 +106,7 @@ def _case(draw: st.DrawFn, qtype: GGMLQuantizationType, elements: st.SearchStrat
     rows = draw(st.integers(1, 8))
     cols = unit * draw(st.integers(1, 512 // unit if unit < 256 else 2))
     x = draw(hnp.arrays(np.float32, (rows, cols), elements=elements))
-    im = None
-    if draw(st.booleans()):
-        im = draw(
-            hnp.arrays(np.float32, (cols,), elements=st.floats(0, 1e6, width=32, allow_subnormal=False))
-        )
+    im = draw(imatrices(cols))
     return x, im
 
 
@@ -118,7 +114,7 @@ def _case(draw: st.DrawFn, qtype: GGMLQuantizationType, elements: st.SearchStrat
 @settings(max_examples=25, deadline=None)
 @given(data=st.data())
 def test_any_finite_input_gives_the_right_size(qtype: GGMLQuantizationType, data: st.DataObject) -> None:
-    x, im = data.draw(_case(qtype, finite_f32))
+    x, im = data.draw(_case(qtype, FINITE_F32))
     with np.errstate(divide="raise", over="raise", invalid="raise"):  # no numpy warning may leak out
         q = quantize(x, qtype, im, threads=1)
     block, type_size = GGML_QUANT_SIZES[qtype]
@@ -139,17 +135,3 @@ def test_moderate_input_round_trips(qtype: GGMLQuantizationType, data: st.DataOb
     xb = x.reshape(-1, block)
     amax = np.abs(xb).max(axis=1, keepdims=True)
     assert np.all(np.abs(y.reshape(-1, block)) <= 2 * amax + 1e-5)  # + fp16 subnormal rounding
-
-
-@pytest.mark.parametrize("qtype", OURS, ids=lambda t: t.name)
-@pytest.mark.parametrize("cols", [32, 256, 4096])
-def test_one_row_at_a_time_gives_the_same_bytes(qtype: GGMLQuantizationType, cols: int) -> None:
-    """Chunks of a single row or a single block take the same (ordered-sum) path as big chunks."""
-    if cols % GGML_QUANT_SIZES[qtype][0]:
-        pytest.skip("row length not a multiple of the block size")
-    rng = np.random.default_rng(cols)
-    x = (rng.standard_normal((3, cols)) * np.exp(3 * rng.standard_normal((3, cols)))).astype(np.float32)
-    im = rng.exponential(size=cols).astype(np.float32)
-    whole = quantize(x, qtype, im, threads=1)
-    rows = np.concatenate([quantize(x[i : i + 1], qtype, im, threads=1) for i in range(3)])
-    assert np.array_equal(whole, rows)

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from ._iq2_tables import cached
+
 __all__ = ["KMAP_SIZE", "Iq3Tables", "build_iq3_tables", "iq3_tables"]
 
 I32Array = npt.NDArray[np.int32]
@@ -116,11 +118,4 @@ _LOCK = threading.Lock()
 
 def iq3_tables(grid_size: int) -> Iq3Tables:
     """The tables of the 256-point (IQ3_XXS) or 512-point (IQ3_S) grid, built on first use."""
-    tables = _CACHE.get(grid_size)
-    if tables is None:
-        with _LOCK:
-            tables = _CACHE.get(grid_size)
-            if tables is None:
-                tables = build_iq3_tables(grid_size)
-                _CACHE[grid_size] = tables
-    return tables
+    return cached(_CACHE, _LOCK, grid_size, lambda: build_iq3_tables(grid_size))

@@ -7,6 +7,11 @@ exact C semantics matter (rounding, fp16/bf16 conversion).
 
 from __future__ import annotations
 
+import functools
+import threading
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
@@ -24,9 +29,39 @@ def nearest_int(x: npt.NDArray[np.float32]) -> I32Array:
     return (val.view(np.int32) & np.int32(0x007FFFFF)) - np.int32(0x00400000)
 
 
+_FP16_FAST_MIN_SIZE = 4096  # below this numpy's own conversion is cheaper than the integer passes
+
+
 def fp32_to_fp16_bits(x: npt.NDArray[np.float32]) -> U16Array:
-    """GGML_FP32_TO_FP16 as raw uint16 bits (IEEE round to nearest even, like ggml's software path)."""
-    return np.asarray(x, dtype=np.float32).astype(np.float16).view(np.uint16)
+    """GGML_FP32_TO_FP16 as raw uint16 bits (IEEE round to nearest even, like ggml's software path).
+
+    numpy's float16 cast converts element by element in scalar code; for big arrays the rounding is
+    done here in uint32 passes instead (same bits). Results that are not normal fp16 numbers (zero,
+    subnormal, overflow to inf, NaN) are rare and are recomputed with numpy's cast.
+    """
+    xf = np.ascontiguousarray(x, dtype=np.float32)
+    if xf.size < _FP16_FAST_MIN_SIZE:
+        return xf.astype(np.float16).view(np.uint16)
+    u = xf.view(np.uint32)
+    # round to nearest even at bit 13: add 0xFFF plus the lowest kept bit, truncate. The sign bit rides along.
+    t = np.right_shift(u, np.uint32(13), out=scratch("f16.t", u.shape, np.uint32))
+    t &= np.uint32(1)
+    t += u
+    t += np.uint32(0xFFF)
+    t >>= np.uint32(13)  # sign at bit 18, rounded float32 exponent+mantissa (10 bits) below
+    sign = np.right_shift(t, np.uint32(3), out=scratch("f16.s", u.shape, np.uint32))
+    sign &= np.uint32(0x8000)
+    # normal fp16 results: rounded magnitude in [2^-14, 65504], float32 exponent field 113..142
+    t &= np.uint32(0x3FFFF)
+    t -= np.uint32(0x1C400)
+    special = np.greater_equal(t, np.uint32(0x23C00 - 0x1C400), out=scratch("f16.b", u.shape, np.bool_))
+    t += np.uint32(0x400)  # rebias: float32 exponent e -> fp16 exponent e - 112
+    t |= sign
+    out: U16Array = t.astype(np.uint16)
+    if special.any():
+        idx = np.flatnonzero(special)
+        out.reshape(-1)[idx] = xf.reshape(-1)[idx].astype(np.float16).view(np.uint16)
+    return out
 
 
 def fp16_round(x: npt.NDArray[np.float32]) -> F32Array:
@@ -41,3 +76,91 @@ def fp32_to_bf16_bits(x: npt.NDArray[np.float32]) -> U16Array:
     is_nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
     quiet = (u >> np.uint32(16)) | np.uint32(64)
     return np.where(is_nan, quiet, rounded).astype(np.uint16)
+
+
+_F0 = np.float32(0.0)
+
+
+def seq_sum(
+    a: npt.ArrayLike, axis: int = 0, *, from_first: bool = False, out: F32Array | None = None
+) -> F32Array:
+    """C's sequential float32 sum along ``axis``: ``float s = 0; for (i...) s += a[i];``.
+
+    ``from_first=True`` is ``float s = a[0]; for (i = 1...) s += a[i];`` (keeps a leading -0.0).
+
+    ``np.add.reduce`` over a non-innermost axis of a C-contiguous array adds whole slices in order,
+    which is C's order; but when the axes after ``axis`` hold a single element, numpy makes the summed
+    axis the inner loop and sums it pairwise. That case goes through ``np.add.accumulate``, which is
+    always sequential.
+    """
+    arr = np.ascontiguousarray(a, dtype=np.float32)
+    ax = axis % arr.ndim
+    if arr.shape[ax] == 0:
+        res0 = np.zeros(arr.shape[:ax] + arr.shape[ax + 1 :], dtype=np.float32)
+        if out is None:
+            return res0
+        np.copyto(out, res0)
+        return out
+    inner = 1
+    for d in arr.shape[ax + 1 :]:
+        inner *= d
+    if inner > 1:
+        res: F32Array = np.add.reduce(arr, axis=ax, initial=_F0, out=out)
+        if from_first:
+            # Starting from a[0] instead of +0.0 differs only where every term is -0.0 (the sum stays -0.0).
+            flat = res.reshape(-1)
+            zero = np.flatnonzero(flat == 0)
+            if zero.size:
+                terms = np.moveaxis(arr, ax, 0).reshape(arr.shape[ax], -1)[:, zero]
+                flat[zero[np.signbit(terms).all(axis=0) & (terms == 0).all(axis=0)]] = -0.0
+        return res
+    last = np.take(np.add.accumulate(arr, axis=ax), -1, axis=ax)
+    if from_first:
+        if out is None:
+            return last  # type: ignore[no-any-return]
+        np.copyto(out, last)
+        return out
+    # s = 0 + a[0] turns a leading -0.0 into +0.0; adding +0.0 at the end does the same (only an
+    # all-(-0.0) sum differs between the two orders).
+    return np.add(last, _F0, out=out)  # type: ignore[no-any-return]
+
+
+_TLS = threading.local()
+_SCRATCH_CACHE_LIMIT = 1 << 20  # elements; bigger buffers (very long rows) are not kept between calls
+
+
+def scratch(key: str, shape: tuple[int, ...], dtype: type[np.generic] = np.float32) -> npt.NDArray[Any]:
+    """A work array of ``shape`` owned by this thread, reused between calls (contents undefined).
+
+    Fresh multi-100-KB temporaries cost page faults (glibc maps and unmaps them, the kernel zeroes them)
+    on every allocation, more than the arithmetic done in them. Each caller uses its own key prefix; a
+    buffer must not be used after the same key is requested again.
+    """
+    pool: dict[str, npt.NDArray[Any]] | None = getattr(_TLS, "pool", None)
+    if pool is None:
+        pool = {}
+        _TLS.pool = pool
+    size = 1
+    for d in shape:
+        size *= d
+    buf = pool.get(key)
+    if buf is None or buf.size < size or buf.dtype != dtype:
+        buf = np.empty(size, dtype=dtype)
+        if size <= _SCRATCH_CACHE_LIMIT:
+            pool[key] = buf
+    return buf[:size].reshape(shape)
+
+
+QuantFn = Callable[[F32Array, "F32Array | None"], U8Array]
+
+
+def quiet_fp(fn: QuantFn) -> QuantFn:
+    """Run a quantizer with numpy's FP warnings off: inf/NaN intermediates (overflowing fp16 scales,
+    1/d of a subnormal d, 0/0 in all-zero blocks) are part of ggml's behaviour, not errors."""
+
+    @functools.wraps(fn)
+    def run(rows: F32Array, imatrix: F32Array | None) -> U8Array:
+        with np.errstate(all="ignore"):
+            return fn(rows, imatrix)
+
+    return run

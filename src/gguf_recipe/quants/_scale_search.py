@@ -3,8 +3,8 @@
 Every function works on a *transposed* group layout: ``x`` has shape ``(n, G)`` where ``n`` is the number of
 values in one group (16 or 32 for k-quant sub-blocks, 8 or 16 for the scales of a super-block) and ``G``
 the number of independent groups. Row ``i`` holds element ``i`` of every group, contiguous, so the
-sequential C sums (``sum += w[i]*x[i]`` for i = 0..n-1) become ``np.add.reduce(..., axis=0)``, which numpy
-evaluates in exactly that order (one vector add per ``i``), and all groups are processed at once.
+sequential C sums (``sum += w[i]*x[i]`` for i = 0..n-1) become :func:`._numeric.seq_sum` over axis 0
+(one vector add per ``i``, in C's order), and all groups are processed at once.
 
 The candidate-scale loops of the searches are Python loops over candidates (at most 37), each a handful of
 vector operations over every group; where C carries state from one candidate to the next (the current
@@ -15,20 +15,19 @@ at once, applying one accepted change per group and round (see :func:`_refine_le
 Arithmetic is float32, operation by operation in C order (ggml-base is built without FMA contraction).
 Quantized levels are returned as float32 arrays holding small integers (exact).
 
-Speed: the hot loops write into per-thread scratch buffers (:func:`scratch`) instead of allocating
+Speed: the hot loops write into per-thread scratch buffers (:func:`._numeric.scratch`) instead of allocating
 temporaries; fresh multi-100-KB temporaries cost page faults on every allocation.
 """
 
 from __future__ import annotations
 
 import functools
-import threading
 from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 
-from ._numeric import F32Array, nearest_int
+from ._numeric import F32Array, nearest_int, scratch, seq_sum
 
 __all__ = [
     "make_q3_quants",
@@ -39,8 +38,6 @@ __all__ = [
     "nearest_int_f",
     "nearest_int_inplace",
     "nearest_int_into",
-    "scratch",
-    "seq_sum",
 ]
 
 IntpArray = npt.NDArray[np.intp]
@@ -52,29 +49,7 @@ _F1 = np.float32(1.0)
 # Below this magnitude ggml's nearest_int (the 1.5*2^23 trick) equals round-half-even.
 _NINT_SAFE = np.float32(4194304.0)
 _MAGIC = np.float32(12582912.0)
-
-_TLS = threading.local()
-_SCRATCH_CACHE_LIMIT = 1 << 20  # elements; bigger buffers (very long rows) are not kept between calls
-
-
-def scratch(key: str, shape: tuple[int, ...], dtype: type[np.generic] = np.float32) -> npt.NDArray[Any]:
-    """A work array of ``shape`` owned by this thread, reused between calls (contents undefined).
-
-    Each caller uses its own keys; a buffer must not be used after the same key is requested again.
-    """
-    pool: dict[str, npt.NDArray[Any]] | None = getattr(_TLS, "pool", None)
-    if pool is None:
-        pool = {}
-        _TLS.pool = pool
-    size = 1
-    for d in shape:
-        size *= d
-    buf = pool.get(key)
-    if buf is None or buf.size < size or buf.dtype != dtype:
-        buf = np.empty(size, dtype=dtype)
-        if size <= _SCRATCH_CACHE_LIMIT:
-            pool[key] = buf
-    return buf[:size].reshape(shape)
+_NEG_INF = np.float32(-np.inf)
 
 
 def nearest_int_inplace(v: F32Array) -> npt.NDArray[np.int32]:
@@ -90,12 +65,6 @@ def nearest_int_into(v: F32Array, out: F32Array) -> F32Array:
     """ggml ``nearest_int`` of every element as float32 into ``out``; ``v`` is overwritten."""
     np.copyto(out, nearest_int_inplace(v), casting="unsafe")
     return out
-
-
-def seq_sum(t: AnyArray, out: F32Array | None = None) -> F32Array:
-    """``float s = 0; for (i...) s += t[i];`` over axis 0 of a C-contiguous ``(n, G)`` array."""
-    res: F32Array = np.add.reduce(t, axis=0, initial=_F0, out=out)
-    return res
 
 
 def nearest_int_f(v: AnyArray) -> F32Array:
@@ -161,7 +130,7 @@ def make_qx_quants(x: F32Array, nmax: int, qw: F32Array | None = None) -> tuple[
         np.multiply(wx, v, out=t[0])
         np.multiply(w, v, out=t[1])
         np.multiply(t[1], v, out=t[1])
-        np.add.reduce(t, axis=1, initial=_F0, out=sums)
+        seq_sum(t, axis=1, out=sums)
 
     with np.errstate(all="ignore"):
         iscale = np.float32(-nmax) / safe_mx
@@ -215,7 +184,7 @@ def make_q3_quants(x: F32Array, nmax: int) -> tuple[F32Array, F32Array]:
         np.multiply(w, L, out=t[0])
         np.multiply(t[0], L, out=t[0])
         np.multiply(wx, L, out=t[1])
-        np.add.reduce(t, axis=1, initial=_F0, out=sums)
+        seq_sum(t, axis=1, out=sums)
         z[3] = L
         _refine_levels(z, sums, np.flatnonzero(~zero), -nmax, nmax - 1, qp=False)
         L = z[3].copy()
@@ -290,10 +259,8 @@ def _refine_levels(
         q = np.multiply(za[2], r[0], out=scratch("rf.q", (n, a)))
         np.divide(q, r[1], out=q)
         new_l = nearest_int_into(q, scratch("rf.nl", (n, a)))
-        if flo is None:
-            np.minimum(new_l, fhi, out=new_l)
-        else:
-            np.clip(new_l, flo, fhi, out=new_l)
+        # np.clip is vectorized; np.minimum against a scalar is not
+        np.clip(new_l, _NEG_INF if flo is None else flo, fhi, out=new_l)
         u = np.multiply(za[0:2], new_l, out=ru[2:4])
         np.multiply(u[0], new_l, out=u[0])
         np.add(u, r, out=u)
@@ -306,7 +273,9 @@ def _refine_levels(
         np.greater(ru[conds], _F0, out=b[1:3])
         np.not_equal(new_l, la, out=b[3])
         acc = np.logical_and.reduce(b, axis=0)
-        mask = np.add.reduce(np.multiply(acc, bits, out=scratch("rf.bits", (n, a), np.int32)), axis=0)
+        mask = np.add.reduce(
+            np.multiply(acc, bits, out=scratch("rf.bits", (n, a), np.int32)), axis=0, dtype=np.int32
+        )
         rest = rest_of[pos]
         m1 = mask & rest
         sel = np.where(m1 != 0, m1, mask & ~rest & allow)
@@ -358,8 +327,8 @@ def _qkx_search(
     v = scratch("qkx.v", (n, g))
     sums = scratch("qkx.sums", (3, g))
     # sum_w starts from weights[0] and sum_x from weights[0]*x[0] in C (not from 0).
-    sum_w: F32Array = np.add.reduce(w, axis=0)
-    sum_x: F32Array = np.add.reduce(np.multiply(w, x, out=t[0]), axis=0)
+    sum_w = seq_sum(w, from_first=True)
+    sum_x = seq_sum(np.multiply(w, x, out=t[0]), from_first=True)
     # C: if (min > 0) min = 0;
     mn = np.where(xmin > 0, _F0, xmin)
     zero = (xmax <= mn) if qkx3 else (xmax == mn)
@@ -431,7 +400,7 @@ def _qkx_search(
                 wl = np.multiply(w, lv, out=t[0])
                 np.multiply(wl, lv, out=t[1])
                 np.multiply(wl, x, out=t[2])
-                np.add.reduce(t, axis=1, initial=_F0, out=sums)
+                seq_sum(t, axis=1, out=sums)
                 sum_l, sum_l2, sum_xl = sums[0], sums[1], sums[2]
                 d = sum_w * sum_l2 - sum_l * sum_l
                 np.divide(sum_w * sum_xl - sum_x * sum_l, d, out=this_scale)

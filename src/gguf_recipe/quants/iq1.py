@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._iq1_tables import iq1_tables
+from ._iq2_tables import best_neighbours
 from ._numeric import F32Array, U8Array, fp32_to_fp16_bits, nearest_int
 
 __all__ = ["quantize_iq1_m", "quantize_iq1_s"]
@@ -215,89 +216,15 @@ def _safe(m: F32Array, wsum: F32Array, wxabs: F32Array, wmin: F32Array) -> BoolA
     return np.asarray(ok, dtype=bool)
 
 
-_NB_CODES: list[tuple[I32Array, I32Array]] = []
-_POW3 = np.array([1, 3, 9, 27], dtype=np.int64)
-_NB_TOL = 1e-5  # relative slack of the approximate neighbour distances (their error is < 1e-6)
-
-
-def _nb_codes() -> tuple[I32Array, I32Array]:
-    """Per neighbour-list entry: base-3 codes of its levels 0..3 and of its levels 4..7."""
-    if not _NB_CODES:
-        tables = iq1_tables()
-        lev = tables.grid_levels[tables.nb_flat].astype(np.int64)
-        lo = (lev[:, :4] @ _POW3).astype(np.int32)
-        hi = (lev[:, 4:] @ _POW3).astype(np.int32)
-        _NB_CODES.append((lo, hi))
-    return _NB_CODES[0]
-
-
-def _first_min(d2: F32Array, seg: npt.NDArray[np.int64]) -> I64Array:
-    """Flat position of the first minimum of each segment ``d2[seg[k]:seg[k+1]]`` (strict ``<`` scan)."""
-    b = d2.view(np.int32)
-    order_key = b ^ ((b >> 31) & np.int32(0x7FFFFFFF))  # float order as signed ints
-    key = (order_key.astype(np.int64) << 32) | np.arange(d2.shape[0], dtype=np.int64)
-    pos: I64Array = np.minimum.reduceat(key, seg) & 0xFFFFFFFF
-    return pos
-
-
-def _table4(t: F32Array) -> F32Array:
-    """Sums over 4 coordinates for every base-3 code c = c0 + 3*c1 + 9*c2 + 27*c3, accumulated in
-    coordinate order: t (4, 3, n) -> (n, 81)."""
-    n = t.shape[2]
-    p = t[0]
-    for i in (1, 2):
-        p = (p[None, :, :] + t[i][:, None, :]).reshape(-1, n)
-    out = np.empty((n, 3, 27), dtype=_F)
-    np.add(p.T[:, None, :], t[3].T[:, :, None], out=out)
-    return out.reshape(n, 81)
-
-
 def _best_neighbours(codes: I64Array, x8: F32Array, w8: F32Array, scale: F32Array, xx: F32Array) -> I64Array:
     """``iq1_find_best_neighbour2`` for every off-grid group of 8 at once.
 
     codes (n,): the off-grid level codes; x8/w8 (n, 8); scale (n,); xx (n, 3): the level values.
-    Every neighbour's d2 = sum_i w[i]*diff*diff is first approximated from two tables per group (sums
-    over coordinates 0..3 and 4..7 for all 81 level patterns each); only the neighbours within
-    ``_NB_TOL`` of a group's approximate minimum get ggml's exact sequential float32 sum.
     """
-    tables = iq1_tables()
-    n = codes.shape[0]
-    rows = tables.nb_row[codes]
-    counts = tables.nb_count[rows]
-    seg = np.cumsum(counts) - counts
-    total = int(seg[-1] + counts[-1])
-    # one flat entry per (group, neighbour); entry = index into the neighbour tables
-    entry = np.repeat(tables.nb_start[rows] - seg, counts) + np.arange(total, dtype=np.int64)
-    g81 = np.repeat(np.arange(0, 81 * n, 81, dtype=np.int32), counts)
-    lo_t, hi_t = _nb_codes()
-    ilo = g81 + lo_t[entry]
     # the 3 possible terms w*diff*diff of every coordinate (diff = scale*q - x), (8, 3, n)
     diff = (scale[None, None, :] * xx.T[None, :, :]) - x8.T[:, None, :]
     terms = (w8.T[:, None, :] * diff) * diff
-    terms[0] += _F(0)  # C starts from d2 = 0: a -0.0 first term becomes +0.0
-    p81 = _table4(terms[:4]).reshape(-1)  # exactly C's partial sums
-    q81 = _table4(terms[4:]).reshape(-1)
-    d2a = p81[ilo] + q81[g81 + hi_t[entry]]
-    dmin = np.minimum.reduceat(d2a, seg)
-    thr = dmin + dmin * _F(_NB_TOL) + _F(1e-37)
-    cand = d2a <= np.repeat(thr, counts)
-    # negative weights (cancellation) or NaN: check every neighbour of the group exactly
-    every = np.isnan(dmin) | (w8 < 0).any(axis=1)
-    if every.any():
-        cand |= np.repeat(every, counts)
-    ci = np.flatnonzero(cand)
-    g = g81[ci] // 81
-    lev = tables.grid_levels[tables.nb_flat[entry[ci]], 4:].astype(np.int32)
-    t48 = np.ascontiguousarray(terms[4:].transpose(0, 2, 1)).reshape(4, -1)  # (4, n*3)
-    d2 = p81[ilo[ci]]
-    for i in range(4):
-        d2 += t48[i][g * 3 + lev[:, i]]
-    seg2 = np.flatnonzero(np.concatenate(([True], g[1:] != g[:-1])))
-    kmin = _first_min(d2, seg2)
-    if np.isnan(d2[kmin]).any():  # C's `d2 < best` never picks a NaN
-        kmin = _first_min(np.where(np.isnan(d2), _F(np.inf), d2), seg2)
-    best: I64Array = tables.nb_flat[entry[ci[kmin]]].astype(np.int64)
-    return best
+    return best_neighbours(iq1_tables(), codes, terms)
 
 
 def _grid_lookup(
@@ -314,6 +241,45 @@ def _grid_lookup(
         o = np.flatnonzero(off)
         gi[o] = _best_neighbours(u[o], xg[o], wg[o], scale_g[o], xx_g[o])
     return gi, off
+
+
+def _sub_blocks(
+    xsb: F32Array, wsb: F32Array, bs: int, eps: np.float32
+) -> tuple[F32Array, F32Array, I64Array]:
+    """Values and weights as (n_sub, bs) sub-blocks, and the sub-blocks whose max |x| reaches ``eps``."""
+    x = xsb.reshape(-1, bs)
+    w = wsb.reshape(-1, bs)
+    act: I64Array = np.flatnonzero(np.abs(x).max(axis=1) >= eps)
+    return x, w, act
+
+
+def _make_positive(
+    lv: npt.NDArray[np.int8], scale: F32Array
+) -> tuple[npt.NDArray[np.int8], F32Array, BoolArray]:
+    """A negative scale is flipped: levels l -> 2 - l, |scale|. Returns (levels, scale, was negative)."""
+    neg = scale < 0
+    return np.where(neg[:, None], 2 - lv, lv).astype(np.int8), np.where(neg, -scale, scale), neg
+
+
+def _snap_and_refit(
+    lv: npt.NDArray[np.int8], xa: F32Array, wa: F32Array, scale: F32Array, xx: F32Array
+) -> tuple[I64Array, F32Array]:
+    """Snap the levels lv (na, bs) of every group of 8 to the grid, at level values xx (na*bs/8, 3), and
+    refit ``scale`` of the sub-blocks where a group went off the grid. Returns (grid index (na, bs/8), scale)."""
+    na, bs = xa.shape
+    ng = bs // 8
+    gi, offg = _grid_lookup(
+        lv.reshape(na * ng, 8), xa.reshape(na * ng, 8), wa.reshape(na * ng, 8), np.repeat(scale, ng), xx
+    )
+    refit = offg.reshape(na, ng).any(axis=1)
+    levels = iq1_tables().grid_levels[gi].astype(np.int64)  # (na*ng, 8)
+    q = np.take_along_axis(xx, levels, axis=1).reshape(na, bs)
+    wq = wa * q
+    sqx = _seq_sum(wq * xa)
+    sq2 = _seq_sum(wq * q)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        newscale = sqx / sq2
+    return gi.reshape(na, ng), np.where(refit & (sqx > 0) & (sq2 > 0), newscale, scale)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -448,10 +414,7 @@ def _iq1s_blocks(xsb: F32Array, qw: F32Array | None) -> U8Array:
     nsb = xsb.shape[0]
     wsb = _imatrix_weights(xsb, qw)
     nb = nsb * 8
-    x = xsb.reshape(nb, 32)
-    w = wsb.reshape(nb, 32)
-    mx = np.abs(x).max(axis=1)
-    act = np.flatnonzero(mx >= _F(1e-12))  # GROUP_MAX_EPS_IQ1_S
+    x, w, act = _sub_blocks(xsb, wsb, 32, _F(1e-12))  # GROUP_MAX_EPS_IQ1_S
 
     scales = np.zeros(nb, dtype=_F)
     shifts = np.ones(nb, dtype=np.int8)
@@ -459,29 +422,10 @@ def _iq1s_blocks(xsb: F32Array, qw: F32Array | None) -> U8Array:
     if act.size:
         xa, wa = x[act], w[act]
         lv, scale, shift, found = _iq1s_search(xa, wa)
-        neg = scale < 0
-        lv = np.where(neg[:, None], 2 - lv, lv).astype(np.int8)
-        scale = np.where(neg, -scale, scale)
+        lv, scale, neg = _make_positive(lv, scale)
         shift = np.where(neg, -shift, shift).astype(np.int8)
         xx = np.where((shift == 1)[:, None], _XP[None, :], _XM[None, :])  # (na, 3)
-        na = act.size
-        gi, offg = _grid_lookup(
-            lv.reshape(na * 4, 8),
-            xa.reshape(na * 4, 8),
-            wa.reshape(na * 4, 8),
-            np.repeat(scale, 4),
-            np.repeat(xx, 4, axis=0),
-        )
-        gi = gi.reshape(na, 4)
-        refit = offg.reshape(na, 4).any(axis=1)
-        levels = iq1_tables().grid_levels[gi].reshape(na, 32).astype(np.int64)
-        q = np.take_along_axis(xx, levels, axis=1)
-        wq = wa * q
-        sqx = _seq_sum(wq * xa)
-        sq2 = _seq_sum(wq * q)
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            newscale = sqx / sq2
-        scale = np.where(refit & (sqx > 0) & (sq2 > 0), newscale, scale)
+        gi, scale = _snap_and_refit(lv, xa, wa, scale, np.repeat(xx, 4, axis=0))
         ok = found
         scales[act[ok]] = scale[ok]
         shifts[act[ok]] = shift[ok]
@@ -626,10 +570,7 @@ def _iq1m_blocks(xsb: F32Array, qw: F32Array | None) -> U8Array:
     nsb = xsb.shape[0]
     wsb = _imatrix_weights(xsb, qw) if qw is not None else xsb * xsb
     nb = nsb * 16
-    x = xsb.reshape(nb, 16)
-    w = wsb.reshape(nb, 16)
-    mx = np.abs(x).max(axis=1)
-    act = np.flatnonzero(mx >= _F(1e-7))  # GROUP_MAX_EPS_IQ1_M
+    x, w, act = _sub_blocks(xsb, wsb, 16, _F(1e-7))  # GROUP_MAX_EPS_IQ1_M
 
     scales = np.zeros(nb, dtype=_F)
     shifts = np.zeros(nb, dtype=np.int64)
@@ -637,27 +578,12 @@ def _iq1m_blocks(xsb: F32Array, qw: F32Array | None) -> U8Array:
     if act.size:
         xa, wa = x[act], w[act]
         lv, scale, best_k, found = _iq1m_search(xa, wa)
-        neg = scale < 0
-        lv = np.where(neg[:, None], 2 - lv, lv).astype(np.int8)
-        scale = np.where(neg, -scale, scale)
+        lv, scale, neg = _make_positive(lv, scale)
         best_k = np.where(neg, 3 - best_k, best_k)
-        na = act.size
         # xx of group 0: best_k < 2 ? x_p : x_m; group 1: best_k even ? x_p : x_m
         xm_g = np.stack([best_k >= 2, (best_k & 1) == 1], axis=1).reshape(-1)
         xx = np.where(xm_g[:, None], _XM[None, :], _XP[None, :])  # (na*2, 3)
-        gi, offg = _grid_lookup(
-            lv.reshape(na * 2, 8), xa.reshape(na * 2, 8), wa.reshape(na * 2, 8), np.repeat(scale, 2), xx
-        )
-        gi = gi.reshape(na, 2)
-        refit = offg.reshape(na, 2).any(axis=1)
-        levels = iq1_tables().grid_levels[gi.reshape(-1)].astype(np.int64)  # (na*2, 8)
-        q = np.take_along_axis(xx, levels, axis=1).reshape(na, 16)
-        wq = wa * q
-        sqx = _seq_sum(wq * xa)
-        sq2 = _seq_sum(wq * q)
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            newscale = sqx / sq2
-        scale = np.where(refit & (sqx > 0) & (sq2 > 0), newscale, scale)
+        gi, scale = _snap_and_refit(lv, xa, wa, scale, xx)
         ok = found
         scales[act[ok]] = scale[ok]
         shifts[act[ok]] = best_k[ok]

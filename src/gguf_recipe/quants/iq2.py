@@ -22,7 +22,7 @@ from functools import cache
 import numpy as np
 import numpy.typing as npt
 
-from ._iq2_tables import GridTables, iq2_tables
+from ._iq2_tables import GridTables, first_min, iq2_tables
 from ._numeric import F32Array, U8Array, fp32_to_fp16_bits, nearest_int
 
 __all__ = ["quantize_iq2_s", "quantize_iq2_xs", "quantize_iq2_xxs"]
@@ -37,6 +37,7 @@ _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
 _HALF = np.float32(0.5)
 _TENTH = np.float32(0.1)
+_INF = np.float32(np.inf)
 
 
 @dataclass(frozen=True)
@@ -123,21 +124,17 @@ def _exact_neighbour(s: _Search, rows: I32Array, terms: F32Array) -> I32Array:
     t = s.tables
     n = rows.shape[0]
     cnt = t.nb_count[rows]
-    seg = np.cumsum(cnt) - cnt
+    seg = np.cumsum(cnt, dtype=np.int64) - cnt
     total = int(seg[-1] + cnt[-1])
     flat = np.repeat(t.nb_start[rows] - seg, cnt) + np.arange(total, dtype=np.int32)
     base = np.repeat(np.arange(0, n * terms[0].size, terms[0].size, dtype=np.int32), cnt)
-    idx = np.take(s.tcode_t, flat, axis=1)
-    idx += base
-    vals = np.take(terms.reshape(-1), idx)
-    d2 = vals[0] + _F0
+    tflat = terms.reshape(-1)
+    # one coordinate at a time keeps the temporaries small (in cache)
+    d2 = np.take(tflat, np.take(s.tcode_t[0], flat) + base) + _F0
     for i in range(1, 8):
-        d2 += vals[i]
-    dmin = np.minimum.reduceat(d2, seg)
-    pos = np.arange(total, dtype=np.int32)
-    first = np.minimum.reduceat(np.where(d2 == np.repeat(dmin, cnt), pos, total), seg)
-    # Only NaN distances (non-finite input) leave a group without a match; take its first neighbour.
-    first = np.where(first >= total, seg, first)
+        d2 += np.take(tflat, np.take(s.tcode_t[i], flat) + base)
+    # C's `d2 < best` never picks a NaN; a group without a finite distance takes its first neighbour
+    first = first_min(np.where(np.isnan(d2), _INF, d2), seg)
     out: I32Array = t.nb_flat[flat[first]]
     return out
 
@@ -365,11 +362,62 @@ def _superblock_scales(scales: F32Array, nbl: int, n_sub: int) -> tuple[F32Array
     return d, ls, nz
 
 
+def _final_round(
+    s: _Search,
+    xv: F32Array,
+    w: F32Array,
+    wa: F32Array,
+    scale: F32Array,
+    lv: I32Array,
+    sel: BoolArray,
+    on: BoolArray | None,
+) -> None:
+    """Round the selected sub-blocks once more at their best scale and refit that scale (in place).
+
+    With ``on`` given, groups that were on the grid at the best candidate keep their levels."""
+    if not sel.any():
+        return
+    sp = scale[sel]
+    xr, war = xv[sel], wa[sel]
+    lvr, _ = _round_to_grid(s, xr, war, _F1 / sp, sp)
+    if on is not None:
+        lvr = np.where(on[sel][:, :, None], lv[sel], lvr)
+    lv[sel] = lvr
+    sumqx, sumq2 = _sums(w[sel] * xr, w[sel], lvr)
+    scale[sel] = np.where(sumq2 > 0, sumqx / sumq2, sp)
+
+
+def _fold_sign(scale: F32Array, signs: I32Array, mask: int) -> tuple[F32Array, I32Array]:
+    """A negative sub-block scale is stored as |scale| with every sign bit (within ``mask``) flipped."""
+    negs = scale < 0
+    return np.where(negs, -scale, scale), np.where(negs[:, None], ~signs & mask, signs)
+
+
+def _fp16_header(d: F32Array, nz: BoolArray) -> U8Array:
+    """The fp16 super-block scale as little-endian bytes (nbl, 2); 0 where ``max_scale == 0``."""
+    h: U8Array = np.where(nz, fp32_to_fp16_bits(d), np.uint16(0)).astype("<u2").view(np.uint8)
+    return h.reshape(-1, 2)
+
+
+def _scale_nibbles(ls: I32Array, nz: BoolArray) -> U8Array:
+    """Two 4-bit sub-block scales per byte, (nbl, 8); 0 where ``max_scale == 0``."""
+    lp = ls.reshape(ls.shape[0], 8, 2)
+    sc = (lp[:, :, 0] | (lp[:, :, 1] << 4)).astype(np.uint8)
+    sc[~nz] = 0
+    return sc
+
+
+def _start(name: str, rows: F32Array, imatrix: F32Array | None, sub: int) -> tuple[_Search, int, _Prep]:
+    """Grid tables and prepared sub-blocks of ``sub`` values; IQ2_XXS/IQ2_XS need the imatrix."""
+    iq2s = name == "IQ2_S"
+    if imatrix is None and not iq2s:
+        raise ValueError(f"{name} requires an importance matrix")
+    nbl, p = _prepare(rows, imatrix, sub, parity=not iq2s, iq2s=iq2s)
+    return _search(name), nbl, p
+
+
 def _iq2_xxs(rows: F32Array, imatrix: F32Array | None) -> U8Array:
-    if imatrix is None:
-        raise ValueError("IQ2_XXS requires an importance matrix")
-    s = _search("IQ2_XXS")
-    nbl, p = _prepare(rows, imatrix, 32, parity=True, iq2s=False)
+    s, nbl, p = _start("IQ2_XXS", rows, imatrix, 32)
     n_sub = p.mx.shape[0]
     scales = np.zeros(n_sub, dtype=np.float32)
     gidx = np.zeros((n_sub, 4), dtype=np.int32)
@@ -385,18 +433,8 @@ def _iq2_xxs(rows: F32Array, imatrix: F32Array | None) -> U8Array:
         act, xv, w, wa, scale, eff_max = act[keep], xv[keep], w[keep], wa[keep], scale[keep], eff_max[keep]
         lv0 = np.zeros(xv.shape, dtype=np.int32)
         scale, lv, _ = _scale_search(s, xv, w, wa, eff_max, range(-6, 7), scale, lv0)
-        pos = scale > 0
-        if pos.any():
-            sp = scale[pos]
-            lvp, _ = _round_to_grid(s, xv[pos], wa[pos], _F1 / sp, sp)
-            lv[pos] = lvp
-            sumqx, sumq2 = _sums(w[pos] * xv[pos], w[pos], lvp)
-            scale[pos] = np.where(sumq2 > 0, sumqx / sumq2, sp)
-        negs = scale < 0
-        scale = np.where(negs, -scale, scale)
-        sg = p.signs[act]
-        signs[act] = np.where(negs[:, None], ~sg & 127, sg)
-        scales[act] = scale
+        _final_round(s, xv, w, wa, scale, lv, scale > 0, None)
+        scales[act], signs[act] = _fold_sign(scale, p.signs[act], 127)
         gidx[act] = s.tables.kmap[_codes(lv)]
     d, ls, nz = _superblock_scales(scales, nbl, 8)
     q_lo = (gidx.astype(np.uint32) << (8 * np.arange(4, dtype=np.uint32))).sum(axis=1, dtype=np.uint32)
@@ -405,9 +443,7 @@ def _iq2_xxs(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     q2 = np.stack([q_lo, q_hi], axis=1).reshape(nbl, 16)
     q2[~nz] = 0
     out = np.empty((nbl, 66), dtype=np.uint8)
-    out[:, 0:2] = (
-        np.where(nz, fp32_to_fp16_bits(d), np.uint16(0)).astype("<u2").view(np.uint8).reshape(nbl, 2)
-    )
+    out[:, 0:2] = _fp16_header(d, nz)
     out[:, 2:] = q2.astype("<u4").view(np.uint8).reshape(nbl, 64)
     return out.reshape(rows.shape[0], -1)
 
@@ -422,72 +458,47 @@ def _search_16(s: _Search, p: _Prep, eps: np.float32) -> tuple[npt.NDArray[np.in
     scale = mx / np.float32(5)
     lv0 = np.zeros(xv.shape, dtype=np.int32)
     scale, lv, on = _scale_search(s, xv, w, wa, mx, range(-9, 10), scale, lv0)
-    redo = (~on).any(axis=1) & (scale > 0)
-    if redo.any():
-        sp = scale[redo]
-        xr, war, onr = xv[redo], wa[redo], on[redo]
-        lvr, _ = _round_to_grid(s, xr, war, _F1 / sp, sp)
-        lvr = np.where(onr[:, :, None], lv[redo], lvr)
-        lv[redo] = lvr
-        sumqx, sumq2 = _sums(w[redo] * xr, w[redo], lvr)
-        scale[redo] = np.where(sumq2 > 0, sumqx / sumq2, sp)
+    _final_round(s, xv, w, wa, scale, lv, (~on).any(axis=1) & (scale > 0), on)
     gidx = s.tables.kmap[_codes(lv)]
     return act, scale, gidx
 
 
 def _iq2_xs(rows: F32Array, imatrix: F32Array | None) -> U8Array:
-    if imatrix is None:
-        raise ValueError("IQ2_XS requires an importance matrix")
-    s = _search("IQ2_XS")
-    nbl, p = _prepare(rows, imatrix, 16, parity=True, iq2s=False)
+    s, nbl, p = _start("IQ2_XS", rows, imatrix, 16)
     n_sub = p.mx.shape[0]
     scales = np.zeros(n_sub, dtype=np.float32)
     q2 = np.zeros((n_sub, 2), dtype=np.uint16)
     act, scale, gidx = _search_16(s, p, GROUP_MAX_EPS)
     if act.size:
-        negs = scale < 0
-        scales[act] = np.where(negs, -scale, scale)
-        sg = p.signs[act]
-        sg = np.where(negs[:, None], ~sg & 127, sg)
+        scales[act], sg = _fold_sign(scale, p.signs[act], 127)
         q2[act] = (gidx | (sg << 9)).astype(np.uint16)
     d, ls, nz = _superblock_scales(scales, nbl, 16)
     q2 = q2.reshape(nbl, 32)
     q2[~nz] = 0
-    ls = ls.reshape(nbl, 8, 2)
-    sc = (ls[:, :, 0] | (ls[:, :, 1] << 4)).astype(np.uint8)
-    sc[~nz] = 0
+    sc = _scale_nibbles(ls, nz)
     out = np.empty((nbl, 74), dtype=np.uint8)
-    out[:, 0:2] = (
-        np.where(nz, fp32_to_fp16_bits(d), np.uint16(0)).astype("<u2").view(np.uint8).reshape(nbl, 2)
-    )
+    out[:, 0:2] = _fp16_header(d, nz)
     out[:, 2:66] = q2.astype("<u2").view(np.uint8).reshape(nbl, 64)
     out[:, 66:74] = sc
     return out.reshape(rows.shape[0], -1)
 
 
 def _iq2_s(rows: F32Array, imatrix: F32Array | None) -> U8Array:
-    s = _search("IQ2_S")
-    nbl, p = _prepare(rows, imatrix, 16, parity=False, iq2s=True)
+    s, nbl, p = _start("IQ2_S", rows, imatrix, 16)
     n_sub = p.mx.shape[0]
     scales = np.zeros(n_sub, dtype=np.float32)
     gall = np.zeros((n_sub, 2), dtype=np.int32)
     sall = np.zeros((n_sub, 2), dtype=np.int32)
     act, scale, gidx = _search_16(s, p, GROUP_MAX_EPS_IQ2_S)
     if act.size:
-        negs = scale < 0
-        scales[act] = np.where(negs, -scale, scale)
-        sg = p.signs[act]
-        sall[act] = np.where(negs[:, None], ~sg & 255, sg)
+        scales[act], sall[act] = _fold_sign(scale, p.signs[act], 255)
         gall[act] = gidx
     d, ls, nz = _superblock_scales(scales, nbl, 16)
-    dh = fp32_to_fp16_bits(d * np.float32(0.9875))
     gall = gall.reshape(nbl, 32)
-    ls = ls.reshape(nbl, 8, 2)
-    sc = (ls[:, :, 0] | (ls[:, :, 1] << 4)).astype(np.uint8)
-    sc[~nz] = 0
+    sc = _scale_nibbles(ls, nz)
     qh = ((gall >> 8).reshape(nbl, 8, 4) << (2 * np.arange(4, dtype=np.int32))).sum(axis=2)
     out = np.empty((nbl, 82), dtype=np.uint8)
-    out[:, 0:2] = np.where(nz, dh, np.uint16(0)).astype("<u2").view(np.uint8).reshape(nbl, 2)
+    out[:, 0:2] = _fp16_header(d * np.float32(0.9875), nz)
     out[:, 2:34] = (gall & 255).astype(np.uint8)
     out[:, 34:66] = sall.reshape(nbl, 32).astype(np.uint8)
     out[:, 66:74] = qh.astype(np.uint8)

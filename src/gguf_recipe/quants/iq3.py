@@ -24,8 +24,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ._iq3_tables import Iq3Tables, iq3_tables
-from ._numeric import F32Array, U8Array, fp32_to_fp16_bits, nearest_int
-from .iq4 import seq_sum0
+from ._numeric import F32Array, U8Array, U16Array, fp32_to_fp16_bits, nearest_int
+from ._numeric import seq_sum as seq_sum0
 
 __all__ = ["quantize_iq3_s", "quantize_iq3_xxs"]
 
@@ -333,21 +333,31 @@ def quantize_iq3_xxs(rows: F32Array, imatrix: F32Array | None) -> U8Array:
         return _quantize_iq3_xxs(rows, imatrix)
 
 
-def _quantize_iq3_xxs(rows: F32Array, imatrix: F32Array | None) -> U8Array:
-    tab = iq3_tables(256)
-    n_rows = rows.shape[0]
+def _superblocks(
+    kind: _Kind, rows: F32Array, imatrix: F32Array | None, d_factor: float
+) -> tuple[int, F32Array, I32Array, U8Array, BoolArray, I32Array, U16Array]:
+    """The search and scale coding shared by IQ3_XXS and IQ3_S.
+
+    Returns (nsb, max_scale, grid indices (8, nb), signs, skip, 4-bit scales (nsb, 8), the fp16 bits
+    of ``max_scale/31 * d_factor``)."""
     nsb = rows.size // 256
     xt, w = _prepare(rows, imatrix)
-    codes, scale, signs, skip = _blocks_in_steps(_XXS, xt, w)
-    gi = _grid_index(tab, codes)  # (8, nb)
-
+    codes, scale, signs, skip = _blocks_in_steps(kind, xt, w)
+    gi = _grid_index(iq3_tables(kind.grid_size), codes)  # (8, nb)
     scale = scale.reshape(nsb, 8)
     max_scale = np.max(scale, axis=1)
-    ls = _scale_codes(scale, max_scale).astype(np.uint32)
+    ls = _scale_codes(scale, max_scale)
+    with np.errstate(over="ignore"):
+        dh = fp32_to_fp16_bits((max_scale / np.float32(31.0)) * np.float32(d_factor))
+    return nsb, max_scale, gi, signs, skip, ls, dh
+
+
+def _quantize_iq3_xxs(rows: F32Array, imatrix: F32Array | None) -> U8Array:
+    n_rows = rows.shape[0]
+    nsb, max_scale, gi, signs, skip, ls_i, dh = _superblocks(_XXS, rows, imatrix, 1.0125)
+    ls = ls_i.astype(np.uint32)
     sg = np.where(skip[None, :], np.uint8(0), signs).astype(np.uint32).reshape(4, nsb, 8)
     sas = sg[0] | (sg[1] << 7) | (sg[2] << 14) | (sg[3] << 21) | (ls << 28)
-    with np.errstate(over="ignore"):
-        dh = fp32_to_fp16_bits((max_scale / np.float32(31.0)) * np.float32(1.0125))
 
     out = np.empty((nsb, 98), dtype=np.uint8)
     out[:, 0:2] = dh.reshape(nsb, 1).view(np.uint8)
@@ -363,18 +373,8 @@ def quantize_iq3_s(rows: F32Array, imatrix: F32Array | None) -> U8Array:
 
 
 def _quantize_iq3_s(rows: F32Array, imatrix: F32Array | None) -> U8Array:
-    tab = iq3_tables(512)
     n_rows = rows.shape[0]
-    nsb = rows.size // 256
-    xt, w = _prepare(rows, imatrix)
-    codes, scale, signs, skip = _blocks_in_steps(_S, xt, w)
-    gi = _grid_index(tab, codes)  # (8, nb)
-
-    scale = scale.reshape(nsb, 8)
-    max_scale = np.max(scale, axis=1)
-    ls = _scale_codes(scale, max_scale)
-    with np.errstate(over="ignore"):
-        dh = fp32_to_fp16_bits((max_scale / np.float32(31.0)) * np.float32(1.033))
+    nsb, max_scale, gi, signs, skip, ls, dh = _superblocks(_S, rows, imatrix, 1.033)
 
     # ggml advances the qs/signs write pointers only past blocks it did not skip, so the blocks that
     # follow a skipped one are stored one slot earlier (and the last slots stay zero).

@@ -5,20 +5,17 @@ scale per block, IQ4_XS groups 8 blocks under one fp16 super-scale with 6-bit bl
 
 Layout used throughout: per-block quantities are "j-major", shape ``(32, n_blocks)`` (or
 ``(32, n_trials, n_blocks)``), so that C's sequential ``sum += ...`` over the 32 values of a block is a
-reduction over axis 0, which numpy performs in order (see :func:`seq_sum0`).
+reduction over axis 0 done in that order (see :func:`._numeric.seq_sum`).
 """
 
 from __future__ import annotations
 
-import threading
-from typing import Any
-
 import numpy as np
 import numpy.typing as npt
 
-from ._numeric import F32Array, U8Array, fp32_to_fp16_bits, nearest_int
+from ._numeric import F32Array, U8Array, fp32_to_fp16_bits, nearest_int, quiet_fp, scratch, seq_sum
 
-__all__ = ["KVALUES_IQ4NL", "best_index_iq4nl", "quantize_iq4_nl", "quantize_iq4_xs", "seq_sum0"]
+__all__ = ["KVALUES_IQ4NL", "best_index_iq4nl", "quantize_iq4_nl", "quantize_iq4_xs"]
 
 IntpArray = npt.NDArray[np.intp]
 
@@ -44,41 +41,6 @@ _LUT_VALUE = _KV_F32[_LUT_INDEX]
 _BLOCKS_PER_STEP = 512
 
 
-def seq_sum0(a: F32Array) -> F32Array:
-    """``s = 0; for j: s += a[j]`` in float32, exactly in that order (C's sequential accumulation).
-
-    ``np.add.reduce`` over the leading axis of a C-contiguous array adds whole slices in order, unless
-    the remaining axes have a single element, where numpy switches to pairwise summation.
-    """
-    a = np.ascontiguousarray(a, dtype=np.float32)
-    if a[0].size > 1:
-        out: F32Array = np.add.reduce(a, axis=0, initial=np.float32(0.0))
-        return out
-    s = np.zeros(a.shape[1:], dtype=np.float32)
-    for j in range(a.shape[0]):
-        s = s + a[j]
-    return s
-
-
-_TLS = threading.local()
-
-
-def _scratch(key: str, shape: tuple[int, ...], dtype: type[np.generic]) -> npt.NDArray[Any]:
-    """A per-thread work array, reused between calls (contents undefined).
-
-    The big temporaries of every step are the same few shapes; allocating them afresh makes glibc map
-    and unmap (and the kernel zero) megabytes per step, which costs more than the arithmetic.
-    """
-    pool: dict[str, npt.NDArray[Any]] | None = getattr(_TLS, "pool", None)
-    if pool is None:
-        pool = _TLS.pool = {}
-    size = int(np.prod(shape))
-    buf = pool.get(key)
-    if buf is None or buf.size < size or buf.dtype != dtype:
-        buf = pool[key] = np.empty(size, dtype=dtype)
-    return buf[:size].reshape(shape)
-
-
 def _lut_position(x2: F32Array, out: IntpArray | None = None) -> IntpArray:
     """Lookup-table position of ``floor(x2)`` (x2 = 2 * value), clamped; NaN maps to the top like C.
 
@@ -98,8 +60,8 @@ def _lut_position(x2: F32Array, out: IntpArray | None = None) -> IntpArray:
 def best_index_iq4nl(x: F32Array) -> U8Array:
     """ggml's ``best_index_int8(16, kvalues_iq4nl, x)`` elementwise."""
     x = np.asarray(x, dtype=np.float32)
-    x2 = np.multiply(x, np.float32(2.0), out=_scratch("bi.x2", x.shape, np.float32))
-    pos = _lut_position(x2, _scratch("bi.pos", x.shape, np.intp))
+    x2 = np.multiply(x, np.float32(2.0), out=scratch("bi.x2", x.shape, np.float32))
+    pos = _lut_position(x2, scratch("bi.pos", x.shape, np.intp))
     out: U8Array = _LUT_INDEX.take(pos)
     return out
 
@@ -137,12 +99,12 @@ def _iq4_block_scales_step(xt: F32Array, w: F32Array) -> F32Array:
 
     shape = (32, 2 * NTRY + 2, nb)
     xt3 = xt[:, None, :]
-    prod = np.multiply(xt3, ids2[None, :, :], out=_scratch("st.prod", shape, np.float32))
-    pos = _lut_position(prod, _scratch("st.pos", shape, np.intp))
-    q = np.take(_LUT_VALUE, pos, out=_scratch("st.q", shape, np.float32))
-    wq = np.multiply(w[:, None, :], q, out=_scratch("st.wq", shape, np.float32))
-    sumqx = seq_sum0(np.multiply(wq, xt3, out=prod))
-    sumq2 = seq_sum0(np.multiply(wq, q, out=wq))
+    prod = np.multiply(xt3, ids2[None, :, :], out=scratch("st.prod", shape, np.float32))
+    pos = _lut_position(prod, scratch("st.pos", shape, np.intp))
+    q = np.take(_LUT_VALUE, pos, out=scratch("st.q", shape, np.float32))
+    wq = np.multiply(w[:, None, :], q, out=scratch("st.wq", shape, np.float32))
+    sumqx = seq_sum(np.multiply(wq, xt3, out=prod))
+    sumq2 = seq_sum(np.multiply(wq, q, out=wq))
 
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         d = np.where(sumq2[0] > 0, sumqx[0] / sumq2[0], np.float32(0.0))
@@ -177,18 +139,14 @@ def _imatrix_t(imatrix: F32Array, n_rows: int) -> F32Array:
     return np.ascontiguousarray(np.tile(qw, (1, n_rows)))
 
 
+@quiet_fp  # inf/NaN propagate silently, as in C
 def quantize_iq4_nl(rows: F32Array, imatrix: F32Array | None) -> U8Array:
-    with np.errstate(all="ignore"):  # inf/NaN propagate silently, as in C
-        return _quantize_iq4_nl(rows, imatrix)
-
-
-def _quantize_iq4_nl(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     n_rows = rows.shape[0]
     xb = rows.reshape(-1, 32)
     nb = xb.shape[0]
     xt = np.ascontiguousarray(xb.T)
     qw = None if imatrix is None else _imatrix_t(imatrix, n_rows)
-    sigma2 = seq_sum0(xt * xt) * np.float32(2.0 / 32)
+    sigma2 = seq_sum(xt * xt) * np.float32(2.0 / 32)
     w = _weights(xt, qw, sigma2)
     scales = _iq4_block_scales(xt, w)
 
@@ -202,18 +160,14 @@ def _quantize_iq4_nl(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     return out.reshape(n_rows, -1)
 
 
+@quiet_fp  # inf/NaN propagate silently, as in C
 def quantize_iq4_xs(rows: F32Array, imatrix: F32Array | None) -> U8Array:
-    with np.errstate(all="ignore"):  # inf/NaN propagate silently, as in C
-        return _quantize_iq4_xs(rows, imatrix)
-
-
-def _quantize_iq4_xs(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     n_rows = rows.shape[0]
     nsb = rows.size // 256
     xb = rows.reshape(-1, 32)
     xt = np.ascontiguousarray(xb.T)
     qw = None if imatrix is None else _imatrix_t(imatrix, n_rows)
-    sigma2 = seq_sum0(np.ascontiguousarray(rows.reshape(nsb, 256).T) ** 2) * np.float32(2.0 / 256)
+    sigma2 = seq_sum(np.ascontiguousarray(rows.reshape(nsb, 256).T) ** 2) * np.float32(2.0 / 256)
     w = _weights(xt, qw, np.repeat(sigma2, 8))
     scales = _iq4_block_scales(xt, w)
     scales = scales.reshape(nsb, 8)

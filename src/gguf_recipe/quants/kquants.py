@@ -12,7 +12,16 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
-from ._numeric import F32Array, U8Array, fp16_round, fp32_to_fp16_bits, nearest_int
+from ._numeric import (
+    F32Array,
+    U8Array,
+    fp16_round,
+    fp32_to_fp16_bits,
+    nearest_int,
+    quiet_fp,
+    scratch,
+    seq_sum,
+)
 from ._scale_search import (
     make_q3_quants,
     make_qkx2_quants,
@@ -20,8 +29,6 @@ from ._scale_search import (
     make_qp_quants,
     make_qx_quants,
     nearest_int_inplace,
-    scratch,
-    seq_sum,
 )
 
 __all__ = ["quantize_q2_k", "quantize_q3_k", "quantize_q4_k", "quantize_q5_k", "quantize_q6_k"]
@@ -102,14 +109,31 @@ def _fp16_bytes(v: AnyArray) -> U8Array:
     return fp32_to_fp16_bits(v).view(np.uint8).reshape(-1, 2)
 
 
-def _first_absmax_rows(v: F32Array) -> F32Array:
-    """Per row: the value with the largest |v|, first wins, 0 when none is > 0 (C's strict ``>`` from 0)."""
+def _first_absmax_rows(v: F32Array) -> tuple[F32Array, F32Array]:
+    """Per row: (largest |v|, the value holding it), first wins, NaN never does (C's strict ``>``).
+
+    The value is 0 when no |v| is > 0; the magnitude is then whatever argmax saw (0, or -1 for all-NaN).
+    """
     a = np.abs(v)
     a[np.isnan(a)] = -1
     idx = np.argmax(a, axis=1)[:, None]
     best = np.take_along_axis(v, idx, axis=1)[:, 0]
-    best[~(np.take_along_axis(a, idx, axis=1)[:, 0] > 0)] = 0
-    return best
+    amax = np.take_along_axis(a, idx, axis=1)[:, 0]
+    best[~(amax > 0)] = 0
+    return amax, best
+
+
+def _qp_scales_mins(
+    scales: F32Array, mins: F32Array, sw: F32Array, n_super: int, nmax: int
+) -> tuple[F32Array, F32Array, I32Array, I32Array]:
+    """The two make_qp_quants calls of the imatrix paths (sub-block scales and mins, weighted by the
+    sub-block weight sums ``sw``), run as one batch of 2*S groups: returns (d, dmin, ls, lm)."""
+    k = scales.size // n_super
+    both = np.concatenate([scales.reshape(n_super, k), mins.reshape(n_super, k)], axis=0)
+    sw2 = np.tile(sw.reshape(n_super, k), (2, 1))
+    dm, Lsm = make_qp_quants(np.ascontiguousarray(both.T), nmax, np.ascontiguousarray(sw2.T))
+    Lsm_i = np.ascontiguousarray(Lsm.T).astype(np.int32)
+    return dm[:n_super], dm[n_super:], Lsm_i[:n_super], Lsm_i[n_super:]
 
 
 def _max_pos_rows(v: F32Array) -> F32Array:
@@ -122,12 +146,8 @@ def _max_pos_rows(v: F32Array) -> F32Array:
 # ----------------------------------------------------------------------------------------------------- Q6_K
 
 
+@quiet_fp
 def quantize_q6_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
-    with np.errstate(all="ignore"):
-        return _q6_k(rows, imatrix)
-
-
-def _q6_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     n_rows = rows.shape[0]
     n_super = rows.size // QK_K
     x16 = _groups(rows, 16)
@@ -135,11 +155,7 @@ def _q6_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     scales, L0 = make_qx_quants(x16, 32, qw)
     sc = scales.reshape(n_super, 16)
 
-    a = np.abs(sc)
-    a[np.isnan(a)] = -1
-    idx = np.argmax(a, axis=1)
-    max_abs = np.take_along_axis(a, idx[:, None], axis=1)[:, 0]
-    max_scale = np.take_along_axis(sc, idx[:, None], axis=1)[:, 0]
+    max_abs, max_scale = _first_absmax_rows(sc)
     zero = ~(max_abs >= np.float32(1e-15))
 
     iscale = np.float32(-128.0) / np.where(zero, np.float32(1), max_scale)
@@ -189,12 +205,8 @@ def _q3_pack(n_super: int, L: U8Array, scale_bytes: U8Array, d: F32Array) -> U8A
     return out
 
 
+@quiet_fp
 def quantize_q3_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
-    with np.errstate(all="ignore"):
-        return _q3_k(rows, imatrix)
-
-
-def _q3_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     n_rows = rows.shape[0]
     n_super = rows.size // QK_K
     x16 = _groups(rows, 16)
@@ -202,7 +214,7 @@ def _q3_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
         # quantize_row_q3_K_ref
         scales, L0 = make_q3_quants(x16, 4)
         sc = scales.reshape(n_super, 16)
-        max_scale = _first_absmax_rows(sc)
+        max_scale = _first_absmax_rows(sc)[1]
         nz = max_scale != 0
         iscale = np.float32(-32.0) / np.where(nz, max_scale, np.float32(1))
         li = _nint(iscale[:, None] * sc)
@@ -291,16 +303,10 @@ def _q45_k(
         weights = qw * np.sqrt(np.repeat(sigma2, 8) + x32 * x32)
         sw = seq_sum(weights)
         scales, mins, L0 = make_qkx3_quants(x32, weights, nmax, -0.9, 0.05, 36, False)
-        # Both make_qp_quants calls (scales, mins) in one batch of 2*S groups.
-        both = np.concatenate([scales.reshape(n_super, 8), mins.reshape(n_super, 8)], axis=0)
-        sw2 = np.tile(sw.reshape(n_super, 8), (2, 1))
-        dm, Lsm = make_qp_quants(np.ascontiguousarray(both.T), 63, np.ascontiguousarray(sw2.T))
-        Lsm_i = np.ascontiguousarray(Lsm.T).astype(np.int32)
-        ls, lm = Lsm_i[:n_super], Lsm_i[n_super:]
+        d, dmin, ls, lm = _qp_scales_mins(scales, mins, sw, n_super, 63)
         if nmax == 31:
             ls = np.minimum(ls, 63)
             lm = np.minimum(lm, 63)
-        d, dmin = dm[:n_super], dm[n_super:]
     scale_bytes = _k4_scale_bytes(ls, lm)
     sc_dec, mn_dec = _k4_scale_decode(scale_bytes)
     dq = _fp16r(d)[:, None] * sc_dec.astype(np.float32)
@@ -309,43 +315,39 @@ def _q45_k(
     return n_super, scale_bytes, d, dmin, L
 
 
+@quiet_fp
 def quantize_q4_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
-    with np.errstate(all="ignore"):
-        n_super, scale_bytes, d, dmin, L = _q45_k(rows, imatrix, 15)
-        Lr = L.reshape(n_super, 4, 2, 32)
-        out = np.empty((n_super, 144), dtype=np.uint8)
-        out[:, 0:2] = _fp16_bytes(d)
-        out[:, 2:4] = _fp16_bytes(dmin)
-        out[:, 4:16] = scale_bytes
-        out[:, 16:144] = (Lr[:, :, 0] | (Lr[:, :, 1] << 4)).reshape(n_super, 128)
+    n_super, scale_bytes, d, dmin, L = _q45_k(rows, imatrix, 15)
+    Lr = L.reshape(n_super, 4, 2, 32)
+    out = np.empty((n_super, 144), dtype=np.uint8)
+    out[:, 0:2] = _fp16_bytes(d)
+    out[:, 2:4] = _fp16_bytes(dmin)
+    out[:, 4:16] = scale_bytes
+    out[:, 16:144] = (Lr[:, :, 0] | (Lr[:, :, 1] << 4)).reshape(n_super, 128)
     return out.reshape(rows.shape[0], -1)
 
 
+@quiet_fp
 def quantize_q5_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
-    with np.errstate(all="ignore"):
-        n_super, scale_bytes, d, dmin, L = _q45_k(rows, imatrix, 31)
-        Lr = L.reshape(n_super, 4, 2, 32)
-        # bit 2n+h of qh[j] is the high bit of L[64n + 32h + j]
-        qh = _pack_bits((L >> 4).reshape(n_super, 8, 32))
-        lo = Lr & 0xF
-        out = np.empty((n_super, 176), dtype=np.uint8)
-        out[:, 0:2] = _fp16_bytes(d)
-        out[:, 2:4] = _fp16_bytes(dmin)
-        out[:, 4:16] = scale_bytes
-        out[:, 16:48] = qh
-        out[:, 48:176] = (lo[:, :, 0] | (lo[:, :, 1] << 4)).reshape(n_super, 128)
+    n_super, scale_bytes, d, dmin, L = _q45_k(rows, imatrix, 31)
+    Lr = L.reshape(n_super, 4, 2, 32)
+    # bit 2n+h of qh[j] is the high bit of L[64n + 32h + j]
+    qh = _pack_bits((L >> 4).reshape(n_super, 8, 32))
+    lo = Lr & 0xF
+    out = np.empty((n_super, 176), dtype=np.uint8)
+    out[:, 0:2] = _fp16_bytes(d)
+    out[:, 2:4] = _fp16_bytes(dmin)
+    out[:, 4:16] = scale_bytes
+    out[:, 16:48] = qh
+    out[:, 48:176] = (lo[:, :, 0] | (lo[:, :, 1] << 4)).reshape(n_super, 128)
     return out.reshape(rows.shape[0], -1)
 
 
 # ----------------------------------------------------------------------------------------------------- Q2_K
 
 
+@quiet_fp
 def quantize_q2_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
-    with np.errstate(all="ignore"):
-        return _q2_k(rows, imatrix)
-
-
-def _q2_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     n_rows = rows.shape[0]
     n_super = rows.size // QK_K
     x16 = _groups(rows, 16)
@@ -372,12 +374,7 @@ def _q2_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
         weights = qw * np.sqrt(np.repeat(sigma2, 16) + x16 * x16)
         sw = seq_sum(weights)
         scales, mins, L0 = make_qkx3_quants(x16, weights, 3, -0.9, 0.05, 36, False)
-        both = np.concatenate([scales.reshape(n_super, 16), mins.reshape(n_super, 16)], axis=0)
-        sw2 = np.tile(sw.reshape(n_super, 16), (2, 1))
-        dm, Lsm = make_qp_quants(np.ascontiguousarray(both.T), 15, np.ascontiguousarray(sw2.T))
-        Lsm_i = np.ascontiguousarray(Lsm.T).astype(np.int32)
-        ls, lm = Lsm_i[:n_super], Lsm_i[n_super:]
-        d, dmin = dm[:n_super], dm[n_super:]
+        d, dmin, ls, lm = _qp_scales_mins(scales, mins, sw, n_super, 15)
     scale_bytes = ((ls & 0xFF) | (lm << 4)) & 0xFF
     dq = _fp16r(d)[:, None] * (scale_bytes & 0xF).astype(np.float32)
     dmq = _fp16r(dmin)[:, None] * (scale_bytes >> 4).astype(np.float32)

@@ -12,32 +12,17 @@ reduction, i.e. C's ``s += a[i]`` order. The reference paths need no ordered sum
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from ._numeric import F32Array, U8Array, fp32_to_fp16_bits
+from ._numeric import F32Array, U8Array, fp32_to_fp16_bits, quiet_fp, scratch, seq_sum
 
 __all__ = ["quantize_q4_0", "quantize_q4_1", "quantize_q5_0", "quantize_q5_1", "quantize_q8_0"]
 
 QK = 32
 _F = np.float32
-
-
-def _quiet(
-    fn: Callable[[F32Array, F32Array | None], U8Array],
-) -> Callable[[F32Array, F32Array | None], U8Array]:
-    """Run a quantizer with numpy's FP warnings off: inf/NaN intermediates (overflowing fp16 scales,
-    1/d of a subnormal d) are part of ggml's behaviour and must not surface as warnings."""
-
-    @functools.wraps(fn)
-    def run(rows: F32Array, imatrix: F32Array | None) -> U8Array:
-        with np.errstate(all="ignore"):
-            return fn(rows, imatrix)
-
-    return run
 
 
 # roundf(v) == trunc(v + copysign(nextafter(0.5, 0), v)) for every float32 (checked exhaustively on [0, 130]).
@@ -62,7 +47,7 @@ def _weights_t(imatrix: F32Array, n_rows: int) -> F32Array:
 
 
 def _fp16(v: F32Array) -> npt.NDArray[np.uint16]:
-    """fp16 bits; scales past 65504 become inf as in ggml (callers run under ``_quiet``)."""
+    """fp16 bits; scales past 65504 become inf as in ggml (callers run under ``quiet_fp``)."""
     bits: npt.NDArray[np.uint16] = fp32_to_fp16_bits(v)
     return bits
 
@@ -114,29 +99,6 @@ def _inverse(d: F32Array) -> F32Array:
     return inv
 
 
-def _seq_sum(a: F32Array) -> F32Array:
-    """``float s = 0; for i: s += a[i]`` over axis 0 of a 2-D array.
-
-    numpy reduces a non-inner axis row by row (C's order), but when only one column is left it
-    reduces that contiguous column pairwise; a zero column keeps it on the row-by-row path.
-    """
-    if a.shape[1] == 1:
-        padded = np.zeros((a.shape[0], 2), dtype=a.dtype)
-        padded[:, 0] = a[:, 0]
-        one: F32Array = np.add.reduce(padded, axis=0)[:1]
-        return one
-    s: F32Array = np.add.reduce(a, axis=0)
-    return s
-
-
-def _seq_sum_from_first(a: F32Array) -> F32Array:
-    """``float s = a[0]; for i >= 1: s += a[i]`` (keeps the sign of a leading -0.0)."""
-    s: F32Array = a[0].copy()
-    for i in range(1, a.shape[0]):
-        s += a[i]
-    return s
-
-
 def _row_sigma2(rows: F32Array) -> F32Array:
     """``sum_x2/n_per_row`` per row, with ``sum_x2 += x[j]*x[j]`` accumulated in order.
 
@@ -144,7 +106,7 @@ def _row_sigma2(rows: F32Array) -> F32Array:
     (an accumulate along each row is one long dependency chain).
     """
     sq = np.ascontiguousarray((rows * rows).T)
-    sigma2: F32Array = _seq_sum(sq) / _F(rows.shape[1])
+    sigma2: F32Array = seq_sum(sq) / _F(rows.shape[1])
     return sigma2
 
 
@@ -174,14 +136,13 @@ def _make_qx_quants(xt: F32Array, wt: F32Array, nmax: int) -> tuple[F32Array, U8
 
     def sums(iscale: F32Array) -> tuple[F32Array, F32Array]:
         np.multiply(xt, iscale, out=buf)
-        np.minimum(buf, hi, out=buf)
-        np.maximum(buf, lo, out=buf)
+        np.clip(buf, lo, hi, out=buf)  # numpy's clip is vectorized, minimum/maximum with a scalar are not
         np.rint(buf, out=buf)  # nearest_int then clamp == clamp then round (integer bounds)
         np.multiply(wx, buf, out=tmp)
-        sumlx = _seq_sum(tmp)
+        sumlx = seq_sum(tmp)
         np.multiply(wt, buf, out=tmp)
         np.multiply(tmp, buf, out=tmp)
-        return sumlx, _seq_sum(tmp)
+        return sumlx, seq_sum(tmp)
 
     best_iscale = _F(-nmax) / safe
     sumlx, suml2 = sums(best_iscale)
@@ -216,8 +177,8 @@ def _make_qkx3_quants(
     mn = _first_min(xt)
     mx = xt.max(axis=0)
     wx = wt * xt
-    sum_w = _seq_sum_from_first(wt)
-    sum_x = _seq_sum_from_first(wx)
+    sum_w = seq_sum(wt, from_first=True)
+    sum_x = seq_sum(wx, from_first=True)
     mn = _where(mn > 0, _F(0.0), mn)
     flat = mx <= mn  # L = 0, scale 0, the_min = -min
     live = ~flat
@@ -228,13 +189,16 @@ def _make_qkx3_quants(
     buf = np.empty_like(xt)
     tmp = np.empty_like(xt)
     wl = np.empty_like(xt)
+    nan_buf = np.empty(xt.shape, dtype=np.bool_)
 
     def levels_into(out: F32Array, isc: F32Array, m: F32Array) -> None:
         np.subtract(xt, m, out=out)
         out *= isc
-        # v > 0 ? nearest_int(MIN(v, nmax)) : 0; fmax/fmin map NaN (inf*0) to 0 like "v > 0" does.
-        np.fmax(out, _F(0.0), out=out)
-        np.fmin(out, fnmax, out=out)
+        # v > 0 ? nearest_int(MIN(v, nmax)) : 0; a NaN v (inf*0) gives 0 like "v > 0" does.
+        np.clip(out, _F(0.0), fnmax, out=out)
+        nan = np.isnan(out, out=nan_buf)
+        if nan.any():
+            out[nan] = 0
         np.rint(out, out=out)
 
     def weighted_sq_err(s: F32Array, m: F32Array, lv: F32Array) -> F32Array:
@@ -243,9 +207,9 @@ def _make_qkx3_quants(
         np.subtract(tmp, xt, out=tmp)
         np.multiply(tmp, tmp, out=tmp)
         np.multiply(tmp, wt, out=tmp)
-        return _seq_sum(tmp)
+        return seq_sum(tmp)
 
-    # FP warnings are off (``_quiet``): inf/NaN intermediates here mirror C.
+    # FP warnings are off (``quiet_fp``): inf/NaN intermediates here mirror C.
     levels_into(buf, iscale, mn)
     best_mad = weighted_sq_err(scale, mn, buf)
     acc_iscale = iscale
@@ -254,11 +218,11 @@ def _make_qkx3_quants(
         isc = _f32((_F(rmin) + _F(rdelta) * _F(step) + fnmax) / (mx - mn))
         levels_into(buf, isc, mn)
         np.multiply(wt, buf, out=wl)
-        sum_l = _seq_sum(wl)
+        sum_l = seq_sum(wl)
         np.multiply(wl, buf, out=tmp)
-        sum_l2 = _seq_sum(tmp)
+        sum_l2 = seq_sum(tmp)
         np.multiply(wl, xt, out=tmp)
-        sum_xl = _seq_sum(tmp)
+        sum_xl = seq_sum(tmp)
         det = sum_w * sum_l2 - sum_l * sum_l
         ok = (det > 0) & live
         this_scale = _f32((sum_w * sum_xl - sum_x * sum_l) / det)
@@ -294,7 +258,9 @@ def _make_qkx3_quants(
 def _quads(rows: F32Array) -> F32Array:
     nb = rows.size // QK
     groups = np.ascontiguousarray(rows).reshape(nb, QK).view(np.complex128)  # (nb, 8) items of 4 floats
-    xq: F32Array = np.ascontiguousarray(groups.T).view(np.float32).reshape(8, nb * 4)
+    buf = scratch("lg.quads", (8, nb), np.complex128)
+    np.copyto(buf, groups.T)
+    xq: F32Array = buf.view(np.float32).reshape(8, nb * 4)
     return xq
 
 
@@ -303,6 +269,19 @@ def _per_block(lanes: npt.NDArray[np.generic], op: np.ufunc) -> F32Array:
     q = lanes.reshape(-1, 4)
     res: F32Array = op(op(q[:, 0], q[:, 1]), op(q[:, 2], q[:, 3]))
     return res
+
+
+@functools.lru_cache(maxsize=32)
+def _const(value: float, n: int) -> F32Array:
+    """A read-only float32 array of ``n`` copies of ``value``."""
+    a = np.full(n, value, dtype=np.float32)
+    a.flags.writeable = False
+    return a
+
+
+def _min_into(v: F32Array, top: float) -> None:
+    """``v = minimum(v, top)`` in place; numpy's minimum against a scalar is scalar code (~5x slower)."""
+    np.minimum(v, _const(top, v.shape[-1]), out=v)
 
 
 def _lanes(v: F32Array) -> F32Array:
@@ -349,9 +328,18 @@ def _nibble_words(q: U8Array, five_bit: bool) -> npt.NDArray[np.uint32]:
 
     4-bit levels are already < 16; 5-bit ones keep only their low nibble here.
     """
-    lo = q[:4] & np.uint8(0x0F) if five_bit else q[:4].copy()
-    lo |= q[4:] << np.uint8(4)
-    return _words(lo)
+    # On whole words: numpy's uint8 left shift is scalar code, its uint32 shift is vectorized. Each byte
+    # is < 16 after masking, so shifting the word by 4 moves every nibble up within its own byte.
+    hi = _words(q[4:])
+    w = scratch("lg.nib", hi.shape, np.uint32)
+    if five_bit:
+        np.bitwise_and(hi, np.uint32(0x0F0F0F0F), out=w)
+        w <<= np.uint32(4)
+        w |= _words(q[:4]) & np.uint32(0x0F0F0F0F)
+    else:
+        np.left_shift(hi, np.uint32(4), out=w)
+        w |= _words(q[:4])
+    return w
 
 
 _BIT_GATHER = np.uint32(0x01020408)  # moves bit 0 of byte p of a word to bit 24 + p (no carries)
@@ -382,14 +370,14 @@ def _pack(n_rows: int, size: int, fields: list[tuple[int, npt.NDArray[Any]]]) ->
     return res
 
 
-@_quiet
+@quiet_fp
 def quantize_q8_0(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     del imatrix  # quantize_q8_0 ignores it
     xq = _quads(rows)
     mx, mn = _quad_max_min(xq)
     # MAX(amax, fabsf(v)) from amax = 0.0f never yields -0.0; "+ 0.0" clears numpy's zero sign.
     d = (np.maximum(mx, -mn) + _F(0.0)) / _F(127)
-    v = xq * _lanes(_inverse(d))
+    v = np.multiply(xq, _lanes(_inverse(d)), out=scratch("lg.v", xq.shape))
     h = np.copysign(_HALF_DOWN, v)
     v += h
     q = v.astype(np.int8).view(np.uint8)
@@ -400,10 +388,10 @@ def _q_0_ref(rows: F32Array, nmax: int) -> tuple[F32Array, U8Array]:
     """quantize_row_q{4,5}_0_ref: d = max/-nmax, q = MIN(2*nmax-1, (int8)(x*id + nmax + 0.5))."""
     xq = _quads(rows)
     d = _first_absmax_q(xq, rows)[0] / _F(-nmax)
-    v = xq * _lanes(_inverse(d))
+    v = np.multiply(xq, _lanes(_inverse(d)), out=scratch("lg.v", xq.shape))
     v += _F(nmax + 0.5)
     # v >= 0, so MIN(2*nmax-1, (int)v) == (int)MIN(v, 2*nmax-1); a float minimum is much faster.
-    np.minimum(v, _F(2 * nmax - 1), out=v)
+    _min_into(v, 2 * nmax - 1)
     return d, v.astype(np.uint8)
 
 
@@ -414,10 +402,10 @@ def _q_1_ref(rows: F32Array, levels: int) -> tuple[F32Array, F32Array, U8Array]:
     mn = _first_min_fix(mn, rows)
     # max - min of one element with itself is +0.0 whatever numpy's zero signs are; "+ 0.0" does that.
     d = (mx - mn + _F(0.0)) / _F(levels)
-    v = xq - _lanes(mn)
+    v = np.subtract(xq, _lanes(mn), out=scratch("lg.v", xq.shape))
     v *= _lanes(_inverse(d))
     v += _F(0.5)
-    np.minimum(v, _F(levels), out=v)  # v >= 0: same as clamping the truncated integer
+    _min_into(v, levels)  # v >= 0: same as clamping the truncated integer
     return d, mn, v.astype(np.uint8)
 
 
@@ -427,25 +415,33 @@ def _quad_from_t(q: U8Array) -> U8Array:
     return res
 
 
-@_quiet
-def quantize_q4_0(rows: F32Array, imatrix: F32Array | None) -> U8Array:
+def _levels_0(rows: F32Array, imatrix: F32Array | None, nmax: int) -> tuple[F32Array, U8Array]:
+    """Q4_0 / Q5_0 scale and levels (quad layout): the reference path, or the weighted search."""
     if imatrix is None:
-        d, q = _q_0_ref(rows, 8)
-    else:
-        xt = _blocks_t(rows)
-        d, qt = _make_qx_quants(xt, _imatrix_weights(rows, xt, imatrix), 8)
-        q = _quad_from_t(qt)
+        return _q_0_ref(rows, nmax)
+    xt = _blocks_t(rows)
+    d, qt = _make_qx_quants(xt, _imatrix_weights(rows, xt, imatrix), nmax)
+    return d, _quad_from_t(qt)
+
+
+def _levels_1(rows: F32Array, imatrix: F32Array | None, levels: int) -> tuple[F32Array, F32Array, U8Array]:
+    """Q4_1 / Q5_1 scale, min and levels (quad layout): the reference path, or the weighted search."""
+    if imatrix is None:
+        return _q_1_ref(rows, levels)
+    xt = _blocks_t(rows)
+    d, m, qt = _make_qkx3_quants(xt, _imatrix_weights(rows, xt, imatrix), levels, -0.9, 0.05, 36)
+    return d, m, _quad_from_t(qt)
+
+
+@quiet_fp
+def quantize_q4_0(rows: F32Array, imatrix: F32Array | None) -> U8Array:
+    d, q = _levels_0(rows, imatrix, 8)
     return _pack(rows.shape[0], 18, [(0, _fp16(d)), (2, _nibble_words(q, False))])
 
 
-@_quiet
+@quiet_fp
 def quantize_q5_0(rows: F32Array, imatrix: F32Array | None) -> U8Array:
-    if imatrix is None:
-        d, q = _q_0_ref(rows, 16)
-    else:
-        xt = _blocks_t(rows)
-        d, qt = _make_qx_quants(xt, _imatrix_weights(rows, xt, imatrix), 16)
-        q = _quad_from_t(qt)
+    d, q = _levels_0(rows, imatrix, 16)
     fields: list[tuple[int, npt.NDArray[Any]]] = [
         (0, _fp16(d)),
         (2, _high_bit_word(q)),
@@ -454,25 +450,15 @@ def quantize_q5_0(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     return _pack(rows.shape[0], 22, fields)
 
 
-@_quiet
+@quiet_fp
 def quantize_q4_1(rows: F32Array, imatrix: F32Array | None) -> U8Array:
-    if imatrix is None:
-        d, m, q = _q_1_ref(rows, 15)
-    else:
-        xt = _blocks_t(rows)
-        d, m, qt = _make_qkx3_quants(xt, _imatrix_weights(rows, xt, imatrix), 15, -0.9, 0.05, 36)
-        q = _quad_from_t(qt)
+    d, m, q = _levels_1(rows, imatrix, 15)
     return _pack(rows.shape[0], 20, [(0, _fp16(d)), (2, _fp16(m)), (4, _nibble_words(q, False))])
 
 
-@_quiet
+@quiet_fp
 def quantize_q5_1(rows: F32Array, imatrix: F32Array | None) -> U8Array:
-    if imatrix is None:
-        d, m, q = _q_1_ref(rows, 31)
-    else:
-        xt = _blocks_t(rows)
-        d, m, qt = _make_qkx3_quants(xt, _imatrix_weights(rows, xt, imatrix), 31, -0.9, 0.05, 36)
-        q = _quad_from_t(qt)
+    d, m, q = _levels_1(rows, imatrix, 31)
     fields: list[tuple[int, npt.NDArray[Any]]] = [
         (0, _fp16(d)),
         (2, _fp16(m)),

@@ -4,30 +4,13 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-
 import numpy as np
 
-from ._numeric import F32Array, I32Array, U8Array, fp32_to_fp16_bits
+from ._numeric import F32Array, I32Array, U8Array, fp32_to_fp16_bits, quiet_fp
 
 __all__ = ["quantize_mxfp4", "quantize_tq1_0", "quantize_tq2_0"]
 
 _F = np.float32
-
-
-def _quiet(
-    fn: Callable[[F32Array, F32Array | None], U8Array],
-) -> Callable[[F32Array, F32Array | None], U8Array]:
-    """Run a quantizer with numpy's FP warnings off: inf/NaN intermediates (overflowing fp16 scales,
-    1/d of a subnormal d) are part of ggml's behaviour and must not surface as warnings."""
-
-    @functools.wraps(fn)
-    def run(rows: F32Array, imatrix: F32Array | None) -> U8Array:
-        with np.errstate(all="ignore"):
-            return fn(rows, imatrix)
-
-    return run
 
 
 QK_K = 256
@@ -65,7 +48,7 @@ def _ternary_digits(rows: F32Array) -> tuple[F32Array, U8Array]:
     return d, xi
 
 
-@_quiet
+@quiet_fp
 def quantize_tq2_0(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     del imatrix  # quantize_tq2_0 ignores it
     d, xi = _ternary_digits(rows)
@@ -95,7 +78,7 @@ def _pack_trits(digits: U8Array, n_digits: int) -> U8Array:
     return packed
 
 
-@_quiet
+@quiet_fp
 def quantize_tq1_0(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     del imatrix  # quantize_tq1_0 ignores it
     d, xi = _ternary_digits(rows)
@@ -143,7 +126,7 @@ def _mxfp4_exponent(amax: F32Array) -> U8Array:
     return e
 
 
-@_quiet
+@quiet_fp
 def quantize_mxfp4(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     del imatrix  # quantize_mxfp4 ignores it
     blocks = rows.reshape(-1, QK_MXFP4)
