@@ -34,6 +34,23 @@ class _Spec:
         self.kv("general.file_type", 1)
         self.kv("general.quantization_version", 2)
 
+    def hparams(self, n_layer: int, n_ctx: int, n_embd: int, n_ff: int, n_head: int, n_head_kv: int) -> None:
+        self.kv("block_count", n_layer)
+        self.kv("context_length", n_ctx)
+        self.kv("embedding_length", n_embd)
+        self.kv("feed_forward_length", n_ff)
+        self.kv("attention.head_count", n_head)
+        self.kv("attention.head_count_kv", n_head_kv)
+
+    def embeddings(self, n_embd: int, n_vocab: int, *, output: bool = True, output_norm_bias: bool = False) -> None:
+        """token_embd, output_norm (and its bias) and, unless the embeddings are tied, output."""
+        self.t("token_embd.weight", n_embd, n_vocab)
+        self.t("output_norm.weight", n_embd)
+        if output_norm_bias:
+            self.t("output_norm.bias", n_embd)
+        if output:
+            self.t("output.weight", n_embd, n_vocab)
+
     def spec(self) -> dict[str, Any]:
         return {"architecture": self.arch, "metadata": self.metadata, "tensors": self.tensors}
 
@@ -42,12 +59,7 @@ def llama_like(arch: str, name: str, n_layer: int, n_embd: int, n_head: int, n_h
                *, qk_norm: bool = False, head_dim: int | None = None, tied: bool = False) -> dict[str, Any]:
     s = _Spec(arch, name)
     hd = head_dim or n_embd // n_head
-    s.kv("block_count", n_layer)
-    s.kv("context_length", 8192)
-    s.kv("embedding_length", n_embd)
-    s.kv("feed_forward_length", n_ff)
-    s.kv("attention.head_count", n_head)
-    s.kv("attention.head_count_kv", n_head_kv)
+    s.hparams(n_layer, 8192, n_embd, n_ff, n_head, n_head_kv)
     s.kv("attention.layer_norm_rms_epsilon", 1e-5)
     s.kv("rope.freq_base", 500000.0)
     if head_dim:
@@ -55,10 +67,7 @@ def llama_like(arch: str, name: str, n_layer: int, n_embd: int, n_head: int, n_h
         s.kv("attention.value_length", hd)
     s.kv("vocab_size", n_vocab)
     s.vocab(n_vocab)
-    s.t("token_embd.weight", n_embd, n_vocab)
-    s.t("output_norm.weight", n_embd)
-    if not tied:
-        s.t("output.weight", n_embd, n_vocab)
+    s.embeddings(n_embd, n_vocab, output=not tied)
     for i in range(n_layer):
         b = f"blk.{i}."
         s.t(b + "attn_norm.weight", n_embd)
@@ -88,18 +97,10 @@ def falcon_7b() -> dict[str, Any]:
     s = _Spec("falcon", "Falcon 7B (skeleton)")
     n_layer, n_embd, n_head, n_head_kv, n_vocab = 32, 4544, 71, 1, 65024
     hd = n_embd // n_head
-    s.kv("block_count", n_layer)
-    s.kv("context_length", 2048)
-    s.kv("embedding_length", n_embd)
-    s.kv("feed_forward_length", 4 * n_embd)
-    s.kv("attention.head_count", n_head)
-    s.kv("attention.head_count_kv", n_head_kv)
+    s.hparams(n_layer, 2048, n_embd, 4 * n_embd, n_head, n_head_kv)
     s.kv("attention.layer_norm_epsilon", 1e-5)
     s.vocab(n_vocab)
-    s.t("token_embd.weight", n_embd, n_vocab)
-    s.t("output_norm.weight", n_embd)
-    s.t("output_norm.bias", n_embd)
-    s.t("output.weight", n_embd, n_vocab)
+    s.embeddings(n_embd, n_vocab, output_norm_bias=True)
     for i in range(n_layer):
         b = f"blk.{i}."
         s.t(b + "attn_norm.weight", n_embd)
@@ -114,12 +115,7 @@ def falcon_7b() -> dict[str, Any]:
 def gpt_oss_20b() -> dict[str, Any]:
     s = _Spec("gpt-oss", "gpt-oss 20B (skeleton)")
     n_layer, n_embd, n_head, n_head_kv, hd, n_expert, n_ff, n_vocab = 24, 2880, 64, 8, 64, 32, 2880, 201088
-    s.kv("block_count", n_layer)
-    s.kv("context_length", 131072)
-    s.kv("embedding_length", n_embd)
-    s.kv("feed_forward_length", n_ff)
-    s.kv("attention.head_count", n_head)
-    s.kv("attention.head_count_kv", n_head_kv)
+    s.hparams(n_layer, 131072, n_embd, n_ff, n_head, n_head_kv)
     s.kv("attention.key_length", hd)
     s.kv("attention.value_length", hd)
     s.kv("attention.layer_norm_rms_epsilon", 1e-5)
@@ -129,9 +125,7 @@ def gpt_oss_20b() -> dict[str, Any]:
     s.kv("expert_used_count", 4)
     s.kv("expert_feed_forward_length", n_ff)
     s.vocab(n_vocab)
-    s.t("token_embd.weight", n_embd, n_vocab)
-    s.t("output_norm.weight", n_embd)
-    s.t("output.weight", n_embd, n_vocab)
+    s.embeddings(n_embd, n_vocab)
     for i in range(n_layer):
         b = f"blk.{i}."
         s.t(b + "attn_norm.weight", n_embd)
@@ -166,12 +160,7 @@ def deepseek2(*, v3: bool) -> dict[str, Any]:
         q_lora, kv_lora, n_dense, n_expert, n_shared, n_ff, n_ff_exp = 0, 512, 1, 64, 2, 10944, 1408
     nope, rope, v_dim = 128, 64, 128
     s = _Spec("deepseek2", name)
-    s.kv("block_count", n_layer)
-    s.kv("context_length", 163840)
-    s.kv("embedding_length", n_embd)
-    s.kv("feed_forward_length", n_ff)
-    s.kv("attention.head_count", n_head)
-    s.kv("attention.head_count_kv", 1 if v3 else n_head)
+    s.hparams(n_layer, 163840, n_embd, n_ff, n_head, 1 if v3 else n_head)
     s.kv("attention.layer_norm_rms_epsilon", 1e-6)
     s.kv("rope.freq_base", 10000.0)
     s.kv("rope.dimension_count", rope)
@@ -193,9 +182,7 @@ def deepseek2(*, v3: bool) -> dict[str, Any]:
         s.kv("expert_weights_norm", True)
         s.kv("expert_gating_func", 2)
     s.vocab(n_vocab)
-    s.t("token_embd.weight", n_embd, n_vocab)
-    s.t("output_norm.weight", n_embd)
-    s.t("output.weight", n_embd, n_vocab)
+    s.embeddings(n_embd, n_vocab)
     for i in range(n_layer):
         b = f"blk.{i}."
         s.t(b + "attn_norm.weight", n_embd)

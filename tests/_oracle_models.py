@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GGUF_RECIPE_SHARED", REPO.parent / "shared"))
 MODELS = SHARED / "oracle" / "models"
+
+# oracle_skeleton's signature; tests get it as the ``oracle_skeleton`` fixture (conftest.py)
+SkeletonFactory = Callable[[str], Path]
 
 
 def model_names() -> list[str]:

@@ -146,6 +146,13 @@ def write_model(
     return path
 
 
+def write_wide_model(path: Path, seed: int) -> Path:
+    """A 2-layer llama 256 wide (``llama_tensors(seed)``), so that k-quant mixes are not all fallbacks."""
+    return write_model(
+        path, llama_tensors(seed, n_layer=2, n_embd=256, n_ff=512), n_layer=2, n_embd=256, n_ff=512
+    )
+
+
 def source_rows(model: Path, name: str) -> np.ndarray:
     """A tensor's rows as float32 (n_rows, ne0) read back with gguf-py."""
     from gguf import GGUFReader

@@ -11,9 +11,8 @@ import pytest
 from gguf import GGMLQuantizationType
 from typer.testing import CliRunner
 
-from _oracle_models import MODELS
+from _oracle_models import SkeletonFactory
 from gguf_recipe.cli import app, schema_text
-from gguf_recipe.model.skeleton import skeleton_from_json
 from gguf_recipe.plan import Plan
 from gguf_recipe.quants import implemented_types
 
@@ -22,8 +21,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return skeleton_from_json(MODELS / "llama31-8b.model.json", tmp_path_factory.mktemp("cli"))
+def model(oracle_skeleton: SkeletonFactory) -> Path:
+    return oracle_skeleton("llama31-8b")
 
 
 def write(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:

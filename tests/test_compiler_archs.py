@@ -3,8 +3,10 @@ tensor lists, tests/_archs.py). Expectations come from reading llama_tensor_get_
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,7 +15,7 @@ from _oracle_models import skeleton_dir
 from gguf_recipe.compiler import compile_model
 from gguf_recipe.model import ModelInfo, read_model
 from gguf_recipe.model.skeleton import write_skeleton
-from gguf_recipe.plan import Plan
+from gguf_recipe.plan import Plan, PlannedTensor
 
 
 @pytest.fixture(scope="session")
@@ -182,36 +184,40 @@ def _recorded() -> dict[str, dict[str, object]]:
 
 
 _RECORDED = _recorded()
-_CASES = [
-    pytest.param(arch, i, id=f"{arch}-{p['ftype']}{'-imatrix' if p['imatrix'] else ''}")
-    for arch, m in _RECORDED.items()
-    for i, p in enumerate(m["plans"])  # type: ignore[arg-type]
-]
 
 
-@pytest.mark.parametrize(("arch", "index"), _CASES)
+def _cases(key: str, suffix: Callable[[dict[str, Any]], str]) -> list[Any]:
+    """(arch, index) params for each recorded plan under ``key``, with ids ``arch-FTYPE<suffix>``."""
+    return [
+        pytest.param(arch, i, id=f"{arch}-{p['ftype']}{suffix(p)}")
+        for arch, m in _RECORDED.items()
+        for i, p in enumerate(m[key])  # type: ignore[arg-type]
+    ]
+
+
+def _assert_like_llama_quantize(
+    tensors: list[PlannedTensor], target_bytes: int, names: list[str], order: list[str], p: dict[str, object]
+) -> None:
+    """Every recorded tensor type, the processing order and the printed size reproduce."""
+    got = {t.name: t.type for t in tensors}
+    want = dict(zip(names, p["types"], strict=True))  # type: ignore[call-overload]
+    wrong = {n: (w, got.get(n)) for n, w in want.items() if got.get(n) != w}
+    assert not wrong, f"{len(wrong)} differ (llama-quantize, ours): {dict(list(wrong.items())[:8])}"
+    assert [t.name for t in tensors] == order
+    assert f"{target_bytes / 2**20:.2f}" == f"{p['quant_size_mib_printed']:.2f}"
+
+
+@pytest.mark.parametrize(("arch", "index"), _cases("plans", lambda p: "-imatrix" if p["imatrix"] else ""))
 def test_recorded_llama_quantize_plan(arch: str, index: int, arch_dir: Path) -> None:
     rec = _RECORDED[arch]
     names: list[str] = rec["names"]  # type: ignore[assignment]
     p: dict[str, object] = rec["plans"][index]  # type: ignore[index]
     plan_ = plan(arch, str(p["ftype"]), arch_dir, imatrix=bool(p["imatrix"]))
-    got = types(plan_)
-    want = dict(zip(names, p["types"], strict=True))  # type: ignore[call-overload]
-    wrong = {n: (w, got.get(n)) for n, w in want.items() if got.get(n) != w}
-    assert not wrong, f"{len(wrong)} differ (llama-quantize, ours): {dict(list(wrong.items())[:8])}"
-    order = p["order"] or names
-    assert [t.name for t in plan_.tensors] == order
-    assert f"{plan_.totals.target_bytes / 2**20:.2f}" == f"{p['quant_size_mib_printed']:.2f}"
+    order: list[str] = p["order"] or names  # type: ignore[assignment]
+    _assert_like_llama_quantize(plan_.tensors, plan_.totals.target_bytes, names, order, p)
 
 
-_OPT_CASES = [
-    pytest.param(arch, i, id=f"{arch}-{p['ftype']}-{' '.join(p['options'])}")
-    for arch, m in _RECORDED.items()
-    for i, p in enumerate(m["option_plans"])  # type: ignore[arg-type]
-]
-
-
-@pytest.mark.parametrize(("arch", "index"), _OPT_CASES)
+@pytest.mark.parametrize(("arch", "index"), _cases("option_plans", lambda p: f"-{' '.join(p['options'])}"))
 def test_recorded_llama_quantize_option_plan(arch: str, index: int, arch_dir: Path) -> None:
     """llama-quantize option runs (--tensor-type, --prune-layers, ...) on the hand-made skeletons,
     through `recipe import`'s function."""
@@ -223,9 +229,4 @@ def test_recorded_llama_quantize_option_plan(arch: str, index: int, arch_dir: Pa
     text = import_llama_quantize([*p["options"], str(p["ftype"])])  # type: ignore[misc]
     plan_ = compile_model(text, _model(arch, arch_dir), lint=False).plan
     live = [t for t in plan_.tensors if t.action != "prune"]
-    got = {t.name: t.type for t in live}
-    want = dict(zip(names, p["types"], strict=True))  # type: ignore[call-overload]
-    wrong = {n: (w, got.get(n)) for n, w in want.items() if got.get(n) != w}
-    assert not wrong, f"{len(wrong)} differ (llama-quantize, ours): {dict(list(wrong.items())[:8])}"
-    assert [t.name for t in live] == names
-    assert f"{plan_.totals.target_bytes / 2**20:.2f}" == f"{p['quant_size_mib_printed']:.2f}"
+    _assert_like_llama_quantize(live, plan_.totals.target_bytes, names, names, p)

@@ -1,4 +1,6 @@
-"""Planning a 1.3 TB, 1,086-tensor, 61-layer header must take about a second (benchmarks/bench_plan.py)."""
+"""The planning benchmark (benchmarks/bench_plan.py) runs on a 1.3 TB, 1,086-tensor, 61-layer header.
+
+It prints the time; speed is measured, never asserted (no wall-clock thresholds in tests)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_plan.py"
 
 
-def test_plan_a_big_header_fast(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_plan_benchmark_runs_on_a_big_header(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec = importlib.util.spec_from_file_location("bench_plan", BENCH)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
@@ -24,4 +26,3 @@ def test_plan_a_big_header_fast(tmp_path: Path, capsys: pytest.CaptureFixture[st
             f"read {r['read_header_s']:.3f} s, plan {r['plan_s']:.3f} s"
         )
     assert r["n_tensors"] >= 1000 and r["n_layers"] >= 60
-    assert r["plan_s"] < 10.0  # about a second on a 2-core machine; generous for a loaded CI box

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest_executor import llama_model_quantize, llama_tensors, write_model
+from conftest_executor import llama_model_quantize, write_wide_model
 from gguf_recipe import quants
 from gguf_recipe.executor import apply_plan
 from gguf_recipe.executor.gguf_format import read_header
@@ -32,14 +32,7 @@ def test_builtin_recipe_plan_equals_llama_quantize(tmp_path: Path, ftype: str) -
     compile_plan = getattr(compiler, "compile_plan", None)
     if compile_plan is None:
         pytest.skip("gguf_recipe.compiler has no compile_plan")
-    # 256 wide, so that k-quant mixes are not all fallbacks
-    model = write_model(
-        tmp_path / "m.gguf",
-        llama_tensors(51, n_layer=2, n_embd=256, n_ff=512),
-        n_layer=2,
-        n_embd=256,
-        n_ff=512,
-    )
+    model = write_wide_model(tmp_path / "m.gguf", 51)
     try:
         result = compile_plan(f"llama.cpp/{ftype}", model)
     except Exception as exc:  # the recipe library may not ship this ftype

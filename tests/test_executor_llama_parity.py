@@ -21,6 +21,7 @@ from conftest_executor import (
     make_plan,
     require_types,
     write_model,
+    write_wide_model,
 )
 from gguf_recipe.executor import SourceModel, apply_plan
 from gguf_recipe.executor.gguf_format import read_header
@@ -71,13 +72,7 @@ def _plan_like_llama(model: Path, qtype: T, **kw: object) -> object:
 def test_pure_mix_equals_llama_quantize(tmp_path: Path, qtype: T) -> None:
     require_types(qtype)
     if qtype in WIDE:
-        model = write_model(
-            tmp_path / "m.gguf",
-            llama_tensors(41, n_layer=2, n_embd=256, n_ff=512),
-            n_layer=2,
-            n_embd=256,
-            n_ff=512,
-        )
+        model = write_wide_model(tmp_path / "m.gguf", 41)
     else:
         model = write_model(tmp_path / "m.gguf", llama_tensors(41))
     plan = _plan_like_llama(model, qtype)

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from _oracle_models import MODELS
+from _oracle_models import MODELS, SkeletonFactory
 from gguf_recipe.compiler import compile_plan
 from gguf_recipe.compiler.lint import lint_compiled
 from gguf_recipe.model.skeleton import skeleton_from_json
 
 
 @pytest.fixture(scope="module")
-def llama8b(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return skeleton_from_json(MODELS / "llama31-8b.model.json", tmp_path_factory.mktemp("lint"))
+def llama8b(oracle_skeleton: SkeletonFactory) -> Path:
+    return oracle_skeleton("llama31-8b")
 
 
 def lint(tmp_path: Path, model: Path, text: str, imatrix: bool = False) -> list[str]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from _oracle_models import MODELS, load_plans, model_names, oracle_skeleton, plan_id
+from _oracle_models import MODELS, SkeletonFactory, load_plans, model_names, plan_id
 from gguf_recipe.compiler import compile_model
 from gguf_recipe.interop import import_llama_quantize
 from gguf_recipe.model import ModelInfo, read_model
@@ -25,7 +25,7 @@ if MODELS.is_dir():
 
 
 @cache
-def _model(name: str) -> ModelInfo:
+def _model(name: str, oracle_skeleton: SkeletonFactory) -> ModelInfo:
     return read_model(oracle_skeleton(name))
 
 
@@ -41,9 +41,9 @@ def test_oracle_has_427_plans() -> None:
 
 
 @pytest.mark.parametrize(("model_name", "index"), CASES)
-def test_parity(model_name: str, index: int) -> None:
+def test_parity(model_name: str, index: int, oracle_skeleton: SkeletonFactory) -> None:
     expected = _plans(model_name)[index]
-    model = _model(model_name)
+    model = _model(model_name, oracle_skeleton)
     if expected["options"]:
         source: str = import_llama_quantize([*expected["options"], expected["ftype"]])
     else:

@@ -167,6 +167,19 @@ class Facts:
     tied_embeddings: bool
     imatrix: bool
 
+    @classmethod
+    def of(cls, model: ModelInfo, imatrix: bool) -> Facts:
+        """What a rule's ``when`` can test about ``model``."""
+        return cls(
+            arch=model.arch,
+            layers=model.n_layer,
+            experts=model.n_expert,
+            gqa=model.n_gqa,
+            size=model.size_class,
+            tied_embeddings=model.tied_embeddings,
+            imatrix=imatrix,
+        )
+
 
 def _cmp(value: int, cond: int | str) -> bool:
     if isinstance(cond, bool):
@@ -356,15 +369,7 @@ def compile_chain(
         assert eff.output is not None
         out_type = _type_or_keep(eff.output, "output", diags, root_source)
 
-    facts = Facts(
-        arch=model.arch,
-        layers=model.n_layer,
-        experts=model.n_expert,
-        gqa=model.n_gqa,
-        size=model.size_class,
-        tied_embeddings=model.tied_embeddings,
-        imatrix=imatrix,
-    )
+    facts = Facts.of(model, imatrix)
     n_layer = model.n_layer
     for p in eff.prune_layers:
         if not 0 <= p < n_layer:

@@ -156,15 +156,7 @@ def lint_recipe(
         line, col = loc.at(path)
         return Diagnostic(message, "error" if severity == "error" else "warning", file, line, col, hint)
 
-    facts = Facts(
-        arch=model.arch,
-        layers=model.n_layer,
-        experts=model.n_expert,
-        gqa=model.n_gqa,
-        size=model.size_class,
-        tied_embeddings=model.tied_embeddings,
-        imatrix=imatrix,
-    )
+    facts = Facts.of(model, imatrix)
     n_layer = model.n_layer
     infos = {t.name: t for t in model.tensors}
     live = [t for t in plan.tensors if t.action != "prune"]

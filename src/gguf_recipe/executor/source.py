@@ -7,10 +7,8 @@ Split models (``name-00001-of-0000N.gguf``) are opened as one.
 
 from __future__ import annotations
 
-import hashlib
 import mmap
 import os
-import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -20,6 +18,8 @@ import numpy as np
 import numpy.typing as npt
 from gguf import GGMLQuantizationType
 
+from ..model.header import header_fingerprint
+from ..model.reader import SPLIT_NAME_RE
 from .errors import RequantizeError, SourceFormatError
 from .gguf_format import GGUFHeader, KeyValue, TensorInfo, read_header
 
@@ -35,15 +35,14 @@ U8Array = npt.NDArray[np.uint8]
 
 T = GGMLQuantizationType
 FLOAT_TYPES = frozenset({T.F32, T.F16, T.BF16})
-_SPLIT_RE = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 _GRANULARITY = mmap.ALLOCATIONGRANULARITY
 _POPULATE: int = getattr(mmap, "MAP_POPULATE", 0)
 
 
 def split_paths(path: Path, count: int) -> list[Path]:
     """All shard paths of a split model given any one of them (llama.cpp's ``llama_split_prefix``)."""
-    m = _SPLIT_RE.match(path.name)
-    if not m or int(m["count"]) != count:
+    m = SPLIT_NAME_RE.match(path.name)
+    if not m or int(m["n"]) != count:
         raise SourceFormatError(
             f"{path}: has split.count = {count} but its name does not end in -NNNNN-of-{count:05d}.gguf"
         )
@@ -84,12 +83,8 @@ class SourceModel:
             self.paths = [first]
             headers = [(header, raw)]
         self.headers = [h for h, _ in headers]
-        digests = [hashlib.sha256(r).hexdigest() for _, r in headers]
-        # gguf_recipe.model.read_model's header_sha256: one file's header digest, or the digest of
-        # the shards' hex digests joined
-        self.fingerprint = (
-            digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
-        )
+        # the same definition as gguf_recipe.model.read_model's header_sha256
+        self.fingerprint = header_fingerprint([r for _, r in headers])
         self.kvs: tuple[KeyValue, ...] = self.headers[0].kvs
         self.tensors: dict[str, TensorInfo] = {}
         for i, h in enumerate(self.headers):

@@ -1,46 +1,41 @@
-"""Header-only GGUF reader: metadata, tensor infos and a header fingerprint, never tensor data.
+"""Header-only model reader for the compiler: metadata, tensor infos and a header fingerprint, never
+tensor data.
 
-Works on single files and on ``-0000k-of-0000n`` splits. The header is parsed from an mmap of the file,
-so a 700 GB model costs only the pages its header lives in.
+Works on single files and on ``-0000k-of-0000n`` splits. The header is parsed (leniently) by
+:mod:`gguf_recipe.model.header` from an mmap of the file, so a 700 GB model costs only the pages its
+header lives in.
 """
 
 from __future__ import annotations
 
-import hashlib
-import mmap
+import math
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
-GGUF_MAGIC = b"GGUF"
+from .header import GGUF_MAGIC, GGUFReadError, header_fingerprint, read_header
+
+__all__ = [
+    "GGUF_MAGIC",
+    "MAX_ARRAY_VALUES",
+    "SPLIT_NAME_RE",
+    "GGUFReadError",
+    "ModelInfo",
+    "TensorInfo",
+    "model_size_class",
+    "read_model",
+    "row_size",
+    "split_paths",
+]
+
 # Arrays longer than this keep only their length (tokenizer vocabularies, merges).
 MAX_ARRAY_VALUES = 64
 
-_SCALAR = {
-    0: ("uint8", "<B", 1),
-    1: ("int8", "<b", 1),
-    2: ("uint16", "<H", 2),
-    3: ("int16", "<h", 2),
-    4: ("uint32", "<I", 4),
-    5: ("int32", "<i", 4),
-    6: ("float32", "<f", 4),
-    7: ("bool", "<?", 1),
-    10: ("uint64", "<Q", 8),
-    11: ("int64", "<q", 8),
-    12: ("float64", "<d", 8),
-}
-_STRING = 8
-_ARRAY = 9
-
-_SPLIT_RE = re.compile(r"^(?P<prefix>.*)-(?P<k>\d{5})-of-(?P<n>\d{5})\.gguf$")
-
-
-class GGUFReadError(ValueError):
-    """The file is not a GGUF file this reader understands (or is truncated)."""
+# llama.cpp's split file names (llama_split_path): <prefix>-<k>-of-<n>.gguf, k counting from 1
+SPLIT_NAME_RE = re.compile(r"^(?P<prefix>.*)-(?P<k>\d{5})-of-(?P<n>\d{5})\.gguf$")
 
 
 @dataclass(frozen=True)
@@ -53,10 +48,7 @@ class TensorInfo:
 
     @property
     def n_elements(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
     @property
     def n_dims(self) -> int:
@@ -180,136 +172,27 @@ def model_size_class(m: ModelInfo) -> str:
     return "unknown"
 
 
-class _Cursor:
-    __slots__ = ("buf", "pos")
-
-    def __init__(self, buf: Any) -> None:
-        self.buf = buf
-        self.pos = 0
-
-    def unpack(self, fmt: str, size: int) -> Any:
-        if self.pos + size > len(self.buf):
-            raise GGUFReadError("unexpected end of file inside the GGUF header")
-        (v,) = struct.unpack_from(fmt, self.buf, self.pos)
-        self.pos += size
-        return v
-
-    def u32(self) -> int:
-        return int(self.unpack("<I", 4))
-
-    def u64(self) -> int:
-        return int(self.unpack("<Q", 8))
-
-    def string(self) -> str:
-        n = self.u64()
-        if self.pos + n > len(self.buf):
-            raise GGUFReadError("unexpected end of file inside a GGUF string")
-        s = bytes(self.buf[self.pos : self.pos + n]).decode("utf-8", errors="replace")
-        self.pos += n
-        return s
-
-    def skip_strings(self, count: int) -> None:
-        buf, pos = self.buf, self.pos
-        unpack = struct.unpack_from
-        end = len(buf)
-        for _ in range(count):
-            if pos + 8 > end:
-                raise GGUFReadError("unexpected end of file inside a GGUF string array")
-            (n,) = unpack("<Q", buf, pos)
-            pos += 8 + n
-        if pos > end:
-            raise GGUFReadError("unexpected end of file inside a GGUF string array")
-        self.pos = pos
-
-
-def _read_value(cur: _Cursor, vtype: int) -> tuple[Any, str]:
-    if vtype in _SCALAR:
-        name, fmt, size = _SCALAR[vtype]
-        return cur.unpack(fmt, size), name
-    if vtype == _STRING:
-        return cur.string(), "string"
-    if vtype == _ARRAY:
-        etype = cur.u32()
-        count = cur.u64()
-        if etype == _STRING:
-            if count > MAX_ARRAY_VALUES:
-                cur.skip_strings(count)
-                return _ArrayLen("string", count), "array"
-            return [cur.string() for _ in range(count)], "array"
-        if etype in _SCALAR:
-            _, fmt, size = _SCALAR[etype]
-            if count > MAX_ARRAY_VALUES:
-                cur.pos += size * count
-                if cur.pos > len(cur.buf):
-                    raise GGUFReadError("unexpected end of file inside a GGUF array")
-                return _ArrayLen(_SCALAR[etype][0], count), "array"
-            return [cur.unpack(fmt, size) for _ in range(count)], "array"
-        raise GGUFReadError(f"unsupported GGUF array element type {etype}")
-    raise GGUFReadError(f"unsupported GGUF value type {vtype}")
-
-
-@dataclass(frozen=True)
-class _ArrayLen:
-    element_type: str
-    length: int
-
-
-def _parse_one(path: Path, split: int) -> tuple[dict[str, Any], dict[str, str], list[TensorInfo], str, int, int, int]:
-    with path.open("rb") as f:
-        size = path.stat().st_size
-        if size < 24:
-            raise GGUFReadError(f"{path}: too small to be a GGUF file")
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        try:
-            cur = _Cursor(mm)
-            if bytes(mm[:4]) != GGUF_MAGIC:
-                raise GGUFReadError(f"{path}: not a GGUF file (bad magic {bytes(mm[:4])!r})")
-            cur.pos = 4
-            version = cur.u32()
-            if version not in (2, 3):
-                raise GGUFReadError(f"{path}: unsupported GGUF version {version}")
-            n_tensors = cur.u64()
-            n_kv = cur.u64()
-            metadata: dict[str, Any] = {}
-            types: dict[str, str] = {}
-            for _ in range(n_kv):
-                key = cur.string()
-                vtype = cur.u32()
-                value, tname = _read_value(cur, vtype)
-                if isinstance(value, _ArrayLen):
-                    metadata[f"{key}.length"] = value.length
-                    metadata[key] = None
-                elif isinstance(value, list):
-                    metadata[f"{key}.length"] = len(value)
-                    metadata[key] = value
-                else:
-                    metadata[key] = value
-                types[key] = tname
-            tensors: list[TensorInfo] = []
-            for _ in range(n_tensors):
-                name = cur.string()
-                n_dims = cur.u32()
-                shape = tuple(cur.u64() for _ in range(n_dims))
-                ttype = cur.u32()
-                offset = cur.u64()
-                try:
-                    qt = GGMLQuantizationType(ttype)
-                except ValueError:
-                    raise GGUFReadError(f"{path}: tensor {name!r} has unknown ggml type {ttype}") from None
-                tensors.append(TensorInfo(name, shape, qt, offset, split))
-            alignment = int(metadata.get("general.alignment", 32) or 32)
-            header_end = cur.pos
-            data_offset = (header_end + alignment - 1) // alignment * alignment
-            digest = hashlib.sha256(mm[:header_end]).hexdigest()
-        finally:
-            mm.close()
-    return metadata, types, tensors, digest, version, alignment, data_offset
+def _parse_one(path: Path, split: int) -> tuple[dict[str, Any], dict[str, str], list[TensorInfo], bytes, int, int, int]:
+    if path.stat().st_size < 24:
+        raise GGUFReadError(f"{path}: too small to be a GGUF file")
+    header, raw = read_header(path, strict=False)
+    metadata: dict[str, Any] = {}
+    types: dict[str, str] = {}
+    for kv in header.kvs:
+        if kv.vtype == GGUFValueType.ARRAY:
+            metadata[f"{kv.key}.length"] = kv.array_len
+            metadata[kv.key] = kv.value if kv.array_len <= MAX_ARRAY_VALUES else None
+        else:
+            metadata[kv.key] = kv.value
+        types[kv.key] = kv.vtype.name.lower()
+    tensors = [TensorInfo(t.name, t.shape, t.qtype, t.offset, split) for t in header.tensors]
+    return metadata, types, tensors, raw, header.version, header.alignment, header.data_offset
 
 
 def split_paths(path: str | Path) -> list[Path]:
     """All files of a split model given any one of them (or just the file itself)."""
     p = Path(path)
-    m = _SPLIT_RE.match(p.name)
+    m = SPLIT_NAME_RE.match(p.name)
     if not m:
         return [p]
     n = int(m.group("n"))
@@ -326,24 +209,23 @@ def read_model(path: str | Path) -> ModelInfo:
     metadata: dict[str, Any] = {}
     types: dict[str, str] = {}
     tensors: list[TensorInfo] = []
-    digests: list[str] = []
+    raws: list[bytes] = []
     version, alignment = 3, 32
     offsets: list[int] = []
     for i, f in enumerate(files):
-        md, ty, ts, dg, ver, al, off = _parse_one(f, i)
+        md, ty, ts, raw, ver, al, off = _parse_one(f, i)
         if i == 0:
             metadata, types, version, alignment = md, ty, ver, al
         tensors.extend(ts)
-        digests.append(dg)
+        raws.append(raw)
         offsets.append(off)
-    header_sha = digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
     return ModelInfo(
         path=str(path),
         files=[str(f) for f in files],
         metadata=metadata,
         metadata_types=types,
         tensors=tensors,
-        header_sha256=header_sha,
+        header_sha256=header_fingerprint(raws),
         version=version,
         alignment=alignment,
         data_offsets=offsets,

@@ -2,29 +2,11 @@
 
 from __future__ import annotations
 
-from .model import (
-    CATEGORIES,
-    RECIPE_SCHEMA_VERSION,
-    Category,
-    Condition,
-    ImatrixSettings,
-    MetadataValue,
-    Recipe,
-    Rule,
-    recipe_json_schema,
-)
+from . import model
+from .model import *  # noqa: F403 - re-exports model.__all__
 
-__all__ = [
-    "CATEGORIES",
-    "RECIPE_SCHEMA_VERSION",
-    "Category",
-    "Condition",
-    "ImatrixSettings",
-    "MetadataValue",
-    "Recipe",
-    "Rule",
-    "recipe_json_schema",
-]
+__all__: list[str] = []
+__all__ += model.__all__
 
 try:  # the loader is written by the language-surface helper
     from .loader import load_recipe

@@ -7,7 +7,7 @@ compiler, which knows the model; the loader maps validation errors to file:line:
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -38,20 +38,7 @@ Category = Literal[
     "other",
 ]
 
-CATEGORIES: tuple[str, ...] = (
-    "token_embd",
-    "output",
-    "attn_q",
-    "attn_k",
-    "attn_v",
-    "attn_qkv",
-    "attn_kv_b",
-    "attn_output",
-    "ffn_up",
-    "ffn_gate",
-    "ffn_down",
-    "other",
-)
+CATEGORIES: tuple[str, ...] = get_args(Category)
 
 LayerSelector = Annotated[
     str | int,

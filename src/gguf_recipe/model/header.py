@@ -1,0 +1,420 @@
+"""The one GGUF header parser: magic, version, key/values and tensor infos, never tensor data.
+
+It parses a header from a buffer (typically a memory map of the whole file), checks every length
+against the file size and keeps the raw bytes of each key/value pair, so the executor can copy
+metadata byte for byte and the compiler can decode what it needs. ``strict`` adds the checks the
+executor needs before it trusts the file's data layout (duplicate keys and tensor names, alignment,
+dimension counts, block sizes, contiguous and in-bounds tensor data); the compiler, which only reads
+the header, parses leniently.
+
+The model fingerprint (:func:`header_fingerprint`) is defined here too, so the compiler's and the
+executor's are the same by construction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import mmap
+import os
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+
+GGUF_MAGIC = b"GGUF"
+DEFAULT_ALIGNMENT = 32
+MAX_DIMS = 4  # GGML_MAX_DIMS
+
+SCALAR_FORMATS: dict[GGUFValueType, str] = {
+    GGUFValueType.UINT8: "<B",
+    GGUFValueType.INT8: "<b",
+    GGUFValueType.UINT16: "<H",
+    GGUFValueType.INT16: "<h",
+    GGUFValueType.UINT32: "<I",
+    GGUFValueType.INT32: "<i",
+    GGUFValueType.FLOAT32: "<f",
+    GGUFValueType.BOOL: "<?",
+    GGUFValueType.UINT64: "<Q",
+    GGUFValueType.INT64: "<q",
+    GGUFValueType.FLOAT64: "<d",
+}
+_SCALAR_DTYPES: dict[GGUFValueType, str] = {
+    GGUFValueType.UINT8: "<u1",
+    GGUFValueType.INT8: "<i1",
+    GGUFValueType.UINT16: "<u2",
+    GGUFValueType.INT16: "<i2",
+    GGUFValueType.UINT32: "<u4",
+    GGUFValueType.INT32: "<i4",
+    GGUFValueType.FLOAT32: "<f4",
+    GGUFValueType.BOOL: "<u1",
+    GGUFValueType.UINT64: "<u8",
+    GGUFValueType.INT64: "<i8",
+    GGUFValueType.FLOAT64: "<f8",
+}
+
+Scalar = int | float | bool | str | bytes
+Value = Scalar | list[Scalar]
+
+
+class GGUFReadError(ValueError):
+    """The file is not a GGUF file this reader understands (or is truncated or corrupt)."""
+
+
+def align_up(n: int, alignment: int) -> int:
+    return (n + alignment - 1) // alignment * alignment
+
+
+def tensor_nbytes(shape: Sequence[int], qtype: GGMLQuantizationType) -> int:
+    """ggml_nbytes for a contiguous tensor of ``shape`` (ggml order, ne0 first)."""
+    block, size = GGML_QUANT_SIZES[qtype]
+    return math.prod(int(d) for d in shape) // block * size
+
+
+def row_nbytes(ne0: int, qtype: GGMLQuantizationType) -> int:
+    block, size = GGML_QUANT_SIZES[qtype]
+    return ne0 // block * size
+
+
+def header_fingerprint(raw_headers: Sequence[bytes]) -> str:
+    """The model fingerprint: sha256 of the header bytes (magic, key/values and tensor infos; no
+    tensor data); for a split model, sha256 of the shards' hex digests joined."""
+    digests = [hashlib.sha256(r).hexdigest() for r in raw_headers]
+    return digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    """One key/value pair as stored: ``raw`` is its exact serialised bytes (key included)."""
+
+    key: str
+    vtype: GGUFValueType
+    raw: bytes
+    value_offset: int  # offset of the value inside ``raw``
+    array_type: GGUFValueType | None = None
+    array_len: int = 0
+
+    @property
+    def value(self) -> Value:
+        """The decoded value (strings as ``str``; arrays as lists)."""
+        v, _ = _decode_value(memoryview(self.raw), self.value_offset, self.vtype)
+        return v
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A tensor info as stored in one file's header."""
+
+    name: str
+    shape: tuple[int, ...]  # ggml order, ne0 first
+    qtype: GGMLQuantizationType
+    offset: int  # relative to the start of the data section
+    nbytes: int
+    file_index: int = 0  # which file of a split model holds it
+
+    @property
+    def ne0(self) -> int:
+        return self.shape[0] if self.shape else 1
+
+    @property
+    def n_elements(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def n_rows(self) -> int:
+        return self.n_elements // self.ne0 if self.ne0 else 0
+
+    @property
+    def row_bytes(self) -> int:
+        return row_nbytes(self.ne0, self.qtype)
+
+
+@dataclass(frozen=True)
+class GGUFHeader:
+    path: Path
+    version: int
+    kvs: tuple[KeyValue, ...]
+    tensors: tuple[TensorInfo, ...]
+    alignment: int
+    header_bytes: int  # bytes up to the end of the tensor infos (before padding)
+    data_offset: int  # absolute offset of the data section
+    file_size: int
+    _index: dict[str, KeyValue] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._index.update({kv.key: kv for kv in self.kvs})
+
+    def kv(self, key: str) -> KeyValue | None:
+        return self._index.get(key)
+
+    def get(self, key: str, default: Value | None = None) -> Value | None:
+        kv = self._index.get(key)
+        return default if kv is None else kv.value
+
+
+MAX_STRING_BYTES = 1 << 28
+
+
+class _Cursor:
+    def __init__(self, buf: memoryview, path: Path, strict: bool) -> None:
+        self.buf = buf
+        self.pos = 0
+        self.path = path
+        self.size = len(buf)
+        self.strict = strict
+
+    def need(self, n: int, what: str) -> None:
+        if n < 0 or self.pos + n > self.size:
+            raise GGUFReadError(
+                f"{self.path}: truncated or corrupt GGUF header (unexpected end of file): reading {what} "
+                f"needs bytes {self.pos}..{self.pos + n} but the file has {self.size} bytes"
+            )
+
+    def unpack(self, fmt: str, what: str) -> int | float | bool:
+        n = struct.calcsize(fmt)
+        self.need(n, what)
+        (v,) = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += n
+        out: int | float | bool = v
+        return out
+
+    def u32(self, what: str) -> int:
+        return int(self.unpack("<I", what))
+
+    def u64(self, what: str) -> int:
+        return int(self.unpack("<Q", what))
+
+    def string(self, what: str) -> str:
+        n = self.u64(f"length of {what}")
+        if n > MAX_STRING_BYTES:
+            # A length that still fits inside a huge (possibly sparse) file would otherwise copy gigabytes.
+            raise GGUFReadError(
+                f"{self.path}: corrupt GGUF header: {what} claims {n} bytes "
+                f"(more than the {MAX_STRING_BYTES} a header string can plausibly hold)"
+            )
+        self.need(n, what)
+        raw = bytes(self.buf[self.pos : self.pos + n])
+        self.pos += n
+        if not self.strict:
+            return raw.decode("utf-8", errors="replace")
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise GGUFReadError(f"{self.path}: {what} is not valid UTF-8") from None
+
+    def skip_strings(self, count: int, what: str) -> None:
+        """Skip ``count`` length-prefixed strings (a tight loop: vocabularies hold 100k+ of them)."""
+        if count > self.size:
+            self.need(count * 8, what)
+        buf, pos, end = self.buf, self.pos, self.size
+        unpack = struct.unpack_from
+        for _ in range(count):
+            if pos + 8 > end:
+                break
+            (n,) = unpack("<Q", buf, pos)
+            pos += 8 + n
+        else:
+            if pos <= end:
+                self.pos = pos
+                return
+        self.need(count * 8 + pos - self.pos, what)  # raises: report the whole array
+
+
+def _value_type(code: int, path: Path, key: str) -> GGUFValueType:
+    try:
+        return GGUFValueType(code)
+    except ValueError:
+        raise GGUFReadError(f"{path}: key {key!r} has unknown value type {code} (corrupt header?)") from None
+
+
+def _decode_value(buf: memoryview, pos: int, vtype: GGUFValueType) -> tuple[Value, int]:
+    if vtype == GGUFValueType.STRING:
+        (n,) = struct.unpack_from("<Q", buf, pos)
+        pos += 8
+        return bytes(buf[pos : pos + n]).decode("utf-8", errors="replace"), pos + n
+    if vtype == GGUFValueType.ARRAY:
+        atype_code, n = struct.unpack_from("<IQ", buf, pos)
+        pos += 12
+        atype = GGUFValueType(atype_code)
+        if atype == GGUFValueType.STRING:
+            items: list[Scalar] = []
+            for _ in range(n):
+                s, pos = _decode_value(buf, pos, atype)
+                assert isinstance(s, str)
+                items.append(s)
+            return items, pos
+        dt = np.dtype(_SCALAR_DTYPES[atype])
+        arr = np.frombuffer(buf, dtype=dt, count=n, offset=pos)
+        pos += n * dt.itemsize
+        if atype == GGUFValueType.BOOL:
+            return [bool(b) for b in arr.tolist()], pos
+        values: list[Scalar] = arr.tolist()
+        return values, pos
+    fmt = SCALAR_FORMATS[vtype]
+    (v,) = struct.unpack_from(fmt, buf, pos)
+    return v, pos + struct.calcsize(fmt)
+
+
+def _skip_value(cur: _Cursor, vtype: GGUFValueType, key: str) -> tuple[GGUFValueType | None, int]:
+    if vtype == GGUFValueType.STRING:
+        n = cur.u64(f"length of the value of {key!r}")
+        cur.need(n, f"value of {key!r}")
+        cur.pos += n
+        return None, 0
+    if vtype == GGUFValueType.ARRAY:
+        atype = _value_type(cur.u32(f"array type of {key!r}"), cur.path, key)
+        n = cur.u64(f"array length of {key!r}")
+        if atype == GGUFValueType.ARRAY:
+            raise GGUFReadError(f"{cur.path}: key {key!r} holds nested arrays, which ggml does not support")
+        if atype == GGUFValueType.STRING:
+            cur.skip_strings(n, f"array {key!r}")
+        else:
+            width = struct.calcsize(SCALAR_FORMATS[atype])
+            cur.need(n * width, f"array {key!r}")
+            cur.pos += n * width
+        return atype, n
+    width = struct.calcsize(SCALAR_FORMATS[vtype])
+    cur.need(width, f"value of {key!r}")
+    cur.pos += width
+    return None, 0
+
+
+def _alignment(kvs: Sequence[KeyValue], path: Path, strict: bool) -> int:
+    alignment = DEFAULT_ALIGNMENT
+    for kv in kvs:
+        if kv.key != "general.alignment":
+            continue
+        if not strict:  # as llama.cpp's readers that do not check: the last one, 0 meaning the default
+            v = kv.value
+            alignment = int(v or DEFAULT_ALIGNMENT) if isinstance(v, (int, float)) else DEFAULT_ALIGNMENT
+            continue
+        if kv.vtype != GGUFValueType.UINT32:
+            raise GGUFReadError(f"{path}: general.alignment must be a uint32")
+        alignment = int(kv.value)  # type: ignore[arg-type]
+        if alignment <= 0 or alignment & (alignment - 1):
+            raise GGUFReadError(f"{path}: general.alignment {alignment} is not a power of two")
+    return alignment
+
+
+def parse_header(buf: memoryview, path: Path, file_size: int | None = None, *, strict: bool = True) -> GGUFHeader:
+    """Parse a GGUF header from ``buf`` (the whole file, typically a memory map).
+
+    ``strict``: also refuse what the header allows but a reader of the tensor data must not trust
+    (see the module docstring). Raises :class:`GGUFReadError`.
+    """
+    cur = _Cursor(buf, path, strict)
+    size = len(buf) if file_size is None else file_size
+    if cur.size < 4:
+        raise GGUFReadError(f"{path}: not a GGUF file (only {cur.size} bytes)")
+    magic = bytes(buf[:4])
+    if magic != GGUF_MAGIC:
+        hint = ""
+        if magic in (b"ggml", b"ggmf", b"ggjt", b"lmgg", b"fmgg", b"tjgg"):
+            hint = " (a pre-GGUF ggml file; convert it with llama.cpp's convert_llama_ggml_to_gguf.py)"
+        elif magic[:2] == b"PK" or bytes(buf[:8]).startswith(b"\x80"):
+            hint = " (looks like a PyTorch/zip checkpoint; convert it with convert_hf_to_gguf.py)"
+        raise GGUFReadError(f"{path}: not a GGUF file (magic {magic!r}, expected b'GGUF'){hint}")
+    cur.pos = 4
+    version = cur.u32("version")
+    if version & 0xFFFF == 0 and version != 0:
+        raise GGUFReadError(f"{path}: big-endian GGUF files are not supported")
+    if version not in (2, 3):
+        raise GGUFReadError(f"{path}: unsupported GGUF version {version} (2 and 3 are supported)")
+    n_tensors = cur.u64("tensor count")
+    n_kv = cur.u64("key/value count")
+    # every KV needs >= 12 bytes and every tensor info >= 24, so huge counts mean a corrupt header
+    if strict and (n_kv * 12 > cur.size or n_tensors * 24 > cur.size):
+        raise GGUFReadError(
+            f"{path}: corrupt or truncated GGUF header ({n_kv} key/values and {n_tensors} tensors "
+            f"cannot fit in {cur.size} bytes)"
+        )
+    kvs: list[KeyValue] = []
+    seen: set[str] = set()
+    for i in range(n_kv):
+        start = cur.pos
+        key = cur.string(f"key #{i}")
+        if strict:
+            if key in seen:
+                raise GGUFReadError(f"{path}: duplicate key {key!r}")
+            seen.add(key)
+        vtype = _value_type(cur.u32(f"type of {key!r}"), path, key)
+        value_offset = cur.pos - start
+        atype, n = _skip_value(cur, vtype, key)
+        kvs.append(KeyValue(key, vtype, bytes(buf[start : cur.pos]), value_offset, atype, n))
+    alignment = _alignment(kvs, path, strict)
+    infos: list[tuple[str, tuple[int, ...], GGMLQuantizationType, int]] = []
+    names: set[str] = set()
+    for i in range(n_tensors):
+        name = cur.string(f"name of tensor #{i}")
+        if strict:
+            if name in names:
+                raise GGUFReadError(f"{path}: duplicate tensor name {name!r}")
+            names.add(name)
+        n_dims = cur.u32(f"dimension count of {name!r}")
+        if strict and n_dims > MAX_DIMS:
+            raise GGUFReadError(f"{path}: tensor {name!r} has {n_dims} dimensions (max {MAX_DIMS})")
+        shape = tuple(cur.u64(f"shape of {name!r}") for _ in range(n_dims))
+        code = cur.u32(f"type of {name!r}")
+        try:
+            qtype = GGMLQuantizationType(code)
+        except ValueError:
+            raise GGUFReadError(f"{path}: tensor {name!r} has unknown ggml type {code}") from None
+        if strict:
+            if qtype not in GGML_QUANT_SIZES:
+                raise GGUFReadError(f"{path}: tensor {name!r} has unsupported ggml type {qtype.name}")
+            block = GGML_QUANT_SIZES[qtype][0]
+            if shape and shape[0] % block:
+                raise GGUFReadError(
+                    f"{path}: tensor {name!r} row length {shape[0]} is not a multiple of {qtype.name}'s "
+                    f"block size {block}"
+                )
+        offset = cur.u64(f"offset of {name!r}")
+        infos.append((name, shape, qtype, offset))
+    header_bytes = cur.pos
+    data_offset = align_up(header_bytes, alignment)
+    data_size = size - data_offset
+    tensors: list[TensorInfo] = []
+    expected = 0
+    for name, shape, qtype, offset in infos:
+        nbytes = tensor_nbytes(shape, qtype)
+        if strict:
+            if offset % alignment:
+                raise GGUFReadError(f"{path}: tensor {name!r} offset {offset} is not aligned to {alignment}")
+            if offset != expected:
+                raise GGUFReadError(
+                    f"{path}: tensor {name!r} has data offset {offset}, expected {expected} (corrupt header?)"
+                )
+            if offset + nbytes > data_size:
+                raise GGUFReadError(
+                    f"{path}: file is truncated: tensor {name!r} needs bytes up to "
+                    f"{data_offset + offset + nbytes} but the file has {size} bytes"
+                )
+            expected = align_up(offset + nbytes, alignment)
+        tensors.append(TensorInfo(name, shape, qtype, offset, nbytes))
+    return GGUFHeader(path, version, tuple(kvs), tuple(tensors), alignment, header_bytes, data_offset, size)
+
+
+def read_header(path: str | os.PathLike[str], *, strict: bool = True) -> tuple[GGUFHeader, bytes]:
+    """Read and parse the header of the GGUF file at ``path``; also return its raw header bytes (what
+    :func:`header_fingerprint` hashes). Only the pages the header lives in are read."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                raise GGUFReadError(f"{p}: not a GGUF file (empty)")
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                view = memoryview(mm)
+                try:
+                    header = parse_header(view, p, size, strict=strict)
+                    raw = bytes(view[: header.header_bytes])
+                finally:
+                    view.release()
+    except FileNotFoundError:
+        raise GGUFReadError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise GGUFReadError(f"{p}: is a directory, not a GGUF file") from None
+    return header, raw
