@@ -23,9 +23,10 @@ __all__ = [
     "spec_for",
 ]
 
-# Values per work item: big enough to amortise numpy's per-call overhead, small enough that the
-# temporaries of one chunk stay in cache.
-CHUNK_VALUES = 1 << 16
+# Values per work item: big enough to amortise numpy's per-call overhead (and the GIL hand-offs
+# between worker threads), small enough that one chunk's temporaries stay near the cache.
+# Measured on 2 cores: 256K beats 64K for nearly every type, e.g. Q3_K 18 -> 44 M/s single thread.
+CHUNK_VALUES = 1 << 18
 
 
 class QuantizationError(ValueError):
