@@ -18,7 +18,7 @@ from gguf import GGMLQuantizationType, GGUFWriter
 
 from gguf_recipe import examples, quants
 from gguf_recipe.executor import model_fingerprint
-from gguf_recipe.executor.gguf_format import tensor_nbytes
+from gguf_recipe.executor.gguf_format import read_header, tensor_nbytes
 from gguf_recipe.executor.source_convert import high_precision_source
 from gguf_recipe.plan import Fingerprints, Plan, PlannedTensor, PlanTotals
 
@@ -372,3 +372,21 @@ def llama_quantizable(name: str, shape: Sequence[int]) -> bool:
         and "_norm.weight" not in name
         and "ffn_gate_inp.weight" not in name
     )
+
+
+def assert_same_tensors(ours: Path, theirs: Path) -> None:
+    """Same tensor infos (name, shape, type, offset) and byte-identical tensor data as ``theirs``."""
+    a, _ = read_header(ours)
+    b, _ = read_header(theirs)
+    assert [(t.name, t.shape, t.qtype, t.offset) for t in a.tensors] == [
+        (t.name, t.shape, t.qtype, t.offset) for t in b.tensors
+    ]
+    da = ours.read_bytes()[a.data_offset :]
+    db = theirs.read_bytes()[b.data_offset :]
+    if da != db:
+        bad = [
+            t.name
+            for t in a.tensors
+            if da[t.offset : t.offset + t.nbytes] != db[t.offset : t.offset + t.nbytes]
+        ]
+        pytest.fail(f"tensor data differs from llama.cpp's for {len(bad)} tensor(s): {bad[:5]}")

@@ -15,6 +15,7 @@ from conftest_executor import (
     N_EXPERT,
     N_FF,
     T,
+    assert_same_tensors,
     llama_model_quantize,
     llama_quantizable,
     llama_tensors,
@@ -46,18 +47,7 @@ def _compare(ours: Path, theirs: Path) -> None:
     assert [k for k, _ in ka] == [k for k, _ in kb]
     for (k, ra), (_, rb) in zip(ka, kb, strict=True):
         assert ra == rb, k
-    ta = [(t.name, t.shape, t.qtype, t.offset) for t in a.tensors]
-    tb = [(t.name, t.shape, t.qtype, t.offset) for t in b.tensors]
-    assert ta == tb
-    da = ours.read_bytes()[a.data_offset :]
-    db = theirs.read_bytes()[b.data_offset :]
-    if da != db:
-        bad = [
-            t.name
-            for t in a.tensors
-            if da[t.offset : t.offset + t.nbytes] != db[t.offset : t.offset + t.nbytes]
-        ]
-        pytest.fail(f"tensor data differs from llama.cpp's for {len(bad)} tensor(s): {bad[:5]}")
+    assert_same_tensors(ours, theirs)
 
 
 def _plan_like_llama(model: Path, qtype: T, **kw: object) -> object:

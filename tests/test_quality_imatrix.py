@@ -42,6 +42,7 @@ from _imatrix_calibrate import (
     read_legacy_dat,
 )
 from _perplexity import THREADS, heldout_text, perplexity
+from conftest_executor import assert_same_tensors
 from gguf_recipe import examples
 from gguf_recipe.cli import app
 from gguf_recipe.executor.gguf_format import read_header
@@ -186,19 +187,7 @@ def test_imatrix_apply_equals_llama_quantize(
     theirs = tmp_path / f"llama-quantize-{mix}-imatrix.gguf"
     llama_model_quantize(source, theirs, ftype=FTYPE[mix], imatrix=weights, pure=False, threads=THREADS)
     ours = built[mix, True]
+    assert_same_tensors(ours, theirs)
     a, _ = read_header(ours)
-    b, _ = read_header(theirs)
-    assert [(t.name, t.shape, t.qtype, t.offset) for t in a.tensors] == [
-        (t.name, t.shape, t.qtype, t.offset) for t in b.tensors
-    ]
-    da = ours.read_bytes()[a.data_offset :]
-    db = theirs.read_bytes()[b.data_offset :]
-    if da != db:
-        bad = [
-            t.name
-            for t in a.tensors
-            if da[t.offset : t.offset + t.nbytes] != db[t.offset : t.offset + t.nbytes]
-        ]
-        pytest.fail(f"tensor data differs from llama.cpp's for {len(bad)} tensor(s): {bad[:5]}")
     # ours records the imatrix it used
     assert a.kv("quantize.imatrix.file") is not None

@@ -24,7 +24,7 @@ import numpy.typing as npt
 
 from ._iq1_tables import iq1_tables
 from ._iq2_tables import best_neighbours
-from ._numeric import F32Array, U8Array, fp32_to_fp16_bits, nearest_int
+from ._numeric import F32Array, U8Array, fp32_to_fp16_bits, nearest_int, seq_sum
 
 __all__ = ["quantize_iq1_m", "quantize_iq1_s"]
 
@@ -69,11 +69,7 @@ def _prefix_t(v: F32Array) -> F32Array:
 
 def _seq_sum(v: F32Array) -> F32Array:
     """``s = 0; for i: s += v[:, i]`` in float32 (C's sequential loop)."""
-    vt = np.ascontiguousarray(v.T)
-    s = np.zeros(v.shape[0], dtype=_F)
-    for row in vt:
-        s += row
-    return s
+    return seq_sum(v.T, axis=0)
 
 
 def _contenders(
