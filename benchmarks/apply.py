@@ -2,15 +2,19 @@
 
     python benchmarks/apply.py                       # TinyLlama-1.1B shapes, F16 -> Q8_0
     python benchmarks/apply.py --layers 4 --type q4_0
+    python benchmarks/apply.py --recipe llama.cpp/Q4_K_M --layers 8   # a built-in mix, not one type
     python benchmarks/apply.py --llama-quantize /path/to/llama-quantize
 
 The model (F16, random weights, a llama vocabulary so llama.cpp can load it) is streamed to disk with
 gguf-recipe's own writer and cached in ``--dir``. The plan is "every matrix to TYPE, vectors copied",
-in llama.cpp's tensor order, which is what ``llama-quantize --pure`` does; when a ``llama-quantize``
-binary is found (``--llama-quantize``, ``$LLAMA_QUANTIZE`` or PATH) it runs on the same model with the
-same mix and the script prints the time ratio and whether the tensor data is byte-identical.
+in llama.cpp's tensor order, which is what ``llama-quantize --pure`` does, or with ``--recipe`` a
+recipe compiled against the model (``llama.cpp/Q4_K_M`` is llama-quantize's ``Q4_K_M``). When a
+``llama-quantize`` binary is found (``--llama-quantize``, ``$LLAMA_QUANTIZE`` or PATH), or else
+llama-cpp-python's ``llama_model_quantize`` (the same library code), it runs on the same model with
+the same mix and the script prints the time ratio and whether the tensor data is byte-identical.
 
-Each run happens in a child process so that its peak RSS (``wait4``) is its own.
+Each run happens in a child process. Peak memory is the child's own (``wait4``); for gguf-recipe it is
+the larger of that and what ``apply_plan`` reports, which adds up the peaks of its worker processes.
 """
 
 from __future__ import annotations
@@ -155,7 +159,7 @@ LLAMA_CPP_CHILD = """
 import ctypes, sys
 import llama_cpp
 p = llama_cpp.llama_model_quantize_default_params()
-p.ftype = int(sys.argv[3]); p.nthread = int(sys.argv[4]); p.pure = True
+p.ftype = int(sys.argv[3]); p.nthread = int(sys.argv[4]); p.pure = sys.argv[5] == "pure"
 sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p)))
 """
 
@@ -197,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         "--layers", type=int, default=N_LAYER, help=f"transformer blocks (default {N_LAYER}: ~1.1B)"
     )
     ap.add_argument("--type", default="q8_0", help="target type for every matrix (default q8_0)")
+    ap.add_argument(
+        "--recipe", default=None, help="a recipe or built-in mix instead of --type, e.g. llama.cpp/Q4_K_M"
+    )
+    ap.add_argument("--parallel", default="auto", choices=["auto", "processes", "threads"])
     ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "gguf-recipe-bench")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--chunk-values", type=int, default=None)
@@ -206,12 +214,19 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     if a.child:
-        kw: dict[str, Any] = {"threads": a.threads, "progress": False}
+        kw: dict[str, Any] = {"threads": a.threads, "progress": False, "parallel": a.parallel}
         if a.chunk_values:
             kw["chunk_values"] = a.chunk_values
         res = apply_plan(Plan.load(a.child[0]), a.child[1], a.child[2], **kw)
         print(
-            json.dumps({"seconds": res.seconds, "bytes_in": res.source_bytes, "bytes_out": res.output_bytes})
+            json.dumps(
+                {
+                    "seconds": res.seconds,
+                    "bytes_in": res.source_bytes,
+                    "bytes_out": res.output_bytes,
+                    "peak_rss": res.peak_rss_bytes,
+                }
+            )
         )
         return 0
 
@@ -225,25 +240,35 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         write_model(model, a.layers)
         print(f"wrote {model} ({model.stat().st_size / 1e9:.2f} GB) in {time.monotonic() - t0:.1f} s")
-    plan = make_plan(model, target)
+    if a.recipe:
+        from gguf_recipe.compiler import compile_plan
+
+        plan = compile_plan(a.recipe, model).plan
+        mix = a.recipe
+        ftype = plan.ftype if plan.ftype is not None else _FTYPE_OF_TYPE[target]
+    else:
+        plan = make_plan(model, target)
+        mix = f"matrices -> {target.name}"
+        ftype = _FTYPE_OF_TYPE[target]
+    tag = (a.recipe or target.name).replace("/", "-").lower()
     plan_path = a.dir / "plan.json"
     plan.save(plan_path)
     n_params = plan.totals.n_elements
     size_in = model.stat().st_size
-    print(
-        f"model: {n_params / 1e9:.2f} B parameters, {size_in / 1e9:.2f} GB F16; plan: matrices -> {target.name}"
-    )
+    print(f"model: {n_params / 1e9:.2f} B parameters, {size_in / 1e9:.2f} GB F16; plan: {mix}")
 
-    ours_out = a.dir / f"ours-{target.name.lower()}.gguf"
+    ours_out = a.dir / f"ours-{tag}.gguf"
     cmd = [sys.executable, __file__, "--child", str(plan_path), str(model), str(ours_out)]
     if a.threads:
         cmd += ["--threads", str(a.threads)]
     if a.chunk_values:
         cmd += ["--chunk-values", str(a.chunk_values)]
+    cmd += ["--parallel", a.parallel]
     wall, rss, rc, out = run_child(cmd)
     if rc:
         print(out)
         return rc
+    rss = max(rss, json.loads(out.strip().splitlines()[-1])["peak_rss"])
     print(
         f"gguf-recipe   : {wall:7.1f} s wall, {size_in / wall / 1e6:7.1f} MB/s in, peak RSS {rss / 1e6:7.1f} MB, "
         f"output {ours_out.stat().st_size / 1e9:.3f} GB"
@@ -254,20 +279,21 @@ def main(argv: list[str] | None = None) -> int:
     ref_cmd: list[str] | None = None
     if lq is not None:
         label = "llama-quantize"
-        ref_out = a.dir / f"llama-quantize-{target.name.lower()}.gguf"
-        ref_cmd = [lq, "--pure", str(model), str(ref_out), target.name, threads]
+        ref_out = a.dir / f"llama-quantize-{tag}.gguf"
+        ref_cmd = [lq, *([] if a.recipe else ["--pure"]), str(model), str(ref_out), str(ftype), threads]
     elif importlib.util.find_spec("llama_cpp") is not None:
         # no binary: the same library function (llama_model_quantize) through llama-cpp-python
         label = "llama.cpp (lib)"
-        ref_out = a.dir / f"llama-cpp-{target.name.lower()}.gguf"
+        ref_out = a.dir / f"llama-cpp-{tag}.gguf"
         ref_cmd = [
             sys.executable,
             "-c",
             LLAMA_CPP_CHILD,
             str(model),
             str(ref_out),
-            str(_FTYPE_OF_TYPE[target]),
+            str(ftype),
             threads,
+            "mix" if a.recipe else "pure",
         ]
     if ref_cmd is None:
         print(

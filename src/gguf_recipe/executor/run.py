@@ -24,7 +24,7 @@ import resource
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +36,7 @@ from gguf import GGMLQuantizationType, GGUFValueType
 
 from .. import quants
 from ..plan import PLAN_SCHEMA_VERSION, Plan, PlannedTensor
-from .checks import check_finite, validate_output
+from .checks import validate_output
 from .errors import (
     ApplyInterrupted,
     ExecutorError,
@@ -59,6 +59,7 @@ from .metadata import (
     imatrix_kvs,
     recipe_kvs,
 )
+from .parallel import ChunkTask, Parallelism, Quantizer, make_quantizer
 from .progress import ProgressReporter, format_bytes, format_duration, make_progress
 from .source import FLOAT_TYPES, SourceModel
 from .writer import StreamingWriter, is_disk_full, plan_layout
@@ -126,7 +127,7 @@ class ApplyResult:
     requantized: tuple[str, ...]
     imatrix: ImatrixCoverage | None
     resumed_tensors: int  # tensors taken from a checkpoint instead of recomputed
-    peak_rss_bytes: int
+    peak_rss_bytes: int  # this process plus its quantizer worker processes (their peaks summed)
     plan_fingerprint: str
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
@@ -456,6 +457,7 @@ def apply_plan(
     *,
     imatrix: str | os.PathLike[str] | Imatrix | None = None,
     threads: int | None = None,
+    parallel: Parallelism = "auto",
     chunk_values: int = DEFAULT_CHUNK_VALUES,
     resume: bool = False,
     force: bool = False,
@@ -471,7 +473,9 @@ def apply_plan(
     """Apply ``plan`` to the model at ``model_path`` and write ``out_path`` (or its shards).
 
     ``imatrix``: a legacy ``.dat`` or GGUF imatrix file (or a loaded :class:`Imatrix`).
-    ``threads``: quantizer threads (default: every core). ``chunk_values``: values per read/quantize
+    ``threads``: cores to quantize on (default: every core). ``parallel``: ``"processes"`` (one worker
+    process per core), ``"threads"`` (quantizer threads in this process) or ``"auto"`` (processes when
+    more than one core is used and the model is big enough to repay starting them). ``chunk_values``: values per read/quantize
     chunk, which bounds peak memory. ``resume``: continue an interrupted run from its checkpoint.
     ``force``: apply a stale plan (model/recipe/imatrix fingerprints differ). ``allow_requantize``:
     quantize tensors that are already quantized (dequantized with gguf-py; warns).
@@ -534,6 +538,9 @@ def apply_plan(
         if resume and not writer.checkpoint.exists():
             warn.append("resume: no checkpoint found; started from the beginning")
         total_in = sum(src.tensors[j.planned.source_name].nbytes for j in jobs)
+        to_quantize = sum(src.tensors[j.planned.source_name].n_elements for j in jobs if j.mode == "quantize")
+        # before the writer thread exists: worker processes are forked from this one
+        quantizer = make_quantizer(src, threads, parallel, to_quantize)
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gguf-recipe-writer")
         pending: deque[Future[None]] = deque()
 
@@ -548,14 +555,15 @@ def apply_plan(
             start = writer.start(resume=resume)
             done_in = sum(src.tensors[j.planned.source_name].nbytes for j in jobs[:start])
             reporter.start(len(jobs), total_in, done_in)
-            for job in jobs[start:]:
-                _run_job(job, src, writer, submit, reporter, threads, chunk_values, allow_requantize)
+            _stream(jobs[start:], src, writer, submit, reporter, quantizer, chunk_values, allow_requantize)
+            quantizer.close()
             while pending:
                 pending.popleft().result()
             src.check_unchanged()
             outputs = writer.finalize()
             ok = True
         except KeyboardInterrupt as exc:
+            quantizer.close(cancel=True)
             _drain(pool, pending, finish=True)
             keep = keep_partial_on_interrupt and writer.completed > 0
             writer.abort(keep_partial=keep)
@@ -569,6 +577,7 @@ def apply_plan(
                 )
             ) from exc
         except BaseException as exc:
+            quantizer.close(cancel=True)
             _drain(pool, pending)
             writer.abort(keep_partial=False)
             if is_disk_full(exc):
@@ -585,6 +594,7 @@ def apply_plan(
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            quantizer.close(cancel=True)
             reporter.finish(ok)
 
     fallbacks = tuple(
@@ -607,7 +617,7 @@ def apply_plan(
         requantized=tuple(requant),
         imatrix=coverage,
         resumed_tensors=start,
-        peak_rss_bytes=_peak_rss(),
+        peak_rss_bytes=_peak_rss() + quantizer.peak_rss_bytes(),
         plan_fingerprint=plan_fp,
         warnings=tuple(warn),
     )
@@ -629,36 +639,78 @@ def _drain(pool: ThreadPoolExecutor, pending: deque[Future[None]], *, finish: bo
     pending.clear()
 
 
-def _run_job(
-    job: _Job,
+@dataclass
+class _Piece:
+    """One chunk of one written tensor, in output order; ``data`` is ready or still being quantized."""
+
+    job: _Job
+    n_bytes: int  # source bytes it covers (progress)
+    first: bool  # the tensor's first piece
+    last: bool  # ... and its last
+    data: Future[npt.NDArray[np.uint8]] | npt.NDArray[np.uint8] | None  # None: a tensor with no rows
+
+
+def _pieces(
+    jobs: Sequence[_Job], src: SourceModel, quantizer: Quantizer, chunk_values: int, allow_requantize: bool
+) -> Iterator[_Piece]:
+    """Submit every chunk of every job, in order (copies are read here; quantizing goes to ``quantizer``)."""
+    for job in jobs:
+        pt = job.planned
+        info = src.tensors[pt.source_name]
+        chunks = _chunks(job, info.shape, chunk_values)
+        if not chunks:
+            yield _Piece(job, 0, True, True, None)
+        for k, (first, n, mat) in enumerate(chunks):
+            data: Future[npt.NDArray[np.uint8]] | npt.NDArray[np.uint8]
+            if job.mode == "copy":
+                data = src.read_raw_rows(info, first, n)
+                if info.qtype in FLOAT_TYPES:
+                    validate_output(data, info.qtype, pt.name, first)
+            else:
+                w = job.weights[mat] if job.weights is not None else None
+                task = ChunkTask(pt.source_name, pt.name, first, n, job.target, w, allow_requantize)
+                data = quantizer.submit(task)
+            yield _Piece(job, n * info.row_bytes, k == 0, k == len(chunks) - 1, data)
+
+
+def _stream(
+    jobs: Sequence[_Job],
     src: SourceModel,
     writer: StreamingWriter,
     submit: Callable[..., None],
     reporter: ProgressReporter,
-    threads: int | None,
+    quantizer: Quantizer,
     chunk_values: int,
     allow_requantize: bool,
 ) -> None:
-    pt = job.planned
-    info = src.tensors[pt.source_name]
-    what = f"{info.qtype.name} -> {job.target.name}" if job.mode == "quantize" else f"copy {info.qtype.name}"
-    reporter.tensor_start(job.index, pt.name, info.nbytes, what)
-    submit(writer.begin_tensor, job.index)
-    rb = info.row_bytes
-    for first, n, mat in _chunks(job, info.shape, chunk_values):
-        if job.mode == "copy":
-            raw = src.read_raw_rows(info, first, n)
-            if info.qtype in FLOAT_TYPES:
-                validate_output(raw, info.qtype, pt.name, first)
-            submit(writer.write, raw)
-        else:
-            rows = src.read_f32_rows(info, first, n, allow_requantize=allow_requantize)
-            check_finite(rows, pt.source_name, first)
-            w = job.weights[mat] if job.weights is not None else None
-            q = quants.quantize(rows, job.target, w, threads=threads)
-            del rows
-            validate_output(q, job.target, pt.name, first)
-            submit(writer.write, q)
-        reporter.advance(n * rb)
-    submit(writer.end_tensor)
-    reporter.tensor_done(job.index, pt.name)
+    """Quantize and write ``jobs``: up to ``quantizer.window`` chunks are in flight ahead of the one
+    being written; results are consumed strictly in output order."""
+    in_flight: deque[_Piece] = deque()
+
+    def consume(piece: _Piece) -> None:
+        job = piece.job
+        pt = job.planned
+        if piece.first:
+            info = src.tensors[pt.source_name]
+            what = (
+                f"{info.qtype.name} -> {job.target.name}"
+                if job.mode == "quantize"
+                else f"copy {info.qtype.name}"
+            )
+            reporter.tensor_start(job.index, pt.name, info.nbytes, what)
+            submit(writer.begin_tensor, job.index)
+        if piece.data is not None:
+            data = piece.data.result() if isinstance(piece.data, Future) else piece.data
+            piece.data = None
+            submit(writer.write, data)
+            reporter.advance(piece.n_bytes)
+        if piece.last:
+            submit(writer.end_tensor)
+            reporter.tensor_done(job.index, pt.name)
+
+    for piece in _pieces(jobs, src, quantizer, chunk_values, allow_requantize):
+        in_flight.append(piece)
+        while len(in_flight) > quantizer.window:
+            consume(in_flight.popleft())
+    while in_flight:
+        consume(in_flight.popleft())

@@ -1,0 +1,219 @@
+"""Quantize row chunks in this process or on worker processes.
+
+numpy releases the GIL inside each operation, but a quantizer makes many short operations per work
+item, so two threads spend much of their time waiting for each other (measured: Q4_K with 2 threads
+was barely faster than 1). Worker processes have no such limit. Each worker opens the source model
+itself and reads its rows through its own memory map, so only the chunk's coordinates travel to it
+and only the quantized bytes (a fraction of the input) travel back.
+
+Both paths run the same :func:`quantize_chunk`, so they write the same bytes. The executor keeps a
+window of chunks in flight and consumes the results in order.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import resource
+import signal
+import sys
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+from gguf import GGMLQuantizationType
+
+from .. import quants
+from .checks import check_finite, validate_output
+from .errors import ExecutorError, SourceFormatError
+from .source import SourceModel
+
+__all__ = [
+    "PROCESS_MIN_VALUES",
+    "ChunkTask",
+    "InProcessQuantizer",
+    "Parallelism",
+    "ProcessQuantizer",
+    "Quantizer",
+    "quantize_chunk",
+]
+
+U8Array = npt.NDArray[np.uint8]
+F32Array = npt.NDArray[np.float32]
+Parallelism = Literal["auto", "processes", "threads"]
+
+# "auto" starts worker processes only when there is enough to quantize to repay their start-up
+# (a fork and a source header parse each, tens of milliseconds): about a second of work for one core.
+PROCESS_MIN_VALUES = 1 << 24
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    """Rows ``[first, first + n)`` of source tensor ``source_name``, to quantize to ``target``."""
+
+    source_name: str
+    out_name: str
+    first: int
+    n: int
+    target: GGMLQuantizationType
+    weights: F32Array | None
+    allow_requantize: bool
+
+
+def quantize_chunk(src: SourceModel, task: ChunkTask, threads: int | None) -> U8Array:
+    """Read, check, quantize and validate one chunk (the same steps on every path)."""
+    info = src.tensors[task.source_name]
+    rows = src.read_f32_rows(info, task.first, task.n, allow_requantize=task.allow_requantize)
+    check_finite(rows, task.source_name, task.first)
+    q = quants.quantize(rows, task.target, task.weights, threads=threads)
+    del rows
+    validate_output(q, task.target, task.out_name, task.first)
+    return q
+
+
+class Quantizer:
+    """Runs chunk tasks; ``window`` is how many may be in flight before the oldest is consumed."""
+
+    window = 0
+
+    def submit(self, task: ChunkTask) -> Future[U8Array] | U8Array:
+        raise NotImplementedError
+
+    def peak_rss_bytes(self) -> int:
+        """Peak resident memory of the worker processes (summed), 0 when there are none."""
+        return 0
+
+    def close(self, *, cancel: bool = False) -> None:
+        """Release the workers; ``cancel``: drop the queued tasks (a failing or interrupted run)."""
+
+
+class InProcessQuantizer(Quantizer):
+    """Quantizes each chunk when it is submitted, in this process (``threads`` quantizer threads)."""
+
+    def __init__(self, src: SourceModel, threads: int | None) -> None:
+        self._src = src
+        self._threads = threads
+
+    def submit(self, task: ChunkTask) -> U8Array:
+        return quantize_chunk(self._src, task, self._threads)
+
+
+# ---------------------------------------------------------------------------------- the workers
+
+_WORKER_SOURCE: SourceModel | None = None
+_WORKER_ARGS: tuple[str, str] = ("", "")
+
+
+def _worker_init(model_path: str, fingerprint: str) -> None:
+    global _WORKER_ARGS
+    # Ctrl-C reaches the whole process group; the parent decides what happens (keep a checkpoint).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _WORKER_ARGS = (model_path, fingerprint)
+
+
+def _worker_source() -> SourceModel:
+    # opened by the first task rather than the initializer, so that a failure reaches the parent as
+    # this error instead of a broken pool
+    global _WORKER_SOURCE
+    if _WORKER_SOURCE is None:
+        path, fingerprint = _WORKER_ARGS
+        src = SourceModel(path)
+        if src.fingerprint != fingerprint:
+            src.close()
+            raise SourceFormatError(f"{path}: the source file changed while it was being read")
+        _WORKER_SOURCE = src
+    return _WORKER_SOURCE
+
+
+def _worker_run(task: ChunkTask) -> tuple[U8Array, int, int]:
+    q = quantize_chunk(_worker_source(), task, 1)
+    return q, os.getpid(), _own_peak_rss()
+
+
+def _own_peak_rss() -> int:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(r) if sys.platform == "darwin" else int(r) * 1024
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    # fork: the children start in milliseconds with everything imported and do not re-import the
+    # caller's __main__ (spawn would, which breaks unguarded scripts). The pool is started before the
+    # executor starts its own writer thread. Elsewhere fork is unsafe (macOS) or missing (Windows).
+    if sys.platform.startswith("linux"):
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")  # pragma: no cover - not Linux
+
+
+class ProcessQuantizer(Quantizer):
+    """``workers`` processes, each quantizing one chunk at a time on one core."""
+
+    def __init__(self, src: SourceModel, workers: int) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self.window = 2 * workers
+        self._peaks: dict[int, int] = {}
+        self._pool = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=_context(),
+            initializer=_worker_init,
+            initargs=(str(Path(src.path)), src.fingerprint),
+        )
+        # start the processes now (the first submit forks them all), before any thread of ours runs
+        self._pool.submit(os.getpid).result()
+
+    def submit(self, task: ChunkTask) -> Future[U8Array]:
+        inner = self._pool.submit(_worker_run, task)
+        outer: Future[U8Array] = Future()
+
+        def done(f: Future[tuple[U8Array, int, int]]) -> None:
+            if f.cancelled():
+                outer.cancel()
+                outer.set_running_or_notify_cancel()
+                return
+            exc = f.exception()
+            if exc is not None:
+                outer.set_exception(_explain(exc))
+                return
+            q, pid, peak = f.result()
+            self._peaks[pid] = max(peak, self._peaks.get(pid, 0))
+            outer.set_result(q)
+
+        inner.add_done_callback(done)
+        return outer
+
+    def peak_rss_bytes(self) -> int:
+        return sum(self._peaks.values())
+
+    def close(self, *, cancel: bool = False) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=cancel)
+
+
+def _explain(exc: BaseException) -> BaseException:
+    if isinstance(exc, BrokenProcessPool):
+        err = ExecutorError(
+            "a quantizer worker process died unexpectedly (out of memory, or killed); nothing was written. "
+            "Run again with fewer threads or a smaller chunk size"
+        )
+        err.__cause__ = exc
+        return err
+    return exc
+
+
+def make_quantizer(
+    src: SourceModel, threads: int | None, parallel: Parallelism, values_to_quantize: int
+) -> Quantizer:
+    """The quantizer for a run: processes when more than one core is wanted and there is enough work
+    (``parallel="auto"``), or as asked."""
+    if parallel not in ("auto", "processes", "threads"):
+        raise ValueError(f"parallel must be 'auto', 'processes' or 'threads', not {parallel!r}")
+    workers = threads if threads is not None else (os.cpu_count() or 1)
+    use_processes = parallel == "processes" or (
+        parallel == "auto" and workers > 1 and values_to_quantize >= PROCESS_MIN_VALUES
+    )
+    if use_processes:
+        return ProcessQuantizer(src, workers)
+    return InProcessQuantizer(src, threads)
