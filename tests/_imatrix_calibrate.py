@@ -30,6 +30,7 @@ Sums are accumulated in float64 (llama-imatrix: float32), which only changes the
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -450,9 +451,11 @@ def cached_imatrix(
     threads: int = 2,
 ) -> Path | None:
     """The imatrix of ``source`` calibrated on ``plays``, made once and kept next to ``source``
-    (``<stem>.imatrix-<plays>-<n_chunks>x<n_ctx>.dat``); None when the plays are not installed."""
+    (``<stem>.imatrix-<plays>-<n_chunks>x<n_ctx>-<code>.dat``, ``<code>`` a digest of this module, so
+    that a change to the calibration makes a new file); None when the plays are not installed."""
     tag = "+".join(plays)
-    out = source.with_name(f"{source.stem}.imatrix-{tag}-{n_chunks}x{n_ctx}.dat")
+    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:10]
+    out = source.with_name(f"{source.stem}.imatrix-{tag}-{n_chunks}x{n_ctx}-{code}.dat")
     if out.is_file():
         return out
     texts = [play_from_act_one(p) for p in plays]
