@@ -24,7 +24,7 @@ def test_reader_matches_model_json(llama8b: Path) -> None:
     assert llama8b.stat().st_size == spec["gguf_file_size"]
     assert [t.name for t in m.tensors] == [t["name"] for t in spec["tensors"]]
     assert [list(t.shape) for t in m.tensors] == [t["shape"] for t in spec["tensors"]]
-    assert [t.type.name for t in m.tensors] == [t["dtype"] for t in spec["tensors"]]
+    assert [t.qtype.name for t in m.tensors] == [t["dtype"] for t in spec["tensors"]]
     assert m.n_elements == spec["n_elements"]
     assert m.n_bytes == spec["tensor_data_bytes"]
     assert (m.arch, m.n_layer, m.n_head, m.n_head_kv, m.n_gqa, m.n_expert) == ("llama", 32, 32, 8, 4, 0)
@@ -55,7 +55,7 @@ def test_splits(tmp_path: Path) -> None:
     assert [f.name for f in files] == [f"qwen25-0.5b-0000{k}-of-00003.gguf" for k in (1, 2, 3)]
     m = read_model(files[1])
     assert len(m.tensors) == 290
-    assert {t.split for t in m.tensors} == {0, 1, 2}
+    assert {t.file_index for t in m.tensors} == {0, 1, 2}
     assert m.arch == "qwen2" and m.tied_embeddings
     files[2].unlink()
     with pytest.raises(GGUFReadError, match="part of a split model"):

@@ -66,7 +66,9 @@ class ResolvedRule:
             parts.append(f"match '{r.match}'")
         if r.layers is not None:
             ls = r.layers if isinstance(r.layers, list) else [r.layers]
-            parts.append(("positions " if r.layers_by == "position" else "layers ") + ", ".join(str(x) for x in ls))
+            parts.append(
+                ("positions " if r.layers_by == "position" else "layers ") + ", ".join(str(x) for x in ls)
+            )
         if r.when is not None:
             parts.append("when " + _describe_condition(r.when))
         tname = "keep" if self.type is None else ggml_name(self.type)
@@ -77,7 +79,17 @@ class ResolvedRule:
 def _describe_condition(c: Condition) -> str:
     """Compact text of a condition: ``arch=falcon experts>1 any(gqa>=4 | experts>=4) not(imatrix)``."""
     bits: list[str] = []
-    for key in ("arch", "layers", "experts", "gqa", "size", "tied_embeddings", "imatrix", "row_multiple_of", "dims"):
+    for key in (
+        "arch",
+        "layers",
+        "experts",
+        "gqa",
+        "size",
+        "tied_embeddings",
+        "imatrix",
+        "row_multiple_of",
+        "dims",
+    ):
         v = getattr(c, key)
         if v is None:
             continue
@@ -188,7 +200,9 @@ def _cmp(value: int, cond: int | str) -> bool:
         return value == cond
     m = re.fullmatch(r"\s*(>=|<=|==|!=|>|<|=)?\s*(-?\d+)\s*", cond)
     if not m:
-        raise ValueError(f"bad numeric condition {cond!r}: expected an integer or a comparison such as '>= 4'")
+        raise ValueError(
+            f"bad numeric condition {cond!r}: expected an integer or a comparison such as '>= 4'"
+        )
     op, num = m.group(1) or "==", int(m.group(2))
     return {
         ">=": value >= num,
@@ -252,7 +266,9 @@ class CompileResult:
         return any(d.is_error for d in self.diagnostics)
 
 
-def _type_or_keep(value: str, where: str, diags: list[Diagnostic], source: str) -> GGMLQuantizationType | None:
+def _type_or_keep(
+    value: str, where: str, diags: list[Diagnostic], source: str
+) -> GGMLQuantizationType | None:
     try:
         return parse_type_name(value, allow_keep=True)
     except TypeNameError as e:
@@ -286,7 +302,9 @@ def _resolve_rules(eff: Effective, diags: list[Diagnostic]) -> list[ResolvedRule
                     layers = parse_layers(rule.layers if isinstance(rule.layers, list) else [rule.layers])
                 except SelectorError as e:
                     line, col = lr.locate(("rules", k, "layers")) if lr.locate else (None, None)
-                    diags.append(Diagnostic(f"rule {k + 1}: {e.message}", "error", lr.source, line, col, e.hint))
+                    diags.append(
+                        Diagnostic(f"rule {k + 1}: {e.message}", "error", lr.source, line, col, e.hint)
+                    )
                     raise CompileError(diags) from None
             ttype = _type_or_keep(rule.type, f"rule {k + 1}", diags, lr.source)
             cats = None
@@ -419,7 +437,7 @@ def compile_chain(
         name = new_name
         cat = cats[name]
         group = llama.COUNTER_GROUP.get(cat)
-        src = t.type
+        src = t.qtype
         why = llama.not_quantizable_reason(name, t.n_dims, model.arch, quantize_output=not out_keep)
         fb: Fallback | None = None
         decided_by: ResolvedRule | None = None
@@ -429,9 +447,17 @@ def compile_chain(
             rule_text = f"not quantizable: {why}"
             if out_keep and name == "output.weight":
                 rule_text = "output: keep"
-        elif te_set and cat == "token_embd" and not (
-            name == "per_layer_token_embd.weight"
-            and any(r.regex is not None and r.depth < INF_DEPTH and r.regex.search(name) for r in rules if r.depth == 0)
+        elif (
+            te_set
+            and cat == "token_embd"
+            and not (
+                name == "per_layer_token_embd.weight"
+                and any(
+                    r.regex is not None and r.depth < INF_DEPTH and r.regex.search(name)
+                    for r in rules
+                    if r.depth == 0
+                )
+            )
         ):
             target = src if te_type is None else te_type
             rule_text = "token-embedding"
@@ -537,8 +563,8 @@ def compile_chain(
                 name=t.name,
                 source_name=t.name,
                 shape=list(t.shape),
-                source_type=ggml_name(t.type),
-                type=ggml_name(t.type),
+                source_type=ggml_name(t.qtype),
+                type=ggml_name(t.qtype),
                 action="prune",
                 rule="pruned",
                 source_bytes=t.nbytes,
@@ -572,17 +598,28 @@ def compile_chain(
         )
         warnings.append(msg)
         diags.append(
-            Diagnostic(msg, "error" if not imatrix else "warning", root_source, hint="llama-quantize refuses these without --imatrix")
+            Diagnostic(
+                msg,
+                "error" if not imatrix else "warning",
+                root_source,
+                hint="llama-quantize refuses these without --imatrix",
+            )
         )
     if eff.imatrix_required and not imatrix:
-        diags.append(Diagnostic("this recipe requires an importance matrix (imatrix.required: true)", "error", root_source))
+        diags.append(
+            Diagnostic(
+                "this recipe requires an importance matrix (imatrix.required: true)", "error", root_source
+            )
+        )
     if imatrix_names is not None:
         missing = [pt.source_name for pt in live if pt.imatrix and pt.source_name not in imatrix_names]
         if missing:
             shown = ", ".join(missing[:5]) + (f", ... ({len(missing) - 5} more)" if len(missing) > 5 else "")
             msg = f"the imatrix has no entry for {len(missing)} tensor(s) that use one: {shown}"
             warnings.append(msg)
-            diags.append(Diagnostic(msg, "warning", root_source, hint="they are quantized without importance weights"))
+            diags.append(
+                Diagnostic(msg, "warning", root_source, hint="they are quantized without importance weights")
+            )
 
     metadata_overrides: dict[str, object] = {
         k: {"type": v.type, "value": v.value} for k, v in eff.metadata.items()

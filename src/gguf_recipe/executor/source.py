@@ -10,6 +10,7 @@ from __future__ import annotations
 import mmap
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -91,7 +92,7 @@ class SourceModel:
             for t in h.tensors:
                 if t.name in self.tensors:
                     raise SourceFormatError(f"{self.paths[i]}: tensor {t.name!r} appears in two shards")
-                self.tensors[t.name] = TensorInfo(t.name, t.shape, t.qtype, t.offset, t.nbytes, i)
+                self.tensors[t.name] = replace(t, file_index=i)
         self._files = [open(p, "rb") for p in self.paths]  # noqa: SIM115 - closed in close()
         self._stats = [os.fstat(f.fileno()) for f in self._files]
 

@@ -4,4 +4,12 @@ from __future__ import annotations
 
 from .reader import GGUFReadError, ModelInfo, TensorInfo, model_size_class, read_model, row_size, split_paths
 
-__all__ = ["GGUFReadError", "ModelInfo", "TensorInfo", "model_size_class", "read_model", "row_size", "split_paths"]
+__all__ = [
+    "GGUFReadError",
+    "ModelInfo",
+    "TensorInfo",
+    "model_size_class",
+    "read_model",
+    "row_size",
+    "split_paths",
+]

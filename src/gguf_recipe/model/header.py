@@ -106,7 +106,7 @@ class KeyValue:
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """A tensor info as stored in one file's header."""
+    """A tensor as a GGUF header describes it (``file_index``: which file of a split model holds it)."""
 
     name: str
     shape: tuple[int, ...]  # ggml order, ne0 first
@@ -122,6 +122,14 @@ class TensorInfo:
     @property
     def n_elements(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def n_dims(self) -> int:
+        """ggml_n_dims: trailing 1s do not count; at least 1."""
+        dims = len(self.shape)
+        while dims > 1 and self.shape[dims - 1] == 1:
+            dims -= 1
+        return max(dims, 1)
 
     @property
     def n_rows(self) -> int:
@@ -299,7 +307,9 @@ def _alignment(kvs: Sequence[KeyValue], path: Path, strict: bool) -> int:
     return alignment
 
 
-def parse_header(buf: memoryview, path: Path, file_size: int | None = None, *, strict: bool = True) -> GGUFHeader:
+def parse_header(
+    buf: memoryview, path: Path, file_size: int | None = None, *, strict: bool = True
+) -> GGUFHeader:
     """Parse a GGUF header from ``buf`` (the whole file, typically a memory map).
 
     ``strict``: also refuse what the header allows but a reader of the tensor data must not trust

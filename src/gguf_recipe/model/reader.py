@@ -8,15 +8,14 @@ header lives in.
 
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
-from .header import GGUF_MAGIC, GGUFReadError, header_fingerprint, read_header
+from .header import GGUF_MAGIC, GGUFReadError, TensorInfo, header_fingerprint, read_header
 
 __all__ = [
     "GGUF_MAGIC",
@@ -36,35 +35,6 @@ MAX_ARRAY_VALUES = 64
 
 # llama.cpp's split file names (llama_split_path): <prefix>-<k>-of-<n>.gguf, k counting from 1
 SPLIT_NAME_RE = re.compile(r"^(?P<prefix>.*)-(?P<k>\d{5})-of-(?P<n>\d{5})\.gguf$")
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    name: str
-    shape: tuple[int, ...]  # ggml order: ne0 (row length) first
-    type: GGMLQuantizationType
-    offset: int
-    split: int = 0
-
-    @property
-    def n_elements(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def n_dims(self) -> int:
-        """ggml_n_dims: trailing 1s do not count; at least 1."""
-        dims = len(self.shape)
-        while dims > 1 and self.shape[dims - 1] == 1:
-            dims -= 1
-        return max(dims, 1)
-
-    @property
-    def n_rows(self) -> int:
-        return self.n_elements // self.shape[0] if self.shape and self.shape[0] else 0
-
-    @property
-    def nbytes(self) -> int:
-        return self.n_rows * row_size(self.type, self.shape[0])
 
 
 def row_size(qtype: GGMLQuantizationType, ne0: int) -> int:
@@ -158,7 +128,17 @@ def model_size_class(m: ModelInfo) -> str:
     if arch == "llama":
         if m.n_expert == 8:
             return {32: "8x7B", 56: "8x22B"}.get(n_layer, "unknown")
-        table = {16: "1B", 22: "1B", 26: "3B", 28: "3B", 30: "256M", 36: "8B", 40: "13B", 48: "34B", 60: "30B"}
+        table = {
+            16: "1B",
+            22: "1B",
+            26: "3B",
+            28: "3B",
+            30: "256M",
+            36: "8B",
+            40: "13B",
+            48: "34B",
+            60: "30B",
+        }
         if n_layer == 32:
             nv = m.n_vocab
             return "3B" if nv == 49152 else ("7B" if nv < 40000 else "8B")
@@ -172,7 +152,9 @@ def model_size_class(m: ModelInfo) -> str:
     return "unknown"
 
 
-def _parse_one(path: Path, split: int) -> tuple[dict[str, Any], dict[str, str], list[TensorInfo], bytes, int, int, int]:
+def _parse_one(
+    path: Path, split: int
+) -> tuple[dict[str, Any], dict[str, str], list[TensorInfo], bytes, int, int, int]:
     if path.stat().st_size < 24:
         raise GGUFReadError(f"{path}: too small to be a GGUF file")
     header, raw = read_header(path, strict=False)
@@ -185,7 +167,7 @@ def _parse_one(path: Path, split: int) -> tuple[dict[str, Any], dict[str, str], 
         else:
             metadata[kv.key] = kv.value
         types[kv.key] = kv.vtype.name.lower()
-    tensors = [TensorInfo(t.name, t.shape, t.qtype, t.offset, split) for t in header.tensors]
+    tensors = [replace(t, file_index=split) for t in header.tensors]
     return metadata, types, tensors, raw, header.version, header.alignment, header.data_offset
 
 
@@ -205,7 +187,9 @@ def read_model(path: str | Path) -> ModelInfo:
     files = split_paths(path)
     for f in files:
         if not f.is_file():
-            raise GGUFReadError(f"{f}: no such file (part of a split model)" if len(files) > 1 else f"{f}: no such file")
+            raise GGUFReadError(
+                f"{f}: no such file (part of a split model)" if len(files) > 1 else f"{f}: no such file"
+            )
     metadata: dict[str, Any] = {}
     types: dict[str, str] = {}
     tensors: list[TensorInfo] = []

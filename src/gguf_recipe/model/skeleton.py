@@ -78,7 +78,9 @@ def write_skeleton(spec: dict[str, Any], path: str | Path, *, n_splits: int = 1)
     for t in spec["tensors"]:
         qtype = GGMLQuantizationType[t["dtype"].upper()]
         shape = [int(d) for d in t["shape"]]
-        writer.add_tensor_info(t["name"], list(reversed(shape)), np.dtype(np.float32), _nbytes(qtype, shape), raw_dtype=qtype)
+        writer.add_tensor_info(
+            t["name"], list(reversed(shape)), np.dtype(np.float32), _nbytes(qtype, shape), raw_dtype=qtype
+        )
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
