@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import struct
+import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -390,3 +393,24 @@ def assert_same_tensors(ours: Path, theirs: Path) -> None:
             if da[t.offset : t.offset + t.nbytes] != db[t.offset : t.offset + t.nbytes]
         ]
         pytest.fail(f"tensor data differs from llama.cpp's for {len(bad)} tensor(s): {bad[:5]}")
+
+
+def interrupt_when_checkpointed(
+    cmd: Sequence[str], checkpoint: Path, *, whole_group: bool = False
+) -> tuple[subprocess.Popen[str], str, str]:
+    """Run ``cmd`` and send SIGINT once ``checkpoint`` exists (its first tensor is written): to the child
+    only, or, like a terminal's Ctrl-C, to its whole process group (its pid). (child, stdout, stderr)"""
+    child = subprocess.Popen(
+        list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=whole_group
+    )
+    deadline = time.monotonic() + 60
+    while not checkpoint.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if whole_group:
+        os.killpg(child.pid, signal.SIGINT)
+    else:
+        child.send_signal(signal.SIGINT)
+    stdout, stderr = child.communicate(timeout=60)
+    if child.returncode == 0:
+        pytest.skip("the run finished before the interrupt arrived")
+    return child, stdout, stderr

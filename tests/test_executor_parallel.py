@@ -4,10 +4,7 @@ Ctrl-C on the whole process group, and the choice between processes and threads.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +14,7 @@ from conftest_executor import (
     N_EMBD,
     N_EXPERT,
     T,
+    interrupt_when_checkpointed,
     listdir,
     llama_tensors,
     make_plan,
@@ -163,21 +161,10 @@ def test_ctrl_c_to_the_process_group_then_resume(tmp_path: Path) -> None:
     plan.save(tmp_path / "plan.json")
     ref = apply_plan(plan, model, tmp_path / "ref.gguf", progress=False).outputs[0]
     out = tmp_path / "o.gguf"
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(tmp_path / "plan.json"), str(model), str(out)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+    cmd = [sys.executable, "-c", CHILD, str(tmp_path / "plan.json"), str(model), str(out)]
+    child, stdout, stderr = interrupt_when_checkpointed(
+        cmd, tmp_path / ".o.gguf.checkpoint.json", whole_group=True
     )
-    checkpoint = tmp_path / ".o.gguf.checkpoint.json"
-    deadline = time.monotonic() + 60
-    while not checkpoint.exists() and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.killpg(child.pid, signal.SIGINT)
-    stdout, stderr = child.communicate(timeout=60)
-    if child.returncode == 0:
-        pytest.skip("the run finished before the interrupt arrived")
     assert child.returncode == 130, stderr
     assert "interrupted after" in stdout and "resume" in stdout
     assert "Traceback" not in stderr  # no worker printed a KeyboardInterrupt

@@ -11,7 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest_executor import T, listdir, llama_tensors, make_plan, require_types, sha256_file, write_model
+from conftest_executor import (
+    T,
+    interrupt_when_checkpointed,
+    listdir,
+    llama_tensors,
+    make_plan,
+    require_types,
+    sha256_file,
+    write_model,
+)
 from gguf_recipe import quants
 from gguf_recipe.executor import (
     ApplyInterrupted,
@@ -374,10 +383,7 @@ except ApplyInterrupted as exc:
 
 
 def test_real_sigint_then_resume(tmp_path: Path) -> None:
-    import signal
-    import subprocess
     import sys
-    import time
 
     require_types(T.Q8_0)
     model = write_model(tmp_path / "m.gguf", llama_tensors(35, n_layer=8), n_layer=8)
@@ -385,20 +391,8 @@ def test_real_sigint_then_resume(tmp_path: Path) -> None:
     plan.save(tmp_path / "plan.json")
     ref = apply_plan(plan, model, tmp_path / "ref.gguf", progress=False).outputs[0]
     out = tmp_path / "o.gguf"
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(tmp_path / "plan.json"), str(model), str(out)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    checkpoint = tmp_path / ".o.gguf.checkpoint.json"
-    deadline = time.monotonic() + 60
-    while not checkpoint.exists() and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    child.send_signal(signal.SIGINT)
-    stdout, stderr = child.communicate(timeout=60)
-    if child.returncode == 0:
-        pytest.skip("the run finished before the interrupt arrived")
+    cmd = [sys.executable, "-c", CHILD, str(tmp_path / "plan.json"), str(model), str(out)]
+    child, stdout, stderr = interrupt_when_checkpointed(cmd, tmp_path / ".o.gguf.checkpoint.json")
     assert child.returncode == 130, stderr
     assert "interrupted after" in stdout and "resume" in stdout
     assert not out.exists()

@@ -166,7 +166,10 @@ class ProcessQuantizer(Quantizer):
         self._pool.submit(os.getpid).result()
 
     def submit(self, task: ChunkTask) -> Future[U8Array]:
-        inner = self._pool.submit(_worker_run, task)
+        try:
+            inner = self._pool.submit(_worker_run, task)
+        except BrokenProcessPool as exc:  # a worker died since the last submit
+            raise _explain(exc) from exc
         outer: Future[U8Array] = Future()
 
         def done(f: Future[tuple[U8Array, int, int]]) -> None:
