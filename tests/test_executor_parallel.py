@@ -1,10 +1,10 @@
 """Worker processes: the same bytes as quantizing in this process, errors that keep their meaning,
-Ctrl-C on the whole process group, and the choice between processes and threads."""
+interrupt + resume, and the choice between processes and threads (a real Ctrl-C to the whole process
+group is in test_executor_safety.py)."""
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,6 @@ from conftest_executor import (
     N_EMBD,
     N_EXPERT,
     T,
-    interrupt_when_checkpointed,
     listdir,
     llama_tensors,
     make_plan,
@@ -136,42 +135,6 @@ def test_interrupt_then_resume_with_processes(model: Path, tmp_path: Path) -> No
     assert not out.exists()
     res = apply_plan(plan, model, out, progress=False, resume=True, **kw)  # type: ignore[arg-type]
     assert res.resumed_tensors == 9
-    assert out.read_bytes() == ref.read_bytes()
-
-
-CHILD = r"""
-import sys
-from gguf_recipe.executor import ApplyInterrupted, apply_plan
-from gguf_recipe.plan import Plan
-try:
-    apply_plan(Plan.load(sys.argv[1]), sys.argv[2], sys.argv[3], chunk_values=64, threads=2,
-               parallel="processes", progress=False)
-except ApplyInterrupted as exc:
-    print(exc)
-    sys.exit(130)
-"""
-
-
-def test_ctrl_c_to_the_process_group_then_resume(tmp_path: Path) -> None:
-    """A terminal's Ctrl-C signals every process of the group: the workers must leave the decision
-    (stop, keep a checkpoint) to the parent, and no worker may survive it."""
-    require_types(T.Q8_0)
-    model = write_model(tmp_path / "m.gguf", llama_tensors(45, n_layer=8), n_layer=8)
-    plan = make_plan(model)
-    plan.save(tmp_path / "plan.json")
-    ref = apply_plan(plan, model, tmp_path / "ref.gguf", progress=False).outputs[0]
-    out = tmp_path / "o.gguf"
-    cmd = [sys.executable, "-c", CHILD, str(tmp_path / "plan.json"), str(model), str(out)]
-    child, stdout, stderr = interrupt_when_checkpointed(
-        cmd, tmp_path / ".o.gguf.checkpoint.json", whole_group=True
-    )
-    assert child.returncode == 130, stderr
-    assert "interrupted after" in stdout and "resume" in stdout
-    assert "Traceback" not in stderr  # no worker printed a KeyboardInterrupt
-    with pytest.raises(ProcessLookupError):  # the group is gone: no worker outlived its parent
-        os.killpg(child.pid, 0)
-    res = apply_plan(plan, model, out, progress=False, resume=True)
-    assert res.resumed_tensors > 0
     assert out.read_bytes() == ref.read_bytes()
 
 

@@ -375,14 +375,18 @@ import sys
 from gguf_recipe.executor import ApplyInterrupted, apply_plan
 from gguf_recipe.plan import Plan
 try:
-    apply_plan(Plan.load(sys.argv[1]), sys.argv[2], sys.argv[3], chunk_values=64, threads=1, progress=False)
+    apply_plan(Plan.load(sys.argv[1]), sys.argv[2], sys.argv[3], chunk_values=64, threads=int(sys.argv[4]),
+               parallel=sys.argv[5], progress=False)
 except ApplyInterrupted as exc:
     print(exc)
     sys.exit(130)
 """
 
 
-def test_real_sigint_then_resume(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["one process", "worker processes"])
+def test_real_sigint_then_resume(tmp_path: Path, workers: str) -> None:
+    """With worker processes the SIGINT goes to the whole process group, as a terminal's Ctrl-C does:
+    the workers must leave the decision (stop, keep a checkpoint) to the parent and not outlive it."""
     import sys
 
     require_types(T.Q8_0)
@@ -391,10 +395,18 @@ def test_real_sigint_then_resume(tmp_path: Path) -> None:
     plan.save(tmp_path / "plan.json")
     ref = apply_plan(plan, model, tmp_path / "ref.gguf", progress=False).outputs[0]
     out = tmp_path / "o.gguf"
-    cmd = [sys.executable, "-c", CHILD, str(tmp_path / "plan.json"), str(model), str(out)]
-    child, stdout, stderr = interrupt_when_checkpointed(cmd, tmp_path / ".o.gguf.checkpoint.json")
+    group = workers == "worker processes"
+    mode = ["2", "processes"] if group else ["1", "threads"]
+    cmd = [sys.executable, "-c", CHILD, str(tmp_path / "plan.json"), str(model), str(out), *mode]
+    child, stdout, stderr = interrupt_when_checkpointed(
+        cmd, tmp_path / ".o.gguf.checkpoint.json", whole_group=group
+    )
     assert child.returncode == 130, stderr
     assert "interrupted after" in stdout and "resume" in stdout
+    assert "Traceback" not in stderr  # no worker printed a KeyboardInterrupt
+    if group:
+        with pytest.raises(ProcessLookupError):  # no worker outlived its parent
+            os.killpg(child.pid, 0)
     assert not out.exists()
     res = apply_plan(plan, model, out, progress=False, resume=True)
     assert res.resumed_tensors > 0
