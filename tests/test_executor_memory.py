@@ -64,3 +64,33 @@ def test_peak_memory_bounded_by_chunk_size(tmp_path: Path) -> None:
     assert (tmp_path / "a.gguf").read_bytes() == (tmp_path / "b.gguf").read_bytes()
     assert small < 16, small  # the tensor is 16 MiB of F16 and 32 MiB as float32
     assert whole > small + 24, (small, whole)
+
+
+def test_worker_process_memory_follows_chunk_size(tmp_path: Path) -> None:
+    """Each worker holds one chunk at a time: its peak grows with the chunk, not with the model."""
+    require_types(T.Q8_0)
+    from gguf_recipe.executor import SourceModel
+    from gguf_recipe.executor.parallel import ChunkTask, ProcessQuantizer
+
+    rng = np.random.default_rng(0)
+    big = (rng.standard_normal((2048, 4096)) * 0.02).astype(np.float32)
+    model = write_model(tmp_path / "m.gguf", {"blk.0.ffn_up.weight": big}, n_layer=1)
+    del big
+
+    def worker_peak_mib(rows_per_chunk: int) -> float:
+        with SourceModel(model) as src:
+            pool = ProcessQuantizer(src, 2)
+            try:
+                tasks = [
+                    ChunkTask("blk.0.ffn_up.weight", "t", r, rows_per_chunk, T.Q8_0, None, False)
+                    for r in range(0, 2048, rows_per_chunk)
+                ]
+                for f in [pool.submit(t) for t in tasks]:
+                    f.result()
+                return max(pool.worker_peaks().values()) / 2**20
+            finally:
+                pool.close()
+
+    small = worker_peak_mib(16)  # 256 KiB of float32 rows per chunk
+    whole = worker_peak_mib(2048)  # the whole tensor: 32 MiB as float32
+    assert whole > small + 24, (small, whole)

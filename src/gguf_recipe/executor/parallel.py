@@ -191,6 +191,10 @@ class ProcessQuantizer(Quantizer):
     def peak_rss_bytes(self) -> int:
         return sum(self._peaks.values())
 
+    def worker_peaks(self) -> dict[int, int]:
+        """Peak resident bytes of each worker process that has finished a task, by pid."""
+        return dict(self._peaks)
+
     def close(self, *, cancel: bool = False) -> None:
         self._pool.shutdown(wait=True, cancel_futures=cancel)
 
