@@ -467,7 +467,10 @@ def apply_cmd(
         str | None, typer.Option("--imatrix", help="importance matrix (llama.cpp .dat or GGUF imatrix)")
     ] = None,
     threads: Annotated[
-        int | None, typer.Option("--threads", "-t", min=1, help="quantizer threads (default: every core)")
+        int | None,
+        typer.Option(
+            "--threads", "-t", min=1, help="cores to quantize on, one worker process each (default: every core)"
+        ),
     ] = None,
     chunk_values: Annotated[
         int | None,
