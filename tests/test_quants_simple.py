@@ -96,6 +96,34 @@ def test_zero_block_sign_conventions() -> None:
     assert quantize(y, "Q4_1")[0, 2:4].tolist() == [0x00, 0x80]
 
 
+# Bytes of ggml's quantize_row_q*_ref (ggml-quants.c built like the oracle's libggml-base) for four
+# blocks: subnormals (1/d overflows; C's int8 conversion of +-inf gives 0), NaN + inf (NaN skipped,
+# inf is the max), all NaN (C keeps its initial max/min), -inf + NaN.
+_C_EXTREME_BLOCKS = {
+    "Q4_0": "00800000000000000000000000000000000000fc88888888808888888880888888888888"
+    "008000000000000000000000000000000000007c88888888088888808888888888888888",
+    "Q4_1": "0000008000000000000000000000000000000000007c00c200000000000000000000000000000000"
+    "00fc007c00000000000000000000000000000000007c00fc00000000000000000000000000000000",
+    "Q5_0": "0080000000000000000000000000000000000000000000fceffdffff00000000000000000000000000000000"
+    "00800000000000000000000000000000000000000000007c7fffefff00000000000000000000000000000000",
+    "Q5_1": "000000800000000000000000000000000000000000000000007c00c20000000000000000000000000000000000000000"
+    "00fc007c0000000000000000000000000000000000000000007c00fc0000000000000000000000000000000000000000",
+}
+
+
+@pytest.mark.parametrize("qtype", sorted(_C_EXTREME_BLOCKS))
+def test_reference_paths_follow_c_on_extreme_blocks(qtype: str) -> None:
+    j = np.arange(32, dtype=np.float32)
+    subnormal = (j - 13) * np.float32(1e-40)
+    with_inf = np.linspace(-3, 2, 32).astype(np.float32)
+    with_inf[4], with_inf[9] = np.nan, np.inf
+    all_nan = np.full(32, np.nan, dtype=np.float32)
+    with_neg_inf = np.linspace(-1, 1, 32).astype(np.float32)
+    with_neg_inf[7], with_neg_inf[20] = -np.inf, np.nan
+    x = np.concatenate([subnormal, with_inf, all_nan, with_neg_inf])[None, :]
+    assert quantize(x, qtype).tobytes().hex() == _C_EXTREME_BLOCKS[qtype]
+
+
 moderate_f32 = st.floats(min_value=-1e4, max_value=1e4, width=32, allow_nan=False)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._numeric import F32Array, U8Array, fp32_to_bf16_bits, fp32_to_fp16_bits
+from ._numeric import F32Array, U8Array, fp32_to_bf16_bits, fp32_to_fp16_bits, scratch
 
 __all__ = ["quantize_bf16", "quantize_f16", "quantize_f32"]
 
@@ -34,12 +34,15 @@ def quantize_f16(rows: F32Array, imatrix: F32Array | None) -> U8Array:
 def quantize_bf16(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     """ggml_compute_fp32_to_bf16 (same bits as ``_numeric.fp32_to_bf16_bits``, in fewer passes)."""
     del imatrix
-    u = np.ascontiguousarray(rows, dtype=np.float32).view(np.uint32)
-    r = (u >> np.uint32(16)) & np.uint32(1)
-    r += np.uint32(0x7FFF)
-    r += u  # wraps for the top NaN patterns; those are replaced below
+    x = np.ascontiguousarray(rows, dtype=np.float32)
+    u = x.view(np.uint32)
+    r = np.right_shift(u, np.uint32(16), out=scratch("bf16.r", u.shape, np.uint32))
+    r &= np.uint32(1)
+    r += u
+    r += np.uint32(0x7FFF)  # wraps for the top NaN patterns; those are replaced below
     r >>= np.uint32(16)
-    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
-    if nan.any():
-        r[nan] = fp32_to_bf16_bits(rows[nan])
-    return _as_bytes(r.astype("<u2"), rows.shape[0])
+    out = r.astype("<u2")
+    if x.size and np.isnan(x.min()):  # min propagates NaN: one cheap reduction finds them
+        nan = np.isnan(x)
+        out[nan] = fp32_to_bf16_bits(x[nan])
+    return _as_bytes(out, rows.shape[0])

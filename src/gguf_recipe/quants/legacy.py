@@ -28,6 +28,8 @@ _F = np.float32
 # roundf(v) == trunc(v + copysign(nextafter(0.5, 0), v)) for every float32 (checked exhaustively on [0, 130]).
 _HALF_DOWN = np.nextafter(_F(0.5), _F(0.0))
 _GROUP_MAX_EPS = _F(1e-15)
+_FLT_MAX = np.finfo(np.float32).max
+_FLT_MIN = np.finfo(np.float32).tiny
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -94,8 +96,9 @@ def _where(cond: npt.NDArray[np.bool_], a: F32Array | np.float32, b: F32Array | 
 
 def _inverse(d: F32Array) -> F32Array:
     """``d ? 1.0f/d : 0.0f``."""
-    inv = np.zeros_like(d)
-    np.divide(_F(1.0), d, out=inv, where=d != 0)
+    inv = np.divide(_F(1.0), d)
+    if not d.all():
+        inv[d == 0] = 0
     return inv
 
 
@@ -255,66 +258,105 @@ def _make_qkx3_quants(
 # broadcast along the lanes; packed bytes come back as uint32 words transposed the same way.
 
 
+_QUAD_TILE = 1024  # blocks per transposition tile: 128 KiB of input, reread from L1/L2 by the 8 passes
+
+
 def _quads(rows: F32Array) -> F32Array:
     nb = rows.size // QK
     groups = np.ascontiguousarray(rows).reshape(nb, QK).view(np.complex128)  # (nb, 8) items of 4 floats
     buf = scratch("lg.quads", (8, nb), np.complex128)
-    np.copyto(buf, groups.T)
+    # The transposed copy reads each input cache line in 4 of its 8 passes; in tiles, the line is
+    # still cached for the later ones when the input comes from memory.
+    for b0 in range(0, nb, _QUAD_TILE):
+        np.copyto(buf[:, b0 : b0 + _QUAD_TILE], groups[b0 : b0 + _QUAD_TILE].T)
     xq: F32Array = buf.view(np.float32).reshape(8, nb * 4)
     return xq
 
 
-def _per_block(lanes: npt.NDArray[np.generic], op: np.ufunc) -> F32Array:
-    """Combine the 4 lanes of each block: ``(n_blocks*4,)`` -> ``(n_blocks,)``."""
-    q = lanes.reshape(-1, 4)
-    res: F32Array = op(op(q[:, 0], q[:, 1]), op(q[:, 2], q[:, 3]))
-    return res
+def _lane_max_min(xq: F32Array) -> tuple[F32Array, F32Array]:
+    """Per-block (max, min) ignoring NaNs (C's comparisons never pick one): reduce the 8 rows, then
+    combine the 4 lanes of each block. A block of NaNs only gives NaN.
+
+    Only the value matters, not which zero sign wins a +-0 tie: callers normalise zero signs.
+    """
+    n4 = xq.shape[1]
+    nb = n4 // 4
+    mx = scratch("lg.mx", (nb,))
+    mn = scratch("lg.mn", (nb,))
+    for red, res in ((np.fmax, mx), (np.fmin, mn)):
+        lanes = red.reduce(xq, axis=0, out=scratch("lg.l8", (n4,))).reshape(nb, 4)
+        red(lanes[:, 0], lanes[:, 1], out=res)
+        red(res, lanes[:, 2], out=res)
+        red(res, lanes[:, 3], out=res)
+    return mx, mn
 
 
-@functools.lru_cache(maxsize=32)
-def _const(value: float, n: int) -> F32Array:
-    """A read-only float32 array of ``n`` copies of ``value``."""
-    a = np.full(n, value, dtype=np.float32)
+@functools.lru_cache(maxsize=64)
+def _const(value: float, n: int, dtype: type[np.generic] = np.float32) -> npt.NDArray[Any]:
+    """A read-only array of ``n`` copies of ``value``."""
+    a = np.full(n, value, dtype=dtype)
     a.flags.writeable = False
     return a
 
 
-def _min_into(v: F32Array, top: float) -> None:
-    """``v = minimum(v, top)`` in place; numpy's minimum against a scalar is scalar code (~5x slower)."""
-    np.minimum(v, _const(top, v.shape[-1]), out=v)
-
-
-def _lanes(v: F32Array) -> F32Array:
-    res: F32Array = np.repeat(v, 4)
+def _lanes(v: F32Array, key: str) -> F32Array:
+    """``v`` (``(..., n_blocks)``) with each value repeated 4 times along the last axis (one copy per
+    lane of the quad layout), in a scratch buffer."""
+    out = scratch(key, (*v.shape, 4))
+    for p in range(4):  # 4 strided copies beat np.repeat's per-item loop
+        out[..., p] = v
+    res: F32Array = out.reshape(*v.shape[:-1], -1)
     return res
 
 
-def _quad_max_min(xq: F32Array) -> tuple[F32Array, F32Array]:
-    return _per_block(xq.max(axis=0), np.maximum), _per_block(xq.min(axis=0), np.minimum)
+def _levels_i8(v: F32Array, top: int) -> U8Array:
+    """``(uint8_t)MIN(top, (int8_t)v)``: C's truncating conversion (an out-of-range or NaN v gives
+    the low byte of x86's 0x80000000, i.e. 0, as numpy's cast does), then the signed clamp."""
+    q = scratch("lg.qi8", v.shape, np.int8)
+    np.copyto(q, v, casting="unsafe")
+    np.minimum(q, _const(top, v.shape[-1], np.int8), out=q)
+    res: U8Array = q.view(np.uint8)
+    return res
 
 
-def _first_absmax_q(xq: F32Array, rows: F32Array) -> tuple[F32Array, F32Array]:
-    """(max, min) and C's signed max-|x| element (first wins; +0.0 for an all-zero block)."""
-    mx, mn = _quad_max_min(xq)
-    neg = -mn
-    m: F32Array = np.where(neg > mx, mn, mx) + _F(0.0)
-    tie = np.flatnonzero((neg == mx) & (mx != 0))
-    if tie.size:
-        sub = rows.reshape(-1, QK)[tie]
-        first_pos = np.argmax(sub == mx[tie, None], axis=1)
-        first_neg = np.argmax(sub == mn[tie, None], axis=1)
-        m[tie] = np.where(first_neg < first_pos, mn[tie], mx[tie])
-    return m, mn
+def _scale_0(mx: F32Array, mn: F32Array, rows: F32Array, nmax: int) -> F32Array:
+    """``d = max / -nmax`` where ``max`` is C's ``if (amax < fabsf(v)) { amax = fabsf(v); max = v; }``
+    from amax = max = 0: the first element of largest |x|, NaNs skipped, +0.0 for a block of zeros."""
+    neg_mn = np.negative(mn, out=scratch("lg.nmn", mn.shape))
+    # -(mx + mn): its sign is that of d; it is 0 or NaN on a +-tie (zeros, +-inf, all NaN).
+    sign = np.subtract(neg_mn, mx, out=scratch("lg.sgn", mn.shape))
+    d = np.fmax(mx, neg_mn)
+    d /= _F(nmax)  # |max| / nmax rounds like max / -nmax
+    np.copysign(d, sign, out=d)
+    np.abs(sign, out=sign)
+    if not sign.min() > 0:
+        idx = np.flatnonzero(~(sign > 0))
+        sub = rows.reshape(-1, QK)[idx]
+        a = np.abs(sub)
+        a[np.isnan(a)] = -1
+        first = np.argmax(a, axis=1)
+        pick = sub[np.arange(idx.size), first]
+        d[idx] = np.where(a[np.arange(idx.size), first] > 0, pick, _F(0.0)) / _F(-nmax)
+    return d
 
 
-def _first_min_fix(mn: F32Array, rows: F32Array) -> F32Array:
-    """A zero minimum takes the sign of the block's first zero (C's strict ``v < min``)."""
-    zero = np.flatnonzero(mn == 0)
-    if zero.size:
-        sub = rows.reshape(-1, QK)[zero]
-        first = np.argmax(sub == 0, axis=1)
-        mn[zero] = sub[np.arange(zero.size), first]
-    return mn
+def _c_min_max(mx: F32Array, mn: F32Array, rows: F32Array) -> tuple[F32Array, F32Array]:
+    """C's ``if (v < min) min = v; if (v > max) max = v;`` from min = FLT_MAX, max = -FLT_MAX.
+
+    NaNs are skipped (a block of NaNs keeps the initial values). A zero minimum takes the sign of
+    the block's first zero (the strict ``<`` keeps the first one); a zero maximum then too, so
+    that max - min is +0.0 as in C.
+    """
+    np.fmin(mn, _FLT_MAX, out=mn)
+    np.fmax(mx, -_FLT_MAX, out=mx)
+    zero = mn == 0
+    if zero.any():
+        idx = np.flatnonzero(zero)
+        sub = rows.reshape(-1, QK)[idx]
+        first = sub[np.arange(idx.size), np.argmax(sub == 0, axis=1)]
+        mn[idx] = first
+        mx[idx] = np.where(mx[idx] == 0, first, mx[idx])
+    return mx, mn
 
 
 def _words(q: U8Array) -> npt.NDArray[np.uint32]:
@@ -326,18 +368,19 @@ def _words(q: U8Array) -> npt.NDArray[np.uint32]:
 def _nibble_words(q: U8Array, five_bit: bool) -> npt.NDArray[np.uint32]:
     """qs[j] = q[j] | q[j+16] << 4 as 4 words per block (j = 4k + p sits at [k, 4b + p]).
 
-    4-bit levels are already < 16; 5-bit ones keep only their low nibble here.
+    Like C's ``qs[j] = xi0; qs[j] |= xi1 << 4`` (uint8): all of q[j] and the low nibble of q[j+16]
+    (4-bit levels are < 16 unless C's int8 conversion produced garbage). 5-bit ones keep only
+    their low nibbles.
     """
     # On whole words: numpy's uint8 left shift is scalar code, its uint32 shift is vectorized. Each byte
     # is < 16 after masking, so shifting the word by 4 moves every nibble up within its own byte.
     hi = _words(q[4:])
     w = scratch("lg.nib", hi.shape, np.uint32)
+    np.bitwise_and(hi, np.uint32(0x0F0F0F0F), out=w)
+    w <<= np.uint32(4)
     if five_bit:
-        np.bitwise_and(hi, np.uint32(0x0F0F0F0F), out=w)
-        w <<= np.uint32(4)
         w |= _words(q[:4]) & np.uint32(0x0F0F0F0F)
     else:
-        np.left_shift(hi, np.uint32(4), out=w)
         w |= _words(q[:4])
     return w
 
@@ -347,25 +390,29 @@ _NIBBLE_SHIFT = (np.arange(8, dtype=np.uint32) * np.uint32(4))[:, None]
 
 
 def _high_bit_word(q: U8Array) -> npt.NDArray[np.uint32]:
-    """qh: bit j of a little-endian uint32 is bit 4 of q[j] (q < 32), one word per block."""
-    h = _words(q >> np.uint8(4))
-    nib = (h * _BIT_GATHER) >> np.uint32(24)
-    nib &= np.uint32(0x0F)
-    nib <<= _NIBBLE_SHIFT
-    qh: npt.NDArray[np.uint32] = np.bitwise_or.reduce(nib, axis=0)
+    """qh: bit j of a little-endian uint32 is bit 4 of q[j], one word per block."""
+    words = _words(q)
+    h = np.right_shift(words, np.uint32(4), out=scratch("lg.qh", words.shape, np.uint32))
+    h &= np.uint32(0x01010101)
+    h *= _BIT_GATHER
+    h >>= np.uint32(24)
+    h <<= _NIBBLE_SHIFT
+    qh: npt.NDArray[np.uint32] = np.bitwise_or.reduce(h, axis=0)
     return qh
 
 
 def _pack(n_rows: int, size: int, fields: list[tuple[int, npt.NDArray[Any]]]) -> U8Array:
     """Blocks of ``size`` bytes from (byte offset, field) pairs. A field is one uint16 per block
-    ``(nb,)`` (an fp16 scale) or uint32 words ``(n_words, nb)`` / ``(nb,)``; each is written with one
-    strided copy through a uint16/uint32 view of the output (numpy handles the misalignment)."""
+    ``(nb,)`` (an fp16 scale) or uint32 words ``(n_words, nb)`` / ``(nb,)``, written through
+    uint16/uint32 views of the output (numpy handles the misalignment), one strided 1-D copy per
+    word: a 2-D copy would iterate the short word axis innermost."""
     nb = fields[0][1].shape[-1]
     out = np.empty((nb, size), dtype=np.uint8)
     for off, f in fields:
         width = f.dtype.itemsize
-        w = f.reshape(-1, nb)
-        out[:, off : off + width * w.shape[0]].view(f"<u{width}")[...] = w.T
+        view = out[:, off : off + width * (f.size // nb)].view(f"<u{width}")
+        for i, word in enumerate(f.reshape(-1, nb)):
+            view[:, i] = word
     res: U8Array = out.reshape(n_rows, -1)
     return res
 
@@ -374,10 +421,10 @@ def _pack(n_rows: int, size: int, fields: list[tuple[int, npt.NDArray[Any]]]) ->
 def quantize_q8_0(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     del imatrix  # quantize_q8_0 ignores it
     xq = _quads(rows)
-    mx, mn = _quad_max_min(xq)
+    mx, mn = _lane_max_min(xq)
     # MAX(amax, fabsf(v)) from amax = 0.0f never yields -0.0; "+ 0.0" clears numpy's zero sign.
     d = (np.maximum(mx, -mn) + _F(0.0)) / _F(127)
-    v = np.multiply(xq, _lanes(_inverse(d)), out=scratch("lg.v", xq.shape))
+    v = np.multiply(xq, _lanes(_inverse(d), "lg.id"), out=xq)
     h = np.copysign(_HALF_DOWN, v)
     v += h
     q = v.astype(np.int8).view(np.uint8)
@@ -387,26 +434,42 @@ def quantize_q8_0(rows: F32Array, imatrix: F32Array | None) -> U8Array:
 def _q_0_ref(rows: F32Array, nmax: int) -> tuple[F32Array, U8Array]:
     """quantize_row_q{4,5}_0_ref: d = max/-nmax, q = MIN(2*nmax-1, (int8)(x*id + nmax + 0.5))."""
     xq = _quads(rows)
-    d = _first_absmax_q(xq, rows)[0] / _F(-nmax)
-    v = np.multiply(xq, _lanes(_inverse(d)), out=scratch("lg.v", xq.shape))
+    d = _scale_0(*_lane_max_min(xq), rows, nmax)
+    v = np.multiply(xq, _lanes(_inverse(d), "lg.id"), out=xq)
     v += _F(nmax + 0.5)
-    # v >= 0, so MIN(2*nmax-1, (int)v) == (int)MIN(v, 2*nmax-1); a float minimum is much faster.
-    _min_into(v, 2 * nmax - 1)
-    return d, v.astype(np.uint8)
+    return d, _levels_i8(v, 2 * nmax - 1)
 
 
-def _q_1_ref(rows: F32Array, levels: int) -> tuple[F32Array, F32Array, U8Array]:
-    """quantize_row_q{4,5}_1_ref: d = (max-min)/levels, q = (uint8)((x-min)*id + 0.5)."""
+def _q_1_ref(rows: F32Array, levels: int) -> tuple[F32Array, U8Array]:
+    """quantize_row_q{4,5}_1_ref: d = (max-min)/levels, q = (uint8)((x-min)*id + 0.5), through a
+    MIN(levels, (int8)...) for Q4_1 only (Q5_1 has no MIN in C). Returns ([d, min], levels)."""
     xq = _quads(rows)
-    mx, mn = _quad_max_min(xq)
-    mn = _first_min_fix(mn, rows)
-    # max - min of one element with itself is +0.0 whatever numpy's zero signs are; "+ 0.0" does that.
-    d = (mx - mn + _F(0.0)) / _F(levels)
-    v = np.subtract(xq, _lanes(mn), out=scratch("lg.v", xq.shape))
-    v *= _lanes(_inverse(d))
+    mx, mn = _lane_max_min(xq)
+    nb = mn.shape[0]
+    dmi = scratch("lg.dmi", (3, nb))  # [d, min, id]: [d, min] is stored, [min, id] goes to the lanes
+    d, m, inv = dmi
+    np.subtract(mx, mn, out=d)
+    # NaN: a block of NaNs or of one infinity (C keeps FLT_MAX / -FLT_MAX); a zero min: its sign.
+    if np.isnan(d.min()) or not mn.all():
+        mx, mn = _c_min_max(mx, mn, rows)
+        np.subtract(mx, mn, out=d)
+    np.copyto(m, mn)
+    d /= _F(levels)
+    np.divide(_F(1.0), d, out=inv)
+    # Only zero or subnormal scales need "d ? 1/d : 0" and can push (x-min)*id past levels + 0.5.
+    small = not d.min() >= _FLT_MIN
+    if small:
+        inv[d == 0] = 0
+    dm = dmi[:2]
+    lanes = _lanes(dmi[1:], "lg.lanes")
+    v = np.subtract(xq, lanes[0], out=xq)
+    v *= lanes[1]
     v += _F(0.5)
-    _min_into(v, levels)  # v >= 0: same as clamping the truncated integer
-    return d, mn, v.astype(np.uint8)
+    if levels == 15 and small:
+        return dm, _levels_i8(v, levels)
+    q = scratch("lg.qu8", v.shape, np.uint8)
+    np.copyto(q, v, casting="unsafe")  # same bytes as the int8 cast
+    return dm, q
 
 
 def _quad_from_t(q: U8Array) -> U8Array:
@@ -424,13 +487,14 @@ def _levels_0(rows: F32Array, imatrix: F32Array | None, nmax: int) -> tuple[F32A
     return d, _quad_from_t(qt)
 
 
-def _levels_1(rows: F32Array, imatrix: F32Array | None, levels: int) -> tuple[F32Array, F32Array, U8Array]:
-    """Q4_1 / Q5_1 scale, min and levels (quad layout): the reference path, or the weighted search."""
+def _levels_1(rows: F32Array, imatrix: F32Array | None, levels: int) -> tuple[F32Array, U8Array]:
+    """Q4_1 / Q5_1 ``[scale, min]`` as ``(2, n_blocks)`` and levels (quad layout): the reference
+    path, or the weighted search."""
     if imatrix is None:
         return _q_1_ref(rows, levels)
     xt = _blocks_t(rows)
     d, m, qt = _make_qkx3_quants(xt, _imatrix_weights(rows, xt, imatrix), levels, -0.9, 0.05, 36)
-    return d, m, _quad_from_t(qt)
+    return np.stack([d, m]), _quad_from_t(qt)
 
 
 @quiet_fp
@@ -452,16 +516,15 @@ def quantize_q5_0(rows: F32Array, imatrix: F32Array | None) -> U8Array:
 
 @quiet_fp
 def quantize_q4_1(rows: F32Array, imatrix: F32Array | None) -> U8Array:
-    d, m, q = _levels_1(rows, imatrix, 15)
-    return _pack(rows.shape[0], 20, [(0, _fp16(d)), (2, _fp16(m)), (4, _nibble_words(q, False))])
+    dm, q = _levels_1(rows, imatrix, 15)
+    return _pack(rows.shape[0], 20, [(0, _fp16(dm)), (4, _nibble_words(q, False))])
 
 
 @quiet_fp
 def quantize_q5_1(rows: F32Array, imatrix: F32Array | None) -> U8Array:
-    d, m, q = _levels_1(rows, imatrix, 31)
+    dm, q = _levels_1(rows, imatrix, 31)
     fields: list[tuple[int, npt.NDArray[Any]]] = [
-        (0, _fp16(d)),
-        (2, _fp16(m)),
+        (0, _fp16(dm)),
         (4, _high_bit_word(q)),
         (8, _nibble_words(q, True)),
     ]
