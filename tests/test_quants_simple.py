@@ -108,6 +108,10 @@ _C_EXTREME_BLOCKS = {
     "00800000000000000000000000000000000000000000007c7fffefff00000000000000000000000000000000",
     "Q5_1": "000000800000000000000000000000000000000000000000007c00c20000000000000000000000000000000000000000"
     "00fc007c0000000000000000000000000000000000000000007c00fc0000000000000000000000000000000000000000",
+    # amax = MAX(amax, fabsf(v)) restarts after a NaN (NaN > v is false): the last block's d comes
+    # from the elements after its NaN, so -inf before it gives 0.
+    "Q8_0": "0000" + "00" * 32 + "007c" + "00" * 32 + "007e" + "00" * 32 + "0820"
+    "8189919aa2aab200c3cbd3dbe3ecf4fc040c141d002d353d464e565e666f777f",
 }
 
 
@@ -122,6 +126,24 @@ def test_reference_paths_follow_c_on_extreme_blocks(qtype: str) -> None:
     with_neg_inf[7], with_neg_inf[20] = -np.inf, np.nan
     x = np.concatenate([subnormal, with_inf, all_nan, with_neg_inf])[None, :]
     assert quantize(x, qtype).tobytes().hex() == _C_EXTREME_BLOCKS[qtype]
+
+
+def test_q8_0_follows_c_after_a_nan() -> None:
+    """Q8_0's amax covers only the elements after a block's last NaN (C bytes, as above): earlier
+    larger values give |x*id| > 127, stored as the low byte of C's int conversion (-900 -> -191 ->
+    0x41); a block ending in NaN has d = NaN (fp16 0x7e00) and all-zero levels; 3e38 * id is past
+    the int32 range (0)."""
+    wraps = np.linspace(-900, 600, 32).astype(np.float32)
+    wraps[25] = np.nan
+    ends_nan = np.linspace(-2, 2, 32).astype(np.float32)
+    ends_nan[2], ends_nan[31] = -np.nan, np.nan
+    overflow = np.full(32, 1e-3, dtype=np.float32)
+    overflow[:3] = 3e38, np.nan, -1e5
+    x = np.concatenate([wraps, ends_nan, overflow])[None, :]
+    assert quantize(x, "Q8_0").tobytes().hex() == (
+        "b944414c56606a757f89939ea8b2bcc7d1dbe5f0fa040e19232d37004c56606b757f"
+        "007e" + "00" * 32 + "2762000081" + "00" * 29
+    )
 
 
 moderate_f32 = st.floats(min_value=-1e4, max_value=1e4, width=32, allow_nan=False)

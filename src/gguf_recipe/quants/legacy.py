@@ -273,9 +273,10 @@ def _quads(rows: F32Array) -> F32Array:
     return xq
 
 
-def _lane_max_min(xq: F32Array) -> tuple[F32Array, F32Array]:
+def _lane_max_min(xq: F32Array, skip_nan: bool = True) -> tuple[F32Array, F32Array]:
     """Per-block (max, min) ignoring NaNs (C's comparisons never pick one): reduce the 8 rows, then
-    combine the 4 lanes of each block. A block of NaNs only gives NaN.
+    combine the 4 lanes of each block. A block of NaNs only gives NaN. With ``skip_nan=False``,
+    any NaN in a block gives NaN (for callers that treat such blocks separately).
 
     Only the value matters, not which zero sign wins a +-0 tie: callers normalise zero signs.
     """
@@ -283,7 +284,8 @@ def _lane_max_min(xq: F32Array) -> tuple[F32Array, F32Array]:
     nb = n4 // 4
     mx = scratch("lg.mx", (nb,))
     mn = scratch("lg.mn", (nb,))
-    for red, res in ((np.fmax, mx), (np.fmin, mn)):
+    reds = ((np.fmax, mx), (np.fmin, mn)) if skip_nan else ((np.maximum, mx), (np.minimum, mn))
+    for red, res in reds:
         lanes = red.reduce(xq, axis=0, out=scratch("lg.l8", (n4,))).reshape(nb, 4)
         red(lanes[:, 0], lanes[:, 1], out=res)
         red(res, lanes[:, 2], out=res)
@@ -421,14 +423,35 @@ def _pack(n_rows: int, size: int, fields: list[tuple[int, npt.NDArray[Any]]]) ->
 def quantize_q8_0(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     del imatrix  # quantize_q8_0 ignores it
     xq = _quads(rows)
-    mx, mn = _lane_max_min(xq)
+    mx, mn = _lane_max_min(xq, skip_nan=False)
     # MAX(amax, fabsf(v)) from amax = 0.0f never yields -0.0; "+ 0.0" clears numpy's zero sign.
     d = (np.maximum(mx, -mn) + _F(0.0)) / _F(127)
+    nan_d = _q8_0_nan_block_scales(rows, d) if np.isnan(d.max()) else None
+    # Out-of-range x*id (elements before a block's last NaN) wrap to their low byte like C's
+    # roundf -> int8 conversion; NaN/inf give 0.
     v = np.multiply(xq, _lanes(_inverse(d), "lg.id"), out=xq)
     h = np.copysign(_HALF_DOWN, v)
     v += h
     q = v.astype(np.int8).view(np.uint8)
-    return _pack(rows.shape[0], 34, [(0, _fp16(d)), (2, _words(q))])
+    dh = _fp16(d)
+    if nan_d is not None:
+        dh[nan_d] = 0x7E00  # GGML_FP32_TO_FP16 of any NaN (numpy keeps the payload)
+    return _pack(rows.shape[0], 34, [(0, dh), (2, _words(q))])
+
+
+def _q8_0_nan_block_scales(rows: F32Array, d: F32Array) -> npt.NDArray[np.intp]:
+    """Redo ``d`` for the blocks holding a NaN (``d`` is NaN there) with C's ``amax = MAX(amax,
+    fabsf(v))``: a NaN amax fails ``>`` and is replaced by the next ``|v|``, so amax is the max over
+    the elements after the block's last NaN, or NaN when the block ends with one. Returns the blocks
+    whose ``d`` stays NaN."""
+    idx = np.flatnonzero(np.isnan(d))
+    a = np.abs(rows.reshape(-1, QK)[idx].T)
+    amax = np.zeros(idx.size, dtype=np.float32)
+    for j in range(QK):
+        amax = _where(amax > a[j], amax, a[j])
+    d[idx] = amax / _F(127)
+    res: npt.NDArray[np.intp] = idx[np.isnan(amax)]
+    return res
 
 
 def _q_0_ref(rows: F32Array, nmax: int) -> tuple[F32Array, U8Array]:
