@@ -10,7 +10,8 @@ The candidate-scale loops of the searches are Python loops over candidates (at m
 vector operations over every group; where C carries state from one candidate to the next (the current
 ``min`` in make_qkx2/3_quants) the state is a per-group vector. The iterative refinements of
 make_q3_quants / make_qp_quants (sequential over the elements of a group) are evaluated for all elements
-at once, applying one accepted change per group and round (see :func:`_refine_levels`).
+at once, applying one accepted change per group and round (see :func:`_refine_levels`; make_q3_quants has
+its own sparser round, :func:`_q3_step`).
 
 Arithmetic is float32, operation by operation in C order (ggml-base is built without FMA contraction).
 Quantized levels are returned as float32 arrays holding small integers (exact).
@@ -161,33 +162,128 @@ def make_qx_quants(x: F32Array, nmax: int, qw: F32Array | None = None) -> tuple[
 # --------------------------------------------------------------------------------------------- make_q3_quants
 
 
+def _levels_clamped(q: F32Array, lo: np.float32, hi: np.float32) -> F32Array:
+    """``MAX(lo, MIN(hi, nearest_int(q)))`` in place, as float32."""
+    if q.max() < _NINT_SAFE and q.min() > -_NINT_SAFE:  # False as well when q holds a NaN
+        np.rint(q, out=q)
+    else:
+        np.copyto(q, nearest_int_inplace(q), casting="unsafe")
+    np.clip(q, lo, hi, out=q)
+    return q
+
+
+def _q3_step(
+    x: F32Array,
+    L: F32Array,
+    t: F32Array,
+    s: F32Array,
+    pos: IntpArray | None,
+    itry: IntpArray | None,
+    skip: npt.NDArray[np.bool_] | None,
+    lo: np.float32,
+    hi: np.float32,
+) -> tuple[IntpArray, IntpArray, F32Array, F32Array]:
+    """The next accepted change of every group in make_q3_quants' refinement.
+
+    ``x``, ``L``: (n, a); ``t`` = [w*L*L, w*x*L] (overwritten); ``s`` = [suml2, sumlx] (2, a). ``pos`` and
+    ``itry``: the element where each group's visit resumes and its itry (None: element 0 of itry 0).
+
+    Until the next acceptance every element sees the same sums, so all are tested at once and a group
+    takes the first accepted element in C's visiting order: from ``pos`` to the end of this itry, then
+    (only where ``itry < 4``: C's next itry) from element 0. Only the few percent of elements whose level
+    would change go through the acceptance test. Returns (element, group, new level, new [suml2, sumlx])
+    of every group that changes; a group with no change is finished (C would run at most one more itry
+    that sees the same state).
+    """
+    n, a = x.shape
+    r = np.subtract(s[:, None, :], t, out=t)  # [sl2, slx]: the sums without element i
+    q = np.multiply(x, r[0], out=scratch("q3s.q", (n, a)))
+    np.divide(q, r[1], out=q)
+    nl = _levels_clamped(q, lo, hi)
+    idx = np.flatnonzero(np.not_equal(nl, L, out=scratch("q3s.ne", (n, a), np.bool_)))
+    i, col = np.divmod(idx, a)
+    nls = np.take(nl, idx)
+    rs = np.take(r.reshape(2, -1), idx, axis=1)
+    u = np.empty_like(rs)
+    xs = np.take(x, idx)
+    np.multiply(xs, xs, out=u[0])
+    np.multiply(u[0], xs, out=u[1])
+    u *= nls
+    u[0] *= nls
+    u += rs  # [sl2 + w*nl*nl, slx + w*x*nl]
+    sc = np.take(s, col, axis=1)
+    # slx > 0 && sl2 > 0 && slx*slx*suml2 > sumlx*sumlx*sl2  (slx before, sl2 after the update)
+    lhs = u[1] * u[1]
+    lhs *= sc[0]
+    rhs = np.multiply(sc[1], sc[1], out=sc[1])
+    rhs *= u[0]
+    acc = lhs > rhs
+    acc &= np.minimum(rs[1], u[0], out=rhs) > 0
+    if skip is not None:
+        acc &= ~skip[col]
+    pa = np.flatnonzero(acc)
+    ia, ca = i[pa], col[pa]
+    key = ia
+    if pos is not None and itry is not None:
+        wrap = ia < pos[ca]
+        key = ia + n * wrap
+        ok = ~(wrap & (itry[ca] >= 4))
+        pa, ia, ca, key = pa[ok], ia[ok], ca[ok], key[ok]
+    best = np.full(a, 2 * n, dtype=key.dtype)
+    np.minimum.at(best, ca, key)
+    ch = pa[key == best[ca]]
+    return i[ch], col[ch], nls[ch], u[:, ch]
+
+
 def make_q3_quants(x: F32Array, nmax: int) -> tuple[F32Array, F32Array]:
-    """make_q3_quants(n, nmax, x, L, do_rmse=true) for every group; returns (scale, L) with L = nmax + l."""
+    """make_q3_quants(n, nmax, x, L, do_rmse=true) for every group; returns (scale, L) with L = nmax + l.
+
+    The ``itry`` refinement runs as rounds of :func:`_q3_step`, one accepted change per group and round,
+    on the shrinking set of groups that still change (most groups never change at all). ``L`` is a
+    per-thread scratch buffer: valid until the next call.
+    """
     n, g = x.shape
     amax, mx = _first_absmax(x)
     zero = amax < GROUP_MAX_EPS
-    z = scratch("q3.z", (4, n, g))
-    w = np.multiply(x, x, out=z[0])
-    wx = np.multiply(w, x, out=z[1])
-    z[2] = x
-    t = scratch("q3.t", (2, n, g))
-    sums = np.empty((2, g), dtype=np.float32)
     lo, hi = np.float32(-nmax), np.float32(nmax - 1)
     with np.errstate(all="ignore"):
+        wwx = scratch("q3.wwx", (2, n, g))
+        np.multiply(x, x, out=wwx[0])
+        np.multiply(wwx[0], x, out=wwx[1])
         iscale = np.float32(-nmax) / np.where(zero, _F1, mx)
-        L = np.multiply(x, iscale)
-        if np.isfinite(x).all():
-            np.rint(L, out=L)  # |iscale*x| <= nmax: rint is ggml's nearest_int
-        else:
-            L[...] = nearest_int_f(L)
-        np.clip(L, lo, hi, out=L)
-        np.multiply(w, L, out=t[0])
+        L = _levels_clamped(np.multiply(x, iscale, out=scratch("q3.L", (n, g))), lo, hi)
+        t = np.multiply(wwx, L, out=scratch("q3.t", (2, n, g)))
         np.multiply(t[0], L, out=t[0])
-        np.multiply(wx, L, out=t[1])
-        seq_sum(t, axis=1, out=sums)
-        z[3] = L
-        _refine_levels(z, sums, np.flatnonzero(~zero), -nmax, nmax - 1, qp=False)
-        L = z[3].copy()
+        sums = np.add.reduce(t, axis=1)  # [suml2, sumlx], sequential over the n elements
+        skip = zero if zero.any() else None
+        kh, act, nlv, s = _q3_step(x, L, t, sums, None, None, skip, lo, hi)
+        if act.size:
+            L[kh, act] = nlv
+            sums[:, act] = s
+            a = act.size
+            z = scratch("q3.z0", (4, n, a))  # [w, w*x, x, L] of the groups still changing
+            np.take(x, act, axis=1, out=z[2], mode="clip")
+            np.take(L, act, axis=1, out=z[3], mode="clip")
+            np.multiply(z[2], z[2], out=z[0])
+            np.multiply(z[0], z[2], out=z[1])
+            pos = kh + 1
+            itry = np.zeros(a, dtype=np.intp)
+            rnd = 1  # z alternates between two scratch buffers
+            while True:
+                t = np.multiply(z[0:2], z[3], out=scratch("q3.ta", (2, n, a)))
+                np.multiply(t[0], z[3], out=t[0])
+                kh, c, nlv, s = _q3_step(z[2], z[3], t, s, pos, itry, None, lo, hi)
+                if not c.size:
+                    break
+                itry = itry[c] + (kh < pos[c])  # an element before pos was reached in the next itry
+                pos = kh + 1
+                act = act[c]
+                L[kh, act] = nlv
+                sums[:, act] = s
+                a = c.size
+                z = np.take(z, c, axis=2, out=scratch(f"q3.z{rnd & 1}", (4, n, a)), mode="clip")
+                rnd += 1
+                z[3].reshape(-1)[kh * a + np.arange(a)] = nlv
         scale = np.where(sums[0] > 0, sums[1] / sums[0], _F0)
     L += np.float32(nmax)
     if zero.any():

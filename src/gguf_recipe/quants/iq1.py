@@ -17,20 +17,23 @@ way: approximate distances pick the few neighbours that can win, which get C's e
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 from ._iq1_tables import iq1_tables
-from ._iq2_tables import best_neighbours
-from ._numeric import F32Array, U8Array, fp32_to_fp16_bits, nearest_int, seq_sum
+from ._iq2_tables import first_min
+from ._numeric import F32Array, U8Array, fp32_to_fp16_bits, nearest_int, scratch, seq_sum
 
 __all__ = ["quantize_iq1_m", "quantize_iq1_s"]
 
 I32Array = npt.NDArray[np.int32]
 I64Array = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
+IntpArray = npt.NDArray[np.intp]
 
 QK_K = 256
 _F = np.float32
@@ -39,6 +42,8 @@ _XM = np.array([-1 - 0.125, -0.125, 1 - 0.125], dtype=_F)  # x_m
 _FLT_MAX = _F(np.finfo(np.float32).max)
 _BAND = 1e-5  # relative gap around the contender threshold; >> the few ulps ggml's test can be off
 _EPS_STEPS = (1e-4, 1e-3, 1e-2, 1e-1)
+_COLLECT_EPS = 1e-3  # IQ1_M keeps the candidates that the first steps of _EPS_STEPS can need
+_NB_TOL = _F(1e-5)  # relative slack of the approximate neighbour distances (their error is < 1e-6)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -57,13 +62,16 @@ def _sort_order(x: F32Array) -> I64Array:
     return order
 
 
-def _prefix_t(v: F32Array) -> F32Array:
-    """``s[0] = 0; s[j+1] = s[j] + v[:, j]`` sequentially in float32, returned transposed: (n+1, nb)."""
-    vt = v.T
-    z = np.empty((v.shape[1] + 1, v.shape[0]), dtype=_F)
-    z[0] = 0
-    for j in range(v.shape[1]):
-        np.add(z[j], vt[j], out=z[j + 1])
+def _prefix_t(*vs: F32Array) -> F32Array:
+    """``s[0] = 0; s[j+1] = s[j] + v[:, j]`` sequentially in float32 for every v (nb, n), returned
+    transposed and stacked: (len(vs), n+1, nb)."""
+    nb, n = vs[0].shape
+    z = np.empty((len(vs), n + 1, nb), dtype=_F)
+    z[:, 0] = 0
+    for k, v in enumerate(vs):
+        z[k, 1:] = v.T
+    for j in range(n):
+        np.add(z[:, j], z[:, j + 1], out=z[:, j + 1])
     return z
 
 
@@ -72,14 +80,37 @@ def _seq_sum(v: F32Array) -> F32Array:
     return seq_sum(v.T, axis=0)
 
 
+class Collected(NamedTuple):
+    """Candidates gathered while the scores were computed (see :func:`_contenders`)."""
+
+    cand: I64Array
+    block: I64Array
+    score: F32Array
+    eps: float  # every candidate with score >= m*(1-eps)*(1-_BAND) of its block is listed
+    ncand: int  # candidates per block
+    columns: Callable[[IntpArray], F32Array]  # full score columns of the given blocks
+
+
 def _contenders(
-    score: F32Array, m: F32Array, wsum: F32Array, wxabs: F32Array, wmin: F32Array, wmax: F32Array
+    score: F32Array | None,
+    m: F32Array,
+    wsum: F32Array,
+    wxabs: F32Array,
+    wmin: F32Array,
+    wmax: F32Array,
+    collected: Collected | None = None,
 ) -> tuple[I64Array, I64Array]:
     """(block, candidate) of every candidate that can influence ggml's running scan, sorted by block then
     candidate index (the scan order). ``score`` is (n_candidates, n_blocks), ``m`` its maximum per block;
     wsum, wxabs, wmin, wmax: per block sum(w), sum(|w*x|), min(w), max(w) for the range check
-    (:func:`_safe`)."""
-    ncand, nb = score.shape
+    (:func:`_safe`). Instead of the table, ``collected`` can hold the candidates near the maximum (a
+    superset of the contenders up to its ``eps``) and give the table's columns on demand."""
+    nb = m.shape[0]
+    if collected is not None:
+        ncand = collected.ncand
+    else:
+        assert score is not None
+        ncand = score.shape[0]
     unsafe = ~_safe(m, wsum, wxabs, wmin)
     # all weights zero: every sumq2 is exactly 0, no candidate passes `sumq2 > 0`
     unsafe &= ~((wmax == 0) & (wmin == 0))
@@ -88,6 +119,7 @@ def _contenders(
     todo = np.flatnonzero(~unsafe)
     sub = score
     cols = np.arange(nb)  # block of each column of sub
+    pool = collected  # shrinks to the entries of the blocks still to settle
     for eps in _EPS_STEPS:
         if todo.size == 0:
             break
@@ -95,17 +127,31 @@ def _contenders(
         thr = (m.astype(np.float64) * (1.0 - eps)).astype(_F)
         lo = (thr.astype(np.float64) * (1.0 - _BAND)).astype(_F)
         with np.errstate(invalid="ignore"):
-            flat = np.flatnonzero(sub >= lo[cols][None, :])
-        c, col = np.divmod(flat, sub.shape[1])
-        b = cols[col]
+            if pool is not None and eps <= pool.eps:
+                sel = np.flatnonzero(pool.score >= lo[pool.block])
+                c, b, val = pool.cand[sel], pool.block[sel], pool.score[sel]
+            else:
+                if sub is None:
+                    assert pool is not None
+                    sub = pool.columns(cols)
+                flat = np.flatnonzero(sub >= lo[cols][None, :])
+                c, col = np.divmod(flat, sub.shape[1])
+                b = cols[col]
+                val = sub.reshape(-1)[flat]
         amb = unsafe.copy()
-        amb[b[sub.reshape(-1)[flat] < thr[b]]] = True
+        amb[b[val < thr[b]]] = True
         keep = ~amb[b]
         blocks.append(b[keep])
         cands.append(c[keep])
         todo = np.flatnonzero(amb & ~unsafe)
         cols = todo
-        sub = score[:, todo]
+        if pool is not None:
+            keep_p = np.flatnonzero(amb[pool.block] & ~unsafe[pool.block])
+            pool = pool._replace(cand=pool.cand[keep_p], block=pool.block[keep_p], score=pool.score[keep_p])
+            sub = None
+        else:
+            assert score is not None
+            sub = score[:, todo]
     # unsafe or never separated: every candidate
     todo = np.concatenate([todo, np.flatnonzero(unsafe)])
     if todo.size:
@@ -212,6 +258,92 @@ def _safe(m: F32Array, wsum: F32Array, wxabs: F32Array, wmin: F32Array) -> BoolA
     return np.asarray(ok, dtype=bool)
 
 
+_NB_BUCKETS = 8  # groups are sorted by neighbour-list length and padded per bucket
+
+
+@functools.cache
+def _nb_padded() -> tuple[npt.NDArray[np.int16], npt.NDArray[np.int16], npt.NDArray[np.int16]]:
+    """Per neighbour-table row, padded to the longest list: (grid index, base-3 code of levels 0..3,
+    of levels 4..7). Padding points at code 81, an extra +inf column of the distance tables."""
+    t = iq1_tables()
+    lo = np.full(t.nb_padded.shape, 81, dtype=np.int16)
+    hi = np.full(t.nb_padded.shape, 81, dtype=np.int16)
+    r, j = np.nonzero(t.nb_valid)
+    e = t.nb_start[r] + j
+    lo[r, j] = t.nb_lo3[e]
+    hi[r, j] = t.nb_hi3[e]
+    return t.nb_padded.astype(np.int16), lo, hi
+
+
+def _table4x(t: F32Array) -> F32Array:
+    """Sums over 4 coordinates, in coordinate order, for every base-3 code c = c0 + 3*c1 + 9*c2 + 27*c3:
+    t (4, 3, n) -> (n, 82), column 81 = +inf (the padding code)."""
+    n = t.shape[2]
+    p = t[0]
+    for i in (1, 2):
+        p = (p[None, :, :] + t[i][:, None, :]).reshape(-1, n)
+    out = np.empty((n, 82), dtype=_F)
+    np.add(p.T[:, None, :], t[3].T[:, :, None], out=out[:, :81].reshape(n, 3, 27))
+    out[:, 81] = np.inf
+    return out
+
+
+def _neighbour_search(codes: I64Array, terms: F32Array) -> I64Array:
+    """``iq1_find_best_neighbour2`` for n off-grid groups at once (codes (n,), terms (8, 3, n): the
+    ``w*diff*diff`` of coordinate i at level l).
+
+    A neighbour's distance is C's sequential float32 sum over its 8 terms; the first neighbour with the
+    smallest one wins. Distances are first approximated from two 81-entry tables per group (sums over
+    coordinates 0..3, exactly C's partial sums, and over 4..7); only neighbours within ``_NB_TOL`` of
+    the group's approximate minimum get C's exact sum. Groups with negative or NaN terms check every
+    neighbour exactly. The lists are laid out as rows padded to the longest list of a bucket of groups
+    with similar list lengths.
+    """
+    n = codes.shape[0]
+    best: I64Array = np.zeros(n, dtype=np.int64)
+    if n == 0:
+        return best
+    tables = iq1_tables()
+    nb_grid, nb_lo, nb_hi = _nb_padded()
+    rows = np.take(tables.nb_row, codes)
+    counts = np.take(tables.nb_count, rows)
+    terms = terms.copy()
+    terms[0] += _F(0)  # C starts from d2 = 0: a -0.0 first term becomes +0.0
+    p82 = _table4x(terms[:4])  # exactly C's partial sums
+    q82 = _table4x(terms[4:])
+    every: BoolArray = np.asarray((terms < 0).any(axis=(0, 1)))
+    t4 = terms[4:].reshape(4, -1)  # (4, 3 * n), index level * n + group
+    order = np.argsort(counts, kind="stable")
+    for part in np.array_split(order, min(_NB_BUCKETS, n)):
+        width = int(counts[part[-1]])
+        r = rows[part]
+        off = (part * 82)[:, None]
+        ilo = np.add(nb_lo[r, :width], off)
+        ihi = np.add(nb_hi[r, :width], off)
+        d2a = np.take(p82, ilo)
+        d2a += np.take(q82, ihi)
+        dmin = d2a.min(axis=1)
+        thr = dmin + dmin * _NB_TOL + _F(1e-37)
+        cand: BoolArray = np.less_equal(d2a, thr[:, None])
+        # negative terms (cancellation) or NaN: check every neighbour of the group exactly
+        ev: BoolArray = np.asarray(every[part] | np.isnan(dmin))
+        if ev.any():
+            cand[ev] = tables.nb_valid[r[ev], :width]
+        gl, j = np.divmod(np.flatnonzero(cand), width)
+        fl = nb_grid[r[gl], j].astype(np.intp)
+        g = part[gl]
+        lev = tables.grid_levels[fl, 4:].astype(np.intp)
+        d2 = np.take(p82, np.take(ilo, gl * width + j))
+        for i in range(4):
+            d2 += np.take(t4[i], lev[:, i] * n + g)
+        seg = np.flatnonzero(np.concatenate(([True], gl[1:] != gl[:-1])))
+        kmin = first_min(d2, seg)
+        if np.isnan(d2[kmin]).any():  # C's `d2 < best` never picks a NaN
+            kmin = first_min(np.where(np.isnan(d2), _F(np.inf), d2), seg)
+        best[g[kmin]] = fl[kmin]
+    return best
+
+
 def _best_neighbours(codes: I64Array, x8: F32Array, w8: F32Array, scale: F32Array, xx: F32Array) -> I64Array:
     """``iq1_find_best_neighbour2`` for every off-grid group of 8 at once.
 
@@ -220,7 +352,7 @@ def _best_neighbours(codes: I64Array, x8: F32Array, w8: F32Array, scale: F32Arra
     # the 3 possible terms w*diff*diff of every coordinate (diff = scale*q - x), (8, 3, n)
     diff = (scale[None, None, :] * xx.T[None, :, :]) - x8.T[:, None, :]
     terms = (w8.T[:, None, :] * diff) * diff
-    return best_neighbours(iq1_tables(), codes, terms)
+    return _neighbour_search(codes, terms)
 
 
 def _grid_lookup(
@@ -301,8 +433,8 @@ def _iq1s_search(
     order = _sort_order(x)
     wx = w * x
     # prefix sums over the sorted values, transposed to (bs+1, nb) so every step runs over all blocks
-    sx = _prefix_t(np.take_along_axis(wx, order, axis=1))
-    sw = _prefix_t(np.take_along_axis(w, order, axis=1))
+    pref = _prefix_t(np.take_along_axis(wx, order, axis=1), np.take_along_axis(w, order, axis=1))
+    sx, sw = pref[0], pref[1]
     xp0, xp1, xp2 = _XP
     xm0, _, xm2 = _XM
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
@@ -387,17 +519,23 @@ def _superblocks(rows: F32Array, imatrix: F32Array | None) -> tuple[F32Array, F3
     return xsb, qw
 
 
-# Super-blocks per batch: bounds the (candidates x sub-blocks) score table (~9 MB) whatever the row length.
+# Super-blocks per batch. IQ1_S: bounds the (candidates x sub-blocks) score table (~9 MB) whatever the
+# row length. IQ1_M stores no such table (its slab buffers take ~4 MB at 512); bigger batches there
+# amortise the per-call overhead of the candidate loops (measured: 256 -> 512 about 10% faster).
 _BATCH = 256
+_BATCH_M = 512
 
 
 def _batched(
-    fn: Callable[[F32Array, F32Array | None], U8Array], rows: F32Array, imatrix: F32Array | None
+    fn: Callable[[F32Array, F32Array | None], U8Array],
+    rows: F32Array,
+    imatrix: F32Array | None,
+    batch: int = _BATCH,
 ) -> U8Array:
     xsb, qw = _superblocks(rows, imatrix)
     parts = [
-        fn(xsb[i : i + _BATCH], None if qw is None else qw[i : i + _BATCH])
-        for i in range(0, xsb.shape[0], _BATCH)
+        fn(xsb[i : i + batch], None if qw is None else qw[i : i + batch])
+        for i in range(0, xsb.shape[0], batch)
     ]
     out = parts[0] if len(parts) == 1 else np.concatenate(parts)
     return out.reshape(rows.shape[0], -1)
@@ -468,13 +606,28 @@ def _iq1m_search(x: F32Array, w: F32Array) -> tuple[npt.NDArray[np.int8], F32Arr
     half = bs // 2
     order = _sort_order(x)
     wx = w * x
-    wxs = np.take_along_axis(wx, order, axis=1)
-    ws = np.take_along_axis(w, order, axis=1)
-    in0 = order < half
-    zero = _F(0)
-    # per-half prefix sums over the sorted values, (bs+1, nb) each
-    px = [_prefix_t(np.where(m, wxs, zero)) for m in (in0, ~in0)]
-    pw = [_prefix_t(np.where(m, ws, zero)) for m in (in0, ~in0)]
+    flat = order + (np.arange(nb, dtype=np.int64) * bs)[:, None]
+    # per-half prefix sums over the sorted values, (bs+1, nb) each: px[0], px[1], pw[0], pw[1]
+    pref = np.empty((4, bs + 1, nb), dtype=_F)
+    pref[:, 0] = 0
+    in1 = np.ascontiguousarray((order >= half).T)
+    # the other half's values add nothing; multiplying by 0/1 is exact for finite values (a -0.0 it
+    # leaves is added like +0.0: the sums start at +0.0)
+    finite = bool(np.isfinite(wx).all())  # then w is finite too
+    keep = (in1 == 0, in1 == 1)
+    for k, val in enumerate((wx, w)):
+        sorted_t = np.take(val, flat).T
+        for h in (0, 1):
+            z = pref[2 * k + h, 1:]
+            if finite:
+                np.multiply(sorted_t, keep[h], out=z)
+            else:
+                z[...] = sorted_t
+                np.copyto(z, _F(0), where=~keep[h])
+    for i in range(bs):
+        np.add(pref[:, i], pref[:, i + 1], out=pref[:, i + 1])
+    px = [pref[0], pref[1]]
+    pw = [pref[2], pref[3]]
     p2 = _XP[2]
     m2 = _XM[2]
     cp1 = _XP[0] * _XP[0] - _XP[1] * _XP[1]
@@ -489,36 +642,93 @@ def _iq1m_search(x: F32Array, w: F32Array) -> tuple[npt.NDArray[np.int8], F32Arr
         cm = [((pw[h][bs] * m2) * m2) + pw[h] * cm1 for h in (0, 1)]
         dp = [pw[h] * cp2 for h in (0, 1)]  # per i2
         dm = [pw[h] * cm2 for h in (0, 1)]
-        # per half h: the x_p and x_m variants stacked on a leading axis of 2 (0: x_p, 1: x_m)
-        tt = [np.array([tp[h], tm[h]])[:, None, :] for h in (0, 1)]  # (2, 1, nb)
-        cc = [np.stack([cp[h], cm[h]]) for h in (0, 1)]  # (2, bs+1, nb), per i1
-        dd = [np.stack([dp[h], dm[h]]) for h in (0, 1)]  # (2, bs+1, nb), per i2
-        npairs = (bs + 1) * (bs + 2) // 2
-        score = np.empty((npairs, 4, nb), dtype=_F)
-        sxb = np.empty((bs + 1, nb), dtype=_F)
-        xb = [np.empty((2, bs + 1, nb), dtype=_F) for _ in (0, 1)]
-        rb = [np.empty((2, bs + 1, nb), dtype=_F) for _ in (0, 1)]
-        qxb = np.empty((2, 2, bs + 1, nb), dtype=_F)
-        q2b = np.empty((2, 2, bs + 1, nb), dtype=_F)
-        smax = np.full(nb, -np.inf, dtype=_F)
-        off = 0
-        for i1 in range(bs + 1):
-            k = bs + 1 - i1
+        # Everything the scores read, as rows of one (10*R + 4, nb) table so that the columns of any set
+        # of blocks come out with one gather: px[h] (R rows), then per half the (x_p, x_m) pairs of
+        # cc[h] (per i1, R x 2 rows), dd[h] (per i2, R x 2 rows) and tt[h] (2 rows).
+        R = bs + 1
+        tab = np.empty((10 * R + 4, nb), dtype=_F)
+        for h in (0, 1):
+            tab[h * R : (h + 1) * R] = px[h]
+            for vi, (c, d, t) in enumerate(((cp[h], dp[h], tp[h]), (cm[h], dm[h], tm[h]))):
+                tab[(2 + 2 * h) * R + vi : (4 + 2 * h) * R : 2] = c
+                tab[(6 + 2 * h) * R + vi : (8 + 2 * h) * R : 2] = d
+                tab[10 * R + 2 * h + vi] = t
+
+        def slab(i1: int, tb: F32Array, key: str) -> F32Array:
+            """Scores (s = sumqx^2/sumq2) of the candidates with this i1, rows in scan order (i2, k),
+            for the blocks (columns) of ``tb``, a column subset of ``tab``."""
+            k = R - i1
+            n = tb.shape[1]
+            xbh: list[F32Array] = []
+            rbh: list[F32Array] = []
             for h in (0, 1):
-                sx = np.add(px[h][i1], px[h][i1:], out=sxb[:k])
-                np.subtract(tt[h], sx[None], out=xb[h][:, :k])
-                np.add(cc[h][:, i1 : i1 + 1], dd[h][:, i1:], out=rb[h][:, :k])
+                pxh = tb[h * R + i1 : (h + 1) * R]
+                cch = tb[(2 + 2 * h) * R + 2 * i1 : (2 + 2 * h) * R + 2 * i1 + 2]
+                ddh = tb[(6 + 2 * h) * R + 2 * i1 : (8 + 2 * h) * R].reshape(k, 2, n)
+                tth = tb[10 * R + 2 * h : 10 * R + 2 * h + 2]
+                sx = np.add(pxh[0], pxh, out=scratch(key + "sx", (k, n)))
+                xbh.append(np.subtract(tth[None], sx[:, None, :], out=scratch(key + f"xb{h}", (k, 2, n))))
+                rbh.append(np.add(cch[None], ddh, out=scratch(key + f"rb{h}", (k, 2, n))))
             # candidate k = 2*(half 0 uses x_m) + (half 1 uses x_m), as in ggml's sumqx[0..3]
-            qx = np.add(xb[0][:, None, :k], xb[1][None, :, :k], out=qxb[:, :, :k])
-            q2 = np.add(rb[0][:, None, :k], rb[1][None, :, :k], out=q2b[:, :, :k])
+            qx = np.add(xbh[0][:, :, None], xbh[1][:, None], out=scratch(key + "qx", (k, 2, 2, n)))
+            q2 = np.add(rbh[0][:, :, None], rbh[1][:, None], out=scratch(key + "q2", (k, 2, 2, n)))
             qx *= qx
-            out = score[off : off + k].reshape(k, 2, 2, nb).transpose(1, 2, 0, 3)
-            np.divide(qx, q2, out=out)
-            np.maximum(smax, score[off : off + k].reshape(-1, nb).max(axis=0), out=smax)
-            off += k
+            np.divide(qx, q2, out=qx)
+            res: F32Array = qx.reshape(4 * k, n)
+            return res
+
+        # The table of every candidate's score is never stored (writing it out costs more than computing
+        # it): each i1 slab lists the candidates within _COLLECT_EPS of the running maximum of their
+        # block, a superset of those within it of the final maximum.
+        cs: list[I64Array] = []
+        bsl: list[I64Array] = []
+        vs: list[F32Array] = []
+        rmax = np.full(nb, -np.inf, dtype=_F)
+        row0 = 0
+        for i1 in range(R):
+            sc = slab(i1, tab, "iq1m.")
+            np.maximum(rmax, np.max(sc, axis=0), out=rmax)
+            lo_run = (rmax.astype(np.float64) * ((1.0 - _COLLECT_EPS) * (1.0 - 2 * _BAND))).astype(_F)
+            f = np.flatnonzero(np.greater_equal(sc, lo_run, out=scratch("iq1m.ge", sc.shape, np.bool_)))
+            r, col = np.divmod(f, nb)
+            cs.append(r + row0)
+            bsl.append(col)
+            vs.append(np.take(sc, f))
+            row0 += sc.shape[0]
+        smax = rmax
     wsum = pw[0][bs] + pw[1][bs]
+
+    def columns(cols: IntpArray) -> F32Array:
+        """Every candidate's score for the blocks ``cols`` (few): all pairs at once, as :func:`slab`."""
+        tb = np.take(tab, cols, axis=1)
+        n = cols.size
+        p1, p2 = _PAIRS_M
+        xbh: list[F32Array] = []
+        rbh: list[F32Array] = []
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            for h in (0, 1):
+                pxh = tb[h * R : (h + 1) * R]
+                cch = tb[(2 + 2 * h) * R : (4 + 2 * h) * R].reshape(R, 2, n)
+                ddh = tb[(6 + 2 * h) * R : (8 + 2 * h) * R].reshape(R, 2, n)
+                tth = tb[10 * R + 2 * h : 10 * R + 2 * h + 2]
+                sx = pxh[p1] + pxh[p2]
+                xbh.append(tth[None] - sx[:, None, :])
+                rbh.append(cch[p1] + ddh[p2])
+            qx = xbh[0][:, :, None] + xbh[1][:, None]
+            q2 = rbh[0][:, :, None] + rbh[1][:, None]
+            qx *= qx
+            qx /= q2
+        res: F32Array = qx.reshape(-1, n)
+        return res
+
     blk, cand = _contenders(
-        score.reshape(4 * npairs, nb), smax, wsum, np.abs(wx).sum(axis=1), w.min(axis=1), w.max(axis=1)
+        None,
+        smax,
+        wsum,
+        np.abs(wx).sum(axis=1),
+        w.min(axis=1),
+        w.max(axis=1),
+        Collected(np.concatenate(cs), np.concatenate(bsl), np.concatenate(vs), _COLLECT_EPS, row0, columns),
     )
     pair = cand >> 2
     kk = cand & 3
@@ -623,4 +833,4 @@ def _iq1m_blocks(xsb: F32Array, qw: F32Array | None) -> U8Array:
 def quantize_iq1_m(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     """IQ1_M (ggml's quantize_iq1_m), with or without imatrix."""
     with np.errstate(all="ignore"):  # float32 C arithmetic: overflow to inf is part of the result
-        return _batched(_iq1m_blocks, rows, imatrix)
+        return _batched(_iq1m_blocks, rows, imatrix, _BATCH_M)

@@ -23,6 +23,8 @@ from ._numeric import (
     seq_sum,
 )
 from ._scale_search import (
+    _first_absmax,
+    _levels_clamped,
     make_q3_quants,
     make_qkx2_quants,
     make_qkx3_quants,
@@ -34,6 +36,7 @@ from ._scale_search import (
 __all__ = ["quantize_q2_k", "quantize_q3_k", "quantize_q4_k", "quantize_q5_k", "quantize_q6_k"]
 
 QK_K = 256
+_F1 = np.float32(1)
 I32Array = npt.NDArray[np.int32]
 AnyArray = npt.NDArray[Any]
 
@@ -195,11 +198,50 @@ def _q3_scale_bytes(ls: I32Array) -> U8Array:
     return out.astype(np.uint8)
 
 
+_LSB = np.uint64(0x0101010101010101)
+_LOW2 = np.uint64(0x0303030303030303)
+
+
+def _q3_levels(x16: F32Array, d: F32Array, keep: AnyArray) -> U8Array:
+    """Final levels in row order, (S, 256) uint8 in [0, 8): ``clamp(nearest_int(x/d), -4, 3) + 4`` per
+    sub-block of 16, from the (16, G) group layout ``x16``; where ``d == 0`` the search's levels ``keep``
+    ((16, G)) stay. The result lives in a scratch buffer (valid until the next call)."""
+    n, g = x16.shape
+    dz = d == 0
+    any_dz = bool(dz.any())
+    dd = np.where(dz, _F1, d) if any_dz else d
+    q = np.divide(x16, dd, out=scratch("q3k.q", (n, g)))
+    _levels_clamped(q, np.float32(-4), np.float32(3))
+    q += np.float32(4)
+    if any_dz:
+        np.copyto(q, keep, where=dz)
+    lt = scratch("q3k.Lt", (n, g), np.uint8)
+    np.copyto(lt, q, casting="unsafe")
+    L = scratch("q3k.L", (g, n), np.uint8)
+    for i in range(n):  # back to row order: one strided row copy per element index
+        L[:, i] = lt[i]
+    return L.reshape(-1, QK_K)
+
+
 def _q3_pack(n_super: int, L: U8Array, scale_bytes: U8Array, d: F32Array) -> U8Array:
-    """L in [0, 8): high bit to hmask (bit j/32 of byte j%32), low 2 bits to qs."""
+    """L in [0, 8): high bit to hmask (bit j/32 of byte j%32), low 2 bits to qs.
+
+    Byte-parallel on uint64 words: every shift below stays inside its byte once masked.
+    """
     out = np.empty((n_super, 110), dtype=np.uint8)
-    out[:, :32] = _pack_bits((L >> 2).reshape(n_super, 8, 32))
-    out[:, 32:96] = _pack_2bit(L & 3)
+    v = L.view(np.uint64).reshape(n_super, 8, 4)  # [s, j/32, (j%32)/8], 8 levels per word
+    hm = (v[:, 0] >> np.uint64(2)) & _LSB
+    for b in range(1, 8):
+        hm |= ((v[:, b] >> np.uint64(2)) & _LSB) << np.uint64(b)
+    out[:, :32] = hm.view(np.uint8).reshape(n_super, 32)
+    lo = (v & _LOW2).reshape(n_super, 2, 4, 4)
+    qs = (
+        lo[:, :, 0]
+        | (lo[:, :, 1] << np.uint64(2))
+        | (lo[:, :, 2] << np.uint64(4))
+        | (lo[:, :, 3] << np.uint64(6))
+    )
+    out[:, 32:96] = qs.view(np.uint8).reshape(n_super, 64)
     out[:, 96:108] = scale_bytes
     out[:, 108:110] = _fp16_bytes(d)
     return out
@@ -209,12 +251,13 @@ def _q3_pack(n_super: int, L: U8Array, scale_bytes: U8Array, d: F32Array) -> U8A
 def quantize_q3_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     n_rows = rows.shape[0]
     n_super = rows.size // QK_K
-    x16 = _groups(rows, 16)
+    x16 = scratch("q3k.x16", (16, rows.size // 16))
+    np.copyto(x16, rows.reshape(-1, 16).T)
     if imatrix is None:
         # quantize_row_q3_K_ref
         scales, L0 = make_q3_quants(x16, 4)
         sc = scales.reshape(n_super, 16)
-        max_scale = _first_absmax_rows(sc)[1]
+        max_scale = _first_absmax(np.ascontiguousarray(sc.T))[1]
         nz = max_scale != 0
         iscale = np.float32(-32.0) / np.where(nz, max_scale, np.float32(1))
         li = _nint(iscale[:, None] * sc)
@@ -224,11 +267,17 @@ def quantize_q3_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
         d = np.where(nz, np.float32(1) / iscale, np.float32(0))
     else:
         # quantize_row_q3_K_impl
-        sumx2 = _superblock_sumsq(rows)
+        xs = scratch("q3k.sq", (QK_K, n_super))
+        np.copyto(xs, rows.reshape(-1, QK_K).T)
+        sumx2 = seq_sum(np.multiply(xs, xs, out=xs))
         sigma2 = np.float32(2) * sumx2 / np.float32(QK_K)
-        qw = _weights_groups(imatrix, n_rows, 16)
-        s2 = np.repeat(sigma2, 16)
-        weight = qw * np.sqrt(s2 + x16 * x16)
+        # weight = qw * sqrtf(sigma2 + x*x), in place; the imatrix broadcasts over the rows
+        weight = np.multiply(x16, x16, out=scratch("q3k.w", x16.shape))
+        wv = weight.reshape(16, n_super, 16)
+        wv += sigma2[None, :, None]
+        np.sqrt(weight, out=weight)
+        wr = weight.reshape(16, n_rows, -1)
+        wr *= imatrix.reshape(-1, 16).T[:, None, :]
         sw = seq_sum(weight)
         scales, L0 = make_qx_quants(x16, 4, weight)
         d, Ls = make_qx_quants(
@@ -240,7 +289,7 @@ def quantize_q3_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     scale_bytes = _q3_scale_bytes(ls)
     sc_dec = (ls & 0x3F) - 32
     dq = _fp16r(d)[:, None] * sc_dec.astype(np.float32)
-    L = _requant(x16, dq.reshape(-1), -4, 3, L0)
+    L = _q3_levels(x16, dq.reshape(-1), L0)
     return _q3_pack(n_super, L, scale_bytes, d).reshape(n_rows, -1)
 
 
