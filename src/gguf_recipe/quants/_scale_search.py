@@ -304,15 +304,8 @@ def _first_set_lut(n: int) -> npt.NDArray[np.int32]:
     return lut
 
 
-def _refine_levels(
-    z: F32Array,
-    sums: F32Array,
-    active: IntpArray,
-    lo: float | None,
-    hi: float,
-    qp: bool,
-) -> None:
-    """The ``for (itry < 5) { for (i < n) {...}; if (!n_changed) break; }`` loop of make_q3/qp_quants, in place.
+def _refine_levels(z: F32Array, sums: F32Array, active: IntpArray, hi: float) -> None:
+    """The ``for (itry < 5) { for (i < n) {...}; if (!n_changed) break; }`` loop of make_qp_quants, in place.
 
     ``z`` is ``[w, w*x, x, L]`` with shape (4, n, G) (L = z[3] is updated); ``sums`` is ``[suml2, sumlx]``
     with shape (2, G), updated too.
@@ -325,9 +318,8 @@ def _refine_levels(
     with no acceptance in either range is finished: C would complete its itry, and run at most one more
     itry that sees the same state and changes nothing. Rounds = changes + 1 per group.
 
-    make_q3_quants (qp=False): ``if (slx > 0)`` ... clamp to [lo, hi] ... ``if (sl2 > 0 && better)``.
-    make_qp_quants (qp=True): ``if (slx > 0 && sl2 > 0)`` ... ``MIN(hi, l)`` ... ``if (better)``, and L is
-    C's ``uint8_t`` array (stored levels wrap modulo 256).
+    The test is ``if (slx > 0 && sl2 > 0)`` ... ``MIN(hi, l)`` ... ``if (better)``, and L is C's ``uint8_t``
+    array (stored levels wrap modulo 256). (make_q3_quants has its own, see :func:`_q3_step`.)
     """
     n, g = z.shape[1], z.shape[2]
     L = z[3]
@@ -337,14 +329,12 @@ def _refine_levels(
     pos = np.zeros(active.size, dtype=np.intp)
     itry = np.zeros(active.size, dtype=np.int32)
     allow = np.zeros(active.size, dtype=np.int32)  # -1 where the group may start another itry
-    flo = None if lo is None else np.float32(lo)
     fhi = np.float32(hi)
     act = active
     za, sa = z, sums
     if act.size != g:
         za, sa = np.take(z, act, axis=2), np.take(sums, act, axis=1)
-    # ru = [sl2, slx, sl2_n, slx_n]: [slx, sl2_n] (q3) and [sl2, slx] (qp) are adjacent for the > 0 tests.
-    conds = slice(0, 2) if qp else slice(1, 3)
+    # ru = [sl2, slx, sl2_n, slx_n]
     while True:
         a = act.size
         la = za[3]
@@ -356,7 +346,7 @@ def _refine_levels(
         np.divide(q, r[1], out=q)
         new_l = nearest_int_into(q, scratch("rf.nl", (n, a)))
         # np.clip is vectorized; np.minimum against a scalar is not
-        np.clip(new_l, _NEG_INF if flo is None else flo, fhi, out=new_l)
+        np.clip(new_l, _NEG_INF, fhi, out=new_l)
         u = np.multiply(za[0:2], new_l, out=ru[2:4])
         np.multiply(u[0], new_l, out=u[0])
         np.add(u, r, out=u)
@@ -366,7 +356,7 @@ def _refine_levels(
         rhs = np.multiply(sa[1] * sa[1], u[0], out=scratch("rf.rhs", (n, a)))
         b = scratch("rf.b", (4, n, a), np.bool_)
         np.greater(lhs, rhs, out=b[0])
-        np.greater(ru[conds], _F0, out=b[1:3])
+        np.greater(ru[0:2], _F0, out=b[1:3])
         np.not_equal(new_l, la, out=b[3])
         acc = np.logical_and.reduce(b, axis=0)
         mask = np.add.reduce(
@@ -381,9 +371,7 @@ def _refine_levels(
             break
         kh = k[cols]
         gi = act[cols]
-        nl = new_l[kh, cols]
-        if qp:
-            nl = (nl.astype(np.int32) & 0xFF).astype(np.float32)
+        nl = (new_l[kh, cols].astype(np.int32) & 0xFF).astype(np.float32)
         L[kh, gi] = nl
         sums[:, gi] = u[:, kh, cols]
         itry = itry[cols] + (m1[cols] == 0)
@@ -579,7 +567,7 @@ def make_qp_quants(x: F32Array, nmax: int, qw: F32Array) -> tuple[F32Array, F32A
         lint = np.minimum(nearest_int_f(iscale * x), fmax)
         sums = np.stack([seq_sum(qw * lint * lint), seq_sum(wx * lint)])
         z = np.stack([qw, wx, x, wrap(lint)])
-        _refine_levels(z, sums, np.flatnonzero(~zero), None, nmax, qp=True)
+        _refine_levels(z, sums, np.flatnonzero(~zero), nmax)
         L = z[3]
         scale = np.where(sums[0] > 0, sums[1] / sums[0], _F0)
     L[:, zero] = 0
