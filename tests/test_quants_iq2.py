@@ -29,6 +29,7 @@ from gguf_recipe.quants._iq2_tables import (
     iq2_tables,
     keven_signs,
 )
+from gguf_recipe.quants._numeric import nearest_int
 
 TYPES = ["IQ2_XXS", "IQ2_XS", "IQ2_S"]
 NEEDS_IMATRIX = {"IQ2_XXS", "IQ2_XS"}
@@ -123,23 +124,51 @@ def test_sign_tables() -> None:
     assert np.all((signs < 0).sum(axis=1) % 2 == 0)
 
 
-@pytest.mark.parametrize("name", ["IQ2_XXS", "IQ2_XS"])
-def test_filtered_search_equals_exact_search(name: str) -> None:
-    s = iq2_mod._search(name)
-    assert s.use_filter
-    rng = np.random.default_rng(5)
-    n = 3000
-    rows = rng.integers(0, s.tables.nb_codes.size, n)
-    codes = s.tables.nb_codes[rows]
-    # integer-valued data produces many exact ties, which the filter must hand to the exact path
+@pytest.mark.parametrize("name", TYPES)
+@pytest.mark.parametrize("seed", [5, 6])
+def test_shared_search_equals_exact_search(name: str, seed: int) -> None:
+    """The neighbour search over runs of candidates (shared per code, decided at the run's ends, two-line
+    runs, near ties handed to the exact path) picks what C's sequential search picks for every entry."""
+    g = iq2_mod._grid(name)
+    t = g.tables
+    rng = np.random.default_rng(seed)
+    n, k = 3000, 9
+    # integer-valued data produces many exact ties, which must reach the exact path
     xval = np.where(rng.random((n, 8)) < 0.5, rng.integers(0, 6, (n, 8)), rng.random((n, 8)) * 6).astype(
         np.float32
     )
     waux = np.where(rng.random((n, 8)) < 0.5, 1.0, rng.exponential(size=(n, 8))).astype(np.float32)
-    scale = np.where(rng.random(n) < 0.5, 1.0, rng.uniform(0.5, 1.5, n)).astype(np.float32)
-    fast = iq2_mod._best_neighbour(s, codes, xval, waux, scale)
-    exact = iq2_mod._exact_neighbour(s, rows.astype(np.int32), iq2_mod._d2_terms(s, xval, waux, scale))
-    assert np.array_equal(fast, exact)
+    # every group: runs of a few codes (off and on the grid) over increasing candidate scales
+    off_codes = t.nb_codes[rng.integers(0, t.nb_codes.size, (n, 3))]
+    on_codes = t.grid_codes.astype(np.int32)[rng.integers(0, t.grid_size, (n, 1))]
+    choice = np.sort(rng.integers(0, 4, (n, k)), axis=1)
+    codes = np.take_along_axis(np.concatenate([off_codes, on_codes], axis=1), choice, axis=1).astype(np.int32)
+    base = np.where(rng.random(n) < 0.3, 1.0, rng.uniform(0.5, 1.5, n))
+    scale = (base[:, None] * (1 + 0.04 * np.arange(k))[None, :]).astype(np.float32)
+    gi, on = iq2_mod._neighbours(g, codes, scale, xval, waux)
+    assert np.array_equal(on, t.kmap[codes] >= 0)
+    assert np.array_equal(gi[on], t.kmap[codes][on])
+    grp, cand = np.nonzero(~on)
+    terms = iq2_mod._d2_terms(g, xval[grp], waux[grp], scale[grp, cand])
+    exact = iq2_mod._exact_neighbour(g, t.nb_row[codes[grp, cand]], terms)
+    assert np.array_equal(gi[grp, cand], exact)
+
+
+def test_level_codes_match_nearest_int() -> None:
+    """Levels by comparison (and the fallback for huge/NaN values) and the packed code equal C's
+    ``MAX(0, MIN(2, nearest_int(0.5f*(id*x - 1))))`` and ``u |= l << 2*i``."""
+    rng = np.random.default_rng(9)
+    edges = np.array([2.0, 4.0, 0.0, -0.0, 1.0, 3.0, 5.0], dtype=np.float32)
+    near = np.concatenate([edges, np.nextafter(edges, np.float32(9)), np.nextafter(edges, np.float32(-9))])
+    for y in (
+        np.concatenate([rng.uniform(-8, 8, 8 * 4000).astype(np.float32), np.resize(near, 8 * 21)]),
+        np.array([3.0, 1e30, -1e30, np.nan, 2.5, 4.5, 0.1, 2**22 + 3], dtype=np.float32).repeat(8),
+    ):
+        y = y.reshape(-1, 8)
+        lv = np.clip(nearest_int(np.float32(0.5) * (y - np.float32(1))), 0, 2)
+        assert np.array_equal(iq2_mod._level_bytes(y), lv)
+        want = (lv << (2 * np.arange(8))).sum(axis=1)
+        assert np.array_equal(iq2_mod._codes(iq2_mod._level_bytes(y)), want)
 
 
 def _relative_rmse(name: str, x: np.ndarray, imatrix: np.ndarray | None) -> float:

@@ -2,32 +2,43 @@
 
 Each 256-value super-block is split into sub-blocks (32 values for IQ2_XXS, 16 for IQ2_XS/IQ2_S) and
 each sub-block into groups of 8. Signs are stored separately; the 8 magnitudes of a group are snapped
-to a grid point (levels 0..2 at positions 1, 3, 5). A sub-block tries a fan of scales; for each, every
+to a grid point (levels 0..2 at positions 1, 3, 5). A sub-block tries a fan of K scales; for each, every
 group is rounded to levels and, when that point is off the grid, replaced by the best of its
-precomputed grid neighbours (``iq2_find_best_neighbour``). All of this runs over every sub-block of the
-chunk at once. The neighbour search is a segmented argmin over the variable-length neighbour lists
-(exact float32 distances); for the long lists of IQ2_XXS/IQ2_XS a matmul estimate decides first and only
-near-ties go through the exact search (see ``_best_neighbour``).
+precomputed grid neighbours (``iq2_find_best_neighbour``). The best scale maximizes sumqx^2/sumq2.
 
-Exactness notes: all arithmetic is float32 in C order (no FMA). C's sequential ``sum += ...`` loops
-are column-by-column adds (``np.sum`` is pairwise), starting from ``+0.0`` like C (which turns an
-all-``-0.0`` sum into +0.0).
+How the work is shared (everything over all sub-blocks of a chunk at once):
+
+* the level codes of all K candidates are computed first (``_codes``); a group's code is monotone in
+  the candidate scale, so it takes only ~2 distinct off-grid codes over the K candidates;
+* the neighbour search (``_neighbours``) evaluates, for every off-grid (group, candidate), the distance
+  of each neighbour up to a per-group constant as ``s*A_j - 2*B_j`` (A_j = sum waux*q^2, B_j = sum
+  waux*x*q), with A and B read from small per-group tables (sums over parts of the coordinates); the
+  padded neighbour lists are gathered once per run of candidates with the same code, evaluated at the
+  run's two ends, and only runs whose best neighbour changes go candidate by candidate. Only near ties
+  (see ``_neighbours``) take C's exact float32 distance;
+* a candidate whose grid points (and on-grid flags) equal the previous candidate's cannot change the
+  outcome, so sumqx/sumq2 and the selection run only on the candidates that changed something.
+
+Exactness notes: the arithmetic that decides bytes is float32 in C order (no FMA). C's sequential
+``sum += ...`` loops are column-by-column adds, starting from ``+0.0`` like C.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
 import numpy.typing as npt
 
-from ._iq2_tables import GridTables, first_min, iq2_tables
-from ._numeric import F32Array, U8Array, fp32_to_fp16_bits, nearest_int
+from ._iq2_tables import KMAP_SIZE, GridTables, first_min, iq2_tables
+from ._numeric import F32Array, U8Array, fp32_to_fp16_bits, nearest_int, seq_sum
 
 __all__ = ["quantize_iq2_s", "quantize_iq2_xs", "quantize_iq2_xxs"]
 
 I32Array = npt.NDArray[np.int32]
+IntpArray = npt.NDArray[np.intp]
 BoolArray = npt.NDArray[np.bool_]
 
 QK_K = 256
@@ -38,61 +49,112 @@ _F1 = np.float32(1.0)
 _HALF = np.float32(0.5)
 _TENTH = np.float32(0.1)
 _INF = np.float32(np.inf)
+_TWO = np.float32(2.0)
+_FOUR = np.float32(4.0)
+# |id*x| below this: the clamped nearest_int(0.5*(id*x - 1)) is (id*x > 2) + (id*x >= 4) (exact)
+_Y_SAFE = np.float32(2.0**21)
+# (l0 + l1<<8 + l2<<16 + l3<<24) * this has l0 + 4*l1 + 16*l2 + 64*l3 in its top byte (no carries)
+_PACK4 = np.uint32(0x01041040)
+# grids whose neighbour lists are shorter than this on average use 4-part tables (see _Grid.parts)
+_PARTS4_BELOW = 12.0
+_MAX_LINES = 6  # most competing neighbours a run is evaluated on, candidate by candidate
+# near-tie margin of the neighbour search, relative to M = sum waux*(5s + |x|)^2 (see _margin_coefs)
+_TIE_REL = np.float32(2.0**-16)
+_TIE_ABS = np.float32(2.0**-130)
+_BIG = np.float32(2.0**84)
+
+if sys.byteorder != "little":  # pragma: no cover - the byte packing below assumes little-endian
+    raise ImportError("gguf_recipe.quants.iq2 needs a little-endian machine")
 
 
 @dataclass(frozen=True)
-class _Search:
-    """Per-grid arrays derived once from :class:`GridTables` for the vectorized neighbour search."""
+class _Grid:
+    """Per-grid arrays derived once from :class:`GridTables` for the vectorized search."""
 
     tables: GridTables
-    n_levels: int
-    tcode_t: I32Array  # (8, total): i * n_levels + level_i of the grid point at flat neighbour entry e
-    levels_i32: I32Array  # (n_grid, 8)
-    onehot: F32Array  # (8 * n_levels, n_grid): 1 where grid point j has level l at coordinate i
-    penalty: F32Array  # (n_rows, n_grid): 0 where grid point j is a neighbour of row r, else +inf
-    use_filter: bool
-    mm_rows: int  # matmul row block small enough that OpenBLAS stays single-threaded
-
-
-# Lists longer than this on average are searched through the matmul filter (see _best_neighbour).
-_FILTER_MIN_MEAN_LIST = 16.0
-_BLOCK = 1024
+    look: I32Array  # (KMAP_SIZE,) grid index of a code on the grid, -1 - (neighbour row) otherwise
+    canon: I32Array  # (n_grid,) kmap of each grid point's code (what C stores)
+    qpos: F32Array  # (8, n_grid) position q = 2*l + 1 of coordinate i of grid point j
+    # Neighbour lists in buckets of padded widths: row r lives in bucket[r] at position slot[r]; there
+    # nbp[b] (rows, W) holds its grid indices, padded with the row's first neighbour, and hcode[b]
+    # (rows, parts, W) the base-3 codes of the levels of each part of those neighbours' coordinates
+    # (plus part * 3**(8 // parts): the position in a group's part table).
+    bucket: npt.NDArray[np.int8]
+    slot: I32Array
+    widths: tuple[int, ...]
+    nbp: tuple[I32Array, ...]
+    hcode: tuple[I32Array, ...]
+    parts: int  # coordinates are split into this many parts of 8 // parts (2 or 4)
+    part_mat: F32Array  # (2c, 2 * 3**c): [waux, waux*x] of c coordinates -> (A, 2B) of each code
+    tcode_t: I32Array  # (8, total): i * 3 + level_i of the grid point at flat neighbour entry e
+    refit_exact: bool  # short lists: one-off searches are cheaper exactly than through the tables
+    block: int  # groups per neighbour-search block (measured: long lists want smaller blocks)
 
 
 @cache
-def _search(name: str) -> _Search:
+def _grid(name: str) -> _Grid:
     t = iq2_tables(name)
-    n_levels = int(t.grid_levels.max()) + 1
-    n_grid = t.grid_size
     lv = t.grid_levels.astype(np.int32)
-    tcode = np.arange(8, dtype=np.int32)[:, None] * n_levels + lv[t.nb_flat].T
-    onehot = np.zeros((8 * n_levels, n_grid), dtype=np.float32)
-    onehot[(np.arange(8)[None, :] * n_levels + lv).reshape(-1), np.repeat(np.arange(n_grid), 8)] = 1
-    use_filter = float(t.nb_count.mean()) > _FILTER_MIN_MEAN_LIST
-    penalty = np.full((t.nb_count.size if use_filter else 0, n_grid), np.inf, dtype=np.float32)
-    if use_filter:
-        penalty[np.repeat(np.arange(t.nb_count.size), t.nb_count), t.nb_flat] = 0
-    # OpenBLAS runs a gemm single-threaded when M*N*K <= 65536 * 4. Larger calls fan out to every
-    # core, which for these small products costs far more than it gains and fights quantize's own
-    # worker threads.
-    mm_rows = max(1, (65536 * 4) // (n_grid * 8 * n_levels))
-    return _Search(
+    look = np.zeros(KMAP_SIZE, dtype=np.int32)
+    has = t.nb_row >= 0
+    look[has] = -1 - t.nb_row[has]
+    on = t.kmap >= 0
+    look[on] = t.kmap[on]
+    canon = t.kmap[t.grid_codes.astype(np.int64)].astype(np.int32)
+    qpos = np.ascontiguousarray((2 * lv + 1).T, dtype=np.float32)
+    cnt = t.nb_count
+    widths: list[int] = []
+    w = 4
+    while True:
+        widths.append(min(w, int(cnt.max())))
+        if w >= cnt.max():
+            break
+        w *= 2
+    bucket = np.searchsorted(np.array(widths), cnt).astype(np.int8)
+    slot = np.arange(t.nb_padded.shape[1])[None, :]
+    flat_pad = t.nb_start[:, None] + np.where(slot < cnt[:, None], slot, 0)
+    # short lists (IQ2_S): small per-group tables of 2-coordinate parts beat fewer, bigger gathers
+    parts = 4 if float(cnt.mean()) < _PARTS4_BELOW else 2
+    per = 8 // parts
+    n_codes = 3**per
+    pow3 = 3 ** np.arange(per)
+    slot_of = np.zeros(cnt.size, dtype=np.int32)
+    nbp_l: list[I32Array] = []
+    hcode_l: list[I32Array] = []
+    for bi, w in enumerate(widths):
+        rows = np.flatnonzero(bucket == bi)
+        slot_of[rows] = np.arange(rows.size)
+        fp = flat_pad[rows, :w]
+        nbp_l.append(np.ascontiguousarray(t.nb_flat[fp], dtype=np.int32))
+        pc = (lv[t.nb_flat[fp]].reshape(*fp.shape, parts, per) @ pow3).transpose(0, 2, 1)
+        hcode_l.append(np.ascontiguousarray(pc + n_codes * np.arange(parts)[None, :, None], dtype=np.int32))
+    digits = (np.arange(n_codes)[:, None] // pow3[None, :]) % 3  # (n_codes, per)
+    q = 2 * digits + 1
+    part_mat = np.zeros((2 * per, 2 * n_codes), dtype=np.float32)
+    for c in range(per):
+        part_mat[c, 0::2] = q[:, c] * q[:, c]
+        part_mat[per + c, 1::2] = 2 * q[:, c]
+    tcode = np.arange(8, dtype=np.int32)[:, None] * 3 + lv[t.nb_flat].T
+    return _Grid(
         t,
-        n_levels,
+        look,
+        canon,
+        qpos,
+        bucket,
+        slot_of,
+        tuple(widths),
+        tuple(nbp_l),
+        tuple(hcode_l),
+        parts,
+        part_mat,
         np.ascontiguousarray(tcode, dtype=np.int32),
-        lv,
-        onehot,
-        penalty,
-        use_filter,
-        mm_rows,
+        float(cnt.mean()) < 24,
+        2048 if float(cnt.mean()) >= 24 else 8192,
     )
 
 
 def _seqsum(a: F32Array) -> F32Array:
-    """C's ``float s = 0; for (i...) s += a[i];`` along the (short) last axis.
-
-    A loop of whole-column adds: sequential like C, and much faster than ``np.cumsum`` along a short axis.
-    """
+    """C's ``float s = 0; for (i...) s += a[i];`` along the (short) last axis (whole-column adds)."""
     if a.shape[-1] == 0:
         return np.zeros(a.shape[:-1], dtype=np.float32)
     out: F32Array = a[..., 0] + _F0
@@ -101,150 +163,425 @@ def _seqsum(a: F32Array) -> F32Array:
     return out
 
 
-def _codes(levels: I32Array) -> I32Array:
-    """Grid codes u = sum(l[i] << 2*i) of (..., 8) levels."""
-    out: I32Array = levels[..., 0].copy()
-    for i in range(1, 8):
-        out |= levels[..., i] << (2 * i)
+def _level_bytes(y: F32Array) -> U8Array:
+    """C's ``MAX(0, MIN(2, nearest_int(0.5f*(y - 1))))`` as uint8, same shape as y."""
+    if y.size and y.min() > -_Y_SAFE and y.max() < _Y_SAFE:
+        out: U8Array = np.greater(y, _TWO).view(np.uint8)
+        out += np.greater_equal(y, _FOUR).view(np.uint8)
+        return out
+    # NaN or huge values: nearest_int's bit trick, exactly as C evaluates it
+    return np.clip(nearest_int(_HALF * (y - _F1)), 0, 2).astype(np.uint8)
+
+
+def _codes(lv: U8Array) -> I32Array:
+    """Grid codes u = sum(l[i] << 2*i) of (n, 8) contiguous uint8 levels."""
+    v = lv.reshape(-1, 8).view(np.uint32)  # (n, 2): levels 0..3 and 4..7, one byte each
+    v = v * _PACK4
+    v >>= np.uint32(24)
+    out: I32Array = (v[:, 0] | (v[:, 1] << np.uint32(8))).astype(np.int32)
     return out
 
 
-def _d2_terms(s: _Search, xval: F32Array, waux: F32Array, scale: F32Array) -> F32Array:
+def _d2_terms(g: _Grid, xval: F32Array, waux: F32Array, scale: F32Array) -> F32Array:
     """The 8 terms ``waux[i]*diff*diff`` of ``iq2_find_best_neighbour``'s d2 depend only on (group,
-    coordinate, level): (n, 8, n_levels), each computed exactly as C does."""
-    terms = np.empty((xval.shape[0], 8, s.n_levels), dtype=np.float32)
-    for lvl in range(s.n_levels):
+    coordinate, level): (n, 8, 3), each computed exactly as C does."""
+    terms = np.empty((xval.shape[0], 8, 3), dtype=np.float32)
+    for lvl in range(3):
         diff = scale[:, None] * np.float32(2 * lvl + 1) - xval
         terms[:, :, lvl] = (waux * diff) * diff
     return terms
 
 
-def _exact_neighbour(s: _Search, rows: I32Array, terms: F32Array) -> I32Array:
+def _exact_neighbour(g: _Grid, rows: I32Array, terms: F32Array) -> I32Array:
     """Exact ``iq2_find_best_neighbour``: sequential float32 d2 over every list entry, first minimum."""
-    t = s.tables
+    t = g.tables
     n = rows.shape[0]
+    if n == 0:
+        return np.zeros(0, dtype=np.int32)
     cnt = t.nb_count[rows]
     seg = np.cumsum(cnt, dtype=np.int64) - cnt
     total = int(seg[-1] + cnt[-1])
     flat = np.repeat(t.nb_start[rows] - seg, cnt) + np.arange(total, dtype=np.int32)
-    base = np.repeat(np.arange(0, n * terms[0].size, terms[0].size, dtype=np.int32), cnt)
+    base = np.repeat(np.arange(0, n * 24, 24, dtype=np.int32), cnt)
     tflat = terms.reshape(-1)
-    # one coordinate at a time keeps the temporaries small (in cache)
-    d2 = np.take(tflat, np.take(s.tcode_t[0], flat) + base) + _F0
+    d2 = np.take(tflat, np.take(g.tcode_t[0], flat) + base) + _F0
     for i in range(1, 8):
-        d2 += np.take(tflat, np.take(s.tcode_t[i], flat) + base)
+        d2 += np.take(tflat, np.take(g.tcode_t[i], flat) + base)
     # C's `d2 < best` never picks a NaN; a group without a finite distance takes its first neighbour
     first = first_min(np.where(np.isnan(d2), _INF, d2), seg)
     out: I32Array = t.nb_flat[flat[first]]
     return out
 
 
-def _best_neighbour(s: _Search, codes: I32Array, xval: F32Array, waux: F32Array, scale: F32Array) -> I32Array:
-    """``iq2_find_best_neighbour`` for n off-grid groups at once: grid index per group.
+def _margin_coefs(xv: F32Array, wa: F32Array) -> F32Array:
+    """Per group (n, 8): (a0, a1, a2) with ``a0*s + a1 + a2/s`` the near-tie margin of :func:`_neighbours`
+    at scale s -> (n, 3).
 
-    codes (n,), xval/waux (n, 8), scale (n,). For every neighbour ``d2 = sum_i waux*diff*diff`` with
-    ``diff = scale*q - xval``; the first neighbour with the smallest d2 wins (C's strict ``<``).
-
-    For long neighbour lists, d2 of every grid point is first estimated with a float32 matmul of the
-    terms against a one-hot grid matrix. All terms are >= 0, so both the estimate (any summation order
-    of 24 terms) and C's sequential sum are within 23 resp. 7 units of 2**-24 (relative) of the true sum:
-    C's choice must have an estimate within ~60 * 2**-24 of the smallest estimate among the neighbours.
-    Groups where no other neighbour lies within ``2**-16`` (relative) of that smallest estimate are
-    decided by it; the rest (near ties, exact ties, non-finite values) take the exact path.
-    """
-    rows = s.tables.nb_row[codes]
-    terms = _d2_terms(s, xval, waux, scale)
-    if not s.use_filter:
-        return _exact_neighbour(s, rows, terms)
-    return _filtered_neighbour(s, rows, terms)
-
-
-def _filtered_neighbour(s: _Search, rows: I32Array, terms: F32Array) -> I32Array:
-    """The matmul-filtered search of :func:`_best_neighbour` (rows: neighbour-table rows, terms (n, 8, L))."""
-    n = rows.shape[0]
-    out = np.empty(n, dtype=np.int32)
-    amb_l: list[npt.NDArray[np.intp]] = []
-    flat_terms = terms.reshape(n, -1)
-    for a in range(0, n, _BLOCK):
-        b = min(n, a + _BLOCK)
-        est = np.empty((b - a, s.tables.grid_size), dtype=np.float32)
-        for c in range(a, b, s.mm_rows):
-            np.matmul(flat_terms[c : min(b, c + s.mm_rows)], s.onehot, out=est[c - a : c - a + s.mm_rows])
-        est += np.take(s.penalty, rows[a:b], axis=0)
-        j = est.argmin(axis=1)
-        r = np.arange(b - a)
-        m = est[r, j]
-        thr = m + (m * np.float32(2.0**-16) + np.float32(2.0**-120))
-        est[r, j] = np.inf
-        # decided when every other neighbour is clearly worse (False for NaN too)
-        amb = ~(est.min(axis=1) > thr)
-        out[a:b] = j
-        amb_l.append(np.flatnonzero(amb) + a)
-    amb_all = np.concatenate(amb_l)
-    if amb_all.size:
-        out[amb_all] = _exact_neighbour(s, rows[amb_all], terms[amb_all])
+    C's d2 of a neighbour and the exact real distance D differ by at most ~13u*M (u = 2**-24, M =
+    sum waux*(5s + |x|)^2 bounds every term; float32 products and a sequential sum of 8 non-negative
+    terms), and D = s*(s*A - 2B) + const, whose float32 evaluation here is within ~15u*M. A neighbour
+    whose estimate exceeds the smallest by more than 2**-16 * M / s therefore also has a larger d2 in
+    C. Underflow adds an absolute error, covered by a 2**-130 * (1 + s^2 + 6s + X + W0) slack
+    (W0 = sum waux, X = max |x|)."""
+    ax = np.abs(xv)
+    wax = wa * ax
+    wax2 = wax * ax
+    # column by column: numpy's reductions over 8-value rows are slow
+    w0, w1, w2, xm = wa[:, 0].copy(), wax[:, 0].copy(), wax2[:, 0].copy(), ax[:, 0].copy()
+    for c in range(1, 8):
+        w0 += wa[:, c]
+        w1 += wax[:, c]
+        w2 += wax2[:, c]
+        np.maximum(xm, ax[:, c], out=xm)
+    out = np.empty((xv.shape[0], 3), dtype=np.float32)
+    out[:, 0] = np.float32(25) * _TIE_REL * w0 + _TIE_ABS
+    out[:, 1] = np.float32(10) * _TIE_REL * w1 + np.float32(6) * _TIE_ABS
+    out[:, 2] = _TIE_REL * w2 + _TIE_ABS * (_F1 + xm + w0)
     return out
 
 
-def _round_to_grid(
-    s: _Search, xval: F32Array, waux: F32Array, id_: F32Array, scale: F32Array
+def _part_tables(g: _Grid, xv: F32Array, wa: F32Array) -> npt.NDArray[np.uint64]:
+    """Per group: (A, 2B) of every base-3 code of the coordinates of each part, packed as one uint64
+    (two float32) per code: (n * parts * 3**(8 // parts),), group-major."""
+    n = xv.shape[0]
+    per = 8 // g.parts
+    lhs = np.empty((n, g.parts, 2 * per), dtype=np.float32)
+    lhs[:, :, :per] = wa.reshape(n, g.parts, per)
+    np.multiply(wa.reshape(n, g.parts, per), xv.reshape(n, g.parts, per), out=lhs[:, :, per:])
+    lhs2 = lhs.reshape(n * g.parts, 2 * per)
+    tab = np.empty((n * g.parts, g.part_mat.shape[1]), dtype=np.float32)
+    # OpenBLAS runs a gemm single-threaded when M*N*K <= 65536 * 4; larger calls fan out to every
+    # core, which for these small products costs more than it gains and fights quantize's threads.
+    rows = max(1, (65536 * 4) // g.part_mat.size)
+    for a in range(0, lhs2.shape[0], rows):
+        np.matmul(lhs2[a : a + rows], g.part_mat, out=tab[a : a + rows])
+    out: npt.NDArray[np.uint64] = tab.view(np.uint64).reshape(-1)
+    return out
+
+
+def _pick(
+    a: F32Array, b2: F32Array, s: F32Array, thr: F32Array, npad: I32Array
+) -> tuple[F32Array, IntpArray, BoolArray]:
+    """``a*s - b2`` per row (m, width), its first smallest entry, and whether another neighbour is
+    within ``thr`` of it (or anything is NaN). Rows are padded with copies of their first neighbour
+    (``npad`` of them). Narrow rows go column by column: numpy's per-row reductions are slow there."""
+    est = a * s[:, None]
+    est -= b2
+    m, width = est.shape
+    if width <= 8:
+        lim = est[:, 0].copy()
+        j = np.zeros(m, dtype=np.intp)
+        for c in range(1, width):
+            col = est[:, c]
+            j[col < lim] = c
+            np.minimum(lim, col, out=lim)  # a NaN anywhere makes lim NaN: counted as bad below
+    else:
+        j = est.argmin(axis=1)
+        lim = np.take_along_axis(est, j[:, None], axis=1)[:, 0]
+    lim += thr
+    if width <= 32:
+        close = np.zeros(m, dtype=np.intp)
+        for c in range(width):
+            close += est[:, c] <= lim
+    else:
+        close = np.count_nonzero(est <= lim[:, None], axis=1)
+    # a NaN minimum or limit counts nothing: never the expected count
+    expect = np.where(j == 0, npad + 1, 1)
+    return est, j, close != expect
+
+
+def _run_entries(first: IntpArray, last: IntpArray) -> tuple[IntpArray, IntpArray]:
+    """For runs of entries ``first[r]..last[r]``: the run of every entry and the entry itself."""
+    cnt = last - first + 1
+    loc = np.repeat(np.arange(first.size), cnt)
+    return loc, np.repeat(first - np.cumsum(cnt) + cnt, cnt) + np.arange(loc.size)
+
+
+def _neighbours(
+    g: _Grid, codes: I32Array, sc: F32Array, xv: F32Array, wa: F32Array
 ) -> tuple[I32Array, BoolArray]:
-    """Round (S, n, 8) magnitudes with inverse scale ``id_`` (S,) to levels, snapping off-grid groups
-    to their best neighbour at ``scale`` (S,). Returns levels (S, n, 8) and the on-grid mask (S, n)."""
-    lv = nearest_int(_HALF * (id_[:, None, None] * xval - _F1))
-    lv = np.ascontiguousarray(np.clip(lv, 0, 2))  # reshape below must be a view
-    u = _codes(lv)
-    on = s.tables.kmap[u] >= 0
-    off = np.flatnonzero(~on)
-    if off.size:
-        ng = xval.shape[1]
-        gi = _best_neighbour(
-            s, u.reshape(-1)[off], xval.reshape(-1, 8)[off], waux.reshape(-1, 8)[off], scale[off // ng]
-        )
-        lv.reshape(-1, 8)[off] = s.levels_i32[gi]
-    return lv, on
+    """Grid point of every (group, candidate): codes/sc (n, K), xv/wa (n, 8). Returns grid indices
+    (n, K) (``iq2_find_best_neighbour`` where the code is off the grid) and the on-grid mask.
+
+    For an off-grid entry with scale s, neighbour j's d2 is ``s*E_j + sum waux*x^2`` with
+    E_j = s*A_j - 2*B_j (real arithmetic). E is evaluated in float32 for every padded neighbour; the
+    smallest decides unless another neighbour is within the margin of :func:`_margin_coefs`, where C's
+    float32 rounding could order them differently: those entries (near and exact ties, non-finite or
+    extreme values) take C's exact sequential d2 (``_exact_neighbour``).
+
+    The candidates of one (group, code) pair -- a run -- are consecutive and share the neighbour list,
+    which is gathered once. Each E_j is linear in s, so a neighbour that is the clear minimum (by the
+    margin) at the run's smallest and largest scale is the clear minimum at every scale in between (the
+    margin changes by less than the ratio of those scales, < 1.5, far inside its slack). When the ends
+    have different clear minima j0 and j1, only the neighbours within the margin of j1 at the first end
+    and of j0 at the last can win in between (the others are beaten by j0 or j1 all along): runs with
+    at most ``_MAX_LINES`` of those are evaluated on them alone, candidate by candidate, the rest on
+    every neighbour. The scales along a row of ``sc`` must be monotone, spanning a ratio below 1.5.
+    """
+    n, k_n = codes.shape
+    look = g.look[codes]
+    on = look >= 0
+    gi = look
+    coefs = _margin_coefs(xv, wa)
+    cnt_all = g.tables.nb_count
+    for a in range(0, n, g.block):
+        b = min(n, a + g.block)
+        lk = look[a:b].reshape(-1)
+        ent = np.flatnonzero(lk < 0)
+        if ent.size == 0:
+            continue
+        cd = codes[a:b]
+        new = ~on[a:b]
+        new[:, 1:] &= cd[:, 1:] != cd[:, :-1]
+        newf = new.reshape(-1)
+        pstart = np.flatnonzero(newf)
+        pid = (np.cumsum(newf, dtype=np.int32) - 1)[ent]
+        efirst = np.flatnonzero(newf[ent])  # entry index of each pair's first candidate
+        elast = np.empty_like(efirst)
+        elast[:-1] = efirst[1:] - 1
+        elast[-1] = ent.size - 1
+        pgrp = pstart // k_n
+        prow = -1 - lk[pstart]
+        egrp = ent // k_n
+        es = sc[a:b].reshape(-1)[ent]
+        cf = np.take(coefs, a + egrp, axis=0)
+        thr = cf[:, 0] * es
+        thr += cf[:, 1]
+        thr += cf[:, 2] / es
+        # outside this range the error bound does not hold (overflow): exact path
+        bad_e = ~((thr < _BIG) & (thr * es < _BIG))
+        tab = _part_tables(g, xv[a:b], wa[a:b])
+        stride = g.parts * g.part_mat.shape[1] // 2
+        pres = np.full(pstart.size, -1, dtype=np.int32)  # grid point of each decided pair
+        res = np.empty(ent.size, dtype=np.int32)
+        amb_l: list[IntpArray] = []
+        pbk = g.bucket[prow]
+        for bi, width in enumerate(g.widths):
+            pm = pbk == bi
+            pl = np.flatnonzero(pm)
+            if pl.size == 0:
+                continue
+            rows_b = g.slot[prow[pl]]
+            nbp = g.nbp[bi]
+            idx = np.take(g.hcode[bi], rows_b, axis=0)
+            idx += (pgrp[pl] * stride)[:, None, None]
+            ab = np.take(tab, idx).view(np.float32).reshape(pl.size, g.parts, width, 2)
+            ab_sum = np.add.reduce(ab, axis=1)
+            av = ab_sum[:, :, 0]
+            b2 = ab_sum[:, :, 1]
+            npad = width - cnt_all[prow[pl]]
+            f, la = efirst[pl], elast[pl]
+            est0, j0, bad0 = _pick(av, b2, es[f], thr[f], npad)
+            if k_n == 1:  # one candidate per run: both ends are the same entry
+                est1, j1, bad1 = est0, j0, bad0
+            else:
+                est1, j1, bad1 = _pick(av, b2, es[la], thr[la], npad)
+            ends = ~(bad0 | bad1 | bad_e[f] | bad_e[la])
+            dec = ends & (j0 == j1)
+            pres[pl[dec]] = nbp[rows_b[dec], j0[dec]]
+            # Different clear minima j0, j1 at the two ends: a neighbour that is not within the margin
+            # of j1's value at the small scale or of j0's at the large one is beaten by j0 or j1 by the
+            # margin all along, so in between only the few that are ("lines") compete.
+            two = np.flatnonzero(ends & (j0 != j1))
+            if two.size:
+                e0, e1 = est0[two], est1[two]
+                lim0 = np.take_along_axis(e0, j1[two][:, None], axis=1) + thr[f[two]][:, None]
+                lim1 = np.take_along_axis(e1, j0[two][:, None], axis=1) + thr[la[two]][:, None]
+                inset = e0 <= lim0
+                inset &= e1 <= lim1
+                inset &= np.arange(width)[None, :] < (width - npad[two])[:, None]  # not the padding
+                n_in = np.count_nonzero(inset, axis=1)
+                # only j0 and j1: the sign of the difference of the two lines decides
+                p2 = two[n_in == 2]
+                if p2.size:
+                    t0, t1 = j0[p2], j1[p2]
+                    lines = np.stack([av[p2, t0], b2[p2, t0], av[p2, t1], b2[p2, t1]], axis=1)
+                    loc, eb = _run_entries(f[p2], la[p2])
+                    ln = np.take(lines, loc, axis=0)
+                    se = es[eb]
+                    d = ln[:, 2] * se - ln[:, 3]
+                    d -= ln[:, 0] * se - ln[:, 1]
+                    res[eb] = np.where(d < 0, nbp[rows_b[p2], t1][loc], nbp[rows_b[p2], t0][loc])
+                    bad = ~(np.abs(d) > thr[eb]) | bad_e[eb]
+                    if bad.any():
+                        amb_l.append(eb[bad])
+                    dec[p2] = True
+                few = (n_in > 2) & (n_in <= _MAX_LINES)
+                p2 = two[few]
+                if p2.size:
+                    rr, cc = np.nonzero(inset[few])
+                    n_p = n_in[few]
+                    first = np.cumsum(n_p) - n_p
+                    n_col = int(n_p.max())
+                    mem = np.repeat(cc[first][:, None], n_col, axis=1)  # padded with the first
+                    mem[rr, np.arange(rr.size) - first[rr]] = cc
+                    loc, eb = _run_entries(f[p2], la[p2])
+                    _, j, bad = _pick(
+                        np.take(av[p2[:, None], mem], loc, axis=0),
+                        np.take(b2[p2[:, None], mem], loc, axis=0),
+                        es[eb],
+                        thr[eb],
+                        (n_col - n_p)[loc],
+                    )
+                    res[eb] = nbp[rows_b[p2][:, None], mem][loc, j]
+                    bad |= bad_e[eb]
+                    if bad.any():
+                        amb_l.append(eb[bad])
+                    dec[p2] = True
+            und = np.flatnonzero(~dec)
+            if und.size == 0:
+                continue
+            # candidate by candidate for the remaining pairs
+            loc, eb = _run_entries(f[und], la[und])
+            loc = und[loc]
+            _, j, bad = _pick(np.take(av, loc, axis=0), np.take(b2, loc, axis=0), es[eb], thr[eb], npad[loc])
+            res[eb] = nbp[rows_b[loc], j]
+            bad |= bad_e[eb]
+            if bad.any():
+                amb_l.append(eb[bad])
+        dec_e = pres[pid]
+        done = dec_e >= 0
+        res[done] = dec_e[done]
+        if amb_l:
+            amb = np.concatenate(amb_l)
+            ga = a + egrp[amb]
+            terms = _d2_terms(g, xv[ga], wa[ga], es[amb])
+            res[amb] = _exact_neighbour(g, prow[pid[amb]], terms)
+        gi[a:b].reshape(-1)[ent] = res
+    return gi, on
 
 
-def _sums(wx: F32Array, w: F32Array, lv: I32Array) -> tuple[F32Array, F32Array]:
-    """sumqx = sum w*xval*q, sumq2 = sum w*q*q with q = 2*l + 1, over a sub-block (last two axes)."""
-    shape = (wx.shape[0], int(np.prod(wx.shape[1:])))
-    q = (2 * lv + 1).astype(np.float32).reshape(shape)
-    w2 = w.reshape(shape)
-    return _seqsum(wx.reshape(shape) * q), _seqsum((w2 * q) * q)
+@dataclass(frozen=True)
+class _Fit:
+    """What the scale search hands to :func:`_refit`: w*xval and w value-major (S, values)."""
+
+    wx_t: F32Array
+    w_t: F32Array
+
+
+def _sub_sums(
+    g: _Grid, wx_t: F32Array, w_t: F32Array, sb: IntpArray, gi: I32Array
+) -> tuple[F32Array, F32Array]:
+    """C's sequential ``sumqx += w*xval*q; sumq2 += w*q*q`` over a sub-block, for m (sub-block, grid
+    points) entries: wx_t/w_t (values, S) hold w*xval and w value-major; sb (m,), gi (m, groups)."""
+    m = sb.shape[0]
+    sx = np.zeros(m, dtype=np.float32)
+    sq = np.zeros(m, dtype=np.float32)
+    q = np.empty(m, dtype=np.float32)
+    t = np.empty(m, dtype=np.float32)
+    for grp in range(gi.shape[1]):
+        gcol = np.ascontiguousarray(gi[:, grp])
+        for c in range(8):
+            i = 8 * grp + c
+            np.take(g.qpos[c], gcol, out=q)
+            np.take(wx_t[i], sb, out=t)
+            t *= q
+            sx += t
+            np.take(w_t[i], sb, out=t)
+            t *= q
+            t *= q
+            sq += t
+    return sx, sq
 
 
 def _scale_search(
-    s: _Search,
-    xval: F32Array,
+    g: _Grid,
+    xv: F32Array,
     w: F32Array,
-    waux: F32Array,
+    wa: F32Array,
     denom: F32Array,
     is_range: range,
     scale: F32Array,
-    lv0: I32Array,
-) -> tuple[F32Array, I32Array, BoolArray]:
+    track_on: bool,
+) -> tuple[F32Array, I32Array, BoolArray, _Fit]:
     """The ``for (is ...)`` loop shared by the three types.
 
-    xval/w/waux (S, n, 8); candidate inverse scales ``(5 + is*0.1f)/denom``. Returns the scale,
-    levels and per-group on-grid flags of the best candidate (inputs unchanged where none wins).
+    xv/w/wa (S, ng, 8); candidate inverse scales ``(5 + is*0.1f)/denom``. Returns the scale, grid
+    points (S, ng) and on-grid flags (S, ng) of the best candidate (the initial scale, grid point of
+    all-zero levels and "on the grid" where none wins), and what :func:`_refit` reuses.
+    With ``track_on`` the on-grid flags are part of what a candidate changes (IQ2_XS/IQ2_S keep them).
     """
-    wx = w * xval
-    best = np.zeros_like(scale)
-    lv_best = lv0
-    on_best = np.ones(xval.shape[:2], dtype=np.bool_)
-    for is_ in is_range:
-        id_ = (np.float32(5) + np.float32(is_) * _TENTH) / denom
-        this_scale = _F1 / id_
-        lv, on = _round_to_grid(s, xval, waux, id_, this_scale)
-        sumqx, sumq2 = _sums(wx, w, lv)
-        take = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
+    n_sb, ng = xv.shape[:2]
+    n_k = len(is_range)
+    n = n_sb * ng
+    xs = xv.reshape(n_sb, ng * 8)
+    ids = np.empty((n_k, n_sb), dtype=np.float32)
+    for k, is_ in enumerate(is_range):
+        np.divide(np.float32(5) + np.float32(is_) * _TENTH, denom, out=ids[k])
+    scs = _F1 / ids
+    codes = np.empty((n, n_k), dtype=np.int32)
+    y = np.empty(xs.shape, dtype=np.float32)
+    for k in range(n_k):
+        np.multiply(ids[k][:, None], xs, out=y)
+        codes[:, k] = _codes(_level_bytes(y))
+    sc = np.repeat(scs.T, ng, axis=0)
+    gi, on = _neighbours(g, codes, sc, xv.reshape(n, 8), wa.reshape(n, 8))
+    gi3 = gi.reshape(n_sb, ng, n_k)
+    on3 = on.reshape(n_sb, ng, n_k)
+    # a candidate with the same grid points (and flags) as the one before cannot change the outcome
+    change = np.ones((n_k, n_sb), dtype=np.bool_)
+    chg = (gi3[:, :, 1:] != gi3[:, :, :-1]).any(axis=1)
+    if track_on:
+        chg |= (on3[:, :, 1:] != on3[:, :, :-1]).any(axis=1)
+    change[1:] = chg.T
+    flat = np.flatnonzero(change)
+    ke = flat // n_sb
+    sbe = flat - ke * n_sb
+    bounds = np.searchsorted(ke, np.arange(n_k + 1))
+    wx_t = np.ascontiguousarray((w * xv).reshape(n_sb, -1).T)
+    w_t = np.ascontiguousarray(w.reshape(n_sb, -1).T)
+    sumqx, sumq2 = _sub_sums(g, wx_t, w_t, sbe, gi3[sbe, :, ke])
+    best = np.zeros(n_sb, dtype=np.float32)
+    kbest = np.full(n_sb, -1, dtype=np.int64)
+    for k in range(n_k):
+        lo, hi = bounds[k], bounds[k + 1]
+        if lo == hi:
+            continue
+        sb = sbe[lo:hi]
+        sx = sumqx[lo:hi]
+        sq = sumq2[lo:hi]
+        take = (sq > 0) & (sx * sx > best[sb] * sq)
         if take.any():
-            new_scale = sumqx / sumq2
-            scale = np.where(take, new_scale, scale)
-            best = np.where(take, new_scale * sumqx, best)
-            lv_best = np.where(take[:, None, None], lv, lv_best)
-            on_best = np.where(take[:, None], on, on_best)
-    return scale, lv_best, on_best
+            tsb = sb[take]
+            new_scale = sx[take] / sq[take]
+            scale[tsb] = new_scale
+            best[tsb] = new_scale * sx[take]
+            kbest[tsb] = k
+    taken = kbest >= 0
+    kb = np.maximum(kbest, 0)
+    r = np.arange(n_sb)
+    gi_best = np.where(taken[:, None], gi3[r, :, kb], g.look[0]).astype(np.int32)
+    on_best = np.where(taken[:, None], on3[r, :, kb], True)
+    return scale, gi_best, on_best, _Fit(wx_t, w_t)
+
+
+def _refit(
+    g: _Grid, xv: F32Array, wa: F32Array, scale: F32Array, gi: I32Array, redo: BoolArray, fit: _Fit
+) -> None:
+    """C's last rounding: the groups in ``redo`` (S, ng) are rounded again at their sub-block's best
+    scale (snapped to a neighbour when off the grid), then every sub-block with such a group refits
+    its scale to sumqx/sumq2 (in place)."""
+    rg = np.flatnonzero(redo.reshape(-1))
+    if rg.size == 0:
+        return
+    ng = xv.shape[1]
+    x8 = xv.reshape(-1, 8)[rg]
+    sp = scale[rg // ng]
+    codes = _codes(_level_bytes((_F1 / sp)[:, None] * x8))
+    look = g.look[codes]
+    gnew = look.copy()
+    off = np.flatnonzero(look < 0)
+    if off.size:
+        wa8 = wa.reshape(-1, 8)[rg[off]]
+        if g.refit_exact:
+            terms = _d2_terms(g, x8[off], wa8, sp[off])
+            gnew[off] = _exact_neighbour(g, -1 - look[off], terms)
+        else:
+            gnew[off] = _neighbours(g, codes[off][:, None], sp[off][:, None], x8[off], wa8)[0][:, 0]
+    gi.reshape(-1)[rg] = gnew
+    sel = np.flatnonzero(redo.any(axis=1))
+    sumqx, sumq2 = _sub_sums(g, fit.wx_t, fit.w_t, sel, gi[sel])
+    scale[sel] = np.where(sumq2 > 0, sumqx / sumq2, scale[sel])
 
 
 def _make_qp_quants_32_4(x: F32Array, w: F32Array) -> F32Array:
@@ -253,16 +590,17 @@ def _make_qp_quants_32_4(x: F32Array, w: F32Array) -> F32Array:
     nmax = np.float32(4)
     mx = x.max(axis=1)
     iscale = nmax / mx
-    lq = (nearest_int(iscale[:, None] * x) & 255).astype(np.float32)
-    sc = _F1 / iscale
-    diff = x - sc[:, None] * lq
-    best_mse = _seqsum((w * diff) * diff)
+    # value-major copies: C's sequential sums over the 32 values become whole-row adds
+    xt = np.ascontiguousarray(x.T)
+    wt = np.ascontiguousarray(w.T)
+    lq = (nearest_int(iscale * xt) & 255).astype(np.float32)
+    diff = xt - (_F1 / iscale) * lq
+    best_mse = seq_sum((wt * diff) * diff)
     for is_ in (-4, -3, -2, -1, 1, 2, 3, 4):
         iscale_is = (_TENTH * np.float32(is_) + nmax) / mx
-        scale_is = _F1 / iscale_is
-        li = np.minimum(nearest_int(iscale_is[:, None] * x), 4).astype(np.float32)
-        diff = x - scale_is[:, None] * li
-        mse = _seqsum((w * diff) * diff)
+        li = np.minimum(nearest_int(iscale_is * xt), 4).astype(np.float32)
+        diff = xt - (_F1 / iscale_is) * li
+        mse = seq_sum((wt * diff) * diff)
         better = mse < best_mse
         best_mse = np.where(better, mse, best_mse)
         iscale = np.where(better, iscale_is, iscale)
@@ -306,6 +644,9 @@ def _make_qp_quants_32_4(x: F32Array, w: F32Array) -> F32Array:
     return out
 
 
+_ODD_BITS = (np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(axis=1) & 1).astype(np.bool_)
+
+
 @dataclass
 class _Prep:
     xval: F32Array  # (S, n, 8) sign-folded values
@@ -336,10 +677,10 @@ def _prepare(
     waux = waux.reshape(-1, ng, 8)
     neg = ~(xs >= 0)
     xval = np.where(neg, -xs, xs)
-    bits = neg.astype(np.int32) << np.arange(8, dtype=np.int32)
-    signs = bits.sum(axis=-1, dtype=np.int32)
+    sbyte = np.packbits(neg, axis=-1, bitorder="little")[..., 0]
+    signs = sbyte.astype(np.int32)
     if parity:
-        odd = (neg.sum(axis=-1) & 1).astype(np.bool_)
+        odd = _ODD_BITS[sbyte]
         if odd.any():
             ax = (w * xs) * xs
             imin = np.argmin(ax, axis=-1)
@@ -347,7 +688,10 @@ def _prepare(
             xval = np.where(flip, -xval, xval)
             signs = signs ^ (odd.astype(np.int32) << imin.astype(np.int32))
         signs &= 127
-    mx = xval.reshape(xval.shape[0], -1).max(axis=1)
+    xf = xval.reshape(xval.shape[0], -1)
+    mx = xf[:, 0].copy()
+    for i in range(1, xf.shape[1]):  # column by column: numpy's short-row reductions are slow
+        np.maximum(mx, xf[:, i], out=mx)
     return nbl, _Prep(xval, w, waux, signs, mx)
 
 
@@ -360,31 +704,6 @@ def _superblock_scales(scales: F32Array, nbl: int, n_sub: int) -> tuple[F32Array
     id_: F32Array = (_F1 / np.where(nz, d, _F1)).astype(np.float32, copy=False)
     ls = np.clip(nearest_int(_HALF * (id_[:, None] * sc - _F1)), 0, 15)
     return d, ls, nz
-
-
-def _final_round(
-    s: _Search,
-    xv: F32Array,
-    w: F32Array,
-    wa: F32Array,
-    scale: F32Array,
-    lv: I32Array,
-    sel: BoolArray,
-    on: BoolArray | None,
-) -> None:
-    """Round the selected sub-blocks once more at their best scale and refit that scale (in place).
-
-    With ``on`` given, groups that were on the grid at the best candidate keep their levels."""
-    if not sel.any():
-        return
-    sp = scale[sel]
-    xr, war = xv[sel], wa[sel]
-    lvr, _ = _round_to_grid(s, xr, war, _F1 / sp, sp)
-    if on is not None:
-        lvr = np.where(on[sel][:, :, None], lv[sel], lvr)
-    lv[sel] = lvr
-    sumqx, sumq2 = _sums(w[sel] * xr, w[sel], lvr)
-    scale[sel] = np.where(sumq2 > 0, sumqx / sumq2, sp)
 
 
 def _fold_sign(scale: F32Array, signs: I32Array, mask: int) -> tuple[F32Array, I32Array]:
@@ -407,17 +726,17 @@ def _scale_nibbles(ls: I32Array, nz: BoolArray) -> U8Array:
     return sc
 
 
-def _start(name: str, rows: F32Array, imatrix: F32Array | None, sub: int) -> tuple[_Search, int, _Prep]:
+def _start(name: str, rows: F32Array, imatrix: F32Array | None, sub: int) -> tuple[_Grid, int, _Prep]:
     """Grid tables and prepared sub-blocks of ``sub`` values; IQ2_XXS/IQ2_XS need the imatrix."""
     iq2s = name == "IQ2_S"
     if imatrix is None and not iq2s:
         raise ValueError(f"{name} requires an importance matrix")
     nbl, p = _prepare(rows, imatrix, sub, parity=not iq2s, iq2s=iq2s)
-    return _search(name), nbl, p
+    return _grid(name), nbl, p
 
 
 def _iq2_xxs(rows: F32Array, imatrix: F32Array | None) -> U8Array:
-    s, nbl, p = _start("IQ2_XXS", rows, imatrix, 32)
+    g, nbl, p = _start("IQ2_XXS", rows, imatrix, 32)
     n_sub = p.mx.shape[0]
     scales = np.zeros(n_sub, dtype=np.float32)
     gidx = np.zeros((n_sub, 4), dtype=np.int32)
@@ -431,11 +750,12 @@ def _iq2_xxs(rows: F32Array, imatrix: F32Array | None) -> U8Array:
         eff_max = scale * np.float32(3)
         keep = eff_max > 0
         act, xv, w, wa, scale, eff_max = act[keep], xv[keep], w[keep], wa[keep], scale[keep], eff_max[keep]
-        lv0 = np.zeros(xv.shape, dtype=np.int32)
-        scale, lv, _ = _scale_search(s, xv, w, wa, eff_max, range(-6, 7), scale, lv0)
-        _final_round(s, xv, w, wa, scale, lv, scale > 0, None)
-        scales[act], signs[act] = _fold_sign(scale, p.signs[act], 127)
-        gidx[act] = s.tables.kmap[_codes(lv)]
+        if act.size:
+            scale, gi, _, fit = _scale_search(g, xv, w, wa, eff_max, range(-6, 7), scale, False)
+            redo = np.broadcast_to((scale > 0)[:, None], gi.shape)
+            _refit(g, xv, wa, scale, gi, redo, fit)
+            scales[act], signs[act] = _fold_sign(scale, p.signs[act], 127)
+            gidx[act] = g.canon[gi]
     d, ls, nz = _superblock_scales(scales, nbl, 8)
     q_lo = (gidx.astype(np.uint32) << (8 * np.arange(4, dtype=np.uint32))).sum(axis=1, dtype=np.uint32)
     q_hi = (signs.astype(np.uint32) << (7 * np.arange(4, dtype=np.uint32))).sum(axis=1, dtype=np.uint32)
@@ -448,27 +768,27 @@ def _iq2_xxs(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     return out.reshape(rows.shape[0], -1)
 
 
-def _search_16(s: _Search, p: _Prep, eps: np.float32) -> tuple[npt.NDArray[np.intp], F32Array, I32Array]:
+def _search_16(g: _Grid, p: _Prep, eps: np.float32) -> tuple[IntpArray, F32Array, I32Array]:
     """The per-sub-block part shared by IQ2_XS and IQ2_S: (active sub-blocks, scales, grid indices)."""
     act = np.flatnonzero(~(p.mx < eps))
+    if act.size == 0:
+        return act, np.zeros(0, dtype=np.float32), np.zeros((0, 2), dtype=np.int32)
     xv = p.xval[act]
     w = p.w[act]
     wa = p.waux[act]
     mx = p.mx[act]
     scale = mx / np.float32(5)
-    lv0 = np.zeros(xv.shape, dtype=np.int32)
-    scale, lv, on = _scale_search(s, xv, w, wa, mx, range(-9, 10), scale, lv0)
-    _final_round(s, xv, w, wa, scale, lv, (~on).any(axis=1) & (scale > 0), on)
-    gidx = s.tables.kmap[_codes(lv)]
-    return act, scale, gidx
+    scale, gi, on, fit = _scale_search(g, xv, w, wa, mx, range(-9, 10), scale, True)
+    _refit(g, xv, wa, scale, gi, ~on & (scale > 0)[:, None], fit)
+    return act, scale, g.canon[gi]
 
 
 def _iq2_xs(rows: F32Array, imatrix: F32Array | None) -> U8Array:
-    s, nbl, p = _start("IQ2_XS", rows, imatrix, 16)
+    g, nbl, p = _start("IQ2_XS", rows, imatrix, 16)
     n_sub = p.mx.shape[0]
     scales = np.zeros(n_sub, dtype=np.float32)
     q2 = np.zeros((n_sub, 2), dtype=np.uint16)
-    act, scale, gidx = _search_16(s, p, GROUP_MAX_EPS)
+    act, scale, gidx = _search_16(g, p, GROUP_MAX_EPS)
     if act.size:
         scales[act], sg = _fold_sign(scale, p.signs[act], 127)
         q2[act] = (gidx | (sg << 9)).astype(np.uint16)
@@ -484,12 +804,12 @@ def _iq2_xs(rows: F32Array, imatrix: F32Array | None) -> U8Array:
 
 
 def _iq2_s(rows: F32Array, imatrix: F32Array | None) -> U8Array:
-    s, nbl, p = _start("IQ2_S", rows, imatrix, 16)
+    g, nbl, p = _start("IQ2_S", rows, imatrix, 16)
     n_sub = p.mx.shape[0]
     scales = np.zeros(n_sub, dtype=np.float32)
     gall = np.zeros((n_sub, 2), dtype=np.int32)
     sall = np.zeros((n_sub, 2), dtype=np.int32)
-    act, scale, gidx = _search_16(s, p, GROUP_MAX_EPS_IQ2_S)
+    act, scale, gidx = _search_16(g, p, GROUP_MAX_EPS_IQ2_S)
     if act.size:
         scales[act], sall[act] = _fold_sign(scale, p.signs[act], 255)
         gall[act] = gidx
