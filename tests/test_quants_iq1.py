@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from gguf_recipe.quants import QuantizationError, _iq2_tables, iq1, quantize
+from gguf_recipe.quants import QuantizationError, iq1, quantize
 from gguf_recipe.quants._iq1_tables import KGRID_IQ1S, iq1_tables
 from gguf_recipe.quants._numeric import nearest_int
 
@@ -404,7 +404,7 @@ def test_shortcut_equals_full_replay(
     assert np.array_equal(fn(x, im), fast)
     monkeypatch.undo()
     # every neighbour gets the exact sequential distance
-    monkeypatch.setattr(_iq2_tables, "_NB_TOL", np.float32(1e30))
+    monkeypatch.setattr(iq1, "_NB_TOL", np.float32(1e30))
     assert np.array_equal(fn(x, im), fast)
 
 

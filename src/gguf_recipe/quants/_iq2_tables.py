@@ -13,7 +13,6 @@ with their own grid and ``nwant=3``). The neighbour lists have variable length; 
 as a flat CSR layout (for segmented searches) and as a rectangular array padded with a mask.
 :func:`iq2_tables` builds the tables of one IQ2 type once, lazily, and caches them (:func:`cached`, also
 used by the IQ1/IQ3 tables). The compact grids are stored in ``data/kgrid_*.npy`` (:func:`load_grid`).
-:func:`best_neighbours` is the generic exact neighbour search over these tables (used by IQ1_S/IQ1_M).
 """
 
 from __future__ import annotations
@@ -43,7 +42,6 @@ __all__ = [
     "KMASK_IQ2XS",
     "KSIGNS_IQ2XS",
     "GridTables",
-    "best_neighbours",
     "build_grid_tables",
     "cached",
     "first_min",
@@ -180,8 +178,6 @@ def build_grid_tables(
     )
 
 
-_F = np.float32
-_NB_TOL = _F(1e-5)  # relative slack of the approximate distances (their error is < 1e-6)
 
 
 def first_min(d2: F32Array, seg: I64Array) -> I64Array:
@@ -191,70 +187,6 @@ def first_min(d2: F32Array, seg: I64Array) -> I64Array:
     key = (order_key.astype(np.int64) << 32) | np.arange(d2.shape[0], dtype=np.int64)
     pos: I64Array = np.minimum.reduceat(key, seg) & 0xFFFFFFFF
     return pos
-
-
-def _table4(t: F32Array) -> F32Array:
-    """Sums over 4 coordinates for every base-3 code c = c0 + 3*c1 + 9*c2 + 27*c3, accumulated in
-    coordinate order: t (4, 3, n) -> (n, 81), column c (group-major keeps the later gathers local)."""
-    n = t.shape[2]
-    p = t[0]
-    for i in (1, 2):
-        p = (p[None, :, :] + t[i][:, None, :]).reshape(-1, n)
-    out = np.empty((n, 3, 27), dtype=_F)
-    np.add(np.ascontiguousarray(p.T)[:, None, :], np.ascontiguousarray(t[3].T)[:, :, None], out=out)
-    return out.reshape(n, 81)
-
-
-def best_neighbours(tables: GridTables, codes: npt.NDArray[np.integer], terms: F32Array) -> I64Array:
-    """ggml's ``iq2_find_best_neighbour`` / ``iq1_find_best_neighbour2`` for n off-grid groups at once.
-
-    codes (n,): the off-grid level codes; terms (8, 3, n): ``w[i]*diff*diff`` of coordinate i at level
-    l, computed by the caller exactly as C does. A neighbour's distance is C's sequential float32 sum
-    ``d2 = 0; d2 += term[i]`` over its levels, and the first neighbour with the smallest d2 wins (strict
-    ``<``). Returns grid indices (n,).
-
-    Every distance is first approximated from two tables per group (sums over coordinates 0..3, exactly
-    C's partial sums, and over 4..7, for all 81 level patterns each); only neighbours within
-    ``_NB_TOL`` of the group's approximate minimum get C's exact sum. Groups with negative or NaN terms
-    check every neighbour exactly.
-    """
-    n = codes.shape[0]
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    rows = tables.nb_row[codes]
-    counts = tables.nb_count[rows]
-    total = int(counts.sum(dtype=np.int64))
-    idx_t = np.int32 if 81 * n < 2**31 and total < 2**31 else np.int64  # int32 where it fits: faster
-    seg = np.cumsum(counts, dtype=idx_t) - counts
-    # one flat entry per (group, neighbour); entry = index into the neighbour tables
-    entry = np.repeat(tables.nb_start[rows] - seg, counts) + np.arange(total, dtype=idx_t)
-    g81 = np.repeat(np.arange(0, 81 * n, 81, dtype=idx_t), counts)
-    terms = terms.copy()
-    terms[0] += _F(0)  # C starts from d2 = 0: a -0.0 first term becomes +0.0
-    p81 = _table4(terms[:4]).reshape(-1)  # exactly C's partial sums, index group * 81 + code
-    q81 = _table4(terms[4:]).reshape(-1)
-    ilo = g81 + tables.nb_lo3[entry]
-    d2a = p81[ilo] + q81[g81 + tables.nb_hi3[entry]]
-    dmin = np.minimum.reduceat(d2a, seg)
-    thr = dmin + dmin * _NB_TOL + _F(1e-37)
-    cand = d2a <= np.repeat(thr, counts)
-    # negative terms (cancellation) or NaN: check every neighbour of the group exactly
-    every = np.isnan(dmin) | (terms < 0).any(axis=(0, 1))
-    if every.any():
-        cand |= np.repeat(every, counts)
-    ci = np.flatnonzero(cand)
-    gc = g81[ci] // 81
-    lev = tables.grid_levels[tables.nb_flat[entry[ci]], 4:].astype(idx_t)
-    t4 = terms[4:].reshape(4, -1)  # (4, 3 * n), index level * n + group
-    d2 = p81[ilo[ci]]
-    for i in range(4):
-        d2 += t4[i][lev[:, i] * n + gc]
-    seg2 = np.flatnonzero(np.concatenate(([True], gc[1:] != gc[:-1])))
-    kmin = first_min(d2, seg2)
-    if np.isnan(d2[kmin]).any():  # C's `d2 < best` never picks a NaN
-        kmin = first_min(np.where(np.isnan(d2), _F(np.inf), d2), seg2)
-    best: I64Array = tables.nb_flat[entry[ci[kmin]]].astype(np.int64)
-    return best
 
 
 # ksigns_iq2xs: 7 stored sign bits -> 8 bits, bit 7 making the number of set bits even.
