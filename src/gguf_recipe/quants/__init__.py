@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
 from gguf import GGMLQuantizationType
 
 from ._numeric import F32Array, U8Array
-from .registry import SPECS, QuantFn, QuantizerSpec
+from .registry import SPECS, QuantFn, QuantIntoFn, QuantizerSpec
 
 __all__ = [
     "QuantizationError",
@@ -118,8 +119,16 @@ def quantize(
     starts = range(0, n_rows, chunk)
     n_threads = threads if threads is not None else (os.cpu_count() or 1)
 
-    def run(start: int) -> None:
-        out[start : start + chunk] = fn(x[start : start + chunk], weights)
+    if spec.writes_into:
+        fill = cast(QuantIntoFn, fn)
+
+        def run(start: int) -> None:
+            fill(x[start : start + chunk], weights, out=out[start : start + chunk])
+
+    else:
+
+        def run(start: int) -> None:
+            out[start : start + chunk] = fn(x[start : start + chunk], weights)
 
     if n_threads <= 1 or len(starts) == 1:
         for s in starts:

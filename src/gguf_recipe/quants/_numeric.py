@@ -32,8 +32,9 @@ def nearest_int(x: npt.NDArray[np.float32]) -> I32Array:
 _FP16_FAST_MIN_SIZE = 4096  # below this numpy's own conversion is cheaper than the integer passes
 
 
-def fp32_to_fp16_bits(x: npt.NDArray[np.float32]) -> U16Array:
-    """GGML_FP32_TO_FP16 as raw uint16 bits (IEEE round to nearest even, like ggml's software path).
+def fp32_to_fp16_bits(x: npt.NDArray[np.float32], out: U16Array | None = None) -> U16Array:
+    """GGML_FP32_TO_FP16 as raw uint16 bits (IEEE round to nearest even, like ggml's software path),
+    written into ``out`` (same shape) when given.
 
     numpy's float16 cast converts element by element in scalar code; for big arrays the rounding is
     done here in uint32 passes instead (same bits). Results that are not normal fp16 numbers (zero,
@@ -41,7 +42,11 @@ def fp32_to_fp16_bits(x: npt.NDArray[np.float32]) -> U16Array:
     """
     xf = np.ascontiguousarray(x, dtype=np.float32)
     if xf.size < _FP16_FAST_MIN_SIZE:
-        return xf.astype(np.float16).view(np.uint16)
+        small: U16Array = xf.astype(np.float16).view(np.uint16)
+        if out is None:
+            return small
+        np.copyto(out, small)
+        return out
     u = xf.view(np.uint32)
     # round to nearest even at bit 13: add 0xFFF plus the lowest kept bit, truncate. The sign bit rides along.
     t = np.right_shift(u, np.uint32(13), out=scratch("f16.t", u.shape, np.uint32))
@@ -57,10 +62,12 @@ def fp32_to_fp16_bits(x: npt.NDArray[np.float32]) -> U16Array:
     special = np.greater_equal(t, np.uint32(0x23C00 - 0x1C400), out=scratch("f16.b", u.shape, np.bool_))
     t += np.uint32(0x400)  # rebias: float32 exponent e -> fp16 exponent e - 112
     t |= sign
-    out: U16Array = t.astype(np.uint16)
+    if out is None:
+        out = np.empty(u.shape, dtype=np.uint16)
+    np.copyto(out, t, casting="unsafe")  # the low 16 bits
     if special.any():
         idx = np.flatnonzero(special)
-        out.reshape(-1)[idx] = xf.reshape(-1)[idx].astype(np.float16).view(np.uint16)
+        out.flat[idx] = xf.reshape(-1)[idx].astype(np.float16).view(np.uint16)  # any layout of `out`
     return out
 
 

@@ -6,7 +6,8 @@ Each family module exposes one pure function per type::
 
 ``rows`` is a C-contiguous float32 array of shape ``(n_rows, n_per_row)`` with ``n_per_row`` a multiple
 of the block size; ``imatrix`` is ``None`` or float32 of shape ``(n_per_row,)``. The result is uint8 of
-shape ``(n_rows, row_bytes)`` holding exactly the bytes ggml writes. Functions must not loop over blocks
+shape ``(n_rows, row_bytes)`` holding exactly the bytes ggml writes. Functions marked ``writes_into``
+also accept ``out=`` (the caller's output rows) and fill it, which saves a copy for the streaming types. Functions must not loop over blocks
 in Python: every step runs over all blocks of the chunk at once.
 """
 
@@ -15,12 +16,19 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from ._numeric import F32Array, U8Array
 
 QuantFn = Callable[[F32Array, "F32Array | None"], U8Array]
+
+
+class QuantIntoFn(Protocol):
+    """A quantizer that can also write straight into the caller's output rows."""
+
+    def __call__(self, rows: F32Array, imatrix: F32Array | None, /, out: U8Array | None = None) -> U8Array: ...
 
 T = GGMLQuantizationType
 
@@ -31,6 +39,7 @@ class QuantizerSpec:
     module: str
     function: str
     requires_imatrix: bool = False
+    writes_into: bool = False  # the function takes ``out=`` (see QuantIntoFn)
 
     @property
     def block_size(self) -> int:
@@ -49,17 +58,19 @@ class QuantizerSpec:
         return fn
 
 
-def _spec(qtype: GGMLQuantizationType, module: str, requires_imatrix: bool = False) -> QuantizerSpec:
-    return QuantizerSpec(qtype, module, f"quantize_{qtype.name.lower()}", requires_imatrix)
+def _spec(
+    qtype: GGMLQuantizationType, module: str, requires_imatrix: bool = False, writes_into: bool = False
+) -> QuantizerSpec:
+    return QuantizerSpec(qtype, module, f"quantize_{qtype.name.lower()}", requires_imatrix, writes_into)
 
 
 # ggml_quantize_requires_imatrix: IQ2_XXS, IQ2_XS and IQ1_S assert on a NULL imatrix.
 SPECS: dict[GGMLQuantizationType, QuantizerSpec] = {
     s.qtype: s
     for s in (
-        _spec(T.F32, "floats"),
-        _spec(T.F16, "floats"),
-        _spec(T.BF16, "floats"),
+        _spec(T.F32, "floats", writes_into=True),
+        _spec(T.F16, "floats", writes_into=True),
+        _spec(T.BF16, "floats", writes_into=True),
         _spec(T.Q8_0, "legacy"),
         _spec(T.Q4_0, "legacy"),
         _spec(T.Q4_1, "legacy"),
