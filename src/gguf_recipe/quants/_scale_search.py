@@ -254,7 +254,7 @@ def make_q3_quants(x: F32Array, nmax: int) -> tuple[F32Array, F32Array]:
         L = _levels_clamped(np.multiply(x, iscale, out=scratch("q3.L", (n, g))), lo, hi)
         t = np.multiply(wwx, L, out=scratch("q3.t", (2, n, g)))
         np.multiply(t[0], L, out=t[0])
-        sums = np.add.reduce(t, axis=1)  # [suml2, sumlx], sequential over the n elements
+        sums = seq_sum(t, axis=1)  # [suml2, sumlx], sequential over the n elements (also for one group)
         skip = zero if zero.any() else None
         kh, act, nlv, s = _q3_step(x, L, t, sums, None, None, skip, lo, hi)
         if act.size:
