@@ -205,3 +205,51 @@ def test_make_q3_quants_matches_scalar_reference(groups: np.ndarray) -> None:
         ref_scale, ref_L = _ref_make_q3_quants(groups[:, gi], 4)
         assert scale[gi].tobytes() == ref_scale.tobytes()
         assert L[:, gi].astype(int).tolist() == ref_L
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    groups=hnp.arrays(
+        np.float32,
+        st.tuples(st.just(16), st.sampled_from([1, 2, 3])),
+        elements=st.one_of(st.integers(-8, 8).map(float), st.floats(-(2.0**100), 2.0**100, width=32)),
+    ),
+    data=st.data(),
+)
+def test_q6_search_matches_make_qx_quants(groups: np.ndarray, data: st.DataObject) -> None:
+    """Q6_K's own make_qx_quants(16, 32) (sums of every candidate, then the accept scan) agrees with the
+    generic search: the scale bit for bit, and the levels it would keep."""
+    from gguf_recipe.quants import kquants as kq
+
+    n_rows = groups.shape[1]
+    x = np.ascontiguousarray(groups)
+    im = None
+    if data.draw(st.booleans()):
+        im = data.draw(hnp.arrays(np.float32, (16,), elements=st.floats(0, 1e6, width=32)))
+    qw = None if im is None else np.ascontiguousarray(np.tile(im[:, None], (1, n_rows)))
+    with np.errstate(all="ignore"):
+        ref_scale, ref_L = ss.make_qx_quants(x, 32, qw)
+        scale, safe_mx, idx, zero, amax = kq._q6_search(x, im, n_rows)
+        L = kq._q6_keep_levels(x, safe_mx, idx)
+    L[:, zero] = 0
+    assert scale.tobytes() == ref_scale.tobytes()
+    assert np.array_equal(L, ref_L)
+    assert np.array_equal(amax, np.abs(x).max(axis=0))
+
+
+def test_q6_k_ties_and_kept_levels() -> None:
+    """Groups whose largest |x| occurs with both signs, and sub-blocks whose scale rounds to 0 (the
+    levels of the search are kept), against the generic make_qx_quants path (non-finite input)."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((4, 1024)).astype(np.float32)
+    x[:, 16:32] *= np.float32(1e-4)  # q_sc == 0
+    x[:, 40] = -np.abs(x[:, 32:48]).max(axis=1) * 2  # tie: -m first, +m later
+    x[:, 45] = -x[:, 40]
+    x[:, 64:80] = 0
+    im = rng.exponential(size=1024).astype(np.float32)
+    bad = x.copy()
+    bad[:, 1000:] = np.nan  # the last super-block makes the whole work item take the generic path
+    for imx in (None, im):
+        fast = quantize(x, "Q6_K", imx, threads=1)
+        slow = quantize(bad, "Q6_K", imx, threads=1)
+        assert np.array_equal(fast[:, :630], slow[:, :630])

@@ -36,9 +36,11 @@ from ._scale_search import (
 __all__ = ["quantize_q2_k", "quantize_q3_k", "quantize_q4_k", "quantize_q5_k", "quantize_q6_k"]
 
 QK_K = 256
+_F0 = np.float32(0)
 _F1 = np.float32(1)
 I32Array = npt.NDArray[np.int32]
 AnyArray = npt.NDArray[Any]
+_LE64 = np.dtype("<u8")
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -149,13 +151,147 @@ def _max_pos_rows(v: F32Array) -> F32Array:
 # ----------------------------------------------------------------------------------------------------- Q6_K
 
 
+# make_qx_quants(16, 32, ...) candidates: the first iscale is -32/max, then -(32 + 0.1f*is)/max, is = -9..9 != 0.
+_Q6_C = [np.float32(32)] + [np.float32(32) + np.float32(0.1) * np.float32(s) for s in range(-9, 10) if s]
+# For finite x, |iscale*x| <= c*(1+2^-24)^2: below 31.5 the levels never leave [-32, 31] (no clip), below
+# 32.5 only the upper bound can be reached (clip 0, a minimum against a row of 31s is cheaper than np.clip).
+_Q6_CLIP = [0 if float(c) < 31.45 else 1 if float(c) < 32.45 else 2 for c in _Q6_C]
+
+
+def _q6_absmax(x: F32Array) -> tuple[F32Array, F32Array]:
+    """:func:`._scale_search._first_absmax` for finite ``x`` (16, G): (largest |x|, first value holding it)."""
+    hi: F32Array = np.maximum.reduce(x, axis=0)
+    lo: F32Array = np.minimum.reduce(x, axis=0)
+    nlo = np.negative(lo)
+    amax = np.maximum(hi, nlo)
+    mx = np.where(hi > nlo, hi, lo)
+    tie = np.flatnonzero((hi == nlo) & (amax > 0))
+    if tie.size:  # both signs reach amax: the first one wins
+        xt = x[:, tie]
+        at = amax[tie]
+        first = np.zeros(tie.size, dtype=np.float32)
+        for i in range(x.shape[0] - 1, -1, -1):
+            np.copyto(first, xt[i], where=np.abs(xt[i]) == at)
+        mx[tie] = first
+    mx[amax == 0] = 0
+    return amax, mx
+
+
+def _q6_search(
+    x: F32Array, imatrix: F32Array | None, n_rows: int
+) -> tuple[F32Array, F32Array, I32Array, npt.NDArray[np.bool_], F32Array]:
+    """make_qx_quants(16, 32, x, L, 1, qw) for every group of finite ``x`` (16, G), without its levels
+    (``qw``: the imatrix values of the group, the same for each of the ``n_rows`` rows).
+
+    Returns (scale, the candidates' divisor ``safe_mx``, the accepted candidate's index, all-zero groups,
+    largest |x|). The levels are only needed where the requantization keeps them (d == 0), see
+    :func:`_q6_keep_levels`. The sums of all 19 candidates are computed first (a few passes over the
+    values each), then C's accept-if-better scan runs over the (19, G) sums; only the few groups that
+    accept a candidate compute its scale (C's divisions).
+    """
+    n, g = x.shape
+    k = len(_Q6_C)
+    amax, mx = _q6_absmax(x)
+    zero = amax < np.float32(1e-15)
+    safe_mx = np.where(zero, _F1, mx)
+    ww = scratch("q6.ww", (2, n, g))  # [w*x, w]
+    if imatrix is None:
+        np.multiply(x, x, out=ww[1])
+    else:
+        np.copyto(ww[1].reshape(n, n_rows, -1), imatrix.reshape(-1, n).T[:, None, :])
+    np.multiply(ww[1], x, out=ww[0])
+    v = scratch("q6.v", (n, g))
+    t = scratch("q6.t", (2, n, g))
+    S = scratch("q6.S", (k, 2, g))  # [sumlx, suml2] per candidate
+    row31 = np.full(g, 31, dtype=np.float32)
+    for j, c in enumerate(_Q6_C):
+        iscale = np.divide(-c, safe_mx)
+        np.multiply(x, iscale, out=v)
+        np.rint(v, out=v)
+        if _Q6_CLIP[j] == 1:
+            np.minimum(v, row31, out=v)
+        elif _Q6_CLIP[j] == 2:
+            np.clip(v, np.float32(-32), np.float32(31), out=v)
+        np.multiply(ww, v, out=t)
+        np.multiply(t[1], v, out=t[1])
+        seq_sum(t, axis=1, out=S[j])
+    slx, sl2 = S[:, 0], S[:, 1]
+    lhs = np.multiply(slx, slx, out=scratch("q6.lhs", (k, g)))
+    pos = np.greater(sl2, _F0, out=scratch("q6.pos", (k, g), np.bool_))
+    sc0 = np.divide(slx[0], sl2[0])
+    np.putmask(sc0, sl2[0] == 0, _F0)  # suml2 ? sumlx/suml2 : 0
+    best = np.multiply(sc0, slx[0])
+    idx = np.zeros(g, dtype=np.int32)
+    rhs = np.empty(g, dtype=np.float32)
+    better = np.empty(g, dtype=np.bool_)
+    for j in range(1, k):
+        np.multiply(best, sl2[j], out=rhs)
+        np.greater(lhs[j], rhs, out=better)  # if (suml2 > 0 && sumlx*sumlx > best*suml2)
+        better &= pos[j]
+        acc = np.flatnonzero(better)  # a few percent of the groups
+        if acc.size:
+            lx = slx[j][acc]
+            best[acc] = lx / sl2[j][acc] * lx  # scale = sumlx/suml2; best = scale*sumlx
+            idx[acc] = j
+    flat = idx.astype(np.intp)
+    flat *= 2 * g  # S[idx, 0, group], S[idx, 1, group]
+    flat += np.arange(g)
+    Sf = S.reshape(-1)
+    scale = np.divide(np.take(Sf, flat), np.take(Sf, flat + g))
+    np.copyto(scale, sc0, where=idx == 0)
+    scale[zero] = 0
+    return scale, safe_mx, idx, zero, amax
+
+
+def _q6_keep_levels(x: F32Array, safe_mx: F32Array, idx: I32Array) -> F32Array:
+    """The search's levels (l + 32) of the groups given as columns of ``x`` (16, k)."""
+    c = np.array(_Q6_C, dtype=np.float32)[idx]
+    L = np.multiply(x, np.negative(c) / safe_mx)
+    np.rint(L, out=L)
+    np.clip(L, np.float32(-32), np.float32(31), out=L)
+    L += np.float32(32)
+    return L
+
+
+def _q6_levels(
+    x: F32Array, d: F32Array, dz: npt.NDArray[np.intp], keep: F32Array | None, amax: F32Array | None
+) -> U8Array:
+    """``L = clamp(nearest_int(x/d), -32, 31) + 32`` per group of ``x`` (16, G), as uint8 in the same
+    layout; the groups ``dz`` (d == 0) take ``keep``.
+
+    Where every |x/d| stays below 2^22 (checked from the groups' largest |x|), rint is nearest_int.
+    """
+    q = np.divide(x, d, out=scratch("q6.q", x.shape))
+    lo, hi = np.float32(-32), np.float32(31)
+    if amax is not None and bool(np.all((amax <= np.float32(4e6) * np.abs(d)) | (d == 0))):
+        np.rint(q, out=q)
+        np.clip(q, lo, hi, out=q)
+        q += np.float32(32)
+        L: U8Array = scratch("q6.L", x.shape, np.uint8)
+        np.copyto(L, q, casting="unsafe")  # the d == 0 groups (inf/NaN here) are replaced below
+    else:
+        qi = nearest_int_inplace(q)
+        np.clip(qi, -32, 31, out=qi)
+        qi += np.int32(32)
+        L = qi.astype(np.uint8)
+    if keep is not None:
+        L[:, dz] = keep
+    return L
+
+
 @quiet_fp
 def quantize_q6_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     n_rows = rows.shape[0]
     n_super = rows.size // QK_K
-    x16 = _groups(rows, 16)
-    qw = None if imatrix is None else _weights_groups(imatrix, n_rows, 16)
-    scales, L0 = make_qx_quants(x16, 32, qw)
+    x16 = scratch("q6.x16", (16, rows.size // 16))  # the _groups layout, in a reused buffer
+    np.copyto(x16, rows.reshape(-1, 16).T)
+    # A finite total means every value is finite (inf and NaN propagate); otherwise the generic search.
+    fast = bool(np.isfinite(np.add.reduce(x16, axis=None)))
+    if fast:
+        scales, safe_mx, best_idx, group_zero, group_amax = _q6_search(x16, imatrix, n_rows)
+    else:
+        qw = None if imatrix is None else _weights_groups(imatrix, n_rows, 16)
+        scales, L0 = make_qx_quants(x16, 32, qw)
     sc = scales.reshape(n_super, 16)
 
     max_abs, max_scale = _first_absmax_rows(sc)
@@ -167,17 +303,34 @@ def quantize_q6_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     q_sc_i8 = q_sc.astype(np.int8)  # stored as int8_t
     dq = _fp16r(d)[:, None] * q_sc_i8.astype(np.float32)
 
-    L = _requant(x16, dq.reshape(-1), -32, 31, L0)
+    dqg = dq.reshape(-1)
+    dz = np.flatnonzero(dqg == 0)  # C: if (!d) keep the search's levels
+    keep = None
+    if dz.size:
+        if fast:
+            keep = _q6_keep_levels(x16[:, dz], safe_mx[dz], best_idx[dz])
+            keep[:, group_zero[dz]] = 0
+        else:
+            keep = L0[:, dz]
+    L = _q6_levels(x16, dqg, dz, keep, group_amax if fast else None)
 
-    Lr = L.reshape(n_super, 2, 4, 32)
-    lo4 = Lr & 0xF
-    hi2 = Lr >> 4
+    # Packed straight from the (16, G) layout: value 16*j + i of a super-block is L[i, s, j]; with
+    # j = 8h + 2q + lh (half h, quarter q) its bits go to ql[64h + 32(q&1) + 16lh + i] and
+    # qh[32h + 16lh + i]. The 8 levels of one (i, s, h) are one little-endian uint64, byte 2q + lh.
+    w = L.reshape(16, n_super, 16).view(_LE64)  # (16, S, 2)
+    lo4 = np.bitwise_and(w, np.uint64(0x0F0F0F0F0F0F0F0F), out=scratch("q6.lo", w.shape, np.uint64))
+    hi2 = np.right_shift(w, np.uint64(4), out=w)
+    hi2 &= np.uint64(0x0303030303030303)
+    lo4 |= lo4 >> np.uint64(28)  # bytes 0..3: lo(q) | lo(q + 2) << 4 for q = 0, 1
+    qh = np.right_shift(hi2, np.uint64(14), out=scratch("q6.qh", w.shape, np.uint64))
+    qh |= hi2
+    qh |= hi2 >> np.uint64(28)
+    qh |= hi2 >> np.uint64(42)  # bytes 0, 1: the 2-bit highs of q = 0..3 for lh = 0, 1
     out = np.empty((n_super, 210), dtype=np.uint8)
-    ql = out[:, :128].reshape(n_super, 2, 2, 32)
-    ql[:, :, 0] = lo4[:, :, 0] | (lo4[:, :, 2] << 4)
-    ql[:, :, 1] = lo4[:, :, 1] | (lo4[:, :, 3] << 4)
-    qh = hi2[:, :, 0] | (hi2[:, :, 1] << 2) | (hi2[:, :, 2] << 4) | (hi2[:, :, 3] << 6)
-    out[:, 128:192] = qh.reshape(n_super, 64)
+    lb = lo4.view(np.uint8).reshape(16, n_super, 2, 8)
+    out[:, :128].reshape(n_super, 2, 4, 16)[...] = lb[..., :4].transpose(1, 2, 3, 0)
+    hb = qh.view(np.uint8).reshape(16, n_super, 2, 8)
+    out[:, 128:192].reshape(n_super, 2, 2, 16)[...] = hb[..., :2].transpose(1, 2, 3, 0)
     out[:, 192:208] = q_sc_i8.view(np.uint8)
     out[:, 208:210] = _fp16_bytes(d)
     out[zero] = 0
