@@ -397,6 +397,8 @@ def test_shortcut_equals_full_replay(
     fast = fn(x, im)
     # every band is ambiguous: walks all eps steps, then replays everything
     monkeypatch.setattr(iq1, "_BAND", 0.99)
+    monkeypatch.setattr(iq1, "_BAND_S", 0.99)
+    monkeypatch.setattr(iq1, "_BAND_M", 0.99)
     assert np.array_equal(fn(x, im), fast)
     monkeypatch.undo()
     # no block passes the range check: the whole scan is replayed for every block

@@ -6,11 +6,12 @@ points (and every shift) with a running "best so far" scan, then snap each group
 2048-point grid (nearest neighbour under the weighted error when the code is off the grid).
 
 Exact reproduction of the running scan: every candidate's sums are computed for all sub-blocks at once
-(as C does, up to exact power-of-two rescalings) and ``s = sumqx^2 / sumq2`` ranks them. ggml's test
-``sumqx*sumqx > best_score*sumq2`` agrees with ``s_k > s_best`` whenever the two differ by more than a
-few ulps, so only the candidates whose ``s`` lies within ``eps`` of the sub-block maximum (separated from
-the rest by a gap of at least ``_BAND``) can change the outcome: their sums are recomputed exactly as in
-C and ggml's scan is replayed over them. Sub-blocks where that argument does not hold (values near
+(C's sums regrouped into fewer passes, with a proven bound on the relative error of the resulting
+``s = sumqx^2 / sumq2`` near the maximum) and ``s`` ranks them. ggml's test
+``sumqx*sumqx > best_score*sumq2`` agrees with ``s_k > s_best`` whenever the two differ by more than that
+error plus a few ulps, so only the candidates whose ``s`` lies within ``eps`` of the sub-block maximum
+(separated from the rest by a gap of at least ``_BAND_S`` / ``_BAND_M``, over twice the error) can
+change the outcome: their sums are recomputed exactly as in C and ggml's scan is replayed over them. Sub-blocks where that argument does not hold (values near
 float32 under/overflow, negative weights) replay the whole scan. The neighbour search works the same
 way: approximate distances pick the few neighbours that can win, which get C's exact sequential sum.
 """
@@ -18,6 +19,7 @@ way: approximate distances pick the few neighbours that can win, which get C's e
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -41,7 +43,11 @@ _XP = np.array([-1 + 0.125, 0.125, 1 + 0.125], dtype=_F)  # x_p; IQ1S_DELTA == I
 _XM = np.array([-1 - 0.125, -0.125, 1 - 0.125], dtype=_F)  # x_m
 _FLT_MAX = _F(np.finfo(np.float32).max)
 _BAND = 1e-5  # relative gap around the contender threshold; >> the few ulps ggml's test can be off
-_EPS_STEPS = (1e-4, 1e-3, 1e-2, 1e-1)
+# IQ1_S ranks with regrouped sums (see _iq1s_search), off C's scores by < 1.1e-5 relative near the
+# maximum: the band must exceed twice that (wider bands leave more blocks unseparated)
+_BAND_S = 4e-5
+_BAND_M = 6e-5  # likewise for IQ1_M, whose regrouped scores are off by < 2.2e-5
+_EPS_STEPS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 _COLLECT_EPS = 1e-3  # IQ1_M keeps the candidates that the first steps of _EPS_STEPS can need
 _NB_TOL = _F(1e-5)  # relative slack of the approximate neighbour distances (their error is < 1e-6)
 
@@ -50,16 +56,45 @@ _NB_TOL = _F(1e-5)  # relative slack of the approximate neighbour distances (the
 # shared pieces
 
 
-def _sort_order(x: F32Array) -> I64Array:
+def _sort_order(x: F32Array) -> tuple[I64Array, I64Array, I64Array]:
     """ggml's ``qsort(pairs, n, 8, iq1_sort_helper)``: ascending by value, -0.0 == +0.0, ties keep the
-    original order (glibc's qsort is a stable merge sort for these small arrays)."""
-    n = x.shape[1]
+    original order (glibc's qsort is a stable merge sort for these small arrays).
+
+    Returns (order, key, sorted key): key (nb, n) is unique per row and ranks like the sort; the sorted
+    keys get an extra last column above every key (see :func:`_split_levels`)."""
+    nb, n = x.shape
+    assert n & (n - 1) == 0
     b = x.view(np.int32)
-    key = np.where(b < 0, -(b & np.int32(0x7FFFFFFF)), b).astype(np.int64)
-    key = key * n + np.arange(n, dtype=np.int64)
-    key.sort(axis=1)
-    order: I64Array = key % n
-    return order
+    # value order as ints, -0.0 == +0.0: b >= 0 -> b, b < 0 -> -(b & 0x7FFFFFFF) = (b ^ 0x7FFFFFFF) + 1
+    sgn = b >> 31
+    k32 = b ^ (sgn & np.int32(0x7FFFFFFF))
+    k32 -= sgn
+    key = k32.astype(np.int64)
+    key *= n
+    key += np.arange(n, dtype=np.int64)
+    ks = np.empty((nb, n + 1), dtype=np.int64)
+    ks[:, :n] = key
+    ks[:, :n].sort(axis=1)
+    ks[:, n] = np.iinfo(np.int64).max
+    order: I64Array = ks[:, :n] & (n - 1)  # == % n (n is a power of two)
+    return order, key, ks
+
+
+def _split_levels(key: I64Array, ks: I64Array, s1: I64Array, s2: I64Array) -> npt.NDArray[np.int8]:
+    """Level (j >= s1) + (j >= s2) of every value, j its position in the sorted order (see
+    :func:`_sort_order`): compares keys with the keys at the split points instead of scattering."""
+    rows = np.arange(key.shape[0])
+    lv = np.greater_equal(key, ks[rows, s1][:, None]).view(np.int8)
+    lv += np.greater_equal(key, ks[rows, s2][:, None]).view(np.int8)
+    return lv
+
+
+def _block_stats(x: F32Array, w: F32Array, wx: F32Array) -> tuple[F32Array, F32Array, F32Array]:
+    """sum(|w*x|), min(w), max(w) per block (for :func:`_safe`); reductions over a transposed copy run
+    across blocks (numpy's reductions along a short last axis are slow)."""
+    wt = np.ascontiguousarray(w.T)
+    wxt = np.abs(wx.T)
+    return wxt.sum(axis=0), wt.min(axis=0), wt.max(axis=0)
 
 
 def _prefix_t(*vs: F32Array) -> F32Array:
@@ -86,7 +121,7 @@ class Collected(NamedTuple):
     cand: I64Array
     block: I64Array
     score: F32Array
-    eps: float  # every candidate with score >= m*(1-eps)*(1-_BAND) of its block is listed
+    eps: float  # every candidate with score >= m*(1-eps)*(1-band) of its block is listed
     ncand: int  # candidates per block
     columns: Callable[[IntpArray], F32Array]  # full score columns of the given blocks
 
@@ -99,12 +134,16 @@ def _contenders(
     wmin: F32Array,
     wmax: F32Array,
     collected: Collected | None = None,
+    band: float | None = None,
 ) -> tuple[I64Array, I64Array]:
     """(block, candidate) of every candidate that can influence ggml's running scan, sorted by block then
     candidate index (the scan order). ``score`` is (n_candidates, n_blocks), ``m`` its maximum per block;
     wsum, wxabs, wmin, wmax: per block sum(w), sum(|w*x|), min(w), max(w) for the range check
     (:func:`_safe`). Instead of the table, ``collected`` can hold the candidates near the maximum (a
-    superset of the contenders up to its ``eps``) and give the table's columns on demand."""
+    superset of the contenders up to its ``eps``) and give the table's columns on demand. ``band``: the
+    relative gap, well above the relative error of the scores near the maximum (default ``_BAND``)."""
+    if band is None:
+        band = _BAND
     nb = m.shape[0]
     if collected is not None:
         ncand = collected.ncand
@@ -125,7 +164,7 @@ def _contenders(
             break
         # contenders: s >= lo; the block is settled when none of them falls in the band [lo, thr)
         thr = (m.astype(np.float64) * (1.0 - eps)).astype(_F)
-        lo = (thr.astype(np.float64) * (1.0 - _BAND)).astype(_F)
+        lo = (thr.astype(np.float64) * (1.0 - band)).astype(_F)
         with np.errstate(invalid="ignore"):
             if pool is not None and eps <= pool.eps:
                 sel = np.flatnonzero(pool.score >= lo[pool.block])
@@ -262,17 +301,18 @@ _NB_BUCKETS = 8  # groups are sorted by neighbour-list length and padded per buc
 
 
 @functools.cache
-def _nb_padded() -> tuple[npt.NDArray[np.int16], npt.NDArray[np.int16], npt.NDArray[np.int16]]:
+def _nb_padded() -> tuple[IntpArray, IntpArray, IntpArray]:
     """Per neighbour-table row, padded to the longest list: (grid index, base-3 code of levels 0..3,
-    of levels 4..7). Padding points at code 81, an extra +inf column of the distance tables."""
+    of levels 4..7). Padding points at code 81, an extra +inf column of the distance tables. Kept as
+    intp: gathers with other index types pay a conversion pass."""
     t = iq1_tables()
-    lo = np.full(t.nb_padded.shape, 81, dtype=np.int16)
-    hi = np.full(t.nb_padded.shape, 81, dtype=np.int16)
+    lo = np.full(t.nb_padded.shape, 81, dtype=np.intp)
+    hi = np.full(t.nb_padded.shape, 81, dtype=np.intp)
     r, j = np.nonzero(t.nb_valid)
     e = t.nb_start[r] + j
     lo[r, j] = t.nb_lo3[e]
     hi[r, j] = t.nb_hi3[e]
-    return t.nb_padded.astype(np.int16), lo, hi
+    return t.nb_padded.astype(np.intp), lo, hi
 
 
 def _table4x(t: F32Array) -> F32Array:
@@ -296,8 +336,8 @@ def _neighbour_search(codes: I64Array, terms: F32Array) -> I64Array:
     smallest one wins. Distances are first approximated from two 81-entry tables per group (sums over
     coordinates 0..3, exactly C's partial sums, and over 4..7); only neighbours within ``_NB_TOL`` of
     the group's approximate minimum get C's exact sum. Groups with negative or NaN terms check every
-    neighbour exactly. The lists are laid out as rows padded to the longest list of a bucket of groups
-    with similar list lengths.
+    neighbour exactly. The groups are sorted by list length once (so every bucket's tables are one
+    contiguous, cache-resident slice) and each bucket's lists are padded to its longest one.
     """
     n = codes.shape[0]
     best: I64Array = np.zeros(n, dtype=np.int64)
@@ -305,42 +345,53 @@ def _neighbour_search(codes: I64Array, terms: F32Array) -> I64Array:
         return best
     tables = iq1_tables()
     nb_grid, nb_lo, nb_hi = _nb_padded()
-    rows = np.take(tables.nb_row, codes)
+    rows_u = np.take(tables.nb_row, codes)
+    order = np.argsort(np.take(tables.nb_count, rows_u), kind="stable")
+    rows = np.take(rows_u, order)
     counts = np.take(tables.nb_count, rows)
-    terms = terms.copy()
+    terms = np.take(terms, order, axis=2)
     terms[0] += _F(0)  # C starts from d2 = 0: a -0.0 first term becomes +0.0
-    p82 = _table4x(terms[:4])  # exactly C's partial sums
-    q82 = _table4x(terms[4:])
     every: BoolArray = np.asarray((terms < 0).any(axis=(0, 1)))
-    t4 = terms[4:].reshape(4, -1)  # (4, 3 * n), index level * n + group
-    order = np.argsort(counts, kind="stable")
-    for part in np.array_split(order, min(_NB_BUCKETS, n)):
-        width = int(counts[part[-1]])
-        r = rows[part]
-        off = (part * 82)[:, None]
-        ilo = np.add(nb_lo[r, :width], off)
-        ihi = np.add(nb_hi[r, :width], off)
-        d2a = np.take(p82, ilo)
-        d2a += np.take(q82, ihi)
+    t4 = terms[4:]
+    nparts = min(_NB_BUCKETS, n)
+    bounds = [n * k // nparts for k in range(nparts + 1)]
+    off_all = (np.arange(bounds[1] + 1, dtype=np.intp) * 82)[:, None]
+    for a, b in itertools.pairwise(bounds):
+        if b == a:
+            continue
+        m = b - a
+        width = int(counts[b - 1])
+        r = rows[a:b]
+        off = off_all[:m]
+        pa = _table4x(terms[:4, :, a:b])  # exactly C's partial sums
+        qa = _table4x(terms[4:, :, a:b])
+        ilo = nb_lo[r, :width]
+        ilo += off
+        ihi = nb_hi[r, :width]
+        ihi += off
+        d2a = np.take(pa, ilo)
+        d2a += np.take(qa, ihi)
         dmin = d2a.min(axis=1)
         thr = dmin + dmin * _NB_TOL + _F(1e-37)
         cand: BoolArray = np.less_equal(d2a, thr[:, None])
         # negative terms (cancellation) or NaN: check every neighbour of the group exactly
-        ev: BoolArray = np.asarray(every[part] | np.isnan(dmin))
+        ev: BoolArray = np.asarray(every[a:b] | np.isnan(dmin))
         if ev.any():
             cand[ev] = tables.nb_valid[r[ev], :width]
-        gl, j = np.divmod(np.flatnonzero(cand), width)
-        fl = nb_grid[r[gl], j].astype(np.intp)
-        g = part[gl]
+        fc = np.flatnonzero(cand)
+        gl, j = np.divmod(fc, width)
+        rg = np.take(r, gl)
+        fl = nb_grid[rg, j]
         lev = tables.grid_levels[fl, 4:].astype(np.intp)
-        d2 = np.take(p82, np.take(ilo, gl * width + j))
+        d2 = np.take(pa, np.take(ilo, fc))
+        tg = t4[:, :, a:b]
         for i in range(4):
-            d2 += np.take(t4[i], lev[:, i] * n + g)
+            d2 += tg[i][lev[:, i], gl]
         seg = np.flatnonzero(np.concatenate(([True], gl[1:] != gl[:-1])))
         kmin = first_min(d2, seg)
         if np.isnan(d2[kmin]).any():  # C's `d2 < best` never picks a NaN
             kmin = first_min(np.where(np.isnan(d2), _F(np.inf), d2), seg)
-        best[g[kmin]] = fl[kmin]
+        best[np.take(order, gl[kmin] + a)] = fl[kmin]
     return best
 
 
@@ -362,7 +413,13 @@ def _grid_lookup(
 
     Returns (index, off_grid)."""
     tables = iq1_tables()
-    u = (lv.astype(np.int64) << (2 * np.arange(8, dtype=np.int64))).sum(axis=1)
+    # u = sum(lv[:, i] << 2*i): the 8 level bytes of a group read as one little-endian word, their
+    # 2-bit values packed together by shifts
+    v = np.ascontiguousarray(lv).view("<u8").reshape(-1)
+    v = (v | (v >> np.uint64(6))) & np.uint64(0x000F000F000F000F)
+    v = (v | (v >> np.uint64(12))) & np.uint64(0x000000FF000000FF)
+    v = (v | (v >> np.uint64(24))) & np.uint64(0xFFFF)
+    u = v.astype(np.int64)
     gi = tables.kmap[u].astype(np.int64)
     off = gi < 0
     if off.any():
@@ -377,8 +434,16 @@ def _sub_blocks(
     """Values and weights as (n_sub, bs) sub-blocks, and the sub-blocks whose max |x| reaches ``eps``."""
     x = xsb.reshape(-1, bs)
     w = wsb.reshape(-1, bs)
-    act: I64Array = np.flatnonzero(np.abs(x).max(axis=1) >= eps)
-    return x, w, act
+    big = np.abs(x) >= eps
+    if np.isnan(x).any():  # numpy's max is NaN there: never active
+        act: I64Array = np.flatnonzero(np.abs(x).max(axis=1) >= eps)
+        return x, w, act
+    # any() along the short axis, 8 flags at a time
+    words = big.view(np.uint64)
+    hit = words[:, 0].copy()
+    for i in range(1, words.shape[1]):
+        hit |= words[:, i]
+    return x, w, np.flatnonzero(hit)
 
 
 def _make_positive(
@@ -400,8 +465,8 @@ def _snap_and_refit(
         lv.reshape(na * ng, 8), xa.reshape(na * ng, 8), wa.reshape(na * ng, 8), np.repeat(scale, ng), xx
     )
     refit = offg.reshape(na, ng).any(axis=1)
-    levels = iq1_tables().grid_levels[gi].astype(np.int64)  # (na*ng, 8)
-    q = np.take_along_axis(xx, levels, axis=1).reshape(na, bs)
+    # xx[l] = (l - 1) + delta = l + xx[0], exactly (all values are multiples of 1/8)
+    q = (iq1_tables().grid_levels[gi] + xx[:, :1]).astype(_F).reshape(na, bs)
     wq = wa * q
     sqx = _seq_sum(wq * xa)
     sq2 = _seq_sum(wq * q)
@@ -430,10 +495,11 @@ def _iq1s_search(
 
     Returns L (nb, 32) levels, scale (nb,), shift (nb,) in {-1, 0, 1} (0: none found), found (nb,)."""
     nb, bs = x.shape
-    order = _sort_order(x)
+    order, key, ks = _sort_order(x)
     wx = w * x
     # prefix sums over the sorted values, transposed to (bs+1, nb) so every step runs over all blocks
-    pref = _prefix_t(np.take_along_axis(wx, order, axis=1), np.take_along_axis(w, order, axis=1))
+    flat = order + (np.arange(nb, dtype=np.int64) * bs)[:, None]
+    pref = _prefix_t(np.take(wx, flat), np.take(w, flat))
     sx, sw = pref[0], pref[1]
     xp0, xp1, xp2 = _XP
     xm0, _, xm2 = _XM
@@ -450,36 +516,74 @@ def _iq1s_search(
         rw = sw[bs] - sw
         b3p = (rw * xp2) * xp2
         b3m = (rw * xm2) * xm2
-        # The ranking only has to be accurate (the contenders are recomputed exactly), so the
-        # x[1] = +-1/8 scalings move onto the prefix sums: exact except for denormals.
+        # The ranking only has to be accurate (the contenders are recomputed exactly below), so the sums
+        # are regrouped into an i2-only and an i1-only term, e.g. qx(+) = (s8[i2] + a3p[i2]) +
+        # (a1p[i1] - s8[i1]) with s8 = sx*x[1]: two passes instead of five per score. Error bound: with
+        # S = sum|w*x| and u = 2^-24, every term is <= 1.25*S and qx is off C's value by < 8*u*S (both
+        # roundings counted); a score within 10% of the block maximum m >= (0.875*S)^2/(1.27*W) has
+        # q2 >= W/64 (all |q| >= 1/8), hence |qx| >= 0.09*S and a relative score error < 1.1e-5 (see
+        # _BAND_S). q2's terms are all >= 0 (_safe demands w >= 0): a few ulps. The x[1] = +-1/8
+        # scalings are exact except for denormals (absolute error << u*S, S >= 1e-30 by _safe).
         s8 = sx * xp1
         w64 = (sw * xp1) * xp1
-        npairs = (bs + 1) * (bs + 2) // 2
-        score = np.empty((npairs, 2, nb), dtype=_F)
-        bd, bq, bx, b2 = (np.empty((bs + 1, nb), dtype=_F) for _ in range(4))
+        up = s8 + a3p  # i2 terms
+        um = a3m - s8
+        vp = w64 + b3p
+        vm = w64 + b3m
+        cxp = a1p - s8  # i1 terms
+        cxm = a1m + s8
+        cqp = b1p - w64
+        cqm = b1m - w64
+        # The score table is never stored (as for IQ1_M): each i1 slab lists the candidates within
+        # _COLLECT_EPS of the running maximum of their block; :func:`columns` recomputes whole columns.
+        cs: list[I64Array] = []
+        bsl: list[I64Array] = []
+        vs: list[F32Array] = []
+        terms = ((up, cxp, vp, cqp), (um, cxm, vm, cqm))
+        slab = scratch("iq1s.slab", (2 * (bs + 1) * nb,))
+        bx = scratch("iq1s.bx", (bs + 1, nb))
         smax = np.full(nb, -np.inf, dtype=_F)
-        off = 0
+        row0 = 0
         for i1 in range(bs + 1):
             k = bs + 1 - i1
-            out = score[off : off + k]
-            d8 = np.subtract(s8[i1:], s8[i1], out=bd[:k])
-            qq = np.subtract(w64[i1:], w64[i1], out=bq[:k])
-            qx = np.add(d8, a1p[i1], out=bx[:k])
-            qx += a3p[i1:]
-            q2 = np.add(qq, b1p[i1], out=b2[:k])
-            q2 += b3p[i1:]
-            qx *= qx
-            np.divide(qx, q2, out=out[:, 0])
-            qx = np.subtract(a1m[i1], d8, out=bx[:k])
-            qx += a3m[i1:]
-            q2 = np.add(qq, b1m[i1], out=b2[:k])
-            q2 += b3m[i1:]
-            qx *= qx
-            np.divide(qx, q2, out=out[:, 1])
-            np.maximum(smax, out.reshape(-1, nb).max(axis=0), out=smax)
-            off += k
+            out = slab[: 2 * k * nb].reshape(2, k, nb)  # (shift, i2 - i1, block)
+            for v, (u, c, vq, cq) in enumerate(terms):
+                qx = np.add(u[i1:], c[i1], out=bx[:k])
+                qx *= qx
+                q2 = np.add(vq[i1:], cq[i1], out=out[v])
+                np.divide(qx, q2, out=q2)
+            sc = out.reshape(2 * k, nb)
+            np.maximum(smax, sc.max(axis=0), out=smax)
+            lo_run = (smax.astype(np.float64) * ((1.0 - _COLLECT_EPS) * (1.0 - 2 * _BAND_S))).astype(_F)
+            f = np.flatnonzero(np.greater_equal(sc, lo_run, out=scratch("iq1s.ge", sc.shape, np.bool_)))
+            r, col = np.divmod(f, nb)
+            v_, d = np.divmod(r, k)
+            cs.append(2 * (d + row0) + v_)  # candidate = 2*pair + shift
+            bsl.append(col)
+            vs.append(np.take(sc, f))
+            row0 += k
+
+    def columns(cols: IntpArray) -> F32Array:
+        """Every candidate's score for the blocks ``cols`` (few), computed as in the slabs."""
+        p1, p2 = _PAIRS_S
+        res = np.empty((p1.size, 2, cols.size), dtype=_F)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            for v, (u, c, vq, cq) in enumerate(terms):
+                qx = np.take(u, cols, axis=1)[p2] + np.take(c, cols, axis=1)[p1]
+                qx *= qx
+                q2 = np.take(vq, cols, axis=1)[p2] + np.take(cq, cols, axis=1)[p1]
+                np.divide(qx, q2, out=res[:, v])
+        return res.reshape(-1, cols.size)
+
     blk, cand = _contenders(
-        score.reshape(2 * npairs, nb), smax, sw[bs], np.abs(wx).sum(axis=1), w.min(axis=1), w.max(axis=1)
+        None,
+        smax,
+        sw[bs],
+        *_block_stats(x, w, wx),
+        Collected(
+            np.concatenate(cs), np.concatenate(bsl), np.concatenate(vs), _COLLECT_EPS, 2 * row0, columns
+        ),
+        band=_BAND_S,
     )
     pair = cand >> 1
     minus = (cand & 1).astype(bool)
@@ -501,12 +605,7 @@ def _iq1s_search(
     s1[found] = p1[bi]
     s2[found] = p2[bi]
     shift[found] = np.where(minus[bi], -1, 1)
-    # levels by sorted position, scattered back to the original positions
-    j = np.arange(bs, dtype=np.int64)[None, :]
-    ls = ((j >= s1[:, None]).astype(np.int8) + (j >= s2[:, None]).astype(np.int8)).astype(np.int8)
-    lv = np.empty_like(ls)
-    np.put_along_axis(lv, order, ls, axis=1)
-    return lv, scale, shift, found
+    return _split_levels(key, ks, s1, s2), scale, shift, found
 
 
 def _superblocks(rows: F32Array, imatrix: F32Array | None) -> tuple[F32Array, F32Array | None]:
@@ -519,10 +618,11 @@ def _superblocks(rows: F32Array, imatrix: F32Array | None) -> tuple[F32Array, F3
     return xsb, qw
 
 
-# Super-blocks per batch. IQ1_S: bounds the (candidates x sub-blocks) score table (~9 MB) whatever the
-# row length. IQ1_M stores no such table (its slab buffers take ~4 MB at 512); bigger batches there
-# amortise the per-call overhead of the candidate loops (measured: 256 -> 512 about 10% faster).
-_BATCH = 256
+# Super-blocks per batch. Neither search stores its full score table (the slab buffers take a few MB);
+# bigger batches amortise the per-call overhead of the candidate loops. Measured (512x4096 N(0,1)):
+# IQ1_S 256 -> 1024 about 25% faster (a whole 2^18-value work item in one batch), IQ1_M 256 -> 512
+# about 10% and no gain beyond.
+_BATCH = 1024
 _BATCH_M = 512
 
 
@@ -604,7 +704,7 @@ def _iq1m_search(x: F32Array, w: F32Array) -> tuple[npt.NDArray[np.int8], F32Arr
     Returns L (nb, 16), scale (nb,), best_k (nb,) in 0..3 (shift of each half), found (nb,)."""
     nb, bs = x.shape
     half = bs // 2
-    order = _sort_order(x)
+    order, key, ks = _sort_order(x)
     wx = w * x
     flat = order + (np.arange(nb, dtype=np.int64) * bs)[:, None]
     # per-half prefix sums over the sorted values, (bs+1, nb) each: px[0], px[1], pw[0], pw[1]
@@ -642,35 +742,42 @@ def _iq1m_search(x: F32Array, w: F32Array) -> tuple[npt.NDArray[np.int8], F32Arr
         cm = [((pw[h][bs] * m2) * m2) + pw[h] * cm1 for h in (0, 1)]
         dp = [pw[h] * cp2 for h in (0, 1)]  # per i2
         dm = [pw[h] * cm2 for h in (0, 1)]
-        # Everything the scores read, as rows of one (10*R + 4, nb) table so that the columns of any set
-        # of blocks come out with one gather: px[h] (R rows), then per half the (x_p, x_m) pairs of
-        # cc[h] (per i1, R x 2 rows), dd[h] (per i2, R x 2 rows) and tt[h] (2 rows).
+        # The ranking only has to be accurate (the contenders are recomputed exactly below), so qx is
+        # regrouped as C's (tt[0] - (px[0][i1] + px[0][i2])) + (tt[1] - (px[1][i1] + px[1][i2])) =
+        # ((tt[0] + tt[1]) - P[i1]) - P[i2] with P = px[0] + px[1]: one pass per score instead of
+        # three. Error bound: with S = sum|w*x| and u = 2^-24 every term is <= 3.125*S and qx is off
+        # C's value by < 17*u*S (both roundings counted); a score within 10% of the block maximum
+        # m >= (0.875*S)^2/(1.27*W) has q2 >= W/64 (all |q| >= 1/8), hence |qx| >= 0.09*S and a
+        # relative score error < 2.2e-5 (see _BAND_M). q2 keeps C's grouping.
+        # Everything the scores read, as rows of one (13*R, nb) table so that the columns of any set
+        # of blocks come out with one gather: P (R rows), the four (tt[0][v0] + tt[1][v1]) - P[i]
+        # (R x 4 rows), then per half the (x_p, x_m) pairs of cc[h] (per i1, R x 2 rows) and dd[h]
+        # (per i2, R x 2 rows).
         R = bs + 1
-        tab = np.empty((10 * R + 4, nb), dtype=_F)
+        tab = np.empty((13 * R, nb), dtype=_F)
+        np.add(px[0], px[1], out=tab[:R])
+        for v0, t0 in enumerate((tp[0], tm[0])):
+            for v1, t1 in enumerate((tp[1], tm[1])):
+                np.subtract(t0 + t1, tab[:R], out=tab[R + 2 * v0 + v1 : 5 * R : 4])
         for h in (0, 1):
-            tab[h * R : (h + 1) * R] = px[h]
-            for vi, (c, d, t) in enumerate(((cp[h], dp[h], tp[h]), (cm[h], dm[h], tm[h]))):
-                tab[(2 + 2 * h) * R + vi : (4 + 2 * h) * R : 2] = c
-                tab[(6 + 2 * h) * R + vi : (8 + 2 * h) * R : 2] = d
-                tab[10 * R + 2 * h + vi] = t
+            for vi, (c, d) in enumerate(((cp[h], dp[h]), (cm[h], dm[h]))):
+                tab[(5 + 2 * h) * R + vi : (7 + 2 * h) * R : 2] = c
+                tab[(9 + 2 * h) * R + vi : (11 + 2 * h) * R : 2] = d
 
         def slab(i1: int, tb: F32Array, key: str) -> F32Array:
             """Scores (s = sumqx^2/sumq2) of the candidates with this i1, rows in scan order (i2, k),
             for the blocks (columns) of ``tb``, a column subset of ``tab``."""
             k = R - i1
             n = tb.shape[1]
-            xbh: list[F32Array] = []
             rbh: list[F32Array] = []
             for h in (0, 1):
-                pxh = tb[h * R + i1 : (h + 1) * R]
-                cch = tb[(2 + 2 * h) * R + 2 * i1 : (2 + 2 * h) * R + 2 * i1 + 2]
-                ddh = tb[(6 + 2 * h) * R + 2 * i1 : (8 + 2 * h) * R].reshape(k, 2, n)
-                tth = tb[10 * R + 2 * h : 10 * R + 2 * h + 2]
-                sx = np.add(pxh[0], pxh, out=scratch(key + "sx", (k, n)))
-                xbh.append(np.subtract(tth[None], sx[:, None, :], out=scratch(key + f"xb{h}", (k, 2, n))))
+                cch = tb[(5 + 2 * h) * R + 2 * i1 : (5 + 2 * h) * R + 2 * i1 + 2]
+                ddh = tb[(9 + 2 * h) * R + 2 * i1 : (11 + 2 * h) * R].reshape(k, 2, n)
                 rbh.append(np.add(cch[None], ddh, out=scratch(key + f"rb{h}", (k, 2, n))))
             # candidate k = 2*(half 0 uses x_m) + (half 1 uses x_m), as in ggml's sumqx[0..3]
-            qx = np.add(xbh[0][:, :, None], xbh[1][:, None], out=scratch(key + "qx", (k, 2, 2, n)))
+            a4 = tb[R + 4 * i1 : R + 4 * i1 + 4]
+            qx = np.subtract(a4[None], tb[i1:R, None, :], out=scratch(key + "qx", (k, 4, n)))
+            qx = qx.reshape(k, 2, 2, n)
             q2 = np.add(rbh[0][:, :, None], rbh[1][:, None], out=scratch(key + "q2", (k, 2, 2, n)))
             qx *= qx
             np.divide(qx, q2, out=qx)
@@ -688,7 +795,7 @@ def _iq1m_search(x: F32Array, w: F32Array) -> tuple[npt.NDArray[np.int8], F32Arr
         for i1 in range(R):
             sc = slab(i1, tab, "iq1m.")
             np.maximum(rmax, np.max(sc, axis=0), out=rmax)
-            lo_run = (rmax.astype(np.float64) * ((1.0 - _COLLECT_EPS) * (1.0 - 2 * _BAND))).astype(_F)
+            lo_run = (rmax.astype(np.float64) * ((1.0 - _COLLECT_EPS) * (1.0 - 2 * _BAND_M))).astype(_F)
             f = np.flatnonzero(np.greater_equal(sc, lo_run, out=scratch("iq1m.ge", sc.shape, np.bool_)))
             r, col = np.divmod(f, nb)
             cs.append(r + row0)
@@ -703,18 +810,13 @@ def _iq1m_search(x: F32Array, w: F32Array) -> tuple[npt.NDArray[np.int8], F32Arr
         tb = np.take(tab, cols, axis=1)
         n = cols.size
         p1, p2 = _PAIRS_M
-        xbh: list[F32Array] = []
         rbh: list[F32Array] = []
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
             for h in (0, 1):
-                pxh = tb[h * R : (h + 1) * R]
-                cch = tb[(2 + 2 * h) * R : (4 + 2 * h) * R].reshape(R, 2, n)
-                ddh = tb[(6 + 2 * h) * R : (8 + 2 * h) * R].reshape(R, 2, n)
-                tth = tb[10 * R + 2 * h : 10 * R + 2 * h + 2]
-                sx = pxh[p1] + pxh[p2]
-                xbh.append(tth[None] - sx[:, None, :])
+                cch = tb[(5 + 2 * h) * R : (7 + 2 * h) * R].reshape(R, 2, n)
+                ddh = tb[(9 + 2 * h) * R : (11 + 2 * h) * R].reshape(R, 2, n)
                 rbh.append(cch[p1] + ddh[p2])
-            qx = xbh[0][:, :, None] + xbh[1][:, None]
+            qx = (tb[R : 5 * R].reshape(R, 4, n)[p1] - tb[:R][p2][:, None, :]).reshape(-1, 2, 2, n)
             q2 = rbh[0][:, :, None] + rbh[1][:, None]
             qx *= qx
             qx /= q2
@@ -725,10 +827,9 @@ def _iq1m_search(x: F32Array, w: F32Array) -> tuple[npt.NDArray[np.int8], F32Arr
         None,
         smax,
         wsum,
-        np.abs(wx).sum(axis=1),
-        w.min(axis=1),
-        w.max(axis=1),
+        *_block_stats(x, w, wx),
         Collected(np.concatenate(cs), np.concatenate(bsl), np.concatenate(vs), _COLLECT_EPS, row0, columns),
+        band=_BAND_M,
     )
     pair = cand >> 2
     kk = cand & 3
@@ -761,11 +862,7 @@ def _iq1m_search(x: F32Array, w: F32Array) -> tuple[npt.NDArray[np.int8], F32Arr
     s1[found] = p1[bi]
     s2[found] = p2i[bi]
     best_k[found] = kk[bi]
-    j = np.arange(bs, dtype=np.int64)[None, :]
-    ls = ((j >= s1[:, None]).astype(np.int8) + (j >= s2[:, None]).astype(np.int8)).astype(np.int8)
-    lv = np.empty_like(ls)
-    np.put_along_axis(lv, order, ls, axis=1)
-    return lv, scale, best_k, found
+    return _split_levels(key, ks, s1, s2), scale, best_k, found
 
 
 _MASKS_M = np.array([0x00, 0x80, 0x08, 0x88], dtype=np.int64)
@@ -806,8 +903,9 @@ def _iq1m_blocks(xsb: F32Array, qw: F32Array | None) -> U8Array:
     # final scale: weighted fit over the whole super-block with the 3-bit block scales applied
     sh = shifts.reshape(nsb, 16)
     xm_g = np.stack([sh >= 2, (sh & 1) == 1], axis=2)  # (nsb, 16, 2)
-    levels = iq1_tables().grid_levels[index.reshape(nsb, 16, 2)].astype(np.int64)  # (nsb, 16, 2, 8)
-    lvl_val = np.where(xm_g[..., None], _XM[levels], _XP[levels])
+    levels = iq1_tables().grid_levels[index.reshape(nsb, 16, 2)]  # (nsb, 16, 2, 8)
+    # x_p[l] = l + x_p[0], x_m[l] = l + x_m[0], exactly (multiples of 1/8)
+    lvl_val = levels + np.where(xm_g, _XM[0], _XP[0])[..., None]
     q = (lvl_val * (2 * lsc + 1).astype(_F)[:, :, None, None]).reshape(nsb, QK_K)
     wq = wsb * q
     sqx = _seq_sum(wq * xsb)
