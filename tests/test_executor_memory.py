@@ -66,30 +66,43 @@ def test_peak_memory_bounded_by_chunk_size(tmp_path: Path) -> None:
     assert whole > small + 24, (small, whole)
 
 
-def test_worker_process_memory_follows_chunk_size(tmp_path: Path) -> None:
-    """Each worker holds one chunk at a time: its peak grows with the chunk, not with the model."""
-    require_types(T.Q8_0)
-    from gguf_recipe.executor import SourceModel
-    from gguf_recipe.executor.parallel import ChunkTask, ProcessQuantizer
+WORKER_CHILD = r"""
+import json, sys
+from gguf import GGMLQuantizationType as T
+from gguf_recipe.executor import SourceModel
+from gguf_recipe.executor.parallel import ChunkTask, ProcessQuantizer
 
+rows = int(sys.argv[2])
+with SourceModel(sys.argv[1]) as src:
+    pool = ProcessQuantizer(src, 2)
+    try:
+        tasks = [ChunkTask("blk.0.ffn_up.weight", "t", r, rows, T.Q8_0, None, False) for r in range(0, 2048, rows)]
+        for f in [pool.submit(t) for t in tasks]:
+            f.result()
+        print(json.dumps({"peak": max(pool.worker_peaks().values())}))
+    finally:
+        pool.close()
+"""
+
+
+def test_worker_process_memory_follows_chunk_size(tmp_path: Path) -> None:
+    """Each worker holds one chunk at a time: its peak grows with the chunk, not with the model.
+    Measured in a fresh process: workers forked from a big one (pytest, late in a run) reuse its
+    resident free heap, which hides their growth."""
+    require_types(T.Q8_0)
     rng = np.random.default_rng(0)
     big = (rng.standard_normal((2048, 4096)) * 0.02).astype(np.float32)
     model = write_model(tmp_path / "m.gguf", {"blk.0.ffn_up.weight": big}, n_layer=1)
     del big
 
     def worker_peak_mib(rows_per_chunk: int) -> float:
-        with SourceModel(model) as src:
-            pool = ProcessQuantizer(src, 2)
-            try:
-                tasks = [
-                    ChunkTask("blk.0.ffn_up.weight", "t", r, rows_per_chunk, T.Q8_0, None, False)
-                    for r in range(0, 2048, rows_per_chunk)
-                ]
-                for f in [pool.submit(t) for t in tasks]:
-                    f.result()
-                return max(pool.worker_peaks().values()) / 2**20
-            finally:
-                pool.close()
+        r = subprocess.run(
+            [sys.executable, "-c", WORKER_CHILD, str(model), str(rows_per_chunk)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return float(json.loads(r.stdout.strip().splitlines()[-1])["peak"]) / 2**20
 
     small = worker_peak_mib(16)  # 256 KiB of float32 rows per chunk
     whole = worker_peak_mib(2048)  # the whole tensor: 32 MiB as float32
