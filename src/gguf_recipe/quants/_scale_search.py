@@ -78,21 +78,29 @@ def _first_absmax(x: F32Array) -> tuple[F32Array, F32Array]:
 
     NaN never wins (C's ``>``); among equal magnitudes the first element wins.
     """
-    n = x.shape[0]
-    ax = np.abs(x, out=scratch("fam.ax", x.shape))
-    amax: F32Array = np.fmax.reduce(ax, axis=0)
-    amax[~(amax > 0)] = 0
-    hi: F32Array = np.fmax.reduce(x, axis=0)
-    lo: F32Array = np.fmin.reduce(x, axis=0)
-    has_pos = hi == amax
-    mx = np.where(has_pos, amax, -amax)
+    hi: F32Array = np.maximum.reduce(x, axis=0)  # NaN propagates: a NaN here means one in the group
+    if np.isnan(hi).any():
+        ax = np.abs(x, out=scratch("fam.ax", x.shape))
+        amax: F32Array = np.fmax.reduce(ax, axis=0)
+        amax[~(amax > 0)] = 0
+        hi = np.fmax.reduce(x, axis=0)
+        lo: F32Array = np.fmin.reduce(x, axis=0)
+        has_pos = hi == amax
+        mx = np.where(has_pos, amax, -amax)
+        tie = np.flatnonzero(has_pos & (lo == -amax) & (amax > 0))
+    else:  # two reductions instead of |x| and three
+        lo = np.minimum.reduce(x, axis=0)
+        nlo = np.negative(lo)
+        amax = np.maximum(hi, nlo)
+        amax[~(amax > 0)] = 0
+        mx = np.where(hi > nlo, hi, lo)
+        tie = np.flatnonzero((hi == nlo) & (amax > 0))
     mx[amax == 0] = 0
-    tie = np.flatnonzero(has_pos & (lo == -amax) & (amax > 0))
-    if tie.size:
+    if tie.size:  # both signs reach amax: the first one wins
         xt = x[:, tie]
         at = amax[tie]
         first = np.zeros(tie.size, dtype=np.float32)
-        for i in range(n - 1, -1, -1):
+        for i in range(x.shape[0] - 1, -1, -1):
             np.copyto(first, xt[i], where=np.abs(xt[i]) == at)
         mx[tie] = first
     return amax, mx

@@ -158,25 +158,6 @@ _Q6_C = [np.float32(32)] + [np.float32(32) + np.float32(0.1) * np.float32(s) for
 _Q6_CLIP = [0 if float(c) < 31.45 else 1 if float(c) < 32.45 else 2 for c in _Q6_C]
 
 
-def _q6_absmax(x: F32Array) -> tuple[F32Array, F32Array]:
-    """:func:`._scale_search._first_absmax` for finite ``x`` (16, G): (largest |x|, first value holding it)."""
-    hi: F32Array = np.maximum.reduce(x, axis=0)
-    lo: F32Array = np.minimum.reduce(x, axis=0)
-    nlo = np.negative(lo)
-    amax = np.maximum(hi, nlo)
-    mx = np.where(hi > nlo, hi, lo)
-    tie = np.flatnonzero((hi == nlo) & (amax > 0))
-    if tie.size:  # both signs reach amax: the first one wins
-        xt = x[:, tie]
-        at = amax[tie]
-        first = np.zeros(tie.size, dtype=np.float32)
-        for i in range(x.shape[0] - 1, -1, -1):
-            np.copyto(first, xt[i], where=np.abs(xt[i]) == at)
-        mx[tie] = first
-    mx[amax == 0] = 0
-    return amax, mx
-
-
 def _q6_search(
     x: F32Array, imatrix: F32Array | None, n_rows: int
 ) -> tuple[F32Array, F32Array, I32Array, npt.NDArray[np.bool_], F32Array]:
@@ -191,7 +172,7 @@ def _q6_search(
     """
     n, g = x.shape
     k = len(_Q6_C)
-    amax, mx = _q6_absmax(x)
+    amax, mx = _first_absmax(x)
     zero = amax < np.float32(1e-15)
     safe_mx = np.where(zero, _F1, mx)
     ww = scratch("q6.ww", (2, n, g))  # [w*x, w]
