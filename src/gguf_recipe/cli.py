@@ -7,9 +7,10 @@
     recipe import [-o FILE] -- <llama-quantize options> TYPE
     recipe export RECIPE
     recipe apply RECIPE_OR_PLAN MODEL -o OUT.gguf [--imatrix FILE] [--threads N] [--resume] [--force] ...
+    recipe measure MODEL [--imatrix FILE] [--types LIST] [-o MEASURE.json] [--max-rows N] [--fresh] ...
 
 Exit status: 0 on success, 1 when the input has errors (or warnings with ``--strict``), 2 on usage errors,
-130 when ``recipe apply`` is interrupted (Ctrl-C).
+130 when ``recipe apply`` or ``recipe measure`` is interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -469,7 +470,10 @@ def apply_cmd(
     threads: Annotated[
         int | None,
         typer.Option(
-            "--threads", "-t", min=1, help="cores to quantize on, one worker process each (default: every core)"
+            "--threads",
+            "-t",
+            min=1,
+            help="cores to quantize on, one worker process each (default: every core)",
         ),
     ] = None,
     chunk_values: Annotated[
@@ -669,6 +673,90 @@ def _apply(
             _err(f"warning: {w}")
     else:
         typer.echo(res.summary())
+
+
+# --- measure ------------------------------------------------------------------------------------
+
+
+@app.command("measure")
+def measure_cmd(
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="source GGUF model (F16/BF16/F32)")],
+    imatrix: Annotated[
+        str | None,
+        typer.Option("--imatrix", help="importance matrix: weight the error (and quantize) as apply does"),
+    ] = None,
+    types: Annotated[
+        str | None,
+        typer.Option(
+            "--types",
+            metavar="LIST",
+            help="comma-separated candidate types (default: q8_0 ... iq4_xs; with --imatrix also iq3_s ... iq1_m)",
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="the measurement JSON (default: the cache that `recipe tune` reads)"
+        ),
+    ] = None,
+    max_rows: Annotated[
+        int | None, typer.Option("--max-rows", min=1, help="rows sampled per tensor at most (default 256)")
+    ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option("--threads", "-t", min=1, help="worker processes (default: every core)"),
+    ] = None,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="measure again from scratch instead of continuing or reusing")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar and no summary")] = False,
+) -> None:
+    """Measure every quantizable tensor's quantization error in every candidate type (for `recipe tune`).
+
+    A deterministic sample of rows of each tensor is quantized and dequantized in each type; the
+    squared error (imatrix-weighted with --imatrix) is scaled to the whole tensor and saved with the
+    bytes each type takes. An interrupted run continues where it stopped; a finished one is reused.
+    """
+    import time
+
+    from .measure import DEFAULT_MAX_ROWS, MeasureError, MeasureInterrupted, measure_model
+
+    t0 = time.monotonic()
+    try:
+        m = measure_model(
+            model,
+            imatrix=imatrix,
+            types=types,
+            max_rows=max_rows or DEFAULT_MAX_ROWS,
+            threads=threads,
+            out=output,
+            resume=not fresh,
+            progress=False if quiet else None,
+        )
+    except MeasureInterrupted as exc:
+        _err(str(exc))
+        raise typer.Exit(130) from None
+    except KeyboardInterrupt:
+        _err("interrupted; nothing new was measured.")
+        raise typer.Exit(130) from None
+    except (MeasureError, OSError) as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(1) from None
+    if quiet:
+        return
+    for note in m.notes:
+        _err(f"note: {note}")
+    exact = sum(1 for t in m.tensors.values() if t.sampled_rows == t.n_rows)
+    typer.echo(
+        f"measured {len(m.tensors)} tensors x {len(m.types)} types ({m.skipped} not quantizable, skipped); "
+        f"metric: {m.metric}"
+    )
+    typer.echo(
+        f"  sampling  at most {m.sampling.max_rows} rows and {m.sampling.max_values} values per tensor "
+        f"(seed {m.sampling.seed}); {exact} tensors measured on every row"
+    )
+    typer.echo(f"  time      {m.seconds:.1f} s in all, {time.monotonic() - t0:.1f} s this run")
+    typer.echo(f"  saved     {m.path}")
 
 
 def main() -> None:

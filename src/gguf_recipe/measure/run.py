@@ -17,6 +17,7 @@ The run, in order:
 from __future__ import annotations
 
 import hashlib
+import math
 import multiprocessing
 import os
 import signal
@@ -124,8 +125,13 @@ def _parse_types(types: Sequence[str] | str | None, imatrix: bool) -> list[GGMLQ
     for n in names:
         try:
             t = quants.parse_qtype(n)
-        except (quants.QuantizationError, ValueError) as exc:
-            raise MeasureError(str(exc)) from None
+        except (quants.QuantizationError, ValueError):
+            mix = str(n).strip().upper().endswith(("_M", "_S", "_L", "_XL"))
+            raise MeasureError(
+                f"unknown type {str(n).strip()!r} in the candidate types"
+                + (" (a llama.cpp mix such as Q4_K_M is not a type)" if mix else "")
+                + f"; expected ggml types such as {', '.join(DEFAULT_TYPES[:4])} (`recipe types` lists them)"
+            ) from None
         if t not in implemented:
             raise MeasureError(f"gguf-recipe cannot produce {ggml_name(t)}")
         if t not in out:
@@ -290,10 +296,12 @@ def measure_model(
         reporter = make_progress(progress)
         workers = threads if threads is not None else (os.cpu_count() or 1)
         n_tasks = sum(1 for j in todo if j.task is not None)
-        pool = _Pool(src, workers) if workers > 1 and n_tasks >= _PROCESS_MIN_TASKS else None
+        pool: _Pool | None = None
         ok = False
-        last_save = time.monotonic()
+        last_save = -math.inf  # the first result is saved at once, then every _SAVE_EVERY_S
         try:
+            if workers > 1 and n_tasks >= _PROCESS_MIN_TASKS:
+                pool = _Pool(src, workers)
             reporter.start(len(jobs), sum(j.work for j in jobs), sum(j.work for j in jobs if j.name in done))
             index = {j.name: i for i, j in enumerate(jobs)}
             for job, sums in _results(todo, src, pool):
