@@ -86,12 +86,15 @@ DEFAULT_TYPES = (
 # added when an imatrix is given (llama.cpp refuses most of them without one)
 IMATRIX_TYPES = ("iq3_s", "iq3_xxs", "iq2_s", "iq2_xs", "iq2_xxs", "iq1_m")
 DEFAULT_MAX_ROWS = 256
-# Values measured per tensor at most (rows x ne0, but at least MIN_ROWS rows). 256 rows of 4096:
-# every tensor of a 7B-class model with 4096-wide rows is sampled at 256 rows; a 70B's 8192-wide
-# tensors at 128 rows and its 28672-wide ffn_down at 36. Without the cap a 70B measurement with an
-# imatrix (18 types, the IQ ones ~1-3 M values/s per core) takes ~80 minutes on 2 cores; with it
-# ~30 (benchmarks/measure.py projects it from measured per-type throughput).
-DEFAULT_MAX_VALUES = 256 * 4096
+# Values measured per tensor at most (rows x ne0, but at least MIN_ROWS rows): 128 rows of 4096.
+# Models up to 2048 wide are sampled at max_rows (256); a 7B's 4096-wide tensors at 128 rows; a
+# 70B's 8192-wide ones at 64 and its 28672-wide ffn_down at 18. The work is then about
+# n_tensors * max_values per type, whatever the model's size: a 70B-class model (562 tensors) takes
+# ~3 minutes on 2 cores without an imatrix and ~30 with one (18 types; the IQ2/IQ3 quantizers cost
+# ~2 s per million values), where 256 rows of every tensor would take hours
+# (benchmarks/measure.py; README "Measuring"). On SmolLM2, 64 rows instead of all of them move a
+# tensor's error by ~3% (median) and the ratio of two types' errors by ~1%.
+DEFAULT_MAX_VALUES = 128 * 4096
 
 _PROBE_RECIPE = "recipe: 1\nname: measure-probe\nbase: q8_0\n"
 _SAVE_EVERY_S = 5.0
