@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -476,6 +477,24 @@ def test_imatrix_for_another_model_is_refused(moe: Path, tmp_path: Path) -> None
     with pytest.raises(MeasureError, match="imatrix"):
         measure_model(moe, imatrix=junk, types=["q4_0"], out=out, progress=False)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_damaged_model_is_a_clear_error(tmp_path: Path, threads: int) -> None:
+    """NaN in the source (llama-quantize refuses it too): a MeasureError naming the tensor and the
+    tensor's own row number (also when only sampled rows are read), also from a worker process; the
+    tensors measured before are saved."""
+    name = "blk.0.ffn_up.weight"  # (measured after others)
+    bad_row = int(sample_rows(name, N_FF, N_FF, 48, 0)[5])  # a row the 48-row sample reads
+    t = llama_tensors(4, n_layer=1, n_embd=N_EMBD, n_ff=N_FF)
+    t[name][bad_row, 7] = np.nan
+    model = write_model(tmp_path / "nan.gguf", t, n_layer=1, n_embd=N_EMBD, n_ff=N_FF)
+    for max_rows in (10_000, 48):
+        out = tmp_path / f"m{max_rows}.json"
+        with pytest.raises(MeasureError, match=rf"{re.escape(name)}: .* \(nan\) at row {bad_row}, column 7;"):
+            measure_model(model, types=["q4_0"], max_rows=max_rows, threads=threads, out=out, progress=False)
+        saved = Measurement.load(out)
+        assert not saved.complete and len(saved.tensors) > 0 and name not in saved.tensors
 
 
 def test_partial_imatrix_coverage_is_noted(moe: Path, tmp_path: Path) -> None:

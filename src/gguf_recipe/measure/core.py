@@ -19,7 +19,7 @@ from gguf import quants as gguf_quants
 
 from .. import quants
 from ..compiler.llama import is_quantized
-from ..executor.checks import check_finite
+from ..executor.errors import NonFiniteError
 from ..executor.source import SourceModel
 
 __all__ = [
@@ -146,7 +146,7 @@ def measure_task(src: SourceModel, task: TensorTask) -> TensorSums:
     sum the (weighted) squared errors in float64."""
     s = task.sample
     x = _read_rows(src, task.name, s.rows)
-    check_finite(x, task.name, 0)
+    _check_finite(x, task.name, s.rows)
     x64 = x.astype(np.float64)
     w64: F64Array | None = None
     groups: list[tuple[I64Array, F32Array | None]] = [(np.arange(len(s.rows), dtype=np.int64), None)]
@@ -177,6 +177,17 @@ def measure_task(src: SourceModel, task: TensorTask) -> TensorSums:
         else:
             invalid.append(t)
     return TensorSums(task.name, reference, errors, tuple(invalid))
+
+
+def _check_finite(x: F32Array, name: str, rows: I64Array) -> None:
+    """NaN/Inf in the sampled rows: the model is damaged (apply and llama-quantize refuse it)."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        i, j = (int(v) for v in np.argwhere(bad)[0])
+        raise NonFiniteError(
+            f"source tensor {name}: input has a non-finite value ({float(x[i, j])}) at row {int(rows[i])}, "
+            f"column {j}; the model is damaged and llama-quantize refuses it too"
+        )
 
 
 def _weighted_sum(sq: F64Array, w: F64Array | None) -> float:
