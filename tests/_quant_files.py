@@ -55,15 +55,25 @@ def runs() -> list[QuantRun]:
     if MODELS.is_dir():
         for name in model_names():
             for p in load_plans(name):
-                out.append(QuantRun(name, p["ftype"], tuple(p["options"]), bool(p["imatrix"]), tuple(p["tensors"].items())))
+                out.append(
+                    QuantRun(
+                        name, p["ftype"], tuple(p["options"]), bool(p["imatrix"]), tuple(p["tensors"].items())
+                    )
+                )
     for arch, rec in _arch_data().items():
         for p in rec["plans"]:
             names = p["order"] or rec["names"]
             types = dict(zip(rec["names"], p["types"], strict=True))
-            out.append(QuantRun(arch, p["ftype"], (), bool(p["imatrix"]), tuple((n, types[n]) for n in names)))
+            out.append(
+                QuantRun(arch, p["ftype"], (), bool(p["imatrix"]), tuple((n, types[n]) for n in names))
+            )
         for p in rec["option_plans"]:
             names = p["names"] or rec["names"]
-            out.append(QuantRun(arch, p["ftype"], tuple(p["options"]), False, tuple(zip(names, p["types"], strict=True))))
+            out.append(
+                QuantRun(
+                    arch, p["ftype"], tuple(p["options"]), False, tuple(zip(names, p["types"], strict=True))
+                )
+            )
     return out
 
 
@@ -120,7 +130,8 @@ def quant_spec(run: QuantRun) -> dict[str, Any]:
             {"key": "quantize.imatrix.chunks_count", "type": "int32", "value": 1},
         ]
     tensors = [
-        {"name": name, "shape": shapes[source_name(name)], "dtype": qtype.upper()} for name, qtype in run.tensors
+        {"name": name, "shape": shapes[source_name(name)], "dtype": qtype.upper()}
+        for name, qtype in run.tensors
     ]
     return {"architecture": arch, "metadata": metadata, "tensors": tensors}
 
@@ -130,7 +141,9 @@ def source_file(model: str, directory: Path) -> Path:
     path = directory / f"{model}-F16.gguf"
     if not path.exists():
         src = source_spec(model)
-        q = quant_spec(QuantRun(model, "F16", (), False, tuple((t["name"], t["dtype"].lower()) for t in src["tensors"])))
+        q = quant_spec(
+            QuantRun(model, "F16", (), False, tuple((t["name"], t["dtype"].lower()) for t in src["tensors"]))
+        )
         write_skeleton(q, path)
     return path
 

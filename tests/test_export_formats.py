@@ -76,7 +76,10 @@ def test_tensor_type_file_and_custom_q_round_trip(
     # mainline: --tensor-type-file holds whitespace-separated regex=type words
     exp = export_recipe(recipe, target="tensor-type-file")
     text = exp.tensor_type_file()
-    assert text == "(attn_v\\.weight|attn_qkv\\.weight)=q8_0\n^blk\\.(?:0|1|2|3)\\..*(?:ffn_down)=q6_K\nffn_up=q5_K\n"
+    assert (
+        text
+        == "(attn_v\\.weight|attn_qkv\\.weight)=q8_0\n^blk\\.(?:0|1|2|3)\\..*(?:ffn_down)=q6_K\nffn_up=q5_K\n"
+    )
     assert not any(c in text for c in "# ") and len(text.split()) == 3
     rules = tmp_path / "rules.txt"
     rules.write_text(text)
@@ -108,7 +111,9 @@ def test_format_specific_refusals_name_the_rule() -> None:
         export_recipe(load(text).recipe, target="tensor-type-file")
     # what llama-quantize cannot say at all is refused, naming the rule and why
     text = "recipe: 1\nextends: llama.cpp/Q4_K_M\nrules:\n  - category: attn_v\n    when: {experts: 8}\n    type: q8_0\n"
-    with pytest.raises(InteropError, match=r"rule 1: llama-quantize cannot express when \(llama-quantize has no"):
+    with pytest.raises(
+        InteropError, match=r"rule 1: llama-quantize cannot express when \(llama-quantize has no"
+    ):
         export_recipe(load(text).recipe)
 
 
@@ -121,7 +126,7 @@ def test_cli_export_formats(tmp_path: Path) -> None:
     r = runner.invoke(app, ["export", str(EXAMPLE), "-f", "tensor-type-file", "--rules-file", str(out)])
     assert r.exit_code == 0 and r.stdout == ""
     assert out.read_text() == "attn_v\\.weight=q8_0\n"
-    cmd = [x for x in r.stderr.splitlines() if x.startswith("command: ")][0].removeprefix("command: ")
+    cmd = next(x for x in r.stderr.splitlines() if x.startswith("command: ")).removeprefix("command: ")
     assert shlex.split(cmd)[-4:-3] == [str(out)]
     r = runner.invoke(app, ["export", str(EXAMPLE), "-f", "custom-q"])
     assert r.exit_code == 0 and r.stdout == "attn_v\\.weight=q8_0\n"

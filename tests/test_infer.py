@@ -49,8 +49,14 @@ def test_all_recorded_runs_are_here() -> None:
     assert len(RUNS) == 7 * 61 + 6 * 57 == 769
     kinds = {o for r in RUNS for o in r.options if o.startswith("--")}
     assert kinds >= _SCALAR_OPTIONS | {"--tensor-type", "--prune-layers"}
-    assert {r.model for r in RUNS} >= {"deepseek-v3", "deepseek-v2-lite", "phi3-mini-4k", "gemma3-4b", "qwen3moe-30b-a3b"}
-    assert sum(r.imatrix for r in RUNS) == 13 * 19
+    assert {r.model for r in RUNS} >= {
+        "deepseek-v3",
+        "deepseek-v2-lite",
+        "phi3-mini-4k",
+        "gemma3-4b",
+        "qwen3moe-30b-a3b",
+    }
+    assert sum(r.imatrix for r in RUNS) == 7 * 19 + 6 * 15
 
 
 @pytest.mark.parametrize("run", [pytest.param(r, id=f"{r.model}-{r.id}") for r in RUNS])
@@ -68,8 +74,10 @@ def test_infer_replans_exactly(run: QuantRun) -> None:
     assert (recipe.imatrix is not None and recipe.imatrix.required) == run.imatrix
     if "--pure" in run.options:
         assert recipe.base is not None and recipe.ftype == run.ftype
-    else:
+    elif _rules_expected_zero(run):
         assert recipe.extends == f"llama.cpp/{run.ftype}"
+    else:  # the mix general.file_type names, or its plain base type where that needs fewer rules
+        assert recipe.extends == f"llama.cpp/{run.ftype}" or recipe.ftype == run.ftype
 
 
 def _run(model: str, run_id: str) -> QuantRun:
@@ -134,7 +142,9 @@ def test_infer_split_file_is_the_same_recipe() -> None:
     assert first.name.endswith("-00001-of-00003.gguf")
     one = infer_recipe(quant_file(r, _dir()), name="x")
     three = infer_recipe(first.with_name(first.name.replace("00001-of", "00002-of")), name="x")
-    assert [x.model_dump() for x in load_recipe(one.text).rules] == [x.model_dump() for x in load_recipe(three.text).rules]
+    assert [x.model_dump() for x in load_recipe(one.text).rules] == [
+        x.model_dump() for x in load_recipe(three.text).rules
+    ]
     assert three.n_tensors == len(r.tensors)
 
 
@@ -215,7 +225,9 @@ def test_cli_infer_reports_what_it_cannot_reproduce(tmp_path: Path) -> None:
     for t in spec["tensors"]:
         if t["name"] == "blk.3.attn_q.weight":
             t["dtype"] = "Q4_K"
-    res = runner.invoke(app, ["infer", str(_write(spec, "qwen-bad-q4k.gguf")), "-o", str(tmp_path / "x.yaml")])
+    res = runner.invoke(
+        app, ["infer", str(_write(spec, "qwen-bad-q4k.gguf")), "-o", str(tmp_path / "x.yaml")]
+    )
     assert res.exit_code == 1
     assert "blk.3.attn_q.weight" in res.output
     assert not (tmp_path / "x.yaml").exists()

@@ -6,16 +6,23 @@ type does each tensor have" that all three read.
 
 from __future__ import annotations
 
+from .diff import DiffResult, diff_views, render_diff
+from .heatmap import HeatmapUnavailableError, draw_heatmap
 from .infer import InferError, InferResult, infer_recipe
 from .views import QuantView, TypedTensor, load_view, view_of_model, view_of_plan
 
 __all__ = [
+    "DiffResult",
+    "HeatmapUnavailableError",
     "InferError",
     "InferResult",
     "QuantView",
     "TypedTensor",
+    "diff_views",
+    "draw_heatmap",
     "infer_recipe",
     "load_view",
+    "render_diff",
     "view_of_model",
     "view_of_plan",
 ]

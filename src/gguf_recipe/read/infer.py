@@ -29,7 +29,14 @@ from ..recipe.typenames import ggml_name, parse_type_name
 from ..recipes import is_builtin_name
 from .views import family_of
 
-__all__ = ["MAX_COMPACT_RULES", "InferError", "InferResult", "imatrix_used", "infer_recipe", "mix_of_file_type"]
+__all__ = [
+    "MAX_COMPACT_RULES",
+    "InferError",
+    "InferResult",
+    "imatrix_used",
+    "infer_recipe",
+    "mix_of_file_type",
+]
 
 T = GGMLQuantizationType
 IMATRIX_PREFIX = "quantize.imatrix."
@@ -306,11 +313,17 @@ def _alternation(items: Sequence[str]) -> str:
     for s in items[1:]:
         while not s.endswith(suf):
             suf = suf[1:]
-    # do not split a name part: cut the common prefix/suffix back to a separator
-    while pre and pre[-1] not in "._" and not all(len(s) > len(pre) and s[len(pre)] in "._" or
-                                                  len(s) == len(pre) for s in items):
+
+    # do not split a name part: the common prefix / suffix end at a separator
+    def cut_after(p: str) -> bool:
+        return p[-1] in "._" or all(len(x) == len(p) or x[len(p)] in "._" for x in items)
+
+    def cut_before(q: str) -> bool:
+        return q[0] in "._" or all(len(x) == len(q) or x[-len(q) - 1] in "._" for x in items)
+
+    while pre and not cut_after(pre):
         pre = pre[:-1]
-    while suf and suf[0] not in "._":
+    while suf and not cut_before(suf):
         suf = suf[1:]
     if len(pre) + len(suf) > min(len(s) for s in items):
         suf = suf[len(pre) + len(suf) - min(len(s) for s in items) :]
@@ -342,7 +355,9 @@ class _Group:
         return out
 
 
-def _synthesize(ctx: _Context, diff: Iterable[str], *, merge: bool = True, anchored: bool = False) -> list[_Rule]:
+def _synthesize(
+    ctx: _Context, diff: Iterable[str], *, merge: bool = True, anchored: bool = False
+) -> list[_Rule]:
     """Rules that give every tensor in ``diff`` its type and change no other tensor's type.
 
     Per family and type: the layers that need it, widened where the type is right anyway; families with
@@ -374,7 +389,9 @@ def _synthesize(ctx: _Context, diff: Iterable[str], *, merge: bool = True, ancho
         ok |= {
             b
             for m in fam_members[fam]
-            if (b := llama.block_number(m)) is not None and ctx.target[m] == t and _result_of(t, ctx.shapes[m][0]) == t
+            if (b := llama.block_number(m)) is not None
+            and ctx.target[m] == t
+            and _result_of(t, ctx.shapes[m][0]) == t
         }
         return ok
 
@@ -410,7 +427,13 @@ def _synthesize(ctx: _Context, diff: Iterable[str], *, merge: bool = True, ancho
         rules.append(_Rule(pattern, tuple(sel) if sel is not None else None, g.type))
     # rules of the same family keep their order (narrow first); otherwise the model's order
     firsts = [min(order[f] for f in g.families) for g in groups]
-    ranked = sorted(range(len(rules)), key=lambda k: (min(firsts[j] for j in range(len(groups)) if set(groups[j].families) & set(groups[k].families)), k))
+    ranked = sorted(
+        range(len(rules)),
+        key=lambda k: (
+            min(firsts[j] for j in range(len(groups)) if set(groups[j].families) & set(groups[k].families)),
+            k,
+        ),
+    )
     rules = [rules[k] for k in ranked]
     for t, names in sorted(single.items()):
         rules.append(_Rule("^" + _alternation(names) + "$", None, t))
@@ -511,7 +534,9 @@ def _solve(ctx: _Context, spec: _Spec) -> _Spec | None:
 
 def _block_signature(model: ModelInfo, blk: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
     pre = f"blk.{blk}."
-    return tuple(sorted((t.name[len(pre) :], tuple(t.shape)) for t in model.tensors if t.name.startswith(pre)))
+    return tuple(
+        sorted((t.name[len(pre) :], tuple(t.shape)) for t in model.tensors if t.name.startswith(pre))
+    )
 
 
 def _small_tensor_bytes(model: ModelInfo, name: str) -> bytes | None:
@@ -615,7 +640,8 @@ def _context(quant: ModelInfo, source: ModelInfo | None, name: str) -> tuple[_Co
     missing = sorted(set(target) - set(shapes))
     if missing:
         raise InferError(
-            f"the source has no tensor {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            f"the source has no tensor {missing[0]}"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
             + ": it is not the model the file was made from"
         )
     extra = sorted(set(shapes) - set(target))
@@ -701,8 +727,7 @@ def infer_recipe(
     header = [
         f"Inferred by `recipe infer` from {stem}"
         + (f" (general.file_type {ftype_v} = {mix})" if mix else f" (general.file_type {ftype_v})"),
-        f"Planned against {against}: "
-        f"all {len(ctx.target)} tensors get the type they have in the file.",
+        f"Planned against {against}: all {len(ctx.target)} tensors get the type they have in the file.",
     ]
     if ctx.imatrix:
         file_ = qm.metadata.get("quantize.imatrix.file")
@@ -710,7 +735,9 @@ def infer_recipe(
         extra = ", ".join(
             x for x in (f"file {file_}" if file_ else "", f"{chunks} chunks" if chunks else "") if x
         )
-        header.append("Made with an importance matrix" + (f" ({extra})" if extra else "") + ": plan with --imatrix.")
+        header.append(
+            "Made with an importance matrix" + (f" ({extra})" if extra else "") + ": plan with --imatrix."
+        )
     header += [f"Note: {n}" for n in notes]
     text = _render(best, rname, header)
     # the final check goes through the text, exactly as `recipe plan` reads it
@@ -735,8 +762,9 @@ def infer_recipe(
     )
 
 
-def _cost(spec: _Spec) -> tuple[int, int, int, int]:
-    """Fewer rules, then fewer layer selectors, then stable counters, then the mix over a plain base."""
+def _cost(spec: _Spec) -> tuple[int, bool, int, bool]:
+    """Fewer rules, then the mix over a plain base, then fewer layer selectors and fields, then stable
+    counters."""
     sels = sum(len(r.layers or ()) for r in spec.rules)
     scalars = (spec.token_embedding is not None) + (spec.output is not None)
-    return (len(spec.rules), sels + scalars, spec.counters != "stable", spec.extends is None)
+    return (len(spec.rules), spec.extends is None, sels + scalars, spec.counters != "stable")

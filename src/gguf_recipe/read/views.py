@@ -125,7 +125,11 @@ def view_of_plan(plan: Plan, label: str | None = None, kind: Kind = "plan", path
     """The tensors a plan writes (pruned ones left out) with their planned types."""
     tensors = [
         TypedTensor(
-            t.name, tuple(t.shape), t.type, t.target_bytes, t.fallback.wanted if t.fallback is not None else None
+            t.name,
+            tuple(t.shape),
+            t.type,
+            t.target_bytes,
+            t.fallback.wanted if t.fallback is not None else None,
         )
         for t in plan.tensors
         if t.action != "prune"
