@@ -712,10 +712,10 @@ def _apply(
         typer.echo(res.summary())
 
 
-# recipe infer / recipe diff live in their own module; importing it registers them on `app`
-from . import cli_read as _cli_read  # noqa: E402
+# recipe infer / recipe diff live in their own module
+from .cli_read import register as _register_read  # noqa: E402
 
-_ = _cli_read
+_register_read(app)
 
 
 def main() -> None:

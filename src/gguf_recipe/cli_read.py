@@ -1,5 +1,5 @@
-"""The ``recipe infer`` and ``recipe diff`` commands (registered on :data:`gguf_recipe.cli.app`), and the
-``--heatmap`` helper ``recipe plan`` shares with them. Thin: the work is :mod:`gguf_recipe.read`'s.
+"""The ``recipe infer`` and ``recipe diff`` commands (:func:`register` adds them to the ``recipe`` app), and
+the ``--heatmap`` helpers ``recipe plan`` shares with them. Thin: the work is :mod:`gguf_recipe.read`'s.
 
     recipe infer QUANT.gguf [-o R.yaml] [--source SRC.gguf] [--name NAME]
     recipe diff A B [C ...] [--model MODEL] [--imatrix F] [--only-different] [--format table|markdown|json]
@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-
-from .cli import app
 
 if TYPE_CHECKING:
     from .read.views import QuantView
@@ -50,7 +48,6 @@ def write_heatmap(views: list[QuantView], path: Path, *, labels: list[str] | Non
     _err(f"wrote {path}")
 
 
-@app.command("infer")
 def infer_cmd(
     quant: Annotated[str, typer.Argument(help="quantized GGUF (any file of a -0000k-of-0000n split)")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write the recipe here")] = None,
@@ -98,7 +95,6 @@ class DiffFormat(str, Enum):
     json = "json"
 
 
-@app.command("diff")
 def diff_cmd(
     inputs: Annotated[
         list[str],
@@ -144,3 +140,9 @@ def diff_cmd(
         sys.stdout.write(text)
     if heatmap is not None:
         write_heatmap(result.views, heatmap, labels=result.labels)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``infer`` and ``diff`` to the ``recipe`` command."""
+    app.command("infer")(infer_cmd)
+    app.command("diff")(diff_cmd)
