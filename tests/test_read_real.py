@@ -122,3 +122,15 @@ def test_cli_diff_formats_and_heatmap(outputs: dict[str, Path], tmp_path: Path) 
     assert r.exit_code == 2
     with pytest.raises(ViewError, match="neither a GGUF file"):
         load_view(tmp_path / "nothing.bin")
+
+
+def test_infer_with_source_finds_the_pruned_blocks(source: Path, tmp_path: Path) -> None:
+    """Blocks of SmolLM2 all look alike in the header; the norms (copied as they are) tell which went."""
+    recipe = "recipe: 1\nextends: llama.cpp/Q4_K_M\nprune_layers: [3, 17]\n"
+    out = tmp_path / "pruned.gguf"
+    apply_plan(compile_plan(recipe, source).plan, source, out, progress=False)
+    res = infer_recipe(out, source=source)
+    assert res.prune_layers == [3, 17] and not res.notes
+    assert (res.n_rules, load_recipe(res.text).prune_layers) == (0, [3, 17])
+    alone = infer_recipe(out)  # without the source: the file's own 28 blocks, exact too
+    assert load_recipe(alone.text).prune_layers == []

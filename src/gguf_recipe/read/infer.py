@@ -14,6 +14,7 @@ quantized file lacks become ``prune_layers``.
 
 from __future__ import annotations
 
+import mmap
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -425,15 +426,24 @@ def _synthesize(
         if anchored or not _only_families(pattern, all_names, set(g.families), sel is None):
             pattern = r"^blk\.\d+\." + alt + "$"
         rules.append(_Rule(pattern, tuple(sel) if sel is not None else None, g.type))
-    # rules of the same family keep their order (narrow first); otherwise the model's order
-    firsts = [min(order[f] for f in g.families) for g in groups]
-    ranked = sorted(
-        range(len(rules)),
-        key=lambda k: (
-            min(firsts[j] for j in range(len(groups)) if set(groups[j].families) & set(groups[k].families)),
-            k,
-        ),
-    )
+    # rules that share a family (directly or through others) keep their order (narrow first, as the
+    # widening above assumed); otherwise the model's order
+    component = list(range(len(groups)))
+
+    def root(k: int) -> int:
+        while component[k] != k:
+            k = component[k]
+        return k
+
+    for j in range(len(groups)):
+        for k in range(j):
+            if set(groups[j].families) & set(groups[k].families):
+                component[root(j)] = root(k)
+    first: dict[int, int] = {}
+    for k, g in enumerate(groups):
+        r = root(k)
+        first[r] = min(first.get(r, len(order)), *(order[f] for f in g.families))
+    ranked = sorted(range(len(rules)), key=lambda k: (first[root(k)], k))
     rules = [rules[k] for k in ranked]
     for t, names in sorted(single.items()):
         rules.append(_Rule("^" + _alternation(names) + "$", None, t))
@@ -539,22 +549,29 @@ def _block_signature(model: ModelInfo, blk: int) -> tuple[tuple[str, tuple[int, 
     )
 
 
-def _small_tensor_bytes(model: ModelInfo, name: str) -> bytes | None:
-    """The data of a (small, unquantized) tensor, to tell identical-looking blocks apart."""
-    import mmap
+class _TensorBytes:
+    """Reads the data of small unquantized tensors (one memory map per file, opened on first use)."""
 
-    for t in model.tensors:
-        if t.name != name:
-            continue
-        if t.nbytes > 1 << 20:
+    def __init__(self, model: ModelInfo) -> None:
+        self.model = model
+        self.by_name = {t.name: t for t in model.tensors}
+        self.maps: dict[int, mmap.mmap] = {}
+
+    def get(self, name: str) -> bytes | None:
+        t = self.by_name.get(name)
+        if t is None or t.nbytes > 1 << 20:
             return None
-        path = model.files[t.file_index]
-        start = model.data_offsets[t.file_index] + t.offset
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            if start + t.nbytes > len(mm):
-                return None
-            return bytes(mm[start : start + t.nbytes])
-    return None
+        mm = self.maps.get(t.file_index)
+        if mm is None:
+            with open(self.model.files[t.file_index], "rb") as f:
+                mm = self.maps[t.file_index] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        start = self.model.data_offsets[t.file_index] + t.offset
+        return bytes(mm[start : start + t.nbytes]) if start + t.nbytes <= len(mm) else None
+
+    def close(self) -> None:
+        for mm in self.maps.values():
+            mm.close()
+        self.maps.clear()
 
 
 def _pruned_blocks(source: ModelInfo, quant: ModelInfo) -> tuple[list[int], str | None]:
@@ -565,12 +582,13 @@ def _pruned_blocks(source: ModelInfo, quant: ModelInfo) -> tuple[list[int], str 
     sig_s = [_block_signature(source, i) for i in range(ns)]
     sig_q = [_block_signature(quant, i) for i in range(nq)]
 
-    def data_key(model: ModelInfo, blk: int) -> bytes | None:
+    def data_key(reader: _TensorBytes, blk: int) -> bytes | None:
         pre = f"blk.{blk}."
         parts = []
-        for t in sorted(model.tensors, key=lambda t: t.name):
-            if t.name.startswith(pre) and len(t.shape) == 1 and t.qtype == T.F32:
-                b = _small_tensor_bytes(model, t.name)
+        for name in sorted(reader.by_name):
+            t = reader.by_name[name]
+            if name.startswith(pre) and len(t.shape) == 1 and t.qtype == T.F32:
+                b = reader.get(name)
                 if b is None:
                     return None
                 parts.append(b)
@@ -580,16 +598,24 @@ def _pruned_blocks(source: ModelInfo, quant: ModelInfo) -> tuple[list[int], str 
         return sig_s[i] == sig_q[j]
 
     # earliest alignment of the file's blocks onto the source's, in order
-    keys_q = [data_key(quant, j) for j in range(nq)]
-    distinct = any(kq is not None and any(b != 0 for b in kq) for kq in keys_q)
-    keys_s = [data_key(source, i) for i in range(ns)] if distinct else [None] * ns
+    rq, rs = _TensorBytes(quant), _TensorBytes(source)
+    try:
+        keys_q = [data_key(rq, j) for j in range(nq)]
+        distinct = any(kq is not None and any(b != 0 for b in kq) for kq in keys_q)
+        keys_s = [data_key(rs, i) for i in range(ns)] if distinct else [None] * ns
+    finally:
+        rq.close()
+        rs.close()
     kept: list[int] = []
     i = 0
     for j in range(nq):
         while i < ns and not (same(i, j) and (not distinct or keys_s[i] == keys_q[j])):
             i += 1
         if i >= ns:
-            raise InferError(f"block {j} of the file matches no remaining block of the source")
+            raise InferError(
+                f"block {j} of the file matches no remaining block of the source: "
+                "is it the model the file was made from?"
+            )
         kept.append(i)
         i += 1
     pruned = [b for b in range(ns) if b not in kept]
