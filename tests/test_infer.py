@@ -115,10 +115,10 @@ def test_infer_mla_and_shared_experts() -> None:
     r = _run("deepseek-v3", r"Q4_K_M---tensor-type blk\.[0-3]\.ffn_down=q8_0 --tensor-type attn_v=q6_K "
              r"--tensor-type ffn_down_exps=q5_K")  # fmt: skip
     rules = [(x.match, x.layers, x.type) for x in load_recipe(infer_recipe(quant_file(r, _dir())).text).rules]
-    assert rules == [
+    assert rules == [  # in the model's order: blk.0.attn_v_b comes before blk.0.ffn_down
+        (r"attn_v_b\.weight$", None, "q6_K"),
         (r"ffn_down(_exps|_shexp)?\.weight$", ["..3"], "q8_0"),
         (r"ffn_down_exps\.weight$", None, "q5_K"),
-        (r"attn_v_b\.weight$", None, "q6_K"),
     ]
 
 

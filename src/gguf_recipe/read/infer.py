@@ -408,7 +408,9 @@ def _synthesize(
                 break
         else:
             groups.append(_Group(t, [fam], set(need), {fam: allowed}))
-    order = {family_of(name): i for i, name in enumerate(sorted(ctx.target, key=llama.processing_key))}
+    order: dict[str, int] = {}  # each family at its first tensor in llama-quantize's order
+    for name in sorted(ctx.target, key=llama.processing_key):
+        order.setdefault(family_of(name), len(order))
     rules: list[_Rule] = []
     taken: dict[str, set[int]] = {}  # per family: layers earlier rules already decide
     all_names = list(ctx.target)
