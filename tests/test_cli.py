@@ -276,11 +276,14 @@ def test_export(tmp_path: Path) -> None:
         == "llama-quantize --output-tensor-type q8_0 --tensor-type attn_v=q8_0 MODEL.gguf OUTPUT.gguf Q4_K_M\n"
     )
     assert r.stderr.startswith("note: counters: stable:")
-    p2 = write(tmp_path, "recipe: 1\nbase: q4_K\nrules:\n  - category: attn_v\n    type: q8_0\n", "bad.yaml")
+    p2 = write(
+        tmp_path, "recipe: 1\nbase: q4_K\nrules:\n  - category: attn_v\n    when: {experts: 8}\n    type: q8_0\n", "bad.yaml"
+    )
     r = runner.invoke(app, ["export", str(p2)])
     assert r.exit_code == 1
     assert r.stderr == (
-        "error: cannot export to llama-quantize:\n  - rule 1: llama-quantize --tensor-type cannot express category\n"
+        "error: cannot export to llama-quantize:\n"
+        "  - rule 1: llama-quantize cannot express when (llama-quantize has no conditions on model facts)\n"
     )
 
 
@@ -303,5 +306,5 @@ def test_export_import_round_trip_gives_the_same_plan(tmp_path: Path, model: Pat
 def test_help_lists_commands() -> None:
     r = runner.invoke(app, ["--help"])
     assert r.exit_code == 0
-    for cmd in ("validate", "plan", "schema", "types", "import", "export"):
+    for cmd in ("validate", "plan", "schema", "types", "import", "export", "infer", "diff"):
         assert cmd in r.stdout

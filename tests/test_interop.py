@@ -236,17 +236,23 @@ def test_export_layers_and_notes() -> None:
 def test_export_refuses_what_llama_quantize_cannot_say() -> None:
     text = (
         "recipe: 1\nbase: q4_K\nrules:\n"
-        "  - category: attn_v\n    type: q8_0\n"
+        "  - category: other\n    type: q8_0\n"
         "  - match: 'Attn_Q'\n    type: q8_0\n"
         "  - match: 'ffn'\n    layers: '7/8..'\n    type: q8_0\n"
+        "  - category: ffn_down\n    match: 'exps'\n    type: q8_0\n"
+        "  - match: 'ffn_up'\n    layers_by: position\n    layers: '..3'\n    type: q8_0\n"
     )
     with pytest.raises(InteropError) as exc:
         export_llama_quantize(load(text).recipe)
     assert str(exc.value) == (
         "cannot export to llama-quantize:\n"
-        "  - rule 1: llama-quantize --tensor-type cannot express category\n"
+        "  - rule 1: category other ('everything else') has no llama-quantize regex: name the tensors with 'match'\n"
         "  - rule 2: pattern 'Attn_Q' has upper-case letters; llama-quantize lower-cases --tensor-type patterns\n"
-        "  - rule 3: layer selector '7/8..' depends on the model's layer count (pass the layer count)"
+        "  - rule 3: layer selector '7/8..' depends on the model's layer count (pass the layer count)\n"
+        "  - rule 4: category and match together would need a look-ahead, and llama-quantize ends a pattern at its "
+        "first '=': write one regex in 'match'\n"
+        "  - rule 5: llama-quantize cannot express layers_by: position (--tensor-type cannot count a tensor's "
+        "position among its kind)"
     )
     ok = "recipe: 1\nbase: q4_K\nrules:\n  - match: 'ffn'\n    layers: '7/8..'\n    type: q8_0\n"
     assert export_llama_quantize(load(ok).recipe, n_layers=16)[1:3] == ["--pure", "--tensor-type"]

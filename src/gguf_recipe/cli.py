@@ -1,11 +1,13 @@
 """The ``recipe`` command: a thin typer layer over the Python API.
 
     recipe validate FILE [--strict] [--model MODEL]
-    recipe plan RECIPE MODEL [--imatrix FILE] [--format table|json|markdown] [-o PLAN.json]
+    recipe plan RECIPE MODEL [--imatrix FILE] [--format table|json|markdown] [-o PLAN.json] [--heatmap F]
     recipe schema [recipe|plan] [-o FILE]
     recipe types
     recipe import [-o FILE] -- <llama-quantize options> TYPE
-    recipe export RECIPE
+    recipe export RECIPE [--format llama-quantize|tensor-type-file|custom-q]
+    recipe infer QUANT.gguf [-o R.yaml] [--source SRC.gguf]
+    recipe diff A B [C ...] [--model MODEL] [--only-different] [--format table|markdown|json] [--heatmap F]
     recipe apply RECIPE_OR_PLAN MODEL -o OUT.gguf [--imatrix FILE] [--threads N] [--resume] [--force] ...
     recipe measure MODEL [--imatrix FILE] [--types LIST] [-o MEASURE.json] [--max-rows N] [--fresh] ...
 
@@ -166,11 +168,16 @@ def plan(
         bool, typer.Option("--strict-fallbacks", help="a type the row length cannot hold is an error")
     ] = False,
     strict: Annotated[bool, typer.Option("--strict", help="treat warnings as errors")] = False,
+    heatmap: Annotated[
+        Path | None, typer.Option("--heatmap", help="also draw layer × tensor family → type (.svg or .png)")
+    ] = None,
 ) -> None:
     """Expand a recipe against a model header into a per-tensor plan (a dry run)."""
+    from .cli_read import check_heatmap
     from .compiler import CompileError, compile_plan
     from .render import render_plan
 
+    check_heatmap(heatmap)
     try:
         source = _recipe_path(recipe)
         result = compile_plan(source, model, imatrix=imatrix, strict_fallbacks=strict_fallbacks)
@@ -191,6 +198,11 @@ def plan(
     if output is not None:
         result.plan.save(output)
     sys.stdout.write(render_plan(result.plan, fmt.value))
+    if heatmap is not None:
+        from .cli_read import write_heatmap
+        from .read.views import view_of_plan
+
+        write_heatmap([view_of_plan(result.plan)], heatmap)
 
 
 class SchemaKind(str, Enum):
@@ -320,6 +332,12 @@ def import_cmd(
         sys.stdout.write(text)
 
 
+class ExportFormat(str, Enum):
+    llama_quantize = "llama-quantize"
+    tensor_type_file = "tensor-type-file"
+    custom_q = "custom-q"
+
+
 @app.command("export")
 def export_cmd(
     recipe: Annotated[str, typer.Argument(help="recipe file or built-in name")],
@@ -333,26 +351,49 @@ def export_cmd(
         str, typer.Option("--model", help="input model path to put in the command")
     ] = "MODEL.gguf",
     out: Annotated[str, typer.Option("--out", help="output path to put in the command")] = "OUTPUT.gguf",
+    fmt: Annotated[
+        ExportFormat,
+        typer.Option(
+            "--format",
+            "-f",
+            help="llama-quantize: the command line; tensor-type-file: mainline's --tensor-type-file "
+            "contents; custom-q: ik_llama.cpp's --custom-q string",
+        ),
+    ] = ExportFormat.llama_quantize,
+    rules_file: Annotated[
+        Path | None,
+        typer.Option("--rules-file", help="with --format tensor-type-file: write the file here"),
+    ] = None,
 ) -> None:
-    """Print the llama-quantize command line equivalent to a recipe."""
-    from .interop import InteropError, export_llama_quantize_notes
+    """Print the llama-quantize command line (or rules file, or ik_llama.cpp --custom-q) of a recipe."""
+    from .interop import InteropError, export_recipe
     from .recipe.loader import load
 
     try:
         source = _recipe_path(recipe)
         lr = load(source)
-        argv, notes = export_llama_quantize_notes(
-            lr.recipe, base_dir=lr.base_dir, n_layers=n_layers, model=model, output=out
-        )
+        exp = export_recipe(lr.recipe, base_dir=lr.base_dir, n_layers=n_layers, target=fmt.value)
     except RecipeError as exc:
         _print_diagnostics(exc.diagnostics)
         raise typer.Exit(1) from None
     except InteropError as exc:
         _err(f"error: {exc}")
         raise typer.Exit(1) from None
-    for n in notes:
+    for n in exp.notes:
         _err(f"note: {n}")
-    typer.echo(shlex.join(argv))
+    if fmt is ExportFormat.llama_quantize:
+        typer.echo(shlex.join(exp.argv(model, out)))
+    elif fmt is ExportFormat.tensor_type_file:
+        name = str(rules_file) if rules_file is not None else "RULES.txt"
+        if rules_file is not None:
+            rules_file.write_text(exp.tensor_type_file(), encoding="utf-8")
+            _err(f"wrote {rules_file}")
+        else:
+            sys.stdout.write(exp.tensor_type_file())
+        _err("command: " + shlex.join(exp.argv(model, out, rules_file=name)))
+    else:
+        typer.echo(exp.custom_q())
+        _err("command (ik_llama.cpp): " + shlex.join(exp.argv(model, out)))
 
 
 # --- apply --------------------------------------------------------------------------------------
@@ -757,6 +798,12 @@ def measure_cmd(
     )
     typer.echo(f"  time      {m.seconds:.1f} s in all, {time.monotonic() - t0:.1f} s this run")
     typer.echo(f"  saved     {m.path}")
+
+
+# recipe infer / recipe diff live in their own module
+from .cli_read import register as _register_read  # noqa: E402
+
+_register_read(app)
 
 
 def main() -> None:
