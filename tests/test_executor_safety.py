@@ -213,6 +213,45 @@ def test_concurrent_runs_on_one_output_refused(model: Path, tmp_path: Path) -> N
             apply_plan(make_plan(model), model, tmp_path / "o.gguf", progress=False)
 
 
+def _run_files(tmp_path: Path) -> dict[str, str]:
+    """sha256 of each hidden file beside the output (partial output, checkpoint)."""
+    return {n: sha256_file(tmp_path / n) for n in listdir(tmp_path) if n.startswith(".")}
+
+
+def test_refused_lock_deletes_nothing(model: Path, tmp_path: Path) -> None:
+    """A run refused because another holds the lock must leave that run's files alone."""
+    import fcntl
+
+    out = tmp_path / "o.gguf"
+    with pytest.raises(ApplyInterrupted):
+        apply_plan(make_plan(model), model, out, progress=InterruptAt(5))
+    before = _run_files(tmp_path)
+    assert {".o.gguf.partial", ".o.gguf.checkpoint.json"} <= set(before)
+    lock = tmp_path / ".o.gguf.lock"
+    with open(lock, "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        for resume in (False, True):
+            with pytest.raises(OutputError, match="another run"):
+                apply_plan(make_plan(model), model, out, progress=False, resume=resume)
+        assert _run_files(tmp_path) == {**before, ".o.gguf.lock": sha256_file(lock)}
+    lock.unlink()
+    res = apply_plan(make_plan(model), model, out, progress=False, resume=True)
+    assert res.resumed_tensors == 5
+
+
+def test_refused_resume_deletes_nothing(model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o.gguf"
+    with pytest.raises(ApplyInterrupted):
+        apply_plan(make_plan(model), model, out, progress=InterruptAt(5))
+    before = _run_files(tmp_path)
+    other = make_plan(model, {"blk.0.attn_q.weight": T.F16}, ftype=1)
+    with pytest.raises(ResumeError, match="different run"):
+        apply_plan(other, model, out, progress=False, resume=True)
+    assert _run_files(tmp_path) == before
+    res = apply_plan(make_plan(model), model, out, progress=False, resume=True)
+    assert res.resumed_tensors == 5
+
+
 # ------------------------------------------------------------------------------------- bad inputs
 
 
