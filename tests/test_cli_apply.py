@@ -144,6 +144,47 @@ def test_missing_inputs_and_output_over_input(model: Path, tmp_path: Path) -> No
     assert not (tmp_path / "out.gguf").exists()
 
 
+def test_no_output_flag_overwrites_an_input(model: Path, recipe: Path, tmp_path: Path) -> None:
+    """plan/apply -o naming the model, the recipe, the imatrix (or a hard link to one, or a name the
+    apply run uses for its lock/temp/checkpoint files) is refused with one message; inputs unchanged."""
+    import numpy as np
+
+    im = write_gguf_imatrix(tmp_path / "imatrix.dat", {"blk.0.attn_q.weight": (np.ones((1, 64)), np.ones(1))})
+    lock_named = tmp_path / ".o.gguf.lock"
+    lock_named.write_text(RECIPE, encoding="utf-8")
+    linked = tmp_path / "linked.yaml"
+    linked.hardlink_to(recipe)
+    files = [model, recipe, im, lock_named]
+    before = [sha256_file(f) for f in files]
+    cases = [
+        (["plan", recipe, model, "-o", model], "the input model"),
+        (["plan", recipe, model, "-o", linked], "the recipe"),
+        (["plan", recipe, model, "--imatrix", im, "-o", im], "the imatrix"),
+        (["apply", recipe, model, "-o", recipe], "the recipe"),
+        (["apply", "llama.cpp/Q8_0", model, "-o", im, "--imatrix", im], "the imatrix"),
+        (["apply", lock_named, model, "-o", tmp_path / "o.gguf"], "the recipe"),
+    ]
+    for args, what in cases:
+        r = runner.invoke(app, [str(a) for a in args])
+        assert r.exit_code == 1, (args, r.output)
+        errors = [line for line in r.stderr.splitlines() if line.startswith("error")]
+        assert len(errors) == 1 and errors[0].startswith("error: refusing to write"), (args, r.stderr)
+        assert f"it is {what}" in errors[0], (args, r.stderr)
+    assert [sha256_file(f) for f in files] == before
+    assert not (tmp_path / "o.gguf").exists()
+
+
+def test_text_outputs_are_written_atomically(model: Path, recipe: Path, tmp_path: Path) -> None:
+    out = tmp_path / "plan.json"
+    r = runner.invoke(app, ["plan", str(recipe), str(model), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text())["recipe_name"] == "cli-test"
+    r = runner.invoke(app, ["schema", "plan", "-o", str(tmp_path / "s.json")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "s.json").read_text())
+    assert not [n for n in listdir(tmp_path) if n.endswith(".tmp")]
+
+
 def test_missing_output_option_is_a_usage_error(model: Path) -> None:
     r = invoke("llama.cpp/Q8_0", model)
     assert r.exit_code == 2

@@ -252,6 +252,23 @@ def test_refused_resume_deletes_nothing(model: Path, tmp_path: Path) -> None:
     assert res.resumed_tensors == 5
 
 
+@pytest.mark.parametrize("name", [".o.gguf.lock", ".o.gguf.partial", ".o.gguf.checkpoint.json"])
+def test_input_named_like_a_file_of_the_run_is_refused(model: Path, tmp_path: Path, name: str) -> None:
+    """An input that has the name of the lock, temp file or checkpoint of the output is not deleted."""
+    plan_file = tmp_path / name
+    make_plan(model).save(plan_file)
+    before = sha256_file(plan_file)
+    with pytest.raises(OutputError, match=rf"refusing to write .*{name}.*the plan"):
+        apply_plan(plan_file, model, tmp_path / "o.gguf", progress=False)
+    assert sha256_file(plan_file) == before
+    other = tmp_path / "other.txt"
+    other.write_text("x")
+    os.link(other, tmp_path / name.replace(".o.gguf", ".p.gguf"))  # a hard link is the same file
+    with pytest.raises(OutputError, match="the same file as .*it is the recipe"):
+        apply_plan(make_plan(model), model, tmp_path / "p.gguf", progress=False, inputs=[("the recipe", other)])
+    assert other.read_text() == "x"
+
+
 # ------------------------------------------------------------------------------------- bad inputs
 
 

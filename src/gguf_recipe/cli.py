@@ -15,7 +15,6 @@ Exit status: 0 on success, 1 when the input has errors (or warnings with ``--str
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
 from enum import Enum
@@ -25,6 +24,7 @@ from typing import Annotated, Any
 import typer
 
 from .diagnostics import Diagnostic, RecipeError, format_diagnostics, sort_diagnostics
+from .outputs import Input, InputClobberError, check_outputs, write_text_atomic
 
 app = typer.Typer(
     name="recipe",
@@ -37,6 +37,20 @@ app = typer.Typer(
 
 def _err(text: str) -> None:
     typer.echo(text, err=True)
+
+
+def _refuse_clobber(inputs: list[Input], outputs: list[Path]) -> None:
+    """Exit 1 with one message when an output of the command is one of its inputs."""
+    try:
+        check_outputs(inputs, outputs)
+    except InputClobberError as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(1) from None
+
+
+def _file_inputs(*inputs: tuple[str, str | Path | None]) -> list[Input]:
+    """The ``(what, path)`` pairs that name existing files (built-in recipe names are not files)."""
+    return [(what, p) for what, p in inputs if p is not None and Path(p).is_file()]
 
 
 def _print_diagnostics(diags: list[Diagnostic]) -> None:
@@ -170,6 +184,9 @@ def plan(
     from .compiler import CompileError, compile_plan
     from .render import render_plan
 
+    if output is not None:
+        inputs = _file_inputs(("the recipe", recipe), ("the input model", model), ("the imatrix", imatrix))
+        _refuse_clobber(inputs, [output])
     try:
         source = _recipe_path(recipe)
         result = compile_plan(source, model, imatrix=imatrix, strict_fallbacks=strict_fallbacks)
@@ -188,7 +205,7 @@ def plan(
         _err(_summary(diags))
         raise typer.Exit(1)
     if output is not None:
-        result.plan.save(output)
+        result.plan.save(output)  # atomic
     sys.stdout.write(render_plan(result.plan, fmt.value))
 
 
@@ -220,7 +237,7 @@ def schema(
     """Print the JSON Schema of recipe files (or of plans)."""
     text = schema_text(kind.value)
     if output is not None:
-        output.write_text(text, encoding="utf-8")
+        write_text_atomic(output, text)
     else:
         sys.stdout.write(text)
 
@@ -313,7 +330,7 @@ def import_cmd(
         _err(f"error: {exc}")
         raise typer.Exit(1) from None
     if output is not None:
-        output.write_text(text, encoding="utf-8")
+        write_text_atomic(output, text)
         _err(f"wrote {output}")
     else:
         sys.stdout.write(text)
@@ -576,12 +593,16 @@ def _apply(
         raise fail(f"model not found: {model}")
     if imatrix is not None and not Path(imatrix).is_file():
         raise fail(f"imatrix not found: {imatrix}")
-    if output.exists() and os.path.samefile(output, model):
-        raise fail(f"refusing to write {output}: it is the input model (the input is never modified)")
     try:
         plan = _load_plan_file(recipe_or_plan)
     except ValueError as exc:
         raise fail(str(exc)) from None
+    # apply_plan checks every file it writes (shards, temp files, checkpoint, lock) against these,
+    # the model and the imatrix; the early check here spares compiling a recipe to be refused
+    inputs = _file_inputs(
+        ("the plan" if plan is not None else "the recipe", recipe_or_plan), ("the recipe", recipe)
+    )
+    _refuse_clobber([*inputs, *_file_inputs(("the input model", model), ("the imatrix", imatrix))], [output])
 
     recipe_fp: str | None = None
     if plan is not None:
@@ -650,6 +671,7 @@ def _apply(
                 max_shard_bytes=max_shard_bytes,
                 max_shard_tensors=max_shard_tensors,
                 recipe_fingerprint=recipe_fp,
+                inputs=inputs,
             )
     except ApplyInterrupted as exc:
         _err(str(exc))

@@ -35,6 +35,7 @@ import numpy.typing as npt
 from gguf import GGMLQuantizationType, GGUFValueType
 
 from .. import quants
+from ..outputs import Input, InputClobberError, check_outputs
 from ..plan import PLAN_SCHEMA_VERSION, Plan, PlannedTensor
 from .checks import validate_output
 from .errors import (
@@ -62,7 +63,7 @@ from .metadata import (
 from .parallel import ChunkTask, Parallelism, Quantizer, make_quantizer
 from .progress import ProgressReporter, format_bytes, format_duration, make_progress
 from .source import FLOAT_TYPES, SourceModel
-from .writer import StreamingWriter, is_disk_full, plan_layout
+from .writer import OutputLayout, StreamingWriter, is_disk_full, plan_layout, run_files
 
 __all__ = [
     "DEFAULT_CHUNK_VALUES",
@@ -425,11 +426,18 @@ def _override_int(v: object) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
-def _check_paths(src: SourceModel, outputs: Sequence[Path]) -> None:
-    sources = {p.resolve() for p in src.paths}
-    for out in outputs:
-        if out.resolve() in sources or src.same_file(out):
-            raise OutputError(f"refusing to write {out}: it is the input model (the input is never modified)")
+def _check_paths(
+    src: SourceModel, layout: OutputLayout, other_inputs: Sequence[Input], imatrix: Imatrix | None
+) -> None:
+    """Refuse when any file the run may create, replace or delete is one of its inputs."""
+    inputs: list[Input] = [("the input model", p) for p in src.paths]
+    if imatrix is not None:
+        inputs.append(("the imatrix", imatrix.path))
+    inputs.extend(other_inputs)
+    try:
+        check_outputs(inputs, run_files(layout))
+    except InputClobberError as exc:
+        raise OutputError(str(exc)) from None
 
 
 def _chunks(job: _Job, shape: Sequence[int], chunk_values: int) -> list[tuple[int, int, int]]:
@@ -469,6 +477,7 @@ def apply_plan(
     recipe_fingerprint: str | None = None,
     keep_partial_on_interrupt: bool = True,
     durable: bool = True,
+    inputs: Sequence[Input] = (),
 ) -> ApplyResult:
     """Apply ``plan`` to the model at ``model_path`` and write ``out_path`` (or its shards).
 
@@ -482,13 +491,17 @@ def apply_plan(
     ``progress``: ``None`` = bars when stderr is a terminal, ``True``/``False``, or a reporter.
     ``max_shard_bytes`` / ``max_shard_tensors``: split the output llama.cpp-style.
     ``recipe_fingerprint``: the current recipe's fingerprint, to refuse a plan made from an older one.
+    ``inputs``: the caller's other input files as ``(what, path)`` (e.g. the recipe): no file the run
+    writes or deletes may be one of them (nor the model, the imatrix or the plan file).
     """
     t0 = time.monotonic()
     if chunk_values < 1:
         raise ValueError("chunk_values must be positive")
     if threads is not None and threads < 1:
         raise ValueError("threads must be at least 1")
+    inputs = list(inputs)
     if not isinstance(plan, Plan):
+        inputs.append(("the plan", plan))
         plan = Plan.load(Path(plan))
     out = Path(out_path)
     warn: list[str] = []
@@ -521,7 +534,7 @@ def apply_plan(
             max_shard_bytes=max_shard_bytes,
             max_shard_tensors=max_shard_tensors,
         )
-        _check_paths(src, [*layout.paths, *(s.temp for s in layout.shards)])
+        _check_paths(src, layout, inputs, im)
         run_key = hashlib.sha256(
             "\0".join(
                 [
