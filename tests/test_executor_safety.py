@@ -264,8 +264,10 @@ def test_input_named_like_a_file_of_the_run_is_refused(model: Path, tmp_path: Pa
     other = tmp_path / "other.txt"
     other.write_text("x")
     os.link(other, tmp_path / name.replace(".o.gguf", ".p.gguf"))  # a hard link is the same file
-    with pytest.raises(OutputError, match="the same file as .*it is the recipe"):
-        apply_plan(make_plan(model), model, tmp_path / "p.gguf", progress=False, inputs=[("the recipe", other)])
+    with pytest.raises(OutputError, match=r"the same file as .*it is the recipe"):
+        apply_plan(
+            make_plan(model), model, tmp_path / "p.gguf", progress=False, inputs=[("the recipe", other)]
+        )
     assert other.read_text() == "x"
 
 

@@ -7,8 +7,9 @@ Values are normalised exactly as ``llama-quantize`` does (tools/quantize/quantiz
 * legacy: the stored values divided by ``ncall`` (when positive), in float32.
 
 Entries with NaN or infinite values are refused (llama-quantize's ``imatrix contains non-finite value``),
-and an entry whose size is not ``ne0 * n_experts`` of the tensor it is used for is refused when the
-tensor is quantized (except ``token_embd``, which llama-quantize quantizes without the imatrix).
+so are entries with negative values (a corrupt file: they can quantize a tensor to all zeros), and an
+entry whose size is not ``ne0 * n_experts`` of the tensor it is used for is refused when the tensor is
+quantized (except ``token_embd``, which llama-quantize quantizes without the imatrix).
 """
 
 from __future__ import annotations
@@ -82,13 +83,22 @@ class Imatrix:
         return e.reshape(n_mats, ne0)
 
 
-def _check_finite(path: Path, entries: dict[str, F32Array]) -> None:
+def _check_values(path: Path, entries: dict[str, F32Array]) -> None:
+    """Refuse non-finite and negative values: importance weights are mean squares, and a negative
+    weight makes a quantizer's error minimisation degenerate (a whole tensor can come out as zeros)."""
     for name, e in entries.items():
         bad = ~np.isfinite(e)
         if bad.any():
             i = int(np.argmax(bad))
             raise ImatrixError(
                 f"{path}: imatrix entry {name!r} contains a non-finite value ({float(e[i])} at index {i})"
+            )
+        neg = e < 0
+        if neg.any():
+            i = int(np.argmax(neg))
+            raise ImatrixError(
+                f"{path}: imatrix entry {name!r} contains a negative value ({float(e[i])} at index {i}); "
+                "importance weights are sums of squares and cannot be negative"
             )
 
 
@@ -100,7 +110,7 @@ def load_imatrix(path: str | os.PathLike[str]) -> Imatrix:
     except OSError as exc:
         raise ImatrixError(f"{p}: cannot read the imatrix: {exc.strerror or exc}") from exc
     im = _load_gguf(p, data) if data[:4] == b"GGUF" else _load_legacy(p, data)
-    _check_finite(p, im.entries)
+    _check_values(p, im.entries)
     return im
 
 

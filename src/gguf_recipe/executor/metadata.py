@@ -9,6 +9,7 @@ finally gguf-recipe's own provenance keys. Setting a key that exists removes it 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -126,6 +127,15 @@ def _scalar_type(v: object, existing: GGUFValueType | None, key: str) -> GGUFVal
     raise ValueError(f"metadata override {key!r}: unsupported value {v!r}")
 
 
+def _check_finite(key: str, value: object) -> None:
+    """NaN and infinities are no metadata values (llama.cpp would read them back as they are)."""
+    if isinstance(value, Mapping):
+        value = value.get("value")
+    for v in value if isinstance(value, (list, tuple)) else [value]:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"metadata override {key!r}: {v} is not a finite number")
+
+
 def encode_override(key: str, value: object, existing: KeyValue | None) -> bytes | None:
     """Serialise one metadata override; ``None`` means delete the key.
 
@@ -134,6 +144,7 @@ def encode_override(key: str, value: object, existing: KeyValue | None) -> bytes
     """
     if value is None:
         return None
+    _check_finite(key, value)
     if isinstance(value, Mapping) and set(value) == {"type", "value"}:
         tname = str(value["type"]).lower()
         inner: Any = value["value"]

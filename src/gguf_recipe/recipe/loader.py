@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 import warnings
 from collections.abc import Sequence
@@ -759,6 +760,13 @@ def _check_semantics(lr: LoadedRecipe) -> list[Diagnostic]:
                 lr.diagnostic(
                     ("metadata", key, "value"),
                     f"metadata '{key}': found {_describe(mv.value)}, expected a value of type {mv.type}",
+                )
+            )
+        if isinstance(mv.value, float) and not math.isfinite(mv.value):
+            diags.append(
+                lr.diagnostic(
+                    ("metadata", key, "value"),
+                    f"metadata '{key}': {mv.value} is not a finite number (NaN and infinities cannot be written)",
                 )
             )
         if len(key) >= 128:
