@@ -605,6 +605,7 @@ def _apply(
     _refuse_clobber([*inputs, *_file_inputs(("the input model", model), ("the imatrix", imatrix))], [output])
 
     recipe_fp: str | None = None
+    recipe_file: str | Path | None = None  # the plan's recipe, to check the plan's decisions against
     if plan is not None:
         if strict_fallbacks and plan.totals.n_fallbacks:
             raise fail(
@@ -618,6 +619,7 @@ def _apply(
             raise typer.Exit(1) from None
         except FileNotFoundError as exc:
             raise fail(str(exc)) from None
+        recipe_file = _recipe_path(recipe) if recipe is not None else None
         if recipe_fp is None and not quiet:
             _err(
                 f"note: cannot find the recipe {plan.recipe_name!r} the plan was made from; "
@@ -644,6 +646,7 @@ def _apply(
             _err(_summary(diags) + " Nothing was written.")
             raise typer.Exit(1)
         plan = result.plan
+        recipe_file = source
         if not quiet:
             t = plan.totals
             _err(
@@ -671,6 +674,7 @@ def _apply(
                 max_shard_bytes=max_shard_bytes,
                 max_shard_tensors=max_shard_tensors,
                 recipe_fingerprint=recipe_fp,
+                recipe=recipe_file,
                 inputs=inputs,
             )
     except ApplyInterrupted as exc:

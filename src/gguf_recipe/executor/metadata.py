@@ -41,6 +41,8 @@ KEY_RECIPE_NAME = "gguf_recipe.recipe_name"
 KEY_RECIPE_FINGERPRINT = "gguf_recipe.recipe_fingerprint"
 KEY_PLAN_FINGERPRINT = "gguf_recipe.plan_fingerprint"
 KEY_TOOL_VERSION = "gguf_recipe.version"
+KEY_PLAN_EDITED = "gguf_recipe.plan_edited"
+KEY_PLAN_UNVERIFIED = "gguf_recipe.plan_unverified"
 SPLIT_KEYS = ("split.no", "split.count", "split.tensors.count")
 # keys a metadata override may not touch: they describe the file layout or our own provenance
 RESERVED_PREFIXES = ("split.", "gguf_recipe.")
@@ -259,10 +261,26 @@ def split_kvs(split_no: int, split_count: int, n_tensors: int) -> list[bytes]:
 
 
 def recipe_kvs(
-    b: MetadataBuilder, *, recipe_name: str, recipe_text: str, recipe_fingerprint: str, plan_fingerprint: str
+    b: MetadataBuilder,
+    *,
+    recipe_name: str,
+    recipe_text: str,
+    recipe_fingerprint: str,
+    plan_fingerprint: str,
+    plan_edited: str | None = None,
+    plan_unverified: str | None = None,
 ) -> None:
+    """Provenance. ``plan_edited`` / ``plan_unverified``: why the plan's decisions are not (known to be)
+    what the recipe gives; written as ``gguf_recipe.plan_edited`` (true) and ``gguf_recipe.plan_unverified``
+    (the reason), so that the recipe keys are never read as the whole story."""
     b.set(KEY_TOOL_VERSION, GGUFValueType.STRING, __version__)
     b.set(KEY_RECIPE_NAME, GGUFValueType.STRING, recipe_name)
     b.set(KEY_RECIPE, GGUFValueType.STRING, recipe_text)
     b.set(KEY_RECIPE_FINGERPRINT, GGUFValueType.STRING, recipe_fingerprint)
     b.set(KEY_PLAN_FINGERPRINT, GGUFValueType.STRING, plan_fingerprint)
+    b.remove(KEY_PLAN_EDITED)  # a source made by gguf-recipe may carry them: they described that file
+    b.remove(KEY_PLAN_UNVERIFIED)
+    if plan_edited is not None:
+        b.set(KEY_PLAN_EDITED, GGUFValueType.BOOL, True)
+    if plan_unverified is not None:
+        b.set(KEY_PLAN_UNVERIFIED, GGUFValueType.STRING, plan_unverified)

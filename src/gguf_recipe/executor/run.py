@@ -40,6 +40,7 @@ from ..plan import PLAN_SCHEMA_VERSION, Plan, PlannedTensor
 from .checks import validate_output
 from .errors import (
     ApplyInterrupted,
+    EditedPlanError,
     ExecutorError,
     ImatrixError,
     OutputError,
@@ -62,6 +63,7 @@ from .metadata import (
 )
 from .parallel import ChunkTask, Parallelism, Quantizer, make_quantizer
 from .progress import ProgressReporter, format_bytes, format_duration, make_progress
+from .provenance import PlanCheck, check_decisions
 from .source import FLOAT_TYPES, SourceModel
 from .writer import OutputLayout, StreamingWriter, is_disk_full, plan_layout, run_files
 
@@ -381,6 +383,7 @@ def _build_metadata(
     imatrix_name: str | None,
     plan_fp: str,
     warn: list[str],
+    check: PlanCheck,
 ) -> list[bytes]:
     b = MetadataBuilder(src.kvs)
     for k in SPLIT_KEYS:
@@ -416,8 +419,35 @@ def _build_metadata(
         recipe_text=plan.recipe_text,
         recipe_fingerprint=plan.fingerprints.recipe,
         plan_fingerprint=plan_fp,
+        plan_edited=check.detail if check.status == "edited" else None,
+        plan_unverified=check.detail if check.status == "unverified" else None,
     )
     return b.blobs()
+
+
+def _check_decisions(
+    plan: Plan,
+    model_path: str | os.PathLike[str],
+    recipe: str | os.PathLike[str] | None,
+    force: bool,
+    warn: list[str],
+) -> PlanCheck:
+    """Refuse (unless ``force``) a plan whose decisions its recipe does not give; warn when unknown."""
+    check = check_decisions(plan, model_path, recipe)
+    if check.status == "edited":
+        text = (
+            f"the plan's decisions are not what its recipe {plan.recipe_name!r} gives for this model "
+            f"(edited by hand, or made by another gguf-recipe version): {check.detail}"
+        )
+        if not force:
+            raise EditedPlanError(f"{text}. Re-run the plan, or force to apply it anyway")
+        warn.append(f"applying an edited plan (forced): {text}; the output records gguf_recipe.plan_edited")
+    elif check.status == "unverified":
+        warn.append(
+            f"cannot check that the plan's decisions follow from its recipe {plan.recipe_name!r}: "
+            f"{check.detail}; the output records gguf_recipe.plan_unverified (give the recipe file to check it)"
+        )
+    return check
 
 
 def _override_int(v: object) -> int | None:
@@ -475,6 +505,7 @@ def apply_plan(
     max_shard_tensors: int | None = None,
     overwrite: bool = True,
     recipe_fingerprint: str | None = None,
+    recipe: str | os.PathLike[str] | None = None,
     keep_partial_on_interrupt: bool = True,
     durable: bool = True,
     inputs: Sequence[Input] = (),
@@ -491,6 +522,10 @@ def apply_plan(
     ``progress``: ``None`` = bars when stderr is a terminal, ``True``/``False``, or a reporter.
     ``max_shard_bytes`` / ``max_shard_tensors``: split the output llama.cpp-style.
     ``recipe_fingerprint``: the current recipe's fingerprint, to refuse a plan made from an older one.
+    ``recipe``: the recipe file the plan was made from. The plan's recipe (this file, or the text the plan
+    carries) is compiled against the model: a plan whose decisions it does not give is refused unless
+    ``force`` (then the output records ``gguf_recipe.plan_edited``); one that cannot be checked (its recipe
+    extends files not at hand) is applied with ``gguf_recipe.plan_unverified`` recorded.
     ``inputs``: the caller's other input files as ``(what, path)`` (e.g. the recipe): no file the run
     writes or deletes may be one of them (nor the model, the imatrix or the plan file).
     """
@@ -517,12 +552,13 @@ def apply_plan(
             im_name = os.fspath(imatrix)
         _check_fresh(plan, src, im, recipe_fingerprint, force, warn)
         jobs, requant = _check_structure(plan, src, allow_requantize)
+        check = _check_decisions(plan, model_path, recipe, force, warn)
         if requant:
             msg = f"requantizing {len(requant)} already-quantized tensor(s) (quality loss): {', '.join(requant[:5])}"
             warnings.warn(msg, RequantizeWarning, stacklevel=2)
             warn.append(msg)
         coverage = _assign_imatrix(jobs, im, plan.ftype, warn)
-        kv_blobs = _build_metadata(plan, src, jobs, im, im_name, plan_fp, warn)
+        kv_blobs = _build_metadata(plan, src, jobs, im, im_name, plan_fp, warn, check)
         out_tensors = [
             OutTensor(j.planned.name, tuple(j.planned.shape), j.target, j.planned.target_bytes) for j in jobs
         ]
