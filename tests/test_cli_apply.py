@@ -18,6 +18,7 @@ from conftest_executor import (
     make_plan,
     require_types,
     sha256_file,
+    start_held,
     write_gguf_imatrix,
     write_model,
 )
@@ -428,43 +429,31 @@ def test_plan_of_a_recipe_extending_a_builtin_is_checked_from_its_text(model: Pa
 
 def test_sigint_on_the_console_command(tmp_path: Path) -> None:
     """A real Ctrl-C (SIGINT) while streaming: exit status 130, a message naming --resume, no output;
-    then --resume finishes it."""
+    then --resume finishes it. The run is held (test hook) once its first tensor is written, so the
+    signal always lands mid-run."""
     import signal
     import subprocess
     import sys
-    import time
 
     require_types(T.Q8_0)
-    model = write_model(
-        tmp_path / "big.gguf",
-        llama_tensors(3, n_layer=6, n_embd=256, n_ff=1024),
-        n_layer=6,
-        n_embd=256,
-        n_ff=1024,
-    )
+    model = write_model(tmp_path / "m.gguf", llama_tensors(3))
     out = tmp_path / "out.gguf"
     cmd = [sys.executable, "-m", "gguf_recipe.cli", "apply", "llama.cpp/Q8_0", str(model), "-o", str(out)]
-    proc = subprocess.Popen(
-        [*cmd, "--chunk-values", "256", "--threads", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    partial = tmp_path / ".out.gguf.partial"
-    deadline = time.monotonic() + 60
-    while not (partial.exists() and partial.stat().st_size > 1 << 16) and proc.poll() is None:
-        assert time.monotonic() < deadline, "the run did not start"
-        time.sleep(0.01)
-    if proc.poll() is not None:
-        pytest.skip("the run finished before it could be interrupted")
+    proc, _ = start_held([*cmd, "--threads", "1"], tmp_path)
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
+    _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
-    assert "interrupted" in stderr
+    assert "interrupted after 1 of" in stderr
+    assert "--resume" in stderr
     assert "Traceback" not in stderr
     assert not out.exists()
-    if "--resume" in stderr:  # work was done and kept
-        done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
-        assert "resumed" in done.stdout
-        assert out.is_file()
+    assert (tmp_path / ".out.gguf.checkpoint.json").is_file()
+    done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "1 resumed" in done.stdout
+    assert out.is_file()
+    direct = subprocess.run(
+        [*cmd[:-1], str(tmp_path / "direct.gguf"), "-q"], capture_output=True, timeout=120
+    )
+    assert direct.returncode == 0
+    assert sha256_file(out) == sha256_file(tmp_path / "direct.gguf")

@@ -13,7 +13,7 @@ import pytest
 
 from conftest_executor import (
     T,
-    interrupt_when_checkpointed,
+    interrupt_when_held,
     listdir,
     llama_tensors,
     make_plan,
@@ -456,9 +456,7 @@ def test_real_sigint_then_resume(tmp_path: Path, workers: str) -> None:
     group = workers == "worker processes"
     mode = ["2", "processes"] if group else ["1", "threads"]
     cmd = [sys.executable, "-c", CHILD, str(tmp_path / "plan.json"), str(model), str(out), *mode]
-    child, stdout, stderr = interrupt_when_checkpointed(
-        cmd, tmp_path / ".o.gguf.checkpoint.json", whole_group=group
-    )
+    child, stdout, stderr = interrupt_when_held(cmd, tmp_path, whole_group=group)
     assert child.returncode == 130, stderr
     assert "interrupted after" in stdout and "resume" in stdout
     assert "Traceback" not in stderr  # no worker printed a KeyboardInterrupt

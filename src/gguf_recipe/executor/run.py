@@ -65,6 +65,7 @@ from .parallel import ChunkTask, Parallelism, Quantizer, make_quantizer
 from .progress import ProgressReporter, format_bytes, format_duration, make_progress
 from .provenance import PlanCheck, check_decisions
 from .source import FLOAT_TYPES, SourceModel
+from .testhook import hold, wants
 from .writer import OutputLayout, StreamingWriter, is_disk_full, plan_layout, run_files
 
 __all__ = [
@@ -598,13 +599,29 @@ def apply_plan(
             while len(pending) > MAX_PENDING_WRITES:
                 pending.popleft().result()
 
+        def tensor_written() -> None:  # the test hook's point: a tensor is on disk and checkpointed
+            if wants("tensor-written"):
+                while pending:
+                    pending.popleft().result()
+                hold("tensor-written")
+
         ok = False
         start = 0
         try:
             start = writer.start(resume=resume)
             done_in = sum(src.tensors[j.planned.source_name].nbytes for j in jobs[:start])
             reporter.start(len(jobs), total_in, done_in)
-            _stream(jobs[start:], src, writer, submit, reporter, quantizer, chunk_values, allow_requantize)
+            _stream(
+                jobs[start:],
+                src,
+                writer,
+                submit,
+                reporter,
+                quantizer,
+                chunk_values,
+                allow_requantize,
+                tensor_written,
+            )
             quantizer.close()
             while pending:
                 pending.popleft().result()
@@ -731,6 +748,7 @@ def _stream(
     quantizer: Quantizer,
     chunk_values: int,
     allow_requantize: bool,
+    tensor_written: Callable[[], None],
 ) -> None:
     """Quantize and write ``jobs``: up to ``quantizer.window`` chunks are in flight ahead of the one
     being written; results are consumed strictly in output order."""
@@ -756,6 +774,7 @@ def _stream(
         if piece.last:
             submit(writer.end_tensor)
             reporter.tensor_done(job.index, pt.name)
+            tensor_written()
 
     for piece in _pieces(jobs, src, quantizer, chunk_values, allow_requantize):
         in_flight.append(piece)
