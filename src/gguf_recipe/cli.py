@@ -26,7 +26,27 @@ import typer
 from .diagnostics import Diagnostic, RecipeError, format_diagnostics, sort_diagnostics
 from .outputs import Input, InputClobberError, check_outputs, write_text_atomic
 
+
+class _Commands(typer.core.TyperGroup):
+    """Every command: a file that cannot be read or written (an OSError, or an input that is not a
+    regular file) that reaches here is one 'error:' line and exit status 1, never a traceback."""
+
+    def invoke(self, ctx: Any) -> Any:
+        from .inputs import InputFileError, describe_os_error
+        from .outputs import OutputPathError
+
+        try:
+            return super().invoke(ctx)
+        except (OutputPathError, InputFileError) as exc:
+            _err(f"error: {exc}")
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            _err(f"error: {where}{describe_os_error(exc)}")
+        raise typer.Exit(1)
+
+
 app = typer.Typer(
+    cls=_Commands,
     name="recipe",
     help="Declarative per-tensor quantization recipes for GGUF models: validate, plan, apply, import, export.",
     no_args_is_help=True,
@@ -105,10 +125,14 @@ def validate_file(path: str, *, model: str | None = None, imatrix: str | None = 
     if lr is None or any(d.is_error for d in diags):
         return diags
     if lr.recipe.extends is not None:
+        from .compiler import CompileError, load_recipe_chain
         from .recipes import resolve
 
-        try:
+        try:  # the whole chain: what it extends, at any depth, loads and does not loop
+            load_recipe_chain(source)
             parent = resolve(lr.recipe.extends, relative_to=source if isinstance(source, Path) else None)
+        except CompileError as exc:
+            return diags + list(exc.diagnostics)
         except FileNotFoundError as exc:
             diags.append(lr.diagnostic(("extends",), f"{exc}"))
             return diags
@@ -403,6 +427,8 @@ def parse_size(text: str) -> int:
         raise ValueError(f"not a size: {text!r} (e.g. 2G, 500M, 4GiB or a number of bytes)") from None
     if unit not in _SIZE_UNITS:
         raise ValueError(f"unknown size unit in {text!r} (use K, M, G, T, KiB, MiB, GiB, TiB)")
+    if not -(2**63) < value * _SIZE_UNITS[unit] < 2**63:  # also NaN and infinities
+        raise ValueError(f"not a size: {text!r} (e.g. 2G, 500M, 4GiB or a number of bytes)")
     n = int(value * _SIZE_UNITS[unit])
     if n < 1:
         raise ValueError(f"size must be positive: {text!r}")
@@ -589,10 +615,14 @@ def _apply(
         _err(f"error: {msg}")
         return typer.Exit(1)
 
-    if not Path(model).is_file():
-        raise fail(f"model not found: {model}")
-    if imatrix is not None and not Path(imatrix).is_file():
-        raise fail(f"imatrix not found: {imatrix}")
+    from .inputs import InputFileError, check_input_file
+
+    try:
+        check_input_file(model, "the input model")
+        if imatrix is not None:
+            check_input_file(imatrix, "the imatrix")
+    except InputFileError as exc:
+        raise fail(str(exc)) from None
     try:
         plan = _load_plan_file(recipe_or_plan)
     except ValueError as exc:

@@ -86,7 +86,9 @@ class Plan(_Frozen):
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
-        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+        from .inputs import read_input_bytes
+
+        return cls.from_json(read_input_bytes(path, "the plan").decode("utf-8"))
 
     def save(self, path: str | Path) -> None:
         """Write the plan JSON (atomically: a temp file renamed into place)."""

@@ -105,10 +105,12 @@ def _check_values(path: Path, entries: dict[str, F32Array]) -> None:
 def load_imatrix(path: str | os.PathLike[str]) -> Imatrix:
     """Read an imatrix file (GGUF or legacy ``.dat``, told apart by the GGUF magic)."""
     p = Path(path)
+    from ..inputs import InputFileError, read_input_bytes
+
     try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise ImatrixError(f"{p}: cannot read the imatrix: {exc.strerror or exc}") from exc
+        data = read_input_bytes(p, "the imatrix")
+    except InputFileError as exc:
+        raise ImatrixError(str(exc)) from None
     im = _load_gguf(p, data) if data[:4] == b"GGUF" else _load_legacy(p, data)
     _check_values(p, im.entries)
     return im

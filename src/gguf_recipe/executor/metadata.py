@@ -92,12 +92,13 @@ def _truncate127(s: str) -> bytes:
     return s.encode("utf-8")[:127]
 
 
-def _int_type_for(v: int) -> GGUFValueType:
+def _int_type_for(v: int, key: str = "") -> GGUFValueType:
     for t in (GGUFValueType.UINT32, GGUFValueType.INT32, GGUFValueType.INT64, GGUFValueType.UINT64):
         lo, hi = INT_RANGES[t]
         if lo <= v <= hi:
             return t
-    raise ValueError(f"integer {v} does not fit any GGUF integer type")
+    where = f"metadata override {key!r}: " if key else ""
+    raise ValueError(f"{where}integer {v} does not fit any GGUF integer type (-2^63 .. 2^64-1)")
 
 
 _TYPE_NAMES: dict[str, GGUFValueType] = {
@@ -121,7 +122,7 @@ def _scalar_type(v: object, existing: GGUFValueType | None, key: str) -> GGUFVal
             lo, hi = INT_RANGES[existing]
             if lo <= v <= hi:
                 return existing
-        return _int_type_for(v)
+        return _int_type_for(v, key)
     if isinstance(v, float):
         if existing == GGUFValueType.FLOAT64:
             return existing
