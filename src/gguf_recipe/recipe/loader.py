@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.comments import CommentedMap, CommentedSeq, CommentedSet
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString, SingleQuotedScalarString
 
@@ -291,6 +291,10 @@ class _Converter:
                 )
             )
         tag = getattr(getattr(node, "tag", None), "value", None)
+        if isinstance(node, bytes):
+            tag = "tag:yaml.org,2002:binary"
+        elif isinstance(node, (set, CommentedSet)):
+            tag = "tag:yaml.org,2002:set"
         if isinstance(tag, str) and tag:
             pos = self.smap.values.get(path) or Pos(1, 1)
             shown = tag.replace("tag:yaml.org,2002:", "!!")
@@ -805,7 +809,19 @@ def _check_semantics(lr: LoadedRecipe) -> list[Diagnostic]:
                     f"invalid layer {layer} in prune_layers, expected a block number >= 0",
                 )
             )
+    from ..executor.metadata import RESERVED_KEYS, RESERVED_PREFIXES
+
     for key, mv in r.metadata.items():
+        if key in RESERVED_KEYS or key.startswith(RESERVED_PREFIXES):
+            diags.append(
+                lr.diagnostic(
+                    ("metadata", key),
+                    f"metadata '{key}': this key describes the file's layout or its provenance and is "
+                    "written by gguf-recipe itself; it cannot be set",
+                    key=True,
+                )
+            )
+            continue
         kinds = {"str": (str,), "int": (int,), "float": (float, int), "bool": (bool,)}[mv.type]
         ok = isinstance(mv.value, kinds) and not (mv.type in ("int", "float") and isinstance(mv.value, bool))
         if not ok:
@@ -815,7 +831,7 @@ def _check_semantics(lr: LoadedRecipe) -> list[Diagnostic]:
                     f"metadata '{key}': found {_describe(mv.value)}, expected a value of type {mv.type}",
                 )
             )
-        if (
+        elif (
             isinstance(mv.value, int)
             and not isinstance(mv.value, bool)
             and not -(2**63) <= mv.value <= 2**64 - 1
@@ -826,7 +842,7 @@ def _check_semantics(lr: LoadedRecipe) -> list[Diagnostic]:
                     f"metadata '{key}': {mv.value} does not fit a GGUF integer (-2^63 .. 2^64-1)",
                 )
             )
-        if isinstance(mv.value, float) and not math.isfinite(mv.value):
+        elif isinstance(mv.value, float) and not math.isfinite(mv.value):
             diags.append(
                 lr.diagnostic(
                     ("metadata", key, "value"),
