@@ -630,6 +630,14 @@ def path_cases() -> list[Case]:
                 {"x.gguf": odd(kind, "x.gguf")},
             )
         )
+    for id_, opts, culprit in (
+        ("posix", ["--tensor-type", "[[:alpha:]]=q8_0", "Q4_K_M"], "[[:alpha:]]"),
+        ("bad-regex", ["--tensor-type", "(a+=q8_0", "Q4_K_M"], "(a+"),
+        ("nested-regex", ["--tensor-type", "(a+)+=q8_0", "Q4_K_M"], "(a+)+"),
+        ("unknown-type", ["Q9_X"], "Q9_X"),
+        ("unknown-tensor-type", ["--tensor-type", "attn_v=q9_9", "Q4_K_M"], "q9_9"),
+    ):
+        cases.append(Case(f"import-{id_}", ["import", "-o", "{d}/new.yaml", "--", *opts], culprit))
     for size in ("inf", "nan", "-1G", "1e300", "2X"):
         cases.append(
             Case(
