@@ -650,6 +650,63 @@ def path_cases() -> list[Case]:
     return cases
 
 
+def sparse(name: str) -> Maker:
+    """A 4 GiB file of zeros that takes no disk (a wrong file given as an input must not be read whole)."""
+
+    def make(d: Path, _b: dict[str, bytes]) -> None:
+        with open(d / name, "wb") as f:
+            f.truncate(4 * GB)
+
+    return make
+
+
+def big_file_cases() -> list[Case]:
+    return [
+        Case(
+            "big-as-recipe-validate",
+            ["validate", "{d}/big.yaml"],
+            "bytes allowed",
+            {"big.yaml": sparse("big.yaml")},
+        ),
+        Case(
+            "big-as-recipe-apply",
+            ["apply", "{d}/big.yaml", "{d}/m.gguf", "-o", "{d}/o.gguf"],
+            "big.yaml",
+            {"big.yaml": sparse("big.yaml")},
+        ),
+        Case(
+            "big-as-plan-apply",
+            ["apply", "{d}/big.json", "{d}/m.gguf", "-o", "{d}/o.gguf"],
+            "big.json",
+            {"big.json": sparse("big.json")},
+        ),
+        Case(
+            "big-as-model-plan",
+            ["plan", "{d}/r.yaml", "{d}/big.gguf"],
+            "big.gguf",
+            {"big.gguf": sparse("big.gguf")},
+        ),
+        Case(
+            "big-as-model-apply",
+            ["apply", "{d}/r.yaml", "{d}/big.gguf", "-o", "{d}/o.gguf"],
+            "big.gguf",
+            {"big.gguf": sparse("big.gguf")},
+        ),
+        Case(
+            "big-as-imatrix-apply",
+            ["apply", "{d}/r.yaml", "{d}/m.gguf", "-o", "{d}/o.gguf", "--imatrix", "{d}/big.dat"],
+            "big.dat",
+            {"big.dat": sparse("big.dat")},
+        ),
+        Case(
+            "big-as-imatrix-plan",
+            ["plan", "{d}/r.yaml", "{d}/m.gguf", "--imatrix", "{d}/big.dat"],
+            "big.dat",
+            {"big.dat": sparse("big.dat")},
+        ),
+    ]
+
+
 def disk_cases() -> list[Case]:
     import errno
 

@@ -435,11 +435,14 @@ def parse_size(text: str) -> int:
     return n
 
 
+_MAX_PLAN_BYTES = 1 << 28  # a plan of a 1000-layer model is a few MB
+
+
 def _load_plan_file(arg: str) -> Any:
     """The :class:`~gguf_recipe.plan.Plan` in ``arg`` when it is a plan JSON file (told by content:
     a JSON object with ``fingerprints`` and ``tensors``), else None (a recipe file or name)."""
     p = Path(arg)
-    if not p.is_file():
+    if not p.is_file() or p.stat().st_size > _MAX_PLAN_BYTES:  # (not read whole: it may be a model)
         return None
     try:
         data = json.loads(p.read_text(encoding="utf-8"))

@@ -14,7 +14,9 @@ quantized (except ``token_embd``, which llama-quantize quantizes without the ima
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -104,19 +106,33 @@ def _check_values(path: Path, entries: dict[str, F32Array]) -> None:
 
 def load_imatrix(path: str | os.PathLike[str]) -> Imatrix:
     """Read an imatrix file (GGUF or legacy ``.dat``, told apart by the GGUF magic)."""
-    p = Path(path)
-    from ..inputs import InputFileError, read_input_bytes
+    from ..inputs import InputFileError, open_input
 
+    p = Path(path)
     try:
-        data = read_input_bytes(p, "the imatrix")
+        f = open_input(p, "the imatrix")
     except InputFileError as exc:
         raise ImatrixError(str(exc)) from None
-    im = _load_gguf(p, data) if data[:4] == b"GGUF" else _load_legacy(p, data)
+    with f:
+        if os.fstat(f.fileno()).st_size == 0:
+            raise ImatrixError(f"{p}: not an imatrix file (empty)")
+        # mapped, not read: a wrong file (a whole model given as the imatrix) costs no memory
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            data = memoryview(mm)
+            try:
+                im = _load_gguf(p, data) if bytes(data[:4]) == b"GGUF" else _load_legacy(p, data)
+            finally:
+                with contextlib.suppress(BufferError):  # views kept alive by an error's traceback
+                    data.release()
+        finally:
+            with contextlib.suppress(BufferError):
+                mm.close()
     _check_values(p, im.entries)
     return im
 
 
-def _load_legacy(path: Path, data: bytes) -> Imatrix:
+def _load_legacy(path: Path, data: memoryview) -> Imatrix:
     size = len(data)
     pos = 0
 
@@ -139,7 +155,7 @@ def _load_legacy(path: Path, data: bytes) -> Imatrix:
         n = take("<i", f"the name length of entry {i + 1}")
         if n < 0 or pos + n > size:
             raise ImatrixError(f"{path}: truncated or corrupt imatrix (name of entry {i + 1})")
-        raw_name = data[pos : pos + n]
+        raw_name = bytes(data[pos : pos + n])
         pos += n
         # llama.cpp reads the name as a C string
         name = raw_name.split(b"\0", 1)[0].decode("utf-8", errors="replace")
@@ -162,7 +178,9 @@ def _load_legacy(path: Path, data: bytes) -> Imatrix:
         if pos + 4 <= size:
             n = take("<i", "the dataset name length")
             if n > 0 and pos + n <= size:
-                datasets.append(data[pos : pos + n].split(b"\0", 1)[0].decode("utf-8", errors="replace"))
+                datasets.append(
+                    bytes(data[pos : pos + n]).split(b"\0", 1)[0].decode("utf-8", errors="replace")
+                )
     return Imatrix(path, "legacy", entries, tuple(datasets), chunk_count, 0, hashlib.sha256(data).hexdigest())
 
 
@@ -172,7 +190,7 @@ def _lround(x: F32Array) -> npt.NDArray[np.int64]:
     return (np.sign(a) * np.floor(np.abs(a) + 0.5)).astype(np.int64)
 
 
-def _load_gguf(path: Path, data: bytes) -> Imatrix:
+def _load_gguf(path: Path, data: memoryview) -> Imatrix:
     try:
         header = parse_header(memoryview(data), path)
     except SourceFormatError as exc:
