@@ -168,7 +168,8 @@ def _load_legacy(path: Path, data: memoryview) -> Imatrix:
         sums = np.frombuffer(data, dtype="<f4", count=nval, offset=pos).astype(np.float32)
         pos += 4 * nval
         if ncall > 0:
-            entries[name] = (sums / np.float32(ncall)).astype(np.float32)
+            with np.errstate(invalid="ignore", over="ignore"):  # non-finite values are refused below
+                entries[name] = (sums / np.float32(ncall)).astype(np.float32)
         else:
             entries[name] = sums
     chunk_count = 0
