@@ -706,7 +706,9 @@ def load_chain(recipe_source: str | Path, loader: Callable[[Path], LoadedRecipe]
             except CompileError as exc:
                 d = exc.diagnostics[0] if exc.diagnostics else None
                 first = f"{d.location}: {d.message}" if d else "cannot load it"
-                raise CompileError([_at_extends(chain[-1], f"{path} is not a valid recipe ({first})")]) from None
+                raise CompileError(
+                    [_at_extends(chain[-1], f"{path} is not a valid recipe ({first})")]
+                ) from None
         chain.append(lr)
         ext = lr.recipe.extends
         if ext is None:
