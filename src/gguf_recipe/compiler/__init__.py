@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from ..diagnostics import Diagnostic, RecipeError
@@ -90,18 +89,13 @@ def _imatrix_info(imatrix: str | Path | bool | None) -> tuple[bool, str | None, 
         check_input_file(p, "the imatrix")
     except InputFileError as exc:
         raise CompileError([Diagnostic(str(exc), "error", str(p))]) from None
-    h = hashlib.sha256()
-    with p.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    names: set[str] | None = None
-    try:
-        from ..executor.imatrix import entry_names
+    try:  # read (and so checked) before it is hashed: a wrong file fails at once
+        from ..executor.imatrix import load_imatrix
 
-        names = set(entry_names(p))
+        im = load_imatrix(p)
     except Exception as exc:
         raise CompileError([Diagnostic(f"cannot read the imatrix: {exc}", "error", str(p))]) from None
-    return True, h.hexdigest(), names
+    return True, im.fingerprint, set(im.entries)
 
 
 def compile_model(
