@@ -232,3 +232,11 @@ def test_types_that_need_an_imatrix_refused_without_one(tmp_path: Path) -> None:
     with pytest.raises(ImatrixError, match="needs importance weights"):
         apply_plan(plan, model, tmp_path / "o.gguf", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
+
+
+@pytest.mark.parametrize("count", [float("nan"), float("inf"), 1e30])
+def test_gguf_impossible_counts_refused(tmp_path: Path, count: float) -> None:
+    name = "blk.0.attn_q.weight"
+    p = write_gguf_imatrix(tmp_path / "im.gguf", {name: (np.ones((1, 64)), np.array([count]))})
+    with pytest.raises(ImatrixError, match=f"entry '{name}' has a non-finite or impossible count"):
+        load_imatrix(p)

@@ -240,7 +240,10 @@ def _load_gguf(path: Path, data: memoryview) -> Imatrix:
             raise ImatrixError(f"{path}: {name!r} has {nval} sums for {ncounts} counts")
         ne0 = nval // ncounts
         sums = values(sum2[0], nval).reshape(ncounts, ne0)
-        cnt = _lround(values(counts[0], ncounts)).astype(np.float32)  # (float) counts[j]
+        raw_counts = values(counts[0], ncounts)
+        if not (np.abs(raw_counts) < 2.0**62).all():  # NaN fails this too
+            raise ImatrixError(f"{path}: imatrix entry {name!r} has a non-finite or impossible count")
+        cnt = _lround(raw_counts).astype(np.float32)  # (float) counts[j]
         with np.errstate(divide="ignore", invalid="ignore"):
             norm = sums / cnt[:, None]
         norm = np.where((cnt > 0)[:, None], norm, np.float32(1)).astype(np.float32)
