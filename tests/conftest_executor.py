@@ -395,22 +395,71 @@ def assert_same_tensors(ours: Path, theirs: Path) -> None:
         pytest.fail(f"tensor data differs from llama.cpp's for {len(bad)} tensor(s): {bad[:5]}")
 
 
-def interrupt_when_checkpointed(
-    cmd: Sequence[str], checkpoint: Path, *, whole_group: bool = False
-) -> tuple[subprocess.Popen[str], str, str]:
-    """Run ``cmd`` and send SIGINT once ``checkpoint`` exists (its first tensor is written): to the child
-    only, or, like a terminal's Ctrl-C, to its whole process group (its pid). (child, stdout, stderr)"""
+def start_held(
+    cmd: Sequence[str], folder: Path, *, point: str = "tensor-written", whole_group: bool = False
+) -> tuple[subprocess.Popen[str], Path]:
+    """Start ``cmd`` (a run of the executor) with the test hook holding it at ``point``
+    (``gguf_recipe.executor.testhook``) and return once it is held: (child, release file). The child
+    goes on when the release file is created (or is signalled meanwhile): no race with its progress.
+    ``whole_group``: the child leads a new process group (its pid), as a terminal's foreground job."""
+    from gguf_recipe.executor.testhook import ENV
+
+    release = folder / f"release-{point}"
+    reached = release.with_name(release.name + ".reached")
     child = subprocess.Popen(
-        list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=whole_group
+        list(cmd),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=whole_group,
+        env={**os.environ, ENV: f"{point}:{release}"},
     )
-    deadline = time.monotonic() + 60
-    while not checkpoint.exists() and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    deadline = time.monotonic() + 120
+    while not reached.exists():
+        if child.poll() is not None:
+            out, err = child.communicate()
+            pytest.fail(f"the run ended (exit {child.returncode}) before it reached {point}:\n{out}\n{err}")
+        if time.monotonic() > deadline:
+            child.kill()
+            pytest.fail(f"the run did not reach {point}")
+        time.sleep(0.01)  # polling a state, not waiting for a moment: the child waits for us
+    return child, release
+
+
+def interrupt_when_held(
+    cmd: Sequence[str], folder: Path, *, whole_group: bool = False
+) -> tuple[subprocess.Popen[str], str, str]:
+    """Run ``cmd``, hold it once its first tensor is written and checkpointed, and send SIGINT: to the
+    child only, or, like a terminal's Ctrl-C, to its whole process group. (child, stdout, stderr)"""
+    child, _ = start_held(cmd, folder, whole_group=whole_group)
     if whole_group:
         os.killpg(child.pid, signal.SIGINT)
     else:
         child.send_signal(signal.SIGINT)
-    stdout, stderr = child.communicate(timeout=60)
-    if child.returncode == 0:
-        pytest.skip("the run finished before the interrupt arrived")
+    stdout, stderr = child.communicate(timeout=120)
     return child, stdout, stderr
+
+
+def children_of(pid: int) -> list[int]:
+    """The pids of ``pid``'s live child processes (Linux /proc)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(d.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting to be reaped does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"

@@ -93,6 +93,23 @@ def test_non_finite_values_refused(tmp_path: Path, bad: float) -> None:
         load_imatrix(p)
 
 
+@pytest.mark.parametrize("fmt", ["legacy", "gguf"])
+def test_negative_values_refused(tmp_path: Path, fmt: str) -> None:
+    """A negative importance weight makes the quantizers' weighted error degenerate (a tensor can come
+    out as all zeros): refused, naming the entry and the file."""
+    vals = np.ones(64, np.float32)
+    vals[7] = -0.25
+    name = "blk.0.attn_q.weight"
+    if fmt == "legacy":
+        p = write_legacy_imatrix(tmp_path / "im.dat", {name: (1, vals)})
+    else:
+        p = write_gguf_imatrix(tmp_path / "im.gguf", {name: (vals.reshape(1, 64), np.array([3.0]))})
+    with pytest.raises(
+        ImatrixError, match=rf"{p}: imatrix entry '{name}' contains a negative value .* at index 7"
+    ):
+        load_imatrix(p)
+
+
 @pytest.mark.parametrize(
     "data", [b"", b"\x01\x00", b"\xff\xff\xff\x7f" + b"\0" * 20, b"GGUF\x03\0\0\0garbage"]
 )
@@ -104,7 +121,7 @@ def test_garbage_files_give_clear_errors(tmp_path: Path, data: bytes) -> None:
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(ImatrixError, match="cannot read"):
+    with pytest.raises(ImatrixError, match=r"the imatrix .*nope\.dat: no such file"):
         load_imatrix(tmp_path / "nope.dat")
 
 
@@ -215,3 +232,11 @@ def test_types_that_need_an_imatrix_refused_without_one(tmp_path: Path) -> None:
     with pytest.raises(ImatrixError, match="needs importance weights"):
         apply_plan(plan, model, tmp_path / "o.gguf", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
+
+
+@pytest.mark.parametrize("count", [float("nan"), float("inf"), 1e30])
+def test_gguf_impossible_counts_refused(tmp_path: Path, count: float) -> None:
+    name = "blk.0.attn_q.weight"
+    p = write_gguf_imatrix(tmp_path / "im.gguf", {name: (np.ones((1, 64)), np.array([count]))})
+    with pytest.raises(ImatrixError, match=f"entry '{name}' has a non-finite or impossible count"):
+        load_imatrix(p)

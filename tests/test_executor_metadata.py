@@ -74,6 +74,22 @@ def test_metadata_overrides(model: Path, tmp_path: Path) -> None:
     assert "test.flag" not in kv
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        float("nan"),
+        {"type": "float", "value": float("inf")},
+        {"type": "f64", "value": float("-inf")},
+        [1.0, float("nan")],
+    ],
+)
+def test_non_finite_overrides_refused(model: Path, tmp_path: Path, value: object) -> None:
+    plan = make_plan(model, overrides={"test.bad": value})
+    with pytest.raises(PlanMismatchError, match=r"metadata override 'test\.bad': .* is not a finite number"):
+        apply_plan(plan, model, tmp_path / "o.gguf", progress=False)
+    assert list(tmp_path.iterdir()) == [model]
+
+
 @pytest.mark.parametrize("key", ["split.count", "general.alignment", "gguf_recipe.recipe"])
 def test_overrides_of_managed_keys_refused(model: Path, tmp_path: Path, key: str) -> None:
     plan = make_plan(model, overrides={key: 3})

@@ -13,7 +13,7 @@ import pytest
 
 from conftest_executor import (
     T,
-    interrupt_when_checkpointed,
+    interrupt_when_held,
     listdir,
     llama_tensors,
     make_plan,
@@ -213,6 +213,64 @@ def test_concurrent_runs_on_one_output_refused(model: Path, tmp_path: Path) -> N
             apply_plan(make_plan(model), model, tmp_path / "o.gguf", progress=False)
 
 
+def _run_files(tmp_path: Path) -> dict[str, str]:
+    """sha256 of each hidden file beside the output (partial output, checkpoint)."""
+    return {n: sha256_file(tmp_path / n) for n in listdir(tmp_path) if n.startswith(".")}
+
+
+def test_refused_lock_deletes_nothing(model: Path, tmp_path: Path) -> None:
+    """A run refused because another holds the lock must leave that run's files alone."""
+    import fcntl
+
+    out = tmp_path / "o.gguf"
+    with pytest.raises(ApplyInterrupted):
+        apply_plan(make_plan(model), model, out, progress=InterruptAt(5))
+    before = _run_files(tmp_path)
+    assert {".o.gguf.partial", ".o.gguf.checkpoint.json"} <= set(before)
+    lock = tmp_path / ".o.gguf.lock"
+    with open(lock, "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        for resume in (False, True):
+            with pytest.raises(OutputError, match="another run"):
+                apply_plan(make_plan(model), model, out, progress=False, resume=resume)
+        assert _run_files(tmp_path) == {**before, ".o.gguf.lock": sha256_file(lock)}
+    lock.unlink()
+    res = apply_plan(make_plan(model), model, out, progress=False, resume=True)
+    assert res.resumed_tensors == 5
+
+
+def test_refused_resume_deletes_nothing(model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o.gguf"
+    with pytest.raises(ApplyInterrupted):
+        apply_plan(make_plan(model), model, out, progress=InterruptAt(5))
+    before = _run_files(tmp_path)
+    other = make_plan(model, {"blk.0.attn_q.weight": T.F16}, ftype=1)
+    with pytest.raises(ResumeError, match="different run"):
+        apply_plan(other, model, out, progress=False, resume=True)
+    assert _run_files(tmp_path) == before
+    res = apply_plan(make_plan(model), model, out, progress=False, resume=True)
+    assert res.resumed_tensors == 5
+
+
+@pytest.mark.parametrize("name", [".o.gguf.lock", ".o.gguf.partial", ".o.gguf.checkpoint.json"])
+def test_input_named_like_a_file_of_the_run_is_refused(model: Path, tmp_path: Path, name: str) -> None:
+    """An input that has the name of the lock, temp file or checkpoint of the output is not deleted."""
+    plan_file = tmp_path / name
+    make_plan(model).save(plan_file)
+    before = sha256_file(plan_file)
+    with pytest.raises(OutputError, match=rf"refusing to write .*{name}.*the plan"):
+        apply_plan(plan_file, model, tmp_path / "o.gguf", progress=False)
+    assert sha256_file(plan_file) == before
+    other = tmp_path / "other.txt"
+    other.write_text("x")
+    os.link(other, tmp_path / name.replace(".o.gguf", ".p.gguf"))  # a hard link is the same file
+    with pytest.raises(OutputError, match=r"the same file as .*it is the recipe"):
+        apply_plan(
+            make_plan(model), model, tmp_path / "p.gguf", progress=False, inputs=[("the recipe", other)]
+        )
+    assert other.read_text() == "x"
+
+
 # ------------------------------------------------------------------------------------- bad inputs
 
 
@@ -398,9 +456,7 @@ def test_real_sigint_then_resume(tmp_path: Path, workers: str) -> None:
     group = workers == "worker processes"
     mode = ["2", "processes"] if group else ["1", "threads"]
     cmd = [sys.executable, "-c", CHILD, str(tmp_path / "plan.json"), str(model), str(out), *mode]
-    child, stdout, stderr = interrupt_when_checkpointed(
-        cmd, tmp_path / ".o.gguf.checkpoint.json", whole_group=group
-    )
+    child, stdout, stderr = interrupt_when_held(cmd, tmp_path, whole_group=group)
     assert child.returncode == 130, stderr
     assert "interrupted after" in stdout and "resume" in stdout
     assert "Traceback" not in stderr  # no worker printed a KeyboardInterrupt

@@ -256,6 +256,14 @@ def test_structure_errors(tmp_path: Path, text: str, expected: list[str]) -> Non
             "recipe: 1\nbase: q4_K\nmetadata:\n  general.name: {type: int, value: abc}\n",
             ["r.yaml:4:36: error: metadata 'general.name': found 'abc', expected a value of type int"],
         ),
+        (
+            "recipe: 1\nbase: q4_K\nmetadata:\n  general.a: {type: float, value: 1.5}\n"
+            "  general.b: {type: float, value: .nan}\n  general.c: {type: float, value: -.inf}\n",
+            [
+                "r.yaml:5:35: error: metadata 'general.b': nan is not a finite number (NaN and infinities cannot be written)",
+                "r.yaml:6:35: error: metadata 'general.c': -inf is not a finite number (NaN and infinities cannot be written)",
+            ],
+        ),
     ],
 )
 def test_semantic_errors(tmp_path: Path, text: str, expected: list[str]) -> None:

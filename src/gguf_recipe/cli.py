@@ -18,7 +18,6 @@ Exit status: 0 on success, 1 when the input has errors (or warnings with ``--str
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
 from enum import Enum
@@ -28,8 +27,29 @@ from typing import Annotated, Any
 import typer
 
 from .diagnostics import Diagnostic, RecipeError, format_diagnostics, sort_diagnostics
+from .outputs import Input, InputClobberError, check_outputs, write_text_atomic
+
+
+class _Commands(typer.core.TyperGroup):
+    """Every command: a file that cannot be read or written (an OSError, or an input that is not a
+    regular file) that reaches here is one 'error:' line and exit status 1, never a traceback."""
+
+    def invoke(self, ctx: Any) -> Any:
+        from .inputs import InputFileError, describe_os_error
+        from .outputs import OutputPathError
+
+        try:
+            return super().invoke(ctx)
+        except (OutputPathError, InputFileError) as exc:
+            _err(f"error: {exc}")
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            _err(f"error: {where}{describe_os_error(exc)}")
+        raise typer.Exit(1)
+
 
 app = typer.Typer(
+    cls=_Commands,
     name="recipe",
     help="Declarative per-tensor quantization recipes for GGUF models: validate, plan, apply, import, export.",
     no_args_is_help=True,
@@ -40,6 +60,20 @@ app = typer.Typer(
 
 def _err(text: str) -> None:
     typer.echo(text, err=True)
+
+
+def _refuse_clobber(inputs: list[Input], outputs: list[Path]) -> None:
+    """Exit 1 with one message when an output of the command is one of its inputs."""
+    try:
+        check_outputs(inputs, outputs)
+    except InputClobberError as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(1) from None
+
+
+def _file_inputs(*inputs: tuple[str, str | Path | None]) -> list[Input]:
+    """The ``(what, path)`` pairs that name existing files (built-in recipe names are not files)."""
+    return [(what, p) for what, p in inputs if p is not None and Path(p).is_file()]
 
 
 def _print_diagnostics(diags: list[Diagnostic]) -> None:
@@ -94,10 +128,14 @@ def validate_file(path: str, *, model: str | None = None, imatrix: str | None = 
     if lr is None or any(d.is_error for d in diags):
         return diags
     if lr.recipe.extends is not None:
+        from .compiler import CompileError, load_recipe_chain
         from .recipes import resolve
 
-        try:
+        try:  # the whole chain: what it extends, at any depth, loads and does not loop
+            load_recipe_chain(source)
             parent = resolve(lr.recipe.extends, relative_to=source if isinstance(source, Path) else None)
+        except CompileError as exc:
+            return diags + list(exc.diagnostics)
         except FileNotFoundError as exc:
             diags.append(lr.diagnostic(("extends",), f"{exc}"))
             return diags
@@ -178,6 +216,10 @@ def plan(
     from .render import render_plan
 
     check_heatmap(heatmap)
+    outputs = [p for p in (output, heatmap) if p is not None]
+    if outputs:
+        inputs = _file_inputs(("the recipe", recipe), ("the input model", model), ("the imatrix", imatrix))
+        _refuse_clobber(inputs, outputs)
     try:
         source = _recipe_path(recipe)
         result = compile_plan(source, model, imatrix=imatrix, strict_fallbacks=strict_fallbacks)
@@ -196,7 +238,7 @@ def plan(
         _err(_summary(diags))
         raise typer.Exit(1)
     if output is not None:
-        result.plan.save(output)
+        result.plan.save(output)  # atomic
     sys.stdout.write(render_plan(result.plan, fmt.value))
     if heatmap is not None:
         from .cli_read import write_heatmap
@@ -233,7 +275,7 @@ def schema(
     """Print the JSON Schema of recipe files (or of plans)."""
     text = schema_text(kind.value)
     if output is not None:
-        output.write_text(text, encoding="utf-8")
+        write_text_atomic(output, text)
     else:
         sys.stdout.write(text)
 
@@ -326,7 +368,7 @@ def import_cmd(
         _err(f"error: {exc}")
         raise typer.Exit(1) from None
     if output is not None:
-        output.write_text(text, encoding="utf-8")
+        write_text_atomic(output, text)
         _err(f"wrote {output}")
     else:
         sys.stdout.write(text)
@@ -428,17 +470,22 @@ def parse_size(text: str) -> int:
         raise ValueError(f"not a size: {text!r} (e.g. 2G, 500M, 4GiB or a number of bytes)") from None
     if unit not in _SIZE_UNITS:
         raise ValueError(f"unknown size unit in {text!r} (use K, M, G, T, KiB, MiB, GiB, TiB)")
+    if not -(2**63) < value * _SIZE_UNITS[unit] < 2**63:  # also NaN and infinities
+        raise ValueError(f"not a size: {text!r} (e.g. 2G, 500M, 4GiB or a number of bytes)")
     n = int(value * _SIZE_UNITS[unit])
     if n < 1:
         raise ValueError(f"size must be positive: {text!r}")
     return n
 
 
+_MAX_PLAN_BYTES = 1 << 28  # a plan of a 1000-layer model is a few MB
+
+
 def _load_plan_file(arg: str) -> Any:
     """The :class:`~gguf_recipe.plan.Plan` in ``arg`` when it is a plan JSON file (told by content:
     a JSON object with ``fingerprints`` and ``tensors``), else None (a recipe file or name)."""
     p = Path(arg)
-    if not p.is_file():
+    if not p.is_file() or p.stat().st_size > _MAX_PLAN_BYTES:  # (not read whole: it may be a model)
         return None
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
@@ -617,18 +664,27 @@ def _apply(
         _err(f"error: {msg}")
         return typer.Exit(1)
 
-    if not Path(model).is_file():
-        raise fail(f"model not found: {model}")
-    if imatrix is not None and not Path(imatrix).is_file():
-        raise fail(f"imatrix not found: {imatrix}")
-    if output.exists() and os.path.samefile(output, model):
-        raise fail(f"refusing to write {output}: it is the input model (the input is never modified)")
+    from .inputs import InputFileError, check_input_file
+
+    try:
+        check_input_file(model, "the input model")
+        if imatrix is not None:
+            check_input_file(imatrix, "the imatrix")
+    except InputFileError as exc:
+        raise fail(str(exc)) from None
     try:
         plan = _load_plan_file(recipe_or_plan)
     except ValueError as exc:
         raise fail(str(exc)) from None
+    # apply_plan checks every file it writes (shards, temp files, checkpoint, lock) against these,
+    # the model and the imatrix; the early check here spares compiling a recipe to be refused
+    inputs = _file_inputs(
+        ("the plan" if plan is not None else "the recipe", recipe_or_plan), ("the recipe", recipe)
+    )
+    _refuse_clobber([*inputs, *_file_inputs(("the input model", model), ("the imatrix", imatrix))], [output])
 
     recipe_fp: str | None = None
+    recipe_file: str | Path | None = None  # the plan's recipe, to check the plan's decisions against
     if plan is not None:
         if strict_fallbacks and plan.totals.n_fallbacks:
             raise fail(
@@ -642,6 +698,7 @@ def _apply(
             raise typer.Exit(1) from None
         except FileNotFoundError as exc:
             raise fail(str(exc)) from None
+        recipe_file = _recipe_path(recipe) if recipe is not None else None
         if recipe_fp is None and not quiet:
             _err(
                 f"note: cannot find the recipe {plan.recipe_name!r} the plan was made from; "
@@ -668,6 +725,7 @@ def _apply(
             _err(_summary(diags) + " Nothing was written.")
             raise typer.Exit(1)
         plan = result.plan
+        recipe_file = source
         if not quiet:
             t = plan.totals
             _err(
@@ -695,6 +753,8 @@ def _apply(
                 max_shard_bytes=max_shard_bytes,
                 max_shard_tensors=max_shard_tensors,
                 recipe_fingerprint=recipe_fp,
+                recipe=recipe_file,
+                inputs=inputs,
             )
     except ApplyInterrupted as exc:
         _err(str(exc))

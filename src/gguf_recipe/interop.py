@@ -397,13 +397,18 @@ def import_llama_quantize(
 ) -> str:
     """The text of a recipe equivalent to a llama-quantize command line (``[options...] TYPE``)."""
     a = parse_llama_quantize_args(argv, base_dir=base_dir, ik_to_mainline=ik_to_mainline)
+    from .recipe.patterns import pattern_problems
+
     for tt in a.tensor_types:
         try:
-            re.compile(tt.pattern)
+            problems = pattern_problems(tt.pattern)  # also compiles it (without leaking re's warnings)
         except re.error as exc:
             raise InteropError(
                 f"invalid regex '{tt.pattern}' in --tensor-type '{tt.source}': {exc.msg} at position {exc.pos}"
             ) from None
+        for pr in problems:
+            if pr.severity == "error":
+                raise InteropError(f"--tensor-type '{tt.source}': {pr.message}")
     for t in [a.output_tensor_type, a.token_embedding_type, *(tt.type for tt in a.tensor_types)]:
         if t is not None:
             try:

@@ -86,10 +86,15 @@ class Plan(_Frozen):
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
-        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+        from .inputs import read_input_bytes
+
+        return cls.from_json(read_input_bytes(path, "the plan").decode("utf-8"))
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
+        """Write the plan JSON (atomically: a temp file renamed into place)."""
+        from .outputs import write_text_atomic
+
+        write_text_atomic(path, self.to_json() + "\n")
 
 
 def plan_json_schema() -> dict[str, object]:

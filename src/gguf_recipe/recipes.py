@@ -7,6 +7,7 @@ copies for people browsing the repo, and a test asserts the two trees are equal.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin_recipes"
@@ -14,6 +15,16 @@ BUILTIN_DIR = Path(__file__).resolve().parent / "builtin_recipes"
 
 class RecipeNotFoundError(FileNotFoundError):
     pass
+
+
+def _regular(path: Path) -> Path:
+    """``path`` when it is a regular file; a folder, FIFO, device or link loop is refused by name."""
+    from .inputs import InputFileError, check_input_file
+
+    try:
+        return check_input_file(path, "recipe")
+    except InputFileError as exc:
+        raise RecipeNotFoundError(str(exc)) from None
 
 
 def builtin_names() -> list[str]:
@@ -34,11 +45,11 @@ def resolve(name_or_path: str | Path, *, relative_to: str | Path | None = None) 
     text = str(name_or_path)
     if relative_to is not None:
         cand = Path(relative_to).parent / text
-        if cand.is_file():
-            return cand
+        if os.path.lexists(cand):
+            return _regular(cand)
     cand = Path(text)
-    if cand.is_file():
-        return cand
+    if os.path.lexists(cand):
+        return _regular(cand)
     builtin = _builtin(text)
     if builtin is not None:
         return builtin

@@ -5,12 +5,19 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from ..diagnostics import Diagnostic, RecipeError
 from ..model.reader import ModelInfo, read_model
-from .engine import CompileError, CompileResult, LoadedRecipe, compile_chain, load_chain
+from ..recipe.patterns import PatternTimeout
+from .engine import (
+    CompileError,
+    CompileResult,
+    LoadedRecipe,
+    compile_chain,
+    load_chain,
+    pattern_timeout_diagnostic,
+)
 
 __all__ = ["CompileError", "CompileResult", "LoadedRecipe", "compile_model", "compile_plan", "load_recipe_chain"]
 
@@ -75,21 +82,20 @@ def _imatrix_info(imatrix: str | Path | bool | None) -> tuple[bool, str | None, 
         return False, None, None
     if imatrix is True:
         return True, None, None
-    p = Path(imatrix)
-    if not p.is_file():
-        raise CompileError([Diagnostic(f"imatrix file not found: {p}", "error", str(p))])
-    h = hashlib.sha256()
-    with p.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    names: set[str] | None = None
-    try:
-        from ..executor.imatrix import entry_names
+    from ..inputs import InputFileError, check_input_file
 
-        names = set(entry_names(p))
+    p = Path(imatrix)
+    try:
+        check_input_file(p, "the imatrix")
+    except InputFileError as exc:
+        raise CompileError([Diagnostic(str(exc), "error", str(p))]) from None
+    try:  # read (and so checked) before it is hashed: a wrong file fails at once
+        from ..executor.imatrix import load_imatrix
+
+        im = load_imatrix(p)
     except Exception as exc:
         raise CompileError([Diagnostic(f"cannot read the imatrix: {exc}", "error", str(p))]) from None
-    return True, h.hexdigest(), names
+    return True, im.fingerprint, set(im.entries)
 
 
 def compile_model(
@@ -115,7 +121,10 @@ def compile_model(
     if lint:
         from .lint import lint_recipe
 
-        found = lint_recipe(chain, model, result.plan, imatrix=has_im, source_path=recipe_source)
+        try:
+            found = lint_recipe(chain, model, result.plan, imatrix=has_im, source_path=recipe_source)
+        except PatternTimeout as exc:
+            found = [pattern_timeout_diagnostic(exc, chain)]
         if any("importance matrix" in d.message and d.is_error for d in found):
             # the linter names the rule; drop the compiler's whole-plan message
             result.diagnostics[:] = [d for d in result.diagnostics if "needs an importance matrix" not in d.message]

@@ -15,6 +15,7 @@ from ..diagnostics import Diagnostic
 from ..model.reader import ModelInfo, TensorInfo, row_size
 from ..plan import Fallback, Fingerprints, Plan, PlannedTensor, PlanTotals
 from ..recipe.model import Condition, MetadataValue, Recipe, Rule
+from ..recipe.patterns import BoundedPattern, PatternTimeout, compile_pattern
 from ..recipe.selectors import LayerSet, SelectorError, parse_layers
 from ..recipe.typenames import TypeNameError, ggml_name, parse_type_name
 from . import llama
@@ -48,7 +49,7 @@ class ResolvedRule:
     depth: int  # 0 = the root recipe, 1 = what it extends, ...
     source: str
     local_index: int  # 0-based index inside its own recipe
-    regex: re.Pattern[str] | None
+    regex: BoundedPattern | None
     layers: LayerSet | None
     type: GGMLQuantizationType | None  # None = keep
     categories: frozenset[str] | None
@@ -283,7 +284,7 @@ def _resolve_rules(eff: Effective, diags: list[Diagnostic]) -> list[ResolvedRule
             regex = None
             if rule.match is not None:
                 try:
-                    regex = re.compile(rule.match)
+                    regex = compile_pattern(rule.match)
                 except re.error as e:
                     line, col = lr.locate(("rules", k, "match")) if lr.locate else (None, None)
                     diags.append(
@@ -361,6 +362,22 @@ def _remap_prune(names: list[str], prune: list[int]) -> dict[str, str | None]:
     return out
 
 
+def pattern_timeout_diagnostic(exc: PatternTimeout, chain: list[LoadedRecipe]) -> Diagnostic:
+    """The error for a regex that ran out of time, at the rule (or imatrix pattern) that holds it."""
+    for lr in chain:
+        places: list[tuple[str | int, ...]] = [
+            ("rules", k, "match") for k, r in enumerate(lr.recipe.rules) if r.match == exc.pattern
+        ]
+        im = lr.recipe.imatrix
+        for key in ("include", "exclude"):
+            pats: list[str] = getattr(im, key) if im is not None else []
+            places += [("imatrix", key, j) for j, p in enumerate(pats) if p == exc.pattern]
+        if places:
+            line, col = lr.locate(places[0]) if lr.locate else (None, None)
+            return Diagnostic(str(exc), "error", lr.source, line, col)
+    return Diagnostic(str(exc), "error", chain[0].source)
+
+
 def compile_chain(
     chain: list[LoadedRecipe],
     model: ModelInfo,
@@ -369,6 +386,29 @@ def compile_chain(
     imatrix_fingerprint: str | None = None,
     imatrix_names: set[str] | None = None,
     strict_fallbacks: bool = False,
+) -> CompileResult:
+    """The plan of ``chain`` (child first) for ``model``; raises :class:`CompileError`."""
+    try:
+        return _compile_chain(
+            chain,
+            model,
+            imatrix=imatrix,
+            imatrix_fingerprint=imatrix_fingerprint,
+            imatrix_names=imatrix_names,
+            strict_fallbacks=strict_fallbacks,
+        )
+    except PatternTimeout as exc:
+        raise CompileError([pattern_timeout_diagnostic(exc, chain)]) from None
+
+
+def _compile_chain(
+    chain: list[LoadedRecipe],
+    model: ModelInfo,
+    *,
+    imatrix: bool,
+    imatrix_fingerprint: str | None,
+    imatrix_names: set[str] | None,
+    strict_fallbacks: bool,
 ) -> CompileResult:
     diags: list[Diagnostic] = []
     eff = _effective(chain)
@@ -418,8 +458,8 @@ def compile_chain(
     counted: dict[str, list[int]] = {"attn_v": [], "ffn_down": [], "ffn_gate": [], "ffn_up": []}
     stable = eff.counters == "stable"
 
-    inc_re = [re.compile(p) for p in eff.imatrix_include]
-    exc_re = [re.compile(p) for p in eff.imatrix_exclude]
+    inc_re = [compile_pattern(p) for p in eff.imatrix_include]
+    exc_re = [compile_pattern(p) for p in eff.imatrix_exclude]
 
     planned: list[PlannedTensor] = []
     rule_hits: dict[int, int] = {}
@@ -646,7 +686,8 @@ def compile_chain(
 
 
 def load_chain(recipe_source: str | Path, loader: Callable[[Path], LoadedRecipe]) -> list[LoadedRecipe]:
-    """Load a recipe and everything it extends (child first)."""
+    """Load a recipe and everything it extends (child first). A problem with what a recipe extends (not
+    found, not a recipe, a loop) is one error at that recipe's ``extends``."""
     from ..recipes import resolve
 
     chain: list[LoadedRecipe] = []
@@ -655,11 +696,29 @@ def load_chain(recipe_source: str | Path, loader: Callable[[Path], LoadedRecipe]
     while True:
         rp = path.resolve()
         if rp in seen:
-            raise CompileError([Diagnostic(f"'extends' loops back to {path}", "error", str(path))])
+            raise CompileError([_at_extends(chain[-1], f"loops back to {path}")])
         seen.add(rp)
-        lr = loader(path)
+        if not chain:
+            lr = loader(path)
+        else:
+            try:
+                lr = loader(path)
+            except CompileError as exc:
+                d = exc.diagnostics[0] if exc.diagnostics else None
+                first = f"{d.location}: {d.message}" if d else "cannot load it"
+                raise CompileError(
+                    [_at_extends(chain[-1], f"{path} is not a valid recipe ({first})")]
+                ) from None
         chain.append(lr)
         ext = lr.recipe.extends
         if ext is None:
             return chain
-        path = resolve(ext, relative_to=path)
+        try:
+            path = resolve(ext, relative_to=path)
+        except FileNotFoundError as exc:
+            raise CompileError([_at_extends(lr, str(exc))]) from None
+
+
+def _at_extends(lr: LoadedRecipe, problem: str) -> Diagnostic:
+    line, col = lr.locate(("extends",)) if lr.locate else (None, None)
+    return Diagnostic(f"extends '{lr.recipe.extends}': {problem}", "error", lr.source, line, col)

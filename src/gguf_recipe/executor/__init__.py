@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from .errors import (
     ApplyInterrupted,
+    EditedPlanError,
     ExecutorError,
     ImatrixError,
     NonFiniteError,
@@ -33,6 +34,7 @@ __all__ = [
     "DEFAULT_CHUNK_VALUES",
     "ApplyInterrupted",
     "ApplyResult",
+    "EditedPlanError",
     "ExecutorError",
     "Imatrix",
     "ImatrixCoverage",

@@ -15,6 +15,10 @@ class StalePlanError(ExecutorError):
     """The plan was made for a different model, recipe or imatrix than the ones given."""
 
 
+class EditedPlanError(StalePlanError):
+    """The plan's decisions are not what its recipe gives for this model (it was edited by hand)."""
+
+
 class PlanMismatchError(ExecutorError):
     """The plan cannot be applied to this model at all (missing tensors, other shapes or types)."""
 

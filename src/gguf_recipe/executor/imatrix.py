@@ -7,13 +7,16 @@ Values are normalised exactly as ``llama-quantize`` does (tools/quantize/quantiz
 * legacy: the stored values divided by ``ncall`` (when positive), in float32.
 
 Entries with NaN or infinite values are refused (llama-quantize's ``imatrix contains non-finite value``),
-and an entry whose size is not ``ne0 * n_experts`` of the tensor it is used for is refused when the
-tensor is quantized (except ``token_embd``, which llama-quantize quantizes without the imatrix).
+so are entries with negative values (a corrupt file: they can quantize a tensor to all zeros), and an
+entry whose size is not ``ne0 * n_experts`` of the tensor it is used for is refused when the tensor is
+quantized (except ``token_embd``, which llama-quantize quantizes without the imatrix).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -82,7 +85,9 @@ class Imatrix:
         return e.reshape(n_mats, ne0)
 
 
-def _check_finite(path: Path, entries: dict[str, F32Array]) -> None:
+def _check_values(path: Path, entries: dict[str, F32Array]) -> None:
+    """Refuse non-finite and negative values: importance weights are mean squares, and a negative
+    weight makes a quantizer's error minimisation degenerate (a whole tensor can come out as zeros)."""
     for name, e in entries.items():
         bad = ~np.isfinite(e)
         if bad.any():
@@ -90,21 +95,44 @@ def _check_finite(path: Path, entries: dict[str, F32Array]) -> None:
             raise ImatrixError(
                 f"{path}: imatrix entry {name!r} contains a non-finite value ({float(e[i])} at index {i})"
             )
+        neg = e < 0
+        if neg.any():
+            i = int(np.argmax(neg))
+            raise ImatrixError(
+                f"{path}: imatrix entry {name!r} contains a negative value ({float(e[i])} at index {i}); "
+                "importance weights are sums of squares and cannot be negative"
+            )
 
 
 def load_imatrix(path: str | os.PathLike[str]) -> Imatrix:
     """Read an imatrix file (GGUF or legacy ``.dat``, told apart by the GGUF magic)."""
+    from ..inputs import InputFileError, open_input
+
     p = Path(path)
     try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise ImatrixError(f"{p}: cannot read the imatrix: {exc.strerror or exc}") from exc
-    im = _load_gguf(p, data) if data[:4] == b"GGUF" else _load_legacy(p, data)
-    _check_finite(p, im.entries)
+        f = open_input(p, "the imatrix")
+    except InputFileError as exc:
+        raise ImatrixError(str(exc)) from None
+    with f:
+        if os.fstat(f.fileno()).st_size == 0:
+            raise ImatrixError(f"{p}: not an imatrix file (empty)")
+        # mapped, not read: a wrong file (a whole model given as the imatrix) costs no memory
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            data = memoryview(mm)
+            try:
+                im = _load_gguf(p, data) if bytes(data[:4]) == b"GGUF" else _load_legacy(p, data)
+            finally:
+                with contextlib.suppress(BufferError):  # views kept alive by an error's traceback
+                    data.release()
+        finally:
+            with contextlib.suppress(BufferError):
+                mm.close()
+    _check_values(p, im.entries)
     return im
 
 
-def _load_legacy(path: Path, data: bytes) -> Imatrix:
+def _load_legacy(path: Path, data: memoryview) -> Imatrix:
     size = len(data)
     pos = 0
 
@@ -127,7 +155,7 @@ def _load_legacy(path: Path, data: bytes) -> Imatrix:
         n = take("<i", f"the name length of entry {i + 1}")
         if n < 0 or pos + n > size:
             raise ImatrixError(f"{path}: truncated or corrupt imatrix (name of entry {i + 1})")
-        raw_name = data[pos : pos + n]
+        raw_name = bytes(data[pos : pos + n])
         pos += n
         # llama.cpp reads the name as a C string
         name = raw_name.split(b"\0", 1)[0].decode("utf-8", errors="replace")
@@ -140,7 +168,8 @@ def _load_legacy(path: Path, data: bytes) -> Imatrix:
         sums = np.frombuffer(data, dtype="<f4", count=nval, offset=pos).astype(np.float32)
         pos += 4 * nval
         if ncall > 0:
-            entries[name] = (sums / np.float32(ncall)).astype(np.float32)
+            with np.errstate(invalid="ignore", over="ignore"):  # non-finite values are refused below
+                entries[name] = (sums / np.float32(ncall)).astype(np.float32)
         else:
             entries[name] = sums
     chunk_count = 0
@@ -150,7 +179,9 @@ def _load_legacy(path: Path, data: bytes) -> Imatrix:
         if pos + 4 <= size:
             n = take("<i", "the dataset name length")
             if n > 0 and pos + n <= size:
-                datasets.append(data[pos : pos + n].split(b"\0", 1)[0].decode("utf-8", errors="replace"))
+                datasets.append(
+                    bytes(data[pos : pos + n]).split(b"\0", 1)[0].decode("utf-8", errors="replace")
+                )
     return Imatrix(path, "legacy", entries, tuple(datasets), chunk_count, 0, hashlib.sha256(data).hexdigest())
 
 
@@ -160,7 +191,7 @@ def _lround(x: F32Array) -> npt.NDArray[np.int64]:
     return (np.sign(a) * np.floor(np.abs(a) + 0.5)).astype(np.int64)
 
 
-def _load_gguf(path: Path, data: bytes) -> Imatrix:
+def _load_gguf(path: Path, data: memoryview) -> Imatrix:
     try:
         header = parse_header(memoryview(data), path)
     except SourceFormatError as exc:
@@ -209,7 +240,10 @@ def _load_gguf(path: Path, data: bytes) -> Imatrix:
             raise ImatrixError(f"{path}: {name!r} has {nval} sums for {ncounts} counts")
         ne0 = nval // ncounts
         sums = values(sum2[0], nval).reshape(ncounts, ne0)
-        cnt = _lround(values(counts[0], ncounts)).astype(np.float32)  # (float) counts[j]
+        raw_counts = values(counts[0], ncounts)
+        if not (np.abs(raw_counts) < 2.0**62).all():  # NaN fails this too
+            raise ImatrixError(f"{path}: imatrix entry {name!r} has a non-finite or impossible count")
+        cnt = _lround(raw_counts).astype(np.float32)  # (float) counts[j]
         with np.errstate(divide="ignore", invalid="ignore"):
             norm = sums / cnt[:, None]
         norm = np.where((cnt > 0)[:, None], norm, np.float32(1)).astype(np.float32)

@@ -9,6 +9,7 @@ finally gguf-recipe's own provenance keys. Setting a key that exists removes it 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -40,6 +41,8 @@ KEY_RECIPE_NAME = "gguf_recipe.recipe_name"
 KEY_RECIPE_FINGERPRINT = "gguf_recipe.recipe_fingerprint"
 KEY_PLAN_FINGERPRINT = "gguf_recipe.plan_fingerprint"
 KEY_TOOL_VERSION = "gguf_recipe.version"
+KEY_PLAN_EDITED = "gguf_recipe.plan_edited"
+KEY_PLAN_UNVERIFIED = "gguf_recipe.plan_unverified"
 SPLIT_KEYS = ("split.no", "split.count", "split.tensors.count")
 # keys a metadata override may not touch: they describe the file layout or our own provenance
 RESERVED_PREFIXES = ("split.", "gguf_recipe.")
@@ -89,12 +92,13 @@ def _truncate127(s: str) -> bytes:
     return s.encode("utf-8")[:127]
 
 
-def _int_type_for(v: int) -> GGUFValueType:
+def _int_type_for(v: int, key: str = "") -> GGUFValueType:
     for t in (GGUFValueType.UINT32, GGUFValueType.INT32, GGUFValueType.INT64, GGUFValueType.UINT64):
         lo, hi = INT_RANGES[t]
         if lo <= v <= hi:
             return t
-    raise ValueError(f"integer {v} does not fit any GGUF integer type")
+    where = f"metadata override {key!r}: " if key else ""
+    raise ValueError(f"{where}integer {v} does not fit any GGUF integer type (-2^63 .. 2^64-1)")
 
 
 _TYPE_NAMES: dict[str, GGUFValueType] = {
@@ -118,12 +122,21 @@ def _scalar_type(v: object, existing: GGUFValueType | None, key: str) -> GGUFVal
             lo, hi = INT_RANGES[existing]
             if lo <= v <= hi:
                 return existing
-        return _int_type_for(v)
+        return _int_type_for(v, key)
     if isinstance(v, float):
         if existing == GGUFValueType.FLOAT64:
             return existing
         return GGUFValueType.FLOAT32
     raise ValueError(f"metadata override {key!r}: unsupported value {v!r}")
+
+
+def _check_finite(key: str, value: object) -> None:
+    """NaN and infinities are no metadata values (llama.cpp would read them back as they are)."""
+    if isinstance(value, Mapping):
+        value = value.get("value")
+    for v in value if isinstance(value, (list, tuple)) else [value]:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"metadata override {key!r}: {v} is not a finite number")
 
 
 def encode_override(key: str, value: object, existing: KeyValue | None) -> bytes | None:
@@ -134,6 +147,7 @@ def encode_override(key: str, value: object, existing: KeyValue | None) -> bytes
     """
     if value is None:
         return None
+    _check_finite(key, value)
     if isinstance(value, Mapping) and set(value) == {"type", "value"}:
         tname = str(value["type"]).lower()
         inner: Any = value["value"]
@@ -248,10 +262,26 @@ def split_kvs(split_no: int, split_count: int, n_tensors: int) -> list[bytes]:
 
 
 def recipe_kvs(
-    b: MetadataBuilder, *, recipe_name: str, recipe_text: str, recipe_fingerprint: str, plan_fingerprint: str
+    b: MetadataBuilder,
+    *,
+    recipe_name: str,
+    recipe_text: str,
+    recipe_fingerprint: str,
+    plan_fingerprint: str,
+    plan_edited: str | None = None,
+    plan_unverified: str | None = None,
 ) -> None:
+    """Provenance. ``plan_edited`` / ``plan_unverified``: why the plan's decisions are not (known to be)
+    what the recipe gives; written as ``gguf_recipe.plan_edited`` (true) and ``gguf_recipe.plan_unverified``
+    (the reason), so that the recipe keys are never read as the whole story."""
     b.set(KEY_TOOL_VERSION, GGUFValueType.STRING, __version__)
     b.set(KEY_RECIPE_NAME, GGUFValueType.STRING, recipe_name)
     b.set(KEY_RECIPE, GGUFValueType.STRING, recipe_text)
     b.set(KEY_RECIPE_FINGERPRINT, GGUFValueType.STRING, recipe_fingerprint)
     b.set(KEY_PLAN_FINGERPRINT, GGUFValueType.STRING, plan_fingerprint)
+    b.remove(KEY_PLAN_EDITED)  # a source made by gguf-recipe may carry them: they described that file
+    b.remove(KEY_PLAN_UNVERIFIED)
+    if plan_edited is not None:
+        b.set(KEY_PLAN_EDITED, GGUFValueType.BOOL, True)
+    if plan_unverified is not None:
+        b.set(KEY_PLAN_UNVERIFIED, GGUFValueType.STRING, plan_unverified)

@@ -12,11 +12,14 @@ window of chunks in flight and consumes the results in order.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import resource
 import signal
 import sys
+import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -108,11 +111,45 @@ _WORKER_SOURCE: SourceModel | None = None
 _WORKER_ARGS: tuple[str, str] = ("", "")
 
 
-def _worker_init(model_path: str, fingerprint: str) -> None:
+def _worker_init(model_path: str, fingerprint: str, parent: int) -> None:
     global _WORKER_ARGS
+    die_with_parent(parent)
     # Ctrl-C reaches the whole process group; the parent decides what happens (keep a checkpoint).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER_ARGS = (model_path, fingerprint)
+
+
+_PR_SET_PDEATHSIG = 1
+WATCH_INTERVAL_S = 0.5
+
+
+def die_with_parent(parent: int, *, kernel: bool = True) -> None:
+    """End this process when ``parent`` ends, however it ends (a SIGKILL included): an idle worker
+    would otherwise wait for work forever. On Linux the kernel sends SIGKILL when the parent dies
+    (``prctl(PR_SET_PDEATHSIG)``); everywhere a watchdog thread ends the process when its parent pid
+    changes (the fallback; ``kernel=False`` uses it alone)."""
+    if kernel and sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(
+                ctypes.c_int(_PR_SET_PDEATHSIG),
+                ctypes.c_ulong(signal.SIGKILL),
+                ctypes.c_ulong(0),
+                ctypes.c_ulong(0),
+                ctypes.c_ulong(0),
+            )
+        except (OSError, AttributeError):  # pragma: no cover - no prctl: the watchdog remains
+            pass
+    if os.getppid() != parent:  # it died before the death signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(WATCH_INTERVAL_S)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="gguf-recipe-parent-watch", daemon=True).start()
 
 
 def _worker_source() -> SourceModel:
@@ -160,7 +197,7 @@ class ProcessQuantizer(Quantizer):
             max_workers=workers,
             mp_context=_context(),
             initializer=_worker_init,
-            initargs=(str(Path(src.path)), src.fingerprint),
+            initargs=(str(Path(src.path)), src.fingerprint, os.getpid()),
         )
         # start the processes now (the first submit forks them all), before any thread of ours runs
         self._pool.submit(os.getpid).result()

@@ -35,10 +35,12 @@ import numpy.typing as npt
 from gguf import GGMLQuantizationType, GGUFValueType
 
 from .. import quants
+from ..outputs import Input, InputClobberError, check_outputs
 from ..plan import PLAN_SCHEMA_VERSION, Plan, PlannedTensor
 from .checks import validate_output
 from .errors import (
     ApplyInterrupted,
+    EditedPlanError,
     ExecutorError,
     ImatrixError,
     OutputError,
@@ -61,8 +63,10 @@ from .metadata import (
 )
 from .parallel import ChunkTask, Parallelism, Quantizer, make_quantizer
 from .progress import ProgressReporter, format_bytes, format_duration, make_progress
+from .provenance import PlanCheck, check_decisions
 from .source import FLOAT_TYPES, SourceModel
-from .writer import StreamingWriter, is_disk_full, plan_layout
+from .testhook import hold, wants
+from .writer import OutputLayout, StreamingWriter, is_disk_full, plan_layout, run_files
 
 __all__ = [
     "DEFAULT_CHUNK_VALUES",
@@ -380,6 +384,7 @@ def _build_metadata(
     imatrix_name: str | None,
     plan_fp: str,
     warn: list[str],
+    check: PlanCheck,
 ) -> list[bytes]:
     b = MetadataBuilder(src.kvs)
     for k in SPLIT_KEYS:
@@ -415,8 +420,35 @@ def _build_metadata(
         recipe_text=plan.recipe_text,
         recipe_fingerprint=plan.fingerprints.recipe,
         plan_fingerprint=plan_fp,
+        plan_edited=check.detail if check.status == "edited" else None,
+        plan_unverified=check.detail if check.status == "unverified" else None,
     )
     return b.blobs()
+
+
+def _check_decisions(
+    plan: Plan,
+    model_path: str | os.PathLike[str],
+    recipe: str | os.PathLike[str] | None,
+    force: bool,
+    warn: list[str],
+) -> PlanCheck:
+    """Refuse (unless ``force``) a plan whose decisions its recipe does not give; warn when unknown."""
+    check = check_decisions(plan, model_path, recipe)
+    if check.status == "edited":
+        text = (
+            f"the plan's decisions are not what its recipe {plan.recipe_name!r} gives for this model "
+            f"(edited by hand, or made by another gguf-recipe version): {check.detail}"
+        )
+        if not force:
+            raise EditedPlanError(f"{text}. Re-run the plan, or force to apply it anyway")
+        warn.append(f"applying an edited plan (forced): {text}; the output records gguf_recipe.plan_edited")
+    elif check.status == "unverified":
+        warn.append(
+            f"cannot check that the plan's decisions follow from its recipe {plan.recipe_name!r}: "
+            f"{check.detail}; the output records gguf_recipe.plan_unverified (give the recipe file to check it)"
+        )
+    return check
 
 
 def _override_int(v: object) -> int | None:
@@ -425,11 +457,18 @@ def _override_int(v: object) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
-def _check_paths(src: SourceModel, outputs: Sequence[Path]) -> None:
-    sources = {p.resolve() for p in src.paths}
-    for out in outputs:
-        if out.resolve() in sources or src.same_file(out):
-            raise OutputError(f"refusing to write {out}: it is the input model (the input is never modified)")
+def _check_paths(
+    src: SourceModel, layout: OutputLayout, other_inputs: Sequence[Input], imatrix: Imatrix | None
+) -> None:
+    """Refuse when any file the run may create, replace or delete is one of its inputs."""
+    inputs: list[Input] = [("the input model", p) for p in src.paths]
+    if imatrix is not None:
+        inputs.append(("the imatrix", imatrix.path))
+    inputs.extend(other_inputs)
+    try:
+        check_outputs(inputs, run_files(layout))
+    except InputClobberError as exc:
+        raise OutputError(str(exc)) from None
 
 
 def _chunks(job: _Job, shape: Sequence[int], chunk_values: int) -> list[tuple[int, int, int]]:
@@ -467,8 +506,10 @@ def apply_plan(
     max_shard_tensors: int | None = None,
     overwrite: bool = True,
     recipe_fingerprint: str | None = None,
+    recipe: str | os.PathLike[str] | None = None,
     keep_partial_on_interrupt: bool = True,
     durable: bool = True,
+    inputs: Sequence[Input] = (),
 ) -> ApplyResult:
     """Apply ``plan`` to the model at ``model_path`` and write ``out_path`` (or its shards).
 
@@ -482,13 +523,21 @@ def apply_plan(
     ``progress``: ``None`` = bars when stderr is a terminal, ``True``/``False``, or a reporter.
     ``max_shard_bytes`` / ``max_shard_tensors``: split the output llama.cpp-style.
     ``recipe_fingerprint``: the current recipe's fingerprint, to refuse a plan made from an older one.
+    ``recipe``: the recipe file the plan was made from. The plan's recipe (this file, or the text the plan
+    carries) is compiled against the model: a plan whose decisions it does not give is refused unless
+    ``force`` (then the output records ``gguf_recipe.plan_edited``); one that cannot be checked (its recipe
+    extends files not at hand) is applied with ``gguf_recipe.plan_unverified`` recorded.
+    ``inputs``: the caller's other input files as ``(what, path)`` (e.g. the recipe): no file the run
+    writes or deletes may be one of them (nor the model, the imatrix or the plan file).
     """
     t0 = time.monotonic()
     if chunk_values < 1:
         raise ValueError("chunk_values must be positive")
     if threads is not None and threads < 1:
         raise ValueError("threads must be at least 1")
+    inputs = list(inputs)
     if not isinstance(plan, Plan):
+        inputs.append(("the plan", plan))
         plan = Plan.load(Path(plan))
     out = Path(out_path)
     warn: list[str] = []
@@ -504,12 +553,13 @@ def apply_plan(
             im_name = os.fspath(imatrix)
         _check_fresh(plan, src, im, recipe_fingerprint, force, warn)
         jobs, requant = _check_structure(plan, src, allow_requantize)
+        check = _check_decisions(plan, model_path, recipe, force, warn)
         if requant:
             msg = f"requantizing {len(requant)} already-quantized tensor(s) (quality loss): {', '.join(requant[:5])}"
             warnings.warn(msg, RequantizeWarning, stacklevel=2)
             warn.append(msg)
         coverage = _assign_imatrix(jobs, im, plan.ftype, warn)
-        kv_blobs = _build_metadata(plan, src, jobs, im, im_name, plan_fp, warn)
+        kv_blobs = _build_metadata(plan, src, jobs, im, im_name, plan_fp, warn, check)
         out_tensors = [
             OutTensor(j.planned.name, tuple(j.planned.shape), j.target, j.planned.target_bytes) for j in jobs
         ]
@@ -521,7 +571,7 @@ def apply_plan(
             max_shard_bytes=max_shard_bytes,
             max_shard_tensors=max_shard_tensors,
         )
-        _check_paths(src, [*layout.paths, *(s.temp for s in layout.shards)])
+        _check_paths(src, layout, inputs, im)
         run_key = hashlib.sha256(
             "\0".join(
                 [
@@ -549,13 +599,29 @@ def apply_plan(
             while len(pending) > MAX_PENDING_WRITES:
                 pending.popleft().result()
 
+        def tensor_written() -> None:  # the test hook's point: a tensor is on disk and checkpointed
+            if wants("tensor-written"):
+                while pending:
+                    pending.popleft().result()
+                hold("tensor-written")
+
         ok = False
         start = 0
         try:
             start = writer.start(resume=resume)
             done_in = sum(src.tensors[j.planned.source_name].nbytes for j in jobs[:start])
             reporter.start(len(jobs), total_in, done_in)
-            _stream(jobs[start:], src, writer, submit, reporter, quantizer, chunk_values, allow_requantize)
+            _stream(
+                jobs[start:],
+                src,
+                writer,
+                submit,
+                reporter,
+                quantizer,
+                chunk_values,
+                allow_requantize,
+                tensor_written,
+            )
             quantizer.close()
             while pending:
                 pending.popleft().result()
@@ -682,6 +748,7 @@ def _stream(
     quantizer: Quantizer,
     chunk_values: int,
     allow_requantize: bool,
+    tensor_written: Callable[[], None],
 ) -> None:
     """Quantize and write ``jobs``: up to ``quantizer.window`` chunks are in flight ahead of the one
     being written; results are consumed strictly in output order."""
@@ -707,6 +774,7 @@ def _stream(
         if piece.last:
             submit(writer.end_tensor)
             reporter.tensor_done(job.index, pt.name)
+            tensor_written()
 
     for piece in _pieces(jobs, src, quantizer, chunk_values, allow_requantize):
         in_flight.append(piece)

@@ -7,6 +7,7 @@ Split models (``name-00001-of-0000N.gguf``) are opened as one.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 from collections.abc import Callable, Iterator
@@ -55,6 +56,15 @@ def _split_count(header: GGUFHeader) -> int:
     return int(v) if isinstance(v, (int, float)) else 0
 
 
+def _open(path: Path) -> Any:
+    from ..inputs import InputFileError, open_input
+
+    try:
+        return open_input(path)
+    except InputFileError as exc:
+        raise SourceFormatError(str(exc)) from None
+
+
 def model_fingerprint(path: str | os.PathLike[str]) -> str:
     """sha256 of the model header bytes (magic, key/values and tensor infos; no tensor data).
 
@@ -93,7 +103,7 @@ class SourceModel:
                 if t.name in self.tensors:
                     raise SourceFormatError(f"{self.paths[i]}: tensor {t.name!r} appears in two shards")
                 self.tensors[t.name] = replace(t, file_index=i)
-        self._files = [open(p, "rb") for p in self.paths]  # noqa: SIM115 - closed in close()
+        self._files = [_open(p) for p in self.paths]
         self._stats = [os.fstat(f.fileno()) for f in self._files]
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -178,7 +188,11 @@ class SourceModel:
             finally:
                 del raw
         finally:
-            mm.close()
+            # an exception raised inside convert (a Ctrl-C, say) keeps views of the map alive in its
+            # traceback: the map is released with them. Closing it here would replace that exception
+            # with a BufferError (an interrupt would no longer be an interrupt).
+            with contextlib.suppress(BufferError):
+                mm.close()
         return out
 
     def read_raw_rows(self, info: TensorInfo, start_row: int, n_rows: int) -> U8Array:

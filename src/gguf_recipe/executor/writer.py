@@ -42,7 +42,9 @@ __all__ = [
     "ShardSpec",
     "StreamingWriter",
     "checkpoint_path",
+    "lock_path",
     "plan_layout",
+    "run_files",
     "shard_paths",
 ]
 
@@ -63,6 +65,14 @@ def temp_path(final: Path) -> Path:
 
 def checkpoint_path(out_path: Path) -> Path:
     return out_path.with_name(f".{out_path.name}.checkpoint.json")
+
+
+def _checkpoint_tmp(out_path: Path) -> Path:
+    return out_path.with_name(f".{out_path.name}.checkpoint.json.tmp")
+
+
+def lock_path(out_path: Path) -> Path:
+    return out_path.with_name(f".{out_path.name}.lock")
 
 
 @dataclass(frozen=True)
@@ -109,6 +119,19 @@ class OutputLayout:
     @property
     def paths(self) -> list[Path]:
         return [s.path for s in self.shards]
+
+
+def run_files(layout: OutputLayout) -> list[Path]:
+    """Every path a run of ``layout`` may create, replace or delete: the outputs, their temp files, the
+    checkpoint (and its temp file) and the lock."""
+    out = layout.out_path
+    return [
+        *layout.paths,
+        *(s.temp for s in layout.shards),
+        checkpoint_path(out),
+        _checkpoint_tmp(out),
+        lock_path(out),
+    ]
 
 
 def plan_layout(
@@ -188,7 +211,12 @@ def _fsync_dir(path: Path) -> None:
 
 
 class StreamingWriter:
-    """Writes an :class:`OutputLayout` tensor by tensor. Not thread-safe: call from one thread."""
+    """Writes an :class:`OutputLayout` tensor by tensor. Not thread-safe: call from one thread.
+
+    Deleting is confined to what this run owns: nothing before :meth:`start` holds the lock, then only
+    the temp files and checkpoint it created (or adopted by resuming a checkpoint that matches it). A
+    refused lock or a refused resume deletes nothing.
+    """
 
     def __init__(self, layout: OutputLayout, *, run_key: str, durable: bool = True) -> None:
         self.layout = layout
@@ -200,6 +228,7 @@ class StreamingWriter:
         self._lock: IO[bytes] | None = None
         self._written = 0  # bytes of the current tensor so far
         self._tensor = -1
+        self._owned: set[Path] = set()  # files this run created or adopted (only while locked)
         self.completed = 0
 
     # -- set-up ----------------------------------------------------------------------------------
@@ -228,37 +257,44 @@ class StreamingWriter:
     def _take_lock(self) -> None:
         if fcntl is None:  # pragma: no cover
             return
-        lock_path = self.checkpoint.with_name(self.checkpoint.name.replace(".checkpoint.json", ".lock"))
-        f = open(lock_path, "a+b")  # noqa: SIM115 - held until close()
+        path = lock_path(self.layout.out_path)
+        f = open(path, "a+b")  # noqa: SIM115 - held until close()
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # the holder unlinks the lock file when it is done: a lock taken on an unlinked file is
+            # no lock (a third run would create and lock a new one)
+            if not os.path.samestat(os.fstat(f.fileno()), os.stat(path)):
+                raise OSError(errno.EAGAIN, "lock file replaced")
         except OSError:
             f.close()
             raise OutputError(
-                f"another run is writing {self.layout.out_path} (lock {lock_path} is held)"
+                f"another run is writing {self.layout.out_path} (lock {path} is held)"
             ) from None
         self._lock = f
 
     def _release_lock(self) -> None:
         if self._lock is not None:
-            lock_path = Path(self._lock.name)
             with contextlib.suppress(OSError):
-                lock_path.unlink()
+                Path(self._lock.name).unlink()
             self._lock.close()
             self._lock = None
+        self._owned.clear()
 
     def start(self, *, resume: bool) -> int:
         """Open the output. Returns the index of the first tensor still to write (0 unless resuming)."""
         self._take_lock()
         try:
             start = self._resume_point() if resume else 0
-            if not resume or start == 0:
-                self._discard_partials()
+            # the lock is ours and the checkpoint (if resuming) matches: this run owns the output's
+            # leftovers, to continue them or, starting over, to replace them as stale
+            self._owned.update(self._leftovers())
+            if start == 0:
+                self._discard_owned()
             self.completed = start
             self._open_for(start, resume=start > 0)
             return start
         except BaseException:
-            self.close()
+            self.abort(keep_partial=False)  # only what this run created or adopted
             raise
 
     def _resume_point(self) -> int:
@@ -303,12 +339,18 @@ class StreamingWriter:
                 )
         return done
 
-    def _discard_partials(self) -> None:
-        for s in self.layout.shards:
+    def _leftovers(self) -> list[Path]:
+        """The temp files and checkpoint of an earlier run of this output."""
+        return [*(s.temp for s in self.layout.shards), self.checkpoint]
+
+    def _discard_owned(self) -> None:
+        """Delete the files this run owns; nothing unless it holds the lock."""
+        if self._lock is None and fcntl is not None:
+            return
+        for p in sorted(self._owned):
             with contextlib.suppress(FileNotFoundError):
-                s.temp.unlink()
-        with contextlib.suppress(FileNotFoundError):
-            self.checkpoint.unlink()
+                p.unlink()
+        self._owned.clear()
 
     def _open_for(self, tensor_index: int, *, resume: bool) -> None:
         n = len(self.layout.tensor_shard)
@@ -325,6 +367,7 @@ class StreamingWriter:
             os.ftruncate(fd, end)
             os.lseek(fd, end, os.SEEK_SET)
         else:
+            self._owned.add(shard.temp)
             fd = os.open(shard.temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
                 _write_bytes(fd, memoryview(shard.header))
@@ -385,7 +428,8 @@ class StreamingWriter:
             "completed": self.completed,
             "n_tensors": len(self.layout.tensor_shard),
         }
-        tmp = self.checkpoint.with_name(self.checkpoint.name + ".tmp")
+        tmp = _checkpoint_tmp(self.layout.out_path)
+        self._owned.update((tmp, self.checkpoint))
         tmp.write_text(json.dumps(state), encoding="utf-8")
         os.replace(tmp, self.checkpoint)
 
@@ -438,13 +482,12 @@ class StreamingWriter:
         self._release_lock()
 
     def abort(self, *, keep_partial: bool) -> None:
-        """Close; unless ``keep_partial``, delete every temp file and the checkpoint."""
+        """Close; unless ``keep_partial``, delete the temp files and checkpoint this run owns (none when
+        it never got the lock or was refused a resume)."""
         with contextlib.suppress(OSError):
             self._close_shard()
         if not keep_partial:
-            self._discard_partials()
-            with contextlib.suppress(FileNotFoundError):
-                self.checkpoint.with_name(self.checkpoint.name + ".tmp").unlink()
+            self._discard_owned()
         self._release_lock()
 
 

@@ -2,10 +2,12 @@
 
 It parses a header from a buffer (typically a memory map of the whole file), checks every length
 against the file size and keeps the raw bytes of each key/value pair, so the executor can copy
-metadata byte for byte and the compiler can decode what it needs. ``strict`` adds the checks the
-executor needs before it trusts the file's data layout (duplicate keys and tensor names, alignment,
-dimension counts, block sizes, contiguous and in-bounds tensor data); the compiler, which only reads
-the header, parses leniently.
+metadata byte for byte and the compiler can decode what it needs. Every reader refuses what makes a
+header invalid for ggml (duplicate keys and tensor names, more than 4 dimensions, element counts past
+63 bits, unknown types, rows that are not whole blocks), so ``recipe plan`` and ``recipe apply`` accept
+the same headers; ``strict`` adds the checks the executor needs before it trusts the file's data
+layout (alignment, contiguous and in-bounds tensor data, UTF-8 strings); the compiler, which only
+reads the header, does without those.
 
 The model fingerprint (:func:`header_fingerprint`) is defined here too, so the compiler's and the
 executor's are the same by construction.
@@ -346,10 +348,9 @@ def parse_header(
     for i in range(n_kv):
         start = cur.pos
         key = cur.string(f"key #{i}")
-        if strict:
-            if key in seen:
-                raise GGUFReadError(f"{path}: duplicate key {key!r}")
-            seen.add(key)
+        if key in seen:
+            raise GGUFReadError(f"{path}: duplicate key {key!r}")
+        seen.add(key)
         vtype = _value_type(cur.u32(f"type of {key!r}"), path, key)
         value_offset = cur.pos - start
         atype, n = _skip_value(cur, vtype, key)
@@ -358,29 +359,32 @@ def parse_header(
     infos: list[tuple[str, tuple[int, ...], GGMLQuantizationType, int]] = []
     names: set[str] = set()
     for i in range(n_tensors):
+        # what makes a header invalid for every reader (gguf.cpp's gguf_init checks), lenient or not
         name = cur.string(f"name of tensor #{i}")
-        if strict:
-            if name in names:
-                raise GGUFReadError(f"{path}: duplicate tensor name {name!r}")
-            names.add(name)
+        if name in names:
+            raise GGUFReadError(f"{path}: duplicate tensor name {name!r}")
+        names.add(name)
         n_dims = cur.u32(f"dimension count of {name!r}")
-        if strict and n_dims > MAX_DIMS:
+        if n_dims > MAX_DIMS:
             raise GGUFReadError(f"{path}: tensor {name!r} has {n_dims} dimensions (max {MAX_DIMS})")
         shape = tuple(cur.u64(f"shape of {name!r}") for _ in range(n_dims))
+        if any(d >= 1 << 63 for d in shape) or math.prod(shape) >= 1 << 63:
+            raise GGUFReadError(
+                f"{path}: tensor {name!r} has shape {list(shape)}: its element count does not fit in 63 bits"
+            )
         code = cur.u32(f"type of {name!r}")
         try:
             qtype = GGMLQuantizationType(code)
         except ValueError:
             raise GGUFReadError(f"{path}: tensor {name!r} has unknown ggml type {code}") from None
-        if strict:
-            if qtype not in GGML_QUANT_SIZES:
-                raise GGUFReadError(f"{path}: tensor {name!r} has unsupported ggml type {qtype.name}")
-            block = GGML_QUANT_SIZES[qtype][0]
-            if shape and shape[0] % block:
-                raise GGUFReadError(
-                    f"{path}: tensor {name!r} row length {shape[0]} is not a multiple of {qtype.name}'s "
-                    f"block size {block}"
-                )
+        if qtype not in GGML_QUANT_SIZES:
+            raise GGUFReadError(f"{path}: tensor {name!r} has unsupported ggml type {qtype.name}")
+        block = GGML_QUANT_SIZES[qtype][0]
+        if shape and shape[0] % block:
+            raise GGUFReadError(
+                f"{path}: tensor {name!r} row length {shape[0]} is not a multiple of {qtype.name}'s "
+                f"block size {block}"
+            )
         offset = cur.u64(f"offset of {name!r}")
         infos.append((name, shape, qtype, offset))
     header_bytes = cur.pos
@@ -410,9 +414,11 @@ def parse_header(
 def read_header(path: str | os.PathLike[str], *, strict: bool = True) -> tuple[GGUFHeader, bytes]:
     """Read and parse the header of the GGUF file at ``path``; also return its raw header bytes (what
     :func:`header_fingerprint` hashes). Only the pages the header lives in are read."""
+    from ..inputs import InputFileError, open_input
+
     p = Path(path)
     try:
-        with open(p, "rb") as f:
+        with open_input(p) as f:
             size = os.fstat(f.fileno()).st_size
             if size == 0:
                 raise GGUFReadError(f"{p}: not a GGUF file (empty)")
@@ -423,8 +429,10 @@ def read_header(path: str | os.PathLike[str], *, strict: bool = True) -> tuple[G
                     raw = bytes(view[: header.header_bytes])
                 finally:
                     view.release()
-    except FileNotFoundError:
-        raise GGUFReadError(f"{p}: no such file") from None
-    except IsADirectoryError:
-        raise GGUFReadError(f"{p}: is a directory, not a GGUF file") from None
+    except InputFileError as exc:
+        raise GGUFReadError(str(exc)) from None
+    except OSError as exc:
+        from ..inputs import describe_os_error
+
+        raise GGUFReadError(f"{p}: cannot read: {describe_os_error(exc)}") from None
     return header, raw

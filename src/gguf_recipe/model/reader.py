@@ -64,24 +64,33 @@ class ModelInfo:
     def hparam(self, key: str, default: Any = None) -> Any:
         return self.metadata.get(f"{self.arch}.{key}", default)
 
-    @staticmethod
-    def _first(value: Any) -> int:
-        if isinstance(value, list):
-            return int(value[0]) if value else 0
-        return int(value)
+    def _int(self, key: str, value: Any) -> int:
+        """An integer hyperparameter (the first of an array: per-layer values), or GGUFReadError naming
+        the key when the header holds something else."""
+        v = value[0] if isinstance(value, list) and value else (0 if isinstance(value, list) else value)
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, (int, float))
+            or (isinstance(v, float) and not v.is_integer())
+        ):
+            raise GGUFReadError(f"{self.path}: metadata {key} must be an integer, found {v!r}")
+        return int(v)
+
+    def _hp(self, key: str, default: Any = 0) -> int:
+        return self._int(f"{self.arch}.{key}", self.hparam(key, default))
 
     @property
     def n_layer(self) -> int:
-        return int(self.hparam("block_count", 0))
+        return self._hp("block_count")
 
     @property
     def n_head(self) -> int:
-        return self._first(self.hparam("attention.head_count", 0))
+        return self._hp("attention.head_count")
 
     @property
     def n_head_kv(self) -> int:
         v = self.hparam("attention.head_count_kv")
-        return self.n_head if v is None else self._first(v)
+        return self.n_head if v is None else self._hp("attention.head_count_kv")
 
     @property
     def n_gqa(self) -> int:
@@ -90,18 +99,18 @@ class ModelInfo:
 
     @property
     def n_expert(self) -> int:
-        return int(self.hparam("expert_count", 0) or 0)
+        return self._int(f"{self.arch}.expert_count", self.hparam("expert_count", 0) or 0)
 
     @property
     def n_embd(self) -> int:
-        return int(self.hparam("embedding_length", 0))
+        return self._hp("embedding_length")
 
     @property
     def n_vocab(self) -> int:
         v = self.hparam("vocab_size")
         if v is not None:
-            return int(v)
-        return int(self.metadata.get("tokenizer.ggml.tokens.length", 0))
+            return self._hp("vocab_size")
+        return self._int("tokenizer.ggml.tokens", self.metadata.get("tokenizer.ggml.tokens.length", 0))
 
     @property
     def tied_embeddings(self) -> bool:
@@ -184,12 +193,14 @@ def split_paths(path: str | Path) -> list[Path]:
 
 def read_model(path: str | Path) -> ModelInfo:
     """Read the header(s) of a GGUF model: one file or all ``-0000k-of-0000n`` splits."""
+    from ..inputs import InputFileError, check_input_file
+
     files = split_paths(path)
     for f in files:
-        if not f.is_file():
-            raise GGUFReadError(
-                f"{f}: no such file (part of a split model)" if len(files) > 1 else f"{f}: no such file"
-            )
+        try:
+            check_input_file(f)
+        except InputFileError as exc:
+            raise GGUFReadError(f"{exc} (part of a split model)" if len(files) > 1 else str(exc)) from None
     metadata: dict[str, Any] = {}
     types: dict[str, str] = {}
     tensors: list[TensorInfo] = []

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import os
 import re
 import warnings
 from collections.abc import Sequence
@@ -23,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.comments import CommentedMap, CommentedSeq, CommentedSet
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString, SingleQuotedScalarString
 
@@ -194,7 +196,7 @@ def _read_source(path_or_text: str | Path, file: str | None) -> tuple[str, str |
         path_or_text.strip()
         and "\n" not in path_or_text
         and not path_or_text.lstrip().startswith(("{", "recipe:"))
-        and (Path(path_or_text).exists() or path_or_text.endswith((".yaml", ".yml", ".json")))
+        and (os.path.lexists(path_or_text) or path_or_text.endswith((".yaml", ".yml", ".json")))
     ):
         p = Path(path_or_text)
     else:
@@ -204,16 +206,19 @@ def _read_source(path_or_text: str | Path, file: str | None) -> tuple[str, str |
         p = builtin
         file = file or path_or_text
     name = file or str(p)
+    from ..inputs import InputFileError, read_input_bytes
+
     try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RecipeError(Diagnostic(f"file not found: {p}", "error", name)) from None
+        text = read_input_bytes(p, max_bytes=MAX_RECIPE_BYTES).decode("utf-8")
+    except InputFileError as exc:
+        msg = str(exc).removeprefix(f"{p}: ")
+        if msg.startswith("no such file"):
+            msg = f"file not found: {p}"
+        raise RecipeError(Diagnostic(msg, "error", name)) from None
     except UnicodeDecodeError as exc:
         raise RecipeError(
             Diagnostic(f"file is not UTF-8 text ({exc.reason} at byte {exc.start})", "error", name)
         ) from None
-    except OSError as exc:
-        raise RecipeError(Diagnostic(f"cannot read file: {exc.strerror or exc}", "error", name)) from None
     return text, name, p.resolve().parent
 
 
@@ -247,14 +252,23 @@ def _line_offsets(text: str) -> list[int]:
     return offs
 
 
+# Recipes are small: a cap on the file and on the values it expands to (YAML aliases can make a
+# few hundred bytes stand for billions of values) keeps loading fast whatever the input.
+MAX_RECIPE_BYTES = 1 << 20
+MAX_RECIPE_VALUES = 100_000
+
+
 class _Converter:
     def __init__(self, text: str, file: str | None) -> None:
         self.text = text
         self.file = file
         self.smap = SourceMap(text)
         self.lines = _line_offsets(text)
+        self.n_values = 0
 
-    def pos(self, line0: int, col0: int, value: Any) -> Pos:
+    def pos(self, line0: int | None, col0: int | None, value: Any, parent: Pos | None = None) -> Pos:
+        if line0 is None or col0 is None:  # a tagged or aliased value has no position of its own
+            return parent or Pos(1, 1)
         style = _style_of(value)
         off = self.lines[line0] + col0 if line0 < len(self.lines) else -1
         if style == "plain" and isinstance(value, str) and off >= 0 and off < len(self.text):
@@ -266,34 +280,66 @@ class _Converter:
         return Pos(line0 + 1, col0 + 1, style, off)
 
     def convert(self, node: Any, path: PathKey) -> Any:
+        self.n_values += 1
+        if self.n_values > MAX_RECIPE_VALUES:
+            raise RecipeError(
+                Diagnostic(
+                    f"the recipe expands to more than {MAX_RECIPE_VALUES} values (YAML aliases "
+                    "repeating aliases?); recipes are small: write it out without nested aliases",
+                    "error",
+                    self.file,
+                )
+            )
+        tag = getattr(getattr(node, "tag", None), "value", None)
+        if isinstance(node, bytes):
+            tag = "tag:yaml.org,2002:binary"
+        elif isinstance(node, (set, CommentedSet)):
+            tag = "tag:yaml.org,2002:set"
+        if isinstance(tag, str) and tag:
+            pos = self.smap.values.get(path) or Pos(1, 1)
+            shown = tag.replace("tag:yaml.org,2002:", "!!")
+            raise RecipeError(
+                Diagnostic(
+                    f"YAML tag '{shown}' is not allowed in a recipe (recipes hold plain values)",
+                    "error",
+                    self.file,
+                    pos.line,
+                    pos.col,
+                )
+            )
         if isinstance(node, CommentedMap):
             out: dict[str, Any] = {}
             for k in node:
-                kpos = node.lc.key(k)
+                kpos = node.lc.key(k) or (None, None)
                 if not isinstance(k, str):
                     raise RecipeError(
                         Diagnostic(
                             f"found key {k!r} ({_kind(k)}), expected a string key",
                             "error",
                             self.file,
-                            kpos[0] + 1,
-                            kpos[1] + 1,
+                            kpos[0] + 1 if kpos[0] is not None else None,
+                            kpos[1] + 1 if kpos[1] is not None else None,
                         )
                     )
                 key = str(k)
                 sub = (*path, key)
-                self.smap.keys[sub] = Pos(kpos[0] + 1, kpos[1] + 1)
-                vpos = node.lc.value(k)
+                here = self.smap.values.get(path)
+                self.smap.keys[sub] = (
+                    Pos(kpos[0] + 1, kpos[1] + 1)
+                    if kpos[0] is not None and kpos[1] is not None
+                    else (here or Pos(1, 1))
+                )
+                vpos = node.lc.value(k) or (None, None)
                 v = node[k]
-                self.smap.values[sub] = self.pos(vpos[0], vpos[1], v)
+                self.smap.values[sub] = self.pos(vpos[0], vpos[1], v, self.smap.keys[sub])
                 out[key] = self.convert(v, sub)
             return out
         if isinstance(node, CommentedSeq):
             items: list[Any] = []
             for i, v in enumerate(node):
-                ipos = node.lc.item(i)
+                ipos = node.lc.item(i) or (None, None)
                 sub = (*path, i)
-                self.smap.values[sub] = self.pos(ipos[0], ipos[1], v)
+                self.smap.values[sub] = self.pos(ipos[0], ipos[1], v, self.smap.values.get(path))
                 items.append(self.convert(v, sub))
             return items
         if isinstance(node, bool):
@@ -393,6 +439,12 @@ def _check_depth(text: str, file: str | None) -> None:
 
 
 def _parse_text(text: str, file: str | None) -> tuple[Any, SourceMap]:
+    if len(text) > MAX_RECIPE_BYTES:
+        raise RecipeError(
+            Diagnostic(
+                f"{len(text)} characters is more than the {MAX_RECIPE_BYTES} a recipe may have", "error", file
+            )
+        )
     _check_depth(text, file)
     is_json = (file is not None and file.lower().endswith(".json")) or text.lstrip().startswith(("{", "["))
     if is_json:
@@ -645,8 +697,14 @@ def parse_comparison(value: int | str) -> tuple[str, int]:
 
 
 def _check_regex(lr: LoadedRecipe, path: PathKey, pattern: str, diags: list[Diagnostic]) -> None:
+    from .patterns import pattern_problems
+
     try:
-        re.compile(pattern)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # pattern_problems reports them
+            re.compile(pattern)
+        for pr in pattern_problems(pattern):
+            diags.append(lr.diagnostic(path, pr.message, severity=pr.severity, hint=pr.hint, index=pr.index))
     except re.error as exc:
         pos = exc.pos if exc.pos is not None else 0
         diags.append(
@@ -751,7 +809,19 @@ def _check_semantics(lr: LoadedRecipe) -> list[Diagnostic]:
                     f"invalid layer {layer} in prune_layers, expected a block number >= 0",
                 )
             )
+    from ..executor.metadata import RESERVED_KEYS, RESERVED_PREFIXES
+
     for key, mv in r.metadata.items():
+        if key in RESERVED_KEYS or key.startswith(RESERVED_PREFIXES):
+            diags.append(
+                lr.diagnostic(
+                    ("metadata", key),
+                    f"metadata '{key}': this key describes the file's layout or its provenance and is "
+                    "written by gguf-recipe itself; it cannot be set",
+                    key=True,
+                )
+            )
+            continue
         kinds = {"str": (str,), "int": (int,), "float": (float, int), "bool": (bool,)}[mv.type]
         ok = isinstance(mv.value, kinds) and not (mv.type in ("int", "float") and isinstance(mv.value, bool))
         if not ok:
@@ -759,6 +829,24 @@ def _check_semantics(lr: LoadedRecipe) -> list[Diagnostic]:
                 lr.diagnostic(
                     ("metadata", key, "value"),
                     f"metadata '{key}': found {_describe(mv.value)}, expected a value of type {mv.type}",
+                )
+            )
+        elif (
+            isinstance(mv.value, int)
+            and not isinstance(mv.value, bool)
+            and not -(2**63) <= mv.value <= 2**64 - 1
+        ):
+            diags.append(
+                lr.diagnostic(
+                    ("metadata", key, "value"),
+                    f"metadata '{key}': {mv.value} does not fit a GGUF integer (-2^63 .. 2^64-1)",
+                )
+            )
+        elif isinstance(mv.value, float) and not math.isfinite(mv.value):
+            diags.append(
+                lr.diagnostic(
+                    ("metadata", key, "value"),
+                    f"metadata '{key}': {mv.value} is not a finite number (NaN and infinities cannot be written)",
                 )
             )
         if len(key) >= 128:
