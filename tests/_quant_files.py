@@ -156,3 +156,17 @@ def quant_file(run: QuantRun, directory: Path, *, n_splits: int = 1) -> Path:
     if not first.exists():
         write_skeleton(quant_spec(run), target, n_splits=n_splits)
     return first
+
+
+def writable(run: QuantRun) -> bool:
+    """Whether a file with ``run``'s types can exist: every row a whole number of its type's blocks.
+    A few recorded ``--dry-run`` plans give a user-forced output or embedding type to rows it cannot
+    hold (llama-quantize would stop when quantizing them); the header reader refuses such files."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    shapes = {t["name"]: t["shape"] for t in quant_spec(run)["tensors"]}
+    for name, qtype in run.tensors:
+        block = GGML_QUANT_SIZES[GGMLQuantizationType[qtype.upper()]][0]
+        if int(shapes[name][0]) % block:
+            return False
+    return True

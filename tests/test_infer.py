@@ -16,10 +16,11 @@ import pytest
 from typer.testing import CliRunner
 
 from _oracle_models import skeleton_dir
-from _quant_files import QuantRun, quant_file, quant_spec, runs, source_file
+from _quant_files import QuantRun, quant_file, quant_spec, runs, source_file, writable
 from gguf_recipe.cli import app
 from gguf_recipe.compiler import compile_model
 from gguf_recipe.model import read_model
+from gguf_recipe.model.header import GGUFReadError
 from gguf_recipe.model.skeleton import write_skeleton
 from gguf_recipe.read import InferError, infer_recipe
 from gguf_recipe.recipe.loader import load_recipe
@@ -59,7 +60,24 @@ def test_all_recorded_runs_are_here() -> None:
     assert sum(r.imatrix for r in RUNS) == 7 * 19 + 6 * 15
 
 
-@pytest.mark.parametrize("run", [pytest.param(r, id=f"{r.model}-{r.id}") for r in RUNS])
+def test_unwritable_recorded_runs_are_refused_by_the_reader() -> None:
+    """The recorded runs no file can hold (a forced type on rows it does not divide) are exactly these,
+    and reading such a file is one error naming the tensor."""
+    bad = [r for r in RUNS if not writable(r)]
+    assert sorted(f"{r.model}-{r.id}" for r in bad) == sorted(UNWRITABLE)
+    for r in bad:
+        with pytest.raises(GGUFReadError, match=r"row length \d+ is not a multiple of"):
+            read_model(quant_file(r, _dir()))
+
+
+UNWRITABLE = [
+    "qwen25-0.5b-Q4_K_M---output-tensor-type q4_K --token-embedding-type q4_K",
+    "falcon-7b-Q4_K_M---output-tensor-type q5_K",
+    "gpt-oss-20b-Q4_K_M---output-tensor-type q5_K",
+]
+
+
+@pytest.mark.parametrize("run", [pytest.param(r, id=f"{r.model}-{r.id}") for r in RUNS if writable(r)])
 def test_infer_replans_exactly(run: QuantRun) -> None:
     f = quant_file(run, _dir())
     res = infer_recipe(f)
@@ -196,7 +214,7 @@ def test_infer_refuses_a_type_no_recipe_can_give() -> None:
     for t in spec["tensors"]:
         if t["name"] == "blk.3.attn_q.weight":
             t["dtype"] = "Q4_K"
-    with pytest.raises(InferError, match=r"blk\.3\.attn_q\.weight.*rows of 896"):
+    with pytest.raises(GGUFReadError, match=r"blk\.3\.attn_q\.weight.* row length 896 is not a multiple"):
         infer_recipe(_write(spec, "qwen-bad-q4k.gguf"))
 
 
