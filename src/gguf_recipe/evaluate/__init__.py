@@ -8,6 +8,22 @@ with it (:func:`evaluate`, or :func:`kld_against` on the reference's own tokens)
 
 llama-cpp-python is an optional dependency (``pip install 'gguf-recipe[eval]'``), imported only when
 a model is evaluated.
+
+Usage (the stable API)::
+
+    from gguf_recipe.evaluate import compute_reference, evaluate, kld_against, comparison_rows
+
+    text = open("wiki.test.raw", encoding="utf-8").read()
+    r = evaluate("model-Q4_K_M.gguf", reference="model-F16.gguf", text=text, n_ctx=512, n_chunks=20)
+    r.ppl, r.kld_mean, r.kld_p99, r.same_top            # an EvalResult (same_top is a fraction)
+
+    ref = compute_reference("model-F16.gguf", text, n_ctx=512, n_chunks=20)  # cached on disk
+    for f in candidates:                                # many variants of one model: no re-tokenizing
+        print(f, kld_against(f, ref).kld_mean)
+
+The reference cache is ``$XDG_CACHE_HOME/gguf-recipe/eval`` (:func:`cache_dir`), one float16 ``.npy`` of
+``n_chunks * (n_ctx - 1 - n_ctx // 2) * n_vocab`` values per reference model, text, context and chunk
+count (25 MB per chunk of 512 for a 49k vocabulary), plus a ``.json``; delete it freely.
 """
 
 from __future__ import annotations

@@ -112,9 +112,10 @@ def kld_against(
     threads: int | None = None,
     progress: Progress | None = None,
 ) -> EvalResult:
-    """The model on the reference's own token chunks, compared with it chunk by chunk (the fast path
-    for evaluating many variants of one model: no text, no tokenization; the vocabulary is still
-    checked by size, BOS and a short probe of the text)."""
+    """Perplexity and KL divergence of ``model_path`` against ``ref``, on the reference's own token
+    chunks (the fast path for evaluating many variants of one model: no text, no tokenization; the
+    vocabulary is still checked by size, BOS and a short probe of the text, :class:`MismatchError`
+    otherwise). ``progress(done, total)`` is called after each chunk."""
     t0 = time.perf_counter()
     with LoadedModel(model_path, n_ctx=ref.n_ctx, threads=threads) as model:
         return _run(model, ref, progress, t0)
@@ -125,21 +126,39 @@ def evaluate(
     reference: ReferenceLogits | str | os.PathLike[str],
     text: str | bytes,
     *,
-    n_ctx: int = 512,
+    n_ctx: int | None = None,
     n_chunks: int | None = None,
     threads: int | None = None,
     cache: bool | str | os.PathLike[str] = True,
     progress: Progress | None = None,
 ) -> EvalResult:
-    """Perplexity of ``model_path`` on ``text`` and its KL divergence from ``reference`` (a
-    :class:`ReferenceLogits`, or the reference model's path: its logits are then computed with
-    :func:`compute_reference`, or loaded from the cache). ``n_ctx``, ``n_chunks`` and ``cache`` apply
-    to computing the reference only. The model must tokenize the text exactly as the reference did."""
-    ref = (
-        reference
-        if isinstance(reference, ReferenceLogits)
-        else compute_reference(reference, text, n_ctx=n_ctx, n_chunks=n_chunks, threads=threads, cache=cache)
-    )
+    """Perplexity of ``model_path`` on ``text`` and its KL divergence from ``reference``, as
+    ``llama-perplexity --kl-divergence`` computes them.
+
+    ``reference``: the reference model's path (its log-probabilities are computed by
+    :func:`compute_reference` with ``n_ctx`` (default 512), ``n_chunks`` (default: every whole chunk of
+    the text), ``threads`` and ``cache``, or loaded from the cache), or a :class:`ReferenceLogits`
+    already computed on this text (then ``n_ctx`` / ``n_chunks``, when given, must be the ones it was
+    computed with).
+
+    Raises :class:`EvalError` (missing or unreadable file, text too short for one chunk, ...),
+    :class:`MismatchError` (another vocabulary or tokenization than the reference's, another text,
+    context or chunk count), :class:`EvalDependencyError` (llama-cpp-python not installed)."""
+    if isinstance(reference, ReferenceLogits):
+        ref = reference
+        if n_ctx is not None and n_ctx != ref.n_ctx:
+            raise MismatchError(f"context {n_ctx} differs from the reference's {ref.n_ctx}")
+        if n_chunks is not None and n_chunks not in (ref.n_chunks, ref.n_chunks_requested):
+            raise MismatchError(f"{n_chunks} chunks asked for, the reference has {ref.n_chunks}")
+    else:
+        ref = compute_reference(
+            reference,
+            text,
+            n_ctx=512 if n_ctx is None else n_ctx,
+            n_chunks=n_chunks,
+            threads=threads,
+            cache=cache,
+        )
     ref.check_text(text)
     t0 = time.perf_counter()
     with LoadedModel(model_path, n_ctx=ref.n_ctx, threads=threads) as model:
