@@ -10,6 +10,10 @@ Text: Twelfth Night from "ACT I" (2 chunks of 512 tokens, 510 scored tokens) and
     F16 PPL 37.98 | Q8_0 38.06, KLD 0.0045, same top 95.3% | Q4_K_M 40.47, KLD 0.060, 82.0%
     | Q3_K_M 43.38, KLD 0.124, 76.1%
 
+and llama.cpp's own ``llama-perplexity`` (built from the llama.cpp that llama-cpp-python vendors, run
+on its ggml libraries) printed the same on the same files: F16 37.9763, Q8_0 38.054856 / KLD 0.004515,
+Q4_K_M 40.467408 / 0.059684, Q3_K_M 43.381450 / 0.123519 (benchmarks/eval.py repeats that check).
+
 A file against its own cached reference gives a mean KL divergence of ~4e-7 (the float16 rounding of
 the stored log-probabilities; 1e-4 of Q8_0's), the same top token everywhere and exactly its PPL.
 """

@@ -674,7 +674,7 @@ def _apply(
 
 @app.command("eval")
 def eval_cmd(
-    models: Annotated[list[str], typer.Argument(metavar="MODEL...", help="GGUF models to evaluate")],
+    models: Annotated[list[str], typer.Argument(metavar="MODEL", help="GGUF models to evaluate")],
     reference: Annotated[
         str, typer.Option("--reference", "-r", help="the model to compare with (e.g. the F16 source)")
     ],
@@ -688,8 +688,8 @@ def eval_cmd(
         int | None, typer.Option("--threads", "-t", min=1, help="llama.cpp threads (default: every core)")
     ] = None,
 ) -> None:
-    """Perplexity, KL divergence and same-top-token rate of each MODEL against the reference, as
-    llama.cpp's `llama-perplexity --kl-divergence` computes them (needs `pip install 'gguf-recipe[eval]'`).
+    r"""Perplexity, KL divergence and same-top-token rate of each MODEL against the reference, as
+    llama.cpp's `llama-perplexity --kl-divergence` computes them (needs `pip install 'gguf-recipe\[eval]'`).
 
     The reference's log-probabilities are computed once per text, context and chunk count, and kept in
     $XDG_CACHE_HOME/gguf-recipe/eval (~/.cache/...). Several models give one comparison table.
