@@ -10,6 +10,7 @@
     recipe diff A B [C ...] [--model MODEL] [--only-different] [--format table|markdown|json] [--heatmap F]
     recipe apply RECIPE_OR_PLAN MODEL -o OUT.gguf [--imatrix FILE] [--threads N] [--resume] [--force] ...
     recipe measure MODEL [--imatrix FILE] [--types LIST] [-o MEASURE.json] [--max-rows N] [--fresh] ...
+    recipe eval MODEL... --reference SOURCE.gguf --text FILE [--ctx 512] [--chunks N] [--format table|markdown|json]
 
 Exit status: 0 on success, 1 when the input has errors (or warnings with ``--strict``), 2 on usage errors,
 130 when ``recipe apply`` or ``recipe measure`` is interrupted (Ctrl-C).
@@ -864,6 +865,55 @@ def measure_cmd(
 from .cli_read import register as _register_read  # noqa: E402
 
 _register_read(app)
+
+
+@app.command("eval")
+def eval_cmd(
+    models: Annotated[list[str], typer.Argument(metavar="MODEL", help="GGUF models to evaluate")],
+    reference: Annotated[
+        str, typer.Option("--reference", "-r", help="the model to compare with (e.g. the F16 source)")
+    ],
+    text: Annotated[str, typer.Option("--text", help="text file to evaluate on (UTF-8)")],
+    ctx: Annotated[int, typer.Option("--ctx", "-c", min=4, help="tokens per chunk")] = 512,
+    chunks: Annotated[
+        int | None, typer.Option("--chunks", min=1, help="evaluate the first N chunks (default: all)")
+    ] = None,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="output format")] = Format.table,
+    threads: Annotated[
+        int | None, typer.Option("--threads", "-t", min=1, help="llama.cpp threads (default: every core)")
+    ] = None,
+) -> None:
+    r"""Perplexity, KL divergence and same-top-token rate of each MODEL against the reference, as
+    llama.cpp's `llama-perplexity --kl-divergence` computes them (needs `pip install 'gguf-recipe\[eval]'`).
+
+    The reference's log-probabilities are computed once per text, context and chunk count, and kept in
+    $XDG_CACHE_HOME/gguf-recipe/eval (~/.cache/...). Several models give one comparison table.
+    """
+    from .evaluate import EvalError, compute_reference, evaluate, read_text, render_comparison
+
+    def progress(label: str) -> Any:
+        if not sys.stderr.isatty():
+            return None
+
+        def show(done: int, total: int) -> None:
+            sys.stderr.write(f"\r{label}: chunk {done}/{total}" + ("\n" if done == total else ""))
+            sys.stderr.flush()
+
+        return show
+
+    try:
+        data = read_text(text)
+        ref = compute_reference(
+            reference, data, n_ctx=ctx, n_chunks=chunks, threads=threads, progress=progress("reference")
+        )
+        results = [evaluate(m, ref, data, threads=threads, progress=progress(Path(m).name)) for m in models]
+    except (EvalError, OSError) as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        _err("interrupted")
+        raise typer.Exit(130) from None
+    sys.stdout.write(render_comparison(results, fmt.value))
 
 
 def main() -> None:
