@@ -9,7 +9,8 @@
     recipe infer QUANT.gguf [-o R.yaml] [--source SRC.gguf]
     recipe diff A B [C ...] [--model MODEL] [--only-different] [--format table|markdown|json] [--heatmap F]
     recipe apply RECIPE_OR_PLAN MODEL -o OUT.gguf [--imatrix FILE] [--threads N] [--resume] [--force] ...
-    recipe measure MODEL [--imatrix FILE] [--types LIST] [-o MEASURE.json] [--max-rows N] [--fresh] ...
+    recipe measure MODEL [--imatrix FILE] [--types LIST] [-o MEASURE.json] [--calibrate TEXT] [--fresh] ...
+    recipe tune MODEL (--target-size SIZE | --target-bpw BPW) [--imatrix FILE] [--extends R] [--pin R] -o T.yaml
     recipe eval MODEL... --reference SOURCE.gguf --text FILE [--ctx 512] [--chunks N] [--format table|markdown|json]
 
 Exit status: 0 on success, 1 when the input has errors (or warnings with ``--strict``), 2 on usage errors,
@@ -812,6 +813,25 @@ def measure_cmd(
         bool, typer.Option("--fresh", help="measure again from scratch instead of continuing or reusing")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar and no summary")] = False,
+    calibrate: Annotated[
+        Path | None,
+        typer.Option(
+            "--calibrate",
+            metavar="TEXT",
+            help="also measure with llama.cpp how much each tensor moves the output (KL divergence on this "
+            "text file); `recipe tune` then ranks tensors by it (needs gguf-recipe[eval])",
+        ),
+    ] = None,
+    calibrate_ctx: Annotated[int, typer.Option("--calibrate-ctx", min=16, help="tokens per chunk")] = 512,
+    calibrate_chunks: Annotated[
+        int, typer.Option("--calibrate-chunks", min=1, help="chunks of the text evaluated per probe")
+    ] = 1,
+    calibrate_stride: Annotated[
+        int,
+        typer.Option(
+            "--calibrate-stride", min=1, help="probe every k-th block only; tune interpolates the others"
+        ),
+    ] = 1,
 ) -> None:
     """Measure every quantizable tensor's quantization error in every candidate type (for `recipe tune`).
 
@@ -845,6 +865,20 @@ def measure_cmd(
         _err(f"error: {exc}")
         raise typer.Exit(1) from None
     if quiet:
+        if calibrate is not None:
+            from .cli_tune import run_calibration
+
+            run_calibration(
+                m,
+                model,
+                imatrix,
+                calibrate,
+                calibrate_ctx,
+                calibrate_chunks,
+                calibrate_stride,
+                threads,
+                quiet,
+            )
         return
     for note in m.notes:
         _err(f"note: {note}")
@@ -859,12 +893,12 @@ def measure_cmd(
     )
     typer.echo(f"  time      {m.seconds:.1f} s in all, {time.monotonic() - t0:.1f} s this run")
     typer.echo(f"  saved     {m.path}")
+    if calibrate is not None:
+        from .cli_tune import run_calibration
 
-
-# recipe infer / recipe diff live in their own module
-from .cli_read import register as _register_read  # noqa: E402
-
-_register_read(app)
+        run_calibration(
+            m, model, imatrix, calibrate, calibrate_ctx, calibrate_chunks, calibrate_stride, threads, quiet
+        )
 
 
 @app.command("eval")
@@ -914,6 +948,14 @@ def eval_cmd(
         _err("interrupted")
         raise typer.Exit(130) from None
     sys.stdout.write(render_comparison(results, fmt.value))
+
+
+# recipe infer / diff and recipe tune live in their own modules
+from .cli_read import register as _register_read  # noqa: E402
+from .cli_tune import register as _register_tune  # noqa: E402
+
+_register_read(app)
+_register_tune(app)
 
 
 def main() -> None:
