@@ -199,7 +199,8 @@ def calibrate_model(
 
     def snapshot(complete: bool) -> Calibration:
         c = fresh.model_copy()
-        c.probes = {n: done[n] for n in wanted if n in done}
+        # every probe made so far (also those of a finer stride before), in the measurement's order
+        c.probes = {n: done[n] for n in measurement.tensors if n in done}
         c.complete = complete
         c.seconds = round(time.monotonic() - t0, 3)
         return c
