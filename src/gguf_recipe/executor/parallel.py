@@ -111,7 +111,9 @@ _WORKER_SOURCE: SourceModel | None = None
 _WORKER_ARGS: tuple[str, str] = ("", "")
 
 
-def _worker_init(model_path: str, fingerprint: str, parent: int) -> None:
+def worker_init(model_path: str, fingerprint: str, parent: int) -> None:
+    """Initializer of a worker process reading ``model_path`` (apply's and measure's pools): it dies
+    with ``parent`` and leaves Ctrl-C to it."""
     global _WORKER_ARGS
     die_with_parent(parent)
     # Ctrl-C reaches the whole process group; the parent decides what happens (keep a checkpoint).
@@ -152,7 +154,8 @@ def die_with_parent(parent: int, *, kernel: bool = True) -> None:
     threading.Thread(target=watch, name="gguf-recipe-parent-watch", daemon=True).start()
 
 
-def _worker_source() -> SourceModel:
+def worker_source() -> SourceModel:
+    """The worker's open source model (checked against the fingerprint it was started with)."""
     # opened by the first task rather than the initializer, so that a failure reaches the parent as
     # this error instead of a broken pool
     global _WORKER_SOURCE
@@ -167,7 +170,7 @@ def _worker_source() -> SourceModel:
 
 
 def _worker_run(task: ChunkTask) -> tuple[U8Array, int, int]:
-    q = quantize_chunk(_worker_source(), task, 1)
+    q = quantize_chunk(worker_source(), task, 1)
     return q, os.getpid(), _own_peak_rss()
 
 
@@ -196,7 +199,7 @@ class ProcessQuantizer(Quantizer):
         self._pool = ProcessPoolExecutor(
             max_workers=workers,
             mp_context=_context(),
-            initializer=_worker_init,
+            initializer=worker_init,
             initargs=(str(Path(src.path)), src.fingerprint, os.getpid()),
         )
         # start the processes now (the first submit forks them all), before any thread of ours runs

@@ -20,7 +20,6 @@ import hashlib
 import math
 import multiprocessing
 import os
-import signal
 import sys
 import time
 from collections import deque
@@ -39,6 +38,7 @@ from ..compiler.llama import NoFallbackError, fallback_type, is_quantized, requi
 from ..executor.errors import ExecutorError, SourceFormatError
 from ..executor.gguf_format import tensor_nbytes
 from ..executor.imatrix import Imatrix, load_imatrix
+from ..executor.parallel import worker_init, worker_source
 from ..executor.progress import ProgressReporter, make_progress
 from ..executor.source import FLOAT_TYPES, SourceModel
 from ..model import read_model
@@ -527,26 +527,8 @@ def _results(
         yield take()
 
 
-_WORKER_SOURCE: SourceModel | None = None
-_WORKER_ARGS: tuple[str, str] = ("", "")
-
-
-def _worker_init(model_path: str, fingerprint: str) -> None:
-    global _WORKER_ARGS
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C (saves what is done)
-    _WORKER_ARGS = (model_path, fingerprint)
-
-
 def _worker_run(task: TensorTask) -> TensorSums:
-    global _WORKER_SOURCE
-    if _WORKER_SOURCE is None:
-        path, fingerprint = _WORKER_ARGS
-        src = SourceModel(path)
-        if src.fingerprint != fingerprint:
-            src.close()
-            raise SourceFormatError(f"{path}: the source file changed while it was being read")
-        _WORKER_SOURCE = src
-    return measure_task(_WORKER_SOURCE, task)
+    return measure_task(worker_source(), task)
 
 
 class _Pool:
@@ -563,8 +545,8 @@ class _Pool:
         self._pool = ProcessPoolExecutor(
             max_workers=workers,
             mp_context=ctx,
-            initializer=_worker_init,
-            initargs=(str(src.path), src.fingerprint),
+            initializer=worker_init,
+            initargs=(str(src.path), src.fingerprint, os.getpid()),
         )
 
     def submit(self, task: TensorTask) -> Future[TensorSums]:
