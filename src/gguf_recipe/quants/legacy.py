@@ -197,11 +197,13 @@ def _make_qkx3_quants(
     def levels_into(out: F32Array, isc: F32Array, m: F32Array) -> None:
         np.subtract(xt, m, out=out)
         out *= isc
-        # v > 0 ? nearest_int(MIN(v, nmax)) : 0; a NaN v (inf*0) gives 0 like "v > 0" does.
+        # MAX(0, MIN(nmax, nearest_int(v))): nearest_int's magic-number trick gives 0 for a NaN
+        # v (inf*0) and -4194304 for +-inf (an inf iscale: max - min subnormal), so both give 0.
+        bad = np.isfinite(out, out=nan_buf)
+        np.logical_not(bad, out=bad)
+        if bad.any():
+            out[bad] = 0
         np.clip(out, _F(0.0), fnmax, out=out)
-        nan = np.isnan(out, out=nan_buf)
-        if nan.any():
-            out[nan] = 0
         np.rint(out, out=out)
 
     def weighted_sq_err(s: F32Array, m: F32Array, lv: F32Array) -> F32Array:
