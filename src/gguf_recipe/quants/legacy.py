@@ -179,6 +179,13 @@ def _make_qkx3_quants(
     fnmax = _F(nmax)
     mn = _first_min(xt)
     mx = xt.max(axis=0)
+    nan_blocks = np.flatnonzero(np.isnan(mx))
+    if nan_blocks.size:
+        # C's "if (x[i] < min) min = x[i]" (and max) skips NaNs, except a NaN x[0] that stays.
+        sub = xt[:, nan_blocks]
+        first_nan = np.isnan(sub[0])
+        mx[nan_blocks] = np.where(first_nan, np.nan, np.fmax.reduce(sub, axis=0))
+        mn[nan_blocks] = np.where(first_nan, np.nan, _first_min(np.where(np.isnan(sub), np.inf, sub)))
     wx = wt * xt
     sum_w = seq_sum(wt, from_first=True)
     sum_x = seq_sum(wx, from_first=True)
