@@ -124,8 +124,6 @@ ABORTS: dict[T, set[str]] = {
 }
 # Known differences on non-finite rows, not fixed yet (issue 12, section 4).
 KNOWN: dict[tuple[T, bool], set[str]] = {
-    (T.Q4_0, True): NON_FINITE,
-    (T.Q5_0, True): NON_FINITE,
     (T.MXFP4, False): NON_FINITE,
     (T.MXFP4, True): NON_FINITE,
 }

@@ -129,7 +129,9 @@ def _imatrix_weights(rows: F32Array, xt: F32Array, imatrix: F32Array) -> F32Arra
 
 def _make_qx_quants(xt: F32Array, wt: F32Array, nmax: int) -> tuple[F32Array, U8Array]:
     """``make_qx_quants(32, nmax, x, L, rmse_type=1, qw)``: returns (scale, L) with L in [0, 2*nmax)."""
-    mx = _first_absmax(xt)
+    finite = bool(np.isfinite(xt).all())
+    # C's "if (ax > amax)" never picks a NaN.
+    mx = _first_absmax(xt if finite else np.where(np.isnan(xt), _F(0.0), xt))
     zero = np.abs(mx) < _GROUP_MAX_EPS
     safe = _where(zero, _F(1.0), mx)
     wx = wt * xt
@@ -137,10 +139,17 @@ def _make_qx_quants(xt: F32Array, wt: F32Array, nmax: int) -> tuple[F32Array, U8
     buf = np.empty_like(xt)
     tmp = np.empty_like(xt)
 
+    def clamp_levels(out: F32Array) -> None:
+        if not finite:
+            # nearest_int's magic-number trick: 0 for a NaN, -4194304 (clamped to -nmax) for +-inf.
+            out[np.isinf(out)] = lo
+            out[np.isnan(out)] = 0
+        np.clip(out, lo, hi, out=out)  # numpy's clip is vectorized, minimum/maximum with a scalar are not
+        np.rint(out, out=out)  # nearest_int then clamp == clamp then round (integer bounds)
+
     def sums(iscale: F32Array) -> tuple[F32Array, F32Array]:
         np.multiply(xt, iscale, out=buf)
-        np.clip(buf, lo, hi, out=buf)  # numpy's clip is vectorized, minimum/maximum with a scalar are not
-        np.rint(buf, out=buf)  # nearest_int then clamp == clamp then round (integer bounds)
+        clamp_levels(buf)
         np.multiply(wx, buf, out=tmp)
         sumlx = seq_sum(tmp)
         np.multiply(wt, buf, out=tmp)
@@ -160,8 +169,7 @@ def _make_qx_quants(xt: F32Array, wt: F32Array, nmax: int) -> tuple[F32Array, U8
         best = _where(upd, scale * sumlx, best)
         best_iscale = _where(upd, iscale, best_iscale)
     np.multiply(xt, best_iscale, out=buf)
-    np.clip(buf, lo, hi, out=buf)
-    np.rint(buf, out=buf)
+    clamp_levels(buf)
     buf += _F(nmax)
     levels = buf.astype(np.uint8)
     levels[:, zero] = 0
