@@ -122,11 +122,6 @@ ABORTS: dict[T, set[str]] = {
     T.IQ2_S: _GRID_ABORTS,
     T.IQ1_M: {"non_finite_blocks"},
 }
-# Known differences on non-finite rows, not fixed yet (issue 12, section 4).
-KNOWN: dict[tuple[T, bool], set[str]] = {
-    (T.MXFP4, False): NON_FINITE,
-    (T.MXFP4, True): NON_FINITE,
-}
 IMATRIX = np.random.default_rng(1).exponential(size=N).astype(np.float32)
 TYPES = implemented_types()
 
@@ -140,13 +135,8 @@ def _cases() -> list[Any]:
             for name in ROWS:
                 if name in ABORTS.get(qtype, set()):
                     continue
-                marks = []
-                if name in KNOWN.get((qtype, weighted), set()):
-                    marks.append(
-                        pytest.mark.xfail(strict=True, reason="ggml's NaN/inf handling not mirrored yet")
-                    )
                 case_id = f"{qtype.name}-{'imatrix' if weighted else 'plain'}-{name}"
-                out.append(pytest.param(qtype, weighted, name, id=case_id, marks=marks))
+                out.append(pytest.param(qtype, weighted, name, id=case_id))
     return out
 
 

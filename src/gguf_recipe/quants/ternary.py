@@ -160,12 +160,33 @@ def _mxfp4_exponent(amax: F32Array) -> U8Array:
     return e
 
 
+_KVALUES_MXFP4 = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], dtype=np.float32)
+
+
+def _c_best_index(blocks: F32Array, d: F32Array) -> U8Array:
+    """``best_index_mxfp4(x, d)`` as written: the first k of least ``fabsf(kvalues[k]*d - x)`` in
+    float32, a NaN error never winning (and a NaN first error keeping index 0)."""
+    kd = _KVALUES_MXFP4[None, :] * d[:, None]
+    err = np.abs(kd[:, None, :] - blocks[:, :, None])
+    first_nan = np.isnan(err[:, :, 0])
+    err[np.isnan(err)] = np.inf
+    best = np.argmin(err, axis=2)
+    best[first_nan] = 0
+    out: U8Array = best.astype(np.uint8)
+    return out
+
+
 @quiet_fp
 def quantize_mxfp4(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     del imatrix  # quantize_mxfp4 ignores it
     blocks = rows.reshape(-1, QK_MXFP4)
     nb = blocks.shape[0]
-    e = _mxfp4_exponent(_abs_max(blocks))
+    amax = _abs_max(blocks)
+    finite = bool(np.isfinite(amax).all())
+    if not finite:  # "if (amax < fabsf(v))" never picks a NaN
+        nan_blocks = np.flatnonzero(np.isnan(amax))
+        amax[nan_blocks] = _abs_max(np.where(np.isnan(blocks[nan_blocks]), _F(0.0), blocks[nan_blocks]))
+    e = _mxfp4_exponent(amax)
     d = _e8m0_half(e)
     # 2/d is a power of two, so |x| * (2/d) is exact; in float64 it cannot overflow for tiny d.
     two_over_d = 2.0 / d.astype(np.float64)
@@ -178,7 +199,15 @@ def quantize_mxfp4(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     np.minimum(s, _F(32), out=s)
     key = s.astype(np.uint8)
     key += np.signbit(blocks).view(np.uint8) * np.uint8(33)
+    if not finite:  # best_index_mxfp4: every err is inf or NaN for x = +-inf or NaN, so index 0
+        key[~np.isfinite(blocks)] = 0
     idx = _INDEX_LUT[key]
+    if not finite:
+        # An infinite amax gives e = (uint8_t)inf = 0 and d = 2^-128: then k*d - x rounds to -x for
+        # most x, the exact-midpoint argument above fails, and C's loop is redone as written.
+        inf_blocks = np.flatnonzero(np.isinf(amax))
+        if inf_blocks.size:
+            idx[inf_blocks] = _c_best_index(blocks[inf_blocks], d[inf_blocks])
     out = np.empty((nb, 17), dtype=np.uint8)
     out[:, 0] = e
     out[:, 1:] = idx[:, :16] | (idx[:, 16:] << np.uint8(4))
