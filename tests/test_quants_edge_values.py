@@ -124,6 +124,9 @@ ABORTS: dict[T, set[str]] = {
 }
 IMATRIX = np.random.default_rng(1).exponential(size=N).astype(np.float32)
 TYPES = implemented_types()
+# ggml's grid types (IQ1/IQ2/IQ3) abort on some non-finite rows or odd importances: left out of the
+# checks that draw or stack such inputs.
+_NO_ABORT_TYPES = [t for t in TYPES if not t.name.startswith(("IQ1", "IQ2", "IQ3"))]
 
 
 def _cases() -> list[Any]:
@@ -162,12 +165,9 @@ _ODD_IMATRICES = {
 
 
 @pytest.mark.parametrize("im_name", sorted(_ODD_IMATRICES))
-@pytest.mark.parametrize(
-    "qtype", [t for t in TYPES if not t.name.startswith(("IQ1", "IQ2", "IQ3"))], ids=lambda t: t.name
-)
+@pytest.mark.parametrize("qtype", _NO_ABORT_TYPES, ids=lambda t: t.name)
 def test_odd_imatrices_match_ggml(qtype: T, im_name: str) -> None:
-    """Every edge row at once under subnormal, zero, partly zero and huge importances (ggml's grid
-    types abort on some of these, so they are left out)."""
+    """Every edge row at once under subnormal, zero, partly zero and huge importances."""
     x = np.stack(list(ROWS.values()))
     im = _ODD_IMATRICES[im_name]
     got, expected = quantize(x, qtype, im, threads=1), ggml_bytes(x, qtype, im)
@@ -186,24 +186,36 @@ def test_subnormal_imatrix_matches_ggml() -> None:
 
 
 @st.composite
-def _edge_rows(draw: st.DrawFn) -> np.ndarray:
-    """Rows of 256 mixing subnormals, +-0 and normal values of a drawn magnitude."""
+def _edge_rows(draw: st.DrawFn, non_finite: bool = False) -> np.ndarray:
+    """Rows of 256 mixing subnormals, +-0 and normal values of a drawn magnitude (and, with
+    ``non_finite``, NaN and +-inf, and magnitudes up to overflow)."""
     n_rows = draw(st.integers(1, 3))
     seed = draw(st.integers(0, 2**32 - 1))
     p_sub, p_zero = draw(st.floats(0, 1)), draw(st.floats(0, 1))
-    scale = np.float32(10.0 ** draw(st.integers(-38, 30)))
+    p_special = draw(st.floats(0, 0.1)) if non_finite else 0.0
+    scale = np.float32(10.0 ** draw(st.integers(-45, 38) if non_finite else st.integers(-38, 30)))
     rng = np.random.default_rng(seed)
     shape = (n_rows, 256)
-    normal = (rng.standard_normal(shape) * scale).astype(np.float32)
+    with np.errstate(over="ignore"):
+        normal = (rng.standard_normal(shape) * scale).astype(np.float32)
     sub = (rng.uniform(-1, 1, shape) * 1.1754942e-38).astype(np.float32)
     zero = np.where(rng.random(shape) < 0.5, np.float32(0.0), np.float32(-0.0))
+    special = rng.choice(np.array([np.nan, np.inf, -np.inf], dtype=np.float32), shape)
     u = rng.random(shape)
     x = np.where(u < p_sub, sub, np.where(u < p_sub + (1 - p_sub) * p_zero, zero, normal))
+    x = np.where(rng.random(shape) < p_special, special, x)
     return x.astype(np.float32)
 
 
 @settings(max_examples=60, deadline=None)
 @given(x=_edge_rows(), qtype=st.sampled_from([T.Q4_1, T.Q5_1, T.TQ1_0, T.TQ2_0]), weighted=st.booleans())
 def test_mixed_subnormal_rows_match_ggml(x: np.ndarray, qtype: T, weighted: bool) -> None:
+    im = IMATRIX[:256] if weighted else None
+    assert np.array_equal(quantize(x, qtype, im, threads=1), ggml_bytes(x, qtype, im))
+
+
+@settings(max_examples=60, deadline=None)
+@given(x=_edge_rows(non_finite=True), qtype=st.sampled_from(_NO_ABORT_TYPES), weighted=st.booleans())
+def test_rows_with_nan_inf_match_ggml(x: np.ndarray, qtype: T, weighted: bool) -> None:
     im = IMATRIX[:256] if weighted else None
     assert np.array_equal(quantize(x, qtype, im, threads=1), ggml_bytes(x, qtype, im))
