@@ -129,7 +129,9 @@ def _imatrix_weights(rows: F32Array, xt: F32Array, imatrix: F32Array) -> F32Arra
 
 def _make_qx_quants(xt: F32Array, wt: F32Array, nmax: int) -> tuple[F32Array, U8Array]:
     """``make_qx_quants(32, nmax, x, L, rmse_type=1, qw)``: returns (scale, L) with L in [0, 2*nmax)."""
-    mx = _first_absmax(xt)
+    finite = bool(np.isfinite(xt).all())
+    # C's "if (ax > amax)" never picks a NaN.
+    mx = _first_absmax(xt if finite else np.where(np.isnan(xt), _F(0.0), xt))
     zero = np.abs(mx) < _GROUP_MAX_EPS
     safe = _where(zero, _F(1.0), mx)
     wx = wt * xt
@@ -137,10 +139,17 @@ def _make_qx_quants(xt: F32Array, wt: F32Array, nmax: int) -> tuple[F32Array, U8
     buf = np.empty_like(xt)
     tmp = np.empty_like(xt)
 
+    def clamp_levels(out: F32Array) -> None:
+        if not finite:
+            # nearest_int's magic-number trick: 0 for a NaN, -4194304 (clamped to -nmax) for +-inf.
+            out[np.isinf(out)] = lo
+            out[np.isnan(out)] = 0
+        np.clip(out, lo, hi, out=out)  # numpy's clip is vectorized, minimum/maximum with a scalar are not
+        np.rint(out, out=out)  # nearest_int then clamp == clamp then round (integer bounds)
+
     def sums(iscale: F32Array) -> tuple[F32Array, F32Array]:
         np.multiply(xt, iscale, out=buf)
-        np.clip(buf, lo, hi, out=buf)  # numpy's clip is vectorized, minimum/maximum with a scalar are not
-        np.rint(buf, out=buf)  # nearest_int then clamp == clamp then round (integer bounds)
+        clamp_levels(buf)
         np.multiply(wx, buf, out=tmp)
         sumlx = seq_sum(tmp)
         np.multiply(wt, buf, out=tmp)
@@ -160,8 +169,7 @@ def _make_qx_quants(xt: F32Array, wt: F32Array, nmax: int) -> tuple[F32Array, U8
         best = _where(upd, scale * sumlx, best)
         best_iscale = _where(upd, iscale, best_iscale)
     np.multiply(xt, best_iscale, out=buf)
-    np.clip(buf, lo, hi, out=buf)
-    np.rint(buf, out=buf)
+    clamp_levels(buf)
     buf += _F(nmax)
     levels = buf.astype(np.uint8)
     levels[:, zero] = 0
@@ -179,6 +187,13 @@ def _make_qkx3_quants(
     fnmax = _F(nmax)
     mn = _first_min(xt)
     mx = xt.max(axis=0)
+    nan_blocks = np.flatnonzero(np.isnan(mx))
+    if nan_blocks.size:
+        # C's "if (x[i] < min) min = x[i]" (and max) skips NaNs, except a NaN x[0] that stays.
+        sub = xt[:, nan_blocks]
+        first_nan = np.isnan(sub[0])
+        mx[nan_blocks] = np.where(first_nan, np.nan, np.fmax.reduce(sub, axis=0))
+        mn[nan_blocks] = np.where(first_nan, np.nan, _first_min(np.where(np.isnan(sub), np.inf, sub)))
     wx = wt * xt
     sum_w = seq_sum(wt, from_first=True)
     sum_x = seq_sum(wx, from_first=True)
@@ -197,11 +212,13 @@ def _make_qkx3_quants(
     def levels_into(out: F32Array, isc: F32Array, m: F32Array) -> None:
         np.subtract(xt, m, out=out)
         out *= isc
-        # v > 0 ? nearest_int(MIN(v, nmax)) : 0; a NaN v (inf*0) gives 0 like "v > 0" does.
+        # MAX(0, MIN(nmax, nearest_int(v))): nearest_int's magic-number trick gives 0 for a NaN
+        # v (inf*0) and -4194304 for +-inf (an inf iscale: max - min subnormal), so both give 0.
+        bad = np.isfinite(out, out=nan_buf)
+        np.logical_not(bad, out=bad)
+        if bad.any():
+            out[bad] = 0
         np.clip(out, _F(0.0), fnmax, out=out)
-        nan = np.isnan(out, out=nan_buf)
-        if nan.any():
-            out[nan] = 0
         np.rint(out, out=out)
 
     def weighted_sq_err(s: F32Array, m: F32Array, lv: F32Array) -> F32Array:

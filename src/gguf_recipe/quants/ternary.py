@@ -35,24 +35,57 @@ def _fp16_bytes(v: F32Array) -> U8Array:
     return out
 
 
-def _ternary_digits(rows: F32Array) -> tuple[F32Array, U8Array]:
-    """(d, xi) with d = amax per 256-block and xi = lroundf(x/d) + 1 in {0, 1, 2}, shape (nb, 256)."""
+def _c_amax(blocks: F32Array) -> F32Array:
+    """``amax = MAX(amax, fabsf(v))`` for blocks holding a NaN: ``amax > NaN`` is false, so a NaN
+    replaces amax and the next ``|v|`` replaces the NaN; amax is the max over the elements after
+    the block's last NaN, or NaN when the block ends with one."""
+    nan = np.isnan(blocks)
+    n = blocks.shape[1]
+    last = n - 1 - np.argmax(nan[:, ::-1], axis=1)
+    after = np.arange(n)[None, :] > last[:, None]
+    amax: F32Array = np.where(after, np.abs(blocks), _F(0.0)).max(axis=1)
+    amax[last == n - 1] = np.nan
+    return amax
+
+
+def _c_lround_plus1(v: F32Array) -> U8Array:
+    """``(uint8_t)((int)lroundf(v) + 1)`` for any v: half away from zero below 2^31 (exact in
+    float64); larger values are multiples of 256 and inf/NaN give LONG_MIN, whose int is 0."""
+    v64 = v.astype(np.float64)
+    ok = np.abs(v64) < 2.0**31  # False for NaN
+    r = np.trunc(v64 + np.copysign(0.5, v64), where=ok, out=np.zeros_like(v64))
+    xi: U8Array = (r.astype(np.int64) + 1).astype(np.uint8)
+    return xi
+
+
+def _ternary_digits(rows: F32Array) -> tuple[F32Array, U8Array, bool]:
+    """(d, xi, odd) with d = amax per 256-block and xi = lroundf(x/d) + 1 in {0, 1, 2}, shape
+    (nb, 256); ``odd`` when some block went through C's out-of-range conversions (a NaN, or 1/d
+    overflowing for a subnormal d), where xi is the low byte of ``(int)lroundf(x*id) + 1``."""
     blocks = rows.reshape(-1, QK_K)
     d = _abs_max(blocks)
+    nan_blocks = np.flatnonzero(np.isnan(d))
+    if nan_blocks.size:
+        d[nan_blocks] = _c_amax(blocks[nan_blocks])
     inv = np.zeros_like(d)
-    np.divide(_F(1.0), d, out=inv, where=d != 0)
+    np.divide(_F(1.0), d, out=inv, where=d != 0)  # d ? 1.0f/d : 0.0f (a NaN d gives a NaN id)
     v = blocks * inv[:, None]
     # |v| <= 1, so lroundf(v) + 1 is 2 for v >= 0.5, 0 for v <= -0.5, else 1.
     xi = (v >= _F(0.5)).view(np.uint8) + np.uint8(1)
     xi -= (v <= _F(-0.5)).view(np.uint8)
-    return d, xi
+    odd = np.union1d(nan_blocks, np.flatnonzero(np.isinf(inv)))  # |v| may exceed 1 after a NaN
+    if odd.size:
+        xi[odd] = _c_lround_plus1(v[odd])
+    return d, xi, bool(odd.size)
 
 
 @quiet_fp
 def quantize_tq2_0(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     del imatrix  # quantize_tq2_0 ignores it
-    d, xi = _ternary_digits(rows)
+    d, xi, odd = _ternary_digits(rows)
     nb = xi.shape[0]
+    if odd:
+        xi &= np.uint8(3)  # q += (xi & 3) << (2*n)
     # byte c*32 + m holds the elements c*128 + n*32 + m (n = 0..3) at bit 2n.
     g = xi.reshape(nb, 2, 4, 32)
     qs = g[:, :, 0] | (g[:, :, 1] << np.uint8(2))
@@ -67,12 +100,13 @@ def quantize_tq2_0(rows: F32Array, imatrix: F32Array | None) -> U8Array:
 
 def _pack_trits(digits: U8Array, n_digits: int) -> U8Array:
     """Horner ``q = q*3 + xi`` over axis 1 (most significant first), then ggml's ceiling scaling."""
-    q = digits[:, 0].astype(np.uint16)
+    q8 = digits[:, 0].copy()  # uint8_t q: wraps like C where an out-of-range xi makes it overflow
     for n in range(1, n_digits):
-        q *= np.uint16(3)
-        q += digits[:, n]
+        q8 *= np.uint8(3)
+        q8 += digits[:, n]
     if n_digits == 4:  # qh: shift the first value to the most significant of five trits
-        q *= np.uint16(3)
+        q8 *= np.uint8(3)
+    q = q8.astype(np.uint16)
     q = (q * np.uint16(256) + np.uint16(242)) // np.uint16(243)
     packed: U8Array = q.astype(np.uint8)
     return packed
@@ -81,7 +115,7 @@ def _pack_trits(digits: U8Array, n_digits: int) -> U8Array:
 @quiet_fp
 def quantize_tq1_0(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     del imatrix  # quantize_tq1_0 ignores it
-    d, xi = _ternary_digits(rows)
+    d, xi, _ = _ternary_digits(rows)
     nb = xi.shape[0]
     out = np.empty((nb, 54), dtype=np.uint8)
     # qs[m], m < 32: elements m + 32n (n = 0..4); qs[32+m], m < 16: 160 + m + 16n; qh[j]: 240 + j + 4m.
@@ -126,12 +160,33 @@ def _mxfp4_exponent(amax: F32Array) -> U8Array:
     return e
 
 
+_KVALUES_MXFP4 = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], dtype=np.float32)
+
+
+def _c_best_index(blocks: F32Array, d: F32Array) -> U8Array:
+    """``best_index_mxfp4(x, d)`` as written: the first k of least ``fabsf(kvalues[k]*d - x)`` in
+    float32, a NaN error never winning (and a NaN first error keeping index 0)."""
+    kd = _KVALUES_MXFP4[None, :] * d[:, None]
+    err = np.abs(kd[:, None, :] - blocks[:, :, None])
+    first_nan = np.isnan(err[:, :, 0])
+    err[np.isnan(err)] = np.inf
+    best = np.argmin(err, axis=2)
+    best[first_nan] = 0
+    out: U8Array = best.astype(np.uint8)
+    return out
+
+
 @quiet_fp
 def quantize_mxfp4(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     del imatrix  # quantize_mxfp4 ignores it
     blocks = rows.reshape(-1, QK_MXFP4)
     nb = blocks.shape[0]
-    e = _mxfp4_exponent(_abs_max(blocks))
+    amax = _abs_max(blocks)
+    finite = bool(np.isfinite(amax).all())
+    if not finite:  # "if (amax < fabsf(v))" never picks a NaN
+        nan_blocks = np.flatnonzero(np.isnan(amax))
+        amax[nan_blocks] = _abs_max(np.where(np.isnan(blocks[nan_blocks]), _F(0.0), blocks[nan_blocks]))
+    e = _mxfp4_exponent(amax)
     d = _e8m0_half(e)
     # 2/d is a power of two, so |x| * (2/d) is exact; in float64 it cannot overflow for tiny d.
     two_over_d = 2.0 / d.astype(np.float64)
@@ -144,7 +199,15 @@ def quantize_mxfp4(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     np.minimum(s, _F(32), out=s)
     key = s.astype(np.uint8)
     key += np.signbit(blocks).view(np.uint8) * np.uint8(33)
+    if not finite:  # best_index_mxfp4: every err is inf or NaN for x = +-inf or NaN, so index 0
+        key[~np.isfinite(blocks)] = 0
     idx = _INDEX_LUT[key]
+    if not finite:
+        # An infinite amax gives e = (uint8_t)inf = 0 and d = 2^-128: then k*d - x rounds to -x for
+        # most x, the exact-midpoint argument above fails, and C's loop is redone as written.
+        inf_blocks = np.flatnonzero(np.isinf(amax))
+        if inf_blocks.size:
+            idx[inf_blocks] = _c_best_index(blocks[inf_blocks], d[inf_blocks])
     out = np.empty((nb, 17), dtype=np.uint8)
     out[:, 0] = e
     out[:, 1:] = idx[:, :16] | (idx[:, 16:] << np.uint8(4))
