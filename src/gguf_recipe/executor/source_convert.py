@@ -12,15 +12,13 @@ dequantized from Q4_1".
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from pathlib import Path
 
 from gguf import GGMLQuantizationType
 
-from ..plan import Fingerprints, Plan, PlannedTensor, PlanTotals
-from .gguf_format import tensor_nbytes
+from ..plan import Plan
 from .run import ApplyResult, RequantizeWarning, apply_plan
 from .source import SourceModel
 
@@ -41,52 +39,20 @@ def _recipe_text(dtype: GGMLQuantizationType) -> str:
 
 
 def high_precision_plan(model: str | os.PathLike[str], dtype: GGMLQuantizationType = T.F16) -> Plan:
-    """A plan that turns every non-F32 tensor of ``model`` into ``dtype`` and copies F32 tensors."""
+    """A plan that turns every non-F32 tensor of ``model`` into ``dtype`` and copies F32 tensors: the
+    compiled plan of a one-line recipe (``base: f16``), so that apply's check that a plan's decisions
+    follow from its recipe holds for it (general.file_type is then derived from the types, as 1 = F16)."""
+    from ..compiler import CompileError, compile_plan
+
     if dtype not in _FTYPES:
         raise ValueError(f"dtype must be F32, F16 or BF16, not {dtype.name}")
-    text = _recipe_text(dtype)
-    planned: list[PlannedTensor] = []
-    with SourceModel(model) as src:
-        fingerprint = src.fingerprint
-        model_path = str(src.path)
-        n_elements = src.n_elements
-        for name, info in src.tensors.items():
-            target = info.qtype if info.qtype == T.F32 else dtype
-            action = "copy" if target == info.qtype else "quantize"
-            planned.append(
-                PlannedTensor(
-                    name=name,
-                    source_name=name,
-                    shape=list(info.shape),
-                    source_type=info.qtype.name.lower(),
-                    type=target.name.lower(),
-                    action=action,
-                    rule="base" if action == "quantize" else "not quantizable: F32",
-                    source_bytes=info.nbytes,
-                    target_bytes=tensor_nbytes(info.shape, target),
-                )
-            )
-    by_type: dict[str, int] = {}
-    for p in planned:
-        by_type[p.type] = by_type.get(p.type, 0) + p.target_bytes
-    target_bytes = sum(p.target_bytes for p in planned)
-    return Plan(
-        recipe_name=f"dequantize-to-{dtype.name.lower()}",
-        recipe_text=text,
-        model_path=model_path,
-        ftype=_FTYPES[dtype],
-        fingerprints=Fingerprints(recipe=hashlib.sha256(text.encode()).hexdigest(), model=fingerprint),
-        tensors=planned,
-        totals=PlanTotals(
-            n_tensors=len(planned),
-            n_elements=n_elements,
-            source_bytes=sum(p.source_bytes for p in planned),
-            target_bytes=target_bytes,
-            bpw=target_bytes * 8 / n_elements if n_elements else 0.0,
-            by_type=by_type,
-            n_fallbacks=0,
-        ),
-    )
+    try:
+        plan = compile_plan(_recipe_text(dtype), Path(model)).plan
+    except CompileError as exc:
+        raise ValueError(f"{model}: cannot plan the conversion to {dtype.name}: {exc}") from None
+    if plan is None:  # pragma: no cover - a one-line recipe with a valid base always compiles
+        raise ValueError(f"{model}: cannot plan the conversion to {dtype.name}")
+    return plan
 
 
 def dequantize_model(
