@@ -18,10 +18,11 @@ from typer.testing import CliRunner
 from conftest_executor import llama_tensors, write_model
 from gguf_recipe.cli import app, parse_size
 from gguf_recipe.compiler import compile_plan
+from gguf_recipe.compiler.llama import block_number
 from gguf_recipe.executor import apply_plan
 from gguf_recipe.executor.predict import predict_file_size
 from gguf_recipe.measure import MeasureError, measure_model
-from gguf_recipe.measure.calibrate import Calibration, Probe, block_of
+from gguf_recipe.measure.calibrate import Calibration, Probe
 from gguf_recipe.tune import Budget, InfeasibleBudget, Item, Option, TuneError, lower_hull, solve, tune_model
 from gguf_recipe.tune.emit import TensorChoice, layer_ranges, tuned_rules, write_recipe
 from gguf_recipe.tune.loss import tensor_losses
@@ -134,7 +135,9 @@ def _sizes(model: Path) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("fraction", [0.15, 0.35, 0.6, 0.9])
-def test_tuned_file_fits_the_target_exactly_as_predicted(source_model: Path, tmp_path: Path, fraction: float) -> None:
+def test_tuned_file_fits_the_target_exactly_as_predicted(
+    source_model: Path, tmp_path: Path, fraction: float
+) -> None:
     lo, hi = _sizes(source_model)
     target = int(lo + (hi - lo) * fraction)
     res = tune_model(source_model, target_size=target, threads=1)
@@ -151,7 +154,9 @@ def test_tuned_file_fits_the_target_exactly_as_predicted(source_model: Path, tmp
 
 def test_larger_budget_never_predicts_more_loss(source_model: Path) -> None:
     lo, hi = _sizes(source_model)
-    losses = [tune_model(source_model, target_size=int(lo + (hi - lo) * f)).loss for f in (0.1, 0.3, 0.5, 0.8)]
+    losses = [
+        tune_model(source_model, target_size=int(lo + (hi - lo) * f)).loss for f in (0.1, 0.3, 0.5, 0.8)
+    ]
     assert losses == sorted(losses, reverse=True)
 
 
@@ -209,7 +214,9 @@ def test_group_budget_is_respected(source_model: Path) -> None:
         ({"target_size": 10**6, "types": ["q9_9"]}, "q9_9"),
     ],
 )
-def test_out_of_range_targets_name_the_range(source_model: Path, kwargs: dict[str, object], message: str) -> None:
+def test_out_of_range_targets_name_the_range(
+    source_model: Path, kwargs: dict[str, object], message: str
+) -> None:
     with pytest.raises((TuneError, MeasureError), match=message):
         tune_model(source_model, **kwargs)  # type: ignore[arg-type]
 
@@ -275,7 +282,7 @@ def test_cli_tune_refuses_to_overwrite_its_model(source_model: Path) -> None:
 def test_calibrated_losses_scale_each_tensor_by_its_probe(source_model: Path) -> None:
     m = measure_model(source_model, threads=1, progress=False)
     names = list(m.tensors)
-    probed = {n: Probe(type="q4_0", kld=0.01 * (i + 1)) for i, n in enumerate(names) if block_of(n) != 1}
+    probed = {n: Probe(type="q4_0", kld=0.01 * (i + 1)) for i, n in enumerate(names) if block_number(n) != 1}
     cal = Calibration(
         model_fingerprint=m.model_fingerprint, text_name="t", text_sha256="0", n_ctx=8, n_chunks=1,
         probe_types=["q4_0"], probes=probed,

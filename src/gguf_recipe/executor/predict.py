@@ -8,9 +8,9 @@ from pathlib import Path
 
 from ..plan import Plan
 from .gguf_format import OutTensor
-from .imatrix import Imatrix, load_imatrix
+from .imatrix import Imatrix
 from .provenance import PlanCheck
-from .run import _assign_imatrix, _build_metadata, _check_structure, plan_fingerprint
+from .run import _assign_imatrix, _build_metadata, _check_structure, open_imatrix, plan_fingerprint
 from .source import SourceModel
 from .writer import OutputLayout, plan_layout
 
@@ -33,12 +33,7 @@ def predict_layout(
     plan does)."""
     warn: list[str] = []
     with SourceModel(model_path) as src:
-        if isinstance(imatrix, Imatrix) or imatrix is None:
-            im = imatrix
-            im_name = str(im.path) if im is not None else None
-        else:
-            im = load_imatrix(imatrix)
-            im_name = os.fspath(imatrix)
+        im, im_name = open_imatrix(imatrix)
         jobs, _ = _check_structure(plan, src, allow_requantize=True)
         _assign_imatrix(jobs, im, plan.ftype, warn)
         blobs = _build_metadata(

@@ -426,6 +426,13 @@ def _build_metadata(
     return b.blobs()
 
 
+def open_imatrix(imatrix: str | os.PathLike[str] | Imatrix | None) -> tuple[Imatrix | None, str | None]:
+    """The loaded imatrix and the name the output's metadata gives it (the path as the caller spelled it)."""
+    if isinstance(imatrix, Imatrix) or imatrix is None:
+        return imatrix, str(imatrix.path) if imatrix is not None else None
+    return load_imatrix(imatrix), os.fspath(imatrix)
+
+
 def _check_decisions(
     plan: Plan,
     model_path: str | os.PathLike[str],
@@ -545,12 +552,7 @@ def apply_plan(
     plan_fp = plan_fingerprint(plan)
 
     with SourceModel(model_path) as src:
-        if isinstance(imatrix, Imatrix) or imatrix is None:
-            im = imatrix
-            im_name = str(im.path) if im is not None else None
-        else:
-            im = load_imatrix(imatrix)
-            im_name = os.fspath(imatrix)
+        im, im_name = open_imatrix(imatrix)
         _check_fresh(plan, src, im, recipe_fingerprint, force, warn)
         jobs, requant = _check_structure(plan, src, allow_requantize)
         check = _check_decisions(plan, model_path, recipe, force, warn)

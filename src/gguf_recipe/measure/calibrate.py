@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -35,6 +34,7 @@ from gguf import quants as gguf_quants
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import quants
+from ..compiler.llama import block_number
 from ..executor.imatrix import Imatrix, load_imatrix
 from ..executor.progress import ProgressReporter, make_progress
 from ..executor.source import SourceModel
@@ -64,7 +64,6 @@ _FLOAT_SOURCES = {
     GGMLQuantizationType.BF16: None,  # written through _to_bf16
 }
 _SAVE_EVERY_S = 10.0
-_BLOCK = re.compile(r"^blk\.(\d+)\.")
 
 
 class _Strict(BaseModel):
@@ -252,15 +251,9 @@ def calibrate_model(
 def _strided(names: list[str], stride: int) -> list[str]:
     if stride == 1:
         return names
-    layers = [block_of(n) for n in names]
+    layers = [block_number(n) for n in names]
     last = max((b for b in layers if b is not None), default=0)
     return [n for n, b in zip(names, layers, strict=True) if b is None or b % stride == 0 or b == last]
-
-
-def block_of(name: str) -> int | None:
-    """``blk.7.attn_v.weight`` → 7; a tensor outside the blocks → None."""
-    m = _BLOCK.match(name)
-    return int(m.group(1)) if m else None
 
 
 def _fingerprint(path: Path) -> str:

@@ -88,6 +88,14 @@ def header_fingerprint(raw_headers: Sequence[bytes]) -> str:
     return digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
+def ggml_n_dims(shape: Sequence[int]) -> int:
+    """ggml_n_dims: trailing 1s do not count; at least 1."""
+    dims = len(shape)
+    while dims > 1 and shape[dims - 1] == 1:
+        dims -= 1
+    return max(dims, 1)
+
+
 @dataclass(frozen=True)
 class KeyValue:
     """One key/value pair as stored: ``raw`` is its exact serialised bytes (key included)."""
@@ -127,11 +135,7 @@ class TensorInfo:
 
     @property
     def n_dims(self) -> int:
-        """ggml_n_dims: trailing 1s do not count; at least 1."""
-        dims = len(self.shape)
-        while dims > 1 and self.shape[dims - 1] == 1:
-            dims -= 1
-        return max(dims, 1)
+        return ggml_n_dims(self.shape)
 
     @property
     def n_rows(self) -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..compiler import llama
+from ..model.header import ggml_n_dims
 from ..model.reader import GGUF_MAGIC, ModelInfo, read_model
 from ..plan import Plan
 from ..recipe.typenames import ggml_name
@@ -63,10 +64,7 @@ class TypedTensor:
 
     @property
     def n_dims(self) -> int:
-        dims = len(self.shape)
-        while dims > 1 and self.shape[dims - 1] == 1:
-            dims -= 1
-        return max(dims, 1)
+        return ggml_n_dims(self.shape)
 
 
 @dataclass

@@ -21,9 +21,9 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-__all__ = ["TensorChoice", "family_of", "layer_ranges", "tuned_rules", "write_recipe"]
+from ..compiler.llama import block_number
 
-_BLOCK = re.compile(r"^blk\.(\d+)\.(.+)$")
+__all__ = ["TensorChoice", "family_of", "layer_ranges", "tuned_rules", "write_recipe"]
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,9 @@ class TensorChoice:
 
 def family_of(name: str) -> tuple[str, int | None]:
     """``blk.7.attn_v.weight`` → (``attn_v.weight``, 7); ``token_embd.weight`` → (itself, None)."""
-    m = _BLOCK.match(name)
-    return (m.group(2), int(m.group(1))) if m else (name, None)
+    b = block_number(name)
+    parts = name.split(".", 2)
+    return (parts[2], b) if b is not None and len(parts) == 3 else (name, None)
 
 
 def layer_ranges(layers: Sequence[int]) -> list[str | int]:
