@@ -26,14 +26,14 @@ from conftest_executor import (
 )
 from gguf_recipe.executor import SourceModel, apply_plan
 from gguf_recipe.executor.gguf_format import read_header
-from gguf_recipe.executor.metadata import llama_weight_order
+from gguf_recipe.llamacpp import FTYPE_OF_TYPE, processing_key
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 
 FTYPE = {
-    T.Q8_0: 7, T.Q4_0: 2, T.Q4_1: 3, T.Q5_0: 8, T.Q5_1: 9, T.IQ4_NL: 25, T.F16: 1, T.BF16: 32,
-    T.Q2_K: 10, T.Q3_K: 12, T.Q4_K: 15, T.Q5_K: 17, T.Q6_K: 18, T.IQ4_XS: 30, T.TQ1_0: 36, T.TQ2_0: 37,
-    T.IQ3_S: 26,
+    t: FTYPE_OF_TYPE[t]
+    for t in (T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.IQ4_NL, T.F16, T.BF16, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K,
+              T.Q6_K, T.IQ4_XS, T.TQ1_0, T.TQ2_0, T.IQ3_S)
 }  # fmt: skip
 # 256-wide blocks: these need a wider model than the default 64
 WIDE = {T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS, T.TQ1_0, T.TQ2_0, T.IQ3_S}
@@ -53,7 +53,7 @@ def _compare(ours: Path, theirs: Path) -> None:
 def _plan_like_llama(model: Path, qtype: T, **kw: object) -> object:
     with SourceModel(model) as src:
         infos = dict(src.tensors)
-    order = sorted(infos, key=llama_weight_order)
+    order = sorted(infos, key=processing_key)
     targets = {n: (qtype if llama_quantizable(n, infos[n].shape) else infos[n].qtype) for n in order}
     return make_plan(model, targets, default=None, ftype=FTYPE[qtype], order=order, **kw)  # type: ignore[arg-type]
 
@@ -156,7 +156,7 @@ def test_imatrix_types_equal_llama_quantize(tmp_path: Path, qtype: T) -> None:
     im = Imatrix(tmp_path / "im", "gguf", dict(weights), (), 0, 0, "0" * 64)
     with SourceModel(model) as src:
         infos = dict(src.tensors)
-    order = sorted(infos, key=llama_weight_order)
+    order = sorted(infos, key=processing_key)
     targets = {n: (qtype if llama_quantizable(n, infos[n].shape) else infos[n].qtype) for n in order}
     plan = make_plan(model, targets, default=None, ftype=IMATRIX_TYPES[qtype], order=order, imatrix=True)
     ours = apply_plan(plan, model, tmp_path / "ours.gguf", imatrix=im, progress=False).outputs[0]

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 from conftest_executor import llama_tensors, write_model
 from gguf_recipe.cli import app, parse_size
 from gguf_recipe.compiler import compile_plan
-from gguf_recipe.compiler.llama import block_number
 from gguf_recipe.executor import apply_plan
 from gguf_recipe.executor.predict import predict_file_size
+from gguf_recipe.llamacpp import block_number
 from gguf_recipe.measure import MeasureError, measure_model
 from gguf_recipe.measure.calibrate import Calibration, Probe
 from gguf_recipe.tune import Budget, InfeasibleBudget, Item, Option, TuneError, lower_hull, solve, tune_model

@@ -20,13 +20,12 @@ from typing import Literal
 
 from gguf import GGMLQuantizationType
 
+from .llamacpp import FTYPE_ALIASES, FTYPE_BASE_TYPE, FTYPE_NAMES, QUANTIZE_OPTIONS
 from .recipe.model import Recipe, Rule
 from .recipe.selectors import parse_selector
 from .recipe.typenames import IK_LLAMA_ALTERNATIVES, ggml_name, parse_type_name
 
 __all__ = [
-    "FTYPES",
-    "FTYPE_BASE_TYPE",
     "Export",
     "ExportFormat",
     "InteropError",
@@ -42,95 +41,6 @@ __all__ = [
 class InteropError(ValueError):
     """A command line or a recipe that cannot be translated; the message says why."""
 
-
-# tools/quantize/quantize.cpp QUANT_OPTIONS: name -> llama_ftype value (order matters for numeric lookup).
-FTYPES: dict[str, int] = {
-    "Q1_0": 40,
-    "Q2_0": 41,
-    "Q4_0": 2,
-    "Q4_1": 3,
-    "MXFP4_MOE": 38,
-    "Q5_0": 8,
-    "Q5_1": 9,
-    "IQ2_XXS": 19,
-    "IQ2_XS": 20,
-    "IQ2_S": 28,
-    "IQ2_M": 29,
-    "IQ1_S": 24,
-    "IQ1_M": 31,
-    "TQ1_0": 36,
-    "TQ2_0": 37,
-    "Q2_K": 10,
-    "Q2_K_S": 21,
-    "IQ3_XXS": 23,
-    "IQ3_S": 26,
-    "IQ3_M": 27,
-    "Q3_K": 12,
-    "IQ3_XS": 22,
-    "Q3_K_S": 11,
-    "Q3_K_M": 12,
-    "Q3_K_L": 13,
-    "IQ4_NL": 25,
-    "IQ4_XS": 30,
-    "Q4_K": 15,
-    "Q4_K_S": 14,
-    "Q4_K_M": 15,
-    "Q5_K": 17,
-    "Q5_K_S": 16,
-    "Q5_K_M": 17,
-    "Q6_K": 18,
-    "Q8_0": 7,
-    "F16": 1,
-    "BF16": 32,
-    "F32": 0,
-    "COPY": 0,
-}
-
-# The canonical mix name of an ftype value (aliases such as Q4_K resolve to Q4_K_M).
-_CANONICAL: dict[int, str] = {}
-for _name, _v in FTYPES.items():
-    if _name in ("Q3_K", "Q4_K", "Q5_K", "COPY"):
-        continue
-    _CANONICAL.setdefault(_v, _name)
-
-# llama-quant.cpp: the default type of each ftype (what --pure uses everywhere).
-FTYPE_BASE_TYPE: dict[str, str] = {
-    "Q4_0": "q4_0",
-    "Q4_1": "q4_1",
-    "Q5_0": "q5_0",
-    "Q5_1": "q5_1",
-    "Q8_0": "q8_0",
-    "F16": "f16",
-    "BF16": "bf16",
-    "F32": "f32",
-    "Q1_0": "q1_0",
-    "Q2_0": "q2_0",
-    "MXFP4_MOE": "mxfp4",
-    "Q2_K_S": "q2_K",
-    "Q2_K": "q2_K",
-    "IQ3_XS": "iq3_s",
-    "Q3_K_S": "q3_K",
-    "Q3_K_M": "q3_K",
-    "Q3_K_L": "q3_K",
-    "Q4_K_S": "q4_K",
-    "Q4_K_M": "q4_K",
-    "Q5_K_S": "q5_K",
-    "Q5_K_M": "q5_K",
-    "Q6_K": "q6_K",
-    "TQ1_0": "tq1_0",
-    "TQ2_0": "tq2_0",
-    "IQ2_XXS": "iq2_xxs",
-    "IQ2_XS": "iq2_xs",
-    "IQ2_S": "iq2_xs",
-    "IQ2_M": "iq2_s",
-    "IQ3_XXS": "iq3_xxs",
-    "IQ1_S": "iq1_s",
-    "IQ1_M": "iq1_m",
-    "IQ4_NL": "iq4_nl",
-    "IQ4_XS": "iq4_xs",
-    "IQ3_S": "iq3_s",
-    "IQ3_M": "iq3_s",
-}
 
 _GGML_TYPES: dict[str, GGMLQuantizationType] = {t.name.lower(): t for t in GGMLQuantizationType}
 
@@ -165,11 +75,8 @@ class QuantizeArgs:
 def try_parse_ftype(text: str) -> str | None:
     """quantize.cpp try_parse_ftype: a name (case-insensitive) or an ftype number -> canonical mix name."""
     up = text.upper()
-    for name, value in FTYPES.items():
-        if name == up:
-            if name == "COPY":
-                return "COPY"
-            return _CANONICAL[value] if name in ("Q3_K", "Q4_K", "Q5_K") else name
+    if up in QUANTIZE_OPTIONS:
+        return FTYPE_ALIASES.get(up, up)
     try:
         n = int(text.strip())  # std::stoi accepts leading whitespace and trailing junk; be strict on junk
     except ValueError:
@@ -177,7 +84,7 @@ def try_parse_ftype(text: str) -> str | None:
         if not m:
             return None
         n = int(m.group(1))
-    return _CANONICAL.get(n)
+    return FTYPE_NAMES.get(n)
 
 
 def _parse_ggml_type(arg: str, *, ik_to_mainline: bool, args: QuantizeArgs) -> str:
@@ -371,7 +278,7 @@ def parse_llama_quantize_args(
 def _ftype_hint(text: str) -> str:
     from .diagnostics import did_you_mean
 
-    dym = did_you_mean(text.upper(), [n for n in FTYPES if n != "COPY"])
+    dym = did_you_mean(text.upper(), [n for n in QUANTIZE_OPTIONS if n != "COPY"])
     return f"; {dym}" if dym else ""
 
 
@@ -634,7 +541,7 @@ def export_recipe(
         base = ggml_name(t)
         ftype = merged.ftype.upper() if merged.ftype else None
         if ftype is None or FTYPE_BASE_TYPE.get(ftype) != base:
-            cands = [f for f, b in FTYPE_BASE_TYPE.items() if b == base and f in _CANONICAL.values()]
+            cands = [f for f, b in FTYPE_BASE_TYPE.items() if b == base and f in FTYPE_NAMES.values()]
             if not cands:
                 problems.append(f"base type {base} is not the base type of any llama-quantize ftype")
                 ftype = "?"

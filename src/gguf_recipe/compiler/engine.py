@@ -11,6 +11,7 @@ from typing import Any
 
 from gguf import GGMLQuantizationType
 
+from .. import llamacpp as llama
 from ..diagnostics import Diagnostic
 from ..model.reader import ModelInfo, TensorInfo, row_size
 from ..plan import Fallback, Fingerprints, Plan, PlannedTensor, PlanTotals
@@ -18,7 +19,6 @@ from ..recipe.model import Condition, MetadataValue, Recipe, Rule
 from ..recipe.patterns import BoundedPattern, PatternTimeout, compile_pattern
 from ..recipe.selectors import LayerSet, SelectorError, parse_layers
 from ..recipe.typenames import TypeNameError, ggml_name, parse_type_name
-from . import llama
 
 T = GGMLQuantizationType
 INF_DEPTH = 1 << 30

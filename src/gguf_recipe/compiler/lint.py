@@ -21,11 +21,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import llamacpp as llama
 from ..diagnostics import Diagnostic
 from ..model.reader import ModelInfo, TensorInfo
 from ..plan import Plan, PlannedTensor
 from ..recipe.typenames import ggml_name
-from . import llama
 from .engine import Effective, Facts, LoadedRecipe, ResolvedRule, _effective, _holds, _resolve_rules
 
 __all__ = ["lint_compiled", "lint_recipe"]

@@ -35,6 +35,7 @@ import numpy.typing as npt
 from gguf import GGMLQuantizationType, GGUFValueType
 
 from .. import quants
+from ..llamacpp import guess_ftype, requires_imatrix
 from ..outputs import Input, InputClobberError, check_outputs
 from ..plan import PLAN_SCHEMA_VERSION, Plan, PlannedTensor
 from .checks import validate_output
@@ -49,7 +50,7 @@ from .errors import (
     StalePlanError,
 )
 from .gguf_format import OutTensor, tensor_nbytes
-from .imatrix import Imatrix, is_token_embedding, load_imatrix
+from .imatrix import Imatrix, load_imatrix
 from .metadata import (
     GGML_QNT_VERSION,
     KEY_FILE_TYPE,
@@ -57,7 +58,6 @@ from .metadata import (
     SPLIT_KEYS,
     MetadataBuilder,
     block_ids,
-    guess_ftype,
     imatrix_kvs,
     recipe_kvs,
 )
@@ -78,17 +78,12 @@ __all__ = [
 ]
 
 F32Array = npt.NDArray[np.float32]
-T = GGMLQuantizationType
 
 # Values per read/quantize chunk: 4 Mi float32 = 16 MiB of rows; with the source slice, the
 # quantized bytes and up to MAX_PENDING_WRITES chunks queued for the writer, the executor's own
 # memory stays within a few times this (plus the quantizers' temporaries).
 DEFAULT_CHUNK_VALUES = 1 << 22
 MAX_PENDING_WRITES = 2
-
-# llama-quant.cpp tensor_requires_imatrix (Q2_K only for the Q2_K_S ftype, 21)
-_NEEDS_IMATRIX = frozenset({T.IQ3_XXS, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ1_M, T.IQ1_S})
-_FTYPE_Q2_K_S = 21
 
 
 class RequantizeWarning(UserWarning):
@@ -337,12 +332,7 @@ def _assign_imatrix(
     for job in jobs:
         pt = job.planned
         needs = job.mode == "quantize" and (
-            quants.spec_for(job.target).requires_imatrix
-            or (
-                not is_token_embedding(pt.name)
-                and pt.name != "output.weight"
-                and (job.target in _NEEDS_IMATRIX or (job.target == T.Q2_K and ftype == _FTYPE_Q2_K_S))
-            )
+            quants.spec_for(job.target).requires_imatrix or requires_imatrix(pt.name, job.target, ftype)
         )
         w = None
         if im is not None and pt.imatrix and job.mode == "quantize":

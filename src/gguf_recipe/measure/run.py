@@ -34,13 +34,13 @@ from pydantic import ValidationError
 
 from .. import quants
 from ..compiler import CompileError, compile_model
-from ..compiler.llama import NoFallbackError, fallback_type, is_quantized, requires_imatrix
 from ..executor.errors import ExecutorError, SourceFormatError
 from ..executor.gguf_format import tensor_nbytes
 from ..executor.imatrix import Imatrix, load_imatrix
 from ..executor.parallel import worker_init, worker_source
 from ..executor.progress import ProgressReporter, make_progress
 from ..executor.source import FLOAT_TYPES, SourceModel
+from ..llamacpp import NoFallbackError, fallback_type, is_quantized, requires_imatrix
 from ..model import read_model
 from ..recipe.typenames import ggml_name
 from .core import TensorSums, TensorTask, make_sample, measure_task, n_sample_rows

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..compiler import llama
+from .. import llamacpp as llama
 from .diff import type_bpw
 from .views import QuantView, family_of
 

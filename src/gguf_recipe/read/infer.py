@@ -22,7 +22,8 @@ from pathlib import Path
 
 from gguf import GGMLQuantizationType
 
-from ..compiler import CompileError, llama
+from .. import llamacpp as llama
+from ..compiler import CompileError
 from ..compiler.engine import LoadedRecipe, compile_chain
 from ..model.reader import ModelInfo, read_model
 from ..recipe.model import ImatrixSettings, Recipe, Rule
@@ -689,7 +690,6 @@ def _context(quant: ModelInfo, source: ModelInfo | None, name: str) -> tuple[_Co
 
 
 def _candidates(quant: ModelInfo, imatrix: bool, prune: tuple[int, ...], everything: bool) -> list[_Spec]:
-    from ..interop import FTYPE_BASE_TYPE
     from ..recipes import builtin_names
 
     mix = mix_of_file_type(quant)
@@ -697,7 +697,7 @@ def _candidates(quant: ModelInfo, imatrix: bool, prune: tuple[int, ...], everyth
     if not everything:
         if mix is not None:
             out.append(_Spec(f"llama.cpp/{mix}", None, None, imatrix, prune))
-            base = FTYPE_BASE_TYPE.get(mix)
+            base = llama.FTYPE_BASE_TYPE.get(mix)
             if base is not None and base not in _FLOATS:
                 out.append(_Spec(None, base, mix, imatrix, prune))
         return out

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ..compiler import llama
+from .. import llamacpp as llama
 from ..model.header import ggml_n_dims
 from ..model.reader import GGUF_MAGIC, ModelInfo, read_model
 from ..plan import Plan
