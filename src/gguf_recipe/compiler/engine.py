@@ -13,7 +13,8 @@ from gguf import GGMLQuantizationType
 
 from .. import llamacpp as llama
 from ..diagnostics import Diagnostic
-from ..model.reader import ModelInfo, TensorInfo, row_size
+from ..model.header import row_nbytes
+from ..model.reader import ModelInfo, TensorInfo
 from ..plan import Fallback, Fingerprints, Plan, PlannedTensor, PlanTotals
 from ..recipe.model import Condition, MetadataValue, Recipe, Rule
 from ..recipe.patterns import BoundedPattern, PatternTimeout, compile_pattern
@@ -569,7 +570,7 @@ def _compile_chain(
             if group is not None:
                 counted[group].append(decide_depth)
         quantize = target != src
-        tb = t.n_rows * row_size(target, t.shape[0]) if quantize else t.nbytes
+        tb = t.n_rows * row_nbytes(t.shape[0], target) if quantize else t.nbytes
         im = False
         if imatrix and quantize and llama.is_quantized(target):
             im = use_imatrix_rule is not False

@@ -77,8 +77,9 @@ def tensor_nbytes(shape: Sequence[int], qtype: GGMLQuantizationType) -> int:
 
 
 def row_nbytes(ne0: int, qtype: GGMLQuantizationType) -> int:
+    """ggml_row_size: type_size * ne0 / blck_size, with C integer division (truncates)."""
     block, size = GGML_QUANT_SIZES[qtype]
-    return ne0 // block * size
+    return size * ne0 // block
 
 
 def header_fingerprint(raw_headers: Sequence[bytes]) -> str:
