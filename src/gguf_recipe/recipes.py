@@ -1,8 +1,8 @@
 """Built-in recipes: ``llama.cpp/Q4_K_M`` and friends.
 
-The canonical files live in the package (``src/gguf_recipe/builtin_recipes/llama.cpp/*.yaml``, shipped as
-package data so an installed wheel has them); the repository's ``recipes/llama.cpp/`` holds identical
-copies for people browsing the repo, and a test asserts the two trees are equal.
+The one copy lives at the repository's top, ``recipes/llama.cpp/*.yaml``; the package's
+``builtin_recipes`` is a symbolic link to it, which setuptools follows when it builds a wheel (so an
+installed wheel holds the files as package data).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-BUILTIN_DIR = Path(__file__).resolve().parent / "builtin_recipes"
+BUILTIN_DIR = (Path(__file__).resolve().parent / "builtin_recipes").resolve()
 
 
 class RecipeNotFoundError(FileNotFoundError):
