@@ -52,7 +52,7 @@ def test_every_mix_is_built_in() -> None:
 
 def test_the_package_reads_the_one_copy_at_the_top() -> None:
     """recipes/ is the only copy: the package's builtin_recipes is a link to it."""
-    assert BUILTIN_DIR == (REPO / "recipes").resolve()
+    assert (REPO / "recipes").resolve() == BUILTIN_DIR
 
 
 @pytest.mark.parametrize("ftype", FTYPES)
@@ -64,5 +64,26 @@ def test_builtin_loads_cleanly(ftype: str) -> None:
 
 def test_resolve() -> None:
     assert resolve("llama.cpp/q4_k_m").name == "Q4_K_M.yaml"
-    with pytest.raises(RecipeNotFoundError, match="built-in recipes are"):
-        resolve("llama.cpp/Q4_K_XL")
+    with pytest.raises(RecipeNotFoundError, match=r"built-in recipes are: llama\.cpp/BF16, "):
+        resolve("llama.cpp/zzz")
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        ("Q4_K_M", "did you mean 'llama.cpp/Q4_K_M'?"),
+        ("q4_k_m", "did you mean 'llama.cpp/Q4_K_M'?"),
+        ("llama.cpp/Q4_KM", "did you mean one of 'llama.cpp/Q4_K_M', "),
+        ("llama.cpp/IQ4XS", "did you mean one of 'llama.cpp/IQ4_XS', "),
+    ],
+)
+def test_not_found_suggests_the_built_in(text: str, hint: str) -> None:
+    with pytest.raises(RecipeNotFoundError) as info:
+        resolve(text)
+    assert f"recipe '{text}' not found (neither a file nor a built-in recipe); {hint}" in str(info.value)
+
+
+def test_a_missing_file_gets_no_suggestion() -> None:
+    with pytest.raises(RecipeNotFoundError) as info:
+        resolve("mine.yaml")
+    assert str(info.value) == "recipe 'mine.yaml' not found (neither a file nor a built-in recipe)"

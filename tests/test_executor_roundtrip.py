@@ -120,6 +120,8 @@ def test_shards(tmp_path: Path, mode: str) -> None:
         names += [t.name for t in r.tensors]
         if mode == "tensors":
             assert len(r.tensors) <= 10
+        else:  # the whole file, header included, or a file holding one tensor
+            assert p.stat().st_size <= 20_000 or len(r.tensors) == 1
     assert names == [t.name for t in plan.tensors]
     # the shards open as one model again, and the bytes match an unsplit run
     single = apply_plan(plan, model, tmp_path / "single.gguf", progress=False).outputs[0]

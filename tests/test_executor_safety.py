@@ -81,9 +81,28 @@ def test_output_equal_to_input_refused(model: Path, tmp_path: Path) -> None:
     assert sha256_file(model) == before
 
 
-def test_missing_output_folder(model: Path, tmp_path: Path) -> None:
-    with pytest.raises(OutputError, match="does not exist"):
-        apply_plan(make_plan(model), model, tmp_path / "nope" / "o.gguf", progress=False)
+def test_missing_output_folders_are_made(model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "new" / "deeper" / "o.gguf"
+    apply_plan(make_plan(model), model, out, progress=False)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["o.gguf"]
+
+
+def test_failed_run_removes_the_folders_it_made(tmp_path: Path) -> None:
+    tensors = llama_tensors(32)
+    tensors["blk.1.ffn_up.weight"][17, 5] = np.nan
+    model = write_model(tmp_path / "m.gguf", tensors)
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(NonFiniteError):
+        apply_plan(make_plan(model), model, tmp_path / "mine" / "new" / "deeper" / "o.gguf", progress=False)
+    assert listdir(tmp_path) == ["m.gguf", "mine"]  # the user's folder stays, the run's are gone
+    assert listdir(tmp_path / "mine") == []
+
+
+def test_a_file_in_the_way_of_the_output_folder(model: Path, tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"mine")
+    with pytest.raises(OutputError, match="is not a folder"):
+        apply_plan(make_plan(model), model, tmp_path / "f" / "x" / "o.gguf", progress=False)
+    assert (tmp_path / "f").read_bytes() == b"mine"
 
 
 def test_overwrite_false_keeps_existing_file(model: Path, tmp_path: Path) -> None:

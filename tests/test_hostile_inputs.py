@@ -270,13 +270,27 @@ def test_non_integer_hyperparameter_is_named(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------ outputs
 
 
-@pytest.mark.parametrize("where", ["missing folder", "a folder"])
-def test_text_outputs_into_a_missing_folder_or_onto_a_folder(tmp_path: Path, model: Path, where: str) -> None:
+def test_text_outputs_into_missing_folders_make_them(tmp_path: Path, model: Path) -> None:
+    for i, args in enumerate(
+        (
+            ["plan", "llama.cpp/Q8_0", model, "-o"],
+            ["schema", "-o"],
+            ["import", "-o"],
+        )
+    ):
+        out = tmp_path / f"new{i}" / "deeper" / "x.out"
+        extra = ["--", "Q4_K_M"] if args[0] == "import" else []
+        code, err = cli(*args, out, *extra)
+        assert code == 0, (args, err)
+        assert out.stat().st_size > 0
+
+
+@pytest.mark.parametrize("where", ["a file in the way", "a folder"])
+def test_text_outputs_below_a_file_or_onto_a_folder(tmp_path: Path, model: Path, where: str) -> None:
     (tmp_path / "dir").mkdir()
-    out = tmp_path / ("nodir/x.json" if where == "missing folder" else "dir")
-    words = (
-        f"the folder {tmp_path / 'nodir'} does not exist" if where == "missing folder" else "it is a folder"
-    )
+    (tmp_path / "afile").write_bytes(b"mine")
+    out = tmp_path / ("afile/x.json" if where == "a file in the way" else "dir")
+    words = f"{tmp_path / 'afile'} is not a folder" if where == "a file in the way" else "it is a folder"
     for args in (
         ["plan", "llama.cpp/Q8_0", model, "-o", out],
         ["schema", "-o", out],
@@ -285,7 +299,8 @@ def test_text_outputs_into_a_missing_folder_or_onto_a_folder(tmp_path: Path, mod
         code, err = cli(*args)
         assert code == 1, (args, err)
         assert err.strip() == f"error: cannot write {out}: {words}", (args, err)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "m.gguf"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "dir", "m.gguf"]
+    assert (tmp_path / "afile").read_bytes() == b"mine"
 
 
 @pytest.mark.parametrize("size", ["inf", "nan", "-inf", "1e300"])

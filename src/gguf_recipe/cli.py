@@ -49,6 +49,67 @@ class _Commands(typer.core.TyperGroup):
             _err(f"error: {where}{describe_os_error(exc)}")
         raise typer.Exit(1)
 
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if isinstance(command, typer.core.TyperCommand):
+            command.__class__ = _PlainHelpCommand
+        return command
+
+    def get_params(self, ctx: Any) -> Any:
+        return _plain_params(super().get_params(ctx))
+
+
+class _PlainHelpCommand(typer.core.TyperCommand):
+    """Help without typer's ``<bool>``/``<str>``/``{ARG}`` tokens: usage names arguments as ``ARG`` and
+    ``[ARG]`` (POSIX usage), flags show no value, other options a plain word (N, X, PATH, TEXT, [a|b])."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, typer.core.TyperArgument):
+                name = param.display_name_raw + ("..." if param.nargs != 1 else "")
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+    def get_params(self, ctx: Any) -> Any:
+        return _plain_params(super().get_params(ctx))
+
+
+class _PlainArgument(typer.core.TyperArgument):
+    def display_type_rich(self, ctx: Any) -> str | None:
+        return None
+
+
+def _plain_params(params: list[Any]) -> list[Any]:
+    for param in params:
+        if isinstance(param, typer.core.TyperArgument):
+            param.__class__ = _PlainArgument
+            if param.metavar is None and param.name:
+                param.metavar = param.name.upper()
+        elif isinstance(param, typer.core.TyperOption) and param.metavar is None:
+            param.metavar = _value_word(param)
+    return params
+
+
+def _value_word(option: typer.core.TyperOption) -> str:
+    if option.is_flag:
+        return ""
+    desc = option.type_descriptor
+    if desc.is_choice:
+        return "[" + "|".join(str(getattr(c, "value", c)) for c in desc.choices or ()) + "]"
+    if desc.is_path:
+        return "PATH"
+    number = desc.ranged_type_name if desc.is_ranged else option.bare_type()
+    return {"int": "N", "float": "X"}.get(number, "TEXT")
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"gguf-recipe {__version__}")
+        raise typer.Exit(0)
+
 
 app = typer.Typer(
     cls=_Commands,
@@ -58,6 +119,18 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="print the version and exit", is_eager=True, callback=_version_callback
+        ),
+    ] = False,
+) -> None:
+    """Declarative per-tensor quantization recipes for GGUF models: validate, plan, apply, import, export."""
 
 
 def _err(text: str) -> None:
@@ -286,6 +359,7 @@ def types_table() -> list[dict[str, Any]]:
     """Every ggml type: block size, bytes per block, bits per weight, and what gguf-recipe can do with it."""
     from gguf import GGMLQuantizationType
 
+    from .llamacpp import TYPES_NEEDING_IMATRIX
     from .quants import implemented_types
     from .quants.registry import SPECS
     from .recipe.typenames import ggml_type_info
@@ -304,7 +378,7 @@ def types_table() -> list[dict[str, Any]]:
                 "bpw": round(info.bpw, 4),
                 "in_recipes": spec is not None,
                 "can_produce": t in implemented,
-                "requires_imatrix": bool(spec and spec.requires_imatrix),
+                "requires_imatrix": t in TYPES_NEEDING_IMATRIX or bool(spec and spec.requires_imatrix),
             }
         )
     return rows
@@ -339,13 +413,15 @@ def types_cmd(
         typer.echo("  ".join(x.ljust(w) for x, w in zip(c, widths, strict=False)).rstrip())
     typer.echo(
         "\nrecipes: usable in a recipe (a type llama.cpp quantizes weights to); "
-        "produce: this build of gguf-recipe has its quantizer; imatrix: llama.cpp refuses it without one"
+        "produce: this build of gguf-recipe has its quantizer; imatrix: llama.cpp refuses it without one "
+        "(except for token_embd and output; q2_K needs one in the Q2_K_S mix)"
     )
 
 
 @app.command(
     "import",
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    options_metavar="[OPTIONS] -- [LLAMA_QUANTIZE_OPTIONS]... TYPE",
 )
 def import_cmd(
     ctx: typer.Context,
@@ -355,7 +431,15 @@ def import_cmd(
     ] = False,
     name: Annotated[str | None, typer.Option("--name", help="recipe name")] = None,
 ) -> None:
-    """Turn llama-quantize options into a recipe:  recipe import -o r.yaml -- --tensor-type attn_v=q8_0 Q4_K_M"""
+    """Turn llama-quantize options into a recipe:  recipe import -o r.yaml -- --tensor-type attn_v=q8_0 Q4_K_M
+
+    Everything after ``--`` is read as llama-quantize's own command line: its options, then (optional)
+    IN.gguf [OUT.gguf], then TYPE (e.g. Q4_K_M or 15) [THREADS]. Options: --tensor-type,
+    --tensor-type-file, --output-tensor-type, --token-embedding-type, --leave-output-tensor, --pure,
+    --prune-layers, --override-kv, --imatrix, --include-weights, --exclude-weights, and ik_llama.cpp's
+    --custom-q; --allow-requantize, --keep-split, --dry-run and --max-buffer-size are accepted and
+    ignored.
+    """
     from .interop import InteropError, import_llama_quantize
 
     argv = list(ctx.args)
@@ -586,7 +670,12 @@ def apply_cmd(
     ] = False,
     max_shard_size: Annotated[
         str | None,
-        typer.Option("--max-shard-size", help="split the output into shards of at most SIZE (e.g. 2G, 500M)"),
+        typer.Option(
+            "--max-shard-size",
+            metavar="SIZE",
+            help="split the output into files of at most SIZE each, header included (e.g. 2G = 2·10⁹ bytes, "
+            "500M, 4GiB); a tensor larger than SIZE gets a file of its own",
+        ),
     ] = None,
     max_shard_tensors: Annotated[
         int | None,
@@ -734,6 +823,9 @@ def _apply(
                 f"plan: {plan.recipe_name}: {t.n_tensors} tensors, {t.bpw:.3f} bpw, "
                 f"{t.n_fallbacks} fallback(s)"
             )
+
+    if Path(output).is_file() and not resume:
+        _err(f"note: {output} exists; it will be replaced once the new file is complete")
 
     def show(message: Warning | str, *args: Any, **kwargs: Any) -> None:
         _err(f"warning: {message}")

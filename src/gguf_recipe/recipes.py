@@ -53,10 +53,28 @@ def resolve(name_or_path: str | Path, *, relative_to: str | Path | None = None) 
     builtin = _builtin(text)
     if builtin is not None:
         return builtin
-    hint = ""
-    if "/" in text and not text.endswith((".yaml", ".yml", ".json")):
-        hint = "; built-in recipes are: " + ", ".join(builtin_names())
-    raise RecipeNotFoundError(f"recipe '{text}' not found (neither a file nor a built-in recipe){hint}")
+    raise RecipeNotFoundError(
+        f"recipe '{text}' not found (neither a file nor a built-in recipe){_hint(text)}"
+    )
+
+
+def _hint(text: str) -> str:
+    """What the user probably meant: the built-in mix of that name, a close built-in name, or the list."""
+    from .diagnostics import close_matches
+
+    if text.endswith((".yaml", ".yml", ".json")):
+        return ""
+    if "/" not in text:
+        named = [n for n in builtin_names() if n.rsplit("/", 1)[1].upper() == text.upper()]
+        return f"; did you mean '{named[0]}'?" if named else ""
+    family, _, mix = text.partition("/")
+    mixes = {n.partition("/")[2]: n for n in builtin_names() if n.partition("/")[0] == family}
+    close = [mixes[m] for m in close_matches(mix, mixes)]
+    if not close:
+        return "; built-in recipes are: " + ", ".join(builtin_names())
+    return (
+        "; did you mean " + ("one of " if len(close) > 1 else "") + ", ".join(f"'{n}'" for n in close) + "?"
+    )
 
 
 def _builtin(text: str) -> Path | None:

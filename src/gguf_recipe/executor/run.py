@@ -110,6 +110,15 @@ class ImatrixCoverage:
         return self.used / self.wanted if self.wanted else 1.0
 
 
+def _fallback_counts(fallbacks: Sequence[str]) -> str:
+    """``: q4_K -> q5_0 ×166, q6_K -> q8_0 ×14`` from "name: wanted -> got (reason)" lines."""
+    counts: dict[str, int] = {}
+    for line in fallbacks:
+        pair = line.partition(": ")[2].split(" (", 1)[0]
+        counts[pair] = counts.get(pair, 0) + 1
+    return (": " + ", ".join(f"{pair} ×{n}" for pair, n in counts.items())) if counts else ""
+
+
 @dataclass(frozen=True)
 class ApplyResult:
     outputs: tuple[Path, ...]
@@ -146,18 +155,17 @@ class ApplyResult:
         )
         lines = [
             f"wrote {out}",
-            f"  size      {format_bytes(self.output_bytes)} ({self.bpw:.3f} bpw) from "
-            f"{format_bytes(self.source_bytes)} of tensor data",
+            f"  size      {format_bytes(self.output_bytes)}: {format_bytes(self.tensor_bytes)} of tensor data "
+            f"({self.bpw:.3f} bpw, the plan's total) + header and alignment; "
+            f"from {format_bytes(self.source_bytes)} of tensor data",
             f"  tensors   {self.n_tensors} ({self.n_quantized} quantized, {self.n_copied} copied"
             + (f", {self.n_pruned} pruned" if self.n_pruned else "")
             + (f", {self.resumed_tensors} resumed" if self.resumed_tensors else "")
             + ")",
             f"  time      {format_duration(self.seconds)} ({format_bytes(self.rate_bytes_per_s)}/s), "
             f"peak memory {format_bytes(self.peak_rss_bytes)}",
-            f"  fallbacks {len(self.fallbacks)}" + "".join(f"\n    {f}" for f in self.fallbacks[:10]),
+            f"  fallbacks {len(self.fallbacks)}{_fallback_counts(self.fallbacks)}",
         ]
-        if len(self.fallbacks) > 10:
-            lines.append(f"    ... and {len(self.fallbacks) - 10} more")
         if self.imatrix is not None:
             im = self.imatrix
             lines.append(
