@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from _oracle_models import MODELS, SkeletonFactory
-from gguf_recipe.compiler import CompileError, compile_model, compile_plan
+from gguf_recipe.compiler import compile_model, compile_plan
+from gguf_recipe.diagnostics import RecipeError
 from gguf_recipe.model import ModelInfo, read_model
 from gguf_recipe.model.skeleton import skeleton_from_json
 from gguf_recipe.plan import Plan
@@ -166,7 +167,7 @@ def test_prune_renumbers(oracle_skeleton: SkeletonFactory) -> None:
     assert "blk.29.attn_v.weight" in names and "blk.30.attn_v.weight" not in names
     assert next(x for x in live if x.name == "blk.1.attn_v.weight").source_name == "blk.3.attn_v.weight"
     assert p.metadata_overrides["llama.block_count"] == {"type": "int", "value": 30}
-    with pytest.raises(CompileError):
+    with pytest.raises(RecipeError):
         plan_of("recipe: 1\nbase: q4_0\nprune_layers: [40]\n", oracle_skeleton)
 
 
@@ -215,7 +216,7 @@ def test_compile_plan_from_path_and_split(oracle_skeleton: SkeletonFactory, tmp_
 
 
 def test_unknown_type_is_a_compile_error(oracle_skeleton: SkeletonFactory) -> None:
-    with pytest.raises(CompileError) as exc:
+    with pytest.raises(RecipeError) as exc:
         plan_of("recipe: 1\nbase: q4_0\nrules:\n  - {match: 'x', type: q4_km}\n", oracle_skeleton)
     assert "q4_km" in str(exc.value)
 

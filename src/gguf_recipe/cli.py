@@ -37,12 +37,15 @@ class _Commands(typer.core.TyperGroup):
     regular file) that reaches here is one 'error:' line and exit status 1, never a traceback."""
 
     def invoke(self, ctx: Any) -> Any:
+        from .errors import GGUFRecipeError
         from .inputs import InputFileError, describe_os_error
         from .outputs import OutputPathError
 
         try:
             return super().invoke(ctx)
         except (OutputPathError, InputFileError) as exc:
+            _err(f"error: {exc}")
+        except GGUFRecipeError as exc:  # a refusal no command reported itself: still one line
             _err(f"error: {exc}")
         except OSError as exc:
             where = f"{exc.filename}: " if exc.filename else ""
@@ -203,13 +206,13 @@ def validate_file(path: str, *, model: str | None = None, imatrix: str | None = 
     if lr is None or any(d.is_error for d in diags):
         return diags
     if lr.recipe.extends is not None:
-        from .compiler import CompileError, load_recipe_chain
+        from .compiler import load_recipe_chain
         from .recipes import resolve
 
         try:  # the whole chain: what it extends, at any depth, loads and does not loop
             load_recipe_chain(source)
             parent = resolve(lr.recipe.extends, relative_to=source if isinstance(source, Path) else None)
-        except CompileError as exc:
+        except RecipeError as exc:
             return diags + list(exc.diagnostics)
         except FileNotFoundError as exc:
             diags.append(lr.diagnostic(("extends",), f"{exc}"))
@@ -218,11 +221,11 @@ def validate_file(path: str, *, model: str | None = None, imatrix: str | None = 
             _, pdiags = check_recipe(parent)
             diags += pdiags
     if model is not None and not any(d.is_error for d in diags):
-        from .compiler import CompileError, compile_plan
+        from .compiler import compile_plan
 
         try:
             result = compile_plan(source, model, imatrix=imatrix)
-        except CompileError as exc:
+        except RecipeError as exc:
             return diags + list(exc.diagnostics)
         diags += result.diagnostics
         diags += _lint(source, model, result, imatrix is not None)
@@ -230,10 +233,8 @@ def validate_file(path: str, *, model: str | None = None, imatrix: str | None = 
 
 
 def _lint(source: str | Path, model: str | Path, result: Any, imatrix: bool) -> list[Diagnostic]:
-    try:
-        from .compiler.lint import lint_compiled
-    except ImportError:  # pragma: no cover
-        return []
+    from .compiler.lint import lint_compiled
+
     out: list[Diagnostic] = lint_compiled(source, model, result, imatrix=imatrix)
     return out
 
@@ -287,7 +288,7 @@ def plan(
 ) -> None:
     """Expand a recipe against a model header into a per-tensor plan (a dry run)."""
     from .cli_read import check_heatmap
-    from .compiler import CompileError, compile_plan
+    from .compiler import compile_plan
     from .render import render_plan
 
     check_heatmap(heatmap)
@@ -298,7 +299,7 @@ def plan(
     try:
         source = _recipe_path(recipe)
         result = compile_plan(source, model, imatrix=imatrix, strict_fallbacks=strict_fallbacks)
-    except (RecipeError, CompileError) as exc:
+    except RecipeError as exc:
         _print_diagnostics(list(exc.diagnostics))
         raise typer.Exit(1) from None
     except FileNotFoundError as exc:
@@ -600,7 +601,7 @@ def _recipe_fingerprint_of_plan(plan: Any, recipe: str | None) -> str | None:
     else the plan's own recipe text when it extends nothing or only built-ins. None: cannot tell."""
     import hashlib
 
-    from .compiler import CompileError, load_recipe_chain
+    from .compiler import load_recipe_chain
     from .recipes import is_builtin_name
 
     def fp(source: str | Path) -> str:
@@ -620,7 +621,7 @@ def _recipe_fingerprint_of_plan(plan: Any, recipe: str | None) -> str | None:
         extends = load(text).recipe.extends
         if extends is None or is_builtin_name(str(extends)):
             return fp(text)
-    except (RecipeError, CompileError, OSError):
+    except (RecipeError, OSError):
         pass
     return None
 
@@ -748,7 +749,7 @@ def _apply(
 ) -> None:
     import warnings
 
-    from .compiler import CompileError, compile_plan
+    from .compiler import compile_plan
     from .executor import DEFAULT_CHUNK_VALUES, ApplyInterrupted, ExecutorError, StalePlanError, apply_plan
 
     def fail(msg: str) -> typer.Exit:
@@ -784,7 +785,7 @@ def _apply(
             )
         try:
             recipe_fp = _recipe_fingerprint_of_plan(plan, recipe)
-        except (RecipeError, CompileError) as exc:
+        except RecipeError as exc:
             _print_diagnostics(list(exc.diagnostics))
             raise typer.Exit(1) from None
         except FileNotFoundError as exc:
@@ -801,7 +802,7 @@ def _apply(
         try:
             source = _recipe_path(recipe_or_plan)
             result = compile_plan(source, model, imatrix=imatrix, strict_fallbacks=strict_fallbacks)
-        except (RecipeError, CompileError) as exc:
+        except RecipeError as exc:
             _print_diagnostics(list(exc.diagnostics))
             raise typer.Exit(1) from None
         except FileNotFoundError as exc:

@@ -20,6 +20,7 @@ from typing import Literal
 
 from gguf import GGMLQuantizationType
 
+from .errors import GGUFRecipeError
 from .llamacpp import FTYPE_ALIASES, FTYPE_BASE_TYPE, FTYPE_NAMES, QUANTIZE_OPTIONS
 from .recipe.model import Recipe, Rule
 from .recipe.selectors import parse_selector
@@ -38,7 +39,7 @@ __all__ = [
 ]
 
 
-class InteropError(ValueError):
+class InteropError(GGUFRecipeError, ValueError):
     """A command line or a recipe that cannot be translated; the message says why."""
 
 

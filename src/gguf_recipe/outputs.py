@@ -13,6 +13,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from .errors import GGUFRecipeError
+
 __all__ = [
     "Input",
     "InputClobberError",
@@ -28,7 +30,7 @@ __all__ = [
 Input = tuple[str, "str | os.PathLike[str]"]
 
 
-class InputClobberError(ValueError):
+class InputClobberError(GGUFRecipeError, ValueError):
     """An output path is one of the command's inputs."""
 
 
@@ -53,7 +55,7 @@ def check_outputs(inputs: Iterable[Input], outputs: Iterable[str | os.PathLike[s
                 )
 
 
-class OutputPathError(OSError):
+class OutputPathError(GGUFRecipeError, OSError):
     """An output cannot be written there (no such folder, a folder in the way, no permission...)."""
 
 

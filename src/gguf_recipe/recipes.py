@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import GGUFRecipeError
+
 BUILTIN_DIR = (Path(__file__).resolve().parent / "builtin_recipes").resolve()
 
 
-class RecipeNotFoundError(FileNotFoundError):
+class RecipeNotFoundError(GGUFRecipeError, FileNotFoundError):
     pass
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from gguf import GGMLQuantizationType
 
 from .. import llamacpp as llama
-from ..diagnostics import Diagnostic
+from ..diagnostics import Diagnostic, RecipeError
 from ..model.header import row_nbytes
 from ..model.reader import ModelInfo, TensorInfo
 from ..plan import Fallback, Fingerprints, Plan, PlannedTensor, PlanTotals
@@ -23,14 +23,6 @@ from ..recipe.typenames import TypeNameError, ggml_name, parse_type_name
 
 T = GGMLQuantizationType
 INF_DEPTH = 1 << 30
-
-
-class CompileError(ValueError):
-    """The recipe cannot be compiled against this model (carries diagnostics)."""
-
-    def __init__(self, diagnostics: list[Diagnostic]) -> None:
-        super().__init__("\n".join(d.format() for d in diagnostics))
-        self.diagnostics = diagnostics
 
 
 @dataclass
@@ -275,7 +267,7 @@ def _type_or_keep(
         return parse_type_name(value, allow_keep=True)
     except TypeNameError as e:
         diags.append(Diagnostic(f"{where}: {e.message}", "error", source, hint=e.hint))
-        raise CompileError(diags) from None
+        raise RecipeError(diags) from None
 
 
 def _resolve_rules(eff: Effective, diags: list[Diagnostic]) -> list[ResolvedRule]:
@@ -297,7 +289,7 @@ def _resolve_rules(eff: Effective, diags: list[Diagnostic]) -> list[ResolvedRule
                             col,
                         )
                     )
-                    raise CompileError(diags) from None
+                    raise RecipeError(diags) from None
             layers = None
             if rule.layers is not None:
                 try:
@@ -307,7 +299,7 @@ def _resolve_rules(eff: Effective, diags: list[Diagnostic]) -> list[ResolvedRule
                     diags.append(
                         Diagnostic(f"rule {k + 1}: {e.message}", "error", lr.source, line, col, e.hint)
                     )
-                    raise CompileError(diags) from None
+                    raise RecipeError(diags) from None
             ttype = _type_or_keep(rule.type, f"rule {k + 1}", diags, lr.source)
             cats = None
             if rule.category is not None:
@@ -388,7 +380,7 @@ def compile_chain(
     imatrix_names: set[str] | None = None,
     strict_fallbacks: bool = False,
 ) -> CompileResult:
-    """The plan of ``chain`` (child first) for ``model``; raises :class:`CompileError`."""
+    """The plan of ``chain`` (child first) for ``model``; raises :class:`RecipeError`."""
     try:
         return _compile_chain(
             chain,
@@ -399,7 +391,7 @@ def compile_chain(
             strict_fallbacks=strict_fallbacks,
         )
     except PatternTimeout as exc:
-        raise CompileError([pattern_timeout_diagnostic(exc, chain)]) from None
+        raise RecipeError([pattern_timeout_diagnostic(exc, chain)]) from None
 
 
 def _compile_chain(
@@ -440,7 +432,7 @@ def _compile_chain(
                 )
             )
     if any(d.is_error for d in diags):
-        raise CompileError(diags)
+        raise RecipeError(diags)
 
     ordered = sorted(model.tensors, key=lambda t: llama.processing_key(t.name))
     renamed = _remap_prune([t.name for t in ordered], eff.prune_layers)
@@ -697,17 +689,17 @@ def load_chain(recipe_source: str | Path, loader: Callable[[Path], LoadedRecipe]
     while True:
         rp = path.resolve()
         if rp in seen:
-            raise CompileError([_at_extends(chain[-1], f"loops back to {path}")])
+            raise RecipeError([_at_extends(chain[-1], f"loops back to {path}")])
         seen.add(rp)
         if not chain:
             lr = loader(path)
         else:
             try:
                 lr = loader(path)
-            except CompileError as exc:
+            except RecipeError as exc:
                 d = exc.diagnostics[0] if exc.diagnostics else None
                 first = f"{d.location}: {d.message}" if d else "cannot load it"
-                raise CompileError(
+                raise RecipeError(
                     [_at_extends(chain[-1], f"{path} is not a valid recipe ({first})")]
                 ) from None
         chain.append(lr)
@@ -717,7 +709,7 @@ def load_chain(recipe_source: str | Path, loader: Callable[[Path], LoadedRecipe]
         try:
             path = resolve(ext, relative_to=path)
         except FileNotFoundError as exc:
-            raise CompileError([_at_extends(lr, str(exc))]) from None
+            raise RecipeError([_at_extends(lr, str(exc))]) from None
 
 
 def _at_extends(lr: LoadedRecipe, problem: str) -> Diagnostic:

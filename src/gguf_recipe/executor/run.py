@@ -205,12 +205,9 @@ def _parse_type(name: str, what: str) -> GGMLQuantizationType:
 
 
 def _current_model_fingerprint(path: Path, fallback: str) -> str:
-    """The compiler's definition (gguf_recipe.model.read_model) when available, else ours (equal for
-    single files)."""
-    try:
-        from ..model import read_model
-    except ImportError:  # pragma: no cover - the compiler side is not installed
-        return fallback
+    """The compiler's definition (gguf_recipe.model.read_model), else ours (equal for single files)."""
+    from ..model import read_model
+
     try:
         fp: str = read_model(path).header_sha256
     except Exception:  # its reader may refuse what ours accepted; our own checks already ran

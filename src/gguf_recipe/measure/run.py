@@ -33,7 +33,9 @@ from gguf import GGMLQuantizationType
 from pydantic import ValidationError
 
 from .. import quants
-from ..compiler import CompileError, compile_model
+from ..compiler import compile_model
+from ..diagnostics import RecipeError
+from ..errors import GGUFRecipeError
 from ..executor.errors import ExecutorError, SourceFormatError
 from ..executor.gguf_format import tensor_nbytes
 from ..executor.imatrix import Imatrix, load_imatrix
@@ -101,7 +103,7 @@ _SAVE_EVERY_S = 5.0
 _PROCESS_MIN_TASKS = 2
 
 
-class MeasureError(Exception):
+class MeasureError(GGUFRecipeError):
     """A measurement that cannot be made (bad types, unreadable model or imatrix...)."""
 
 
@@ -185,7 +187,7 @@ def _quantizable(model_path: Path) -> tuple[str, list[str], list[tuple[str, list
         raise MeasureError(f"{model_path}: cannot read the model: {exc}") from None
     try:
         plan = compile_model(_PROBE_RECIPE, info, lint=False).plan
-    except CompileError as exc:
+    except RecipeError as exc:
         text = "; ".join(d.message for d in exc.diagnostics)
         raise MeasureError(f"{model_path}: cannot plan this model: {text}") from None
     measured = [

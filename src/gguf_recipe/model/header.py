@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
+from ..errors import GGUFRecipeError
+
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4  # GGML_MAX_DIMS
@@ -62,7 +64,7 @@ Scalar = int | float | bool | str | bytes
 Value = Scalar | list[Scalar]
 
 
-class GGUFReadError(ValueError):
+class GGUFReadError(GGUFRecipeError, ValueError):
     """The file is not a GGUF file this reader understands (or is truncated or corrupt)."""
 
 

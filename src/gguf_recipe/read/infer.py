@@ -23,8 +23,9 @@ from pathlib import Path
 from gguf import GGMLQuantizationType
 
 from .. import llamacpp as llama
-from ..compiler import CompileError
 from ..compiler.engine import LoadedRecipe, compile_chain
+from ..diagnostics import RecipeError
+from ..errors import GGUFRecipeError
 from ..model.reader import ModelInfo, read_model
 from ..recipe.model import ImatrixSettings, Recipe, Rule
 from ..recipe.typenames import ggml_name, parse_type_name
@@ -48,7 +49,7 @@ _FLOATS = ("f32", "f16", "bf16")
 _COUNTER_CATEGORIES = frozenset(llama.COUNTER_GROUP)
 
 
-class InferError(ValueError):
+class InferError(GGUFRecipeError, ValueError):
     """No recipe reproduces the file (``mismatches``: tensor -> (type in the file, type planned))."""
 
     def __init__(self, message: str, mismatches: dict[str, tuple[str, str]] | None = None) -> None:
@@ -198,7 +199,7 @@ class _Context:
             chain += load_chain(recipe.extends, _loader)
         try:
             plan = compile_chain(chain, self.plan_model, imatrix=self.imatrix).plan
-        except CompileError:
+        except RecipeError:
             return {}
         return {t.name: t.type for t in plan.tensors if t.action != "prune"}
 
@@ -773,7 +774,7 @@ def infer_recipe(
 
     try:
         plan = compile_model(text, ctx.plan_model, imatrix=ctx.imatrix, lint=False).plan
-    except CompileError as exc:  # pragma: no cover - the spec compiled above
+    except RecipeError as exc:  # pragma: no cover - the spec compiled above
         raise InferError(f"the inferred recipe does not compile: {exc}") from None
     wrong = _mismatches(ctx, {t.name: t.type for t in plan.tensors if t.action != "prune"})
     if wrong:  # pragma: no cover - the spec was checked above
