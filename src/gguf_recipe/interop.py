@@ -421,9 +421,9 @@ def _flatten(
 
 
 def _layer_regex(rule: Rule, n_layers: int | None, problems: list[str], where: str) -> str | None:
-    if rule.layers is None:
+    items = rule.layer_selectors
+    if items is None:
         return None
-    items = rule.layers if isinstance(rule.layers, list) else [rule.layers]
     layers: set[int] = set()
     for s in items:
         sel = parse_selector(s)
@@ -502,8 +502,7 @@ class Export:
 def _rule_pattern(rule: Rule) -> tuple[str | None, str | None]:
     """(regex, None) for a rule's match/category, or (None, why it cannot be one regex)."""
     cat_re = None
-    if rule.category is not None:
-        cats = rule.category if isinstance(rule.category, list) else [rule.category]
+    if (cats := rule.categories) is not None:
         bad = [c for c in cats if c not in _CATEGORY_REGEX]
         if bad:
             return None, (

@@ -53,13 +53,11 @@ class ResolvedRule:
             return self.pseudo
         r = self.rule
         parts: list[str] = []
-        if r.category is not None:
-            cats = r.category if isinstance(r.category, list) else [r.category]
+        if (cats := r.categories) is not None:
             parts.append("category " + "|".join(cats))
         if r.match is not None:
             parts.append(f"match '{r.match}'")
-        if r.layers is not None:
-            ls = r.layers if isinstance(r.layers, list) else [r.layers]
+        if (ls := r.layer_selectors) is not None:
             parts.append(
                 ("positions " if r.layers_by == "position" else "layers ") + ", ".join(str(x) for x in ls)
             )
@@ -210,20 +208,16 @@ def _cmp(value: int, cond: int | str) -> bool:
 
 
 def _holds(c: Condition, f: Facts, t: TensorInfo, base: GGMLQuantizationType) -> bool:
-    if c.arch is not None:
-        archs = c.arch if isinstance(c.arch, list) else [c.arch]
-        if f.arch not in archs:
-            return False
+    if (archs := c.archs) is not None and f.arch not in archs:
+        return False
     if c.layers is not None and not _cmp(f.layers, c.layers):
         return False
     if c.experts is not None and not _cmp(f.experts, c.experts):
         return False
     if c.gqa is not None and not _cmp(f.gqa, c.gqa):
         return False
-    if c.size is not None:
-        sizes = c.size if isinstance(c.size, list) else [c.size]
-        if f.size.upper() not in [s.upper() for s in sizes]:
-            return False
+    if (sizes := c.sizes) is not None and f.size.upper() not in [s.upper() for s in sizes]:
+        return False
     if c.tied_embeddings is not None and f.tied_embeddings != c.tied_embeddings:
         return False
     if c.imatrix is not None and f.imatrix != c.imatrix:
@@ -291,9 +285,9 @@ def _resolve_rules(eff: Effective, diags: list[Diagnostic]) -> list[ResolvedRule
                     )
                     raise RecipeError(diags) from None
             layers = None
-            if rule.layers is not None:
+            if (selectors := rule.layer_selectors) is not None:
                 try:
-                    layers = parse_layers(rule.layers if isinstance(rule.layers, list) else [rule.layers])
+                    layers = parse_layers(selectors)
                 except SelectorError as e:
                     line, col = lr.locate(("rules", k, "layers")) if lr.locate else (None, None)
                     diags.append(
@@ -302,8 +296,8 @@ def _resolve_rules(eff: Effective, diags: list[Diagnostic]) -> list[ResolvedRule
                     raise RecipeError(diags) from None
             ttype = _type_or_keep(rule.type, f"rule {k + 1}", diags, lr.source)
             cats = None
-            if rule.category is not None:
-                cats = frozenset(rule.category if isinstance(rule.category, list) else [rule.category])
+            if (categories := rule.categories) is not None:
+                cats = frozenset(categories)
             out.append(ResolvedRule(rule, len(out) + 1, depth, lr.source, k, regex, layers, ttype, cats))
         if eff.output is not None and depth == eff.output_depth and eff.output.strip().lower() != "keep":
             # llama-quantize applies --output-tensor-type to a tied token_embd inside the mix logic, after

@@ -771,8 +771,7 @@ def _check_semantics(lr: LoadedRecipe) -> list[Diagnostic]:
         _check_type(lr, (*p, "type"), rule.type, True, diags)
         if rule.match is not None:
             _check_regex(lr, (*p, "match"), rule.match, diags)
-        if rule.layers is not None:
-            items = rule.layers if isinstance(rule.layers, list) else [rule.layers]
+        if (items := rule.layer_selectors) is not None:
             is_list = isinstance(rule.layers, list)
             for k, s in enumerate(items):
                 sp: PathKey = (*p, "layers", k) if is_list else (*p, "layers")

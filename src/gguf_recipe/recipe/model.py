@@ -8,13 +8,14 @@ compiler, which knows the model; the loader maps validation errors to file:line:
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from .typenames import KEEP, producible_type_names
 
 RECIPE_SCHEMA_VERSION = 1
+_T = TypeVar("_T")
 
 # A numeric condition: an int (equality) or a comparison string such as ">= 4", "< 8", "!= 1", "== 2".
 NumericCondition = Annotated[
@@ -70,6 +71,13 @@ TypeNameOrKeep = Annotated[
 
 # llama.cpp's llm_type names (llm_type_name): '7B', '70B', '1.5B', '8x7B', '30B.A3B', '256M', ...
 _SIZE_CLASS = re.compile(r"^(\d+x)?\d+(\.\d+)?[KMBT](\.A\d+(\.\d+)?[MB])?$|^unknown$", re.IGNORECASE)
+
+
+def _as_list(value: _T | list[_T] | None) -> list[_T] | None:
+    """The one place where a field written as ``X`` or ``[X, ...]`` becomes a list."""
+    if value is None:
+        return None
+    return value if isinstance(value, list) else [value]
 
 
 class _Strict(BaseModel):
@@ -128,6 +136,16 @@ class Condition(_Strict):
     any: list[Condition] | None = Field(default=None, description="at least one of these conditions holds")
     not_: Condition | None = Field(default=None, alias="not", description="this condition does not hold")
 
+    @property
+    def archs(self) -> list[str] | None:
+        """``arch`` as a list (a single name is a list of one)."""
+        return _as_list(self.arch)
+
+    @property
+    def sizes(self) -> list[str] | None:
+        """``size`` as a list (a single class is a list of one)."""
+        return _as_list(self.size)
+
 
 class Rule(_Strict):
     """One ordered rule. The first rule (in file order, child recipes before the recipes they extend)
@@ -172,6 +190,16 @@ class Rule(_Strict):
         description="whether the quantizer gets importance weights for tensors this rule decides (default: yes when given)",
     )
     note: str | None = Field(default=None, description="free text shown in the plan next to the rule")
+
+    @property
+    def categories(self) -> list[Category] | None:
+        """``category`` as a list (a single category is a list of one)."""
+        return _as_list(self.category)
+
+    @property
+    def layer_selectors(self) -> list[str | int] | None:
+        """``layers`` as a list (a single selector is a list of one)."""
+        return _as_list(self.layers)
 
 
 class ImatrixSettings(_Strict):
