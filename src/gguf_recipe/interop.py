@@ -20,6 +20,7 @@ from typing import Literal
 
 from gguf import GGMLQuantizationType
 
+from .diagnostics import RecipeError
 from .errors import GGUFRecipeError
 from .llamacpp import FTYPE_ALIASES, FTYPE_BASE_TYPE, FTYPE_NAMES, QUANTIZE_OPTIONS
 from .recipe.model import Recipe, Rule
@@ -391,33 +392,29 @@ def import_llama_quantize(
 # export
 
 
-def _flatten(
-    recipe: Recipe, base_dir: Path | None, seen: tuple[str, ...] = ()
-) -> tuple[Recipe, list[Rule], str | None]:
-    """(merged scalars, all rules child-first, the llama.cpp mix it ends in or None for a base recipe)."""
-    if recipe.extends is None:
-        return recipe, list(recipe.rules), None
-    ext = recipe.extends
-    m = re.fullmatch(r"llama\.cpp/([A-Za-z0-9_]+)", ext)
-    if m and try_parse_ftype(m.group(1)) is not None and not (base_dir and (base_dir / ext).is_file()):
-        return recipe, list(recipe.rules), try_parse_ftype(m.group(1))
-    from . import recipes
-    from .recipe.loader import load
+def _flatten(recipe: Recipe, base_dir: Path | None) -> tuple[Recipe, list[Rule], str | None]:
+    """(the recipe merged with what it extends, as the compiler reads the chain, down to a llama.cpp
+    built-in mix; all rules child first; that mix's ftype name, or None for a chain ending in a base)."""
+    from .compiler import load_recipe_chain, merged_recipe
 
-    try:
-        path = recipes.resolve(ext, relative_to=(base_dir / "x") if base_dir else None)
-    except FileNotFoundError as exc:
-        raise InteropError(str(exc)) from None
-    key = str(path.resolve())
-    if key in seen:
-        raise InteropError(f"recipe '{ext}' extends itself (cycle: {' -> '.join((*seen, key))})")
-    parent_lr = load(path)
-    parent, parent_rules, mix = _flatten(parent_lr.recipe, parent_lr.base_dir, (*seen, key))
-    overrides = {
-        k: getattr(recipe, k) for k in recipe.model_fields_set if k not in ("rules", "extends", "recipe")
-    }
-    merged = parent.model_copy(update=overrides)
-    return merged, list(recipe.rules) + parent_rules, mix
+    chain = [recipe]
+    mix = None
+    if recipe.extends is not None:
+        from . import recipes
+
+        try:
+            parent = recipes.resolve(recipe.extends, relative_to=(base_dir / "x") if base_dir else None)
+            parents = load_recipe_chain(parent)
+        except (FileNotFoundError, RecipeError) as exc:
+            raise InteropError(str(exc)) from None
+        for lr in parents:
+            m = re.fullmatch(r"llama\.cpp/([A-Za-z0-9_]+)", lr.source)
+            if m and try_parse_ftype(m.group(1)) is not None:
+                mix = try_parse_ftype(m.group(1))
+                break
+            chain.append(lr.recipe)
+    merged = merged_recipe(chain)
+    return merged, list(merged.rules), mix
 
 
 def _layer_regex(rule: Rule, n_layers: int | None, problems: list[str], where: str) -> str | None:

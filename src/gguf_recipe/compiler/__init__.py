@@ -15,10 +15,19 @@ from .engine import (
     LoadedRecipe,
     compile_chain,
     load_chain,
+    merged_recipe,
     pattern_timeout_diagnostic,
 )
 
-__all__ = ["CompileResult", "LoadedRecipe", "RecipeError", "compile_model", "compile_plan", "load_recipe_chain"]
+__all__ = [
+    "CompileResult",
+    "LoadedRecipe",
+    "RecipeError",
+    "compile_model",
+    "compile_plan",
+    "load_recipe_chain",
+    "merged_recipe",
+]
 
 
 _CACHE: dict[tuple[str, int, int], LoadedRecipe] = {}
@@ -126,7 +135,9 @@ def compile_model(
             found = [pattern_timeout_diagnostic(exc, chain)]
         if any("importance matrix" in d.message and d.is_error for d in found):
             # the linter names the rule; drop the compiler's whole-plan message
-            result.diagnostics[:] = [d for d in result.diagnostics if "needs an importance matrix" not in d.message]
+            result.diagnostics[:] = [
+                d for d in result.diagnostics if "needs an importance matrix" not in d.message
+            ]
         result.diagnostics.extend(found)
     return result
 

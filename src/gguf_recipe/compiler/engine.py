@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,6 +121,32 @@ class Effective:
     name: str
 
 
+def merged_metadata(recipes: Sequence[Recipe]) -> dict[str, MetadataValue]:
+    """The metadata overrides of a chain (child first), key by key: a child's value wins."""
+    metadata: dict[str, MetadataValue] = {}
+    for r in reversed(recipes):
+        metadata.update(r.metadata)
+    return metadata
+
+
+def merged_recipe(recipes: Sequence[Recipe]) -> Recipe:
+    """A chain (child first) as one recipe, as the compiler reads it: each field from the nearest
+    recipe that sets it, metadata merged key by key, rules child first, ``extends`` of the last."""
+    fields: dict[str, Any] = {}
+    for name in Recipe.model_fields:
+        if name in ("recipe", "extends", "rules", "metadata"):
+            continue
+        for r in recipes:
+            if name in r.model_fields_set and getattr(r, name) is not None:
+                fields[name] = getattr(r, name)
+                break
+    rules = [rule for r in recipes for rule in r.rules]
+    merged: Recipe = recipes[-1].model_copy(
+        update={**fields, "metadata": merged_metadata(recipes), "rules": rules}
+    )
+    return merged
+
+
 def _effective(chain: list[LoadedRecipe]) -> Effective:
     def first(attr: str) -> tuple[Any, int]:
         for depth, lr in enumerate(chain):
@@ -138,9 +164,7 @@ def _effective(chain: list[LoadedRecipe]) -> Effective:
     fallbacks, _ = first("fallbacks")
     im, _ = first("imatrix")
     prune, _ = first("prune_layers")
-    metadata: dict[str, MetadataValue] = {}
-    for lr in reversed(chain):
-        metadata.update(lr.recipe.metadata)
+    metadata = merged_metadata([lr.recipe for lr in chain])
     name, _ = first("name")
     return Effective(
         chain=chain,
