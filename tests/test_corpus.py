@@ -34,10 +34,8 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest_executor import (
-    T,
     children_of,
     llama_tensors,
-    require_types,
     start_held,
     write_gguf_imatrix,
     write_legacy_imatrix,
@@ -62,7 +60,6 @@ Q = "blk.0.attn_q.weight"
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     """The valid inputs every case starts from: m.gguf, r.yaml, im.dat, im.gguf, plan.json."""
-    require_types(T.Q8_0)
     d = tmp_path_factory.mktemp("corpus-base")
     m = write_model(d / "m.gguf", llama_tensors(5, n_layer=2), n_layer=2)
     write_legacy_imatrix(d / "im.dat", {Q: (1, np.ones(64, np.float32))})

@@ -16,7 +16,6 @@ from conftest_executor import (
     T,
     build_high_precision,
     make_plan,
-    require_types,
     smollm2_q4_1_path,
     test_cache_dir,
 )
@@ -74,7 +73,6 @@ def f16_reference(f16_model: Path) -> tuple[float, np.ndarray]:
 def test_llama_cpp_runs_our_q8_0_and_shards(
     f16_model: Path, f16_reference: tuple[float, np.ndarray], tmp_path: Path
 ) -> None:
-    require_types(T.Q8_0)
     text = shakespeare_text()
     ppl_f16, logits_f16 = f16_reference
 
@@ -96,7 +94,6 @@ def test_llama_cpp_runs_our_q8_0_and_shards(
 def test_llama_cpp_runs_mixed_types_with_imatrix(
     f16_model: Path, f16_reference: tuple[float, np.ndarray], tmp_path: Path
 ) -> None:
-    require_types(T.Q8_0, T.Q4_0)
     from conftest_executor import write_gguf_imatrix
     from gguf_recipe.executor import SourceModel
 

@@ -20,7 +20,6 @@ from conftest_executor import (
     llama_quantizable,
     llama_tensors,
     make_plan,
-    require_types,
     write_model,
     write_wide_model,
 )
@@ -60,7 +59,6 @@ def _plan_like_llama(model: Path, qtype: T, **kw: object) -> object:
 
 @pytest.mark.parametrize("qtype", list(FTYPE), ids=[t.name for t in FTYPE])
 def test_pure_mix_equals_llama_quantize(tmp_path: Path, qtype: T) -> None:
-    require_types(qtype)
     if qtype in WIDE:
         model = write_wide_model(tmp_path / "m.gguf", 41)
     else:
@@ -72,7 +70,6 @@ def test_pure_mix_equals_llama_quantize(tmp_path: Path, qtype: T) -> None:
 
 
 def test_imatrix_and_pruning_equal_llama_quantize(tmp_path: Path) -> None:
-    require_types(T.Q4_0)
     model = write_model(tmp_path / "m.gguf", llama_tensors(42, n_layer=4), n_layer=4)
     rng = np.random.default_rng(5)
     weights = {
@@ -106,7 +103,6 @@ def _strip_and_compare(ours: Path, theirs: Path) -> None:
 
 
 def test_moe_experts_with_per_expert_imatrix_equal_llama_quantize(tmp_path: Path) -> None:
-    require_types(T.Q4_0)
     model = write_model(
         tmp_path / "m.gguf",
         llama_tensors(43, moe=True),
@@ -135,7 +131,6 @@ IMATRIX_TYPES = {T.IQ2_XXS: 19, T.IQ2_XS: 20, T.IQ2_S: 29, T.IQ3_XXS: 23, T.IQ1_
 @pytest.mark.parametrize("qtype", list(IMATRIX_TYPES), ids=[t.name for t in IMATRIX_TYPES])
 def test_imatrix_types_equal_llama_quantize(tmp_path: Path, qtype: T) -> None:
     """The very low-bit types, which llama-quantize only makes with an imatrix (one per matrix here)."""
-    require_types(qtype)
     # a few small matrices: these quantizers are the slowest
     rng = np.random.default_rng(44)
     tensors = {

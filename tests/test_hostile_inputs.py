@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest_executor import T, llama_tensors, make_plan, require_types, write_model
+from conftest_executor import llama_tensors, make_plan, write_model
 from gguf_recipe.cli import app
 from gguf_recipe.compiler import compile_plan
 from gguf_recipe.diagnostics import RecipeError
@@ -38,7 +38,6 @@ def cli(*args: str | Path) -> tuple[int, str]:
 
 @pytest.fixture
 def model(tmp_path: Path) -> Path:
-    require_types(T.Q8_0)
     return write_model(tmp_path / "m.gguf", llama_tensors(1))
 
 
