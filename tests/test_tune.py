@@ -302,7 +302,6 @@ def test_calibrated_losses_scale_each_tensor_by_its_probe(source_model: Path) ->
 def test_calibration_on_the_real_model_restores_everything(tmp_path: Path) -> None:
     """Probing two tensors with llama.cpp: positive KLDs, the ffn_down of block 0 more sensitive than
     an attn_k, the source untouched and no working copy left behind."""
-    pytest.importorskip("llama_cpp")
     from gguf_recipe import examples
     from gguf_recipe.measure.calibrate import calibrate_model
 
@@ -336,7 +335,6 @@ def test_layer_stride_probes_every_kth_block_the_last_and_the_rest() -> None:
 def test_cli_measure_calibrate_then_tune_uses_it(tmp_path: Path) -> None:
     """`recipe measure --calibrate` on the real model (short probes, every 15th block), then `recipe
     tune` ranks by the calibration (its header says so) and interpolates the blocks in between."""
-    pytest.importorskip("llama_cpp")
     from gguf_recipe import examples
 
     src = examples.smollm2_f16_path()
