@@ -73,7 +73,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 # ------------------------------------------------------------------------------------ the cases
 
 
-Maker = Callable[[Path, dict[str, bytes]], None]
+Maker = Callable[[Path, dict[str, bytes]], object]
 
 
 @dataclass
@@ -822,8 +822,8 @@ def test_hostile_case(
     case: Case, base: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     d = tmp_path
-    for name, content in base.items():
-        (d / name).write_bytes(content)
+    for name, data in base.items():
+        (d / name).write_bytes(data)
     for name, content in case.files.items():
         if isinstance(content, bytes):
             (d / name).write_bytes(content)

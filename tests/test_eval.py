@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from gguf import GGUFWriter
 from typer.testing import CliRunner
@@ -210,7 +211,7 @@ def test_perplexity_is_llama_perplexitys(source: Path, ref: ReferenceLogits, tex
         add_bos = len(llm.tokenize(b"a", add_bos=True)) > len(llm.tokenize(b"a", add_bos=False))
         assert not add_bos  # SmolLM2 adds no BOS: the chunks are the text's tokens as they are
         chunk = list(tokens[:N_CTX])
-        llm.reset()
+        llm.reset()  # type: ignore[no-untyped-call]
         llm.eval(chunk)
         lg = np.asarray(llm.scores[N_CTX // 2 : N_CTX - 1], dtype=np.float64)
     finally:
@@ -424,10 +425,11 @@ def test_kld_matches_a_direct_float64_computation() -> None:
     z = (z_ref + rng.standard_normal((rows, n_vocab)) * 0.3).astype(np.float32)
     targets = rng.integers(0, n_vocab, rows).astype(np.int32)
 
-    def log_softmax(x: np.ndarray) -> np.ndarray:
-        x = x.astype(np.float64)
-        x = x - x.max(axis=1, keepdims=True)
-        return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+    def log_softmax(x: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+        y = x.astype(np.float64)
+        y = y - y.max(axis=1, keepdims=True)
+        out: npt.NDArray[np.float64] = y - np.log(np.exp(y).sum(axis=1, keepdims=True))
+        return out
 
     lr, lm = log_softmax(z_ref), log_softmax(z)
     ws = Workspace(rows, n_vocab)

@@ -116,8 +116,13 @@ def test_moe_experts_with_per_expert_imatrix_equal_llama_quantize(tmp_path: Path
     im = Imatrix(tmp_path / "im", "gguf", dict(weights), (), 0, 0, "0" * 64)
     plan = _plan_like_llama(model, T.Q4_0, imatrix=True)
     ours = apply_plan(
-        plan, model, tmp_path / "ours.gguf", imatrix=im, progress=False, chunk_values=40 * N_EMBD
-    )  # type: ignore[arg-type]
+        plan,  # type: ignore[arg-type]
+        model,
+        tmp_path / "ours.gguf",
+        imatrix=im,
+        progress=False,
+        chunk_values=40 * N_EMBD,
+    )
     llama_model_quantize(model, tmp_path / "llama.gguf", ftype=2, imatrix=weights, threads=2)
     _strip_and_compare(ours.outputs[0], tmp_path / "llama.gguf")
 

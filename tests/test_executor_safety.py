@@ -432,7 +432,7 @@ def test_failed_rename_of_shards_leaves_nothing(
             raise OSError(errno.EIO, "I/O error")
         real(src, dst)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(writer_mod.os, "replace", flaky)
+    monkeypatch.setattr(os, "replace", flaky)
     with pytest.raises(OutputError, match="cannot write"):
         apply_plan(make_plan(model), model, tmp_path / "o.gguf", progress=False, max_shard_tensors=12)
     monkeypatch.undo()

@@ -24,7 +24,8 @@ from gguf_recipe.inputs import InputFileError, check_input_file, open_input, rea
 from gguf_recipe.model import read_model
 from gguf_recipe.model.header import GGUFReadError
 from gguf_recipe.recipe import patterns
-from gguf_recipe.recipe.loader import MAX_RECIPE_BYTES, check_recipe
+from gguf_recipe.recipe.loader import check_recipe
+from gguf_recipe.recipe.source_map import MAX_RECIPE_BYTES
 
 runner = CliRunner()
 
@@ -105,14 +106,15 @@ def test_every_reader_refuses_odd_files(odd_files: dict[str, Path], model: Path,
     _, diags = check_recipe(p)
     assert len(diags) == 1 and (want if kind != "no such file" else "file not found") in diags[0].message
     # the CLI: as a recipe, a model and an imatrix
-    for args in (
+    commands: list[list[str | Path]] = [
         ["validate", p],
         ["plan", p, model],
         ["plan", "llama.cpp/Q8_0", p],
         ["apply", "llama.cpp/Q8_0", p, "-o", model.with_name("o.gguf")],
         ["apply", "llama.cpp/Q8_0", model, "-o", model.with_name("o.gguf"), "--imatrix", p],
         ["plan", "llama.cpp/Q8_0", model, "--imatrix", p],
-    ):
+    ]
+    for args in commands:
         code, err = cli(*args)
         assert code == 1, (args, err)
         assert (want in err or (kind == "no such file" and "not found" in err)) and str(p) in err, (args, err)
@@ -250,7 +252,11 @@ def test_plan_and_apply_refuse_the_same_headers(
 ) -> None:
     h = tmp_path / "h.gguf"
     h.write_bytes(gguf_header(tensors))
-    for args in (["plan", "llama.cpp/Q8_0", h], ["apply", "llama.cpp/Q8_0", h, "-o", tmp_path / "o.gguf"]):
+    commands: list[list[str | Path]] = [
+        ["plan", "llama.cpp/Q8_0", h],
+        ["apply", "llama.cpp/Q8_0", h, "-o", tmp_path / "o.gguf"],
+    ]
+    for args in commands:
         code, err = cli(*args)
         assert code == 1, (args, err)
         assert words in err, (args, err)
@@ -270,13 +276,12 @@ def test_non_integer_hyperparameter_is_named(tmp_path: Path) -> None:
 
 
 def test_text_outputs_into_missing_folders_make_them(tmp_path: Path, model: Path) -> None:
-    for i, args in enumerate(
-        (
-            ["plan", "llama.cpp/Q8_0", model, "-o"],
-            ["schema", "-o"],
-            ["import", "-o"],
-        )
-    ):
+    commands: list[list[str | Path]] = [
+        ["plan", "llama.cpp/Q8_0", model, "-o"],
+        ["schema", "-o"],
+        ["import", "-o"],
+    ]
+    for i, args in enumerate(commands):
         out = tmp_path / f"new{i}" / "deeper" / "x.out"
         extra = ["--", "Q4_K_M"] if args[0] == "import" else []
         code, err = cli(*args, out, *extra)
@@ -290,11 +295,12 @@ def test_text_outputs_below_a_file_or_onto_a_folder(tmp_path: Path, model: Path,
     (tmp_path / "afile").write_bytes(b"mine")
     out = tmp_path / ("afile/x.json" if where == "a file in the way" else "dir")
     words = f"{tmp_path / 'afile'} is not a folder" if where == "a file in the way" else "it is a folder"
-    for args in (
+    commands: list[list[str | Path]] = [
         ["plan", "llama.cpp/Q8_0", model, "-o", out],
         ["schema", "-o", out],
         ["import", "-o", out, "--", "Q4_K_M"],
-    ):
+    ]
+    for args in commands:
         code, err = cli(*args)
         assert code == 1, (args, err)
         assert err.strip() == f"error: cannot write {out}: {words}", (args, err)

@@ -306,6 +306,7 @@ def test_calibration_on_the_real_model_restores_everything(tmp_path: Path) -> No
     from gguf_recipe.measure.calibrate import calibrate_model
 
     src = examples.smollm2_f16_path()
+    assert src is not None
     before = src.stat().st_mtime_ns
     text = examples.shakespeare_play("tempest")
     assert text is not None
