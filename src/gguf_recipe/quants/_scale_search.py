@@ -170,9 +170,10 @@ def make_qx_quants(x: F32Array, nmax: int, qw: F32Array | None = None) -> tuple[
 # --------------------------------------------------------------------------------------------- make_q3_quants
 
 
-def _levels_clamped(q: F32Array, lo: np.float32, hi: np.float32) -> F32Array:
-    """``MAX(lo, MIN(hi, nearest_int(q)))`` in place, as float32."""
-    if q.max() < _NINT_SAFE and q.min() > -_NINT_SAFE:  # False as well when q holds a NaN
+def _levels_clamped(q: F32Array, lo: np.float32, hi: np.float32, small: bool = False) -> F32Array:
+    """``MAX(lo, MIN(hi, nearest_int(q)))`` in place, as float32. ``small``: the caller knows that
+    every ``|q|`` is below 2^22 (no NaN), where nearest_int is round-half-even."""
+    if small or (q.max() < _NINT_SAFE and q.min() > -_NINT_SAFE):  # False as well when q holds a NaN
         np.rint(q, out=q)
     else:
         np.copyto(q, nearest_int_inplace(q), casting="unsafe")
@@ -259,7 +260,9 @@ def make_q3_quants(x: F32Array, nmax: int) -> tuple[F32Array, F32Array]:
         np.multiply(x, x, out=wwx[0])
         np.multiply(wwx[0], x, out=wwx[1])
         iscale = np.float32(-nmax) / np.where(zero, _F1, mx)
-        L = _levels_clamped(np.multiply(x, iscale, out=scratch("q3.L", (n, g))), lo, hi)
+        # |x * iscale| <= nmax (rounded) when x is finite; a NaN or inf makes the pairwise sum non-finite
+        finite = bool(np.isfinite(np.add.reduce(x, axis=None)))
+        L = _levels_clamped(np.multiply(x, iscale, out=scratch("q3.L", (n, g))), lo, hi, finite)
         t = np.multiply(wwx, L, out=scratch("q3.t", (2, n, g)))
         np.multiply(t[0], L, out=t[0])
         sums = seq_sum(t, axis=1)  # [suml2, sumlx], sequential over the n elements (also for one group)

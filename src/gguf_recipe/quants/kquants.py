@@ -336,6 +336,19 @@ _LSB = np.uint64(0x0101010101010101)
 _LOW2 = np.uint64(0x0303030303030303)
 
 
+_G16_TILE = 512  # groups per tile of the (16, G) transposition: 1.5x faster than one transposed copy
+
+
+def _groups16(rows: F32Array) -> F32Array:
+    """The chunk in the (16, G) group layout (a scratch buffer)."""
+    g = rows.size // 16
+    src = rows.reshape(g, 16)
+    x16: F32Array = scratch("q3k.x16", (16, g))
+    for b in range(0, g, _G16_TILE):
+        np.copyto(x16[:, b : b + _G16_TILE], src[b : b + _G16_TILE].T)
+    return x16
+
+
 def _q3_levels(x16: F32Array, d: F32Array, keep: AnyArray) -> U8Array:
     """Final levels in row order, (S, 256) uint8 in [0, 8): ``clamp(nearest_int(x/d), -4, 3) + 4`` per
     sub-block of 16, from the (16, G) group layout ``x16``; where ``d == 0`` the search's levels ``keep``
@@ -385,8 +398,7 @@ def _q3_pack(n_super: int, L: U8Array, scale_bytes: U8Array, d: F32Array) -> U8A
 def quantize_q3_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     n_rows = rows.shape[0]
     n_super = rows.size // QK_K
-    x16 = scratch("q3k.x16", (16, rows.size // 16))
-    np.copyto(x16, rows.reshape(-1, 16).T)
+    x16 = _groups16(rows)
     if imatrix is None:
         # quantize_row_q3_K_ref
         scales, L0 = make_q3_quants(x16, 4)
