@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._numeric import F32Array, U8Array, fp32_to_fp16_bits, quiet_fp, scratch, seq_sum
+from ._scale_search import clamped_levels, make_qx_quants_iscale
 
 __all__ = ["quantize_q4_0", "quantize_q4_1", "quantize_q5_0", "quantize_q5_1", "quantize_q8_0"]
 
@@ -27,7 +28,6 @@ _F = np.float32
 
 # roundf(v) == trunc(v + copysign(nextafter(0.5, 0), v)) for every float32 (checked exhaustively on [0, 130]).
 _HALF_DOWN = np.nextafter(_F(0.5), _F(0.0))
-_GROUP_MAX_EPS = _F(1e-15)
 _FLT_MAX = np.finfo(np.float32).max
 _FLT_MIN = np.finfo(np.float32).tiny
 
@@ -52,33 +52,6 @@ def _fp16(v: F32Array) -> npt.NDArray[np.uint16]:
     """fp16 bits; scales past 65504 become inf as in ggml (callers run under ``quiet_fp``)."""
     bits: npt.NDArray[np.uint16] = fp32_to_fp16_bits(v)
     return bits
-
-
-def _first_absmax(xt: F32Array) -> tuple[F32Array, bool]:
-    """C's ``if (amax < fabsf(v)) { amax = fabsf(v); max = v; }``: the first element of largest |x|
-    (NaNs never picked), and whether ``xt`` is all finite.
-
-    +0.0 for an all-zero block (the initial value is never replaced).
-    """
-    mx = xt.max(axis=0)  # NaN and inf show up in the max or the min
-    mn = xt.min(axis=0)
-    finite = bool(np.isfinite(mx).all() and np.isfinite(mn).all())
-    if not finite:
-        clean = np.where(np.isnan(xt), _F(0.0), xt)
-        mx = clean.max(axis=0)
-        mn = clean.min(axis=0)
-    else:
-        clean = xt
-    neg = -mn
-    # "+ 0.0" turns a -0.0 into +0.0 (all-zero blocks) and leaves everything else alone.
-    m: F32Array = np.where(neg > mx, mn, mx) + _F(0.0)
-    tie = np.flatnonzero((neg == mx) & (mx != 0))
-    if tie.size:
-        sub = clean[:, tie]
-        first_pos = np.argmax(sub == mx[tie], axis=0)
-        first_neg = np.argmax(sub == mn[tie], axis=0)
-        m[tie] = np.where(first_neg < first_pos, mn[tie], mx[tie])
-    return m, finite
 
 
 def _first_min(xt: F32Array) -> F32Array:
@@ -131,68 +104,6 @@ def _imatrix_weights(rows: F32Array, xt: F32Array, imatrix: F32Array) -> F32Arra
 # ------------------------------------------------------------------------------- weighted searches
 
 
-def _clamped_levels(v: F32Array, lo: np.float32, hi: np.float32, finite: bool) -> None:
-    """``MAX(lo, MIN(hi, nearest_int(v)))`` in place (clamp then round == round then clamp for integer
-    bounds; numpy's clip is vectorized where minimum/maximum with a scalar are not)."""
-    if not finite:
-        # nearest_int's magic-number trick: 0 for a NaN, -4194304 (clamped to lo) for +-inf.
-        v[np.isinf(v)] = lo
-        v[np.isnan(v)] = 0
-    np.clip(v, lo, hi, out=v)
-    np.rint(v, out=v)
-
-
-def _make_qx_quants(
-    xt: F32Array, wt: F32Array, nmax: int
-) -> tuple[F32Array, F32Array, npt.NDArray[np.bool_], bool]:
-    """``make_qx_quants(32, nmax, x, L, rmse_type=1, qw)`` over ``(32, n_blocks)``.
-
-    Returns (scale, iscale, zero, finite): ``L = nmax + clamp(nearest_int(iscale * x))`` except in
-    the all-zero blocks (``zero``), where L = 0 and the scale is 0; ``finite``: no NaN/inf in ``xt``.
-    The levels are left to the caller, which computes them once in its own layout.
-    """
-    n, nb = xt.shape
-    mx, finite = _first_absmax(xt)
-    zero = np.abs(mx) < _GROUP_MAX_EPS
-    safe = _where(zero, _F(1.0), mx)
-    wx = np.multiply(wt, xt, out=scratch("qx.wx", xt.shape))
-    lo, hi = _F(-nmax), _F(nmax - 1)
-    v = scratch("qx.v", xt.shape)
-    t = scratch("qx.t", (2, n, nb))  # [w*x*l, w*l*l]
-    sums = scratch("qx.sums", (2, nb))  # [sumlx, suml2]
-    sumlx, suml2 = sums
-
-    def candidate(iscale: F32Array) -> None:
-        np.multiply(xt, iscale, out=v)
-        _clamped_levels(v, lo, hi, finite)
-        np.multiply(wx, v, out=t[0])
-        np.multiply(wt, v, out=t[1])
-        np.multiply(t[1], v, out=t[1])
-        seq_sum(t, axis=1, out=sums)  # C's in-order sums, both at once
-
-    best_iscale = np.divide(_F(-nmax), safe)
-    candidate(best_iscale)
-    scale = np.zeros(nb, dtype=np.float32)
-    np.divide(sumlx, suml2, out=scale, where=suml2 != 0)
-    best = scale * sumlx
-    upd = np.empty(nb, dtype=np.bool_)
-    lhs = np.empty(nb, dtype=np.float32)
-    rhs = np.empty(nb, dtype=np.float32)
-    for step in (*range(-9, 0), *range(1, 10)):
-        iscale = np.divide(-(_F(nmax) + _F(0.1) * _F(step)), safe)
-        candidate(iscale)
-        # suml2 > 0 && sumlx*sumlx > best*suml2
-        np.multiply(sumlx, sumlx, out=lhs)
-        np.multiply(best, suml2, out=rhs)
-        np.greater(lhs, rhs, out=upd)
-        upd &= suml2 > 0
-        np.divide(sumlx, suml2, out=scale, where=upd)
-        np.multiply(scale, sumlx, out=best, where=upd)
-        np.copyto(best_iscale, iscale, where=upd)
-    scale[zero] = 0
-    return scale, best_iscale, zero, finite
-
-
 def _levels_qx(
     rows: F32Array, iscale: F32Array, zero: npt.NDArray[np.bool_], nmax: int, finite: bool
 ) -> U8Array:
@@ -200,7 +111,7 @@ def _levels_qx(
     ``zero`` blocks."""
     xq = _quads(rows)
     v = np.multiply(xq, _lanes(iscale, "lg.id"), out=xq)
-    _clamped_levels(v, _F(-nmax), _F(nmax - 1), finite)
+    clamped_levels(v, _F(-nmax), _F(nmax - 1), finite)
     v += _F(nmax)
     q = scratch("lg.qu8", v.shape, np.uint8)
     np.copyto(q, v, casting="unsafe")
@@ -555,7 +466,7 @@ def _levels_0(rows: F32Array, imatrix: F32Array | None, nmax: int) -> tuple[F32A
     if imatrix is None:
         return _q_0_ref(rows, nmax)
     xt = _blocks_t(rows)
-    d, iscale, zero, finite = _make_qx_quants(xt, _imatrix_weights(rows, xt, imatrix), nmax)
+    d, iscale, zero, finite = make_qx_quants_iscale(xt, _imatrix_weights(rows, xt, imatrix), nmax)
     return d, _levels_qx(rows, iscale, zero, nmax, finite)
 
 
