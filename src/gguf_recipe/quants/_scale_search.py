@@ -347,16 +347,15 @@ def make_q3_quants(x: F32Array, nmax: int) -> tuple[F32Array, F32Array]:
     per-thread scratch buffer: valid until the next call.
     """
     n, g = x.shape
-    amax, mx = _first_absmax(x)
-    zero = amax < GROUP_MAX_EPS
+    mx, finite = _first_absmax_finite(x)
+    zero = np.abs(mx) < GROUP_MAX_EPS
     lo, hi = np.float32(-nmax), np.float32(nmax - 1)
     with np.errstate(all="ignore"):
         wwx = scratch("q3.wwx", (2, n, g))
         np.multiply(x, x, out=wwx[0])
         np.multiply(wwx[0], x, out=wwx[1])
         iscale = np.float32(-nmax) / np.where(zero, _F1, mx)
-        # |x * iscale| <= nmax (rounded) when x is finite; a NaN or inf makes the pairwise sum non-finite
-        finite = bool(np.isfinite(np.add.reduce(x, axis=None)))
+        # |x * iscale| <= nmax (rounded) when x is finite
         L = _levels_clamped(np.multiply(x, iscale, out=scratch("q3.L", (n, g))), lo, hi, finite)
         t = np.multiply(wwx, L, out=scratch("q3.t", (2, n, g)))
         np.multiply(t[0], L, out=t[0])

@@ -218,7 +218,7 @@ def _make_qkx3_quants(
 # broadcast along the lanes; packed bytes come back as uint32 words transposed the same way.
 
 
-_QUAD_TILE = 1024  # blocks per transposition tile: 128 KiB of input, reread from L1/L2 by the 8 passes
+_QUAD_TILE = 2048  # blocks per transposition tile: 256 KiB of input, reread from L1/L2 by the 8 passes
 
 
 def _quads(rows: F32Array) -> F32Array:
