@@ -6,7 +6,9 @@ Without an imatrix these follow ``quantize_row_*_ref``; with one, ``quantize_row
 Layouts: the imatrix searches work on the chunk transposed to ``(32, n_blocks)`` so that each step is
 one contiguous vector op over all blocks and a sum over the block (axis 0) is numpy's row-by-row
 reduction, i.e. C's ``s += a[i]`` order. The reference paths need no ordered sums and use a cheaper
-"quad" layout (see ``_quads``). Packed bytes are transposed back once at the end.
+"quad" layout (see ``_quads``), where the packing happens. The make_qx_quants search keeps only each
+block's best iscale, and its levels are computed once, directly in quad layout; make_qkx3_quants'
+levels are transposed back.
 """
 
 from __future__ import annotations
