@@ -336,7 +336,7 @@ def _q3_step(
     best = np.full(a, 2 * n, dtype=key.dtype)
     np.minimum.at(best, ca, key)
     ch = pa[key == best[ca]]
-    return i[ch], col[ch], nls[ch], u[:, ch]
+    return i[ch], col[ch], nls[ch], np.take(u, ch, axis=1)  # C order: s broadcasts contiguously
 
 
 def make_q3_quants(x: F32Array, nmax: int) -> tuple[F32Array, F32Array]:
