@@ -408,10 +408,10 @@ def types_cmd(
         ]
         for r in rows
     ]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
-    typer.echo("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=False)).rstrip())
-    for c in cells:
-        typer.echo("  ".join(x.ljust(w) for x, w in zip(c, widths, strict=False)).rstrip())
+    from .render import text_table
+
+    lines = text_table(head, cells)
+    typer.echo("\n".join([lines[0], *lines[2:]]))
     typer.echo(
         "\nrecipes: usable in a recipe (a type llama.cpp quantizes weights to); "
         "produce: this build of gguf-recipe has its quantizer; imatrix: llama.cpp refuses it without one "

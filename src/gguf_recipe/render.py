@@ -7,13 +7,13 @@ Tensors that differ only in their block number and got the same decision are one
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from .plan import Plan, PlannedTensor
 from .recipe.selectors import format_layers
 
-__all__ = ["PlanGroup", "group_plan", "render_markdown", "render_plan", "render_table"]
+__all__ = ["PlanGroup", "group_plan", "render_markdown", "render_plan", "render_table", "text_table"]
 
 _BLK = re.compile(r"^blk\.(\d+)\.")
 MIB = 1024 * 1024
@@ -90,7 +90,11 @@ def _shape(shape: Sequence[int]) -> str:
     return "×".join(str(x) for x in shape)
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> list[str]:
+def text_table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], right: Collection[int] = ()
+) -> list[str]:
+    """Plain aligned columns. Not rich's Table: these tables are piped, grepped and diffed, and rich
+    wraps cells to the console width (80 columns when not a terminal), which breaks rows apart."""
     widths = [len(h) for h in headers]
     for r in rows:
         for i, c in enumerate(r):
@@ -141,7 +145,7 @@ def render_table(plan: Plan) -> str:
         rows.append(
             [g.label, str(len(g.names)), _shape(g.shape), g.source_type, arrow, _mib(g.target_bytes), decided]
         )
-    lines += _table(["tensor", "n", "shape", "from", "to", "MiB", "decided by"], rows, {1, 5})
+    lines += text_table(["tensor", "n", "shape", "from", "to", "MiB", "decided by"], rows, {1, 5})
     if legend:
         lines += ["", "rules that decided:"]
         lines += [f"  {legend[k]}" for k in sorted(legend, key=_rule_number)]
@@ -156,7 +160,7 @@ def render_table(plan: Plan) -> str:
             sample = ", ".join(names[:3]) + (f", ... ({len(names)} tensors)" if len(names) > 3 else "")
             lines.append(f"  {wanted} -> {got}: {reason}: {sample}")
     lines += [""]
-    lines += _table(["type", "tensors", "MiB", "bpw", "share"], _type_rows(plan), {1, 2, 3, 4})
+    lines += text_table(["type", "tensors", "MiB", "bpw", "share"], _type_rows(plan), {1, 2, 3, 4})
     src_bpw = tot.source_bytes * 8 / tot.n_elements if tot.n_elements else 0.0
     lines += [
         "",

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..render import _md_escape, _table
+from ..render import _md_escape, text_table
 from .api import ComparisonRow, comparison_rows
 from .result import EvalResult
 
@@ -66,7 +66,7 @@ def render_comparison(results: Sequence[EvalResult], fmt: str = "table") -> str:
         return "\n".join(lines) + "\n"
     if fmt != "table":
         raise ValueError(f"unknown format {fmt!r} (table, markdown or json)")
-    lines = _table(HEADERS, rows, {1, 2, 3, 4, 5, 6, 7})
+    lines = text_table(HEADERS, rows, {1, 2, 3, 4, 5, 6, 7})
     return "\n".join([*lines, "", _caption(results)]) + "\n"
 
 

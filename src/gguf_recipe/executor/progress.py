@@ -1,4 +1,4 @@
-"""Progress reporting: a per-tensor bar and an overall bar (bytes, rate, ETA) on a terminal.
+"""Progress reporting: a per-tensor bar and an overall bar (bytes, rate, ETA) on a terminal (rich).
 
 ``apply_plan(progress=None)`` picks :class:`TerminalProgress` when stderr is a terminal and
 :class:`NullProgress` otherwise; ``progress=True`` forces output (one line per tensor when not a
@@ -8,7 +8,6 @@ passed instead (tests use that to interrupt a run at a chosen tensor).
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from typing import Protocol, TextIO, runtime_checkable
@@ -110,51 +109,62 @@ class _Counting:
         return (self.total - self.done) / r if r > 0 else None
 
 
-def _bar(frac: float, width: int) -> str:
-    frac = min(max(frac, 0.0), 1.0)
-    full = int(frac * width)
-    return (
-        "█" * full
-        + ("▌" if frac * width - full >= 0.5 else "")
-        + " " * (width - full - (frac * width - full >= 0.5))
-    )
-
-
 class TerminalProgress(_Counting):
-    """Two self-redrawing lines on a terminal: the current tensor, and the whole run."""
+    """Two live bars on a terminal (rich): the current tensor, and the whole run with its rate and ETA."""
 
     def __init__(self, stream: TextIO | None = None, min_interval: float = 0.1) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+        from rich.table import Column
+
         super().__init__()
-        self.stream = stream if stream is not None else sys.stderr
         self.min_interval = min_interval
         self._last = 0.0
-        self._drawn = False
+        console = Console(file=stream if stream is not None else sys.stderr, force_terminal=True)
+        # redrawn when this run says so (rate-limited), not from a refresh thread
+        self._bars = Progress(
+            # the name gives way to the numbers on a narrow terminal (cut, never wrapped)
+            TextColumn("{task.description}", table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1)),
+            BarColumn(bar_width=20),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            auto_refresh=False,
+            expand=True,
+        )
+        self._tensor = self._bars.add_task("", total=1, visible=False)
+        self._total = self._bars.add_task("total", total=1)
+        self._started = False
 
     def _draw(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last < self.min_interval:
             return
         self._last = now
-        width = shutil.get_terminal_size((100, 20)).columns
-        bar_w = max(10, min(30, width - 70))
-        tfrac = self.tensor_done_bytes / self.tensor_total if self.tensor_total else 1.0
-        frac = self.done / self.total if self.total else 1.0
-        eta = self.eta()
-        line1 = (
-            f"[{self.index + 1:>{len(str(self.n_tensors))}}/{self.n_tensors}] {_bar(tfrac, bar_w)} "
-            f"{format_bytes(self.tensor_done_bytes)}/{format_bytes(self.tensor_total)} {self.name} {self.what}"
+        width = len(str(self.n_tensors))
+        self._bars.update(
+            self._tensor,
+            description=f"[{self.index + 1:>{width}}/{self.n_tensors}] {self.name} {self.what}",
+            total=max(self.tensor_total, 1),
+            completed=self.tensor_done_bytes,
+            visible=True,
         )
-        line2 = (
-            f"total {_bar(frac, bar_w)} {frac * 100:5.1f}% {format_bytes(self.done)}/{format_bytes(self.total)} "
-            f"{format_bytes(self.rate())}/s ETA {format_duration(eta) if eta is not None else '?'}"
-        )
-        out = ("\x1b[1A\r\x1b[2K" if self._drawn else "") + line1[:width] + "\n\r\x1b[2K" + line2[:width]
-        self.stream.write(out)
-        self.stream.flush()
-        self._drawn = True
+        self._bars.update(self._total, total=max(self.total, 1), completed=self.done)
+        self._bars.refresh()
 
     def start(self, n_tensors: int, total_bytes: int, resumed_bytes: int) -> None:
         super().start(n_tensors, total_bytes, resumed_bytes)
+        self._bars.start()
+        self._started = True
         self._draw(force=True)
 
     def tensor_start(self, index: int, name: str, nbytes: int, what: str) -> None:
@@ -169,10 +179,10 @@ class TerminalProgress(_Counting):
         self._draw()
 
     def finish(self, ok: bool) -> None:
-        if self._drawn:
+        if self._started:
             self._draw(force=True)
-            self.stream.write("\n")
-            self.stream.flush()
+            self._bars.stop()
+            self._started = False
 
 
 class LineProgress(_Counting):

@@ -16,6 +16,7 @@ from typing import Any
 from .. import llamacpp as llama
 from ..recipe.selectors import format_layers
 from ..recipe.typenames import ggml_type_info, parse_type_name
+from ..render import text_table
 from .views import QuantView, family_of
 
 __all__ = ["DiffResult", "DiffRow", "Move", "Moved", "diff_views", "render_diff", "type_bpw"]
@@ -247,20 +248,6 @@ def _moved_lines(result: DiffResult) -> list[str]:
     return lines
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> list[str]:
-    widths = [len(h) for h in headers]
-    for r in rows:
-        for i, c in enumerate(r):
-            widths[i] = max(widths[i], len(c))
-
-    def fmt(cells: Sequence[str]) -> str:
-        return "  ".join(
-            c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(cells)
-        ).rstrip()
-
-    return [fmt(headers), fmt(["-" * w for w in widths]), *(fmt(r) for r in rows)]
-
-
 def render_table(result: DiffResult, *, only_different: bool = False) -> str:
     labels = result.labels
     rows = [r for r in result.rows if r.different or not only_different]
@@ -268,13 +255,13 @@ def render_table(result: DiffResult, *, only_different: bool = False) -> str:
         ["*" if r.different else "", r.label, str(len(r.names)), *[_cell(r, i) for i in range(len(labels))]]
         for r in rows
     ]
-    lines = _table(["", "tensor", "n", *labels], body, {2})
+    lines = text_table(["", "tensor", "n", *labels], body, {2})
     n_tensors = sum(len(r.names) for r in result.rows)
     lines += ["", f"{result.n_different} of {n_tensors} tensor(s) differ (rows marked *)"]
     if any(any(r.fallback) for r in result.rows):
         lines.append("a type followed by * was a row-size fallback")
     lines.append("")
-    lines += _table(["total", *labels], _total_rows(result), set(range(1, len(labels) + 1)))
+    lines += text_table(["total", *labels], _total_rows(result), set(range(1, len(labels) + 1)))
     moved = _moved_lines(result)
     if moved:
         lines += ["", "moved (same model):", *("  " + x for x in moved)]
