@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._iq3_tables import Iq3Tables, iq3_tables
-from ._numeric import F32Array, U8Array, U16Array, fp32_to_fp16_bits, nearest_int
+from ._numeric import F32Array, U8Array, U16Array, fp32_to_fp16_bits, nearest_int, scratch
 from ._numeric import seq_sum as seq_sum0
 
 __all__ = ["quantize_iq3_s", "quantize_iq3_xxs"]
@@ -50,7 +50,7 @@ def _f32(a: npt.ArrayLike) -> F32Array:
 _MAGIC = np.float32(12582912.0)  # 1.5 * 2**23, as in ggml's nearest_int
 _COUNTDOWN = np.arange(64, 0, -1).astype(np.uint8)  # ends with ..., 3, 2, 1
 # Blocks handled per step: large steps amortise numpy's per-call overhead over more groups.
-_BLOCKS_PER_STEP = 1024
+_BLOCKS_PER_STEP = 2048
 
 
 @dataclass(frozen=True)
@@ -155,6 +155,31 @@ def _best_neighbours(
     return out
 
 
+def _exact_search(
+    tab: Iq3Tables, codes: I16Array, flat: IntArray, xv: F32Array, wv: F32Array, scale: F32Array
+) -> None:
+    """``iq3_find_best_neighbour`` for the off-grid groups at ``flat`` (flat indices into ``codes``,
+    (8, *S)); their codes are replaced in place. Arguments as in :func:`_snap_to_grid`."""
+    rows = np.take(tab.nb_row, np.take(codes, flat))
+    counts = np.take(tab.nb_count_u8, rows)
+    order = np.argsort(counts, kind="stable")
+    ends = np.cumsum(np.bincount(counts, minlength=tab.nb_index.shape[1] + 1))
+    flat, rows = np.take(flat, order), np.take(rows, order)
+    per_k = codes[0].size
+    k = flat // per_k
+    rest = flat - k * per_k  # index into S
+    kb = k * codes.shape[-1] + rest % codes.shape[-1]
+    gi = _best_neighbours(
+        tab,
+        rows.astype(np.intp),
+        ends,
+        np.take(xv, kb, axis=1),
+        np.take(wv, kb, axis=1),
+        np.take(scale, rest),
+    )
+    np.put(codes, flat, np.take(tab.grid_codes, gi))
+
+
 def _snap_to_grid(
     tab: Iq3Tables,
     codes: I16Array,
@@ -176,24 +201,282 @@ def _snap_to_grid(
     todo = ~on if groups is None else ~on & groups
     flat = np.flatnonzero(todo)
     if flat.size:
-        rows = np.take(tab.nb_row, np.take(codes, flat))
-        counts = np.take(tab.nb_count_u8, rows)
+        _exact_search(tab, codes, flat, xv, wv, scale)
+    return on
+
+
+# Near-tie margin of the run search, relative to M/s with M = sum w*(15s + |x|)^2 (see _run_margin).
+_TIE_REL = np.float32(2.0**-16)
+_TIE_ABS = np.float32(2.0**-126)
+_BIG = np.float32(2.0**84)
+# Padded widths of the neighbour lists in the run search (fewer, bigger numpy calls than one per length).
+_RUN_WIDTHS = (4, 8, 12, 16, 24, 40)
+
+
+def _margin_coefs(xv: F32Array, wv: F32Array) -> F32Array:
+    """Per group (5, G): (225*W0, 30*W1, W2, 1 + X + W0) with W0 = sum w, W1 = sum w|x|, W2 = sum w*x^2
+    and X = max |x| over the 4 coordinates, for :func:`_run_margin`."""
+    ax = np.abs(xv)
+    wax = wv * ax
+    out = np.empty((4, xv.shape[1]), dtype=np.float32)
+    out[0] = wv[0] + wv[1] + wv[2] + wv[3]
+    out[1] = wax[0] + wax[1] + wax[2] + wax[3]
+    wax *= ax
+    out[2] = wax[0] + wax[1] + wax[2] + wax[3]
+    out[3] = np.maximum(np.maximum(ax[0], ax[1]), np.maximum(ax[2], ax[3]))
+    out[3] += out[0]
+    out[3] += np.float32(1.0)
+    out[0] *= np.float32(225.0)
+    out[1] *= np.float32(30.0)
+    return out
+
+
+def _run_margin(cf: F32Array, s: F32Array) -> tuple[F32Array, BoolArray]:
+    """The margin by which a neighbour's ``s*A - 2B`` must exceed the smallest one at scale ``s`` for C's
+    float32 d2 to be larger too, and whether the bound holds there (no overflow, finite).
+
+    C's d2 = sum w*(s*q - x)^2 of a neighbour and the real value differ by at most ~9u*M (u = 2**-24,
+    M = sum w*(15s + |x|)^2 >= every term), and d2 = s*(s*A - 2B) + sum w*x^2 in real arithmetic; the
+    float32 estimate of s*A - 2B here is within ~11u*M/s. A margin of 2**-16 * M/s covers both for two
+    neighbours with room to spare. Underflow adds absolute errors, covered by 2**-126 * (1 + s + (1 + X +
+    W0)/s). M/s is convex in s, so a margin that holds at both ends of a run of scales holds in between.
+    """
+    m = cf[0] * s
+    m += cf[1]
+    m += cf[2] / s
+    m *= _TIE_REL
+    m += _TIE_ABS * (np.float32(1.0) + s + cf[3] / s)
+    ok = (m < _BIG) & (m * s < _BIG)
+    return m, ok
+
+
+def _clear_min(
+    est: F32Array, thr: F32Array, npad: npt.NDArray[np.uint8]
+) -> tuple[npt.NDArray[np.uint8], BoolArray]:
+    """First smallest of ``est`` (W, P) per column and whether every other entry exceeds it by more than
+    ``thr`` (false for NaN or a non-finite minimum). Columns are padded at the end with ``npad`` copies of
+    their first entry."""
+    best = np.minimum.reduce(est, axis=0)  # NaN propagates: then nothing is within the limit
+    width = est.shape[0]
+    first = np.equal(est, best, out=scratch("iq3.run.eq", est.shape, np.bool_))
+    pick = np.uint8(width) - np.max(first * _COUNTDOWN[-width:, None], axis=0)
+    np.minimum(pick, np.uint8(width - 1), out=pick)  # no minimum (NaN): not ok below, any index
+    lim = best + thr
+    within = np.less_equal(est, lim, out=first)
+    n_in = np.add.reduce(within, axis=0, dtype=np.uint8)
+    n_in -= np.where(pick == 0, npad, np.uint8(0))
+    ok = n_in == 1
+    ok &= np.abs(best) < _BIG
+    return pick, ok
+
+
+@functools.cache
+def _packed_runs(grid_size: int, width: int) -> tuple[npt.NDArray[np.uint16], npt.NDArray[np.uint8]]:
+    """Like :func:`_packed_positions` but padded with each row's first neighbour; and the padding count."""
+    t = iq3_tables(grid_size)
+    cnt = t.nb_count
+    slot = np.arange(width)[None, :]
+    src = np.minimum(np.where(slot < cnt[:, None], slot, 0), t.nb_pos.shape[1] - 1)
+    pos = np.take_along_axis(t.nb_pos, src[:, :, None], axis=1).astype(np.uint16)
+    packed = pos[..., 0] | (pos[..., 1] << 4) | (pos[..., 2] << 8) | (pos[..., 3] << 12)
+    return np.ascontiguousarray(packed.T), np.maximum(width - cnt, 0).astype(np.uint8)
+
+
+def _run_entries(first: IntArray, last: IntArray) -> tuple[IntArray, IntArray]:
+    """For runs of entries ``first[r]..last[r]``: the run of every entry and the entry itself."""
+    cnt = last - first + 1
+    loc = np.repeat(np.arange(first.size), cnt)
+    return loc, np.repeat(first - np.cumsum(cnt) + cnt, cnt) + np.arange(loc.size)
+
+
+def _ab_tables(packed: npt.NDArray[np.uint16], xs: F32Array, ws: F32Array) -> tuple[F32Array, F32Array]:
+    """A = sum w*q^2 and 2B = 2 sum w*x*q of every neighbour (W, g) from packed positions."""
+    shp = packed.shape
+    a = np.empty(shp, dtype=np.float32)
+    b2 = np.empty(shp, dtype=np.float32)
+    q = scratch("iq3.run.q", shp)
+    t = scratch("iq3.run.t", shp)
+    qi = scratch("iq3.run.qi", shp, np.uint16)
+    wx = ws * xs
+    for i in range(4):
+        np.right_shift(packed, np.uint16(4 * i), out=qi)
+        qi &= np.uint16(15)
+        np.copyto(q, qi)
+        np.multiply(q, q, out=t)
+        t *= ws[i]
+        q *= wx[i]
+        if i:
+            a += t
+            b2 += q
+        else:
+            a[...] = t
+            b2[...] = q
+    b2 *= np.float32(2.0)
+    return a, b2
+
+
+def _run_search(
+    tab: Iq3Tables,
+    rows: IntArray,
+    x4: F32Array,
+    w4: F32Array,
+    first: IntArray,
+    last: IntArray,
+    s_flat: F32Array,
+) -> tuple[I32Array, IntArray, I32Array]:
+    """The neighbour search for P runs (one group, one off-grid code, table row ``rows``; its entries
+    are the flat positions ``first..last``, at scales ``s_flat[pos % s_flat.size]``, monotone along a
+    run). ``x4``/``w4`` (4, P). Returns the grid index of every run that one neighbour wins throughout
+    (-1 elsewhere), and the flat positions of the other runs' entries with the grid index each takes
+    there (-1 where a near tie, or a non-finite value, needs C's exact search).
+
+    With A = sum w*q^2 and B = sum w*x*q of a neighbour, d2 = s*(s*A - 2B) + const, so neighbours
+    compare by s*A - 2B, computed once per run from A and B. That is linear in s and the margin of
+    :func:`_run_margin` convex in s, so a neighbour that is the clear minimum at both ends of a run is
+    C's choice at every scale in between. When the ends have different clear minima j0 and j1, a
+    neighbour not within the margin of j1 at the first end or of j0 at the last is beaten by one of
+    them all along: if only j0 and j1 are left, the sign of their difference decides each entry. Other
+    runs are decided entry by entry."""
+    n_p = rows.shape[0]
+    n_s = s_flat.shape[0]
+    cf = _margin_coefs(x4, w4)
+    s0 = np.take(s_flat, first % n_s)
+    s1 = np.take(s_flat, last % n_s)
+    thr0, ok0 = _run_margin(cf, s0)
+    thr1, ok1 = _run_margin(cf, s1)
+    ok_ends = ok0 & ok1
+    won = np.full(n_p, -1, dtype=np.int32)
+    two_l: list[IntArray] = []
+    two_v: list[F32Array] = []  # (5, n): A1 - A0, 2B1 - 2B0, margin, grid index j0, j1 (as float)
+    pos_l: list[IntArray] = []
+    gi_l: list[I32Array] = []
+    bucket = np.searchsorted(np.array(_RUN_WIDTHS), np.take(tab.nb_count, rows))
+    full = tab.nb_index.shape[1]
+    nb_flat = tab.nb_index.reshape(-1)
+    for bi, width in enumerate(_RUN_WIDTHS):
+        sel = np.flatnonzero(bucket == bi)
+        if sel.size == 0:
+            continue
+        r = np.take(rows, sel)
+        table, pads = _packed_runs(tab.grid_size, width)
+        npad = np.take(pads, r)
+        a, b2 = _ab_tables(np.take(table, r, axis=1), np.take(x4, sel, axis=1), np.take(w4, sel, axis=1))
+        t0, t1 = np.take(thr0, sel), np.take(thr1, sel)
+        est0 = a * np.take(s0, sel)
+        est0 -= b2
+        est1 = a * np.take(s1, sel)
+        est1 -= b2
+        j0, c0 = _clear_min(est0, t0, npad)
+        j1, c1 = _clear_min(est1, t1, npad)
+        ends = c0 & c1 & np.take(ok_ends, sel)
+        same = j0 == j1
+        dec = np.flatnonzero(ends & same)
+        won[np.take(sel, dec)] = np.take(nb_flat, np.take(r, dec) * full + np.take(j0, dec))
+        two = ends & ~same
+        if two.any():
+            lim0 = np.take_along_axis(est0, j1[None, :].astype(np.intp), axis=0)[0] + t0
+            lim1 = np.take_along_axis(est1, j0[None, :].astype(np.intp), axis=0)[0] + t1
+            inset = np.less_equal(est0, lim0, out=scratch("iq3.run.in0", est0.shape, np.bool_))
+            inset &= est1 <= lim1
+            n_in = np.add.reduce(inset, axis=0, dtype=np.uint8)
+            n_in -= np.where(inset[0], npad, np.uint8(0))  # padding copies of neighbour 0
+            two &= n_in == 2
+            p2 = np.flatnonzero(two)
+            i0 = j0[p2].astype(np.intp) * a.shape[1] + p2
+            i1 = j1[p2].astype(np.intp) * a.shape[1] + p2
+            v = np.empty((5, p2.size), dtype=np.float32)
+            np.subtract(np.take(a, i1), np.take(a, i0), out=v[0])
+            np.subtract(np.take(b2, i1), np.take(b2, i0), out=v[1])
+            # the margin is convex in s: its larger end value holds along the run
+            np.maximum(np.take(t0, p2), np.take(t1, p2), out=v[2])
+            rp = np.take(r, p2) * full
+            v[3] = np.take(nb_flat, rp + j0[p2])  # grid indices < 2**24: exact as float32
+            v[4] = np.take(nb_flat, rp + j1[p2])
+            two_l.append(np.take(sel, p2))
+            two_v.append(v)
+        und = np.flatnonzero(~ends | (~same & ~two))
+        if und.size == 0:
+            continue
+        # entry by entry for the other runs, still from A and B
+        su = np.take(sel, und)
+        loc, pos = _run_entries(np.take(first, su), np.take(last, su))
+        loc = np.take(und, loc)
+        se = np.take(s_flat, pos % n_s)
+        thr, ok = _run_margin(np.take(cf, np.take(sel, loc), axis=1), se)
+        est = np.take(a, loc, axis=1)
+        est *= se
+        est -= np.take(b2, loc, axis=1)
+        j, c = _clear_min(est, thr, np.take(npad, loc))
+        c &= ok
+        pos_l.append(pos)
+        gi_l.append(np.where(c, np.take(nb_flat, np.take(r, loc) * full + j), -1).astype(np.int32))
+    if two_l:
+        p2 = np.concatenate(two_l)
+        v = np.concatenate(two_v, axis=1)
+        loc, pos = _run_entries(np.take(first, p2), np.take(last, p2))
+        se = np.take(s_flat, pos % n_s)
+        vl = np.take(v, loc, axis=1)
+        d = vl[0] * se
+        d -= vl[1]
+        gi = np.where(d < 0, vl[4], vl[3]).astype(np.int32)
+        gi[~(np.abs(d) > vl[2])] = -1
+        pos_l.append(pos)
+        gi_l.append(gi)
+    if pos_l:
+        return won, np.concatenate(pos_l), np.concatenate(gi_l)
+    return won, np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.int32)
+
+
+def _snap_trials(tab: Iq3Tables, codes: I16Array, xv: F32Array, wv: F32Array, scale: F32Array) -> BoolArray:
+    """:func:`_snap_to_grid` for the trial scales: ``codes`` (8, nb, T), ``scale`` (nb, T) monotone
+    along T. The trials of a group with the same off-grid code (a run) share the neighbour list and are
+    searched together (:func:`_run_search`); near ties go through C's exact search."""
+    on = np.take(tab.kmap, codes) >= 0
+    n_t = scale.shape[1]
+    off = ~on
+    new = off.copy()
+    new[..., 1:] &= codes[..., 1:] != codes[..., :-1]
+    end = off.copy()
+    end[..., :-1] &= codes[..., :-1] != codes[..., 1:]
+    cflat = codes.reshape(-1)
+    first = np.flatnonzero(new)
+    if first.size == 0:
+        return on
+    last = np.flatnonzero(end)
+    grp = first // n_t  # k * nb + b: column of xv/wv
+    rows = np.take(tab.nb_row, np.take(cflat, first)).astype(np.intp)
+    x4, w4 = np.take(xv, grp, axis=1), np.take(wv, grp, axis=1)
+    s_flat = scale.reshape(-1)
+    won, pos, gi = _run_search(tab, rows, x4, w4, first, last, s_flat)
+    # runs with one winner: add (its code - the run's code) over the run, as a running sum of steps
+    dec = np.flatnonzero(won >= 0)
+    u = np.take(cflat, np.take(first, dec)).astype(np.int32)
+    step = np.take(tab.grid_codes, np.take(won, dec)) - u
+    delta = np.zeros(cflat.size + 1, dtype=np.int32)
+    stop = np.zeros(cflat.size + 1, dtype=np.int32)  # a run may start where the one before ends
+    delta[np.take(first, dec)] = step
+    stop[np.take(last, dec) + 1] = step
+    delta -= stop
+    np.cumsum(delta, out=delta)
+    cflat += delta[:-1].astype(np.int16)
+    exact = np.flatnonzero(gi < 0)
+    if exact.size:
+        pe = np.take(pos, exact)
+        e_grp = pe // n_t
+        rr = np.take(tab.nb_row, np.take(cflat, pe)).astype(np.intp)
+        counts = np.take(tab.nb_count_u8, rr)
         order = np.argsort(counts, kind="stable")
         ends = np.cumsum(np.bincount(counts, minlength=tab.nb_index.shape[1] + 1))
-        flat, rows = np.take(flat, order), np.take(rows, order)
-        per_k = codes[0].size
-        k = flat // per_k
-        rest = flat - k * per_k  # index into S
-        kb = k * codes.shape[-1] + rest % codes.shape[-1]
-        gi = _best_neighbours(
+        exact, rr, e_grp, pe = (np.take(v, order) for v in (exact, rr, e_grp, pe))
+        gi[exact] = _best_neighbours(
             tab,
-            rows.astype(np.intp),
+            rr,
             ends,
-            np.take(xv, kb, axis=1),
-            np.take(wv, kb, axis=1),
-            np.take(scale, rest),
+            np.take(xv, e_grp, axis=1),
+            np.take(wv, e_grp, axis=1),
+            np.take(s_flat, pe % s_flat.size),
         )
-        np.put(codes, flat, np.take(tab.grid_codes, gi))
+    cflat[pos] = np.take(tab.grid_codes, gi)
     return on
 
 
@@ -225,17 +508,18 @@ def _iq3_blocks(kind: _Kind, xt: F32Array, w: F32Array) -> _Blocks:
     steps = np.arange(-kind.n_scale_steps, kind.n_scale_steps + 1, dtype=np.float32)
     numer = np.float32(15.0) + steps * np.float32(0.2)
     ids = _f32(numer[:, None] / vmax[None, :])  # (T, nb)
-    this_scale = _f32(np.float32(1.0) / ids)
 
     xg = np.ascontiguousarray(xval.reshape(8, 4, nb).transpose(1, 0, 2)).reshape(4, 8 * nb)
     wg = np.ascontiguousarray(waux.reshape(8, 4, nb).transpose(1, 0, 2)).reshape(4, 8 * nb)
 
-    codes_t = _level_codes(xval[:, None, :], ids[None, :, :])  # (8, T, nb)
-    on = _snap_to_grid(tab, codes_t, xg, wg, this_scale)
-    q = _positions(codes_t)  # (32, T, nb)
-    wx = (w * xval)[:, None, :]
+    # trial-minor layout (.., nb, T): the trials of a group with one code are contiguous (see _snap_trials)
+    ids_t = np.ascontiguousarray(ids.T)
+    codes_t = _level_codes(xval[:, :, None], ids_t[None, :, :])  # (8, nb, T)
+    on = _snap_trials(tab, codes_t, xg, wg, _f32(np.float32(1.0) / ids_t))
+    q = _positions(codes_t)  # (32, nb, T)
+    wx = (w * xval)[:, :, None]
     sumqx = seq_sum0(wx * q)
-    wq = w[:, None, :] * q
+    wq = w[:, :, None] * q
     wq *= q
     sumq2 = seq_sum0(wq)
 
@@ -244,7 +528,7 @@ def _iq3_blocks(kind: _Kind, xt: F32Array, w: F32Array) -> _Blocks:
     win = np.full(nb, -1, dtype=np.intp)
     with np.errstate(all="ignore"):
         for t in range(ids.shape[0]):
-            sx, s2 = sumqx[t], sumq2[t]
+            sx, s2 = sumqx[:, t], sumq2[:, t]
             take = (s2 > 0) & (sx * sx > best * s2)
             scale = np.where(take, sx / s2, scale)
             best = np.where(take, scale * sx, best)
@@ -252,8 +536,8 @@ def _iq3_blocks(kind: _Kind, xt: F32Array, w: F32Array) -> _Blocks:
 
     has = win >= 0
     wsafe = np.where(has, win, 0)
-    codes = np.where(has, codes_t[:, wsafe, cols], np.int16(0))
-    on_grid = np.where(has, on[:, wsafe, cols], not kind.refine_all_groups)
+    codes = np.where(has, codes_t[:, cols, wsafe], np.int16(0))
+    on_grid = np.where(has, on[:, cols, wsafe], not kind.refine_all_groups)
 
     refine = (~on_grid).any(axis=0) & (scale > 0) & ~skip
     rb = np.flatnonzero(refine)
