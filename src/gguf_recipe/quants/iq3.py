@@ -121,13 +121,16 @@ def _best_neighbours(
     """
     full = tab.nb_index.shape[1]
     picked = np.empty(len(rows), dtype=np.intp)
-    for width in range(1, full + 1):
-        lo, hi = int(ends[width - 1]), int(ends[width])
+    shorter = 0
+    for width in _run_widths(full):
+        lo, hi = int(ends[shorter]), int(ends[min(width, full)])
+        shorter = min(width, full)
         if hi == lo:
             continue
         sl = slice(lo, hi)
         r = rows[sl]
-        packed = np.take(_packed_positions(tab.grid_size, width), r, axis=1)  # (width, g)
+        table, _ = _packed_runs(tab.grid_size, width)
+        packed = np.take(table, r, axis=1)  # (width, g), padded with copies of the first neighbour
         s = scale[sl]
         d2 = np.empty(packed.shape, dtype=np.float32)
         t = np.empty(packed.shape, dtype=np.float32)
@@ -145,11 +148,12 @@ def _best_neighbours(
             if i:
                 d2 += t
         # C keeps the first neighbour with the smallest d2 (strict '<'); fmin skips NaN like C does.
+        # The padding repeats the first neighbour's d2 after it, so it is never the first smallest.
         best = np.fmin.reduce(d2, axis=0)
         first = (d2 == best) * _COUNTDOWN[-width:, None]
         pick = np.uint8(width) - np.max(first, axis=0)
         # No finite candidate at all (C asserts there): take the last, so callers never fail.
-        np.minimum(pick, np.uint8(width - 1), out=pick)
+        np.minimum(pick, np.take(tab.nb_count_u8, r) - np.uint8(1), out=pick)
         picked[sl] = r * full + pick
     out: I32Array = np.take(tab.nb_index, picked)
     return out
@@ -270,6 +274,11 @@ def _clear_min(
     return pick, ok
 
 
+def _run_widths(longest: int) -> tuple[int, ...]:
+    """:data:`_RUN_WIDTHS`, the last one at least ``longest``."""
+    return (*_RUN_WIDTHS[:-1], max(_RUN_WIDTHS[-1], longest))
+
+
 @functools.cache
 def _packed_runs(grid_size: int, width: int) -> tuple[npt.NDArray[np.uint16], npt.NDArray[np.uint8]]:
     """Like :func:`_packed_positions` but padded with each row's first neighbour; and the padding count."""
@@ -350,10 +359,11 @@ def _run_search(
     two_v: list[F32Array] = []  # (5, n): A1 - A0, 2B1 - 2B0, margin, grid index j0, j1 (as float)
     pos_l: list[IntArray] = []
     gi_l: list[I32Array] = []
-    bucket = np.searchsorted(np.array(_RUN_WIDTHS), np.take(tab.nb_count, rows))
+    widths = _run_widths(tab.nb_index.shape[1])
+    bucket = np.searchsorted(np.array(widths), np.take(tab.nb_count, rows))
     full = tab.nb_index.shape[1]
     nb_flat = tab.nb_index.reshape(-1)
-    for bi, width in enumerate(_RUN_WIDTHS):
+    for bi, width in enumerate(widths):
         sel = np.flatnonzero(bucket == bi)
         if sel.size == 0:
             continue
