@@ -409,15 +409,16 @@ def _run_search(
             continue
         # entry by entry for the other runs, still from A and B
         su = np.take(sel, und)
-        loc, pos = _run_entries(np.take(first, su), np.take(last, su))
-        loc = np.take(und, loc)
+        lu, pos = _run_entries(np.take(first, su), np.take(last, su))
+        loc = np.take(und, lu)
         se = np.take(s_flat, pos % n_s)
-        thr, ok = _run_margin(np.take(cf, np.take(sel, loc), axis=1), se)
+        # the margin is convex in s: its larger end value holds along the run (NaN: no bound there)
+        thr_run = np.maximum(np.take(t0, und), np.take(t1, und))
+        thr_run[~np.take(ok_ends, su)] = np.nan
         est = np.take(a, loc, axis=1)
         est *= se
         est -= np.take(b2, loc, axis=1)
-        j, c = _clear_min(est, thr, np.take(npad, loc))
-        c &= ok
+        j, c = _clear_min(est, np.take(thr_run, lu), np.take(npad, loc))
         pos_l.append(pos)
         gi_l.append(np.where(c, np.take(nb_flat, np.take(r, loc) * full + j), -1).astype(np.int32))
     if two_l:
