@@ -6,12 +6,13 @@ Per block ggml tries a range of scales; for each trial a group whose rounded lev
 is replaced by its best neighbour among a precomputed list (see ``_iq3_tables``).
 
 Every step below runs over all blocks (and all trials) at once. Per-block arrays are j-major,
-``(32, n_blocks)`` / ``(32, n_trials, n_blocks)``, so C's sequential sums over a block are ordered
+``(32, n_blocks)`` / ``(32, n_blocks, n_trials)``, so C's sequential sums over a block are ordered
 reductions over axis 0 (:func:`seq_sum0`); a group of 4 levels is carried as its 12-bit code
-(``(8, ...)`` arrays). The neighbour lists (from ``_iq3_tables``, padded there to one width with the
-lengths alongside) have 2..38 entries: the off-grid groups are sorted by the length of their list and
-the groups of each length are searched as one rectangular (neighbours x groups) array, so no work is
-spent on padding.
+(``(8, ...)`` arrays). The trials are the last axis, so the trials of a group that round to the same
+off-grid code (a run, ~6 trials on average) are contiguous: :func:`_snap_trials` searches the
+neighbour list once per run (:func:`_run_search`, with a proven float32 margin), and only near ties go
+through C's exact sequential search (:func:`_best_neighbours`). The neighbour lists (2..38 entries)
+are padded to a few widths with copies of their first entry.
 """
 
 from __future__ import annotations
