@@ -102,24 +102,21 @@ def _positions(codes: I16Array) -> F32Array:
     return out.reshape((32, *codes.shape[1:]))
 
 
-@functools.cache
-def _packed_positions(grid_size: int, width: int) -> npt.NDArray[np.uint16]:
-    """(width, n_rows) uint16: neighbour n of table row r has positions ``(p >> 4*i) & 15``, i = 0..3."""
-    pos = iq3_tables(grid_size).nb_pos[:, :width, :].astype(np.uint16)
-    packed = pos[..., 0] | (pos[..., 1] << 4) | (pos[..., 2] << 8) | (pos[..., 3] << 12)
-    return np.ascontiguousarray(packed.T)
-
-
 def _best_neighbours(
-    tab: Iq3Tables, rows: IntArray, ends: IntArray, x4: F32Array, w4: F32Array, scale: F32Array
+    tab: Iq3Tables, rows: IntArray, cols: IntArray, xv: F32Array, wv: F32Array, scale: F32Array
 ) -> I32Array:
     """``iq3_find_best_neighbour`` for G groups at once: returns the chosen grid index per group.
 
-    ``rows`` (G,) neighbour-table rows of the groups' codes, sorted by list length so that the groups
-    whose lists have n entries are ``[ends[n-1], ends[n])``; ``x4``/``w4`` (4, G) values and
-    sqrt-weights; ``scale`` (G,). Groups of one list length are searched together: neighbours x groups,
-    groups along the contiguous axis.
+    ``rows`` (G,) neighbour-table rows of the groups' codes; ``cols`` (G,) their columns in ``xv``/``wv``
+    (4, n) values and sqrt-weights; ``scale`` (G,). The groups are sorted by list length and searched a
+    few widths at a time: neighbours x groups, groups along the contiguous axis.
     """
+    counts = np.take(tab.nb_count_u8, rows)
+    order = np.argsort(counts, kind="stable")
+    ends = np.cumsum(np.bincount(counts, minlength=tab.nb_index.shape[1] + 1))
+    rows = np.take(rows, order)
+    cols = np.take(cols, order)
+    x4, w4, scale = np.take(xv, cols, axis=1), np.take(wv, cols, axis=1), np.take(scale, order)
     full = tab.nb_index.shape[1]
     picked = np.empty(len(rows), dtype=np.intp)
     shorter = 0
@@ -156,7 +153,8 @@ def _best_neighbours(
         # No finite candidate at all (C asserts there): take the last, so callers never fail.
         np.minimum(pick, np.take(tab.nb_count_u8, r) - np.uint8(1), out=pick)
         picked[sl] = r * full + pick
-    out: I32Array = np.take(tab.nb_index, picked)
+    out: I32Array = np.empty(len(rows), dtype=np.int32)
+    out[order] = np.take(tab.nb_index, picked)
     return out
 
 
@@ -165,22 +163,12 @@ def _exact_search(
 ) -> None:
     """``iq3_find_best_neighbour`` for the off-grid groups at ``flat`` (flat indices into ``codes``,
     (8, *S)); their codes are replaced in place. Arguments as in :func:`_snap_to_grid`."""
-    rows = np.take(tab.nb_row, np.take(codes, flat))
-    counts = np.take(tab.nb_count_u8, rows)
-    order = np.argsort(counts, kind="stable")
-    ends = np.cumsum(np.bincount(counts, minlength=tab.nb_index.shape[1] + 1))
-    flat, rows = np.take(flat, order), np.take(rows, order)
+    rows = np.take(tab.nb_row, np.take(codes, flat)).astype(np.intp)
     per_k = codes[0].size
     k = flat // per_k
     rest = flat - k * per_k  # index into S
-    kb = k * codes.shape[-1] + rest % codes.shape[-1]
     gi = _best_neighbours(
-        tab,
-        rows.astype(np.intp),
-        ends,
-        np.take(xv, kb, axis=1),
-        np.take(wv, kb, axis=1),
-        np.take(scale, rest),
+        tab, rows, k * codes.shape[-1] + rest % codes.shape[-1], xv, wv, np.take(scale, rest)
     )
     np.put(codes, flat, np.take(tab.grid_codes, gi))
 
@@ -282,7 +270,8 @@ def _run_widths(longest: int) -> tuple[int, ...]:
 
 @functools.cache
 def _packed_runs(grid_size: int, width: int) -> tuple[npt.NDArray[np.uint16], npt.NDArray[np.uint8]]:
-    """Like :func:`_packed_positions` but padded with each row's first neighbour; and the padding count."""
+    """(width, n_rows) uint16: neighbour n of table row r has positions ``(p >> 4*i) & 15``, i = 0..3,
+    the lists padded with copies of their first neighbour; and the padding count of every row."""
     t = iq3_tables(grid_size)
     cnt = t.nb_count
     slot = np.arange(width)[None, :]
@@ -474,20 +463,8 @@ def _snap_trials(tab: Iq3Tables, codes: I16Array, xv: F32Array, wv: F32Array, sc
     exact = np.flatnonzero(gi < 0)
     if exact.size:
         pe = np.take(pos, exact)
-        e_grp = pe // n_t
         rr = np.take(tab.nb_row, np.take(cflat, pe)).astype(np.intp)
-        counts = np.take(tab.nb_count_u8, rr)
-        order = np.argsort(counts, kind="stable")
-        ends = np.cumsum(np.bincount(counts, minlength=tab.nb_index.shape[1] + 1))
-        exact, rr, e_grp, pe = (np.take(v, order) for v in (exact, rr, e_grp, pe))
-        gi[exact] = _best_neighbours(
-            tab,
-            rr,
-            ends,
-            np.take(xv, e_grp, axis=1),
-            np.take(wv, e_grp, axis=1),
-            np.take(s_flat, pe % s_flat.size),
-        )
+        gi[exact] = _best_neighbours(tab, rr, pe // n_t, xv, wv, np.take(s_flat, pe % s_flat.size))
     cflat[pos] = np.take(tab.grid_codes, gi)
     return on
 
