@@ -251,12 +251,11 @@ def _clear_min(
     their first entry."""
     best = np.minimum.reduce(est, axis=0)  # NaN propagates: then nothing is within the limit
     width = est.shape[0]
-    first = np.equal(est, best, out=scratch("iq3.run.eq", est.shape, np.bool_))
-    pick = np.uint8(width) - np.max(first * _COUNTDOWN[-width:, None], axis=0)
-    np.minimum(pick, np.uint8(width - 1), out=pick)  # no minimum (NaN): not ok below, any index
-    lim = best + thr
-    within = np.less_equal(est, lim, out=first)
+    within = np.less_equal(est, best + thr, out=scratch("iq3.run.in", est.shape, np.bool_))
     n_in = np.add.reduce(within, axis=0, dtype=np.uint8)
+    # when the minimum is clear it is the first entry within the limit (its padding copies come after)
+    pick = np.uint8(width) - np.max(within * _COUNTDOWN[-width:, None], axis=0)
+    np.minimum(pick, np.uint8(width - 1), out=pick)  # nothing within (NaN): not ok below, any index
     n_in -= np.where(pick == 0, npad, np.uint8(0))
     ok = n_in == 1
     ok &= np.abs(best) < _BIG
@@ -296,21 +295,19 @@ def _ab_tables(packed: npt.NDArray[np.uint16], xs: F32Array, ws: F32Array) -> tu
     q = scratch("iq3.run.q", shp)
     t = scratch("iq3.run.t", shp)
     qi = scratch("iq3.run.qi", shp, np.uint16)
-    wx = ws * xs
+    wx2 = ws * xs
+    wx2 *= np.float32(2.0)
     for i in range(4):
         np.right_shift(packed, np.uint16(4 * i), out=qi)
         qi &= np.uint16(15)
-        np.copyto(q, qi)
-        np.multiply(q, q, out=t)
-        t *= ws[i]
-        q *= wx[i]
+        qd, td = (q, t) if i else (b2, a)  # the first coordinate goes straight into the sums
+        np.copyto(qd, qi)
+        np.multiply(qd, qd, out=td)
+        td *= ws[i]
+        qd *= wx2[i]
         if i:
             a += t
             b2 += q
-        else:
-            a[...] = t
-            b2[...] = q
-    b2 *= np.float32(2.0)
     return a, b2
 
 
