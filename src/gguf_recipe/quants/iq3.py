@@ -431,12 +431,15 @@ def _snap_trials(tab: Iq3Tables, codes: I16Array, xv: F32Array, wv: F32Array, sc
     searched together (:func:`_run_search`); near ties go through C's exact search."""
     on = np.take(tab.kmap, codes) >= 0
     n_t = scale.shape[1]
-    off = ~on
-    new = off.copy()
-    new[..., 1:] &= codes[..., 1:] != codes[..., :-1]
-    end = off.copy()
-    end[..., :-1] &= codes[..., :-1] != codes[..., 1:]
     cflat = codes.reshape(-1)
+    off = ~on.reshape(-1)
+    differs = cflat[1:] != cflat[:-1]
+    new = off.copy()
+    new[1:] &= differs
+    new[::n_t] = off[::n_t]  # a group's first trial starts a run
+    end = off.copy()
+    end[:-1] &= differs
+    end[n_t - 1 :: n_t] = off[n_t - 1 :: n_t]
     first = np.flatnonzero(new)
     if first.size == 0:
         return on
@@ -449,14 +452,12 @@ def _snap_trials(tab: Iq3Tables, codes: I16Array, xv: F32Array, wv: F32Array, sc
     # runs with one winner: add (its code - the run's code) over the run, as a running sum of steps
     dec = np.flatnonzero(won >= 0)
     u = np.take(cflat, np.take(first, dec)).astype(np.int32)
-    step = np.take(tab.grid_codes, np.take(won, dec)) - u
-    delta = np.zeros(cflat.size + 1, dtype=np.int32)
-    stop = np.zeros(cflat.size + 1, dtype=np.int32)  # a run may start where the one before ends
+    step = (np.take(tab.grid_codes, np.take(won, dec)) - u).astype(np.int16)
+    delta = np.zeros(cflat.size + 1, dtype=np.int16)  # codes < 4096: the running sums fit
     delta[np.take(first, dec)] = step
-    stop[np.take(last, dec) + 1] = step
-    delta -= stop
+    delta[np.take(last, dec) + 1] -= step  # after the assignment: a run may start where one ends
     np.cumsum(delta, out=delta)
-    cflat += delta[:-1].astype(np.int16)
+    cflat += delta[:-1]
     exact = np.flatnonzero(gi < 0)
     if exact.size:
         pe = np.take(pos, exact)
