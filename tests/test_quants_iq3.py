@@ -95,13 +95,9 @@ def test_best_neighbour_search_matches_port(size: int) -> None:
     x4[:, :40] = np.round(x4[:, :40])
     w4[0, 40:60] = 0.0
     scale = rng.uniform(0.8, 1.2, n).astype(np.float32)
-    rows = tab.nb_row[codes]
-    order = np.argsort(tab.nb_count[rows], kind="stable")
-    ends = np.cumsum(np.bincount(tab.nb_count_u8[rows], minlength=tab.nb_index.shape[1] + 1))
-    got = iq3_mod._best_neighbours(
-        tab, rows[order].astype(np.intp), ends, x4[:, order], w4[:, order], scale[order]
-    )
-    want = [_find_best_reference(size, int(codes[g]), x4[:, g], w4[:, g], scale[g]) for g in order.tolist()]
+    rows = tab.nb_row[codes].astype(np.intp)
+    got = iq3_mod._best_neighbours(tab, rows, np.arange(n), x4, w4, scale)
+    want = [_find_best_reference(size, int(codes[g]), x4[:, g], w4[:, g], scale[g]) for g in range(n)]
     assert got.tolist() == want
 
 

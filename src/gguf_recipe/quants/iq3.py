@@ -6,12 +6,13 @@ Per block ggml tries a range of scales; for each trial a group whose rounded lev
 is replaced by its best neighbour among a precomputed list (see ``_iq3_tables``).
 
 Every step below runs over all blocks (and all trials) at once. Per-block arrays are j-major,
-``(32, n_blocks)`` / ``(32, n_trials, n_blocks)``, so C's sequential sums over a block are ordered
+``(32, n_blocks)`` / ``(32, n_blocks, n_trials)``, so C's sequential sums over a block are ordered
 reductions over axis 0 (:func:`seq_sum0`); a group of 4 levels is carried as its 12-bit code
-(``(8, ...)`` arrays). The neighbour lists (from ``_iq3_tables``, padded there to one width with the
-lengths alongside) have 2..38 entries: the off-grid groups are sorted by the length of their list and
-the groups of each length are searched as one rectangular (neighbours x groups) array, so no work is
-spent on padding.
+(``(8, ...)`` arrays). The trials are the last axis, so the trials of a group that round to the same
+off-grid code (a run, ~6 trials on average) are contiguous: :func:`_snap_trials` searches the
+neighbour list once per run (:func:`_run_search`, with a proven float32 margin), and only near ties go
+through C's exact sequential search (:func:`_best_neighbours`). The neighbour lists (2..38 entries)
+are padded to a few widths with copies of their first entry.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._iq3_tables import Iq3Tables, iq3_tables
-from ._numeric import F32Array, U8Array, U16Array, fp32_to_fp16_bits, nearest_int
+from ._numeric import F32Array, U8Array, U16Array, fp32_to_fp16_bits, nearest_int, scratch
 from ._numeric import seq_sum as seq_sum0
 
 __all__ = ["quantize_iq3_s", "quantize_iq3_xxs"]
@@ -50,7 +51,7 @@ def _f32(a: npt.ArrayLike) -> F32Array:
 _MAGIC = np.float32(12582912.0)  # 1.5 * 2**23, as in ggml's nearest_int
 _COUNTDOWN = np.arange(64, 0, -1).astype(np.uint8)  # ends with ..., 3, 2, 1
 # Blocks handled per step: large steps amortise numpy's per-call overhead over more groups.
-_BLOCKS_PER_STEP = 1024
+_BLOCKS_PER_STEP = 2048
 
 
 @dataclass(frozen=True)
@@ -101,33 +102,33 @@ def _positions(codes: I16Array) -> F32Array:
     return out.reshape((32, *codes.shape[1:]))
 
 
-@functools.cache
-def _packed_positions(grid_size: int, width: int) -> npt.NDArray[np.uint16]:
-    """(width, n_rows) uint16: neighbour n of table row r has positions ``(p >> 4*i) & 15``, i = 0..3."""
-    pos = iq3_tables(grid_size).nb_pos[:, :width, :].astype(np.uint16)
-    packed = pos[..., 0] | (pos[..., 1] << 4) | (pos[..., 2] << 8) | (pos[..., 3] << 12)
-    return np.ascontiguousarray(packed.T)
-
-
 def _best_neighbours(
-    tab: Iq3Tables, rows: IntArray, ends: IntArray, x4: F32Array, w4: F32Array, scale: F32Array
+    tab: Iq3Tables, rows: IntArray, cols: IntArray, xv: F32Array, wv: F32Array, scale: F32Array
 ) -> I32Array:
     """``iq3_find_best_neighbour`` for G groups at once: returns the chosen grid index per group.
 
-    ``rows`` (G,) neighbour-table rows of the groups' codes, sorted by list length so that the groups
-    whose lists have n entries are ``[ends[n-1], ends[n])``; ``x4``/``w4`` (4, G) values and
-    sqrt-weights; ``scale`` (G,). Groups of one list length are searched together: neighbours x groups,
-    groups along the contiguous axis.
+    ``rows`` (G,) neighbour-table rows of the groups' codes; ``cols`` (G,) their columns in ``xv``/``wv``
+    (4, n) values and sqrt-weights; ``scale`` (G,). The groups are sorted by list length and searched a
+    few widths at a time: neighbours x groups, groups along the contiguous axis.
     """
+    counts = np.take(tab.nb_count_u8, rows)
+    order = np.argsort(counts, kind="stable")
+    ends = np.cumsum(np.bincount(counts, minlength=tab.nb_index.shape[1] + 1))
+    rows = np.take(rows, order)
+    cols = np.take(cols, order)
+    x4, w4, scale = np.take(xv, cols, axis=1), np.take(wv, cols, axis=1), np.take(scale, order)
     full = tab.nb_index.shape[1]
     picked = np.empty(len(rows), dtype=np.intp)
-    for width in range(1, full + 1):
-        lo, hi = int(ends[width - 1]), int(ends[width])
+    shorter = 0
+    for width in _run_widths(full):
+        lo, hi = int(ends[shorter]), int(ends[min(width, full)])
+        shorter = min(width, full)
         if hi == lo:
             continue
         sl = slice(lo, hi)
         r = rows[sl]
-        packed = np.take(_packed_positions(tab.grid_size, width), r, axis=1)  # (width, g)
+        table, _ = _packed_runs(tab.grid_size, width)
+        packed = np.take(table, r, axis=1)  # (width, g), padded with copies of the first neighbour
         s = scale[sl]
         d2 = np.empty(packed.shape, dtype=np.float32)
         t = np.empty(packed.shape, dtype=np.float32)
@@ -145,14 +146,31 @@ def _best_neighbours(
             if i:
                 d2 += t
         # C keeps the first neighbour with the smallest d2 (strict '<'); fmin skips NaN like C does.
+        # The padding repeats the first neighbour's d2 after it, so it is never the first smallest.
         best = np.fmin.reduce(d2, axis=0)
         first = (d2 == best) * _COUNTDOWN[-width:, None]
         pick = np.uint8(width) - np.max(first, axis=0)
         # No finite candidate at all (C asserts there): take the last, so callers never fail.
-        np.minimum(pick, np.uint8(width - 1), out=pick)
+        np.minimum(pick, np.take(tab.nb_count_u8, r) - np.uint8(1), out=pick)
         picked[sl] = r * full + pick
-    out: I32Array = np.take(tab.nb_index, picked)
+    out: I32Array = np.empty(len(rows), dtype=np.int32)
+    out[order] = np.take(tab.nb_index, picked)
     return out
+
+
+def _exact_search(
+    tab: Iq3Tables, codes: I16Array, flat: IntArray, xv: F32Array, wv: F32Array, scale: F32Array
+) -> None:
+    """``iq3_find_best_neighbour`` for the off-grid groups at ``flat`` (flat indices into ``codes``,
+    (8, *S)); their codes are replaced in place. Arguments as in :func:`_snap_to_grid`."""
+    rows = np.take(tab.nb_row, np.take(codes, flat)).astype(np.intp)
+    per_k = codes[0].size
+    k = flat // per_k
+    rest = flat - k * per_k  # index into S
+    gi = _best_neighbours(
+        tab, rows, k * codes.shape[-1] + rest % codes.shape[-1], xv, wv, np.take(scale, rest)
+    )
+    np.put(codes, flat, np.take(tab.grid_codes, gi))
 
 
 def _snap_to_grid(
@@ -176,24 +194,276 @@ def _snap_to_grid(
     todo = ~on if groups is None else ~on & groups
     flat = np.flatnonzero(todo)
     if flat.size:
-        rows = np.take(tab.nb_row, np.take(codes, flat))
-        counts = np.take(tab.nb_count_u8, rows)
-        order = np.argsort(counts, kind="stable")
-        ends = np.cumsum(np.bincount(counts, minlength=tab.nb_index.shape[1] + 1))
-        flat, rows = np.take(flat, order), np.take(rows, order)
-        per_k = codes[0].size
-        k = flat // per_k
-        rest = flat - k * per_k  # index into S
-        kb = k * codes.shape[-1] + rest % codes.shape[-1]
-        gi = _best_neighbours(
-            tab,
-            rows.astype(np.intp),
-            ends,
-            np.take(xv, kb, axis=1),
-            np.take(wv, kb, axis=1),
-            np.take(scale, rest),
-        )
-        np.put(codes, flat, np.take(tab.grid_codes, gi))
+        _exact_search(tab, codes, flat, xv, wv, scale)
+    return on
+
+
+# Near-tie margin of the run search, relative to M/s with M = sum w*(15s + |x|)^2 (see _run_margin).
+_TIE_REL = np.float32(2.0**-16)
+_TIE_ABS = np.float32(2.0**-126)
+_BIG = np.float32(2.0**84)
+# Padded widths of the neighbour lists in the run search (fewer, bigger numpy calls than one per length).
+_RUN_WIDTHS = (4, 8, 12, 16, 24, 40)
+
+
+def _margin_coefs(xv: F32Array, wv: F32Array) -> F32Array:
+    """Per group (5, G): (225*W0, 30*W1, W2, 1 + X + W0) with W0 = sum w, W1 = sum w|x|, W2 = sum w*x^2
+    and X = max |x| over the 4 coordinates, for :func:`_run_margin`."""
+    ax = np.abs(xv)
+    wax = wv * ax
+    out = np.empty((4, xv.shape[1]), dtype=np.float32)
+    out[0] = wv[0] + wv[1] + wv[2] + wv[3]
+    out[1] = wax[0] + wax[1] + wax[2] + wax[3]
+    wax *= ax
+    out[2] = wax[0] + wax[1] + wax[2] + wax[3]
+    out[3] = np.maximum(np.maximum(ax[0], ax[1]), np.maximum(ax[2], ax[3]))
+    out[3] += out[0]
+    out[3] += np.float32(1.0)
+    out[0] *= np.float32(225.0)
+    out[1] *= np.float32(30.0)
+    return out
+
+
+def _run_margin(cf: F32Array, s: F32Array) -> tuple[F32Array, BoolArray]:
+    """The margin by which a neighbour's ``s*A - 2B`` must exceed the smallest one at scale ``s`` for C's
+    float32 d2 to be larger too, and whether the bound holds there (no overflow, finite).
+
+    C's d2 = sum w*(s*q - x)^2 of a neighbour and the real value differ by at most ~9u*M (u = 2**-24,
+    M = sum w*(15s + |x|)^2 >= every term), and d2 = s*(s*A - 2B) + sum w*x^2 in real arithmetic; the
+    float32 estimate of s*A - 2B here is within ~11u*M/s. A margin of 2**-16 * M/s covers both for two
+    neighbours with room to spare. Underflow adds absolute errors, covered by 2**-126 * (1 + s + (1 + X +
+    W0)/s). M/s is convex in s, so a margin that holds at both ends of a run of scales holds in between.
+    """
+    m = cf[0] * s
+    m += cf[1]
+    m += cf[2] / s
+    m *= _TIE_REL
+    m += _TIE_ABS * (np.float32(1.0) + s + cf[3] / s)
+    ok = (m < _BIG) & (m * s < _BIG)
+    return m, ok
+
+
+def _clear_min(
+    est: F32Array, thr: F32Array, npad: npt.NDArray[np.uint8]
+) -> tuple[npt.NDArray[np.uint8], BoolArray]:
+    """First smallest of ``est`` (W, P) per column and whether every other entry exceeds it by more than
+    ``thr`` (false for NaN or a non-finite minimum). Columns are padded at the end with ``npad`` copies of
+    their first entry."""
+    best = np.minimum.reduce(est, axis=0)  # NaN propagates: then nothing is within the limit
+    width = est.shape[0]
+    within = np.less_equal(est, best + thr, out=scratch("iq3.run.in", est.shape, np.bool_))
+    n_in = np.add.reduce(within, axis=0, dtype=np.uint8)
+    # when the minimum is clear it is the first entry within the limit (its padding copies come after)
+    pick = np.uint8(width) - np.max(within * _COUNTDOWN[-width:, None], axis=0)
+    np.minimum(pick, np.uint8(width - 1), out=pick)  # nothing within (NaN): not ok below, any index
+    n_in -= np.where(pick == 0, npad, np.uint8(0))
+    ok = n_in == 1
+    ok &= np.abs(best) < _BIG
+    return pick, ok
+
+
+def _run_widths(longest: int) -> tuple[int, ...]:
+    """:data:`_RUN_WIDTHS`, the last one at least ``longest``."""
+    return (*_RUN_WIDTHS[:-1], max(_RUN_WIDTHS[-1], longest))
+
+
+@functools.cache
+def _packed_runs(grid_size: int, width: int) -> tuple[npt.NDArray[np.uint16], npt.NDArray[np.uint8]]:
+    """(width, n_rows) uint16: neighbour n of table row r has positions ``(p >> 4*i) & 15``, i = 0..3,
+    the lists padded with copies of their first neighbour; and the padding count of every row."""
+    t = iq3_tables(grid_size)
+    cnt = t.nb_count
+    slot = np.arange(width)[None, :]
+    src = np.minimum(np.where(slot < cnt[:, None], slot, 0), t.nb_pos.shape[1] - 1)
+    pos = np.take_along_axis(t.nb_pos, src[:, :, None], axis=1).astype(np.uint16)
+    packed = pos[..., 0] | (pos[..., 1] << 4) | (pos[..., 2] << 8) | (pos[..., 3] << 12)
+    return np.ascontiguousarray(packed.T), np.maximum(width - cnt, 0).astype(np.uint8)
+
+
+def _run_entries(first: IntArray, last: IntArray) -> tuple[IntArray, IntArray]:
+    """For runs of entries ``first[r]..last[r]``: the run of every entry and the entry itself."""
+    cnt = last - first + 1
+    loc = np.repeat(np.arange(first.size), cnt)
+    return loc, np.repeat(first - np.cumsum(cnt) + cnt, cnt) + np.arange(loc.size)
+
+
+def _ab_tables(packed: npt.NDArray[np.uint16], xs: F32Array, ws: F32Array) -> tuple[F32Array, F32Array]:
+    """A = sum w*q^2 and 2B = 2 sum w*x*q of every neighbour (W, g) from packed positions."""
+    shp = packed.shape
+    a = np.empty(shp, dtype=np.float32)
+    b2 = np.empty(shp, dtype=np.float32)
+    q = scratch("iq3.run.q", shp)
+    t = scratch("iq3.run.t", shp)
+    qi = scratch("iq3.run.qi", shp, np.uint16)
+    wx2 = ws * xs
+    wx2 *= np.float32(2.0)
+    for i in range(4):
+        np.right_shift(packed, np.uint16(4 * i), out=qi)
+        qi &= np.uint16(15)
+        qd, td = (q, t) if i else (b2, a)  # the first coordinate goes straight into the sums
+        np.copyto(qd, qi)
+        np.multiply(qd, qd, out=td)
+        td *= ws[i]
+        qd *= wx2[i]
+        if i:
+            a += t
+            b2 += q
+    return a, b2
+
+
+def _run_search(
+    tab: Iq3Tables,
+    rows: IntArray,
+    x4: F32Array,
+    w4: F32Array,
+    first: IntArray,
+    last: IntArray,
+    s_flat: F32Array,
+) -> tuple[I32Array, IntArray, I32Array]:
+    """The neighbour search for P runs (one group, one off-grid code, table row ``rows``; its entries
+    are the flat positions ``first..last``, at scales ``s_flat[pos % s_flat.size]``, monotone along a
+    run). ``x4``/``w4`` (4, P). Returns the grid index of every run that one neighbour wins throughout
+    (-1 elsewhere), and the flat positions of the other runs' entries with the grid index each takes
+    there (-1 where a near tie, or a non-finite value, needs C's exact search).
+
+    With A = sum w*q^2 and B = sum w*x*q of a neighbour, d2 = s*(s*A - 2B) + const, so neighbours
+    compare by s*A - 2B, computed once per run from A and B. That is linear in s and the margin of
+    :func:`_run_margin` convex in s, so a neighbour that is the clear minimum at both ends of a run is
+    C's choice at every scale in between. When the ends have different clear minima j0 and j1, a
+    neighbour not within the margin of j1 at the first end or of j0 at the last is beaten by one of
+    them all along: if only j0 and j1 are left, the sign of their difference decides each entry. Other
+    runs are decided entry by entry."""
+    n_p = rows.shape[0]
+    n_s = s_flat.shape[0]
+    cf = _margin_coefs(x4, w4)
+    s0 = np.take(s_flat, first % n_s)
+    s1 = np.take(s_flat, last % n_s)
+    thr0, ok0 = _run_margin(cf, s0)
+    thr1, ok1 = _run_margin(cf, s1)
+    ok_ends = ok0 & ok1
+    won = np.full(n_p, -1, dtype=np.int32)
+    two_l: list[IntArray] = []
+    two_v: list[F32Array] = []  # (5, n): A1 - A0, 2B1 - 2B0, margin, grid index j0, j1 (as float)
+    pos_l: list[IntArray] = []
+    gi_l: list[I32Array] = []
+    widths = _run_widths(tab.nb_index.shape[1])
+    bucket = np.searchsorted(np.array(widths), np.take(tab.nb_count, rows))
+    full = tab.nb_index.shape[1]
+    nb_flat = tab.nb_index.reshape(-1)
+    for bi, width in enumerate(widths):
+        sel = np.flatnonzero(bucket == bi)
+        if sel.size == 0:
+            continue
+        r = np.take(rows, sel)
+        table, pads = _packed_runs(tab.grid_size, width)
+        npad = np.take(pads, r)
+        a, b2 = _ab_tables(np.take(table, r, axis=1), np.take(x4, sel, axis=1), np.take(w4, sel, axis=1))
+        t0, t1 = np.take(thr0, sel), np.take(thr1, sel)
+        est0 = a * np.take(s0, sel)
+        est0 -= b2
+        est1 = a * np.take(s1, sel)
+        est1 -= b2
+        j0, c0 = _clear_min(est0, t0, npad)
+        j1, c1 = _clear_min(est1, t1, npad)
+        ends = c0 & c1 & np.take(ok_ends, sel)
+        same = j0 == j1
+        dec = np.flatnonzero(ends & same)
+        won[np.take(sel, dec)] = np.take(nb_flat, np.take(r, dec) * full + np.take(j0, dec))
+        two = ends & ~same
+        if two.any():
+            lim0 = np.take_along_axis(est0, j1[None, :].astype(np.intp), axis=0)[0] + t0
+            lim1 = np.take_along_axis(est1, j0[None, :].astype(np.intp), axis=0)[0] + t1
+            inset = np.less_equal(est0, lim0, out=scratch("iq3.run.in0", est0.shape, np.bool_))
+            inset &= est1 <= lim1
+            n_in = np.add.reduce(inset, axis=0, dtype=np.uint8)
+            n_in -= np.where(inset[0], npad, np.uint8(0))  # padding copies of neighbour 0
+            two &= n_in == 2
+            p2 = np.flatnonzero(two)
+            i0 = j0[p2].astype(np.intp) * a.shape[1] + p2
+            i1 = j1[p2].astype(np.intp) * a.shape[1] + p2
+            v = np.empty((5, p2.size), dtype=np.float32)
+            np.subtract(np.take(a, i1), np.take(a, i0), out=v[0])
+            np.subtract(np.take(b2, i1), np.take(b2, i0), out=v[1])
+            # the margin is convex in s: its larger end value holds along the run
+            np.maximum(np.take(t0, p2), np.take(t1, p2), out=v[2])
+            rp = np.take(r, p2) * full
+            v[3] = np.take(nb_flat, rp + j0[p2])  # grid indices < 2**24: exact as float32
+            v[4] = np.take(nb_flat, rp + j1[p2])
+            two_l.append(np.take(sel, p2))
+            two_v.append(v)
+        und = np.flatnonzero(~ends | (~same & ~two))
+        if und.size == 0:
+            continue
+        # entry by entry for the other runs, still from A and B
+        su = np.take(sel, und)
+        lu, pos = _run_entries(np.take(first, su), np.take(last, su))
+        loc = np.take(und, lu)
+        se = np.take(s_flat, pos % n_s)
+        # the margin is convex in s: its larger end value holds along the run (NaN: no bound there)
+        thr_run = np.maximum(np.take(t0, und), np.take(t1, und))
+        thr_run[~np.take(ok_ends, su)] = np.nan
+        est = np.take(a, loc, axis=1)
+        est *= se
+        est -= np.take(b2, loc, axis=1)
+        j, c = _clear_min(est, np.take(thr_run, lu), np.take(npad, loc))
+        pos_l.append(pos)
+        gi_l.append(np.where(c, np.take(nb_flat, np.take(r, loc) * full + j), -1).astype(np.int32))
+    if two_l:
+        p2 = np.concatenate(two_l)
+        v = np.concatenate(two_v, axis=1)
+        loc, pos = _run_entries(np.take(first, p2), np.take(last, p2))
+        se = np.take(s_flat, pos % n_s)
+        vl = np.take(v, loc, axis=1)
+        d = vl[0] * se
+        d -= vl[1]
+        gi = np.where(d < 0, vl[4], vl[3]).astype(np.int32)
+        gi[~(np.abs(d) > vl[2])] = -1
+        pos_l.append(pos)
+        gi_l.append(gi)
+    if pos_l:
+        return won, np.concatenate(pos_l), np.concatenate(gi_l)
+    return won, np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.int32)
+
+
+def _snap_trials(tab: Iq3Tables, codes: I16Array, xv: F32Array, wv: F32Array, scale: F32Array) -> BoolArray:
+    """:func:`_snap_to_grid` for the trial scales: ``codes`` (8, nb, T), ``scale`` (nb, T) monotone
+    along T. The trials of a group with the same off-grid code (a run) share the neighbour list and are
+    searched together (:func:`_run_search`); near ties go through C's exact search."""
+    on = np.take(tab.kmap, codes) >= 0
+    n_t = scale.shape[1]
+    cflat = codes.reshape(-1)
+    off = ~on.reshape(-1)
+    differs = cflat[1:] != cflat[:-1]
+    new = off.copy()
+    new[1:] &= differs
+    new[::n_t] = off[::n_t]  # a group's first trial starts a run
+    end = off.copy()
+    end[:-1] &= differs
+    end[n_t - 1 :: n_t] = off[n_t - 1 :: n_t]
+    first = np.flatnonzero(new)
+    if first.size == 0:
+        return on
+    last = np.flatnonzero(end)
+    grp = first // n_t  # k * nb + b: column of xv/wv
+    rows = np.take(tab.nb_row, np.take(cflat, first)).astype(np.intp)
+    x4, w4 = np.take(xv, grp, axis=1), np.take(wv, grp, axis=1)
+    s_flat = scale.reshape(-1)
+    won, pos, gi = _run_search(tab, rows, x4, w4, first, last, s_flat)
+    # runs with one winner: add (its code - the run's code) over the run, as a running sum of steps
+    dec = np.flatnonzero(won >= 0)
+    u = np.take(cflat, np.take(first, dec)).astype(np.int32)
+    step = (np.take(tab.grid_codes, np.take(won, dec)) - u).astype(np.int16)
+    delta = np.zeros(cflat.size + 1, dtype=np.int16)  # codes < 4096: the running sums fit
+    delta[np.take(first, dec)] = step
+    delta[np.take(last, dec) + 1] -= step  # after the assignment: a run may start where one ends
+    np.cumsum(delta, out=delta)
+    cflat += delta[:-1]
+    exact = np.flatnonzero(gi < 0)
+    if exact.size:
+        pe = np.take(pos, exact)
+        rr = np.take(tab.nb_row, np.take(cflat, pe)).astype(np.intp)
+        gi[exact] = _best_neighbours(tab, rr, pe // n_t, xv, wv, np.take(s_flat, pe % s_flat.size))
+    cflat[pos] = np.take(tab.grid_codes, gi)
     return on
 
 
@@ -225,17 +495,18 @@ def _iq3_blocks(kind: _Kind, xt: F32Array, w: F32Array) -> _Blocks:
     steps = np.arange(-kind.n_scale_steps, kind.n_scale_steps + 1, dtype=np.float32)
     numer = np.float32(15.0) + steps * np.float32(0.2)
     ids = _f32(numer[:, None] / vmax[None, :])  # (T, nb)
-    this_scale = _f32(np.float32(1.0) / ids)
 
     xg = np.ascontiguousarray(xval.reshape(8, 4, nb).transpose(1, 0, 2)).reshape(4, 8 * nb)
     wg = np.ascontiguousarray(waux.reshape(8, 4, nb).transpose(1, 0, 2)).reshape(4, 8 * nb)
 
-    codes_t = _level_codes(xval[:, None, :], ids[None, :, :])  # (8, T, nb)
-    on = _snap_to_grid(tab, codes_t, xg, wg, this_scale)
-    q = _positions(codes_t)  # (32, T, nb)
-    wx = (w * xval)[:, None, :]
+    # trial-minor layout (.., nb, T): the trials of a group with one code are contiguous (see _snap_trials)
+    ids_t = np.ascontiguousarray(ids.T)
+    codes_t = _level_codes(xval[:, :, None], ids_t[None, :, :])  # (8, nb, T)
+    on = _snap_trials(tab, codes_t, xg, wg, _f32(np.float32(1.0) / ids_t))
+    q = _positions(codes_t)  # (32, nb, T)
+    wx = (w * xval)[:, :, None]
     sumqx = seq_sum0(wx * q)
-    wq = w[:, None, :] * q
+    wq = w[:, :, None] * q
     wq *= q
     sumq2 = seq_sum0(wq)
 
@@ -244,7 +515,7 @@ def _iq3_blocks(kind: _Kind, xt: F32Array, w: F32Array) -> _Blocks:
     win = np.full(nb, -1, dtype=np.intp)
     with np.errstate(all="ignore"):
         for t in range(ids.shape[0]):
-            sx, s2 = sumqx[t], sumq2[t]
+            sx, s2 = sumqx[:, t], sumq2[:, t]
             take = (s2 > 0) & (sx * sx > best * s2)
             scale = np.where(take, sx / s2, scale)
             best = np.where(take, scale * sx, best)
@@ -252,8 +523,8 @@ def _iq3_blocks(kind: _Kind, xt: F32Array, w: F32Array) -> _Blocks:
 
     has = win >= 0
     wsafe = np.where(has, win, 0)
-    codes = np.where(has, codes_t[:, wsafe, cols], np.int16(0))
-    on_grid = np.where(has, on[:, wsafe, cols], not kind.refine_all_groups)
+    codes = np.where(has, codes_t[:, cols, wsafe], np.int16(0))
+    on_grid = np.where(has, on[:, cols, wsafe], not kind.refine_all_groups)
 
     refine = (~on_grid).any(axis=0) & (scale > 0) & ~skip
     rb = np.flatnonzero(refine)
