@@ -144,9 +144,11 @@ class ClusterQuantizer(Quantizer):
         address: str,
         src: SourceModel,
         *,
-        connect_timeout_s: float = CONNECT_TIMEOUT_S,
-        workers_timeout_s: float = WORKERS_TIMEOUT_S,
+        connect_timeout_s: float | None = None,
+        workers_timeout_s: float | None = None,
     ) -> None:
+        connect_timeout_s = CONNECT_TIMEOUT_S if connect_timeout_s is None else connect_timeout_s
+        workers_timeout_s = WORKERS_TIMEOUT_S if workers_timeout_s is None else workers_timeout_s
         distributed = _import_distributed()
         scheduler, n_local = parse_cluster_address(address)
         # Any: distributed's annotations leave Client.close, cancel and Future callbacks untyped
@@ -167,6 +169,8 @@ class ClusterQuantizer(Quantizer):
                     threads_per_worker=1,  # one core each, as local worker processes
                     processes=True,
                     dashboard_address=None,
+                    # its HTTP routes on a free local port (the default, 8787, warns when taken)
+                    scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
                     silence_logs=logging.ERROR,
                 )
                 scheduler = self._cluster.scheduler_address
