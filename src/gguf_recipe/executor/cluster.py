@@ -18,6 +18,7 @@ Dask reschedules the tasks of a worker that dies; one whose workers keep dying f
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 import logging
 import os
@@ -74,6 +75,31 @@ def parse_cluster_address(address: str) -> tuple[str, int]:
 
 _SOURCES: dict[tuple[str, str], SourceModel] = {}
 _SOURCES_LOCK = threading.Lock()
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+_MALLOC_TUNED = False
+
+
+def _reuse_freed_memory() -> None:
+    """Let glibc keep freed chunk-sized arrays for the next task (a worker process, once).
+
+    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also pins the mmap
+    threshold at 128 KiB: every temporary of a quantizer (megabytes each) is then a fresh mmap, touched
+    page by page and unmapped again. Measured: 23,000 page faults per 4 Mi-value Q4_K chunk instead of
+    240, and the worker about 1.4x slower than the same step in a local worker process. These are
+    glibc's own dynamic limits, capped: up to 32 MiB arrays come from the heap, up to 64 MiB of free
+    heap is kept."""
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED:
+        return
+    _MALLOC_TUNED = True
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # pragma: no cover - not glibc (musl has no mallopt)
+        return
+    mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+    mallopt(_M_TRIM_THRESHOLD, 64 << 20)
 
 
 def _worker_address() -> str:
@@ -92,6 +118,7 @@ def cluster_source(path: str, fingerprint: str) -> SourceModel:
         src = _SOURCES.get(key)
         if src is not None:
             return src
+        _reuse_freed_memory()
         try:
             src = SourceModel(path)
         except (OSError, ExecutorError) as exc:
