@@ -29,6 +29,7 @@ from conftest_executor import (
     N_EMBD,
     N_EXPERT,
     T,
+    interrupt_when_held,
     listdir,
     llama_tensors,
     make_plan,
@@ -214,15 +215,24 @@ def test_cli_q4_k_m_on_the_cluster(cluster: str, wide: Path, tmp_path: Path) -> 
     assert (tmp_path / "c.gguf").read_bytes() == (tmp_path / "l.gguf").read_bytes()
 
 
-def test_local_cluster_of_two_workers(wide: Path, tmp_path: Path) -> None:
-    plan = make_plan(wide, MIX, default=T.Q8_0)
-    ref = local_bytes(plan, wide, tmp_path / "local.gguf")
-    res = apply_plan(
-        plan, wide, tmp_path / "c.gguf", progress=False, cluster="local:2", chunk_values=SMALL_CHUNKS
-    )
-    assert res.outputs[0].read_bytes() == ref
-    assert res.cluster is not None and res.cluster.startswith("a local Dask cluster")
-    assert "2 worker(s)" in res.cluster
+def test_ctrl_c_on_a_local_cluster_then_resume(wide: Path, tmp_path: Path) -> None:
+    """`recipe apply --cluster local:2` (the console script), Ctrl-C to its whole process group once
+    its first tensor is written: it keeps the checkpoint, its LocalCluster's workers go quietly, and
+    --resume on a new local:2 cluster finishes the local run's file."""
+    local = runner.invoke(app, ["apply", "llama.cpp/Q4_K_M", str(wide), "-o", str(tmp_path / "l.gguf"), "-q"])
+    assert local.exit_code == 0, local.output
+    out = tmp_path / "c.gguf"
+    cmd = [sys.executable, "-m", "gguf_recipe.cli", "apply", "llama.cpp/Q4_K_M", str(wide), "-o", str(out)]
+    cmd += ["--cluster", "local:2", "--chunk-values", str(SMALL_CHUNKS)]
+    child, _, stderr = interrupt_when_held(cmd, tmp_path, whole_group=True)
+    assert child.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert "--resume" in stderr and not out.exists()
+    r = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=START_TIMEOUT_S)
+    assert r.returncode == 0, r.stderr
+    assert "1 resumed" in r.stdout
+    assert "a local Dask cluster at tcp://127.0.0.1:" in r.stdout and "2 worker(s)" in r.stdout
+    assert out.read_bytes() == (tmp_path / "l.gguf").read_bytes()
 
 
 # ------------------------------------------------------------------------------------ failures

@@ -23,6 +23,7 @@ import itertools
 import logging
 import os
 import resource
+import signal
 import sys
 import threading
 import uuid
@@ -191,15 +192,7 @@ class ClusterQuantizer(Quantizer):
         self._seq = itertools.count()
         try:
             if scheduler == "local":
-                self._cluster = distributed.LocalCluster(
-                    n_workers=n_local,
-                    threads_per_worker=1,  # one core each, as local worker processes
-                    processes=True,
-                    dashboard_address=None,
-                    # its HTTP routes on a free local port (the default, 8787, warns when taken)
-                    scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
-                    silence_logs=logging.ERROR,
-                )
+                self._cluster = _start_local_cluster(distributed, n_local)
                 scheduler = self._cluster.scheduler_address
             try:
                 self._client = distributed.Client(scheduler, timeout=connect_timeout_s, set_as_default=False)
@@ -281,6 +274,29 @@ class ClusterQuantizer(Quantizer):
         if cluster is not None:
             with contextlib.suppress(Exception):
                 cluster.close()
+
+
+def _start_local_cluster(distributed: Any, n_workers: int) -> Any:
+    """A LocalCluster of ``n_workers`` one-thread worker processes that leave Ctrl-C to this one.
+
+    A terminal's Ctrl-C reaches the whole process group: the workers would die printing tracebacks while
+    this process keeps the checkpoint. They are started with SIGINT ignored, which a child process (and
+    its Python) keeps."""
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
+    try:
+        return distributed.LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,  # one core each, as local worker processes
+            processes=True,
+            dashboard_address=None,
+            # its HTTP routes on a free local port (the default, 8787, warns when taken)
+            scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
+            silence_logs=logging.ERROR,
+        )
+    finally:
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _explain(exc: BaseException | None, task: ChunkTask) -> BaseException:
