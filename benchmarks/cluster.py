@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import logging
 import os
+import resource
 import sys
 import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -47,47 +48,84 @@ def _bench_apply() -> ModuleType:
     return mod
 
 
-def _apply(plan: Any, model: Path, out: Path, **kw: Any) -> tuple[float, bytes]:
+def _cpu_self() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _cpu_children() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)  # local worker processes, once joined
+    return r.ru_utime + r.ru_stime
+
+
+def _apply(plan: Any, model: Path, out: Path, client: Any = None, **kw: Any) -> tuple[float, float, bytes]:
+    """(wall seconds, CPU seconds of this process, its local workers and the Dask workers, output)."""
     from gguf_recipe.executor import apply_plan
 
+    workers0 = sum(client.run(_cpu_self).values()) if client is not None else 0.0
+    cpu0 = _cpu_self() + _cpu_children()
     res = apply_plan(plan, model, out, progress=False, **kw)
+    cpu = _cpu_self() + _cpu_children() - cpu0
+    if client is not None:
+        cpu += sum(client.run(_cpu_self).values()) - workers0
     data = out.read_bytes()
     out.unlink()
-    return res.seconds, data
+    return res.seconds, cpu, data
 
 
-def measure_apply(model: Path, plan: Any, work: Path) -> list[tuple[str, float, float, bool]]:
-    """(label, seconds, MB/s of source, same bytes as local 1-core) for each way to apply."""
-    from distributed import LocalCluster
+@dataclass
+class Run:
+    label: str
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    same: bool = True
 
-    size = sum(t.source_bytes for t in plan.tensors if t.action != "prune")
-    rows: list[tuple[str, float, float, bool]] = []
-    secs, ref = _apply(plan, model, work / "local1.gguf", threads=1, parallel="threads")
-    rows.append(("local, 1 core (in process)", secs, size / secs / 1e6, True))
-    secs, data = _apply(plan, model, work / "local2.gguf", threads=2, parallel="processes")
-    rows.append(("local, 2 worker processes", secs, size / secs / 1e6, data == ref))
-    for n in (1, 2):
+
+def measure_apply(model: Path, plan: Any, work: Path, rounds: int) -> list[Run]:
+    """Each way to apply, ``rounds`` times interleaved (the best round is reported: a busy machine
+    only ever makes a run slower); outputs compared with the local 1-core run's."""
+    import distributed
+
+    from gguf_recipe.executor.cluster import start_local_cluster
+
+    local1, local2 = Run("local, 1 core (in process)"), Run("local, 2 worker processes")
+    dask = {n: Run(f"Dask, {n} worker{'s' if n > 1 else ''}") for n in (1, 2)}
+    clusters = {}
+    for n in dask:
         t0 = time.monotonic()
-        cluster = LocalCluster(
-            n_workers=n,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
-            silence_logs=logging.ERROR,
-        )
-        started = time.monotonic() - t0
-        try:
-            secs, data = _apply(plan, model, work / f"dask{n}.gguf", cluster=cluster.scheduler_address)
-        finally:
-            cluster.close()
-        label = f"Dask, {n} worker{'s' if n > 1 else ''} (cluster start {started:.1f} s, not counted)"
-        rows.append((label, secs, size / secs / 1e6, data == ref))
-    return rows
+        clusters[n] = start_local_cluster(distributed, n)  # what --cluster local:N starts
+        dask[n].label += f" (cluster start {time.monotonic() - t0:.1f} s, not counted)"
+    try:
+        ref = b""
+        for _ in range(rounds):
+            secs, cpu, ref = _apply(plan, model, work / "local1.gguf", threads=1, parallel="threads")
+            local1.wall.append(secs)
+            local1.cpu.append(cpu)
+            secs, cpu, data = _apply(plan, model, work / "local2.gguf", threads=2, parallel="processes")
+            local2.wall.append(secs)
+            local2.cpu.append(cpu)
+            local2.same &= data == ref
+            for n, run in dask.items():
+                client: Any = distributed.Client(  # type: ignore[no-untyped-call]
+                    clusters[n].scheduler_address, set_as_default=False
+                )
+                try:
+                    secs, cpu, data = _apply(
+                        plan, model, work / f"dask{n}.gguf", client, cluster=clusters[n].scheduler_address
+                    )
+                finally:
+                    client.close()
+                run.wall.append(secs)
+                run.cpu.append(cpu)
+                run.same &= data == ref
+    finally:
+        for c in clusters.values():
+            c.close()
+    return [local1, local2, *dask.values()]
 
 
 def measure_types(model: Path, types: list[str], rows: int) -> dict[str, float]:
-    """Values per second of the worker's step on one core, by ggml type name (lower case)."""
+    """Values per CPU second of the worker's step on one core, by ggml type name (lower case)."""
     from gguf_recipe import quants
     from gguf_recipe.executor import SourceModel
     from gguf_recipe.executor.parallel import ChunkTask, quantize_chunk
@@ -106,9 +144,9 @@ def measure_types(model: Path, types: list[str], rows: int) -> dict[str, float]:
                 weights = np.ones(info.ne0, np.float32)
             task = ChunkTask(info.name, info.name, 0, rows, qt, weights, False)
             quantize_chunk(src, ChunkTask(info.name, info.name, 0, 8, qt, weights, False), 1)  # warm
-            t0 = time.perf_counter()
+            t0 = time.process_time()  # one thread: its CPU time, which a busy machine does not inflate
             quantize_chunk(src, task, 1)
-            rates[name] = rows * info.ne0 / (time.perf_counter() - t0)
+            rates[name] = rows * info.ne0 / (time.process_time() - t0)
     return rates
 
 
@@ -178,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", type=int, default=2, help="blocks of the TinyLlama-shaped model (default 2)")
     ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "gguf-recipe-bench")
     ap.add_argument("--type-rows", type=int, default=1024, help="rows (2048 wide) timed per type")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of each run (best reported)")
     ap.add_argument("--fs-gbs", type=float, default=5.0, help="shared FS aggregate read, GB/s (assumed)")
     ap.add_argument("--client-nic-gbit", type=float, default=25.0, help="client's network, Gbit/s (assumed)")
     ap.add_argument("--disk-write-gbs", type=float, default=2.0, help="client's disk write, GB/s (assumed)")
@@ -195,12 +234,17 @@ def main(argv: list[str] | None = None) -> int:
         f"model: {model} ({size / 1e9:.2f} GB F16, {plan.totals.n_elements / 1e6:.0f} M values); plan Q4_K_M"
     )
     print(f"cores here: {os.cpu_count()}\n")
-    print("| run | seconds | source MB/s | same bytes |\n|---|---:|---:|---|")
-    runs = measure_apply(model, plan, a.dir)
-    for label, secs, mbs, same in runs:
-        print(f"| {label} | {secs:.1f} | {mbs:.1f} | {'yes' if same else 'NO'} |")
-    efficiency = runs[2][2] / runs[0][2]  # Dask with 1 worker against the same core in process
-    print(f"\nDask 1 worker / in-process 1 core throughput: {efficiency:.2f}")
+    runs = measure_apply(model, plan, a.dir, a.rounds)
+    src_mb = plan.totals.source_bytes / 1e6
+    print(f"best of {a.rounds} interleaved rounds\n")
+    print("| run | wall s | source MB/s | CPU s (all processes) | same bytes |\n|---|---:|---:|---:|---|")
+    for r in runs:
+        wall, cpu = min(r.wall), min(r.cpu)
+        print(f"| {r.label} | {wall:.1f} | {src_mb / wall:.1f} | {cpu:.1f} | {'yes' if r.same else 'NO'} |")
+    # Dask's cost per value against the same step in one process, in CPU time (not wall: on a busy
+    # machine wall time says more about the neighbours than about Dask)
+    efficiency = min(runs[0].cpu) / min(runs[2].cpu)
+    print(f"\nCPU efficiency of Dask with 1 worker (in-process CPU s / Dask CPU s): {efficiency:.2f}")
 
     values, src_bytes, out_bytes, copied = deepseek_plan_by_type(a.dir)
     rates = measure_types(model, sorted(values), a.type_rows)
@@ -210,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{out_bytes / 1e9:.0f} GB; {total_values / 1e9:.0f} G values quantized, "
         f"{copied / 1e9:.2f} GB copied\n"
     )
-    print("| type | G values | one core, M values/s (measured) | core-hours |\n|---|---:|---:|---:|")
+    print("| type | G values | one core, M values per CPU s (measured) | core-hours |\n|---|---:|---:|---:|")
     for t in sorted(values, key=lambda k: -values[k]):
         print(f"| {t} | {values[t] / 1e9:.1f} | {rates[t] / 1e6:.1f} | {values[t] / rates[t] / 3600:.1f} |")
     fs, nic, disk = a.fs_gbs * 1e9, a.client_nic_gbit * 1e9 / 8, a.disk_write_gbs * 1e9
@@ -223,10 +267,11 @@ def main(argv: list[str] | None = None) -> int:
         "| workers | quantizing | read source (FS) | results to client | client writes | estimate | bound by |\n"
         "|---:|---:|---:|---:|---:|---:|---|"
     )
-    for w, q, r, n, d, est, bound in estimate_rows(
+    for w, quant, read, net, write, est, bound in estimate_rows(
         values, rates, src_bytes, out_bytes, efficiency, fs, nic, disk
     ):
-        print(f"| {w} | {_hms(q)} | {_hms(r)} | {_hms(n)} | {_hms(d)} | {_hms(est)} | {bound} |")
+        cells = " | ".join(_hms(x) for x in (quant, read, net, write, est))
+        print(f"| {w} | {cells} | {bound} |")
     return 0
 
 

@@ -127,7 +127,7 @@ class DaskCluster:
         return self._start(args, name, cwd, env)
 
     def wait_for_workers(self, n: int) -> None:
-        with Client(self.address, timeout=START_TIMEOUT_S, set_as_default=False) as c:
+        with Client(self.address, timeout=START_TIMEOUT_S, set_as_default=False) as c:  # type: ignore[no-untyped-call]
             c.wait_for_workers(n, timeout=START_TIMEOUT_S)
 
     def log(self, name: str) -> str:

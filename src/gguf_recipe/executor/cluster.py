@@ -45,6 +45,7 @@ __all__ = [
     "ClusterQuantizer",
     "parse_cluster_address",
     "run_chunk",
+    "start_local_cluster",
 ]
 
 U8Array = npt.NDArray[np.uint8]
@@ -192,7 +193,7 @@ class ClusterQuantizer(Quantizer):
         self._seq = itertools.count()
         try:
             if scheduler == "local":
-                self._cluster = _start_local_cluster(distributed, n_local)
+                self._cluster = start_local_cluster(distributed, n_local)
                 scheduler = self._cluster.scheduler_address
             try:
                 self._client = distributed.Client(scheduler, timeout=connect_timeout_s, set_as_default=False)
@@ -276,7 +277,7 @@ class ClusterQuantizer(Quantizer):
                 cluster.close()
 
 
-def _start_local_cluster(distributed: Any, n_workers: int) -> Any:
+def start_local_cluster(distributed: Any, n_workers: int) -> Any:
     """A LocalCluster of ``n_workers`` one-thread worker processes that leave Ctrl-C to this one.
 
     A terminal's Ctrl-C reaches the whole process group: the workers would die printing tracebacks while
