@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import logging
 import os
 import resource
 import sys
@@ -221,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--client-nic-gbit", type=float, default=25.0, help="client's network, Gbit/s (assumed)")
     ap.add_argument("--disk-write-gbs", type=float, default=2.0, help="client's disk write, GB/s (assumed)")
     a = ap.parse_args(argv)
+    logging.getLogger("distributed").setLevel(logging.ERROR)  # its INFO lines when a cluster closes
 
     from gguf_recipe.compiler import compile_plan
 
