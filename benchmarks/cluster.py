@@ -222,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--client-nic-gbit", type=float, default=25.0, help="client's network, Gbit/s (assumed)")
     ap.add_argument("--disk-write-gbs", type=float, default=2.0, help="client's disk write, GB/s (assumed)")
     a = ap.parse_args(argv)
-    logging.getLogger("distributed").setLevel(logging.ERROR)  # its INFO lines when a cluster closes
+    import distributed  # noqa: F401 - its logging set-up first, then quieter (INFO lines at close)
+
+    logging.getLogger("distributed").setLevel(logging.ERROR)
 
     from gguf_recipe.compiler import compile_plan
 

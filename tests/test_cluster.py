@@ -103,6 +103,8 @@ class DaskCluster:
                 "--port",
                 "0",
                 "--no-dashboard",
+                "--idle-timeout",  # gone by itself, should a test run be killed
+                "600s",
                 "--scheduler-file",
                 str(info),
             ],
@@ -122,6 +124,7 @@ class DaskCluster:
         self, name: str, cwd: Path, *, nanny: bool = True, env: Mapping[str, str] | None = None
     ) -> int:
         args = ["worker", self.address, "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"]
+        args += ["--death-timeout", "60"]  # gone with its scheduler, should a test run be killed
         args += ["--local-directory", str(self.folder / name)]
         args += ["--nworkers", "1"] if nanny else ["--no-nanny"]
         return self._start(args, name, cwd, env)
