@@ -45,9 +45,10 @@ from gguf_recipe.executor import (
     ClusterError,
     NonFiniteError,
     NullProgress,
+    SourceModel,
     apply_plan,
 )
-from gguf_recipe.executor.cluster import parse_cluster_address
+from gguf_recipe.executor.cluster import ClusterQuantizer, parse_cluster_address
 from gguf_recipe.executor.testhook import ENV as HOLD_ENV
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/cwd, killpg")
@@ -329,7 +330,8 @@ def test_cluster_address_forms() -> None:
 
 def test_worker_killed_in_a_task_does_not_change_the_file(wide: Path, tmp_path: Path) -> None:
     """Worker A (no nanny, so it stays dead) holds in its first task (the test hook); the test SIGKILLs
-    it there and lets the run go on: Dask gives A's tasks to worker B and the file is the local one."""
+    it there and lets the run go on: Dask gives A's tasks to worker B and the file is the local one.
+    (Before any worker has joined, the scheduler is refused as having none.)"""
     c = DaskCluster(tmp_path / "dask")
     c.folder.mkdir()
     release = tmp_path / "release"
@@ -347,6 +349,8 @@ def test_worker_killed_in_a_task_does_not_change_the_file(wide: Path, tmp_path: 
 
     try:
         c.start_scheduler()
+        with SourceModel(wide) as src, pytest.raises(ClusterError, match="has no workers"):
+            ClusterQuantizer(c.address, src, workers_timeout_s=0.5)  # none started yet
         a = c.start_worker("a", tmp_path, nanny=False, env={HOLD_ENV: f"cluster-task:{release}"})
         c.start_worker("b", tmp_path)
         c.wait_for_workers(2)
