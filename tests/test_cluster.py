@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +50,7 @@ from gguf_recipe.executor import (
 )
 from gguf_recipe.executor.cluster import ClusterQuantizer, parse_cluster_address
 from gguf_recipe.executor.testhook import ENV as HOLD_ENV
+from gguf_recipe.plan import Plan
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/cwd, killpg")
 
@@ -96,6 +97,7 @@ class DaskCluster:
 
     def start_scheduler(self) -> None:
         info = self.folder / "scheduler.json"
+        info.unlink(missing_ok=True)  # not another scheduler's address
         self._start(
             [
                 "scheduler",
@@ -328,49 +330,92 @@ def test_cluster_address_forms() -> None:
 # --------------------------------------------------------------------------- a worker dies, resume
 
 
+class HeldRun:
+    """A scheduler, a worker A that holds in its first task (the test hook; no nanny, so a killed A
+    stays dead) and ``plain`` ordinary workers, and apply_plan running on them in a thread."""
+
+    def __init__(self, tmp_path: Path, *, plain: int, before_workers: Callable[[str], None]) -> None:
+        self.cluster = DaskCluster(tmp_path / "dask")
+        self.cluster.folder.mkdir()
+        self.release = tmp_path / "release"
+        self.failure: list[BaseException] = []
+        self.thread: threading.Thread | None = None
+        self.cluster.start_scheduler()
+        before_workers(self.cluster.address)
+        env = {HOLD_ENV: f"cluster-task:{self.release}"}
+        self.held_worker = self.cluster.start_worker("a", tmp_path, nanny=False, env=env)
+        for i in range(plain):
+            self.cluster.start_worker(f"plain{i}", tmp_path)
+        self.cluster.wait_for_workers(1 + plain)
+
+    def start(self, plan: Plan, model: Path, out: Path) -> None:
+        """Start the run; return once worker A holds in a task of it."""
+
+        def run() -> None:
+            try:
+                apply_plan(
+                    plan, model, out, progress=False, cluster=self.cluster.address, chunk_values=SMALL_CHUNKS
+                )
+            except BaseException as exc:
+                self.failure.append(exc)
+
+        self.thread = threading.Thread(target=run)
+        self.thread.start()
+        reached = self.release.with_name(self.release.name + ".reached")
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not reached.exists():
+            assert self.thread.is_alive(), self.failure
+            assert time.monotonic() < deadline, "worker A never started a task:\n" + self.cluster.log("a")
+            time.sleep(0.01)  # polling a state: worker A waits for us
+        assert int(reached.read_text()) == self.held_worker
+
+    def finish(self) -> None:
+        """Let worker A (if alive) go on and wait for the run."""
+        self.release.touch()
+        assert self.thread is not None
+        self.thread.join(timeout=START_TIMEOUT_S)
+        assert not self.thread.is_alive()
+
+    def stop(self) -> None:
+        self.release.touch()
+        self.cluster.stop()
+
+
 def test_worker_killed_in_a_task_does_not_change_the_file(wide: Path, tmp_path: Path) -> None:
-    """Worker A (no nanny, so it stays dead) holds in its first task (the test hook); the test SIGKILLs
-    it there and lets the run go on: Dask gives A's tasks to worker B and the file is the local one.
-    (Before any worker has joined, the scheduler is refused as having none.)"""
-    c = DaskCluster(tmp_path / "dask")
-    c.folder.mkdir()
-    release = tmp_path / "release"
-    reached = tmp_path / "release.reached"
+    """Worker A is SIGKILLed while it holds in a task and the run goes on: Dask gives A's tasks to
+    worker B and the file is the local one. (Before any worker joined, the scheduler is refused.)"""
+
+    def refused_without_workers(address: str) -> None:
+        with SourceModel(wide) as src, pytest.raises(ClusterError, match="has no workers"):
+            ClusterQuantizer(address, src, workers_timeout_s=0.5)
+
     plan = make_plan(wide, MIX, default=T.Q8_0)
     ref = local_bytes(plan, wide, tmp_path / "local.gguf")
     out = tmp_path / "c.gguf"
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            apply_plan(plan, wide, out, progress=False, cluster=c.address, chunk_values=SMALL_CHUNKS)
-        except BaseException as exc:
-            failure.append(exc)
-
+    held = HeldRun(tmp_path, plain=1, before_workers=refused_without_workers)
     try:
-        c.start_scheduler()
-        with SourceModel(wide) as src, pytest.raises(ClusterError, match="has no workers"):
-            ClusterQuantizer(c.address, src, workers_timeout_s=0.5)  # none started yet
-        a = c.start_worker("a", tmp_path, nanny=False, env={HOLD_ENV: f"cluster-task:{release}"})
-        c.start_worker("b", tmp_path)
-        c.wait_for_workers(2)
-        client = threading.Thread(target=run)
-        client.start()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not reached.exists():
-            assert client.is_alive(), failure
-            assert time.monotonic() < deadline, "worker A never started a task:\n" + c.log("a")
-            time.sleep(0.01)  # polling a state: worker A waits for us
-        assert int(reached.read_text()) == a
-        os.kill(a, signal.SIGKILL)
-        release.touch()
-        client.join(timeout=START_TIMEOUT_S)
-        assert not client.is_alive()
+        held.start(plan, wide, out)
+        os.kill(held.held_worker, signal.SIGKILL)
+        held.finish()
     finally:
-        release.touch()
-        c.stop()
-    assert not failure, failure
+        held.stop()
+    assert not held.failure, held.failure
     assert out.read_bytes() == ref
+
+
+def test_scheduler_lost_mid_run_fails_cleanly(wide: Path, tmp_path: Path) -> None:
+    plan = make_plan(wide, MIX, default=T.Q8_0)
+    out = tmp_path / "c.gguf"
+    held = HeldRun(tmp_path, plain=0, before_workers=lambda address: None)
+    try:
+        held.start(plan, wide, out)
+        os.killpg(held.cluster.procs[0].pid, signal.SIGKILL)  # the scheduler
+        held.finish()
+    finally:
+        held.stop()
+    assert len(held.failure) == 1 and isinstance(held.failure[0], ClusterError), held.failure
+    assert "connection to its scheduler" in str(held.failure[0])
+    assert listdir(tmp_path) == ["dask", "m.gguf", "release", "release.reached"]
 
 
 class _InterruptAt(NullProgress):

@@ -27,6 +27,7 @@ import signal
 import sys
 import threading
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -243,7 +244,10 @@ class ClusterQuantizer(Quantizer):
                     outer.set_result(q)
                 elif f.status == "cancelled":
                     outer.set_exception(
-                        ClusterError(f"the cluster dropped the work on {task.out_name} (lost the scheduler?)")
+                        ClusterError(
+                            f"the Dask cluster dropped the work on {task.out_name}: the connection to "
+                            f"its scheduler ({self.scheduler_address}) was lost, or it cancelled the work"
+                        )
                     )
                 else:
                     outer.set_exception(_explain(f.exception(), task))
@@ -268,13 +272,27 @@ class ClusterQuantizer(Quantizer):
             with self._lock:
                 pending = list(self._pending.values())
                 self._pending.clear()
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception), _quiet_client_logs(cancel):
                 if cancel and pending:
                     client.cancel(pending)
                 client.close()
         if cluster is not None:
             with contextlib.suppress(Exception):
                 cluster.close()
+
+
+@contextlib.contextmanager
+def _quiet_client_logs(quiet: bool) -> Iterator[None]:
+    """Closing a client whose scheduler is gone logs its cancelled reconnection as an ERROR with a
+    traceback; the run reports the failure itself, in one line."""
+    logger = logging.getLogger("distributed.client")
+    level = logger.level
+    if quiet:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def start_local_cluster(distributed: Any, n_workers: int) -> Any:
