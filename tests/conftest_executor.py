@@ -34,16 +34,6 @@ N_LAYER = 3
 N_EXPERT = 4
 
 
-def has_types(*types: GGMLQuantizationType) -> bool:
-    impl = set(quants.implemented_types())
-    return all(t in impl for t in types)
-
-
-def require_types(*types: GGMLQuantizationType) -> None:
-    if not has_types(*types):
-        pytest.skip(f"quantizers not implemented yet: {[t.name for t in types if not has_types(t)]}")
-
-
 def llama_tensors(
     seed: int = 0,
     *,

@@ -174,7 +174,7 @@ def test_plan_table(model: Path) -> None:
     assert "blk.{0..31}.ffn_gate.weight" in out
     assert "blk.{0..3, 6, 9, 12, 15, 18, 21, 24, 27..31}.ffn_down.weight" in out
     assert out.rstrip().splitlines()[-1] == (
-        "total: 4,685.30 MiB (4.89 bpw) from 15,317.02 MiB (16.00 bpw), 292 tensors, 0 fallback(s)"
+        "total: 4,685.30 MiB of tensor data (4.89 bpw) from 15,317.02 MiB (16.00 bpw), 292 tensors, 0 fallback(s)"
     )
     type_rows = [line.split() for line in out.splitlines() if line.startswith(("q4_K ", "q6_K ", "f32 "))]
     assert [row[:2] for row in type_rows] == [["q4_K", "193"], ["q6_K", "33"], ["f32", "66"]]
@@ -277,7 +277,9 @@ def test_export(tmp_path: Path) -> None:
     )
     assert r.stderr.startswith("note: counters: stable:")
     p2 = write(
-        tmp_path, "recipe: 1\nbase: q4_K\nrules:\n  - category: attn_v\n    when: {experts: 8}\n    type: q8_0\n", "bad.yaml"
+        tmp_path,
+        "recipe: 1\nbase: q4_K\nrules:\n  - category: attn_v\n    when: {experts: 8}\n    type: q8_0\n",
+        "bad.yaml",
     )
     r = runner.invoke(app, ["export", str(p2)])
     assert r.exit_code == 1

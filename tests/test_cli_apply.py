@@ -16,7 +16,6 @@ from conftest_executor import (
     listdir,
     llama_tensors,
     make_plan,
-    require_types,
     sha256_file,
     start_held,
     write_gguf_imatrix,
@@ -47,7 +46,6 @@ def kv_string(path: Path, key: str) -> str:
 
 @pytest.fixture
 def model(tmp_path: Path) -> Path:
-    require_types(T.Q8_0)
     return write_model(tmp_path / "m.gguf", llama_tensors(7))
 
 
@@ -104,7 +102,6 @@ def test_recipe_errors_stop_before_anything_is_written(model: Path, tmp_path: Pa
 
 
 def test_strict_fallbacks(model: Path, tmp_path: Path) -> None:
-    require_types(T.Q4_K, T.Q5_0, T.Q6_K)
     # 64-wide rows cannot hold q4_K (256-wide blocks): Q4_K_M falls back, --strict-fallbacks refuses
     r = invoke("llama.cpp/Q4_K_M", model, "-o", tmp_path / "out.gguf", "--strict-fallbacks")
     assert r.exit_code == 1
@@ -287,7 +284,6 @@ def test_recipe_option_is_only_for_plans(model: Path, recipe: Path, tmp_path: Pa
 
 
 def test_requantize_needs_the_flag_and_warns(model: Path, tmp_path: Path) -> None:
-    require_types(T.Q4_0)
     q8 = tmp_path / "q8.gguf"
     assert invoke("llama.cpp/Q8_0", model, "-o", q8, "-q").exit_code == 0
     r = invoke("llama.cpp/Q4_0", q8, "-o", tmp_path / "q4.gguf")
@@ -326,7 +322,6 @@ def test_threads_and_chunk_values_do_not_change_the_bytes(model: Path, tmp_path:
 
 
 def test_imatrix_is_used_and_reported(model: Path, tmp_path: Path) -> None:
-    require_types(T.Q4_0)
     import numpy as np
 
     from gguf_recipe.executor import SourceModel
@@ -435,7 +430,6 @@ def test_sigint_on_the_console_command(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    require_types(T.Q8_0)
     model = write_model(tmp_path / "m.gguf", llama_tensors(3))
     out = tmp_path / "out.gguf"
     cmd = [sys.executable, "-m", "gguf_recipe.cli", "apply", "llama.cpp/Q8_0", str(model), "-o", str(out)]

@@ -116,7 +116,11 @@ def test_deepseek_v3_mla_shared_experts_dense_layers(arch_dir: Path) -> None:
     # n_expert > 1: ffn_down is chosen by block number, dense, routed and shared experts alike
     for i in range(n):
         want = "q6_K" if umb(i, n) else "q4_K"
-        names = [f"blk.{i}.ffn_down.weight"] if i < 3 else [f"blk.{i}.ffn_down_exps.weight", f"blk.{i}.ffn_down_shexp.weight"]
+        names = (
+            [f"blk.{i}.ffn_down.weight"]
+            if i < 3
+            else [f"blk.{i}.ffn_down_exps.weight", f"blk.{i}.ffn_down_shexp.weight"]
+        )
         for name in names:
             assert t[name] == want, name
     # MLA: attn_k_b rows are 128 long -> q5_0; attn_kv_a_mqa is a plain weight
@@ -134,9 +138,15 @@ def test_deepseek_v3_mla_shared_experts_dense_layers(arch_dir: Path) -> None:
     # IQ2_XXS: the first n_layer/8 = 7 ffn_down tensors in processing order get q2_K (a running count:
     # blk.3 and blk.4 each hold two, exps before shexp)
     t = types(plan("deepseek-v3", "IQ2_XXS", arch_dir, imatrix=True))
-    firsts = ["blk.0.ffn_down.weight", "blk.1.ffn_down.weight", "blk.2.ffn_down.weight",
-              "blk.3.ffn_down_exps.weight", "blk.3.ffn_down_shexp.weight", "blk.4.ffn_down_exps.weight",
-              "blk.4.ffn_down_shexp.weight"]
+    firsts = [
+        "blk.0.ffn_down.weight",
+        "blk.1.ffn_down.weight",
+        "blk.2.ffn_down.weight",
+        "blk.3.ffn_down_exps.weight",
+        "blk.3.ffn_down_shexp.weight",
+        "blk.4.ffn_down_exps.weight",
+        "blk.4.ffn_down_shexp.weight",
+    ]
     for name in firsts:
         assert t[name] == "q2_K", name
     assert t["blk.5.ffn_down_exps.weight"] == "iq2_xxs"
@@ -175,11 +185,11 @@ def test_qwen3_norms_stay_and_gqa4(arch_dir: Path) -> None:
 _DATA = Path(__file__).resolve().parent / "data" / "arch_plans.json.gz"
 
 
-def _recorded() -> dict[str, dict[str, object]]:
+def _recorded() -> dict[str, dict[str, Any]]:
     import gzip
     import json
 
-    data: dict[str, dict[str, object]] = json.loads(gzip.decompress(_DATA.read_bytes()))["models"]
+    data: dict[str, dict[str, Any]] = json.loads(gzip.decompress(_DATA.read_bytes()))["models"]
     return data
 
 
@@ -191,7 +201,7 @@ def _cases(key: str, suffix: Callable[[dict[str, Any]], str]) -> list[Any]:
     return [
         pytest.param(arch, i, id=f"{arch}-{p['ftype']}{suffix(p)}")
         for arch, m in _RECORDED.items()
-        for i, p in enumerate(m[key])  # type: ignore[arg-type]
+        for i, p in enumerate(m[key])
     ]
 
 
@@ -210,8 +220,8 @@ def _assert_like_llama_quantize(
 @pytest.mark.parametrize(("arch", "index"), _cases("plans", lambda p: "-imatrix" if p["imatrix"] else ""))
 def test_recorded_llama_quantize_plan(arch: str, index: int, arch_dir: Path) -> None:
     rec = _RECORDED[arch]
-    names: list[str] = rec["names"]  # type: ignore[assignment]
-    p: dict[str, object] = rec["plans"][index]  # type: ignore[index]
+    names: list[str] = rec["names"]
+    p: dict[str, object] = rec["plans"][index]
     plan_ = plan(arch, str(p["ftype"]), arch_dir, imatrix=bool(p["imatrix"]))
     order: list[str] = p["order"] or names  # type: ignore[assignment]
     _assert_like_llama_quantize(plan_.tensors, plan_.totals.target_bytes, names, order, p)
@@ -224,7 +234,7 @@ def test_recorded_llama_quantize_option_plan(arch: str, index: int, arch_dir: Pa
     from gguf_recipe.interop import import_llama_quantize
 
     rec = _RECORDED[arch]
-    p: dict[str, object] = rec["option_plans"][index]  # type: ignore[index]
+    p: dict[str, object] = rec["option_plans"][index]
     names: list[str] = p["names"] or rec["names"]  # type: ignore[assignment]
     text = import_llama_quantize([*p["options"], str(p["ftype"])])  # type: ignore[misc]
     plan_ = compile_model(text, _model(arch, arch_dir), lint=False).plan

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from _oracle_models import MODELS, SkeletonFactory
-from gguf_recipe.compiler import CompileError, compile_model, compile_plan
+from gguf_recipe.compiler import compile_model, compile_plan
+from gguf_recipe.diagnostics import RecipeError
 from gguf_recipe.model import ModelInfo, read_model
 from gguf_recipe.model.skeleton import skeleton_from_json
 from gguf_recipe.plan import Plan
@@ -61,7 +62,9 @@ def test_first_match_wins_and_keep(oracle_skeleton: SkeletonFactory) -> None:
 
 
 def test_regex_case_is_kept(oracle_skeleton: SkeletonFactory) -> None:
-    t = types(plan_of("recipe: 1\nbase: q4_0\nrules:\n  - {match: 'FFN_DOWN', type: q8_0}\n", oracle_skeleton))
+    t = types(
+        plan_of("recipe: 1\nbase: q4_0\nrules:\n  - {match: 'FFN_DOWN', type: q8_0}\n", oracle_skeleton)
+    )
     assert t["blk.0.ffn_down.weight"] == "q4_0"
 
 
@@ -92,11 +95,15 @@ def test_conditions(oracle_skeleton: SkeletonFactory) -> None:
     assert t["blk.0.attn_k.weight"] == "q4_0"
 
 
-def test_extends_child_rules_first_and_scalars_override(oracle_skeleton: SkeletonFactory, tmp_path: Path) -> None:
+def test_extends_child_rules_first_and_scalars_override(
+    oracle_skeleton: SkeletonFactory, tmp_path: Path
+) -> None:
     parent = tmp_path / "parent.yaml"
     parent.write_text("recipe: 1\nbase: q4_0\noutput: q8_0\nrules:\n  - {match: 'attn_', type: q5_0}\n")
     child = tmp_path / "child.yaml"
-    child.write_text("recipe: 1\nextends: parent.yaml\noutput: q6_K\nrules:\n  - {match: 'attn_v', type: q8_0}\n")
+    child.write_text(
+        "recipe: 1\nextends: parent.yaml\noutput: q6_K\nrules:\n  - {match: 'attn_v', type: q8_0}\n"
+    )
     p = compile_plan(child, oracle_skeleton("llama31-8b")).plan
     t = types(p)
     assert t["blk.0.attn_v.weight"] == "q8_0"
@@ -126,7 +133,9 @@ def test_counters_llama_quantize_moves_the_mix(oracle_skeleton: SkeletonFactory)
 
 def test_token_embedding_and_output_skip_fallback(oracle_skeleton: SkeletonFactory) -> None:
     # qwen2.5-0.5b: rows of 896 (not a multiple of 256), tied embeddings
-    p = plan_of("recipe: 1\nextends: llama.cpp/Q4_K_M\ntoken_embedding: q4_K\n", oracle_skeleton, "qwen25-0.5b")
+    p = plan_of(
+        "recipe: 1\nextends: llama.cpp/Q4_K_M\ntoken_embedding: q4_K\n", oracle_skeleton, "qwen25-0.5b"
+    )
     tok = next(x for x in p.tensors if x.name == "token_embd.weight")
     assert tok.type == "q4_K" and tok.fallback is None and tok.rule == "token-embedding"
     assert tok.target_bytes == 151936 * (144 * 896 // 256)  # ggml_row_size: 504 bytes per row
@@ -136,7 +145,9 @@ def test_token_embedding_and_output_skip_fallback(oracle_skeleton: SkeletonFacto
 
 
 def test_output_keep_and_token_embedding_keep(oracle_skeleton: SkeletonFactory) -> None:
-    p = plan_of("recipe: 1\nextends: llama.cpp/Q4_K_M\noutput: keep\ntoken_embedding: keep\n", oracle_skeleton)
+    p = plan_of(
+        "recipe: 1\nextends: llama.cpp/Q4_K_M\noutput: keep\ntoken_embedding: keep\n", oracle_skeleton
+    )
     t = types(p)
     assert t["output.weight"] == "f16"
     assert t["token_embd.weight"] == "f16"
@@ -149,10 +160,14 @@ def test_fallbacks_reported_and_errors(oracle_skeleton: SkeletonFactory) -> None
     assert fbs[0].fallback is not None and "896" in fbs[0].fallback.reason
     assert "fallback from" in fbs[0].rule
     assert not r.has_errors
-    r = compile_model("llama.cpp/Q4_K_M", _model("qwen25-0.5b", oracle_skeleton), strict_fallbacks=True, lint=False)
+    r = compile_model(
+        "llama.cpp/Q4_K_M", _model("qwen25-0.5b", oracle_skeleton), strict_fallbacks=True, lint=False
+    )
     assert r.has_errors
     r = compile_model(
-        "recipe: 1\nextends: llama.cpp/Q4_K_M\nfallbacks: error\n", _model("qwen25-0.5b", oracle_skeleton), lint=False
+        "recipe: 1\nextends: llama.cpp/Q4_K_M\nfallbacks: error\n",
+        _model("qwen25-0.5b", oracle_skeleton),
+        lint=False,
     )
     assert sum(d.is_error for d in r.diagnostics) == 144
 
@@ -166,7 +181,7 @@ def test_prune_renumbers(oracle_skeleton: SkeletonFactory) -> None:
     assert "blk.29.attn_v.weight" in names and "blk.30.attn_v.weight" not in names
     assert next(x for x in live if x.name == "blk.1.attn_v.weight").source_name == "blk.3.attn_v.weight"
     assert p.metadata_overrides["llama.block_count"] == {"type": "int", "value": 30}
-    with pytest.raises(CompileError):
+    with pytest.raises(RecipeError):
         plan_of("recipe: 1\nbase: q4_0\nprune_layers: [40]\n", oracle_skeleton)
 
 
@@ -215,7 +230,7 @@ def test_compile_plan_from_path_and_split(oracle_skeleton: SkeletonFactory, tmp_
 
 
 def test_unknown_type_is_a_compile_error(oracle_skeleton: SkeletonFactory) -> None:
-    with pytest.raises(CompileError) as exc:
+    with pytest.raises(RecipeError) as exc:
         plan_of("recipe: 1\nbase: q4_0\nrules:\n  - {match: 'x', type: q4_km}\n", oracle_skeleton)
     assert "q4_km" in str(exc.value)
 
@@ -226,8 +241,12 @@ def test_imatrix_file_coverage_warnings(oracle_skeleton: SkeletonFactory, tmp_pa
     name = b"blk.0.attn_output.weight"
     im = tmp_path / "im.dat"
     im.write_bytes(
-        struct.pack("<ii", 1, len(name)) + name + struct.pack("<ii", 1, 4096) + struct.pack("<4096f", *[1.0] * 4096)
-        + struct.pack("<ii", 1, 5) + b"dummy"
+        struct.pack("<ii", 1, len(name))
+        + name
+        + struct.pack("<ii", 1, 4096)
+        + struct.pack("<4096f", *[1.0] * 4096)
+        + struct.pack("<ii", 1, 5)
+        + b"dummy"
     )
     r = compile_plan("llama.cpp/IQ4_XS", oracle_skeleton("llama31-8b"), imatrix=im)
     assert r.plan.fingerprints.imatrix is not None and len(r.plan.fingerprints.imatrix) == 64

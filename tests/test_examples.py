@@ -94,8 +94,8 @@ def test_dynamic_blend(models: dict[str, Path]) -> None:
         assert types[f"blk.10.{down}.weight"] == "q4_K"
     qwen = {t.name: t.type for t in compile_plan(path, models["qwen3moe-30b-a3b"], imatrix=True).plan.tensors}
     assert qwen["blk.10.ffn_gate_exps.weight"] == "iq3_xxs"
-    plan = compile_plan(path, models["llama31-8b"], imatrix=False)
-    assert any(d.is_error and "requires an importance matrix" in d.message for d in plan.diagnostics)
+    result = compile_plan(path, models["llama31-8b"], imatrix=False)
+    assert any(d.is_error and "requires an importance matrix" in d.message for d in result.diagnostics)
 
 
 def test_q8_embeddings_example(models: dict[str, Path]) -> None:

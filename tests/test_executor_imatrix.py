@@ -15,7 +15,6 @@ from conftest_executor import (
     T,
     llama_tensors,
     make_plan,
-    require_types,
     sha256_file,
     source_rows,
     write_gguf_imatrix,
@@ -129,7 +128,6 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_weights_reach_the_quantizer_legacy(model: Path, tmp_path: Path) -> None:
-    require_types(T.Q4_0)
     name = "blk.1.attn_q.weight"
     vals = np.random.default_rng(1).random(N_EMBD, dtype=np.float32) * 10 + 0.1
     im = write_legacy_imatrix(tmp_path / "im.dat", {name: (4, vals)})
@@ -145,7 +143,6 @@ def test_weights_reach_the_quantizer_legacy(model: Path, tmp_path: Path) -> None
 
 
 def test_weights_per_expert_gguf(model: Path, tmp_path: Path) -> None:
-    require_types(T.Q4_0)
     name = "blk.0.ffn_gate_exps.weight"
     rng = np.random.default_rng(2)
     sums = rng.random((4, N_EMBD), dtype=np.float32) * 50
@@ -163,7 +160,6 @@ def test_weights_per_expert_gguf(model: Path, tmp_path: Path) -> None:
 
 
 def test_entry_of_wrong_size_refused_and_nothing_written(model: Path, tmp_path: Path) -> None:
-    require_types(T.Q4_0)
     name = "blk.0.attn_q.weight"
     im = write_legacy_imatrix(tmp_path / "im.dat", {name: (1, np.ones(N_EMBD * 2, np.float32))})
     plan = make_plan(model, {name: T.Q4_0}, default=None, imatrix=[name])
@@ -173,7 +169,6 @@ def test_entry_of_wrong_size_refused_and_nothing_written(model: Path, tmp_path: 
 
 
 def test_token_embedding_mismatch_ignored_like_llama_quantize(model: Path, tmp_path: Path) -> None:
-    require_types(T.Q4_0)
     im = write_legacy_imatrix(tmp_path / "im.dat", {"token_embd.weight": (1, np.ones(7, np.float32))})
     plan = make_plan(model, {"token_embd.weight": T.Q4_0}, default=None, imatrix=["token_embd.weight"])
     res = apply_plan(plan, model, tmp_path / "o.gguf", imatrix=im, progress=False)
@@ -182,7 +177,6 @@ def test_token_embedding_mismatch_ignored_like_llama_quantize(model: Path, tmp_p
 
 
 def test_coverage_reports_planned_tensors_without_entry(model: Path, tmp_path: Path) -> None:
-    require_types(T.Q4_0)
     have = "blk.0.attn_k.weight"
     want = [have, "blk.1.attn_k.weight", "blk.2.attn_k.weight"]
     im = write_legacy_imatrix(tmp_path / "im.dat", {have: (1, np.ones(N_EMBD, np.float32))})
@@ -196,7 +190,6 @@ def test_coverage_reports_planned_tensors_without_entry(model: Path, tmp_path: P
 
 
 def test_pruned_model_looks_entries_up_by_source_name(tmp_path: Path) -> None:
-    require_types(T.Q4_0)
     model = write_model(tmp_path / "m.gguf", llama_tensors(22))
     src_name = "blk.2.attn_q.weight"  # becomes blk.1 after pruning layer 1
     vals = np.random.default_rng(3).random(N_EMBD, dtype=np.float32) + 0.5
@@ -208,7 +201,6 @@ def test_pruned_model_looks_entries_up_by_source_name(tmp_path: Path) -> None:
 
 
 def test_imatrix_other_than_planned_is_stale(model: Path, tmp_path: Path) -> None:
-    require_types(T.Q4_0)
     name = "blk.0.attn_q.weight"
     im = write_legacy_imatrix(tmp_path / "im.dat", {name: (1, np.ones(N_EMBD, np.float32))})
     plan = make_plan(model, {name: T.Q4_0}, default=None, imatrix=[name], imatrix_fingerprint="0" * 64)
@@ -221,7 +213,6 @@ def test_imatrix_other_than_planned_is_stale(model: Path, tmp_path: Path) -> Non
 
 
 def test_types_that_need_an_imatrix_refused_without_one(tmp_path: Path) -> None:
-    require_types(T.IQ2_XXS)
     rng = np.random.default_rng(4)
     model = write_model(
         tmp_path / "m.gguf",

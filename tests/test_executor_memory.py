@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest_executor import T, make_plan, require_types, write_model
+from conftest_executor import T, make_plan, write_model
 
 CHILD = r"""
 import json, sys
@@ -51,7 +51,6 @@ def _growth_mib(plan_path: Path, model: Path, out: Path, chunk_values: int) -> f
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
 def test_peak_memory_bounded_by_chunk_size(tmp_path: Path) -> None:
-    require_types(T.Q8_0)
     rng = np.random.default_rng(0)
     big = (rng.standard_normal((2048, 4096)) * 0.02).astype(np.float32)  # 8 Mi values: 32 MiB as f32
     model = write_model(tmp_path / "m.gguf", {"blk.0.ffn_up.weight": big}, n_layer=1)
@@ -89,7 +88,6 @@ def test_worker_process_memory_follows_chunk_size(tmp_path: Path) -> None:
     """Each worker holds one chunk at a time: its peak grows with the chunk, not with the model.
     Measured in a fresh process: workers forked from a big one (pytest, late in a run) reuse its
     resident free heap, which hides their growth."""
-    require_types(T.Q8_0)
     rng = np.random.default_rng(0)
     big = (rng.standard_normal((2048, 4096)) * 0.02).astype(np.float32)
     model = write_model(tmp_path / "m.gguf", {"blk.0.ffn_up.weight": big}, n_layer=1)

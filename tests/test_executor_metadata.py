@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 from gguf import GGUFReader, GGUFValueType, GGUFWriter
 
-from conftest_executor import T, llama_tensors, make_plan, require_types, write_gguf_imatrix, write_model
+from conftest_executor import T, llama_tensors, make_plan, write_gguf_imatrix, write_model
 from gguf_recipe.executor import PlanMismatchError, apply_plan, plan_fingerprint
 from gguf_recipe.executor.gguf_format import read_header
 
 
 @pytest.fixture
 def model(tmp_path: Path) -> Path:
-    require_types(T.Q8_0)
     return write_model(tmp_path / "m.gguf", llama_tensors(11), extra_kv={"test.name": "x"})
 
 
@@ -127,7 +126,6 @@ def test_imatrix_provenance_keys(model: Path, tmp_path: Path) -> None:
 
 
 def test_custom_alignment_kept(tmp_path: Path) -> None:
-    require_types(T.Q8_0)
     w = GGUFWriter(str(tmp_path / "m.gguf"), "llama")
     w.add_custom_alignment(64)
     w.add_block_count(1)

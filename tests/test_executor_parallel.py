@@ -17,7 +17,6 @@ from conftest_executor import (
     listdir,
     llama_tensors,
     make_plan,
-    require_types,
     sha256_file,
     write_gguf_imatrix,
     write_model,
@@ -42,7 +41,6 @@ from gguf_recipe.executor.parallel import (
 
 @pytest.fixture
 def model(tmp_path: Path) -> Path:
-    require_types(T.Q8_0, T.Q4_K)
     # rows of 256 and 512: k-quant blocks are 256 wide
     tensors = llama_tensors(41, n_layer=4, n_embd=256, n_ff=512)
     return write_model(tmp_path / "m.gguf", tensors, n_layer=4)
@@ -64,7 +62,6 @@ def test_processes_write_the_same_file(model: Path, tmp_path: Path, chunk_values
 
 
 def test_processes_with_imatrix_per_expert(tmp_path: Path) -> None:
-    require_types(T.Q4_0)
     model = write_model(tmp_path / "m.gguf", llama_tensors(42, moe=True))
     rng = np.random.default_rng(3)
     gate = "blk.0.ffn_gate_exps.weight"
@@ -80,7 +77,6 @@ def test_processes_with_imatrix_per_expert(tmp_path: Path) -> None:
 
 
 def test_processes_requantize(tmp_path: Path) -> None:
-    require_types(T.Q8_0, T.Q4_0)
     t = llama_tensors(43)
     q = quants.quantize(t.pop("blk.0.attn_q.weight"), T.Q8_0)
     model = write_model(tmp_path / "m.gguf", t, raw={"blk.0.attn_q.weight": (q, T.Q8_0)})
@@ -91,7 +87,6 @@ def test_processes_requantize(tmp_path: Path) -> None:
 
 
 def test_nan_found_by_a_worker_names_tensor_and_row(tmp_path: Path) -> None:
-    require_types(T.Q8_0)
     tensors = llama_tensors(44)
     tensors["blk.1.ffn_up.weight"][17, 5] = np.nan
     model = write_model(tmp_path / "m.gguf", tensors)

@@ -11,10 +11,8 @@ from gguf import GGUFReader
 
 from conftest_executor import (
     T,
-    has_types,
     llama_tensors,
     make_plan,
-    require_types,
     source_rows,
     write_model,
 )
@@ -44,11 +42,8 @@ def _check_roundtrip(model: Path, out: Path, plan_targets: dict[str, T], reader:
 
 @pytest.mark.parametrize("src_dtype", [T.F16, T.F32, T.BF16])
 def test_roundtrip_every_tensor_equals_quantize(tmp_path: Path, src_dtype: T) -> None:
-    require_types(T.Q8_0)
     model = write_model(tmp_path / "m.gguf", llama_tensors(1), dtype=src_dtype)
-    targets: dict[str, T] = {"blk.1.attn_v.weight": T.F16} if has_types(T.F16) else {}
-    if has_types(T.Q4_0):
-        targets["blk.0.ffn_down.weight"] = T.Q4_0
+    targets: dict[str, T] = {"blk.1.attn_v.weight": T.F16, "blk.0.ffn_down.weight": T.Q4_0}
     plan = make_plan(model, targets, default=T.Q8_0)
     out = tmp_path / "out.gguf"
     res = apply_plan(plan, model, out, progress=False)
@@ -64,7 +59,6 @@ def test_roundtrip_every_tensor_equals_quantize(tmp_path: Path, src_dtype: T) ->
 
 
 def test_chunking_and_threads_do_not_change_bytes(tmp_path: Path) -> None:
-    require_types(T.Q8_0)
     model = write_model(tmp_path / "m.gguf", llama_tensors(2))
     plan = make_plan(model, default=T.Q8_0)
     a = apply_plan(plan, model, tmp_path / "a.gguf", progress=False, threads=1).outputs[0]
@@ -74,7 +68,6 @@ def test_chunking_and_threads_do_not_change_bytes(tmp_path: Path) -> None:
 
 
 def test_moe_expert_tensors_chunked_per_expert(tmp_path: Path) -> None:
-    require_types(T.Q8_0)
     model = write_model(tmp_path / "m.gguf", llama_tensors(3, moe=True))
     plan = make_plan(model, default=T.Q8_0)
     out = apply_plan(plan, model, tmp_path / "o.gguf", progress=False, chunk_values=N_ROWS_CHUNK).outputs[0]
@@ -88,7 +81,6 @@ N_ROWS_CHUNK = 64 * 48  # 48 rows of 64: chunks end mid-expert (128 rows per exp
 
 
 def test_output_alignment_and_layout_valid(tmp_path: Path) -> None:
-    require_types(T.Q8_0)
     model = write_model(tmp_path / "m.gguf", llama_tensors(4))
     out = apply_plan(make_plan(model), model, tmp_path / "o.gguf", progress=False).outputs[0]
     header, _ = read_header(out)  # our strict parser checks offsets, alignment and file size
@@ -100,7 +92,6 @@ def test_output_alignment_and_layout_valid(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("mode", ["tensors", "bytes"])
 def test_shards(tmp_path: Path, mode: str) -> None:
-    require_types(T.Q8_0)
     model = write_model(tmp_path / "m.gguf", llama_tensors(5))
     plan = make_plan(model, default=T.Q8_0)
     kw = {"max_shard_tensors": 10} if mode == "tensors" else {"max_shard_bytes": 20_000}
@@ -120,6 +111,8 @@ def test_shards(tmp_path: Path, mode: str) -> None:
         names += [t.name for t in r.tensors]
         if mode == "tensors":
             assert len(r.tensors) <= 10
+        else:  # the whole file, header included, or a file holding one tensor
+            assert p.stat().st_size <= 20_000 or len(r.tensors) == 1
     assert names == [t.name for t in plan.tensors]
     # the shards open as one model again, and the bytes match an unsplit run
     single = apply_plan(plan, model, tmp_path / "single.gguf", progress=False).outputs[0]
@@ -132,7 +125,6 @@ def test_shards(tmp_path: Path, mode: str) -> None:
 
 
 def test_split_source_model_is_read_as_one(tmp_path: Path) -> None:
-    require_types(T.Q8_0)
     model = write_model(tmp_path / "m.gguf", llama_tensors(6))
     # make an F16 split source with our own writer: a copy-everything plan written in shards
     copy_plan = make_plan(model, default=None)

@@ -34,7 +34,6 @@ def test_grid_of_a_plan(oracle_skeleton: SkeletonFactory) -> None:
 
 
 def test_draw_svg_legend_ordered_by_bpw(oracle_skeleton: SkeletonFactory, tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
     model = oracle_skeleton("qwen25-0.5b")
     views = [view_of_plan(compile_plan(f"llama.cpp/{m}", model).plan) for m in ("Q4_K_M", "IQ4_XS")]
     out = draw_heatmap(views, tmp_path / "x.svg")
@@ -51,7 +50,6 @@ def test_draw_svg_legend_ordered_by_bpw(oracle_skeleton: SkeletonFactory, tmp_pa
 
 
 def test_cli_plan_heatmap(oracle_skeleton: SkeletonFactory, tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
     out = tmp_path / "plan.png"
     r = runner.invoke(
         app, ["plan", "llama.cpp/Q4_K_M", str(oracle_skeleton("phi3-mini-4k")), "--heatmap", str(out)]

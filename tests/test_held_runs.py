@@ -15,12 +15,10 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest_executor import (
-    T,
     alive,
     children_of,
     listdir,
     llama_tensors,
-    require_types,
     sha256_file,
     start_held,
     write_model,
@@ -50,7 +48,6 @@ def wait_gone(pids: list[int], seconds: float = 10.0) -> list[int]:
 def test_sigkill_of_apply_leaves_no_worker(tmp_path: Path) -> None:
     """`recipe apply --threads 2` on a model big enough for worker processes, held once its first
     tensor is written (the workers are running), then SIGKILLed: every worker dies with it."""
-    require_types(T.Q8_0)
     dims = {"n_layer": 1, "n_embd": 1024, "n_ff": 5120}
     model = write_model(tmp_path / "m.gguf", llama_tensors(1, **dims), **dims)  # type: ignore[arg-type]
     assert PROCESS_MIN_VALUES <= 3 * 1024 * 5120 + 3 * 1024 * 1024  # "auto" picks worker processes
@@ -105,7 +102,6 @@ def test_second_apply_while_the_first_runs(tmp_path: Path) -> None:
     """The first run holds the lock mid-run (its partial output and checkpoint exist). A second run on
     the same output, fresh or --resume, is refused and deletes or changes none of the first run's
     files; the first run then finishes normally."""
-    require_types(T.Q8_0)
     model = write_model(tmp_path / "m.gguf", llama_tensors(2))
     out = tmp_path / "o.gguf"
     first, release = start_held(apply_cmd("llama.cpp/Q8_0", model, "-o", out, "-q"), tmp_path)

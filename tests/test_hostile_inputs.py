@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest_executor import T, llama_tensors, make_plan, require_types, write_model
+from conftest_executor import llama_tensors, make_plan, write_model
 from gguf_recipe.cli import app
-from gguf_recipe.compiler import CompileError, compile_plan
+from gguf_recipe.compiler import compile_plan
 from gguf_recipe.diagnostics import RecipeError
 from gguf_recipe.executor import ApplyInterrupted, ImatrixError, SourceFormatError, apply_plan, load_imatrix
 from gguf_recipe.executor import source as source_mod
@@ -24,7 +24,8 @@ from gguf_recipe.inputs import InputFileError, check_input_file, open_input, rea
 from gguf_recipe.model import read_model
 from gguf_recipe.model.header import GGUFReadError
 from gguf_recipe.recipe import patterns
-from gguf_recipe.recipe.loader import MAX_RECIPE_BYTES, check_recipe
+from gguf_recipe.recipe.loader import check_recipe
+from gguf_recipe.recipe.source_map import MAX_RECIPE_BYTES
 
 runner = CliRunner()
 
@@ -38,7 +39,6 @@ def cli(*args: str | Path) -> tuple[int, str]:
 
 @pytest.fixture
 def model(tmp_path: Path) -> Path:
-    require_types(T.Q8_0)
     return write_model(tmp_path / "m.gguf", llama_tensors(1))
 
 
@@ -106,14 +106,15 @@ def test_every_reader_refuses_odd_files(odd_files: dict[str, Path], model: Path,
     _, diags = check_recipe(p)
     assert len(diags) == 1 and (want if kind != "no such file" else "file not found") in diags[0].message
     # the CLI: as a recipe, a model and an imatrix
-    for args in (
+    commands: list[list[str | Path]] = [
         ["validate", p],
         ["plan", p, model],
         ["plan", "llama.cpp/Q8_0", p],
         ["apply", "llama.cpp/Q8_0", p, "-o", model.with_name("o.gguf")],
         ["apply", "llama.cpp/Q8_0", model, "-o", model.with_name("o.gguf"), "--imatrix", p],
         ["plan", "llama.cpp/Q8_0", model, "--imatrix", p],
-    ):
+    ]
+    for args in commands:
         code, err = cli(*args)
         assert code == 1, (args, err)
         assert (want in err or (kind == "no such file" and "not found" in err)) and str(p) in err, (args, err)
@@ -182,7 +183,7 @@ def test_regex_work_is_bounded(tmp_path: Path, model: Path, monkeypatch: pytest.
     slow = patterns.compile_pattern("(x+x+)+y")
     with pytest.raises(patterns.PatternTimeout, match="takes too long to match the tensor name 'x"):
         slow.search("x" * 5000)
-    with pytest.raises(CompileError) as exc:
+    with pytest.raises(RecipeError) as exc:
         compile_plan(p, model)
     d = exc.value.diagnostics[0]
     assert (d.file, d.line) == (str(p), 4)
@@ -251,7 +252,11 @@ def test_plan_and_apply_refuse_the_same_headers(
 ) -> None:
     h = tmp_path / "h.gguf"
     h.write_bytes(gguf_header(tensors))
-    for args in (["plan", "llama.cpp/Q8_0", h], ["apply", "llama.cpp/Q8_0", h, "-o", tmp_path / "o.gguf"]):
+    commands: list[list[str | Path]] = [
+        ["plan", "llama.cpp/Q8_0", h],
+        ["apply", "llama.cpp/Q8_0", h, "-o", tmp_path / "o.gguf"],
+    ]
+    for args in commands:
         code, err = cli(*args)
         assert code == 1, (args, err)
         assert words in err, (args, err)
@@ -270,22 +275,37 @@ def test_non_integer_hyperparameter_is_named(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------ outputs
 
 
-@pytest.mark.parametrize("where", ["missing folder", "a folder"])
-def test_text_outputs_into_a_missing_folder_or_onto_a_folder(tmp_path: Path, model: Path, where: str) -> None:
+def test_text_outputs_into_missing_folders_make_them(tmp_path: Path, model: Path) -> None:
+    commands: list[list[str | Path]] = [
+        ["plan", "llama.cpp/Q8_0", model, "-o"],
+        ["schema", "-o"],
+        ["import", "-o"],
+    ]
+    for i, args in enumerate(commands):
+        out = tmp_path / f"new{i}" / "deeper" / "x.out"
+        extra = ["--", "Q4_K_M"] if args[0] == "import" else []
+        code, err = cli(*args, out, *extra)
+        assert code == 0, (args, err)
+        assert out.stat().st_size > 0
+
+
+@pytest.mark.parametrize("where", ["a file in the way", "a folder"])
+def test_text_outputs_below_a_file_or_onto_a_folder(tmp_path: Path, model: Path, where: str) -> None:
     (tmp_path / "dir").mkdir()
-    out = tmp_path / ("nodir/x.json" if where == "missing folder" else "dir")
-    words = (
-        f"the folder {tmp_path / 'nodir'} does not exist" if where == "missing folder" else "it is a folder"
-    )
-    for args in (
+    (tmp_path / "afile").write_bytes(b"mine")
+    out = tmp_path / ("afile/x.json" if where == "a file in the way" else "dir")
+    words = f"{tmp_path / 'afile'} is not a folder" if where == "a file in the way" else "it is a folder"
+    commands: list[list[str | Path]] = [
         ["plan", "llama.cpp/Q8_0", model, "-o", out],
         ["schema", "-o", out],
         ["import", "-o", out, "--", "Q4_K_M"],
-    ):
+    ]
+    for args in commands:
         code, err = cli(*args)
         assert code == 1, (args, err)
         assert err.strip() == f"error: cannot write {out}: {words}", (args, err)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "m.gguf"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "dir", "m.gguf"]
+    assert (tmp_path / "afile").read_bytes() == b"mine"
 
 
 @pytest.mark.parametrize("size", ["inf", "nan", "-inf", "1e300"])

@@ -299,3 +299,30 @@ def test_import_never_crashes(argv: list[str]) -> None:
         assert str(exc)
         return
     assert load(text).recipe.recipe == 1
+
+
+def test_export_of_a_chain_merges_it_as_the_compiler_does(tmp_path: Path) -> None:
+    """A child's own metadata adds to its parent's (key by key), and scalars come from the nearest
+    recipe that sets them: what `recipe plan` applies is what the exported command line says."""
+    (tmp_path / "parent.yaml").write_text(
+        "recipe: 1\nextends: llama.cpp/Q4_K_M\noutput: q8_0\n"
+        "metadata:\n  general.name: {type: str, value: parent}\n  general.url: {type: str, value: p}\n"
+    )
+    child = tmp_path / "child.yaml"
+    child.write_text(
+        "recipe: 1\nextends: parent.yaml\ntoken_embedding: q6_K\n"
+        "metadata:\n  general.url: {type: str, value: c}\n  general.author: {type: str, value: me}\n"
+    )
+    argv, _ = export_llama_quantize_notes(load(child).recipe, base_dir=tmp_path)
+    kv = [argv[i + 1] for i, a in enumerate(argv) if a == "--override-kv"]
+    assert sorted(kv) == ["general.author=str:me", "general.name=str:parent", "general.url=str:c"]
+    assert argv[argv.index("--output-tensor-type") + 1] == "q8_0"
+    assert argv[argv.index("--token-embedding-type") + 1] == "q6_K"
+    assert argv[-1] == "Q4_K_M"
+
+
+def test_export_reports_an_extends_cycle(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("recipe: 1\nextends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("recipe: 1\nextends: a.yaml\n")
+    with pytest.raises(InteropError, match="loops back to"):
+        export_llama_quantize_notes(load(tmp_path / "a.yaml").recipe, base_dir=tmp_path)

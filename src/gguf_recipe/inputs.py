@@ -15,10 +15,12 @@ import os
 import stat
 from pathlib import Path
 
+from .errors import GGUFRecipeError
+
 __all__ = ["InputFileError", "check_input_file", "describe_os_error", "open_input", "read_input_bytes"]
 
 
-class InputFileError(ValueError):
+class InputFileError(GGUFRecipeError, ValueError):
     """An input path that is not a readable regular file (or is larger than allowed)."""
 
 

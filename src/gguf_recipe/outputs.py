@@ -13,12 +13,16 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from .errors import GGUFRecipeError
+
 __all__ = [
     "Input",
     "InputClobberError",
     "OutputPathError",
     "check_output_path",
     "check_outputs",
+    "make_folders",
+    "nearest_existing",
     "write_text_atomic",
 ]
 
@@ -26,7 +30,7 @@ __all__ = [
 Input = tuple[str, "str | os.PathLike[str]"]
 
 
-class InputClobberError(ValueError):
+class InputClobberError(GGUFRecipeError, ValueError):
     """An output path is one of the command's inputs."""
 
 
@@ -51,7 +55,7 @@ def check_outputs(inputs: Iterable[Input], outputs: Iterable[str | os.PathLike[s
                 )
 
 
-class OutputPathError(OSError):
+class OutputPathError(GGUFRecipeError, OSError):
     """An output cannot be written there (no such folder, a folder in the way, no permission...)."""
 
 
@@ -61,9 +65,9 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
     parent = p.parent
     if p.name in ("", ".", ".."):
         raise OutputPathError(f"cannot write {p}: it names a folder, not a file")
-    if not parent.is_dir():
-        why = "does not exist" if not os.path.lexists(parent) else "is not a folder"
-        raise OutputPathError(f"cannot write {p}: the folder {parent} {why}")
+    holder = nearest_existing(parent)  # missing folders are made when the file is written
+    if not holder.is_dir():
+        raise OutputPathError(f"cannot write {p}: {holder} is not a folder")
     if p.is_dir():
         raise OutputPathError(f"cannot write {p}: it is a folder")
     if os.path.lexists(p) and not p.is_file():
@@ -76,7 +80,9 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     :class:`OutputPathError` with a message naming the path when it cannot."""
     p = check_output_path(path)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    made: list[Path] = []
     try:
+        made = make_folders(p.parent)
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -85,8 +91,31 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        for d in reversed(made):
+            with contextlib.suppress(OSError):
+                d.rmdir()
         if isinstance(exc, OSError) and not isinstance(exc, OutputPathError):
             from .inputs import describe_os_error
 
             raise OutputPathError(f"cannot write {p}: {describe_os_error(exc)}") from exc
         raise
+
+
+def nearest_existing(folder: Path) -> Path:
+    """``folder`` or its nearest ancestor that exists."""
+    while not os.path.lexists(folder) and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def make_folders(folder: Path) -> list[Path]:
+    """Make ``folder`` and its missing parents; returns the ones made, outermost first."""
+    missing: list[Path] = []
+    while not os.path.lexists(folder):
+        missing.append(folder)
+        folder = folder.parent
+    made: list[Path] = []
+    for d in reversed(missing):
+        d.mkdir()
+        made.append(d)
+    return made

@@ -1,8 +1,8 @@
 """Built-in recipes: ``llama.cpp/Q4_K_M`` and friends.
 
-The canonical files live in the package (``src/gguf_recipe/builtin_recipes/llama.cpp/*.yaml``, shipped as
-package data so an installed wheel has them); the repository's ``recipes/llama.cpp/`` holds identical
-copies for people browsing the repo, and a test asserts the two trees are equal.
+The one copy lives at the repository's top, ``recipes/llama.cpp/*.yaml``; the package's
+``builtin_recipes`` is a symbolic link to it, which setuptools follows when it builds a wheel (so an
+installed wheel holds the files as package data).
 """
 
 from __future__ import annotations
@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-BUILTIN_DIR = Path(__file__).resolve().parent / "builtin_recipes"
+from .errors import GGUFRecipeError
+
+BUILTIN_DIR = (Path(__file__).resolve().parent / "builtin_recipes").resolve()
 
 
-class RecipeNotFoundError(FileNotFoundError):
+class RecipeNotFoundError(GGUFRecipeError, FileNotFoundError):
     pass
 
 
@@ -53,10 +55,28 @@ def resolve(name_or_path: str | Path, *, relative_to: str | Path | None = None) 
     builtin = _builtin(text)
     if builtin is not None:
         return builtin
-    hint = ""
-    if "/" in text and not text.endswith((".yaml", ".yml", ".json")):
-        hint = "; built-in recipes are: " + ", ".join(builtin_names())
-    raise RecipeNotFoundError(f"recipe '{text}' not found (neither a file nor a built-in recipe){hint}")
+    raise RecipeNotFoundError(
+        f"recipe '{text}' not found (neither a file nor a built-in recipe){_hint(text)}"
+    )
+
+
+def _hint(text: str) -> str:
+    """What the user probably meant: the built-in mix of that name, a close built-in name, or the list."""
+    from .diagnostics import close_matches
+
+    if text.endswith((".yaml", ".yml", ".json")):
+        return ""
+    if "/" not in text:
+        named = [n for n in builtin_names() if n.rsplit("/", 1)[1].upper() == text.upper()]
+        return f"; did you mean '{named[0]}'?" if named else ""
+    family, _, mix = text.partition("/")
+    mixes = {n.partition("/")[2]: n for n in builtin_names() if n.partition("/")[0] == family}
+    close = [mixes[m] for m in close_matches(mix, mixes)]
+    if not close:
+        return "; built-in recipes are: " + ", ".join(builtin_names())
+    return (
+        "; did you mean " + ("one of " if len(close) > 1 else "") + ", ".join(f"'{n}'" for n in close) + "?"
+    )
 
 
 def _builtin(text: str) -> Path | None:

@@ -58,7 +58,28 @@ def group_plan(tensors: Sequence[PlannedTensor]) -> list[PlanGroup]:
         g.names.append(t.name)
         g.source_bytes += t.source_bytes
         g.target_bytes += t.target_bytes
-    return list(groups.values())
+    return sorted(groups.values(), key=_reading_order)
+
+
+def _reading_order(g: PlanGroup) -> tuple[int, str, int]:
+    """Tensors outside blocks first (stable: in plan order), then block tensors by family and first
+    layer, so the rows of one family sit together in layer order."""
+    if not g.layers:
+        return (0, "", 0)
+    return (1, g.family, min(g.layers))
+
+
+def _split_rule(text: str) -> tuple[str, str | None]:
+    """A recipe rule's decision as its short name for the table (``rule 7; fallback from q6_K``) and its
+    full text for the legend below it (``rule 7: category attn_v, ... -> q6_K``); other decisions
+    (``base``, ``not quantizable: ...``) stay whole."""
+    if not text.startswith("rule ") or ": " not in text:
+        return text, None
+    head, _, rest = text.partition(": ")
+    desc, sep, got = rest.rpartition("; fallback from ")
+    if not sep:
+        return head, f"{head}: {rest}"
+    return f"{head}; fallback from {got}", f"{head}: {desc}"
 
 
 def _mib(n: int) -> str:
@@ -111,12 +132,19 @@ def render_table(plan: Plan) -> str:
     lines = [f"plan: {plan.recipe_name}  ->  {plan.model_path}", ""]
     groups = group_plan(plan.tensors)
     rows = []
+    legend: dict[str, str] = {}
     for g in groups:
         arrow = g.type if g.action == "quantize" else ("pruned" if g.action == "prune" else "= " + g.type)
+        decided, full = _split_rule(g.rule)
+        if full is not None:
+            legend.setdefault(full.partition(":")[0], full)
         rows.append(
-            [g.label, str(len(g.names)), _shape(g.shape), g.source_type, arrow, _mib(g.target_bytes), g.rule]
+            [g.label, str(len(g.names)), _shape(g.shape), g.source_type, arrow, _mib(g.target_bytes), decided]
         )
     lines += _table(["tensor", "n", "shape", "from", "to", "MiB", "decided by"], rows, {1, 5})
+    if legend:
+        lines += ["", "rules that decided:"]
+        lines += [f"  {legend[k]}" for k in sorted(legend, key=_rule_number)]
     fallbacks = [t for t in plan.tensors if t.fallback is not None]
     if fallbacks:
         lines += ["", f"fallbacks ({len(fallbacks)}): the row length does not fit the wanted type"]
@@ -132,12 +160,17 @@ def render_table(plan: Plan) -> str:
     src_bpw = tot.source_bytes * 8 / tot.n_elements if tot.n_elements else 0.0
     lines += [
         "",
-        f"total: {_mib(tot.target_bytes)} MiB ({tot.bpw:.2f} bpw) from {_mib(tot.source_bytes)} MiB "
+        f"total: {_mib(tot.target_bytes)} MiB of tensor data ({tot.bpw:.2f} bpw) from {_mib(tot.source_bytes)} MiB "
         f"({src_bpw:.2f} bpw), {tot.n_tensors} tensors, {tot.n_fallbacks} fallback(s)",
     ]
     for w in plan.warnings:
         lines.append(f"warning: {w}")
     return "\n".join(lines) + "\n"
+
+
+def _rule_number(head: str) -> tuple[int, str]:
+    number = head.removeprefix("rule ").split(" ", 1)[0]
+    return (int(number), head) if number.isdigit() else (0, head)
 
 
 def _md_escape(s: str) -> str:

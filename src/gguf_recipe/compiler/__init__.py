@@ -11,15 +11,23 @@ from ..diagnostics import Diagnostic, RecipeError
 from ..model.reader import ModelInfo, read_model
 from ..recipe.patterns import PatternTimeout
 from .engine import (
-    CompileError,
     CompileResult,
     LoadedRecipe,
     compile_chain,
     load_chain,
+    merged_recipe,
     pattern_timeout_diagnostic,
 )
 
-__all__ = ["CompileError", "CompileResult", "LoadedRecipe", "compile_model", "compile_plan", "load_recipe_chain"]
+__all__ = [
+    "CompileResult",
+    "LoadedRecipe",
+    "RecipeError",
+    "compile_model",
+    "compile_plan",
+    "load_recipe_chain",
+    "merged_recipe",
+]
 
 
 _CACHE: dict[tuple[str, int, int], LoadedRecipe] = {}
@@ -41,7 +49,7 @@ def _load_file(path: Path) -> LoadedRecipe:
     try:
         lr = load(path)
     except RecipeError as exc:
-        raise CompileError(list(exc.diagnostics)) from None
+        raise RecipeError(list(exc.diagnostics)) from None
 
     def locate(p: tuple[str | int, ...]) -> tuple[int | None, int | None]:
         pos = lr.source.value(p)
@@ -69,7 +77,7 @@ def load_recipe_chain(recipe_source: str | Path) -> list[LoadedRecipe]:
         try:
             lr = load(text)
         except RecipeError as exc:
-            raise CompileError(list(exc.diagnostics)) from None
+            raise RecipeError(list(exc.diagnostics)) from None
         first = LoadedRecipe(recipe=lr.recipe, text=lr.text, source="<recipe>")
         if lr.recipe.extends is None:
             return [first]
@@ -88,13 +96,13 @@ def _imatrix_info(imatrix: str | Path | bool | None) -> tuple[bool, str | None, 
     try:
         check_input_file(p, "the imatrix")
     except InputFileError as exc:
-        raise CompileError([Diagnostic(str(exc), "error", str(p))]) from None
+        raise RecipeError([Diagnostic(str(exc), "error", str(p))]) from None
     try:  # read (and so checked) before it is hashed: a wrong file fails at once
         from ..executor.imatrix import load_imatrix
 
         im = load_imatrix(p)
     except Exception as exc:
-        raise CompileError([Diagnostic(f"cannot read the imatrix: {exc}", "error", str(p))]) from None
+        raise RecipeError([Diagnostic(f"cannot read the imatrix: {exc}", "error", str(p))]) from None
     return True, im.fingerprint, set(im.entries)
 
 
@@ -127,7 +135,9 @@ def compile_model(
             found = [pattern_timeout_diagnostic(exc, chain)]
         if any("importance matrix" in d.message and d.is_error for d in found):
             # the linter names the rule; drop the compiler's whole-plan message
-            result.diagnostics[:] = [d for d in result.diagnostics if "needs an importance matrix" not in d.message]
+            result.diagnostics[:] = [
+                d for d in result.diagnostics if "needs an importance matrix" not in d.message
+            ]
         result.diagnostics.extend(found)
     return result
 
@@ -141,6 +151,6 @@ def compile_plan(
 ) -> CompileResult:
     """Compile a recipe (a path, a built-in name such as ``llama.cpp/Q4_K_M``, or YAML text) against the
     header of a GGUF model (a file or any file of a ``-0000k-of-0000n`` split). ``imatrix``: a file, or
-    True to plan as if one is given. Raises :class:`CompileError` when the recipe cannot be compiled."""
+    True to plan as if one is given. Raises :class:`RecipeError` when the recipe cannot be compiled."""
     model = read_model(model_path)
     return compile_model(recipe_source, model, imatrix=imatrix, strict_fallbacks=strict_fallbacks)

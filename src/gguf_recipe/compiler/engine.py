@@ -4,32 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gguf import GGMLQuantizationType
 
-from ..diagnostics import Diagnostic
-from ..model.reader import ModelInfo, TensorInfo, row_size
+from .. import llamacpp as llama
+from ..diagnostics import Diagnostic, RecipeError
+from ..model.header import row_nbytes
+from ..model.reader import ModelInfo, TensorInfo
 from ..plan import Fallback, Fingerprints, Plan, PlannedTensor, PlanTotals
 from ..recipe.model import Condition, MetadataValue, Recipe, Rule
 from ..recipe.patterns import BoundedPattern, PatternTimeout, compile_pattern
 from ..recipe.selectors import LayerSet, SelectorError, parse_layers
 from ..recipe.typenames import TypeNameError, ggml_name, parse_type_name
-from . import llama
 
 T = GGMLQuantizationType
 INF_DEPTH = 1 << 30
-
-
-class CompileError(ValueError):
-    """The recipe cannot be compiled against this model (carries diagnostics)."""
-
-    def __init__(self, diagnostics: list[Diagnostic]) -> None:
-        super().__init__("\n".join(d.format() for d in diagnostics))
-        self.diagnostics = diagnostics
 
 
 @dataclass
@@ -60,13 +53,11 @@ class ResolvedRule:
             return self.pseudo
         r = self.rule
         parts: list[str] = []
-        if r.category is not None:
-            cats = r.category if isinstance(r.category, list) else [r.category]
+        if (cats := r.categories) is not None:
             parts.append("category " + "|".join(cats))
         if r.match is not None:
             parts.append(f"match '{r.match}'")
-        if r.layers is not None:
-            ls = r.layers if isinstance(r.layers, list) else [r.layers]
+        if (ls := r.layer_selectors) is not None:
             parts.append(
                 ("positions " if r.layers_by == "position" else "layers ") + ", ".join(str(x) for x in ls)
             )
@@ -130,6 +121,32 @@ class Effective:
     name: str
 
 
+def merged_metadata(recipes: Sequence[Recipe]) -> dict[str, MetadataValue]:
+    """The metadata overrides of a chain (child first), key by key: a child's value wins."""
+    metadata: dict[str, MetadataValue] = {}
+    for r in reversed(recipes):
+        metadata.update(r.metadata)
+    return metadata
+
+
+def merged_recipe(recipes: Sequence[Recipe]) -> Recipe:
+    """A chain (child first) as one recipe, as the compiler reads it: each field from the nearest
+    recipe that sets it, metadata merged key by key, rules child first, ``extends`` of the last."""
+    fields: dict[str, Any] = {}
+    for name in Recipe.model_fields:
+        if name in ("recipe", "extends", "rules", "metadata"):
+            continue
+        for r in recipes:
+            if name in r.model_fields_set and getattr(r, name) is not None:
+                fields[name] = getattr(r, name)
+                break
+    rules = [rule for r in recipes for rule in r.rules]
+    merged: Recipe = recipes[-1].model_copy(
+        update={**fields, "metadata": merged_metadata(recipes), "rules": rules}
+    )
+    return merged
+
+
 def _effective(chain: list[LoadedRecipe]) -> Effective:
     def first(attr: str) -> tuple[Any, int]:
         for depth, lr in enumerate(chain):
@@ -147,9 +164,7 @@ def _effective(chain: list[LoadedRecipe]) -> Effective:
     fallbacks, _ = first("fallbacks")
     im, _ = first("imatrix")
     prune, _ = first("prune_layers")
-    metadata: dict[str, MetadataValue] = {}
-    for lr in reversed(chain):
-        metadata.update(lr.recipe.metadata)
+    metadata = merged_metadata([lr.recipe for lr in chain])
     name, _ = first("name")
     return Effective(
         chain=chain,
@@ -217,20 +232,16 @@ def _cmp(value: int, cond: int | str) -> bool:
 
 
 def _holds(c: Condition, f: Facts, t: TensorInfo, base: GGMLQuantizationType) -> bool:
-    if c.arch is not None:
-        archs = c.arch if isinstance(c.arch, list) else [c.arch]
-        if f.arch not in archs:
-            return False
+    if (archs := c.archs) is not None and f.arch not in archs:
+        return False
     if c.layers is not None and not _cmp(f.layers, c.layers):
         return False
     if c.experts is not None and not _cmp(f.experts, c.experts):
         return False
     if c.gqa is not None and not _cmp(f.gqa, c.gqa):
         return False
-    if c.size is not None:
-        sizes = c.size if isinstance(c.size, list) else [c.size]
-        if f.size.upper() not in [s.upper() for s in sizes]:
-            return False
+    if (sizes := c.sizes) is not None and f.size.upper() not in [s.upper() for s in sizes]:
+        return False
     if c.tied_embeddings is not None and f.tied_embeddings != c.tied_embeddings:
         return False
     if c.imatrix is not None and f.imatrix != c.imatrix:
@@ -274,7 +285,7 @@ def _type_or_keep(
         return parse_type_name(value, allow_keep=True)
     except TypeNameError as e:
         diags.append(Diagnostic(f"{where}: {e.message}", "error", source, hint=e.hint))
-        raise CompileError(diags) from None
+        raise RecipeError(diags) from None
 
 
 def _resolve_rules(eff: Effective, diags: list[Diagnostic]) -> list[ResolvedRule]:
@@ -296,21 +307,21 @@ def _resolve_rules(eff: Effective, diags: list[Diagnostic]) -> list[ResolvedRule
                             col,
                         )
                     )
-                    raise CompileError(diags) from None
+                    raise RecipeError(diags) from None
             layers = None
-            if rule.layers is not None:
+            if (selectors := rule.layer_selectors) is not None:
                 try:
-                    layers = parse_layers(rule.layers if isinstance(rule.layers, list) else [rule.layers])
+                    layers = parse_layers(selectors)
                 except SelectorError as e:
                     line, col = lr.locate(("rules", k, "layers")) if lr.locate else (None, None)
                     diags.append(
                         Diagnostic(f"rule {k + 1}: {e.message}", "error", lr.source, line, col, e.hint)
                     )
-                    raise CompileError(diags) from None
+                    raise RecipeError(diags) from None
             ttype = _type_or_keep(rule.type, f"rule {k + 1}", diags, lr.source)
             cats = None
-            if rule.category is not None:
-                cats = frozenset(rule.category if isinstance(rule.category, list) else [rule.category])
+            if (categories := rule.categories) is not None:
+                cats = frozenset(categories)
             out.append(ResolvedRule(rule, len(out) + 1, depth, lr.source, k, regex, layers, ttype, cats))
         if eff.output is not None and depth == eff.output_depth and eff.output.strip().lower() != "keep":
             # llama-quantize applies --output-tensor-type to a tied token_embd inside the mix logic, after
@@ -387,7 +398,7 @@ def compile_chain(
     imatrix_names: set[str] | None = None,
     strict_fallbacks: bool = False,
 ) -> CompileResult:
-    """The plan of ``chain`` (child first) for ``model``; raises :class:`CompileError`."""
+    """The plan of ``chain`` (child first) for ``model``; raises :class:`RecipeError`."""
     try:
         return _compile_chain(
             chain,
@@ -398,7 +409,7 @@ def compile_chain(
             strict_fallbacks=strict_fallbacks,
         )
     except PatternTimeout as exc:
-        raise CompileError([pattern_timeout_diagnostic(exc, chain)]) from None
+        raise RecipeError([pattern_timeout_diagnostic(exc, chain)]) from None
 
 
 def _compile_chain(
@@ -439,7 +450,7 @@ def _compile_chain(
                 )
             )
     if any(d.is_error for d in diags):
-        raise CompileError(diags)
+        raise RecipeError(diags)
 
     ordered = sorted(model.tensors, key=lambda t: llama.processing_key(t.name))
     renamed = _remap_prune([t.name for t in ordered], eff.prune_layers)
@@ -569,7 +580,7 @@ def _compile_chain(
             if group is not None:
                 counted[group].append(decide_depth)
         quantize = target != src
-        tb = t.n_rows * row_size(target, t.shape[0]) if quantize else t.nbytes
+        tb = t.n_rows * row_nbytes(t.shape[0], target) if quantize else t.nbytes
         im = False
         if imatrix and quantize and llama.is_quantized(target):
             im = use_imatrix_rule is not False
@@ -696,17 +707,17 @@ def load_chain(recipe_source: str | Path, loader: Callable[[Path], LoadedRecipe]
     while True:
         rp = path.resolve()
         if rp in seen:
-            raise CompileError([_at_extends(chain[-1], f"loops back to {path}")])
+            raise RecipeError([_at_extends(chain[-1], f"loops back to {path}")])
         seen.add(rp)
         if not chain:
             lr = loader(path)
         else:
             try:
                 lr = loader(path)
-            except CompileError as exc:
+            except RecipeError as exc:
                 d = exc.diagnostics[0] if exc.diagnostics else None
                 first = f"{d.location}: {d.message}" if d else "cannot load it"
-                raise CompileError(
+                raise RecipeError(
                     [_at_extends(chain[-1], f"{path} is not a valid recipe ({first})")]
                 ) from None
         chain.append(lr)
@@ -716,7 +727,7 @@ def load_chain(recipe_source: str | Path, loader: Callable[[Path], LoadedRecipe]
         try:
             path = resolve(ext, relative_to=path)
         except FileNotFoundError as exc:
-            raise CompileError([_at_extends(lr, str(exc))]) from None
+            raise RecipeError([_at_extends(lr, str(exc))]) from None
 
 
 def _at_extends(lr: LoadedRecipe, problem: str) -> Diagnostic:

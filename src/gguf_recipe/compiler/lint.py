@@ -21,12 +21,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import llamacpp as llama
 from ..diagnostics import Diagnostic
 from ..model.reader import ModelInfo, TensorInfo
 from ..plan import Plan, PlannedTensor
 from ..recipe.typenames import ggml_name
-from . import llama
-from .engine import Effective, Facts, LoadedRecipe, ResolvedRule, _effective, _holds, _resolve_rules
+from .engine import (
+    Effective,
+    Facts,
+    LoadedRecipe,
+    ResolvedRule,
+    _describe_condition,
+    _effective,
+    _holds,
+    _resolve_rules,
+)
 
 __all__ = ["lint_compiled", "lint_recipe"]
 
@@ -112,6 +121,11 @@ def _static_match(
     return True
 
 
+def _unmet(r: ResolvedRule) -> str:
+    assert r.rule.when is not None
+    return f"'when {_describe_condition(r.rule.when)}' does not hold"
+
+
 def _when_holds_for_model(r: ResolvedRule, facts: Facts, model: ModelInfo, eff: Effective) -> bool:
     """Whether the rule's 'when' holds for the model (tried on any tensor: tensor conditions may differ)."""
     if r.rule.when is None:
@@ -171,7 +185,8 @@ def lint_recipe(
         label = f"rule {k + 1}"
 
         if not _when_holds_for_model(r, facts, model, eff):
-            continue  # a rule for other models (its 'when' does not hold here): nothing to say
+            diags.append(diag(("rules", k, "when"), f"{label} never applies to this model: {_unmet(r)}"))
+            continue
 
         # layer selectors that do not fit the model
         bad_layers = False
@@ -206,12 +221,15 @@ def lint_recipe(
                 if r.rule.when is None or _holds(r.rule.when, facts, info, eff.base):
                     cands.append(t)
 
-        if (
-            r.rule.when is not None
-            and not any(_holds(r.rule.when, facts, infos[t.source_name], eff.base) for t in cands_no_when)
-            and (cands_no_when or not _when_holds_for_model(r, facts, model, eff))
-        ):
-            continue  # a rule for other models (its 'when' does not hold here): nothing to say
+        if r.rule.when is not None and cands_no_when and not cands:
+            diags.append(
+                diag(
+                    ("rules", k, "when"),
+                    f"{label} never applies to this model: {_unmet(r)} for any of the "
+                    f"{len(cands_no_when)} tensor(s) it matches (e.g. {cands_no_when[0].name})",
+                )
+            )
+            continue
         if not cands:
             hint = None
             if r.rule.match is not None:

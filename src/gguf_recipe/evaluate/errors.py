@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from ..errors import GGUFRecipeError
+
 __all__ = ["EvalDependencyError", "EvalError", "MismatchError"]
 
 
-class EvalError(Exception):
+class EvalError(GGUFRecipeError):
     """An evaluation cannot be done (missing file, unreadable model, text too short, ...)."""
 
 

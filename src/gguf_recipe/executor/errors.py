@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from ..errors import GGUFRecipeError
 
-class ExecutorError(RuntimeError):
+
+class ExecutorError(GGUFRecipeError, RuntimeError):
     """Base class: applying a plan failed; nothing was written at the output path."""
 
 

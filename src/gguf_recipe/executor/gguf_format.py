@@ -140,6 +140,14 @@ class OutTensor:
     nbytes: int
 
 
+HEADER_FIXED_NBYTES = 4 + 4 + 8 + 8  # magic, version, tensor count, key/value count
+
+
+def tensor_info_nbytes(t: OutTensor) -> int:
+    """The bytes ``pack_header`` writes for one tensor's info: name, dims, type, offset."""
+    return 8 + len(t.name.encode("utf-8")) + 4 + 8 * len(t.shape) + 4 + 8
+
+
 def pack_header(
     kv_blobs: Iterable[bytes], tensors: Sequence[OutTensor], alignment: int
 ) -> tuple[bytes, list[int]]:

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from gguf import GGMLQuantizationType, GGUFValueType
+from gguf import GGUFValueType
 
 from .. import __version__
 from .errors import PlanMismatchError
@@ -25,7 +25,6 @@ __all__ = [
     "KEY_PLAN_FINGERPRINT",
     "KEY_RECIPE",
     "MetadataBuilder",
-    "guess_ftype",
     "split_kvs",
 ]
 
@@ -48,34 +47,7 @@ SPLIT_KEYS = ("split.no", "split.count", "split.tensors.count")
 RESERVED_PREFIXES = ("split.", "gguf_recipe.")
 RESERVED_KEYS = frozenset({"general.alignment"})
 
-T = GGMLQuantizationType
-# llama-model-loader.cpp: the llama_ftype a file "mostly" of one tensor type gets
-_FTYPE_OF_TYPE: dict[GGMLQuantizationType, int] = {
-    T.F32: 0, T.F16: 1, T.BF16: 32, T.Q4_0: 2, T.Q4_1: 3, T.Q5_0: 8, T.Q5_1: 9, T.Q8_0: 7,
-    T.Q2_K: 10, T.Q3_K: 12, T.Q4_K: 15, T.Q5_K: 17, T.Q6_K: 18, T.TQ1_0: 36, T.TQ2_0: 37,
-    T.IQ2_XXS: 19, T.IQ2_XS: 20, T.IQ2_S: 28, T.IQ3_XXS: 23, T.IQ1_S: 24, T.IQ1_M: 31,
-    T.IQ4_NL: 25, T.IQ4_XS: 30, T.IQ3_S: 26, T.MXFP4: 38,
-}  # fmt: skip
 _BLK = re.compile(r"(?:^|\.)blk\.(\d+)\.")
-
-
-def llama_weight_order(name: str) -> tuple[int, str]:
-    """llama-model-loader's ``weight_name_comparer``: by ``blk.N.`` layer (-1 for others), then name."""
-    m = re.match(r"blk\.(-?\d+)\.", name)
-    return (int(m.group(1)) if m else -1, name)
-
-
-def guess_ftype(types: Mapping[str, GGMLQuantizationType]) -> int:
-    """llama.cpp's guess: the ftype of the most common tensor type (ties: the type that reached the
-    count first in llama's tensor order)."""
-    counts: dict[GGMLQuantizationType, int] = {}
-    best, best_n = T.F32, 0
-    for name in sorted(types, key=llama_weight_order):
-        t = types[name]
-        counts[t] = counts.get(t, 0) + 1
-        if counts[t] > best_n:
-            best, best_n = t, counts[t]
-    return _FTYPE_OF_TYPE.get(best, 0)
 
 
 def block_ids(names: Iterable[str]) -> set[int]:

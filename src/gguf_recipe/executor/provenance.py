@@ -50,7 +50,7 @@ def check_decisions(
     ``recipe``: the recipe file the plan was made from (needed when it extends local files); by default
     the recipe text the plan carries (enough when it extends nothing or only built-in recipes).
     """
-    from ..compiler import CompileError, load_recipe_chain
+    from ..compiler import load_recipe_chain
     from ..compiler.engine import compile_chain
     from ..diagnostics import RecipeError
     from ..model import read_model
@@ -64,7 +64,7 @@ def check_decisions(
         return PlanCheck("unverified", "the plan's recipe text is not a recipe")
     try:
         chain = load_recipe_chain(source)
-    except (CompileError, RecipeError) as exc:
+    except RecipeError as exc:
         first = exc.diagnostics[0].message if exc.diagnostics else str(exc)
         return PlanCheck("unverified", f"its recipe does not load here ({first})")
     except (OSError, ValueError) as exc:
@@ -83,7 +83,7 @@ def check_decisions(
     for has_im in (True,) if with_imatrix else (False, True):
         try:
             got = compile_chain(chain, model, imatrix=has_im).plan
-        except (CompileError, RecipeError) as exc:
+        except RecipeError as exc:
             first = exc.diagnostics[0].message if exc.diagnostics else str(exc)
             return PlanCheck("unverified", f"its recipe does not compile for this model ({first})")
         found = _decisions(got)

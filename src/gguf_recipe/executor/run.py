@@ -35,6 +35,7 @@ import numpy.typing as npt
 from gguf import GGMLQuantizationType, GGUFValueType
 
 from .. import quants
+from ..llamacpp import guess_ftype, requires_imatrix
 from ..outputs import Input, InputClobberError, check_outputs
 from ..plan import PLAN_SCHEMA_VERSION, Plan, PlannedTensor
 from .checks import validate_output
@@ -50,7 +51,7 @@ from .errors import (
     StalePlanError,
 )
 from .gguf_format import OutTensor, tensor_nbytes
-from .imatrix import Imatrix, is_token_embedding, load_imatrix
+from .imatrix import Imatrix, load_imatrix
 from .metadata import (
     GGML_QNT_VERSION,
     KEY_FILE_TYPE,
@@ -58,7 +59,6 @@ from .metadata import (
     SPLIT_KEYS,
     MetadataBuilder,
     block_ids,
-    guess_ftype,
     imatrix_kvs,
     recipe_kvs,
 )
@@ -79,17 +79,12 @@ __all__ = [
 ]
 
 F32Array = npt.NDArray[np.float32]
-T = GGMLQuantizationType
 
 # Values per read/quantize chunk: 4 Mi float32 = 16 MiB of rows; with the source slice, the
 # quantized bytes and up to MAX_PENDING_WRITES chunks queued for the writer, the executor's own
 # memory stays within a few times this (plus the quantizers' temporaries).
 DEFAULT_CHUNK_VALUES = 1 << 22
 MAX_PENDING_WRITES = 2
-
-# llama-quant.cpp tensor_requires_imatrix (Q2_K only for the Q2_K_S ftype, 21)
-_NEEDS_IMATRIX = frozenset({T.IQ3_XXS, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ1_M, T.IQ1_S})
-_FTYPE_Q2_K_S = 21
 
 
 class RequantizeWarning(UserWarning):
@@ -114,6 +109,15 @@ class ImatrixCoverage:
     @property
     def fraction(self) -> float:
         return self.used / self.wanted if self.wanted else 1.0
+
+
+def _fallback_counts(fallbacks: Sequence[str]) -> str:
+    """``: q4_K -> q5_0 ×166, q6_K -> q8_0 ×14`` from "name: wanted -> got (reason)" lines."""
+    counts: dict[str, int] = {}
+    for line in fallbacks:
+        pair = line.partition(": ")[2].split(" (", 1)[0]
+        counts[pair] = counts.get(pair, 0) + 1
+    return (": " + ", ".join(f"{pair} ×{n}" for pair, n in counts.items())) if counts else ""
 
 
 @dataclass(frozen=True)
@@ -153,18 +157,17 @@ class ApplyResult:
         )
         lines = [
             f"wrote {out}",
-            f"  size      {format_bytes(self.output_bytes)} ({self.bpw:.3f} bpw) from "
-            f"{format_bytes(self.source_bytes)} of tensor data",
+            f"  size      {format_bytes(self.output_bytes)}: {format_bytes(self.tensor_bytes)} of tensor data "
+            f"({self.bpw:.3f} bpw, the plan's total) + header and alignment; "
+            f"from {format_bytes(self.source_bytes)} of tensor data",
             f"  tensors   {self.n_tensors} ({self.n_quantized} quantized, {self.n_copied} copied"
             + (f", {self.n_pruned} pruned" if self.n_pruned else "")
             + (f", {self.resumed_tensors} resumed" if self.resumed_tensors else "")
             + ")",
             f"  time      {format_duration(self.seconds)} ({format_bytes(self.rate_bytes_per_s)}/s), "
             f"peak memory {format_bytes(self.peak_rss_bytes)}",
-            f"  fallbacks {len(self.fallbacks)}" + "".join(f"\n    {f}" for f in self.fallbacks[:10]),
+            f"  fallbacks {len(self.fallbacks)}{_fallback_counts(self.fallbacks)}",
         ]
-        if len(self.fallbacks) > 10:
-            lines.append(f"    ... and {len(self.fallbacks) - 10} more")
         if self.imatrix is not None:
             im = self.imatrix
             lines.append(
@@ -206,12 +209,9 @@ def _parse_type(name: str, what: str) -> GGMLQuantizationType:
 
 
 def _current_model_fingerprint(path: Path, fallback: str) -> str:
-    """The compiler's definition (gguf_recipe.model.read_model) when available, else ours (equal for
-    single files)."""
-    try:
-        from ..model import read_model
-    except ImportError:  # pragma: no cover - the compiler side is not installed
-        return fallback
+    """The compiler's definition (gguf_recipe.model.read_model), else ours (equal for single files)."""
+    from ..model import read_model
+
     try:
         fp: str = read_model(path).header_sha256
     except Exception:  # its reader may refuse what ours accepted; our own checks already ran
@@ -341,12 +341,7 @@ def _assign_imatrix(
     for job in jobs:
         pt = job.planned
         needs = job.mode == "quantize" and (
-            quants.spec_for(job.target).requires_imatrix
-            or (
-                not is_token_embedding(pt.name)
-                and pt.name != "output.weight"
-                and (job.target in _NEEDS_IMATRIX or (job.target == T.Q2_K and ftype == _FTYPE_Q2_K_S))
-            )
+            quants.spec_for(job.target).requires_imatrix or requires_imatrix(pt.name, job.target, ftype)
         )
         w = None
         if im is not None and pt.imatrix and job.mode == "quantize":

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from gguf import GGMLQuantizationType
 
+from ..diagnostics import RecipeError
 from ..plan import Plan
 from .run import ApplyResult, RequantizeWarning, apply_plan
 from .source import SourceModel
@@ -42,13 +43,13 @@ def high_precision_plan(model: str | os.PathLike[str], dtype: GGMLQuantizationTy
     """A plan that turns every non-F32 tensor of ``model`` into ``dtype`` and copies F32 tensors: the
     compiled plan of a one-line recipe (``base: f16``), so that apply's check that a plan's decisions
     follow from its recipe holds for it (general.file_type is then derived from the types, as 1 = F16)."""
-    from ..compiler import CompileError, compile_plan
+    from ..compiler import compile_plan
 
     if dtype not in _FTYPES:
         raise ValueError(f"dtype must be F32, F16 or BF16, not {dtype.name}")
     try:
         plan = compile_plan(_recipe_text(dtype), Path(model)).plan
-    except CompileError as exc:
+    except RecipeError as exc:
         raise ValueError(f"{model}: cannot plan the conversion to {dtype.name}: {exc}") from None
     if plan is None:  # pragma: no cover - a one-line recipe with a valid base always compiles
         raise ValueError(f"{model}: cannot plan the conversion to {dtype.name}")

@@ -27,8 +27,17 @@ from typing import IO, Any
 import numpy as np
 from gguf import GGUFValueType
 
+from ..outputs import make_folders, nearest_existing
 from .errors import OutputError, ResumeError
-from .gguf_format import DEFAULT_ALIGNMENT, OutTensor, align_up, pack_header, pack_kv
+from .gguf_format import (
+    DEFAULT_ALIGNMENT,
+    HEADER_FIXED_NBYTES,
+    OutTensor,
+    align_up,
+    pack_header,
+    pack_kv,
+    tensor_info_nbytes,
+)
 from .metadata import split_kvs
 
 try:  # pragma: no cover - platform dependent
@@ -143,25 +152,32 @@ def plan_layout(
     max_shard_bytes: int | None = None,
     max_shard_tensors: int | None = None,
 ) -> OutputLayout:
-    """Assign tensors to shards (gguf-split's rule: a new shard when the padded tensor data would pass
-    ``max_shard_bytes``, or every ``max_shard_tensors`` tensors) and compute every header."""
+    """Assign tensors to shards (a new shard when the shard's whole file, header included, would pass
+    ``max_shard_bytes`` — a tensor larger than that gets a shard of its own — or every
+    ``max_shard_tensors`` tensors) and compute every header."""
     if max_shard_bytes is not None and max_shard_bytes <= 0:
         raise ValueError("max_shard_bytes must be positive")
     if max_shard_tensors is not None and max_shard_tensors <= 0:
         raise ValueError("max_shard_tensors must be positive")
+    split_keys = sum(len(b) for b in split_kvs(0, 1, len(tensors)))
+    # unpadded header bytes of an empty shard: the first holds the metadata, the others split keys
+    first_head = HEADER_FIXED_NBYTES + sum(len(b) for b in kv_blobs) + split_keys
+    other_head = HEADER_FIXED_NBYTES + split_keys
+    if alignment != DEFAULT_ALIGNMENT:
+        other_head += len(pack_kv("general.alignment", GGUFValueType.UINT32, alignment))
     groups: list[list[int]] = [[]]
-    cur_bytes = 0
+    head, data = first_head, 0
     for i, t in enumerate(tensors):
-        n = align_up(t.nbytes, alignment)
         g = groups[-1]
+        info, n = tensor_info_nbytes(t), align_up(t.nbytes, alignment)
         if g and (
-            (max_shard_bytes is not None and cur_bytes + n > max_shard_bytes)
+            (max_shard_bytes is not None and align_up(head + info, alignment) + data + n > max_shard_bytes)
             or (max_shard_tensors is not None and len(g) >= max_shard_tensors)
         ):
             groups.append([])
-            cur_bytes = 0
+            head, data = other_head, 0
         groups[-1].append(i)
-        cur_bytes += n
+        head, data = head + info, data + n
     n_shards = len(groups)
     if n_shards > 99999:
         raise ValueError(f"{n_shards} shards is more than llama.cpp's naming allows")
@@ -229,15 +245,16 @@ class StreamingWriter:
         self._written = 0  # bytes of the current tensor so far
         self._tensor = -1
         self._owned: set[Path] = set()  # files this run created or adopted (only while locked)
+        self._created_dirs: list[Path] = []  # missing output folders this run made, outermost first
         self.completed = 0
 
     # -- set-up ----------------------------------------------------------------------------------
 
     def preflight(self, *, overwrite: bool) -> None:
         """Refuse early: missing folder, existing outputs (unless ``overwrite``), too little space."""
-        out_dir = self.layout.out_path.parent
+        out_dir = nearest_existing(self.layout.out_path.parent)  # its missing folders are made by start()
         if not out_dir.is_dir():
-            raise OutputError(f"output folder {out_dir} does not exist")
+            raise OutputError(f"cannot write {self.layout.out_path}: {out_dir} is not a folder")
         for s in self.layout.shards:
             if s.path.is_dir():
                 raise OutputError(f"{s.path} is a folder; give a file name for the output")
@@ -281,9 +298,11 @@ class StreamingWriter:
         self._owned.clear()
 
     def start(self, *, resume: bool) -> int:
-        """Open the output. Returns the index of the first tensor still to write (0 unless resuming)."""
-        self._take_lock()
+        """Open the output (making its missing folders). Returns the index of the first tensor still to
+        write (0 unless resuming)."""
         try:
+            self._created_dirs = make_folders(self.layout.out_path.parent)
+            self._take_lock()
             start = self._resume_point() if resume else 0
             # the lock is ours and the checkpoint (if resuming) matches: this run owns the output's
             # leftovers, to continue them or, starting over, to replace them as stale
@@ -296,6 +315,13 @@ class StreamingWriter:
         except BaseException:
             self.abort(keep_partial=False)  # only what this run created or adopted
             raise
+
+    def _remove_created_folders(self) -> None:
+        """Remove the folders this run made, innermost first, when they are empty (never anything else)."""
+        for d in reversed(self._created_dirs):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        self._created_dirs.clear()
 
     def _resume_point(self) -> int:
         try:
@@ -489,6 +515,8 @@ class StreamingWriter:
         if not keep_partial:
             self._discard_owned()
         self._release_lock()
+        if not keep_partial:
+            self._remove_created_folders()
 
 
 def is_disk_full(exc: BaseException) -> bool:

@@ -34,10 +34,10 @@ from gguf import quants as gguf_quants
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import quants
-from ..compiler.llama import block_number
 from ..executor.imatrix import Imatrix, load_imatrix
 from ..executor.progress import ProgressReporter, make_progress
 from ..executor.source import SourceModel
+from ..llamacpp import block_number
 from ..recipe.typenames import ggml_name
 from .result import Measurement, default_cache_dir
 

@@ -18,9 +18,9 @@ from gguf import GGMLQuantizationType
 from gguf import quants as gguf_quants
 
 from .. import quants
-from ..compiler.llama import is_quantized
 from ..executor.errors import NonFiniteError
 from ..executor.source import SourceModel
+from ..llamacpp import is_quantized
 
 __all__ = [
     "MIN_ROWS",

@@ -33,14 +33,16 @@ from gguf import GGMLQuantizationType
 from pydantic import ValidationError
 
 from .. import quants
-from ..compiler import CompileError, compile_model
-from ..compiler.llama import NoFallbackError, fallback_type, is_quantized, requires_imatrix
+from ..compiler import compile_model
+from ..diagnostics import RecipeError
+from ..errors import GGUFRecipeError
 from ..executor.errors import ExecutorError, SourceFormatError
 from ..executor.gguf_format import tensor_nbytes
 from ..executor.imatrix import Imatrix, load_imatrix
 from ..executor.parallel import worker_init, worker_source
 from ..executor.progress import ProgressReporter, make_progress
 from ..executor.source import FLOAT_TYPES, SourceModel
+from ..llamacpp import NoFallbackError, fallback_type, is_quantized, requires_imatrix
 from ..model import read_model
 from ..recipe.typenames import ggml_name
 from .core import TensorSums, TensorTask, make_sample, measure_task, n_sample_rows
@@ -101,7 +103,7 @@ _SAVE_EVERY_S = 5.0
 _PROCESS_MIN_TASKS = 2
 
 
-class MeasureError(Exception):
+class MeasureError(GGUFRecipeError):
     """A measurement that cannot be made (bad types, unreadable model or imatrix...)."""
 
 
@@ -185,7 +187,7 @@ def _quantizable(model_path: Path) -> tuple[str, list[str], list[tuple[str, list
         raise MeasureError(f"{model_path}: cannot read the model: {exc}") from None
     try:
         plan = compile_model(_PROBE_RECIPE, info, lint=False).plan
-    except CompileError as exc:
+    except RecipeError as exc:
         text = "; ".join(d.message for d in exc.diagnostics)
         raise MeasureError(f"{model_path}: cannot plan this model: {text}") from None
     measured = [

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .reader import GGUFReadError, ModelInfo, TensorInfo, model_size_class, read_model, row_size, split_paths
+from .reader import GGUFReadError, ModelInfo, TensorInfo, model_size_class, read_model, split_paths
 
 __all__ = [
     "GGUFReadError",
@@ -10,6 +10,5 @@ __all__ = [
     "TensorInfo",
     "model_size_class",
     "read_model",
-    "row_size",
     "split_paths",
 ]

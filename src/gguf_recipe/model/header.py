@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
+from ..errors import GGUFRecipeError
+
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4  # GGML_MAX_DIMS
@@ -62,7 +64,7 @@ Scalar = int | float | bool | str | bytes
 Value = Scalar | list[Scalar]
 
 
-class GGUFReadError(ValueError):
+class GGUFReadError(GGUFRecipeError, ValueError):
     """The file is not a GGUF file this reader understands (or is truncated or corrupt)."""
 
 
@@ -77,8 +79,9 @@ def tensor_nbytes(shape: Sequence[int], qtype: GGMLQuantizationType) -> int:
 
 
 def row_nbytes(ne0: int, qtype: GGMLQuantizationType) -> int:
+    """ggml_row_size: type_size * ne0 / blck_size, with C integer division (truncates)."""
     block, size = GGML_QUANT_SIZES[qtype]
-    return ne0 // block * size
+    return size * ne0 // block
 
 
 def header_fingerprint(raw_headers: Sequence[bytes]) -> str:

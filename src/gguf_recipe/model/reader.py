@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+from gguf import GGUFValueType
 
 from .header import GGUF_MAGIC, GGUFReadError, TensorInfo, header_fingerprint, read_header
 
@@ -26,7 +26,6 @@ __all__ = [
     "TensorInfo",
     "model_size_class",
     "read_model",
-    "row_size",
     "split_paths",
 ]
 
@@ -35,12 +34,6 @@ MAX_ARRAY_VALUES = 64
 
 # llama.cpp's split file names (llama_split_path): <prefix>-<k>-of-<n>.gguf, k counting from 1
 SPLIT_NAME_RE = re.compile(r"^(?P<prefix>.*)-(?P<k>\d{5})-of-(?P<n>\d{5})\.gguf$")
-
-
-def row_size(qtype: GGMLQuantizationType, ne0: int) -> int:
-    """ggml_row_size: type_size * ne0 / blck_size, with C integer division (truncates)."""
-    blck, tsize = GGML_QUANT_SIZES[qtype]
-    return tsize * ne0 // blck
 
 
 @dataclass

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, GGUFWriter
+from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
 
+from .header import tensor_nbytes
 from .reader import read_model, split_paths
 
 _VTYPES = {
@@ -43,12 +44,6 @@ def _placeholder_array(element_type: str, length: int) -> list[Any]:
     if element_type == "bool":
         return [False] * length
     return [1] * length
-
-
-def _nbytes(qtype: GGMLQuantizationType, shape: list[int]) -> int:
-    blck, tsize = GGML_QUANT_SIZES[qtype]
-    n = math.prod(shape)
-    return n // blck * tsize
 
 
 def write_skeleton(spec: dict[str, Any], path: str | Path, *, n_splits: int = 1) -> list[Path]:
@@ -79,7 +74,11 @@ def write_skeleton(spec: dict[str, Any], path: str | Path, *, n_splits: int = 1)
         qtype = GGMLQuantizationType[t["dtype"].upper()]
         shape = [int(d) for d in t["shape"]]
         writer.add_tensor_info(
-            t["name"], list(reversed(shape)), np.dtype(np.float32), _nbytes(qtype, shape), raw_dtype=qtype
+            t["name"],
+            list(reversed(shape)),
+            np.dtype(np.float32),
+            tensor_nbytes(shape, qtype),
+            raw_dtype=qtype,
         )
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 from gguf import GGMLQuantizationType
 
+from ..errors import GGUFRecipeError
 from ._numeric import F32Array, U8Array
 from .registry import SPECS, QuantFn, QuantIntoFn, QuantizerSpec
 
@@ -30,7 +31,7 @@ __all__ = [
 CHUNK_VALUES = 1 << 18
 
 
-class QuantizationError(ValueError):
+class QuantizationError(GGUFRecipeError, ValueError):
     """Input that a quantizer cannot take (wrong shape, missing imatrix, unsupported type)."""
 
 

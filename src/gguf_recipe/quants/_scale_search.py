@@ -31,11 +31,13 @@ import numpy.typing as npt
 from ._numeric import F32Array, nearest_int, scratch, seq_sum
 
 __all__ = [
+    "clamped_levels",
     "make_q3_quants",
     "make_qkx2_quants",
     "make_qkx3_quants",
     "make_qp_quants",
     "make_qx_quants",
+    "make_qx_quants_iscale",
     "nearest_int_f",
     "nearest_int_inplace",
     "nearest_int_into",
@@ -167,12 +169,106 @@ def make_qx_quants(x: F32Array, nmax: int, qw: F32Array | None = None) -> tuple[
     return scale, L
 
 
+# ------------------------------------------------------------------ make_qx_quants returning the best iscale
+
+
+def _first_absmax_finite(xt: F32Array) -> tuple[F32Array, bool]:
+    """Like :func:`_first_absmax`'s ``max`` (C's ``if (ax > amax) { amax = ax; max = x[i]; }``, NaNs
+    never picked), also telling whether ``xt`` is all finite (from the same two reductions).
+
+    +0.0 for an all-zero group (the initial value is never replaced).
+    """
+    mx = xt.max(axis=0)  # NaN and inf show up in the max or the min
+    mn = xt.min(axis=0)
+    finite = bool(np.isfinite(mx).all() and np.isfinite(mn).all())
+    if not finite:
+        clean = np.where(np.isnan(xt), _F0, xt)
+        mx = clean.max(axis=0)
+        mn = clean.min(axis=0)
+    else:
+        clean = xt
+    neg = -mn
+    # "+ 0.0" turns a -0.0 into +0.0 (all-zero blocks) and leaves everything else alone.
+    m: F32Array = np.where(neg > mx, mn, mx) + _F0
+    tie = np.flatnonzero((neg == mx) & (mx != 0))
+    if tie.size:
+        sub = clean[:, tie]
+        first_pos = np.argmax(sub == mx[tie], axis=0)
+        first_neg = np.argmax(sub == mn[tie], axis=0)
+        m[tie] = np.where(first_neg < first_pos, mn[tie], mx[tie])
+    return m, finite
+
+
+def clamped_levels(v: F32Array, lo: np.float32, hi: np.float32, finite: bool) -> None:
+    """``MAX(lo, MIN(hi, nearest_int(v)))`` in place (clamp then round == round then clamp for integer
+    bounds; numpy's clip is vectorized where minimum/maximum with a scalar are not)."""
+    if not finite:
+        # nearest_int's magic-number trick: 0 for a NaN, -4194304 (clamped to lo) for +-inf.
+        v[np.isinf(v)] = lo
+        v[np.isnan(v)] = 0
+    np.clip(v, lo, hi, out=v)
+    np.rint(v, out=v)
+
+
+def make_qx_quants_iscale(
+    xt: F32Array, wt: F32Array, nmax: int
+) -> tuple[F32Array, F32Array, npt.NDArray[np.bool_], bool]:
+    """make_qx_quants(n, nmax, x, L, rmse_type=1, qw) for every group of ``xt`` (``(n, G)``, weights
+    ``wt`` in the same layout), keeping the best iscale instead of the levels.
+
+    Returns (scale, iscale, zero, finite): ``L = nmax + clamp(nearest_int(iscale * x))`` except in
+    the all-zero blocks (``zero``), where L = 0 and the scale is 0; ``finite``: no NaN/inf in ``xt``.
+    The levels are left to the caller, which computes them once in its own layout.
+    """
+    n, nb = xt.shape
+    mx, finite = _first_absmax_finite(xt)
+    zero = np.abs(mx) < GROUP_MAX_EPS
+    safe: F32Array = np.where(zero, _F1, mx)
+    wx = np.multiply(wt, xt, out=scratch("qxi.wx", xt.shape))
+    lo, hi = np.float32(-nmax), np.float32(nmax - 1)
+    v = scratch("qxi.v", xt.shape)
+    t = scratch("qxi.t", (2, n, nb))  # [w*x*l, w*l*l]
+    sums = scratch("qxi.sums", (2, nb))  # [sumlx, suml2]
+    sumlx, suml2 = sums
+
+    def candidate(iscale: F32Array) -> None:
+        np.multiply(xt, iscale, out=v)
+        clamped_levels(v, lo, hi, finite)
+        np.multiply(wx, v, out=t[0])
+        np.multiply(wt, v, out=t[1])
+        np.multiply(t[1], v, out=t[1])
+        seq_sum(t, axis=1, out=sums)  # C's in-order sums, both at once
+
+    best_iscale = np.divide(np.float32(-nmax), safe)
+    candidate(best_iscale)
+    scale = np.zeros(nb, dtype=np.float32)
+    np.divide(sumlx, suml2, out=scale, where=suml2 != 0)
+    best = scale * sumlx
+    upd = np.empty(nb, dtype=np.bool_)
+    lhs = np.empty(nb, dtype=np.float32)
+    rhs = np.empty(nb, dtype=np.float32)
+    for step in (*range(-9, 0), *range(1, 10)):
+        iscale = np.divide(-(np.float32(nmax) + np.float32(0.1) * np.float32(step)), safe)
+        candidate(iscale)
+        # suml2 > 0 && sumlx*sumlx > best*suml2
+        np.multiply(sumlx, sumlx, out=lhs)
+        np.multiply(best, suml2, out=rhs)
+        np.greater(lhs, rhs, out=upd)
+        upd &= suml2 > 0
+        np.divide(sumlx, suml2, out=scale, where=upd)
+        np.multiply(scale, sumlx, out=best, where=upd)
+        np.copyto(best_iscale, iscale, where=upd)
+    scale[zero] = 0
+    return scale, best_iscale, zero, finite
+
+
 # --------------------------------------------------------------------------------------------- make_q3_quants
 
 
-def _levels_clamped(q: F32Array, lo: np.float32, hi: np.float32) -> F32Array:
-    """``MAX(lo, MIN(hi, nearest_int(q)))`` in place, as float32."""
-    if q.max() < _NINT_SAFE and q.min() > -_NINT_SAFE:  # False as well when q holds a NaN
+def _levels_clamped(q: F32Array, lo: np.float32, hi: np.float32, small: bool = False) -> F32Array:
+    """``MAX(lo, MIN(hi, nearest_int(q)))`` in place, as float32. ``small``: the caller knows that
+    every ``|q|`` is below 2^22 (no NaN), where nearest_int is round-half-even."""
+    if small or (q.max() < _NINT_SAFE and q.min() > -_NINT_SAFE):  # False as well when q holds a NaN
         np.rint(q, out=q)
     else:
         np.copyto(q, nearest_int_inplace(q), casting="unsafe")
@@ -240,7 +336,7 @@ def _q3_step(
     best = np.full(a, 2 * n, dtype=key.dtype)
     np.minimum.at(best, ca, key)
     ch = pa[key == best[ca]]
-    return i[ch], col[ch], nls[ch], u[:, ch]
+    return i[ch], col[ch], nls[ch], np.take(u, ch, axis=1)  # C order: s broadcasts contiguously
 
 
 def make_q3_quants(x: F32Array, nmax: int) -> tuple[F32Array, F32Array]:
@@ -251,15 +347,16 @@ def make_q3_quants(x: F32Array, nmax: int) -> tuple[F32Array, F32Array]:
     per-thread scratch buffer: valid until the next call.
     """
     n, g = x.shape
-    amax, mx = _first_absmax(x)
-    zero = amax < GROUP_MAX_EPS
+    mx, finite = _first_absmax_finite(x)
+    zero = np.abs(mx) < GROUP_MAX_EPS
     lo, hi = np.float32(-nmax), np.float32(nmax - 1)
     with np.errstate(all="ignore"):
         wwx = scratch("q3.wwx", (2, n, g))
         np.multiply(x, x, out=wwx[0])
         np.multiply(wwx[0], x, out=wwx[1])
         iscale = np.float32(-nmax) / np.where(zero, _F1, mx)
-        L = _levels_clamped(np.multiply(x, iscale, out=scratch("q3.L", (n, g))), lo, hi)
+        # |x * iscale| <= nmax (rounded) when x is finite
+        L = _levels_clamped(np.multiply(x, iscale, out=scratch("q3.L", (n, g))), lo, hi, finite)
         t = np.multiply(wwx, L, out=scratch("q3.t", (2, n, g)))
         np.multiply(t[0], L, out=t[0])
         sums = seq_sum(t, axis=1)  # [suml2, sumlx], sequential over the n elements (also for one group)

@@ -6,7 +6,9 @@ Without an imatrix these follow ``quantize_row_*_ref``; with one, ``quantize_row
 Layouts: the imatrix searches work on the chunk transposed to ``(32, n_blocks)`` so that each step is
 one contiguous vector op over all blocks and a sum over the block (axis 0) is numpy's row-by-row
 reduction, i.e. C's ``s += a[i]`` order. The reference paths need no ordered sums and use a cheaper
-"quad" layout (see ``_quads``). Packed bytes are transposed back once at the end.
+"quad" layout (see ``_quads``), where the packing happens. The make_qx_quants search keeps only each
+block's best iscale, and its levels are computed once, directly in quad layout; make_qkx3_quants'
+levels are transposed back.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._numeric import F32Array, U8Array, fp32_to_fp16_bits, quiet_fp, scratch, seq_sum
+from ._scale_search import clamped_levels, make_qx_quants_iscale
 
 __all__ = ["quantize_q4_0", "quantize_q4_1", "quantize_q5_0", "quantize_q5_1", "quantize_q8_0"]
 
@@ -27,7 +30,6 @@ _F = np.float32
 
 # roundf(v) == trunc(v + copysign(nextafter(0.5, 0), v)) for every float32 (checked exhaustively on [0, 130]).
 _HALF_DOWN = np.nextafter(_F(0.5), _F(0.0))
-_GROUP_MAX_EPS = _F(1e-15)
 _FLT_MAX = np.finfo(np.float32).max
 _FLT_MIN = np.finfo(np.float32).tiny
 
@@ -35,42 +37,23 @@ _FLT_MIN = np.finfo(np.float32).tiny
 # --------------------------------------------------------------------------------------------- helpers
 
 
+_T_TILE = 256  # blocks per tile of the (32, n_blocks) transposition: the tile's rows stay in L1
+
+
 def _blocks_t(rows: F32Array) -> F32Array:
     """The chunk as ``(32, n_blocks)``: column ``b`` is block ``b`` (row-major block order)."""
-    xt: F32Array = np.ascontiguousarray(rows.reshape(-1, QK).T)
+    nb = rows.size // QK
+    src = rows.reshape(nb, QK)
+    xt: F32Array = scratch("lg.xt", (QK, nb))
+    for b0 in range(0, nb, _T_TILE):  # tiled: numpy's plain transposed copy is 1.5x slower
+        np.copyto(xt[:, b0 : b0 + _T_TILE], src[b0 : b0 + _T_TILE].T)
     return xt
-
-
-def _weights_t(imatrix: F32Array, n_rows: int) -> F32Array:
-    """The imatrix laid out like ``_blocks_t`` (the same weights for every row)."""
-    per_row = imatrix.reshape(-1, QK).T
-    qw: F32Array = np.ascontiguousarray(np.tile(per_row, (1, n_rows)))
-    return qw
 
 
 def _fp16(v: F32Array) -> npt.NDArray[np.uint16]:
     """fp16 bits; scales past 65504 become inf as in ggml (callers run under ``quiet_fp``)."""
     bits: npt.NDArray[np.uint16] = fp32_to_fp16_bits(v)
     return bits
-
-
-def _first_absmax(xt: F32Array) -> F32Array:
-    """C's ``if (amax < fabsf(v)) { amax = fabsf(v); max = v; }``: the first element of largest |x|.
-
-    +0.0 for an all-zero block (the initial value is never replaced).
-    """
-    mx = xt.max(axis=0)
-    mn = xt.min(axis=0)
-    neg = -mn
-    # "+ 0.0" turns a -0.0 into +0.0 (all-zero blocks) and leaves everything else alone.
-    m: F32Array = np.where(neg > mx, mn, mx) + _F(0.0)
-    tie = np.flatnonzero((neg == mx) & (mx != 0))
-    if tie.size:
-        sub = xt[:, tie]
-        first_pos = np.argmax(sub == mx[tie], axis=0)
-        first_neg = np.argmax(sub == mn[tie], axis=0)
-        m[tie] = np.where(first_neg < first_pos, mn[tie], mx[tie])
-    return m
 
 
 def _first_min(xt: F32Array) -> F32Array:
@@ -102,79 +85,41 @@ def _inverse(d: F32Array) -> F32Array:
     return inv
 
 
-def _row_sigma2(rows: F32Array) -> F32Array:
-    """``sum_x2/n_per_row`` per row, with ``sum_x2 += x[j]*x[j]`` accumulated in order.
-
-    Reduced over axis 0 of the transposed squares: in order per row, but vectorized across rows
-    (an accumulate along each row is one long dependency chain).
-    """
-    sq = np.ascontiguousarray((rows * rows).T)
-    sigma2: F32Array = seq_sum(sq) / _F(rows.shape[1])
-    return sigma2
-
-
 def _imatrix_weights(rows: F32Array, xt: F32Array, imatrix: F32Array) -> F32Array:
-    """``weight[j] = qw[j] * sqrtf(sigma2 + x[j]*x[j])`` in block layout."""
+    """``weight[j] = qw[j] * sqrtf(sigma2 + x[j]*x[j])`` in block layout, where ``sigma2 = sum_x2 /
+    n_per_row`` and ``sum_x2 += x[j]*x[j]`` runs over the whole row in order."""
     n_rows, n_per_row = rows.shape
-    sigma2 = np.repeat(_row_sigma2(rows), n_per_row // QK)
-    w = xt * xt
-    w += sigma2
+    nbr = n_per_row // QK
+    w: F32Array = np.multiply(xt, xt, out=scratch("lg.w", xt.shape))
+    w3 = w.reshape(QK, n_rows, nbr)  # [i, row, block of the row]
+    # In-order row sums: reduce the squares laid out as (n_per_row, n_rows) over axis 0. Built from
+    # the block layout (runs of n_rows floats), far cheaper than transposing the rows themselves.
+    seq = scratch("lg.seq", (nbr, QK, n_rows))
+    np.copyto(seq, w3.transpose(2, 0, 1))
+    sigma2 = seq_sum(seq.reshape(n_per_row, n_rows)) / _F(n_per_row)
+    w += np.repeat(sigma2, nbr)
     np.sqrt(w, out=w)
-    w *= _weights_t(imatrix, n_rows)
+    w *= np.tile(imatrix.reshape(nbr, QK).T, (1, n_rows))  # tiled: a broadcast multiply is slower
     return w
 
 
 # ------------------------------------------------------------------------------- weighted searches
 
 
-def _make_qx_quants(xt: F32Array, wt: F32Array, nmax: int) -> tuple[F32Array, U8Array]:
-    """``make_qx_quants(32, nmax, x, L, rmse_type=1, qw)``: returns (scale, L) with L in [0, 2*nmax)."""
-    finite = bool(np.isfinite(xt).all())
-    # C's "if (ax > amax)" never picks a NaN.
-    mx = _first_absmax(xt if finite else np.where(np.isnan(xt), _F(0.0), xt))
-    zero = np.abs(mx) < _GROUP_MAX_EPS
-    safe = _where(zero, _F(1.0), mx)
-    wx = wt * xt
-    lo, hi = _F(-nmax), _F(nmax - 1)
-    buf = np.empty_like(xt)
-    tmp = np.empty_like(xt)
-
-    def clamp_levels(out: F32Array) -> None:
-        if not finite:
-            # nearest_int's magic-number trick: 0 for a NaN, -4194304 (clamped to -nmax) for +-inf.
-            out[np.isinf(out)] = lo
-            out[np.isnan(out)] = 0
-        np.clip(out, lo, hi, out=out)  # numpy's clip is vectorized, minimum/maximum with a scalar are not
-        np.rint(out, out=out)  # nearest_int then clamp == clamp then round (integer bounds)
-
-    def sums(iscale: F32Array) -> tuple[F32Array, F32Array]:
-        np.multiply(xt, iscale, out=buf)
-        clamp_levels(buf)
-        np.multiply(wx, buf, out=tmp)
-        sumlx = seq_sum(tmp)
-        np.multiply(wt, buf, out=tmp)
-        np.multiply(tmp, buf, out=tmp)
-        return sumlx, seq_sum(tmp)
-
-    best_iscale = _F(-nmax) / safe
-    sumlx, suml2 = sums(best_iscale)
-    scale = np.zeros_like(sumlx)
-    np.divide(sumlx, suml2, out=scale, where=suml2 != 0)
-    best = scale * sumlx
-    for step in (*range(-9, 0), *range(1, 10)):
-        iscale = -(_F(nmax) + _F(0.1) * _F(step)) / safe
-        sumlx, suml2 = sums(iscale)
-        upd = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-        scale = _where(upd, _f32(sumlx / suml2), scale)
-        best = _where(upd, scale * sumlx, best)
-        best_iscale = _where(upd, iscale, best_iscale)
-    np.multiply(xt, best_iscale, out=buf)
-    clamp_levels(buf)
-    buf += _F(nmax)
-    levels = buf.astype(np.uint8)
-    levels[:, zero] = 0
-    scale[zero] = 0
-    return scale, levels
+def _levels_qx(
+    rows: F32Array, iscale: F32Array, zero: npt.NDArray[np.bool_], nmax: int, finite: bool
+) -> U8Array:
+    """``make_qx_quants``' levels ``nmax + clamp(nearest_int(iscale * x))`` in quad layout, 0 in the
+    ``zero`` blocks."""
+    xq = _quads(rows)
+    v = np.multiply(xq, _lanes(iscale, "lg.id"), out=xq)
+    clamped_levels(v, _F(-nmax), _F(nmax - 1), finite)
+    v += _F(nmax)
+    q = scratch("lg.qu8", v.shape, np.uint8)
+    np.copyto(q, v, casting="unsafe")
+    if zero.any():
+        q.reshape(8, -1, 4)[:, zero] = 0
+    return q
 
 
 def _make_qkx3_quants(
@@ -275,7 +220,7 @@ def _make_qkx3_quants(
 # broadcast along the lanes; packed bytes come back as uint32 words transposed the same way.
 
 
-_QUAD_TILE = 1024  # blocks per transposition tile: 128 KiB of input, reread from L1/L2 by the 8 passes
+_QUAD_TILE = 2048  # blocks per transposition tile: 256 KiB of input, reread from L1/L2 by the 8 passes
 
 
 def _quads(rows: F32Array) -> F32Array:
@@ -523,8 +468,8 @@ def _levels_0(rows: F32Array, imatrix: F32Array | None, nmax: int) -> tuple[F32A
     if imatrix is None:
         return _q_0_ref(rows, nmax)
     xt = _blocks_t(rows)
-    d, qt = _make_qx_quants(xt, _imatrix_weights(rows, xt, imatrix), nmax)
-    return d, _quad_from_t(qt)
+    d, iscale, zero, finite = make_qx_quants_iscale(xt, _imatrix_weights(rows, xt, imatrix), nmax)
+    return d, _levels_qx(rows, iscale, zero, nmax, finite)
 
 
 def _levels_1(rows: F32Array, imatrix: F32Array | None, levels: int) -> tuple[F32Array, U8Array]:

@@ -4,9 +4,13 @@
 
 from __future__ import annotations
 
-import numpy as np
+import functools
 
-from ._numeric import F32Array, I32Array, U8Array, fp32_to_fp16_bits, quiet_fp
+import numpy as np
+import numpy.typing as npt
+
+from ._numeric import F32Array, I32Array, U8Array, fp32_to_fp16_bits, quiet_fp, scratch
+from .legacy import _lanes, _pack, _quads
 
 __all__ = ["quantize_mxfp4", "quantize_tq1_0", "quantize_tq2_0"]
 
@@ -176,9 +180,67 @@ def _c_best_index(blocks: F32Array, d: F32Array) -> U8Array:
     return out
 
 
+_TOP_BIT = np.uint32(0x7FFFFFFF)
+_EXP_INF = np.uint32(0x7F800000)
+
+
 @quiet_fp
 def quantize_mxfp4(rows: F32Array, imatrix: F32Array | None) -> U8Array:
+    """quantize_row_mxfp4_ref on the quad layout (see legacy._quads); chunks holding NaN/inf or
+    extreme scales take :func:`_mxfp4_general`."""
     del imatrix  # quantize_mxfp4 ignores it
+    xq = _quads(rows)
+    bits = xq.view(np.uint32)
+    ab = np.bitwise_and(bits, _TOP_BIT, out=scratch("mx.ab", bits.shape, np.uint32))  # |x|
+    amax_bits = _lane_max(ab.max(axis=0))
+    if amax_bits.size == 0 or amax_bits.max() >= _EXP_INF:  # a NaN or inf somewhere
+        return _mxfp4_general(rows)
+    amax = amax_bits.view(np.float32)
+    e = _mxfp4_exponent(amax)
+    d = _e8m0_half(e)
+    # 2/d is a power of two, so |x| * (2/d) is exact; below 32 for every x when the block's amax is.
+    two_over_d = (2.0 / d.astype(np.float64)).astype(np.float32)
+    if not (two_over_d.max() <= 2.0**127 and (amax * two_over_d).max() < 32):
+        return _mxfp4_general(rows)
+    u = np.multiply(ab.view(np.float32), _lanes(two_over_d, "mx.t"), out=scratch("mx.u", xq.shape))
+    np.ceil(u, out=u)
+    k = scratch("mx.k", xq.shape, np.uint8)  # t = ceil(2|x|/d) in [0, 32]
+    np.copyto(k, u, casting="unsafe")
+    # index = number of doubled midpoints (1, 3, 5, 7, 10, 14, 20) below t: t >> 1 up to t = 8
+    m = np.minimum(k, _const_u8(8, k.shape[-1]), out=scratch("mx.m", xq.shape, np.uint8))
+    m >>= np.uint8(1)
+    flag = scratch("mx.f", xq.shape, np.bool_)
+    for c in (10, 14, 20):
+        m += np.greater(k, _const_u8(c, k.shape[-1]), out=flag).view(np.uint8)
+    # negative x: index 8 + m, except 0 for m == 0
+    neg = np.greater(bits, _TOP_BIT, out=flag)
+    neg &= np.greater(m, _const_u8(0, k.shape[-1]), out=scratch("mx.nz", xq.shape, np.bool_))
+    m += np.left_shift(neg.view(np.uint8), np.uint8(3), out=k)
+    words = m.view("<u4")  # quad layout: byte j of a block's qs gets levels j and j + 16
+    qs = np.left_shift(words[4:], np.uint32(4), out=scratch("mx.qs", (4, words.shape[1]), np.uint32))
+    qs |= words[:4]
+    return _pack(rows.shape[0], 17, [(0, e), (1, qs)])
+
+
+def _lane_max(lanes: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint32]:
+    """Per-block max of the 4 lanes (quad layout)."""
+    v = lanes.reshape(-1, 4)
+    res: npt.NDArray[np.uint32] = np.maximum(v[:, 0], v[:, 1])
+    np.maximum(res, v[:, 2], out=res)
+    np.maximum(res, v[:, 3], out=res)
+    return res
+
+
+@functools.lru_cache(maxsize=32)
+def _const_u8(value: int, n: int) -> U8Array:
+    """``n`` copies of ``value`` (numpy's uint8 minimum/compare with a scalar is not vectorized)."""
+    a = np.full(n, value, dtype=np.uint8)
+    a.flags.writeable = False
+    return a
+
+
+def _mxfp4_general(rows: F32Array) -> U8Array:
+    """quantize_row_mxfp4_ref for any input: NaN/inf, and scales where |x| * 2/d needs care."""
     blocks = rows.reshape(-1, QK_MXFP4)
     nb = blocks.shape[0]
     amax = _abs_max(blocks)

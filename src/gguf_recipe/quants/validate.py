@@ -18,6 +18,8 @@ import numpy as np
 import numpy.typing as npt
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
+from ..errors import GGUFRecipeError
+
 __all__ = ["RowValidationError", "check_finite_rows", "validate_quantized_rows"]
 
 T = GGMLQuantizationType
@@ -26,7 +28,7 @@ T = GGMLQuantizationType
 _SCAN_VALUES = 1 << 22
 
 
-class RowValidationError(ValueError):
+class RowValidationError(GGUFRecipeError, ValueError):
     """Rows that must not be written: non-finite input, or output that ggml's validator rejects."""
 
 

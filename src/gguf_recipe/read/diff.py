@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..compiler import llama
+from .. import llamacpp as llama
 from ..recipe.selectors import format_layers
 from ..recipe.typenames import ggml_type_info, parse_type_name
 from .views import QuantView, family_of

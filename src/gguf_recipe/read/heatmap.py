@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..compiler import llama
+from .. import llamacpp as llama
+from ..errors import GGUFRecipeError
 from .diff import type_bpw
 from .views import QuantView, family_of
 
@@ -22,7 +23,7 @@ FORMATS = (".svg", ".png")
 MODEL_ROW = "model"  # the row of tensors outside the blocks (token_embd, output, ...)
 
 
-class HeatmapUnavailableError(RuntimeError):
+class HeatmapUnavailableError(GGUFRecipeError, RuntimeError):
     """matplotlib is not installed (the message says what to install), or the file type is unknown."""
 
 

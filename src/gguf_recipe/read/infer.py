@@ -22,8 +22,10 @@ from pathlib import Path
 
 from gguf import GGMLQuantizationType
 
-from ..compiler import CompileError, llama
+from .. import llamacpp as llama
 from ..compiler.engine import LoadedRecipe, compile_chain
+from ..diagnostics import RecipeError
+from ..errors import GGUFRecipeError
 from ..model.reader import ModelInfo, read_model
 from ..recipe.model import ImatrixSettings, Recipe, Rule
 from ..recipe.typenames import ggml_name, parse_type_name
@@ -47,7 +49,7 @@ _FLOATS = ("f32", "f16", "bf16")
 _COUNTER_CATEGORIES = frozenset(llama.COUNTER_GROUP)
 
 
-class InferError(ValueError):
+class InferError(GGUFRecipeError, ValueError):
     """No recipe reproduces the file (``mismatches``: tensor -> (type in the file, type planned))."""
 
     def __init__(self, message: str, mismatches: dict[str, tuple[str, str]] | None = None) -> None:
@@ -197,7 +199,7 @@ class _Context:
             chain += load_chain(recipe.extends, _loader)
         try:
             plan = compile_chain(chain, self.plan_model, imatrix=self.imatrix).plan
-        except CompileError:
+        except RecipeError:
             return {}
         return {t.name: t.type for t in plan.tensors if t.action != "prune"}
 
@@ -689,7 +691,6 @@ def _context(quant: ModelInfo, source: ModelInfo | None, name: str) -> tuple[_Co
 
 
 def _candidates(quant: ModelInfo, imatrix: bool, prune: tuple[int, ...], everything: bool) -> list[_Spec]:
-    from ..interop import FTYPE_BASE_TYPE
     from ..recipes import builtin_names
 
     mix = mix_of_file_type(quant)
@@ -697,7 +698,7 @@ def _candidates(quant: ModelInfo, imatrix: bool, prune: tuple[int, ...], everyth
     if not everything:
         if mix is not None:
             out.append(_Spec(f"llama.cpp/{mix}", None, None, imatrix, prune))
-            base = FTYPE_BASE_TYPE.get(mix)
+            base = llama.FTYPE_BASE_TYPE.get(mix)
             if base is not None and base not in _FLOATS:
                 out.append(_Spec(None, base, mix, imatrix, prune))
         return out
@@ -773,7 +774,7 @@ def infer_recipe(
 
     try:
         plan = compile_model(text, ctx.plan_model, imatrix=ctx.imatrix, lint=False).plan
-    except CompileError as exc:  # pragma: no cover - the spec compiled above
+    except RecipeError as exc:  # pragma: no cover - the spec compiled above
         raise InferError(f"the inferred recipe does not compile: {exc}") from None
     wrong = _mismatches(ctx, {t.name: t.type for t in plan.tensors if t.action != "prune"})
     if wrong:  # pragma: no cover - the spec was checked above

@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ..compiler import llama
+from .. import llamacpp as llama
+from ..diagnostics import RecipeError
+from ..errors import GGUFRecipeError
 from ..model.header import ggml_n_dims
 from ..model.reader import GGUF_MAGIC, ModelInfo, read_model
 from ..plan import Plan
@@ -30,7 +32,7 @@ _BLK = re.compile(r"^blk\.(\d+)\.")
 Kind = Literal["gguf", "plan", "recipe"]
 
 
-class ViewError(ValueError):
+class ViewError(GGUFRecipeError, ValueError):
     """An input that is neither a GGUF file, a plan JSON nor a recipe that compiles."""
 
 
@@ -186,7 +188,7 @@ def load_view(
         plan = _plan_or_none(p)
         if plan is not None:
             return view_of_plan(plan, label=_stem(str(p)).removesuffix(".json"), path=str(p))
-    from ..compiler import CompileError, compile_model
+    from ..compiler import compile_model
     from ..recipes import resolve
 
     try:
@@ -198,7 +200,7 @@ def load_view(
     info = model if isinstance(model, ModelInfo) else read_model(model)
     try:
         result = compile_model(source, info, imatrix=imatrix, lint=False)
-    except CompileError as exc:
+    except RecipeError as exc:
         raise ViewError(f"{arg}: the recipe does not compile:\n{exc}") from None
     errors = [d for d in result.diagnostics if d.is_error]
     if errors:

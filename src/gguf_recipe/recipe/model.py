@@ -7,11 +7,15 @@ compiler, which knows the model; the loader maps validation errors to file:line:
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, get_args
+import re
+from typing import Annotated, Literal, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+
+from .typenames import KEEP, producible_type_names
 
 RECIPE_SCHEMA_VERSION = 1
+_T = TypeVar("_T")
 
 # A numeric condition: an int (equality) or a comparison string such as ">= 4", "< 8", "!= 1", "== 2".
 NumericCondition = Annotated[
@@ -53,6 +57,29 @@ LayerSelector = Annotated[
 ]
 
 
+def _spellings(names: list[str]) -> list[str]:
+    """The enum an editor checks type names against: ggml's spelling, lower and upper case."""
+    return sorted({v for n in names for v in (n, n.lower(), n.upper())})
+
+
+# A type name as a recipe writes it (case-insensitive; checked with a located diagnostic by the
+# compiler). The schema lists every spelling so that an editor flags 'q4_km' while typing.
+TypeName = Annotated[str, WithJsonSchema({"type": "string", "enum": _spellings(producible_type_names())})]
+TypeNameOrKeep = Annotated[
+    str, WithJsonSchema({"type": "string", "enum": _spellings([*producible_type_names(), KEEP])})
+]
+
+# llama.cpp's llm_type names (llm_type_name): '7B', '70B', '1.5B', '8x7B', '30B.A3B', '256M', ...
+_SIZE_CLASS = re.compile(r"^(\d+x)?\d+(\.\d+)?[KMBT](\.A\d+(\.\d+)?[MB])?$|^unknown$", re.IGNORECASE)
+
+
+def _as_list(value: _T | list[_T] | None) -> list[_T] | None:
+    """The one place where a field written as ``X`` or ``[X, ...]`` becomes a list."""
+    if value is None:
+        return None
+    return value if isinstance(value, list) else [value]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -79,8 +106,21 @@ class Condition(_Strict):
         description="llama.cpp's model size class (llm_type), e.g. '7B', '8B', '70B' (a list: any of them)",
     )
     tied_embeddings: bool | None = Field(
-        default=None, description="true when the model has no output.weight (token_embd doubles as the output)"
+        default=None,
+        description="true when the model has no output.weight (token_embd doubles as the output)",
     )
+
+    @field_validator("size")
+    @classmethod
+    def _size_classes(cls, v: str | list[str] | None) -> str | list[str] | None:
+        for s in [v] if isinstance(v, str) else v or []:
+            if not _SIZE_CLASS.match(s):
+                raise ValueError(
+                    f"'{s}' is not a model size class; llama.cpp names them like '7B', '70B', '1.5B', "
+                    "'8x7B' or '30B.A3B'"
+                )
+        return v
+
     imatrix: bool | None = Field(default=None, description="true when an importance matrix is given")
     row_multiple_of: int | str | None = Field(
         default=None,
@@ -93,12 +133,18 @@ class Condition(_Strict):
         default=None,
         description="the tensor's number of dimensions (ggml_n_dims: 3 for stacked expert tensors)",
     )
-    any: list[Condition] | None = Field(
-        default=None, description="at least one of these conditions holds"
-    )
-    not_: Condition | None = Field(
-        default=None, alias="not", description="this condition does not hold"
-    )
+    any: list[Condition] | None = Field(default=None, description="at least one of these conditions holds")
+    not_: Condition | None = Field(default=None, alias="not", description="this condition does not hold")
+
+    @property
+    def archs(self) -> list[str] | None:
+        """``arch`` as a list (a single name is a list of one)."""
+        return _as_list(self.arch)
+
+    @property
+    def sizes(self) -> list[str] | None:
+        """``size`` as a list (a single class is a list of one)."""
+        return _as_list(self.size)
 
 
 class Rule(_Strict):
@@ -133,8 +179,10 @@ class Rule(_Strict):
             "the block count)"
         ),
     )
-    when: Condition | None = Field(default=None, description="model facts that must hold for this rule to apply")
-    type: str = Field(
+    when: Condition | None = Field(
+        default=None, description="model facts that must hold for this rule to apply"
+    )
+    type: TypeNameOrKeep = Field(
         description="target ggml type (case-insensitive, e.g. 'q4_K', 'IQ4_XS', 'q8_0') or 'keep' (the source type)"
     )
     imatrix: bool | None = Field(
@@ -142,6 +190,16 @@ class Rule(_Strict):
         description="whether the quantizer gets importance weights for tensors this rule decides (default: yes when given)",
     )
     note: str | None = Field(default=None, description="free text shown in the plan next to the rule")
+
+    @property
+    def categories(self) -> list[Category] | None:
+        """``category`` as a list (a single category is a list of one)."""
+        return _as_list(self.category)
+
+    @property
+    def layer_selectors(self) -> list[str | int] | None:
+        """``layers`` as a list (a single selector is a list of one)."""
+        return _as_list(self.layers)
 
 
 class ImatrixSettings(_Strict):
@@ -164,13 +222,18 @@ MetadataType = Literal["str", "int", "float", "bool"]
 class MetadataValue(_Strict):
     """A typed metadata override, like llama-quantize --override-kv KEY=TYPE:VALUE."""
 
-    type: MetadataType = Field(description="str, int (written as uint32, as llama-quantize does), float or bool")
+    type: MetadataType = Field(
+        description="str, int (written as uint32, as llama-quantize does), float or bool"
+    )
     value: str | int | float | bool = Field(description="the value, of the given type")
 
 
 class Recipe(_Strict):
     """A gguf-recipe recipe: what every tensor of a GGUF model should become."""
 
+    schema_: str | None = Field(
+        default=None, alias="$schema", description="the JSON Schema this file follows (for editors; ignored)"
+    )
     recipe: Literal[1] = Field(description="recipe schema version; always 1")
     name: str | None = Field(default=None, description="a short name for the recipe (shown in plans)")
     description: str | None = Field(default=None, description="what the recipe is for")
@@ -181,7 +244,7 @@ class Recipe(_Strict):
             "this recipe's rules and its scalar fields are overridden by this recipe's"
         ),
     )
-    base: str | None = Field(
+    base: TypeName | None = Field(
         default=None,
         description="default type for every quantizable tensor no rule decides (any ggml type name, case-insensitive)",
     )
@@ -189,14 +252,14 @@ class Recipe(_Strict):
         default=None,
         description="general.file_type to write, as a llama_ftype name such as 'Q4_K_M' (inherited with extends)",
     )
-    token_embedding: str | None = Field(
+    token_embedding: TypeNameOrKeep | None = Field(
         default=None,
         description=(
             "type for token_embd.weight or 'keep' (like --token-embedding-type: beats every rule, "
             "no row-size fallback)"
         ),
     )
-    output: str | None = Field(
+    output: TypeNameOrKeep | None = Field(
         default=None,
         description=(
             "type for output.weight or 'keep' (like --output-tensor-type / --leave-output-tensor: no row-size "

@@ -35,10 +35,7 @@ __all__ = [
 
 MATCH_TIMEOUT_S = 0.25  # one search of one tensor name (normally microseconds)
 
-try:
-    _regex: Any = importlib.import_module("regex")
-except ImportError:  # pragma: no cover - the dependency is declared; fall back to re (lint only)
-    _regex = None
+_regex: Any = importlib.import_module("regex")  # (untyped: imported by name)
 
 
 class PatternTimeout(RuntimeError):
@@ -59,11 +56,9 @@ class BoundedPattern:
     def __init__(self, pattern: str) -> None:
         self.pattern = pattern
         self._re = re.compile(pattern)  # raises re.error for invalid patterns, as before
-        self._fast = _regex.compile(pattern) if _regex is not None else None
+        self._fast = _regex.compile(pattern)
 
     def search(self, name: str) -> Any:
-        if self._fast is None:  # pragma: no cover
-            return self._re.search(name)
         try:
             return self._fast.search(name, timeout=MATCH_TIMEOUT_S)
         except TimeoutError:

@@ -21,7 +21,7 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from ..compiler.llama import block_number
+from ..llamacpp import block_number
 
 __all__ = ["TensorChoice", "family_of", "layer_ranges", "tuned_rules", "write_recipe"]
 

@@ -20,6 +20,8 @@ import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..errors import GGUFRecipeError
+
 __all__ = ["Allocation", "InfeasibleBudget", "Item", "Option", "lower_hull", "solve"]
 
 
@@ -49,7 +51,7 @@ class Allocation:
         return {it.name: c for it, c in zip(items, self.choice, strict=True)}
 
 
-class InfeasibleBudget(ValueError):
+class InfeasibleBudget(GGUFRecipeError, ValueError):
     """The budget is below the smallest allocation (every tensor at its smallest option)."""
 
     def __init__(self, budget: int, minimum: int) -> None:

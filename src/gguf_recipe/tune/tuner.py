@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..compiler import CompileError, compile_model
+from ..compiler import compile_model
+from ..diagnostics import RecipeError
+from ..errors import GGUFRecipeError
 from ..executor.gguf_format import align_up
 from ..executor.predict import predict_layout
 from ..measure import Measurement, find_measurement, measure_model
@@ -42,7 +44,7 @@ DEFAULT_SLACK = 256
 _MAX_ROUNDS = 8
 
 
-class TuneError(ValueError):
+class TuneError(GGUFRecipeError, ValueError):
     """The tuning problem has no solution (a target out of range, pins over budget, bad input)."""
 
 
@@ -259,7 +261,7 @@ def _problem(
 def _compile(source: str, model: ModelInfo, imatrix: str | os.PathLike[str] | None) -> Plan:
     try:
         res = compile_model(source, model, imatrix=os.fspath(imatrix) if imatrix else None, lint=False)
-    except CompileError as exc:
+    except RecipeError as exc:
         raise TuneError("; ".join(d.message for d in exc.diagnostics)) from None
     errors = [d.message for d in res.diagnostics if d.is_error]
     if errors or res.plan is None:

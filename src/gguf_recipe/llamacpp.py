@@ -1,5 +1,6 @@
 """llama.cpp's fixed quantization facts (llama-quant.cpp, build 11434): which tensors may be quantized,
-tensor categories, the processing order, the row-size fallback table and the llama_ftype values.
+tensor categories, the processing order (and the file-type guess made from it), the row-size fallback
+table, which types need an importance matrix, and the llama_ftype values with their names and base types.
 
 These are properties of llama.cpp itself, not of any mix; the mixes live in recipes/llama.cpp/*.yaml.
 """
@@ -7,46 +8,119 @@ These are properties of llama.cpp itself, not of any mix; the mixes live in reci
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 T = GGMLQuantizationType
 
-LLAMA_FTYPES: dict[str, int] = {
-    "F32": 0,
-    "F16": 1,
+# tools/quantize/quantize.cpp QUANT_OPTIONS: every name llama-quantize accepts for its ftype argument
+# -> llama_ftype value (llama.h), in its order. Q3_K/Q4_K/Q5_K are aliases of the _M mixes; COPY
+# copies tensors unchanged.
+QUANTIZE_OPTIONS: dict[str, int] = {
+    "Q1_0": 40,
+    "Q2_0": 41,
     "Q4_0": 2,
     "Q4_1": 3,
-    "Q8_0": 7,
+    "MXFP4_MOE": 38,
     "Q5_0": 8,
     "Q5_1": 9,
+    "IQ2_XXS": 19,
+    "IQ2_XS": 20,
+    "IQ2_S": 28,
+    "IQ2_M": 29,
+    "IQ1_S": 24,
+    "IQ1_M": 31,
+    "TQ1_0": 36,
+    "TQ2_0": 37,
     "Q2_K": 10,
+    "Q2_K_S": 21,
+    "IQ3_XXS": 23,
+    "IQ3_S": 26,
+    "IQ3_M": 27,
+    "Q3_K": 12,
+    "IQ3_XS": 22,
     "Q3_K_S": 11,
     "Q3_K_M": 12,
     "Q3_K_L": 13,
+    "IQ4_NL": 25,
+    "IQ4_XS": 30,
+    "Q4_K": 15,
     "Q4_K_S": 14,
     "Q4_K_M": 15,
+    "Q5_K": 17,
     "Q5_K_S": 16,
     "Q5_K_M": 17,
     "Q6_K": 18,
-    "IQ2_XXS": 19,
-    "IQ2_XS": 20,
-    "Q2_K_S": 21,
-    "IQ3_XS": 22,
-    "IQ3_XXS": 23,
-    "IQ1_S": 24,
-    "IQ4_NL": 25,
-    "IQ3_S": 26,
-    "IQ3_M": 27,
-    "IQ2_S": 28,
-    "IQ2_M": 29,
-    "IQ4_XS": 30,
-    "IQ1_M": 31,
+    "Q8_0": 7,
+    "F16": 1,
     "BF16": 32,
-    "TQ1_0": 36,
-    "TQ2_0": 37,
-    "MXFP4_MOE": 38,
+    "F32": 0,
+    "COPY": 0,
 }
+FTYPE_ALIASES: dict[str, str] = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
+# Mixes of types newer than gguf-py's (no built-in recipe can be written for them).
+_FTYPES_BEYOND_GGUF_PY = ("Q1_0", "Q2_0")
+
+# The llama_ftype of every mix gguf-recipe ships as a built-in recipe (recipes/llama.cpp/<NAME>.yaml).
+LLAMA_FTYPES: dict[str, int] = {
+    name: value
+    for name, value in QUANTIZE_OPTIONS.items()
+    if name not in FTYPE_ALIASES and name != "COPY" and name not in _FTYPES_BEYOND_GGUF_PY
+}
+FTYPE_Q2_K_S = LLAMA_FTYPES["Q2_K_S"]
+
+# The canonical mix name of each llama_ftype value (what a number on llama-quantize's command line means).
+FTYPE_NAMES: dict[int, str] = {
+    value: name for name, value in QUANTIZE_OPTIONS.items() if name not in FTYPE_ALIASES and name != "COPY"
+}
+
+# llama-quant.cpp llama_model_quantize_impl: the default type of each ftype (what --pure uses everywhere).
+FTYPE_BASE_TYPE: dict[str, str] = {
+    "Q4_0": "q4_0",
+    "Q4_1": "q4_1",
+    "Q5_0": "q5_0",
+    "Q5_1": "q5_1",
+    "Q8_0": "q8_0",
+    "F16": "f16",
+    "BF16": "bf16",
+    "F32": "f32",
+    "Q1_0": "q1_0",
+    "Q2_0": "q2_0",
+    "MXFP4_MOE": "mxfp4",
+    "Q2_K_S": "q2_K",
+    "Q2_K": "q2_K",
+    "IQ3_XS": "iq3_s",
+    "Q3_K_S": "q3_K",
+    "Q3_K_M": "q3_K",
+    "Q3_K_L": "q3_K",
+    "Q4_K_S": "q4_K",
+    "Q4_K_M": "q4_K",
+    "Q5_K_S": "q5_K",
+    "Q5_K_M": "q5_K",
+    "Q6_K": "q6_K",
+    "TQ1_0": "tq1_0",
+    "TQ2_0": "tq2_0",
+    "IQ2_XXS": "iq2_xxs",
+    "IQ2_XS": "iq2_xs",
+    "IQ2_S": "iq2_xs",
+    "IQ2_M": "iq2_s",
+    "IQ3_XXS": "iq3_xxs",
+    "IQ1_S": "iq1_s",
+    "IQ1_M": "iq1_m",
+    "IQ4_NL": "iq4_nl",
+    "IQ4_XS": "iq4_xs",
+    "IQ3_S": "iq3_s",
+    "IQ3_M": "iq3_s",
+}
+
+# llama-model-loader.cpp: the llama_ftype a file "mostly" of one tensor type gets.
+FTYPE_OF_TYPE: dict[GGMLQuantizationType, int] = {
+    T.F32: 0, T.F16: 1, T.BF16: 32, T.Q4_0: 2, T.Q4_1: 3, T.Q5_0: 8, T.Q5_1: 9, T.Q8_0: 7,
+    T.Q2_K: 10, T.Q3_K: 12, T.Q4_K: 15, T.Q5_K: 17, T.Q6_K: 18, T.TQ1_0: 36, T.TQ2_0: 37,
+    T.IQ2_XXS: 19, T.IQ2_XS: 20, T.IQ2_S: 28, T.IQ3_XXS: 23, T.IQ1_S: 24, T.IQ1_M: 31,
+    T.IQ4_NL: 25, T.IQ4_XS: 30, T.IQ3_S: 26, T.MXFP4: 38,
+}  # fmt: skip
 
 _BLK = re.compile(rb"^blk\.([+-]?\d+)")
 
@@ -61,6 +135,19 @@ def processing_key(name: str) -> tuple[int, bytes]:
     """llama_model_loader's weight_name_comparer: layer (-1 outside blocks), then byte-wise name."""
     n = block_number(name)
     return (-1 if n is None else n, name.encode())
+
+
+def guess_ftype(types: Mapping[str, GGMLQuantizationType]) -> int:
+    """llama-model-loader's guess: the ftype of the most common tensor type (ties: the type that
+    reached the count first in llama's tensor order)."""
+    counts: dict[GGMLQuantizationType, int] = {}
+    best, best_n = T.F32, 0
+    for name in sorted(types, key=processing_key):
+        t = types[name]
+        counts[t] = counts.get(t, 0) + 1
+        if counts[t] > best_n:
+            best, best_n = t, counts[t]
+    return FTYPE_OF_TYPE.get(best, 0)
 
 
 def category(name: str) -> str:
@@ -125,7 +212,23 @@ _GLM5_NEXT = (
 )
 _RWKV = tuple(
     f"time_mix_{s}.weight"
-    for s in ("first", "w0", "w1", "w2", "v0", "v1", "v2", "a0", "a1", "a2", "g1", "g2", "decay_w1", "decay_w2", "lerp_fused")
+    for s in (
+        "first",
+        "w0",
+        "w1",
+        "w2",
+        "v0",
+        "v1",
+        "v2",
+        "a0",
+        "a1",
+        "a2",
+        "g1",
+        "g2",
+        "decay_w1",
+        "decay_w2",
+        "lerp_fused",
+    )
 )
 _MULTIMODAL = (
     "attn_rel_b.weight",
@@ -205,13 +308,17 @@ def fallback_type(target: GGMLQuantizationType, ncols: int) -> GGMLQuantizationT
     return ret
 
 
-_NEEDS_IMATRIX = {T.IQ3_XXS, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ1_M, T.IQ1_S}
+# tensor_requires_imatrix: llama-quantize refuses these types without an importance matrix (ggml's
+# own quantizers can run IQ3_XXS, IQ2_S and IQ1_M without one; llama.cpp does not let them).
+TYPES_NEEDING_IMATRIX = frozenset({T.IQ3_XXS, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ1_M, T.IQ1_S})
 
 
-def requires_imatrix(name: str, t: GGMLQuantizationType, ftype: str | None) -> bool:
-    """tensor_requires_imatrix (llama-quantize refuses a real run without an imatrix)."""
+def requires_imatrix(name: str, t: GGMLQuantizationType, ftype: str | int | None) -> bool:
+    """tensor_requires_imatrix (llama-quantize refuses a real run without an imatrix); ``ftype`` is the
+    mix's name or llama_ftype value (Q2_K needs one only in the Q2_K_S mix)."""
     if name in ("token_embd.weight", "per_layer_token_embd.weight", "output.weight"):
         return False
-    if t in _NEEDS_IMATRIX:
+    if t in TYPES_NEEDING_IMATRIX:
         return True
-    return t == T.Q2_K and (ftype or "").upper() == "Q2_K_S"
+    is_q2_k_s = ftype == FTYPE_Q2_K_S if isinstance(ftype, int) else (ftype or "").upper() == "Q2_K_S"
+    return t == T.Q2_K and is_q2_k_s
