@@ -33,7 +33,6 @@ from conftest_executor import (
     listdir,
     llama_tensors,
     make_plan,
-    require_types,
     sha256_file,
     write_gguf_imatrix,
     write_model,
@@ -169,7 +168,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, worker_home: Path) -> Iter
 
 @pytest.fixture
 def wide(tmp_path: Path) -> Path:
-    require_types(*MIX.values())
     return write_wide_model(tmp_path / "m.gguf", 41)
 
 
@@ -194,7 +192,6 @@ def test_cluster_writes_the_local_bytes(cluster: str, wide: Path, tmp_path: Path
 
 
 def test_cluster_imatrix_weights_reach_each_expert(cluster: str, tmp_path: Path) -> None:
-    require_types(T.Q4_0)
     model = write_model(tmp_path / "m.gguf", llama_tensors(42, moe=True))
     rng = np.random.default_rng(3)
     gate = "blk.0.ffn_gate_exps.weight"
@@ -245,7 +242,6 @@ def test_ctrl_c_on_a_local_cluster_then_resume(wide: Path, tmp_path: Path) -> No
 
 
 def test_error_on_a_worker_keeps_its_meaning(cluster: str, tmp_path: Path) -> None:
-    require_types(T.Q8_0)
     tensors = llama_tensors(44)
     tensors["blk.1.ffn_up.weight"][17, 5] = np.nan
     model = write_model(tmp_path / "m.gguf", tensors)
@@ -259,7 +255,6 @@ def test_worker_that_cannot_open_the_source(
 ) -> None:
     """A path only the client sees: /proc/self/cwd/... names the client's folder in the client and the
     workers' own (another) folder in each worker, as a model on a disk the workers do not mount."""
-    require_types(T.Q8_0)
     model = write_model(tmp_path / "only-here.gguf", llama_tensors(45))
     monkeypatch.chdir(tmp_path)
     seen = "/proc/self/cwd/only-here.gguf"
@@ -272,7 +267,6 @@ def test_worker_that_cannot_open_the_source(
 def test_worker_that_sees_another_file_at_the_path(
     cluster: str, worker_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    require_types(T.Q8_0)
     model = write_model(tmp_path / "differs.gguf", llama_tensors(46))
     write_model(worker_home / "differs.gguf", llama_tensors(46, n_layer=2), n_layer=2)
     monkeypatch.chdir(tmp_path)
@@ -294,7 +288,6 @@ def _closed_port() -> int:
 
 
 def test_unreachable_scheduler_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
-    require_types(T.Q8_0)
     model = write_model(tmp_path / "m.gguf", llama_tensors(47))
     make_plan(model).save(tmp_path / "p.json")
     address = f"tcp://127.0.0.1:{_closed_port()}"
