@@ -695,6 +695,15 @@ def apply_cmd(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="no progress bar and no summary (warnings and errors only)")
     ] = False,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster",
+            metavar="ADDRESS",
+            help="quantize on a Dask cluster: its scheduler (tcp://host:8786), or local / local:N to start "
+            "N local workers; the workers read MODEL by the same path (a shared filesystem)",
+        ),
+    ] = None,
 ) -> None:
     """Quantize MODEL as a recipe (compiled on the fly) or a saved plan says, and write OUT.gguf.
 
@@ -708,6 +717,18 @@ def apply_cmd(
             shard_bytes = parse_size(max_shard_size)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="'--max-shard-size'") from None
+    if cluster is not None:
+        from .executor.cluster import parse_cluster_address
+
+        try:
+            parse_cluster_address(cluster)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="'--cluster'") from None
+        if threads is not None:
+            raise typer.BadParameter(
+                "--threads is for local runs; with --cluster the workers' threads count (local:N starts N)",
+                param_hint="'--threads'",
+            )
     try:
         _apply(
             recipe_or_plan,
@@ -724,6 +745,7 @@ def apply_cmd(
             strict_fallbacks=strict_fallbacks,
             recipe=recipe,
             quiet=quiet,
+            cluster=cluster,
         )
     except KeyboardInterrupt:
         _err(f"interrupted; nothing was written at {output}.")
@@ -746,6 +768,7 @@ def _apply(
     strict_fallbacks: bool,
     recipe: str | None,
     quiet: bool,
+    cluster: str | None = None,
 ) -> None:
     import warnings
 
@@ -850,6 +873,7 @@ def _apply(
                 recipe_fingerprint=recipe_fp,
                 recipe=recipe_file,
                 inputs=inputs,
+                cluster=cluster,
             )
     except ApplyInterrupted as exc:
         _err(str(exc))

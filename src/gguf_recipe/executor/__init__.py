@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from .errors import (
     ApplyInterrupted,
+    ClusterError,
     EditedPlanError,
     ExecutorError,
     ImatrixError,
@@ -34,6 +35,7 @@ __all__ = [
     "DEFAULT_CHUNK_VALUES",
     "ApplyInterrupted",
     "ApplyResult",
+    "ClusterError",
     "EditedPlanError",
     "ExecutorError",
     "Imatrix",

@@ -47,3 +47,7 @@ class ResumeError(ExecutorError):
 
 class ApplyInterrupted(ExecutorError):
     """The run was interrupted (Ctrl-C); the partial file is kept so ``resume=True`` can continue it."""
+
+
+class ClusterError(ExecutorError):
+    """The Dask cluster cannot be reached, has no workers, or a worker cannot read the source model."""

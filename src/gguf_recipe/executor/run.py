@@ -39,6 +39,7 @@ from ..llamacpp import guess_ftype, requires_imatrix
 from ..outputs import Input, InputClobberError, check_outputs
 from ..plan import PLAN_SCHEMA_VERSION, Plan, PlannedTensor
 from .checks import validate_output
+from .cluster import ClusterQuantizer
 from .errors import (
     ApplyInterrupted,
     EditedPlanError,
@@ -138,6 +139,7 @@ class ApplyResult:
     peak_rss_bytes: int  # this process plus its quantizer worker processes (their peaks summed)
     plan_fingerprint: str
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    cluster: str | None = None  # the Dask cluster that quantized (``cluster=``), in words
 
     @property
     def bpw(self) -> float:
@@ -179,6 +181,8 @@ class ApplyResult:
                 lines.append(f"    no entry for: {shown}")
         if self.requantized:
             lines.append(f"  requantized {len(self.requantized)} already-quantized tensor(s)")
+        if self.cluster is not None:
+            lines.append(f"  cluster   {self.cluster}")
         lines.extend(f"  warning: {w}" for w in self.warnings)
         return "\n".join(lines)
 
@@ -512,6 +516,7 @@ def apply_plan(
     keep_partial_on_interrupt: bool = True,
     durable: bool = True,
     inputs: Sequence[Input] = (),
+    cluster: str | None = None,
 ) -> ApplyResult:
     """Apply ``plan`` to the model at ``model_path`` and write ``out_path`` (or its shards).
 
@@ -531,12 +536,18 @@ def apply_plan(
     extends files not at hand) is applied with ``gguf_recipe.plan_unverified`` recorded.
     ``inputs``: the caller's other input files as ``(what, path)`` (e.g. the recipe): no file the run
     writes or deletes may be one of them (nor the model, the imatrix or the plan file).
+    ``cluster``: quantize on the Dask cluster whose scheduler is at this address (``tcp://host:8786``),
+    or on a local one of N worker processes (``local`` / ``local:N``), instead of here (``threads`` and
+    ``parallel`` do not apply). The workers read ``model_path`` themselves (a shared filesystem); this
+    process writes the output. See :mod:`gguf_recipe.executor.cluster`.
     """
     t0 = time.monotonic()
     if chunk_values < 1:
         raise ValueError("chunk_values must be positive")
     if threads is not None and threads < 1:
         raise ValueError("threads must be at least 1")
+    if cluster is not None and (threads is not None or parallel != "auto"):
+        raise ValueError("threads and parallel are for local runs; a cluster's workers bring their own")
     inputs = list(inputs)
     if not isinstance(plan, Plan):
         inputs.append(("the plan", plan))
@@ -587,7 +598,7 @@ def apply_plan(
         total_in = sum(src.tensors[j.planned.source_name].nbytes for j in jobs)
         to_quantize = sum(src.tensors[j.planned.source_name].n_elements for j in jobs if j.mode == "quantize")
         # before the writer thread exists: worker processes are forked from this one
-        quantizer = make_quantizer(src, threads, parallel, to_quantize)
+        quantizer = _open_quantizer(src, threads, parallel, to_quantize, cluster)
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gguf-recipe-writer")
         pending: deque[Future[None]] = deque()
 
@@ -683,7 +694,16 @@ def apply_plan(
         peak_rss_bytes=_peak_rss() + quantizer.peak_rss_bytes(),
         plan_fingerprint=plan_fp,
         warnings=tuple(warn),
+        cluster=quantizer.describe() if isinstance(quantizer, ClusterQuantizer) else None,
     )
+
+
+def _open_quantizer(
+    src: SourceModel, threads: int | None, parallel: Parallelism, to_quantize: int, cluster: str | None
+) -> Quantizer:
+    if cluster is None:
+        return make_quantizer(src, threads, parallel, to_quantize)
+    return ClusterQuantizer(cluster, src)
 
 
 def _drain(pool: ThreadPoolExecutor, pending: deque[Future[None]], *, finish: bool = False) -> None:

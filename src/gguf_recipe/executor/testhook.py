@@ -8,6 +8,8 @@ variable nothing happens.
 
 Points: ``tensor-written``: the run's first tensor is written and checkpointed (the lock is held, the
 partial output and its checkpoint exist, worker processes are running when there are any).
+``cluster-task``: a Dask worker process (started with the variable) has begun its first chunk task
+(``gguf_recipe.executor.cluster.run_chunk``); ``PATH.reached`` holds the worker's pid.
 """
 
 from __future__ import annotations
