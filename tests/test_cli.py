@@ -116,9 +116,9 @@ def test_validate_errors_exit_1(tmp_path: Path) -> None:
     r = runner.invoke(app, ["validate", str(p)])
     assert r.exit_code == 1
     assert r.stderr == (
-        f"{p}:2:7: error: unknown type 'q4_km', expected a ggml type\n"
+        f"{p}:2:7: error[R104]: unknown type 'q4_km', expected a ggml type\n"
         "  = help: did you mean one of 'q4_K', 'q6_K', 'q5_K'?\n"
-        f"{p}:4:14: error: invalid regex 'a(': missing ), unterminated subpattern at position 1\n"
+        f"{p}:4:14: error[R105]: invalid regex 'a(': missing ), unterminated subpattern at position 1\n"
         "  = help: regexes are Python 're' syntax, searched in the full tensor name (escape dots: 'ffn_down\\.weight')\n"
         "Found 2 errors.\n"
     )
@@ -129,7 +129,7 @@ def test_validate_missing_parent(tmp_path: Path) -> None:
     p = write(tmp_path, "recipe: 1\nextends: nope/Q9.yaml\n")
     r = runner.invoke(app, ["validate", str(p)])
     assert r.exit_code == 1
-    assert r.stderr.startswith(f"{p}:2:10: error: extends 'nope/Q9.yaml': recipe 'nope/Q9.yaml' not found")
+    assert r.stderr.startswith(f"{p}:2:10: error[R110]: extends 'nope/Q9.yaml': recipe 'nope/Q9.yaml' not found")
 
 
 def test_validate_warnings_and_strict(tmp_path: Path, model: Path) -> None:
@@ -140,7 +140,7 @@ def test_validate_warnings_and_strict(tmp_path: Path, model: Path) -> None:
     assert r.exit_code == 0
     assert r.stdout == f"{p}: ok\n"
     assert r.stderr == (
-        f"{p}:4:12: warning: rule 1 only matches tensors that are never quantized (e.g. blk.0.attn_norm.weight: 1-D tensor)\n"
+        f"{p}:4:12: warning[L304]: rule 1 only matches tensors that are never quantized (e.g. blk.0.attn_norm.weight: 1-D tensor)\n"
         "  = help: llama.cpp keeps norms, biases, 1-D tensors and routers as they are\n"
         "Found 1 warning.\n"
     )
@@ -158,7 +158,7 @@ def test_validate_model_errors(tmp_path: Path, model: Path) -> None:
     r = runner.invoke(app, ["validate", str(p), "--model", str(model)])
     assert r.exit_code == 1
     assert r.stderr.splitlines()[0] == (
-        f"{p}:5:13: error: rule 1: layer selector '30..40': range end 40 is outside the model: "
+        f"{p}:5:13: error[L301]: rule 1: layer selector '30..40': range end 40 is outside the model: "
         "the model has 32 layers (0..31)"
     )
 
@@ -202,7 +202,7 @@ def test_plan_bad_recipe_exits_1(tmp_path: Path, model: Path) -> None:
     p = write(tmp_path, "recipe: 1\nbase: q4_K\nbogus: 1\n")
     r = runner.invoke(app, ["plan", str(p), str(model)])
     assert r.exit_code == 1
-    assert r.stderr.startswith(f"{p}:3:1: error: unknown key 'bogus' in recipe")
+    assert r.stderr.startswith(f"{p}:3:1: error[R101]: unknown key 'bogus' in recipe")
     r = runner.invoke(app, ["plan", "llama.cpp/Q9_X", str(model)])
     assert r.exit_code == 1
     assert "recipe 'llama.cpp/Q9_X' not found" in r.stderr

@@ -47,7 +47,7 @@ from gguf_recipe.model.header import read_header
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="FIFOs, /dev/zero, /proc")
 
 runner = CliRunner()
-ERROR_LINE = re.compile(r"(^|: )error: ")
+ERROR_LINE = re.compile(r"(^|: )error(\[[A-Z][0-9]{3}\])?: ")
 GB = 1 << 30
 
 RECIPE = "recipe: 1\nname: corpus\nbase: q8_0\n"

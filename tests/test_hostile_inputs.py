@@ -129,7 +129,7 @@ def test_yaml_tags_are_refused(tmp_path: Path) -> None:
     p.write_text('recipe: 1\nbase: q8_0\nname: !!python/object/apply:os.system ["echo hi"]\n')
     code, err = cli("validate", p)
     assert code == 1
-    assert err.startswith(f"{p}:3:7: error: YAML tag '!!python/object/apply:os.system' is not allowed")
+    assert err.startswith(f"{p}:3:7: error[R103]: YAML tag '!!python/object/apply:os.system' is not allowed")
 
 
 def test_alias_bomb_fails_fast(tmp_path: Path) -> None:
@@ -170,7 +170,7 @@ def test_regex_lint(tmp_path: Path, pattern: str, severity: str, words: str) -> 
     p.write_text(f"recipe: 1\nbase: q8_0\nrules:\n  - {{match: '{pattern}', type: q4_0}}\n")
     code, err = cli("validate", p, "--strict")
     assert code == 1
-    assert f"{p}:4:" in err and f"{severity}: regex '{pattern}': {words}" in err
+    assert f"{p}:4:" in err and f"{severity}[R106]: regex '{pattern}': {words}" in err
     assert "FutureWarning" not in err
 
 
@@ -207,11 +207,11 @@ def test_extends_loop_and_non_recipe_name_the_extends(tmp_path: Path, model: Pat
     for cmd in (["validate"], ["plan"]):
         code, err = cli(*cmd, tmp_path / "a.yaml", *([model] if cmd == ["plan"] else []))
         assert code == 1
-        assert f"{tmp_path / 'b.yaml'}:2:10: error: extends 'a.yaml': loops back to" in err
+        assert f"{tmp_path / 'b.yaml'}:2:10: error[R110]: extends 'a.yaml': loops back to" in err
         code, err = cli(*cmd, passwd, *([model] if cmd == ["plan"] else []))
         assert code == 1
         assert err.startswith(
-            f"{passwd}:2:10: error: extends '/etc/passwd': /etc/passwd is not a valid recipe"
+            f"{passwd}:2:10: error[R110]: extends '/etc/passwd': /etc/passwd is not a valid recipe"
         )
 
 

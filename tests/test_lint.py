@@ -33,7 +33,7 @@ HEAD = "recipe: 1\nextends: llama.cpp/Q4_K_M\nrules:\n"
         (
             "  - match: 'output\\.weight'\n    type: q8_0\n",
             [
-                "r.yaml:4:12: warning: rule 1: pattern 'output\\.weight' also matches blk.0.attn_output.weight "
+                "r.yaml:4:12: warning[L306]: rule 1: pattern 'output\\.weight' also matches blk.0.attn_output.weight "
                 "(another tensor family than output.weight)\n"
                 "  = help: anchor it, e.g. '^output\\.weight' or '(^|\\.)output\\.weight'"
             ],
@@ -42,7 +42,7 @@ HEAD = "recipe: 1\nextends: llama.cpp/Q4_K_M\nrules:\n"
         (
             "  - match: 'ffn_down_exps\\.weight'\n    type: q8_0\n",
             [
-                "r.yaml:4:12: warning: rule 1 matches no tensor of this model\n"
+                "r.yaml:4:12: warning[L303]: rule 1 matches no tensor of this model\n"
                 "  = help: tensor families of this model that look similar: blk.*.ffn_down.weight, "
                 "blk.*.ffn_up.weight, token_embd.weight"
             ],
@@ -50,7 +50,7 @@ HEAD = "recipe: 1\nextends: llama.cpp/Q4_K_M\nrules:\n"
         (
             "  - match: 'attn_norm'\n    type: q8_0\n",
             [
-                "r.yaml:4:12: warning: rule 1 only matches tensors that are never quantized "
+                "r.yaml:4:12: warning[L304]: rule 1 only matches tensors that are never quantized "
                 "(e.g. blk.0.attn_norm.weight: 1-D tensor)\n"
                 "  = help: llama.cpp keeps norms, biases, 1-D tensors and routers as they are"
             ],
@@ -58,32 +58,32 @@ HEAD = "recipe: 1\nextends: llama.cpp/Q4_K_M\nrules:\n"
         (
             "  - match: 'attn_q\\.weight'\n    type: q5_K\n  - match: 'blk\\.0\\.attn_q\\.weight'\n    type: q6_K\n",
             [
-                "r.yaml:6:12: warning: rule 2 is shadowed: every tensor it matches is decided earlier (by rule 1)\n"
+                "r.yaml:6:12: warning[L305]: rule 2 is shadowed: every tensor it matches is decided earlier (by rule 1)\n"
                 "  = help: the first matching rule wins: move this rule up or narrow the earlier one"
             ],
         ),
         (
             "  - match: 'ffn_up'\n    layers: ['0..3', '40']\n    type: q6_K\n",
             [
-                "r.yaml:5:22: error: rule 1: layer selector '40': layer 40 is outside the model: the model has 32 layers (0..31)"
+                "r.yaml:5:22: error[L301]: rule 1: layer selector '40': layer 40 is outside the model: the model has 32 layers (0..31)"
             ],
         ),
         (
             "  - match: 'ffn_gate'\n    type: iq2_xxs\n",
             [
-                "r.yaml:5:11: error: rule 1: type iq2_xxs needs an importance matrix, and none is given "
+                "r.yaml:5:11: error[L307]: rule 1: type iq2_xxs needs an importance matrix, and none is given "
                 "(32 tensor(s), e.g. blk.0.ffn_gate.weight)\n"
-                "  = help: plan with --imatrix FILE, or pick a type that does not need one (e.g. q2_K, iq2_s, iq3_s)"
+                "  = help: plan with --imatrix FILE, or pick a type that does not need one (e.g. q2_K, iq3_s, iq4_xs)"
             ],
         ),
         (
             "  - match: 'ffn_up'\n    when: {arch: deepseek2}\n    type: q6_K\n",
-            ["r.yaml:5:11: warning: rule 1 never applies to this model: 'when arch=deepseek2' does not hold"],
+            ["r.yaml:5:11: warning[L302]: rule 1 never applies to this model: 'when arch=deepseek2' does not hold"],
         ),
         (
             "  - match: 'ffn_up'\n    when: {row_multiple_of: 7}\n    type: q6_K\n",
             [
-                "r.yaml:5:11: warning: rule 1 never applies to this model: 'when row_multiple_of=7' does not hold "
+                "r.yaml:5:11: warning[L302]: rule 1 never applies to this model: 'when row_multiple_of=7' does not hold "
                 "for any of the 32 tensor(s) it matches (e.g. blk.0.ffn_up.weight)"
             ],
         ),
@@ -101,7 +101,7 @@ def test_imatrix_given_silences_the_imatrix_error(tmp_path: Path, llama8b: Path)
 def test_token_embedding_shadows(tmp_path: Path, llama8b: Path) -> None:
     text = "recipe: 1\nbase: q4_K\ntoken_embedding: q8_0\nrules:\n  - match: '^token_embd'\n    type: q6_K\n"
     assert lint(tmp_path, llama8b, text) == [
-        "r.yaml:5:12: warning: rule 1 is shadowed: every tensor it matches is decided earlier (by token_embedding)\n"
+        "r.yaml:5:12: warning[L305]: rule 1 is shadowed: every tensor it matches is decided earlier (by token_embedding)\n"
         "  = help: the first matching rule wins: move this rule up or narrow the earlier one"
     ]
 
@@ -132,7 +132,7 @@ def test_unanchored_pattern_on_a_tied_model(tmp_path: Path) -> None:
     """gemma3 has no output.weight: 'output\\.weight' would only re-type every attn_output."""
     model = skeleton_from_json(MODELS / "gemma3-4b.model.json", tmp_path)
     assert lint(tmp_path, model, HEAD + "  - match: 'output\\.weight'\n    type: q8_0\n") == [
-        "r.yaml:4:12: warning: rule 1: pattern 'output\\.weight' only matches inside other tensor names "
+        "r.yaml:4:12: warning[L306]: rule 1: pattern 'output\\.weight' only matches inside other tensor names "
         "(e.g. blk.0.attn_output.weight); this model has no output tensor\n"
         "  = help: anchor it, e.g. '^output\\.weight', or remove the rule"
     ]

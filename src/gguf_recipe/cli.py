@@ -191,7 +191,7 @@ def _recipe_path(name_or_path: str) -> str | Path:
     try:
         return resolve(name_or_path)
     except FileNotFoundError as exc:
-        raise RecipeError(Diagnostic(str(exc), "error", name_or_path)) from None
+        raise RecipeError(Diagnostic(str(exc), "error", name_or_path, code="R001")) from None
 
 
 def validate_file(path: str, *, model: str | None = None, imatrix: str | None = None) -> list[Diagnostic]:
@@ -215,7 +215,7 @@ def validate_file(path: str, *, model: str | None = None, imatrix: str | None = 
         except RecipeError as exc:
             return diags + list(exc.diagnostics)
         except FileNotFoundError as exc:
-            diags.append(lr.diagnostic(("extends",), f"{exc}"))
+            diags.append(lr.diagnostic(("extends",), f"{exc}", code="R110"))
             return diags
         if Path(parent).resolve() != Path(source).resolve():
             _, pdiags = check_recipe(parent)
@@ -239,6 +239,32 @@ def _lint(source: str | Path, model: str | Path, result: Any, imatrix: bool) -> 
     return out
 
 
+def _ignore_option_help() -> str:
+    return (
+        "silence warnings with this code or name (repeatable), e.g. L302 or never-applies; see `recipe codes`"
+    )
+
+
+IgnoreOpt = Annotated[list[str] | None, typer.Option("--ignore", metavar="CODE", help=_ignore_option_help())]
+
+
+def _ignored(codes: list[str] | None) -> list[str]:
+    """The --ignore values, checked: an unknown code is a usage error (exit 2)."""
+    from .diagnostics import CODES
+
+    known = set(CODES) | set(CODES.values())
+    for c in codes or []:
+        if c.upper() not in known and c.lower() not in known:
+            _err(f"error: --ignore {c}: no such diagnostic code (`recipe codes` lists them)")
+            raise typer.Exit(2)
+    return list(codes or [])
+
+
+class DiagnosticFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
 @app.command()
 def validate(
     file: Annotated[str, typer.Argument(help="recipe file (YAML or JSON) or built-in name")],
@@ -250,9 +276,21 @@ def validate(
     imatrix: Annotated[
         str | None, typer.Option("--imatrix", help="an importance matrix will be used")
     ] = None,
+    ignore: IgnoreOpt = None,
+    fmt: Annotated[
+        DiagnosticFormat, typer.Option("--format", "-f", help="diagnostics as text (stderr) or JSON (stdout)")
+    ] = DiagnosticFormat.text,
 ) -> None:
     """Check a recipe: syntax, keys, types, regexes, layer selectors (and, with --model, the rules' effect)."""
-    diags = sort_diagnostics(validate_file(file, model=model, imatrix=imatrix))
+    from .diagnostics import without_ignored
+
+    ignored = _ignored(ignore)
+    diags = sort_diagnostics(without_ignored(validate_file(file, model=model, imatrix=imatrix), ignored))
+    if fmt is DiagnosticFormat.json:
+        typer.echo(json.dumps([d.to_json() for d in diags], indent=2))
+        if any(d.is_error for d in diags) or (strict and diags):
+            raise typer.Exit(1)
+        return
     _print_diagnostics(diags)
     errors = any(d.is_error for d in diags)
     if errors or (strict and diags):
@@ -285,12 +323,15 @@ def plan(
     heatmap: Annotated[
         Path | None, typer.Option("--heatmap", help="also draw layer × tensor family → type (.svg or .png)")
     ] = None,
+    ignore: IgnoreOpt = None,
 ) -> None:
     """Expand a recipe against a model header into a per-tensor plan (a dry run)."""
     from .cli_read import check_heatmap
     from .compiler import compile_plan
+    from .diagnostics import without_ignored
     from .render import render_plan
 
+    ignored = _ignored(ignore)
     check_heatmap(heatmap)
     outputs = [p for p in (output, heatmap) if p is not None]
     if outputs:
@@ -309,6 +350,7 @@ def plan(
         _err(f"{model}: error: {exc}")
         raise typer.Exit(1) from None
     diags = _dedupe(list(result.diagnostics) + _lint(source, model, result, imatrix is not None))
+    diags = without_ignored(diags, ignored)
     _print_diagnostics(diags)
     if any(d.is_error for d in diags) or (strict and diags):
         _err(_summary(diags))
@@ -417,6 +459,16 @@ def types_cmd(
         "produce: this build of gguf-recipe has its quantizer; imatrix: llama.cpp refuses it without one "
         "(except for token_embd and output; q2_K needs one in the Q2_K_S mix)"
     )
+
+
+@app.command("codes")
+def codes_cmd() -> None:
+    """List the diagnostic codes (R: the recipe file, C: compiling it for a model, L: what its rules do
+    to the model); warnings can be silenced with --ignore CODE."""
+    from .diagnostics import CODES
+
+    for code, name in CODES.items():
+        typer.echo(f"{code}  {name}")
 
 
 @app.command(
@@ -704,6 +756,7 @@ def apply_cmd(
             "N local workers; the workers read MODEL by the same path (a shared filesystem)",
         ),
     ] = None,
+    ignore: IgnoreOpt = None,
 ) -> None:
     """Quantize MODEL as a recipe (compiled on the fly) or a saved plan says, and write OUT.gguf.
 
@@ -746,6 +799,7 @@ def apply_cmd(
             recipe=recipe,
             quiet=quiet,
             cluster=cluster,
+            ignored=_ignored(ignore),
         )
     except KeyboardInterrupt:
         _err(f"interrupted; nothing was written at {output}.")
@@ -769,10 +823,12 @@ def _apply(
     recipe: str | None,
     quiet: bool,
     cluster: str | None = None,
+    ignored: list[str] | None = None,
 ) -> None:
     import warnings
 
     from .compiler import compile_plan
+    from .diagnostics import without_ignored
     from .executor import DEFAULT_CHUNK_VALUES, ApplyInterrupted, ExecutorError, StalePlanError, apply_plan
 
     def fail(msg: str) -> typer.Exit:
@@ -833,7 +889,10 @@ def _apply(
         except ValueError as exc:  # unreadable model header
             raise fail(f"{model}: {exc}") from None
         diags = sort_diagnostics(
-            _dedupe(list(result.diagnostics) + _lint(source, model, result, imatrix is not None))
+            without_ignored(
+                _dedupe(list(result.diagnostics) + _lint(source, model, result, imatrix is not None)),
+                ignored or [],
+            )
         )
         _print_diagnostics(diags)
         if any(d.is_error for d in diags):

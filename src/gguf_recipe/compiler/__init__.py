@@ -96,13 +96,15 @@ def _imatrix_info(imatrix: str | Path | bool | None) -> tuple[bool, str | None, 
     try:
         check_input_file(p, "the imatrix")
     except InputFileError as exc:
-        raise RecipeError([Diagnostic(str(exc), "error", str(p))]) from None
+        raise RecipeError([Diagnostic(str(exc), "error", str(p), code="C206")]) from None
     try:  # read (and so checked) before it is hashed: a wrong file fails at once
         from ..executor.imatrix import load_imatrix
 
         im = load_imatrix(p)
     except Exception as exc:
-        raise RecipeError([Diagnostic(f"cannot read the imatrix: {exc}", "error", str(p))]) from None
+        raise RecipeError(
+            [Diagnostic(f"cannot read the imatrix: {exc}", "error", str(p), code="C206")]
+        ) from None
     return True, im.fingerprint, set(im.entries)
 
 
@@ -133,11 +135,9 @@ def compile_model(
             found = lint_recipe(chain, model, result.plan, imatrix=has_im, source_path=recipe_source)
         except PatternTimeout as exc:
             found = [pattern_timeout_diagnostic(exc, chain)]
-        if any("importance matrix" in d.message and d.is_error for d in found):
+        if any(d.code == "L307" and d.is_error for d in found):
             # the linter names the rule; drop the compiler's whole-plan message
-            result.diagnostics[:] = [
-                d for d in result.diagnostics if "needs an importance matrix" not in d.message
-            ]
+            result.diagnostics[:] = [d for d in result.diagnostics if d.code != "C201"]
         result.diagnostics.extend(found)
     return result
 

@@ -284,7 +284,7 @@ def _type_or_keep(
     try:
         return parse_type_name(value, allow_keep=True)
     except TypeNameError as e:
-        diags.append(Diagnostic(f"{where}: {e.message}", "error", source, hint=e.hint))
+        diags.append(Diagnostic(f"{where}: {e.message}", "error", source, hint=e.hint, code="R104"))
         raise RecipeError(diags) from None
 
 
@@ -305,6 +305,7 @@ def _resolve_rules(eff: Effective, diags: list[Diagnostic]) -> list[ResolvedRule
                             lr.source,
                             line,
                             col,
+                            code="R105",
                         )
                     )
                     raise RecipeError(diags) from None
@@ -315,7 +316,9 @@ def _resolve_rules(eff: Effective, diags: list[Diagnostic]) -> list[ResolvedRule
                 except SelectorError as e:
                     line, col = lr.locate(("rules", k, "layers")) if lr.locate else (None, None)
                     diags.append(
-                        Diagnostic(f"rule {k + 1}: {e.message}", "error", lr.source, line, col, e.hint)
+                        Diagnostic(
+                            f"rule {k + 1}: {e.message}", "error", lr.source, line, col, e.hint, code="R107"
+                        )
                     )
                     raise RecipeError(diags) from None
             ttype = _type_or_keep(rule.type, f"rule {k + 1}", diags, lr.source)
@@ -385,8 +388,8 @@ def pattern_timeout_diagnostic(exc: PatternTimeout, chain: list[LoadedRecipe]) -
             places += [("imatrix", key, j) for j, p in enumerate(pats) if p == exc.pattern]
         if places:
             line, col = lr.locate(places[0]) if lr.locate else (None, None)
-            return Diagnostic(str(exc), "error", lr.source, line, col)
-    return Diagnostic(str(exc), "error", chain[0].source)
+            return Diagnostic(str(exc), "error", lr.source, line, col, code="C204")
+    return Diagnostic(str(exc), "error", chain[0].source, code="C204")
 
 
 def compile_chain(
@@ -447,6 +450,7 @@ def _compile_chain(
                     f"prune_layers: layer {p} is outside the model: it has {n_layer} layers (0..{n_layer - 1})",
                     "error",
                     root_source,
+                    code="C205",
                 )
             )
     if any(d.is_error for d in diags):
@@ -556,7 +560,7 @@ def _compile_chain(
                 try:
                     got = llama.fallback_type(want, t.shape[0])
                 except llama.NoFallbackError as e:
-                    diags.append(Diagnostic(f"{name}: {e}", "error", root_source))
+                    diags.append(Diagnostic(f"{name}: {e}", "error", root_source, code="C205"))
                     got = None
                 if got is not None:
                     fallback_count += 1
@@ -575,6 +579,7 @@ def _compile_chain(
                                 "error",
                                 root_source,
                                 hint="pick a type whose block size divides the row length, or allow fallbacks",
+                                code="C202",
                             )
                         )
             if group is not None:
@@ -654,12 +659,16 @@ def _compile_chain(
                 "error" if not imatrix else "warning",
                 root_source,
                 hint="llama-quantize refuses these without --imatrix",
+                code="C201",
             )
         )
     if eff.imatrix_required and not imatrix:
         diags.append(
             Diagnostic(
-                "this recipe requires an importance matrix (imatrix.required: true)", "error", root_source
+                "this recipe requires an importance matrix (imatrix.required: true)",
+                "error",
+                root_source,
+                code="C201",
             )
         )
     if imatrix_names is not None:
@@ -669,7 +678,13 @@ def _compile_chain(
             msg = f"the imatrix has no entry for {len(missing)} tensor(s) that use one: {shown}"
             warnings.append(msg)
             diags.append(
-                Diagnostic(msg, "warning", root_source, hint="they are quantized without importance weights")
+                Diagnostic(
+                    msg,
+                    "warning",
+                    root_source,
+                    hint="they are quantized without importance weights",
+                    code="C203",
+                )
             )
 
     metadata_overrides: dict[str, object] = {
@@ -732,4 +747,4 @@ def load_chain(recipe_source: str | Path, loader: Callable[[Path], LoadedRecipe]
 
 def _at_extends(lr: LoadedRecipe, problem: str) -> Diagnostic:
     line, col = lr.locate(("extends",)) if lr.locate else (None, None)
-    return Diagnostic(f"extends '{lr.recipe.extends}': {problem}", "error", lr.source, line, col)
+    return Diagnostic(f"extends '{lr.recipe.extends}': {problem}", "error", lr.source, line, col, code="R110")

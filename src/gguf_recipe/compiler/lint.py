@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import llamacpp as llama
-from ..diagnostics import Diagnostic
+from ..diagnostics import Diagnostic, Severity
 from ..model.reader import ModelInfo, TensorInfo
 from ..plan import Plan, PlannedTensor
 from ..recipe.typenames import ggml_name
@@ -165,10 +165,15 @@ def lint_recipe(
     file = loc.file
 
     def diag(
-        path: tuple[str | int, ...], message: str, severity: str = "warning", hint: str | None = None
+        path: tuple[str | int, ...],
+        code: str,
+        message: str,
+        severity: str = "warning",
+        hint: str | None = None,
     ) -> Diagnostic:
         line, col = loc.at(path)
-        return Diagnostic(message, "error" if severity == "error" else "warning", file, line, col, hint)
+        sev: Severity = "error" if severity == "error" else "warning"
+        return Diagnostic(message, sev, file, line, col, hint, code=code)
 
     facts = Facts.of(model, imatrix)
     n_layer = model.n_layer
@@ -185,7 +190,9 @@ def lint_recipe(
         label = f"rule {k + 1}"
 
         if not _when_holds_for_model(r, facts, model, eff):
-            diags.append(diag(("rules", k, "when"), f"{label} never applies to this model: {_unmet(r)}"))
+            diags.append(
+                diag(("rules", k, "when"), "L302", f"{label} never applies to this model: {_unmet(r)}")
+            )
             continue
 
         # layer selectors that do not fit the model
@@ -203,7 +210,12 @@ def lint_recipe(
                         ("rules", k, "layers", idx) if is_list else ("rules", k, "layers")
                     )
                     diags.append(
-                        diag(p, f"{label}: layer selector '{r.layers.selectors[idx].text}': {msg}", "error")
+                        diag(
+                            p,
+                            "L301",
+                            f"{label}: layer selector '{r.layers.selectors[idx].text}': {msg}",
+                            "error",
+                        )
                     )
                     bad_layers = True
         if bad_layers:
@@ -225,6 +237,7 @@ def lint_recipe(
             diags.append(
                 diag(
                     ("rules", k, "when"),
+                    "L302",
                     f"{label} never applies to this model: {_unmet(r)} for any of the "
                     f"{len(cands_no_when)} tensor(s) it matches (e.g. {cands_no_when[0].name})",
                 )
@@ -237,7 +250,7 @@ def lint_recipe(
                 close = difflib.get_close_matches(r.rule.match.replace("\\", ""), fams, n=3, cutoff=0.5)
                 if close:
                     hint = "tensor families of this model that look similar: " + ", ".join(close)
-            diags.append(diag(rule_path, f"{label} matches no tensor of this model", hint=hint))
+            diags.append(diag(rule_path, "L303", f"{label} matches no tensor of this model", hint=hint))
             continue
 
         quantizable = [t for t in cands if not t.rule.startswith("not quantizable")]
@@ -247,6 +260,7 @@ def lint_recipe(
             diags.append(
                 diag(
                     rule_path,
+                    "L304",
                     f"{label} only matches tensors that are never quantized (e.g. {sample.name}: {why})",
                     hint="llama.cpp keeps norms, biases, 1-D tensors and routers as they are",
                 )
@@ -274,6 +288,7 @@ def lint_recipe(
             diags.append(
                 diag(
                     rule_path,
+                    "L305",
                     f"{label} is shadowed: every tensor it matches is decided earlier (by {', '.join(shadows[:3])})",
                     hint="the first matching rule wins: move this rule up or narrow the earlier one",
                 )
@@ -296,6 +311,7 @@ def lint_recipe(
                 diags.append(
                     diag(
                         rule_path,
+                        "L306",
                         f"{label}: pattern '{r.rule.match}' also matches {other} (another tensor family than {meant})",
                         hint=f"anchor it, e.g. '^{r.rule.match}' or '(^|\\.){r.rule.match}'",
                     )
@@ -307,6 +323,7 @@ def lint_recipe(
                     diags.append(
                         diag(
                             rule_path,
+                            "L306",
                             f"{label}: pattern '{r.rule.match}' only matches inside other tensor names "
                             f"(e.g. {other}); this model has no {prefix.group(0)} tensor",
                             hint=f"anchor it, e.g. '^{r.rule.match}', or remove the rule",
@@ -322,10 +339,11 @@ def lint_recipe(
                 diags.append(
                     diag(
                         ("rules", k, "type"),
+                        "L307",
                         f"{label}: type {ggml_name(r.type)} needs an importance matrix, and none is given "
                         f"({len(needing)} tensor(s), e.g. {needing[0].name})",
                         "error",
-                        hint="plan with --imatrix FILE, or pick a type that does not need one (e.g. q2_K, iq2_s, iq3_s)",
+                        hint="plan with --imatrix FILE, or pick a type that does not need one (e.g. q2_K, iq3_s, iq4_xs)",
                     )
                 )
     return diags

@@ -43,7 +43,11 @@ def _check_regex(lr: LoadedRecipe, path: PathKey, pattern: str, diags: list[Diag
             warnings.simplefilter("ignore", FutureWarning)  # pattern_problems reports them
             re.compile(pattern)
         for pr in pattern_problems(pattern):
-            diags.append(lr.diagnostic(path, pr.message, severity=pr.severity, hint=pr.hint, index=pr.index))
+            diags.append(
+                lr.diagnostic(
+                    path, pr.message, severity=pr.severity, hint=pr.hint, index=pr.index, code="R106"
+                )
+            )
     except re.error as exc:
         pos = exc.pos if exc.pos is not None else 0
         diags.append(
@@ -52,10 +56,11 @@ def _check_regex(lr: LoadedRecipe, path: PathKey, pattern: str, diags: list[Diag
                 f"invalid regex '{pattern}': {exc.msg} at position {pos}",
                 index=pos,
                 hint="regexes are Python 're' syntax, searched in the full tensor name (escape dots: 'ffn_down\\.weight')",
+                code="R105",
             )
         )
     except (RecursionError, OverflowError, ValueError) as exc:  # pathological patterns
-        diags.append(lr.diagnostic(path, f"invalid regex '{pattern}': {exc}"))
+        diags.append(lr.diagnostic(path, f"invalid regex '{pattern}': {exc}", code="R105"))
 
 
 def _check_type(
@@ -64,7 +69,7 @@ def _check_type(
     try:
         parse_type_name(name, allow_keep=allow_keep)
     except TypeNameError as exc:
-        diags.append(lr.diagnostic(path, exc.message, hint=exc.hint))
+        diags.append(lr.diagnostic(path, exc.message, hint=exc.hint, code="R104"))
 
 
 def _check_condition(lr: LoadedRecipe, path: PathKey, cond: Condition, diags: list[Diagnostic]) -> None:
@@ -75,20 +80,26 @@ def _check_condition(lr: LoadedRecipe, path: PathKey, cond: Condition, diags: li
         try:
             parse_comparison(v)
         except ValueError as exc:
-            diags.append(lr.diagnostic((*path, name), str(exc), hint="write e.g. 8, '>= 4', '< 8' or '!= 1'"))
+            diags.append(
+                lr.diagnostic(
+                    (*path, name), str(exc), hint="write e.g. 8, '>= 4', '< 8' or '!= 1'", code="R108"
+                )
+            )
     rm = cond.row_multiple_of
     if isinstance(rm, bool):
         pass
     elif isinstance(rm, int):
         if rm < 1:
             diags.append(
-                lr.diagnostic((*path, "row_multiple_of"), f"row_multiple_of must be at least 1, found {rm}")
+                lr.diagnostic(
+                    (*path, "row_multiple_of"), f"row_multiple_of must be at least 1, found {rm}", code="R108"
+                )
             )
     elif isinstance(rm, str) and rm.lower() != "base":
         try:
             parse_type_name(rm)
         except TypeNameError as exc:
-            diags.append(lr.diagnostic((*path, "row_multiple_of"), exc.message, hint=exc.hint))
+            diags.append(lr.diagnostic((*path, "row_multiple_of"), exc.message, hint=exc.hint, code="R104"))
     if cond.any:
         for i, c in enumerate(cond.any):
             _check_condition(lr, (*path, "any", i), c, diags)
@@ -123,6 +134,7 @@ def check_semantics(lr: LoadedRecipe) -> list[Diagnostic]:
                             f"invalid layer selector '{exc.text}': {exc.message}",
                             index=exc.pos if isinstance(s, str) else None,
                             hint=exc.hint,
+                            code="R107",
                         )
                     )
         if rule.when is not None:
@@ -137,6 +149,7 @@ def check_semantics(lr: LoadedRecipe) -> list[Diagnostic]:
                     ("imatrix", "exclude"),
                     "'imatrix.include' and 'imatrix.exclude' cannot be used together (as in llama-quantize)",
                     key=True,
+                    code="R103",
                 )
             )
     for j, layer in enumerate(r.prune_layers):
@@ -145,6 +158,7 @@ def check_semantics(lr: LoadedRecipe) -> list[Diagnostic]:
                 lr.diagnostic(
                     ("prune_layers", j),
                     f"invalid layer {layer} in prune_layers, expected a block number >= 0",
+                    code="R103",
                 )
             )
     from ..executor.metadata import RESERVED_KEYS, RESERVED_PREFIXES
@@ -157,6 +171,7 @@ def check_semantics(lr: LoadedRecipe) -> list[Diagnostic]:
                     f"metadata '{key}': this key describes the file's layout or its provenance and is "
                     "written by gguf-recipe itself; it cannot be set",
                     key=True,
+                    code="R109",
                 )
             )
             continue
@@ -167,6 +182,7 @@ def check_semantics(lr: LoadedRecipe) -> list[Diagnostic]:
                 lr.diagnostic(
                     ("metadata", key, "value"),
                     f"metadata '{key}': found {describe_value(mv.value)}, expected a value of type {mv.type}",
+                    code="R109",
                 )
             )
         elif (
@@ -178,6 +194,7 @@ def check_semantics(lr: LoadedRecipe) -> list[Diagnostic]:
                 lr.diagnostic(
                     ("metadata", key, "value"),
                     f"metadata '{key}': {mv.value} does not fit a GGUF integer (-2^63 .. 2^64-1)",
+                    code="R109",
                 )
             )
         elif isinstance(mv.value, float) and not math.isfinite(mv.value):
@@ -185,6 +202,7 @@ def check_semantics(lr: LoadedRecipe) -> list[Diagnostic]:
                 lr.diagnostic(
                     ("metadata", key, "value"),
                     f"metadata '{key}': {mv.value} is not a finite number (NaN and infinities cannot be written)",
+                    code="R109",
                 )
             )
         if len(key) >= 128:
@@ -193,6 +211,7 @@ def check_semantics(lr: LoadedRecipe) -> list[Diagnostic]:
                     ("metadata", key),
                     f"metadata key '{key[:40]}...' is too long (llama.cpp keys are < 128 bytes)",
                     key=True,
+                    code="R109",
                 )
             )
     return diags

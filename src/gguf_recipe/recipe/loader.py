@@ -59,6 +59,7 @@ class LoadedRecipe:
         path: Sequence[str | int],
         message: str,
         *,
+        code: str,
         severity: str = "error",
         hint: str | None = None,
         key: bool = False,
@@ -79,10 +80,11 @@ class LoadedRecipe:
             pos.line if pos else None,
             pos.col if pos else None,
             hint,
+            code=code,
         )
 
     def rule_diagnostic(
-        self, rule_index: int, message: str, *, severity: str = "warning", hint: str | None = None
+        self, rule_index: int, message: str, *, code: str, severity: str = "warning", hint: str | None = None
     ) -> Diagnostic:
         """A diagnostic at rule ``rule_index`` (0-based) of this recipe's own ``rules`` list."""
         path: tuple[str | int, ...] = ("rules", rule_index)
@@ -90,7 +92,7 @@ class LoadedRecipe:
             if ("rules", rule_index, k) in self.source.values:
                 path = ("rules", rule_index, k)
                 break
-        return self.diagnostic(path, message, severity=severity, hint=hint)
+        return self.diagnostic(path, message, code=code, severity=severity, hint=hint)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -122,10 +124,12 @@ def _read_source(path_or_text: str | Path, file: str | None) -> tuple[str, str |
         msg = str(exc).removeprefix(f"{p}: ")
         if msg.startswith("no such file"):
             msg = f"file not found: {p}"
-        raise RecipeError(Diagnostic(msg, "error", name)) from None
+        raise RecipeError(Diagnostic(msg, "error", name, code="R001")) from None
     except UnicodeDecodeError as exc:
         raise RecipeError(
-            Diagnostic(f"file is not UTF-8 text ({exc.reason} at byte {exc.start})", "error", name)
+            Diagnostic(
+                f"file is not UTF-8 text ({exc.reason} at byte {exc.start})", "error", name, code="R001"
+            )
         ) from None
     return text, name, p.resolve().parent
 
@@ -151,7 +155,7 @@ def load(path_or_text: str | Path, *, file: str | None = None) -> LoadedRecipe:
     lr, diags = _load(path_or_text, file=file)
     errors = [d for d in diags if d.is_error]
     if errors or lr is None:
-        raise RecipeError(errors or [Diagnostic("cannot load recipe", "error", file)])
+        raise RecipeError(errors or [Diagnostic("cannot load recipe", "error", file, code="R002")])
     return lr
 
 
@@ -186,6 +190,7 @@ def _load(
                 1,
                 1,
                 hint=f"a recipe starts with 'recipe: {RECIPE_SCHEMA_VERSION}' and has 'base: <type>' or 'extends: <recipe>'",
+                code="R102",
             )
         ]
     if not isinstance(data, dict):
@@ -196,6 +201,7 @@ def _load(
                 name,
                 1,
                 1,
+                code="R103",
             )
         ]
     try:

@@ -160,6 +160,7 @@ class _Converter:
                     "repeating aliases?); recipes are small: write it out without nested aliases",
                     "error",
                     self.file,
+                    code="R003",
                 )
             )
         tag = getattr(getattr(node, "tag", None), "value", None)
@@ -177,6 +178,7 @@ class _Converter:
                     self.file,
                     pos.line,
                     pos.col,
+                    code="R103",
                 )
             )
         if isinstance(node, CommentedMap):
@@ -191,6 +193,7 @@ class _Converter:
                             self.file,
                             kpos[0] + 1 if kpos[0] is not None else None,
                             kpos[1] + 1 if kpos[1] is not None else None,
+                            code="R103",
                         )
                     )
                 key = str(k)
@@ -303,7 +306,14 @@ def _check_depth(text: str, file: str | None) -> None:
             depth += 1
             if depth > MAX_DEPTH:
                 raise RecipeError(
-                    Diagnostic(f"nested too deeply (more than {MAX_DEPTH} levels)", "error", file, line, col)
+                    Diagnostic(
+                        f"nested too deeply (more than {MAX_DEPTH} levels)",
+                        "error",
+                        file,
+                        line,
+                        col,
+                        code="R003",
+                    )
                 )
         elif c in "]}":
             depth = max(0, depth - 1)
@@ -314,7 +324,10 @@ def parse_text(text: str, file: str | None) -> tuple[Any, SourceMap]:
     if len(text) > MAX_RECIPE_BYTES:
         raise RecipeError(
             Diagnostic(
-                f"{len(text)} characters is more than the {MAX_RECIPE_BYTES} a recipe may have", "error", file
+                f"{len(text)} characters is more than the {MAX_RECIPE_BYTES} a recipe may have",
+                "error",
+                file,
+                code="R001",
             )
         )
     _check_depth(text, file)
@@ -324,10 +337,12 @@ def parse_text(text: str, file: str | None) -> tuple[Any, SourceMap]:
             json.loads(text)
         except json.JSONDecodeError as exc:
             raise RecipeError(
-                Diagnostic(f"invalid JSON: {exc.msg}", "error", file, exc.lineno, exc.colno)
+                Diagnostic(f"invalid JSON: {exc.msg}", "error", file, exc.lineno, exc.colno, code="R002")
             ) from None
         except RecursionError:
-            raise RecipeError(Diagnostic("invalid JSON: nested too deeply", "error", file)) from None
+            raise RecipeError(
+                Diagnostic("invalid JSON: nested too deeply", "error", file, code="R003")
+            ) from None
     yaml = YAML(typ="rt", pure=True)
     yaml.allow_duplicate_keys = False
     try:
@@ -342,16 +357,23 @@ def parse_text(text: str, file: str | None) -> tuple[Any, SourceMap]:
             problem = f"duplicate key '{m.group(1)}'" if m else "duplicate key"
         msg = f"invalid {'JSON' if is_json else 'YAML'}: {problem}"
         raise RecipeError(
-            Diagnostic(msg, "error", file, mark.line + 1 if mark else None, mark.column + 1 if mark else None)
+            Diagnostic(
+                msg,
+                "error",
+                file,
+                mark.line + 1 if mark else None,
+                mark.column + 1 if mark else None,
+                code="R002",
+            )
         ) from None
     except YAMLError as exc:
-        raise RecipeError(Diagnostic(f"invalid YAML: {exc}", "error", file)) from None
+        raise RecipeError(Diagnostic(f"invalid YAML: {exc}", "error", file, code="R002")) from None
     except RecursionError:
-        raise RecipeError(Diagnostic("invalid YAML: nested too deeply", "error", file)) from None
+        raise RecipeError(Diagnostic("invalid YAML: nested too deeply", "error", file, code="R003")) from None
     conv = _Converter(text, file)
     conv.smap.values[()] = Pos(1, 1)
     try:
         data = conv.convert(node, ())
     except RecursionError:
-        raise RecipeError(Diagnostic("recipe is nested too deeply", "error", file)) from None
+        raise RecipeError(Diagnostic("recipe is nested too deeply", "error", file, code="R003")) from None
     return data, conv.smap

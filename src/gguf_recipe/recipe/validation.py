@@ -118,7 +118,9 @@ def validation_diagnostics(exc: ValidationError, data: Any, lr: LoadedRecipe) ->
                 if found
                 else ("expected one of: " + ", ".join(allowed) if allowed else None)
             )
-            out.append(lr.diagnostic(real, f"unknown key '{key}' in {what}", key=True, hint=hint))
+            out.append(
+                lr.diagnostic(real, f"unknown key '{key}' in {what}", key=True, hint=hint, code="R101")
+            )
             continue
         if len(path) >= 2 and path[-2] == "\0missing":
             real = path[:-2]
@@ -130,7 +132,7 @@ def validation_diagnostics(exc: ValidationError, data: Any, lr: LoadedRecipe) ->
                 hint = f"add 'recipe: {RECIPE_SCHEMA_VERSION}' (the schema version) at the top"
             elif model is Rule and name == "type":
                 hint = "add e.g. 'type: q4_K' (or 'type: keep')"
-            out.append(lr.diagnostic(real, f"missing key '{name}' in {what}", hint=hint))
+            out.append(lr.diagnostic(real, f"missing key '{name}' in {what}", hint=hint, code="R102"))
             continue
         value = _resolve_loc(data, errs[0]["loc"])[1]
         types = {e["type"] for e in errs}
@@ -150,6 +152,7 @@ def validation_diagnostics(exc: ValidationError, data: Any, lr: LoadedRecipe) ->
                             msg,
                             key=True,
                             hint="a recipe either starts from a type ('base') or from another recipe ('extends')",
+                            code="R103",
                         )
                     )
                 else:
@@ -158,10 +161,11 @@ def validation_diagnostics(exc: ValidationError, data: Any, lr: LoadedRecipe) ->
                             (),
                             "missing key 'base' or 'extends' in recipe",
                             hint="add e.g. 'base: q4_K' or 'extends: llama.cpp/Q4_K_M'",
+                            code="R102",
                         )
                     )
                 continue
-            out.append(lr.diagnostic(path, msg))
+            out.append(lr.diagnostic(path, msg, code="R103"))
             continue
         if "literal_error" in types:
             e = next(e for e in errs if e["type"] == "literal_error")
@@ -175,6 +179,7 @@ def validation_diagnostics(exc: ValidationError, data: Any, lr: LoadedRecipe) ->
                         path,
                         f"unsupported recipe schema version {value if isinstance(value, int) and not isinstance(value, bool) else describe_value(value)}, expected {RECIPE_SCHEMA_VERSION}",
                         hint=f"write 'recipe: {RECIPE_SCHEMA_VERSION}'",
+                        code="R103",
                     )
                 )
                 continue
@@ -185,6 +190,7 @@ def validation_diagnostics(exc: ValidationError, data: Any, lr: LoadedRecipe) ->
                     path,
                     f"invalid {field_name} {describe_value(value)}, expected one of: " + ", ".join(choices),
                     hint=hint,
+                    code="R103",
                 )
             )
             continue
@@ -195,7 +201,7 @@ def validation_diagnostics(exc: ValidationError, data: Any, lr: LoadedRecipe) ->
                 expected_kinds.append(w)
         if expected_kinds:
             exp = " or ".join(expected_kinds)
-            out.append(lr.diagnostic(path, f"found {describe_value(value)}, expected {exp}"))
+            out.append(lr.diagnostic(path, f"found {describe_value(value)}, expected {exp}", code="R103"))
             continue
-        out.append(lr.diagnostic(path, str(errs[0]["msg"])))
+        out.append(lr.diagnostic(path, str(errs[0]["msg"]), code="R103"))
     return out
