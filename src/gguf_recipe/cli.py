@@ -151,8 +151,7 @@ def validate_file(path: str, *, model: str | None = None, imatrix: str | None = 
             result = compile_plan(source, model, imatrix=imatrix)
         except CompileError as exc:
             return diags + list(exc.diagnostics)
-        diags += result.diagnostics
-        diags += _lint(source, model, result, imatrix is not None)
+        diags += result.diagnostics  # linted against the model too
     return _dedupe(diags)
 
 
@@ -234,7 +233,7 @@ def plan(
     except ValueError as exc:  # unreadable model header
         _err(f"{model}: error: {exc}")
         raise typer.Exit(1) from None
-    diags = _dedupe(list(result.diagnostics) + _lint(source, model, result, imatrix is not None))
+    diags = _dedupe(list(result.diagnostics))  # compile_plan has linted the recipe against the model
     _print_diagnostics(diags)
     if any(d.is_error for d in diags) or (strict and diags):
         _err(_summary(diags))
