@@ -141,7 +141,9 @@ def import_offenders(model: Path, pycache: Path | None) -> list[tuple[str, int, 
     """``-X importtime`` of one CLI run: (module, depth, self µs, cumulative µs), in import order."""
     cmd = cli_command(model)
     cmd.insert(1, "-Ximporttime")
-    proc = subprocess.run(cmd, env=_env(pycache), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    proc = subprocess.run(
+        cmd, env=_env(pycache), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False
+    )
     rows = []
     for line in proc.stderr.decode().splitlines():
         m = _IMPORT_LINE.match(line)
@@ -153,7 +155,9 @@ def import_offenders(model: Path, pycache: Path | None) -> list[tuple[str, int, 
 
 def _print_imports(rows: list[tuple[str, int, int, int]], top: int) -> None:
     total = sum(cum for _, depth, _, cum in rows if depth == 0)
-    print(f"  -X importtime: {len(rows)} modules, {total / 1e3:.0f} ms in top-level imports (inflated by the tracing)")
+    print(
+        f"  -X importtime: {len(rows)} modules, {total / 1e3:.0f} ms in top-level imports (inflated by the tracing)"
+    )
     print("  top-level imports by cumulative time:")
     for name, _, _, cum in sorted((r for r in rows if r[1] == 0), key=lambda r: -r[3])[:top]:
         print(f"    {cum / 1e3:8.1f} ms  {name}")
@@ -164,7 +168,9 @@ def _print_imports(rows: list[tuple[str, int, int, int]], top: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("directory", nargs="?", type=Path, help="where to write the skeleton (default: a temp dir)")
+    ap.add_argument(
+        "directory", nargs="?", type=Path, help="where to write the skeleton (default: a temp dir)"
+    )
     ap.add_argument("--runs", type=int, default=9, help="whole-process runs (median; default 9)")
     ap.add_argument("--top", type=int, default=12, help="how many imports to list (default 12)")
     ap.add_argument("--in-process", action="store_true", help="only the in-process phases")
