@@ -6,6 +6,7 @@ llama.cpp/Q4_K_M.
     python benchmarks/bench_plan.py --runs 15 --top 20    # more runs, a longer import list
     python benchmarks/bench_plan.py --no-bytecode         # also time it compiling gguf_recipe from source
     python benchmarks/bench_plan.py --in-process           # only the in-process phases
+    python benchmarks/bench_plan.py --baseline OLD/src     # before/after: interleaved runs of both trees
 
 The whole-process time is what a user waits for: ``python -m gguf_recipe.cli plan llama.cpp/Q4_K_M
 deepseek-v3.gguf --format json`` from exec to exit (median of ``--runs`` runs after one warm-up run,
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,9 +98,9 @@ def cli_command(model: Path, recipe: str = RECIPE) -> list[str]:
     return [sys.executable, "-m", "gguf_recipe.cli", "plan", recipe, str(model), "--format", "json"]
 
 
-def _env(pycache: Path | None) -> dict[str, str]:
+def _env(pycache: Path | None, src: Path = ROOT / "src") -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(src), env.get("PYTHONPATH")) if p)
     if pycache is None:
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         env.pop("PYTHONPYCACHEPREFIX", None)
@@ -121,17 +123,27 @@ def _timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
     return wall, cpu
 
 
-def whole_process(model: Path, runs: int, pycache: Path | None) -> dict[str, float]:
-    """Median wall and CPU seconds of ``runs`` runs of the CLI (after one warm-up run)."""
-    cmd, env = cli_command(model), _env(pycache)
-    _timed(cmd, env)
-    samples = [_timed(cmd, env) for _ in range(runs)]
-    walls, cpus = [w for w, _ in samples], [c for _, c in samples]
-    return {
-        "wall_median_s": statistics.median(walls),
-        "wall_min_s": min(walls),
-        "cpu_median_s": statistics.median(cpus),
-    }
+def whole_process(
+    model: Path, runs: int, pycache: Path | None, srcs: Sequence[Path] = (ROOT / "src",)
+) -> list[dict[str, float]]:
+    """Median wall and CPU seconds of ``runs`` runs of the CLI (after one warm-up run), per source
+    tree in ``srcs``; their runs interleave, so a busy machine slows them alike."""
+    cmd = cli_command(model)
+    envs = [_env(None if pycache is None else pycache / str(i), src) for i, src in enumerate(srcs)]
+    for env in envs:
+        _timed(cmd, env)
+    samples: list[list[tuple[float, float]]] = [[] for _ in envs]
+    for _ in range(runs):
+        for env, got in zip(envs, samples, strict=True):
+            got.append(_timed(cmd, env))
+    return [
+        {
+            "wall_median_s": statistics.median(w for w, _ in got),
+            "wall_min_s": min(w for w, _ in got),
+            "cpu_median_s": statistics.median(c for _, c in got),
+        }
+        for got in samples
+    ]
 
 
 _IMPORT_LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)")
@@ -175,6 +187,11 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=12, help="how many imports to list (default 12)")
     ap.add_argument("--in-process", action="store_true", help="only the in-process phases")
     ap.add_argument("--no-bytecode", action="store_true", help="also time it without cached bytecode")
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        help="also time the CLI of this source tree (e.g. an older src/), interleaved",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         directory = args.directory or Path(d)
@@ -189,15 +206,16 @@ def main() -> None:
         model = directory / MODEL_FILE
         print(f"whole process: {' '.join(cli_command(model)[1:])}")
         pycache = Path(d) / "pycache"
+        srcs = [ROOT / "src"] + ([args.baseline.resolve()] if args.baseline else [])
         modes: list[tuple[str, Path | None]] = [("cached bytecode", pycache)]
         if args.no_bytecode:
             modes.append(("no bytecode for gguf_recipe", None))
         for label, cache in modes:
-            w = whole_process(model, args.runs, cache)
-            print(
-                f"  {label}: wall median {w['wall_median_s']:.3f} s (min {w['wall_min_s']:.3f} s), "
-                f"CPU median {w['cpu_median_s']:.3f} s over {args.runs} runs"
-            )
+            for src, w in zip(srcs, whole_process(model, args.runs, cache, srcs), strict=True):
+                print(
+                    f"  {src}, {label}: wall median {w['wall_median_s']:.3f} s (min {w['wall_min_s']:.3f} s), "
+                    f"CPU median {w['cpu_median_s']:.3f} s over {args.runs} runs"
+                )
         _print_imports(import_offenders(model, pycache), args.top)
 
 

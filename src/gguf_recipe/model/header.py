@@ -306,10 +306,11 @@ def _decode_value(buf: memoryview, pos: int, vtype: GGUFValueType) -> tuple[Valu
         atype = GGUFValueType(atype_code)
         if atype == GGUFValueType.STRING:
             items: list[Scalar] = []
+            unpack = _U64.unpack_from
             for _ in range(n):
-                s, pos = _decode_value(buf, pos, atype)
-                assert isinstance(s, str)
-                items.append(s)
+                (size,) = unpack(buf, pos)
+                pos += 8 + size
+                items.append(str(buf[pos - size : pos], "utf-8", "replace"))
             return items, pos
         dt = np.dtype(_SCALAR_DTYPES[atype])
         arr = np.frombuffer(buf, dtype=dt, count=n, offset=pos)
