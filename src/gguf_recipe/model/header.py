@@ -170,6 +170,8 @@ class GGUFHeader:
 
 
 MAX_STRING_BYTES = 1 << 28
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
 
 
 class _Cursor:
@@ -196,10 +198,18 @@ class _Cursor:
         return out
 
     def u32(self, what: str) -> int:
-        return int(self.unpack("<I", what))
+        pos = self.pos
+        if pos + 4 > self.size:
+            self.need(4, what)
+        self.pos = pos + 4
+        return int(_U32.unpack_from(self.buf, pos)[0])
 
     def u64(self, what: str) -> int:
-        return int(self.unpack("<Q", what))
+        pos = self.pos
+        if pos + 8 > self.size:
+            self.need(8, what)
+        self.pos = pos + 8
+        return int(_U64.unpack_from(self.buf, pos)[0])
 
     def string(self, what: str) -> str:
         n = self.u64(f"length of {what}")
@@ -232,7 +242,6 @@ class _Cursor:
         self.need(count * 8 + pos - self.pos, what)  # raises: report the whole array
 
 
-_U64 = struct.Struct("<Q")
 _WINDOW = 1 << 20  # bytes of a string array looked at at once
 _SHORT = 256  # strings shorter than this are found by their length field (7 zero bytes)
 
