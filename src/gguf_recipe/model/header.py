@@ -30,6 +30,9 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4  # GGML_MAX_DIMS
+# keys a metadata override may not touch: they describe the file layout or gguf-recipe's provenance
+RESERVED_PREFIXES = ("split.", "gguf_recipe.")
+RESERVED_KEYS = frozenset({"general.alignment"})
 
 SCALAR_FORMATS: dict[GGUFValueType, str] = {
     GGUFValueType.UINT8: "<B",
