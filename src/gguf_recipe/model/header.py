@@ -192,14 +192,6 @@ class _Cursor:
                 f"needs bytes {self.pos}..{self.pos + n} but the file has {self.size} bytes"
             )
 
-    def unpack(self, fmt: str, what: str) -> int | float | bool:
-        n = struct.calcsize(fmt)
-        self.need(n, what)
-        (v,) = struct.unpack_from(fmt, self.buf, self.pos)
-        self.pos += n
-        out: int | float | bool = v
-        return out
-
     def u32(self, what: str) -> int:
         pos = self.pos
         if pos + 4 > self.size:
