@@ -49,7 +49,7 @@ _CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfor
 def deepseek_v3_spec() -> dict[str, Any]:
     """tests/_archs' DeepSeek-V3 with the rest of the real tokenizer metadata (the string arrays that
     dominate a real header: tokens and merges)."""
-    spec = deepseek2(v3=True)
+    spec: dict[str, Any] = deepseek2(v3=True)
     md: list[dict[str, Any]] = spec["metadata"]
     at = next(i for i, kv in enumerate(md) if kv["key"] == "tokenizer.ggml.tokens") + 1
     n_vocab = int(md[at - 1]["length"])
