@@ -227,16 +227,8 @@ def validate_file(path: str, *, model: str | None = None, imatrix: str | None = 
             result = compile_plan(source, model, imatrix=imatrix)
         except RecipeError as exc:
             return diags + list(exc.diagnostics)
-        diags += result.diagnostics
-        diags += _lint(source, model, result, imatrix is not None)
+        diags += result.diagnostics  # linted against the model too
     return _dedupe(diags)
-
-
-def _lint(source: str | Path, model: str | Path, result: Any, imatrix: bool) -> list[Diagnostic]:
-    from .compiler.lint import lint_compiled
-
-    out: list[Diagnostic] = lint_compiled(source, model, result, imatrix=imatrix)
-    return out
 
 
 def _ignore_option_help() -> str:
@@ -349,8 +341,7 @@ def plan(
     except ValueError as exc:  # unreadable model header
         _err(f"{model}: error: {exc}")
         raise typer.Exit(1) from None
-    diags = _dedupe(list(result.diagnostics) + _lint(source, model, result, imatrix is not None))
-    diags = without_ignored(diags, ignored)
+    diags = without_ignored(_dedupe(list(result.diagnostics)), ignored)  # compile_plan has linted it
     _print_diagnostics(diags)
     if any(d.is_error for d in diags) or (strict and diags):
         _err(_summary(diags))
@@ -889,10 +880,7 @@ def _apply(
         except ValueError as exc:  # unreadable model header
             raise fail(f"{model}: {exc}") from None
         diags = sort_diagnostics(
-            without_ignored(
-                _dedupe(list(result.diagnostics) + _lint(source, model, result, imatrix is not None)),
-                ignored or [],
-            )
+            without_ignored(_dedupe(list(result.diagnostics)), ignored or [])  # compile_plan has linted it
         )
         _print_diagnostics(diags)
         if any(d.is_error for d in diags):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Callable, Sequence
@@ -209,17 +210,26 @@ class Facts:
         )
 
 
+_COMPARISON = re.compile(r"\s*(>=|<=|==|!=|>|<|=)?\s*(-?\d+)\s*")
+
+
+@functools.lru_cache(maxsize=256)
+def _comparison(cond: str) -> tuple[str, int]:
+    """A numeric condition such as ``'>= 4'``: (operator, number)."""
+    m = _COMPARISON.fullmatch(cond)
+    if not m:
+        raise ValueError(
+            f"bad numeric condition {cond!r}: expected an integer or a comparison such as '>= 4'"
+        )
+    return m.group(1) or "==", int(m.group(2))
+
+
 def _cmp(value: int, cond: int | str) -> bool:
     if isinstance(cond, bool):
         return bool(value) == cond
     if isinstance(cond, int):
         return value == cond
-    m = re.fullmatch(r"\s*(>=|<=|==|!=|>|<|=)?\s*(-?\d+)\s*", cond)
-    if not m:
-        raise ValueError(
-            f"bad numeric condition {cond!r}: expected an integer or a comparison such as '>= 4'"
-        )
-    op, num = m.group(1) or "==", int(m.group(2))
+    op, num = _comparison(cond)
     return {
         ">=": value >= num,
         "<=": value <= num,
@@ -481,6 +491,15 @@ def _compile_chain(
     fallback_count = 0
     needs_imatrix: list[str] = []
 
+    descriptions: dict[int, str] = {}
+
+    def describe(r: ResolvedRule) -> str:
+        """The rule's text in the plan (the same for every tensor it decides)."""
+        text = descriptions.get(r.index)
+        if text is None:
+            text = descriptions[r.index] = r.describe()
+        return text
+
     def position(group: str, depth: int) -> int:
         lst = counted[group]
         if stable:
@@ -548,7 +567,7 @@ def _compile_chain(
                 decided_by = chosen
                 rule_hits[chosen.index] = rule_hits.get(chosen.index, 0) + 1
                 want = src if chosen.type is None else chosen.type
-                rule_text = chosen.describe()
+                rule_text = describe(chosen)
                 use_imatrix_rule = chosen.rule.imatrix
                 decide_depth = chosen.depth
             else:

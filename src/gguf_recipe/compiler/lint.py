@@ -179,6 +179,7 @@ def lint_recipe(
     n_layer = model.n_layer
     infos = {t.name: t for t in model.tensors}
     live = [t for t in plan.tensors if t.action != "prune"]
+    cats = {t.name: llama.category(t.name) for t in live}
     totals = _group_totals([t.name for t in live], n_layer)
     by_index = {r.index: r for r in rules}
 
@@ -227,8 +228,7 @@ def lint_recipe(
             info = infos.get(t.source_name)
             if info is None:
                 continue
-            cat = llama.category(t.name)
-            if _static_match(r, t.name, cat, info, facts, eff.base, n_layer, use_when=False):
+            if _static_match(r, t.name, cats[t.name], info, facts, eff.base, n_layer, use_when=False):
                 cands_no_when.append(t)
                 if r.rule.when is None or _holds(r.rule.when, facts, info, eff.base):
                     cands.append(t)

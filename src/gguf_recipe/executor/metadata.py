@@ -17,6 +17,7 @@ from typing import Any
 from gguf import GGUFValueType
 
 from .. import __version__
+from ..model.header import RESERVED_KEYS, RESERVED_PREFIXES
 from .errors import PlanMismatchError
 from .gguf_format import INT_RANGES, KeyValue, Scalar, Value, pack_kv
 
@@ -43,9 +44,6 @@ KEY_TOOL_VERSION = "gguf_recipe.version"
 KEY_PLAN_EDITED = "gguf_recipe.plan_edited"
 KEY_PLAN_UNVERIFIED = "gguf_recipe.plan_unverified"
 SPLIT_KEYS = ("split.no", "split.count", "split.tensors.count")
-# keys a metadata override may not touch: they describe the file layout or our own provenance
-RESERVED_PREFIXES = ("split.", "gguf_recipe.")
-RESERVED_KEYS = frozenset({"general.alignment"})
 
 _BLK = re.compile(r"(?:^|\.)blk\.(\d+)\.")
 

@@ -32,6 +32,9 @@ from ..errors import GGUFRecipeError
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4  # GGML_MAX_DIMS
+# keys a metadata override may not touch: they describe the file layout or gguf-recipe's provenance
+RESERVED_PREFIXES = ("split.", "gguf_recipe.")
+RESERVED_KEYS = frozenset({"general.alignment"})
 
 SCALAR_FORMATS: dict[GGUFValueType, str] = {
     GGUFValueType.UINT8: "<B",
@@ -173,6 +176,8 @@ class GGUFHeader:
 
 
 MAX_STRING_BYTES = 1 << 28
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
 
 
 class _Cursor:
@@ -190,19 +195,19 @@ class _Cursor:
                 f"needs bytes {self.pos}..{self.pos + n} but the file has {self.size} bytes"
             )
 
-    def unpack(self, fmt: str, what: str) -> int | float | bool:
-        n = struct.calcsize(fmt)
-        self.need(n, what)
-        (v,) = struct.unpack_from(fmt, self.buf, self.pos)
-        self.pos += n
-        out: int | float | bool = v
-        return out
-
     def u32(self, what: str) -> int:
-        return int(self.unpack("<I", what))
+        pos = self.pos
+        if pos + 4 > self.size:
+            self.need(4, what)
+        self.pos = pos + 4
+        return int(_U32.unpack_from(self.buf, pos)[0])
 
     def u64(self, what: str) -> int:
-        return int(self.unpack("<Q", what))
+        pos = self.pos
+        if pos + 8 > self.size:
+            self.need(8, what)
+        self.pos = pos + 8
+        return int(_U64.unpack_from(self.buf, pos)[0])
 
     def string(self, what: str) -> str:
         n = self.u64(f"length of {what}")
@@ -223,21 +228,71 @@ class _Cursor:
             raise GGUFReadError(f"{self.path}: {what} is not valid UTF-8") from None
 
     def skip_strings(self, count: int, what: str) -> None:
-        """Skip ``count`` length-prefixed strings (a tight loop: vocabularies hold 100k+ of them)."""
+        """Skip ``count`` length-prefixed strings (vocabularies hold 100k+ of them): the walk, and
+        the error where it leaves the file, are those of reading them one by one."""
         if count > self.size:
             self.need(count * 8, what)
-        buf, pos, end = self.buf, self.pos, self.size
-        unpack = struct.unpack_from
-        for _ in range(count):
-            if pos + 8 > end:
-                break
-            (n,) = unpack("<Q", buf, pos)
-            pos += 8 + n
-        else:
-            if pos <= end:
-                self.pos = pos
-                return
+        pos, left = _skip_short_strings(self.buf, self.pos, count)
+        pos, complete = _walk_strings(self.buf, pos, left)
+        if complete and pos <= self.size:
+            self.pos = pos
+            return
         self.need(count * 8 + pos - self.pos, what)  # raises: report the whole array
+
+
+_WINDOW = 1 << 20  # bytes of a string array looked at at once
+_SHORT = 256  # strings shorter than this are found by their length field (7 zero bytes)
+
+
+def _walk_strings(buf: memoryview, pos: int, count: int) -> tuple[int, bool]:
+    """Step over ``count`` strings at ``pos`` one by one: (the end, True), or (the position of the
+    first length field that is not inside ``buf``, False)."""
+    unpack = _U64.unpack_from
+    try:
+        for _ in range(count):
+            pos += 8 + unpack(buf, pos)[0]
+    except (struct.error, OverflowError):  # OverflowError: a position past 2**63
+        return pos, False
+    return pos, True
+
+
+def _skip_short_strings(buf: memoryview, pos: int, count: int) -> tuple[int, int]:
+    """Walk the strings at ``pos`` a window at a time, with numpy: every position whose 8-byte length
+    field reads below 256 is a candidate string start, and a run of candidates where each string ends
+    at the next candidate is a run of consecutive strings (the walk reaches each in turn), stepped over
+    at once; other strings (256 bytes or more) one by one. Returns (position, strings left) for
+    :func:`_walk_strings`, which also takes over where stray candidates (zero bytes inside strings)
+    break most runs."""
+    end = len(buf)
+    unpack = _U64.unpack_from
+    while count >= 64 and end - pos >= 64:
+        size = min(end - pos, _WINDOW, max(1 << 12, count * 32))
+        chunk = bytes(buf[pos : pos + size])  # a copy: no numpy view keeps the caller's buffer exported
+        rows = (size - 7) // 8
+        short = np.empty((rows, 8), dtype=bool)  # short[r, k]: a length < 256 at 8 * r + k
+        for k in range(8):
+            np.less(np.frombuffer(chunk, dtype="<u8", count=rows, offset=k), _SHORT, out=short[:, k])
+        starts = np.flatnonzero(short)
+        ends = starts + 8 + np.frombuffer(chunk, dtype=np.uint8)[starts]
+        breaks = np.flatnonzero(ends[:-1] != starts[1:])  # i: string i does not end at candidate i + 1
+        n_starts, n_breaks = len(starts), len(breaks)
+        if n_breaks * 4 > n_starts:
+            break
+        is_start = short.tobytes()
+        rel, limit = 0, rows * 8
+        while count and rel < limit:
+            if is_start[rel]:
+                i = int(np.searchsorted(starts, rel))
+                b = int(np.searchsorted(breaks, i))
+                last = int(breaks[b]) if b < n_breaks else n_starts - 1
+                steps = min(last - i + 1, count)
+                rel = int(ends[i + steps - 1])
+                count -= steps
+            else:
+                rel += 8 + unpack(chunk, rel)[0]
+                count -= 1
+        pos += rel
+    return pos, count
 
 
 def _value_type(code: int, path: Path, key: str) -> GGUFValueType:
@@ -258,10 +313,11 @@ def _decode_value(buf: memoryview, pos: int, vtype: GGUFValueType) -> tuple[Valu
         atype = GGUFValueType(atype_code)
         if atype == GGUFValueType.STRING:
             items: list[Scalar] = []
+            unpack = _U64.unpack_from
             for _ in range(n):
-                s, pos = _decode_value(buf, pos, atype)
-                assert isinstance(s, str)
-                items.append(s)
+                (size,) = unpack(buf, pos)
+                pos += 8 + size
+                items.append(str(buf[pos - size : pos], "utf-8", "replace"))
             return items, pos
         dt = np.dtype(_SCALAR_DTYPES[atype])
         arr = np.frombuffer(buf, dtype=dt, count=n, offset=pos)

@@ -169,7 +169,7 @@ def _parse_one(
         else:
             metadata[kv.key] = kv.value
         types[kv.key] = kv.vtype.name.lower()
-    tensors = [replace(t, file_index=split) for t in header.tensors]
+    tensors = [replace(t, file_index=split) for t in header.tensors] if split else list(header.tensors)
     return metadata, types, tensors, raw, header.version, header.alignment, header.data_offset
 
 

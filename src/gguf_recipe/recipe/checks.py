@@ -161,7 +161,8 @@ def check_semantics(lr: LoadedRecipe) -> list[Diagnostic]:
                     code="R103",
                 )
             )
-    from ..executor.metadata import RESERVED_KEYS, RESERVED_PREFIXES
+    # from the header module, not the executor package: planning imports none of the executor
+    from ..model.header import RESERVED_KEYS, RESERVED_PREFIXES
 
     for key, mv in r.metadata.items():
         if key in RESERVED_KEYS or key.startswith(RESERVED_PREFIXES):
