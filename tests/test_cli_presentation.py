@@ -98,3 +98,44 @@ def test_apply_says_it_replaces_an_existing_output_and_counts_fallbacks(tmp_path
     assert "of tensor data (" in stdout and "+ header and alignment" in stdout
     code, _, err = run("apply", "llama.cpp/Q4_K_M", model, "-o", tmp_path / "new" / "o.gguf")
     assert code == 0 and "note:" not in err
+
+
+def _shadowed_recipe(tmp_path: Path) -> Path:
+    p = tmp_path / "r.yaml"
+    p.write_text(
+        "recipe: 1\nbase: q4_0\nrules:\n  - {match: attn, type: q8_0}\n  - {match: attn_q, type: q6_K}\n"
+    )
+    return p
+
+
+def test_codes_lists_every_code() -> None:
+    from gguf_recipe.diagnostics import CODES
+
+    code, out, _ = run("codes")
+    assert code == 0
+    assert [line.split() for line in out.splitlines()] == [[c, n] for c, n in CODES.items()]
+
+
+def test_ignore_silences_a_warning_by_code_or_name_but_never_an_error(model: Path, tmp_path: Path) -> None:
+    p = _shadowed_recipe(tmp_path)
+    code, _, err = run("validate", p, "--model", model, "--strict")
+    assert code == 1 and "warning[L305]" in err
+    for ignore in ("L305", "shadowed-rule", "l305"):
+        code, _, err = run("validate", p, "--model", model, "--strict", "--ignore", ignore)
+        assert code == 0 and "L305" not in err, (ignore, err)
+    code, out, err = run("plan", p, model, "--strict", "--ignore", "L305", "-f", "json")
+    assert json.loads(out)["tensors"]
+    assert code == 0, err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("recipe: 1\nbase: q4_km\n")
+    code, _, err = run("validate", bad, "--ignore", "R104")
+    assert code == 1 and "error[R104]" in err
+    code, _, err = run("validate", bad, "--ignore", "Z999")
+    assert code == 2 and "no such diagnostic code" in err
+
+
+def test_validate_json(model: Path, tmp_path: Path) -> None:
+    code, out, _ = run("validate", _shadowed_recipe(tmp_path), "--model", model, "-f", "json")
+    assert code == 0
+    [d] = json.loads(out)
+    assert (d["code"], d["name"], d["severity"], d["line"]) == ("L305", "shadowed-rule", "warning", 5)
