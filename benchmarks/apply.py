@@ -138,7 +138,8 @@ def make_plan(model: Path, target: GGMLQuantizationType) -> Plan:
             PlannedTensor(
                 name=t.name, source_name=t.name, shape=list(t.shape), source_type=t.qtype.name.lower(),
                 type=q.name.lower(), action="quantize" if q != t.qtype else "copy", rule="bench",
-                source_bytes=t.nbytes, target_bytes=tensor_nbytes(t.shape, q),
+                decision="base", needs_imatrix=False, source_bytes=t.nbytes,
+                target_bytes=tensor_nbytes(t.shape, q),
             )
         )  # fmt: skip
     n_el = sum(int(np.prod(p.shape)) for p in tensors)

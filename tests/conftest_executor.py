@@ -23,6 +23,7 @@ from gguf_recipe import examples, quants
 from gguf_recipe.executor import model_fingerprint
 from gguf_recipe.executor.gguf_format import read_header, tensor_nbytes
 from gguf_recipe.executor.source_convert import high_precision_source
+from gguf_recipe.llamacpp import requires_imatrix
 from gguf_recipe.plan import Fingerprints, Plan, PlannedTensor, PlanTotals
 
 T = GGMLQuantizationType
@@ -191,8 +192,8 @@ def make_plan(
             planned.append(
                 PlannedTensor(
                     name=n, source_name=n, shape=shape, source_type=info.qtype.name.lower(),
-                    type=info.qtype.name.lower(), action="prune", rule="pruned",
-                    source_bytes=info.nbytes, target_bytes=0,
+                    type=info.qtype.name.lower(), action="prune", rule="pruned", decision="pruned",
+                    needs_imatrix=False, source_bytes=info.nbytes, target_bytes=0,
                 )
             )  # fmt: skip
             continue
@@ -205,11 +206,15 @@ def make_plan(
         use_im = action == "quantize" and (
             imatrix is True or (not isinstance(imatrix, bool) and n in imatrix)
         )
+        needs_im = action == "quantize" and (
+            quants.spec_for(target).requires_imatrix or requires_imatrix(out_name, target, ftype)
+        )
         planned.append(
             PlannedTensor(
                 name=out_name, source_name=n, shape=shape, source_type=info.qtype.name.lower(),
-                type=target.name.lower(), action=action, rule="test", imatrix=use_im,
-                source_bytes=info.nbytes, target_bytes=tensor_nbytes(info.shape, target),
+                type=target.name.lower(), action=action, rule="test", decision="base", imatrix=use_im,
+                needs_imatrix=needs_im, source_bytes=info.nbytes,
+                target_bytes=tensor_nbytes(info.shape, target),
             )
         )  # fmt: skip
     live = [p for p in planned if p.action != "prune"]

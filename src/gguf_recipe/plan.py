@@ -10,13 +10,15 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from . import __version__
 
-PLAN_SCHEMA_VERSION = 1
+PLAN_SCHEMA_VERSION = 2  # 2: per tensor decision, rule_index and needs_imatrix
 
 Action = Literal["quantize", "copy", "prune"]
+# what decided a tensor's type (``rule`` is the same, for people)
+Decision = Literal["rule", "base", "token-embedding", "output", "not-quantizable", "pruned"]
 
 
 class _Frozen(BaseModel):
@@ -42,8 +44,15 @@ class PlannedTensor(_Frozen):
         description="what decided the type: 'rule N: <text>', 'base', 'token-embedding', 'output', "
         "'not quantizable: <why>', 'fallback from X', 'pruned'"
     )
+    decision: Decision = Field(description="what decided the type (the machine-readable form of `rule`)")
+    rule_index: int | None = Field(
+        default=None, description="with decision 'rule': the rule's number N (as in 'rule N' of `rule`)"
+    )
     fallback: Fallback | None = None
     imatrix: bool = Field(default=False, description="the quantizer gets importance weights for this tensor")
+    needs_imatrix: bool = Field(
+        description="llama.cpp refuses this type without an importance matrix (apply refuses it too)"
+    )
     source_bytes: int
     target_bytes: int
 
@@ -76,6 +85,19 @@ class Plan(_Frozen):
     totals: PlanTotals
     metadata_overrides: dict[str, object] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _schema_version_first(cls, data: object) -> object:
+        """An older or newer plan is refused by its version, before its fields are read."""
+        if isinstance(data, dict):
+            version = data.get("plan_schema_version", PLAN_SCHEMA_VERSION)
+            if version != PLAN_SCHEMA_VERSION:
+                raise ValueError(
+                    f"plan schema version {version} is not supported (expected {PLAN_SCHEMA_VERSION}); "
+                    "make the plan again with `recipe plan`"
+                )
+        return data
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)

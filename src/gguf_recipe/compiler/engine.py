@@ -16,7 +16,8 @@ from .. import llamacpp as llama
 from ..diagnostics import Diagnostic, RecipeError
 from ..model.header import row_nbytes
 from ..model.reader import ModelInfo, TensorInfo
-from ..plan import Fallback, Fingerprints, Plan, PlannedTensor, PlanTotals
+from ..plan import Decision, Fallback, Fingerprints, Plan, PlannedTensor, PlanTotals
+from ..quants.registry import SPECS
 from ..recipe.model import Condition, MetadataValue, Recipe, Rule
 from ..recipe.patterns import BoundedPattern, PatternTimeout, compile_pattern
 from ..recipe.selectors import LayerSet, SelectorError, parse_layers
@@ -146,6 +147,11 @@ def merged_recipe(recipes: Sequence[Recipe]) -> Recipe:
         update={**fields, "metadata": merged_metadata(recipes), "rules": rules}
     )
     return merged
+
+
+def _quantizer_needs_imatrix(t: GGMLQuantizationType) -> bool:
+    spec = SPECS.get(t)
+    return spec is not None and spec.requires_imatrix
 
 
 def _effective(chain: list[LoadedRecipe]) -> Effective:
@@ -516,11 +522,13 @@ def _compile_chain(
         fb: Fallback | None = None
         decided_by: ResolvedRule | None = None
         use_imatrix_rule: bool | None = None
+        rule_index: int | None = None
         if why is not None:
             target = src
             rule_text = f"not quantizable: {why}"
+            decision: Decision = "not-quantizable"
             if out_keep and name == "output.weight":
-                rule_text = "output: keep"
+                rule_text, decision = "output: keep", "output"
         elif (
             te_set
             and cat == "token_embd"
@@ -534,10 +542,10 @@ def _compile_chain(
             )
         ):
             target = src if te_type is None else te_type
-            rule_text = "token-embedding"
+            rule_text, decision = "token-embedding", "token-embedding"
         elif out_type is not None and cat == "output":
             target = out_type
-            rule_text = "output"
+            rule_text, decision = "output", "output"
         else:
             chosen: ResolvedRule | None = None
             for r in rules:
@@ -567,12 +575,12 @@ def _compile_chain(
                 decided_by = chosen
                 rule_hits[chosen.index] = rule_hits.get(chosen.index, 0) + 1
                 want = src if chosen.type is None else chosen.type
-                rule_text = describe(chosen)
+                rule_text, decision, rule_index = describe(chosen), "rule", chosen.index
                 use_imatrix_rule = chosen.rule.imatrix
                 decide_depth = chosen.depth
             else:
                 want = eff.base
-                rule_text = "base"
+                rule_text, decision = "base", "base"
                 decide_depth = INF_DEPTH
             target = want
             if (chosen is None or chosen.type is not None) and llama.is_quantized(want):
@@ -612,8 +620,14 @@ def _compile_chain(
                 im = any(p.search(name) for p in inc_re)
             if im and exc_re:
                 im = not any(p.search(name) for p in exc_re)
-        if quantize and why is None and llama.requires_imatrix(name, target, eff.ftype) and not im:
+        llama_needs_im = (
+            quantize and llama.is_quantized(target) and llama.requires_imatrix(name, target, eff.ftype)
+        )
+        if llama_needs_im and not im:
             needs_imatrix.append(f"{name}: {ggml_name(target)}")
+        # apply refuses either: llama.cpp's rule, or a quantizer that cannot run without one (ggml
+        # asserts, even for token_embd where llama.cpp's rule makes an exception)
+        needs_im = llama_needs_im or (quantize and _quantizer_needs_imatrix(target))
         planned.append(
             PlannedTensor(
                 name=name,
@@ -623,8 +637,11 @@ def _compile_chain(
                 type=ggml_name(target),
                 action="quantize" if quantize else "copy",
                 rule=rule_text,
+                decision=decision,
+                rule_index=rule_index,
                 fallback=fb,
                 imatrix=im,
+                needs_imatrix=needs_im,
                 source_bytes=t.nbytes,
                 target_bytes=tb,
             )
@@ -642,6 +659,8 @@ def _compile_chain(
                 type=ggml_name(t.qtype),
                 action="prune",
                 rule="pruned",
+                decision="pruned",
+                needs_imatrix=False,
                 source_bytes=t.nbytes,
                 target_bytes=0,
             )

@@ -41,7 +41,6 @@ __all__ = ["lint_compiled", "lint_recipe"]
 
 # names of tensors outside the blocks that other names contain (output.weight in attn_output.weight)
 _STANDALONE = frozenset({"output", "output_norm", "token_embd", "token_embd_norm", "rope_freqs", "norm"})
-_RULE_NO = re.compile(r"^rule (\d+)\b")
 _BLK = re.compile(r"^blk\.\d+\.")
 
 
@@ -90,11 +89,6 @@ def _is_builtin(root: LoadedRecipe, source_path: str | Path | None) -> bool:
         except (ValueError, OSError):
             pass
     return is_builtin_name(root.source)
-
-
-def _decider(t: PlannedTensor) -> int | None:
-    m = _RULE_NO.match(t.rule)
-    return int(m.group(1)) if m else None
 
 
 def _static_match(
@@ -267,11 +261,11 @@ def lint_recipe(
             )
             continue
 
-        decided = [t for t in quantizable if _decider(t) == r.index]
+        decided = [t for t in quantizable if t.rule_index == r.index]
         if not decided and r.rule.layers_by != "position":
             shadows: list[str] = []
             for t in quantizable:
-                d = _decider(t)
+                d = t.rule_index
                 if d is not None and d in by_index and d < r.index:
                     sr = by_index[d]
                     what = (

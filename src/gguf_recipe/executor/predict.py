@@ -35,7 +35,7 @@ def predict_layout(
     with SourceModel(model_path) as src:
         im, im_name = open_imatrix(imatrix)
         jobs, _ = _check_structure(plan, src, allow_requantize=True)
-        _assign_imatrix(jobs, im, plan.ftype, warn)
+        _assign_imatrix(jobs, im, warn)
         blobs = _build_metadata(
             plan, src, jobs, im, im_name, plan_fingerprint(plan), warn, check or PlanCheck("verified")
         )

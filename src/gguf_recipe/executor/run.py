@@ -35,7 +35,7 @@ import numpy.typing as npt
 from gguf import GGMLQuantizationType, GGUFValueType
 
 from .. import quants
-from ..llamacpp import guess_ftype, requires_imatrix
+from ..llamacpp import guess_ftype
 from ..outputs import Input, InputClobberError, check_outputs
 from ..plan import PLAN_SCHEMA_VERSION, Plan, PlannedTensor
 from .checks import validate_output
@@ -333,16 +333,14 @@ def _check_structure(plan: Plan, src: SourceModel, allow_requantize: bool) -> tu
     return jobs, requant
 
 
-def _assign_imatrix(
-    jobs: Sequence[_Job], im: Imatrix | None, ftype: int | None, warn: list[str]
-) -> ImatrixCoverage | None:
+def _assign_imatrix(jobs: Sequence[_Job], im: Imatrix | None, warn: list[str]) -> ImatrixCoverage | None:
     wanted = used = 0
     missing: list[str] = []
     for job in jobs:
         pt = job.planned
-        needs = job.mode == "quantize" and (
-            quants.spec_for(job.target).requires_imatrix or requires_imatrix(pt.name, job.target, ftype)
-        )
+        # the plan says (llama.cpp's rule, decided by the compiler); a quantizer that cannot run
+        # without weights is refused here whatever an edited plan says
+        needs = job.mode == "quantize" and (pt.needs_imatrix or quants.spec_for(job.target).requires_imatrix)
         w = None
         if im is not None and pt.imatrix and job.mode == "quantize":
             wanted += 1
@@ -566,7 +564,7 @@ def apply_plan(
             msg = f"requantizing {len(requant)} already-quantized tensor(s) (quality loss): {', '.join(requant[:5])}"
             warnings.warn(msg, RequantizeWarning, stacklevel=2)
             warn.append(msg)
-        coverage = _assign_imatrix(jobs, im, plan.ftype, warn)
+        coverage = _assign_imatrix(jobs, im, warn)
         kv_blobs = _build_metadata(plan, src, jobs, im, im_name, plan_fp, warn, check)
         out_tensors = [
             OutTensor(j.planned.name, tuple(j.planned.shape), j.target, j.planned.target_bytes) for j in jobs
