@@ -220,7 +220,7 @@ class SourceModel:
             if qtype == T.F32:
                 return raw.view(np.float32).reshape(n_rows, ne0).copy()
             if qtype == T.F16:
-                return raw.view(np.float16).astype(np.float32).reshape(n_rows, ne0)
+                return f16_to_f32(raw).reshape(n_rows, ne0)
             if qtype == T.BF16:
                 u = raw.view(np.uint16).astype(np.uint32) << np.uint32(16)
                 return u.view(np.float32).reshape(n_rows, ne0)
@@ -238,6 +238,32 @@ class SourceModel:
         for r in range(0, info.n_rows, step):
             n = min(step, info.n_rows - r)
             yield self.read_raw_rows(info, r, n)
+
+
+_F16_SCALE = np.float32(2.0**112)  # 2^(127 - 15): float32 exponent bias minus float16's
+_F16_MASK = np.int32(-0x70002000)  # 0x8FFFE000: the sign bit, and the 15 bits a float16 has below it
+_F16_FAST_MIN = 1 << 12
+
+
+def f16_to_f32(raw: U8Array) -> F32Array:
+    """Little-endian float16 bytes as float32 values, exactly as numpy's cast.
+
+    numpy converts float16 element by element (~2 ns a value); four vector passes do it here. A float16
+    ``h`` sign-extended to int32 and shifted left 13 holds its exponent and mantissa in a float32's
+    exponent and mantissa fields, with its sign copied into bits 28-31; keeping bit 31 and the low 28
+    bits gives a float32 equal to ``h * 2^-112``, subnormals included, and multiplying by ``2^112`` is
+    exact. Infinities and NaNs (float16 exponent 31) would come out finite: those go through numpy.
+    """
+    h = raw.view(np.int16)
+    if h.size < _F16_FAST_MIN or int(np.bitwise_and(h, np.int16(0x7FFF)).max()) >= 0x7C00:
+        return raw.view(np.float16).astype(np.float32)
+    bits = np.empty(h.shape, dtype=np.int32)
+    np.copyto(bits, h)
+    bits <<= np.int32(13)
+    bits &= _F16_MASK
+    out: F32Array = bits.view(np.float32)
+    out *= _F16_SCALE
+    return out
 
 
 def _dequantize(raw: U8Array, qtype: GGMLQuantizationType, name: str) -> F32Array:
