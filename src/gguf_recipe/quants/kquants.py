@@ -67,28 +67,33 @@ def _nint(v: AnyArray) -> I32Array:
 
 
 def _requant(
-    x: F32Array, d: F32Array, lo: int, hi: int, keep: F32Array, m: F32Array | None = None
+    rows: F32Array, d: F32Array, lo: int, hi: int, keep: F32Array, m: F32Array | None = None
 ) -> U8Array:
-    """Final levels of every sub-block, back in row order: (S, 256) uint8.
+    """Final levels of every sub-block, in row order: (S, 256) uint8.
 
-    ``if (!d) keep the search's L; else L = clamp(nearest_int((x [+ m])/d), lo, hi) - lo``. ``x`` and
-    ``keep`` are in the (n, G) group layout, ``d`` and ``m`` per group.
+    ``if (!d) keep the search's L; else L = clamp(nearest_int((x [+ m])/d), lo, hi) - lo``. Computed on
+    the rows as they are (group g is row g of ``rows.reshape(G, n)``; ``d`` and ``m`` per group, the
+    per-group values repeated along the rows), so the levels need no transposing back; only ``keep``
+    is in the (n, G) group layout of the search.
     """
-    n, g = x.shape
-    q = scratch("kq.rq", (n, g))
+    g = d.size
+    x = rows.reshape(g, -1)
+    n = x.shape[1]
+    q = scratch("kq.rq", (g, n))
+    dr = np.repeat(d, n).reshape(g, n)  # a full operand: broadcasting a column costs more than this
     if m is None:
-        np.divide(x, d, out=q)
+        np.divide(x, dr, out=q)
     else:
-        np.add(x, m, out=q)
-        np.divide(q, d, out=q)
+        np.add(x, np.repeat(m, n).reshape(g, n), out=q)
+        np.divide(q, dr, out=q)
     qi = nearest_int_inplace(q)
     np.clip(qi, lo, hi, out=qi)
     if lo:
         np.subtract(qi, np.int32(lo), out=qi)
     dz = np.flatnonzero(d == 0)
     if dz.size:
-        qi[:, dz] = keep[:, dz]
-    return np.ascontiguousarray(qi.astype(np.uint8).T).reshape(-1, QK_K)
+        qi[dz] = keep[:, dz].T
+    return qi.astype(np.uint8).reshape(-1, QK_K)
 
 
 def _pack_2bit(L: AnyArray) -> U8Array:
@@ -494,7 +499,7 @@ def _q45_k(
     sc_dec, mn_dec = _k4_scale_decode(scale_bytes)
     dq = _fp16r(d)[:, None] * sc_dec.astype(np.float32)
     dmq = _fp16r(dmin)[:, None] * mn_dec.astype(np.float32)
-    L = _requant(x32, dq.reshape(-1), 0, nmax, L0, dmq.reshape(-1))
+    L = _requant(rows, dq.reshape(-1), 0, nmax, L0, dmq.reshape(-1))
     return n_super, scale_bytes, d, dmin, L
 
 
@@ -561,7 +566,7 @@ def quantize_q2_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     scale_bytes = ((ls & 0xFF) | (lm << 4)) & 0xFF
     dq = _fp16r(d)[:, None] * (scale_bytes & 0xF).astype(np.float32)
     dmq = _fp16r(dmin)[:, None] * (scale_bytes >> 4).astype(np.float32)
-    L = _requant(x16, dq.reshape(-1), 0, 3, L0, dmq.reshape(-1))
+    L = _requant(rows, dq.reshape(-1), 0, 3, L0, dmq.reshape(-1))
     out = np.empty((n_super, 84), dtype=np.uint8)
     out[:, :16] = scale_bytes
     out[:, 16:80] = _pack_2bit(L)
