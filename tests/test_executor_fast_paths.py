@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest_executor import T, listdir, llama_tensors, make_plan, require_types, write_model
-from gguf_recipe.executor import OutputError, SourceModel, apply_plan
+from gguf_recipe.executor import NonFiniteError, OutputError, SourceModel, apply_plan
 from gguf_recipe.executor import writer as writer_mod
 from gguf_recipe.executor.source import f16_to_f32
 
@@ -76,4 +76,18 @@ def test_disk_full_in_a_worker_leaves_nothing(
     plan = make_plan(model, {}, default=T.Q8_0)
     with pytest.raises(OutputError, match="disk full"):
         apply_plan(plan, model, tmp_path / "o.gguf", progress=False, threads=2, parallel="processes")
+    assert listdir(tmp_path) == ["m.gguf"]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_float16_rows_are_refused(tmp_path: Path, bad: float) -> None:
+    """Rows long enough for the vectorized conversion: an inf or NaN still stops the run."""
+    require_types(T.Q8_0)
+    tensors = llama_tensors(45, n_layer=2, n_embd=256, n_ff=512)
+    tensors["blk.1.ffn_up.weight"][17, 5] = bad
+    model = write_model(tmp_path / "m.gguf", tensors, n_layer=2)
+    with SourceModel(model) as src:
+        assert src.tensors["blk.1.ffn_up.weight"].n_elements >= 1 << 12
+    with pytest.raises(NonFiniteError, match=r"blk\.1\.ffn_up\.weight.*row 17, column 5"):
+        apply_plan(make_plan(model), model, tmp_path / "o.gguf", progress=False)
     assert listdir(tmp_path) == ["m.gguf"]

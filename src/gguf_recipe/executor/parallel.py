@@ -34,7 +34,7 @@ from gguf import GGMLQuantizationType
 
 from .. import quants
 from . import writer  # writer._write_bytes: the single place data reaches the disk (tests patch it)
-from .checks import check_finite, validate_output
+from .checks import validate_output
 from .errors import ExecutorError, SourceFormatError
 from .source import SourceModel
 
@@ -74,8 +74,9 @@ class ChunkTask:
 def quantize_chunk(src: SourceModel, task: ChunkTask, threads: int | None) -> U8Array:
     """Read, check, quantize and validate one chunk (the same steps on every path)."""
     info = src.tensors[task.source_name]
-    rows = src.read_f32_rows(info, task.first, task.n, allow_requantize=task.allow_requantize)
-    check_finite(rows, task.source_name, task.first)
+    rows = src.read_f32_rows(
+        info, task.first, task.n, allow_requantize=task.allow_requantize, check_finite=True
+    )
     q = quants.quantize(rows, task.target, task.weights, threads=threads)
     del rows
     validate_output(q, task.target, task.out_name, task.first)
