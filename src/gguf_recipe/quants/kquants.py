@@ -46,9 +46,12 @@ _LE64 = np.dtype("<u8")
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def _groups(rows: F32Array, n: int) -> F32Array:
-    """(n, G) transposed layout: column g holds the n consecutive values of group g."""
-    return rows.reshape(-1, n).T.copy()
+def _groups(rows: F32Array, n: int, key: str) -> F32Array:
+    """(n, G) transposed layout: column g holds the n consecutive values of group g (in the scratch
+    buffer ``key``: valid until the next call with that key)."""
+    out: F32Array = scratch(key, (n, rows.size // n))
+    np.copyto(out, rows.reshape(-1, n).T)
+    return out
 
 
 def _weights_groups(imatrix: F32Array, n_rows: int, n: int) -> F32Array:
@@ -464,12 +467,13 @@ def _q45_k(
     """Shared Q4_K/Q5_K body up to the final levels: (n_super, scale bytes, d, dmin, L (S, 256))."""
     n_rows = rows.shape[0]
     n_super = rows.size // QK_K
-    x32 = _groups(rows, 32)
+    x32 = _groups(rows, 32, "q45.x32")
     if imatrix is None:
         # quantize_row_q{4,5}_K_ref
-        sum_x2 = seq_sum(x32 * x32)
-        av_x = np.sqrt(sum_x2 / np.float32(32))
-        weights = av_x + np.abs(x32)
+        sq = np.multiply(x32, x32, out=scratch("q45.w", x32.shape))
+        av_x = np.sqrt(seq_sum(sq) / np.float32(32))
+        weights = np.abs(x32, out=sq)
+        weights += av_x  # av_x + fabsf(x[i])
         if nmax == 15:
             scales, mins, L0 = make_qkx2_quants(x32, weights, 15, -1.0, 0.1, 20, False)
         else:
@@ -538,7 +542,7 @@ def quantize_q5_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
 def quantize_q2_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     n_rows = rows.shape[0]
     n_super = rows.size // QK_K
-    x16 = _groups(rows, 16)
+    x16 = _groups(rows, 16, "q2.x16")
     f15 = np.float32(15)
     if imatrix is None:
         # quantize_row_q2_K_ref
