@@ -525,8 +525,12 @@ def _qkx_search(
                     acc_min[acc] = mn[acc]
                     mn[acc] = this_min[acc]
             if accepted.any():
-                lv = levels(acc_iscale, acc_min, v)
-                np.copyto(L, lv, where=accepted)
+                if qkx3:
+                    np.copyto(L, levels(acc_iscale, acc_min, v), where=accepted)
+                else:
+                    # the groups that accepted nothing still hold the first (iscale, min): the same
+                    # function of the same values gives them their first levels again
+                    levels(acc_iscale, acc_min, L)
     if any_zero:
         np.copyto(L, _F0, where=zero)
         scale[zero] = 0
