@@ -15,6 +15,10 @@ the same mix and the script prints the time ratio and whether the tensor data is
 
 Each run happens in a child process. Peak memory is the child's own (``wait4``); for gguf-recipe it is
 the larger of that and what ``apply_plan`` reports, which adds up the peaks of its worker processes.
+CPU time is the child's user + system time, its worker processes and threads included. Both sides run
+``--rounds`` times (default 2), alternating which goes first, and every round prints both sides' wall
+time, CPU time, peak memory and their ratios; the first round also compares the tensor data. On a shared
+machine wall times are noisy: compare the sides within a round.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -165,8 +170,17 @@ sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode
 """
 
 
-def run_child(cmd: list[str]) -> tuple[float, int, int, str]:
-    """Run ``cmd``; (wall seconds, peak RSS bytes, exit status, output)."""
+@dataclass
+class Run:
+    wall: float  # seconds
+    cpu: float  # user + system seconds of the child and the children it waited for
+    rss: int  # peak resident bytes
+    rc: int
+    out: str
+
+
+def run_child(cmd: list[str]) -> Run:
+    """Run ``cmd`` and measure it."""
     t0 = time.monotonic()
     with tempfile.TemporaryFile() as log:
         p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -175,7 +189,7 @@ def run_child(cmd: list[str]) -> tuple[float, int, int, str]:
         wall = time.monotonic() - t0
         log.seek(0)
         out = log.read().decode(errors="replace")
-    return wall, ru.ru_maxrss * 1024, p.returncode, out
+    return Run(wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024, p.returncode, out)
 
 
 def tensor_digests(path: Path) -> dict[str, str]:
@@ -210,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--chunk-values", type=int, default=None)
     ap.add_argument("--llama-quantize", default=None, help="llama-quantize binary to compare with")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="interleaved runs of both sides (default 2; a busy machine is noisy)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the outputs (the source model is always kept)")
     ap.add_argument("--child", nargs=3, metavar=("PLAN", "MODEL", "OUT"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -259,28 +279,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model: {n_params / 1e9:.2f} B parameters, {size_in / 1e9:.2f} GB F16; plan: {mix}")
 
     ours_out = a.dir / f"ours-{tag}.gguf"
-    cmd = [sys.executable, __file__, "--child", str(plan_path), str(model), str(ours_out)]
+    ours_cmd = [sys.executable, __file__, "--child", str(plan_path), str(model), str(ours_out)]
     if a.threads:
-        cmd += ["--threads", str(a.threads)]
+        ours_cmd += ["--threads", str(a.threads)]
     if a.chunk_values:
-        cmd += ["--chunk-values", str(a.chunk_values)]
-    cmd += ["--parallel", a.parallel]
-    wall, rss, rc, out = run_child(cmd)
-    if rc:
-        print(out)
-        return rc
-    rss = max(rss, json.loads(out.strip().splitlines()[-1])["peak_rss"])
-    print(
-        f"gguf-recipe   : {wall:7.1f} s wall, {size_in / wall / 1e6:7.1f} MB/s in, peak RSS {rss / 1e6:7.1f} MB, "
-        f"output {ours_out.stat().st_size / 1e9:.3f} GB"
-    )
+        ours_cmd += ["--chunk-values", str(a.chunk_values)]
+    ours_cmd += ["--parallel", a.parallel]
 
     lq = find_llama_quantize(a.llama_quantize)
     threads = str(a.threads or os.cpu_count() or 1)
+    label = "llama-quantize"
     ref_cmd: list[str] | None = None
+    ref_out = a.dir / f"llama-quantize-{tag}.gguf"
     if lq is not None:
-        label = "llama-quantize"
-        ref_out = a.dir / f"llama-quantize-{tag}.gguf"
         ref_cmd = [lq, *([] if a.recipe else ["--pure"]), str(model), str(ref_out), str(ftype), threads]
     elif importlib.util.find_spec("llama_cpp") is not None:
         # no binary: the same library function (llama_model_quantize) through llama-cpp-python
@@ -296,27 +307,59 @@ def main(argv: list[str] | None = None) -> int:
             threads,
             "mix" if a.recipe else "pure",
         ]
-    if ref_cmd is None:
+    else:
         print(
             "llama-quantize: not found (--llama-quantize, $LLAMA_QUANTIZE, PATH or llama-cpp-python); no comparison"
         )
-    else:
-        lwall, lrss, lrc, lout = run_child(ref_cmd)
-        if lrc:
-            print(lout[-3000:])
-            return lrc
-        print(
-            f"{label:14s}: {lwall:7.1f} s wall, {size_in / lwall / 1e6:7.1f} MB/s in, peak RSS {lrss / 1e6:7.1f} MB, "
-            f"output {ref_out.stat().st_size / 1e9:.3f} GB"
+
+    def line(who: str, r: Run, out: Path) -> str:
+        return (
+            f"  {who:15s}: {r.wall:7.2f} s wall, {r.cpu:7.2f} s CPU, {size_in / r.wall / 1e6:7.1f} MB/s in, "
+            f"peak RSS {r.rss / 2**20:7.1f} MiB, output {out.stat().st_size / 1e9:.3f} GB"
         )
-        print(f"ratio (gguf-recipe / {label} wall time): {wall / lwall:.2f}x")
-        ours, ref = tensor_digests(ours_out), tensor_digests(ref_out)
-        same = sum(1 for k in ref if ours.get(k) == ref[k])
-        print(f"tensor data byte-identical: {same}/{len(ref)} tensors")
-        if not a.keep:
-            ref_out.unlink()
+
+    # Rounds alternate which side runs first, so that a busy machine weighs on both alike.
+    rows: list[tuple[Run, Run | None]] = []
+    for rnd in range(a.rounds):
+        order = ["ours", "ref"] if rnd % 2 == 0 else ["ref", "ours"]
+        ours: Run | None = None
+        ref: Run | None = None
+        for side in order:
+            if side == "ours":
+                ours = run_child(ours_cmd)
+                if ours.rc:
+                    print(ours.out)
+                    return ours.rc
+                ours.rss = max(ours.rss, json.loads(ours.out.strip().splitlines()[-1])["peak_rss"])
+            elif ref_cmd is not None:
+                ref = run_child(ref_cmd)
+                if ref.rc:
+                    print(ref.out[-3000:])
+                    return ref.rc
+        assert ours is not None
+        print(f"round {rnd + 1}/{a.rounds} ({' then '.join(order)}):")
+        print(line("gguf-recipe", ours, ours_out))
+        if ref is not None:
+            print(line(label, ref, ref_out))
+            ident = ""
+            if rnd == 0:
+                d_ours, d_ref = tensor_digests(ours_out), tensor_digests(ref_out)
+                same = sum(1 for k in d_ref if d_ours.get(k) == d_ref[k])
+                ident = f"; tensor data byte-identical: {same}/{len(d_ref)} tensors"
+            print(
+                f"  ratio (gguf-recipe / {label}): wall {ours.wall / ref.wall:.2f}x, CPU {ours.cpu / ref.cpu:.2f}x, "
+                f"peak RSS {ours.rss / ref.rss:.2f}x{ident}"
+            )
+        rows.append((ours, ref))
+    if len(rows) > 1 and ref_cmd is not None:
+        walls = sorted(o.wall / r.wall for o, r in rows if r is not None)
+        print(
+            f"wall ratio over {len(walls)} rounds: median {walls[len(walls) // 2]:.2f}x, best {walls[0]:.2f}x, worst {walls[-1]:.2f}x"
+        )
     if not a.keep:
         ours_out.unlink()
+        if ref_cmd is not None and ref_out.exists():
+            ref_out.unlink()
     return 0
 
 

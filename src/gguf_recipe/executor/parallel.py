@@ -7,7 +7,9 @@ itself and reads its rows through its own memory map, so only the chunk's coordi
 and only the quantized bytes (a fraction of the input) travel back.
 
 Both paths run the same :func:`quantize_chunk`, so they write the same bytes. The executor keeps a
-window of chunks in flight and consumes the results in order.
+window of chunks in flight and consumes the results in order. A task may name the place of its bytes in
+the output file (``ChunkTask.out``): a worker process then writes them there itself and hands back only
+their count, so the bytes are neither pickled through a pipe nor copied again by the parent.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ import numpy.typing as npt
 from gguf import GGMLQuantizationType
 
 from .. import quants
-from .checks import check_finite, validate_output
+from . import writer  # writer._write_bytes: the single place data reaches the disk (tests patch it)
+from .checks import validate_output
 from .errors import ExecutorError, SourceFormatError
 from .source import SourceModel
 
@@ -65,13 +68,15 @@ class ChunkTask:
     target: GGMLQuantizationType
     weights: F32Array | None
     allow_requantize: bool
+    out: tuple[str, int] | None = None  # (file, offset): a worker writes the bytes there itself
 
 
 def quantize_chunk(src: SourceModel, task: ChunkTask, threads: int | None) -> U8Array:
     """Read, check, quantize and validate one chunk (the same steps on every path)."""
     info = src.tensors[task.source_name]
-    rows = src.read_f32_rows(info, task.first, task.n, allow_requantize=task.allow_requantize)
-    check_finite(rows, task.source_name, task.first)
+    rows = src.read_f32_rows(
+        info, task.first, task.n, allow_requantize=task.allow_requantize, check_finite=True
+    )
     q = quants.quantize(rows, task.target, task.weights, threads=threads)
     del rows
     validate_output(q, task.target, task.out_name, task.first)
@@ -79,11 +84,16 @@ def quantize_chunk(src: SourceModel, task: ChunkTask, threads: int | None) -> U8
 
 
 class Quantizer:
-    """Runs chunk tasks; ``window`` is how many may be in flight before the oldest is consumed."""
+    """Runs chunk tasks; ``window`` is how many may be in flight before the oldest is consumed.
+
+    ``writes_in_place``: a task's ``out`` is honoured, and its result is then the number of bytes the
+    quantizer wrote there (an ``int``) instead of the bytes; other quantizers ignore ``out``.
+    """
 
     window = 0
+    writes_in_place = False
 
-    def submit(self, task: ChunkTask) -> Future[U8Array] | U8Array:
+    def submit(self, task: ChunkTask) -> Future[U8Array | int] | U8Array:
         raise NotImplementedError
 
     def peak_rss_bytes(self) -> int:
@@ -169,9 +179,24 @@ def worker_source() -> SourceModel:
     return _WORKER_SOURCE
 
 
-def _worker_run(task: ChunkTask) -> tuple[U8Array, int, int]:
+_WORKER_FILES: dict[str, int] = {}
+
+
+def write_at(path: str, offset: int, data: U8Array) -> None:
+    """Write ``data`` at ``offset`` of the existing file ``path`` (kept open for the next chunk)."""
+    fd = _WORKER_FILES.get(path)
+    if fd is None:
+        fd = _WORKER_FILES[path] = os.open(path, os.O_WRONLY)
+    os.lseek(fd, offset, os.SEEK_SET)
+    writer._write_bytes(fd, np.ascontiguousarray(data).reshape(-1).data)
+
+
+def _worker_run(task: ChunkTask) -> tuple[U8Array | int, int, int]:
     q = quantize_chunk(worker_source(), task, 1)
-    return q, os.getpid(), _own_peak_rss()
+    if task.out is None:
+        return q, os.getpid(), _own_peak_rss()
+    write_at(*task.out, q)
+    return q.nbytes, os.getpid(), _own_peak_rss()
 
 
 def _own_peak_rss() -> int:
@@ -191,6 +216,8 @@ def _context() -> multiprocessing.context.BaseContext:
 class ProcessQuantizer(Quantizer):
     """``workers`` processes, each quantizing one chunk at a time on one core."""
 
+    writes_in_place = True
+
     def __init__(self, src: SourceModel, workers: int) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
@@ -205,14 +232,14 @@ class ProcessQuantizer(Quantizer):
         # start the processes now (the first submit forks them all), before any thread of ours runs
         self._pool.submit(os.getpid).result()
 
-    def submit(self, task: ChunkTask) -> Future[U8Array]:
+    def submit(self, task: ChunkTask) -> Future[U8Array | int]:
         try:
             inner = self._pool.submit(_worker_run, task)
         except BrokenProcessPool as exc:  # a worker died since the last submit
             raise _explain(exc) from exc
-        outer: Future[U8Array] = Future()
+        outer: Future[U8Array | int] = Future()
 
-        def done(f: Future[tuple[U8Array, int, int]]) -> None:
+        def done(f: Future[tuple[U8Array | int, int, int]]) -> None:
             if f.cancelled():
                 outer.cancel()
                 outer.set_running_or_notify_cancel()

@@ -599,10 +599,18 @@ def apply_plan(
         quantizer = _open_quantizer(src, threads, parallel, to_quantize, cluster)
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gguf-recipe-writer")
         pending: deque[Future[None]] = deque()
+        holding: deque[Future[None]] = deque()  # the queued writes that hold a chunk's bytes
 
         def submit(fn: Callable[..., None], *args: Any) -> None:
-            pending.append(pool.submit(fn, *args))
-            while len(pending) > MAX_PENDING_WRITES:
+            # Only writes holding bytes are bounded (memory): a tensor's end (a sync to disk) may lag
+            # without stalling the quantizers while chunks are written in place.
+            f = pool.submit(fn, *args)
+            pending.append(f)
+            if fn == writer.write:
+                holding.append(f)
+                while len(holding) > MAX_PENDING_WRITES:
+                    holding.popleft().result()
+            while pending and pending[0].done():
                 pending.popleft().result()
 
         def tensor_written() -> None:  # the test hook's point: a tensor is on disk and checkpointed
@@ -627,6 +635,7 @@ def apply_plan(
                 chunk_values,
                 allow_requantize,
                 tensor_written,
+                layout.in_place_target if quantizer.writes_in_place else None,
             )
             quantizer.close()
             while pending:
@@ -728,28 +737,42 @@ class _Piece:
     n_bytes: int  # source bytes it covers (progress)
     first: bool  # the tensor's first piece
     last: bool  # ... and its last
-    data: Future[npt.NDArray[np.uint8]] | npt.NDArray[np.uint8] | None  # None: a tensor with no rows
+    # None: a tensor with no rows; an int: that many bytes the quantizer wrote in place
+    data: Future[npt.NDArray[np.uint8] | int] | npt.NDArray[np.uint8] | None
 
 
 def _pieces(
-    jobs: Sequence[_Job], src: SourceModel, quantizer: Quantizer, chunk_values: int, allow_requantize: bool
+    jobs: Sequence[_Job],
+    src: SourceModel,
+    quantizer: Quantizer,
+    chunk_values: int,
+    allow_requantize: bool,
+    in_place: Callable[[int], tuple[Path, int] | None] | None = None,
 ) -> Iterator[_Piece]:
-    """Submit every chunk of every job, in order (copies are read here; quantizing goes to ``quantizer``)."""
+    """Submit every chunk of every job, in order (copies are read here; quantizing goes to ``quantizer``).
+
+    ``in_place``: where a written tensor's data lies in the output, when the quantizer may write it
+    there itself (see :meth:`.writer.OutputLayout.in_place_target`)."""
     for job in jobs:
         pt = job.planned
         info = src.tensors[pt.source_name]
         chunks = _chunks(job, info.shape, chunk_values)
         if not chunks:
             yield _Piece(job, 0, True, True, None)
+        place = in_place(job.index) if in_place is not None and job.mode == "quantize" else None
         for k, (first, n, mat) in enumerate(chunks):
-            data: Future[npt.NDArray[np.uint8]] | npt.NDArray[np.uint8]
+            data: Future[npt.NDArray[np.uint8] | int] | npt.NDArray[np.uint8]
             if job.mode == "copy":
                 data = src.read_raw_rows(info, first, n)
                 if info.qtype in FLOAT_TYPES:
                     validate_output(data, info.qtype, pt.name, first)
             else:
                 w = job.weights[mat] if job.weights is not None else None
-                task = ChunkTask(pt.source_name, pt.name, first, n, job.target, w, allow_requantize)
+                out = None
+                if place is not None:
+                    row_bytes = quants.spec_for(job.target).row_bytes(info.ne0)
+                    out = (str(place[0]), place[1] + first * row_bytes)
+                task = ChunkTask(pt.source_name, pt.name, first, n, job.target, w, allow_requantize, out)
                 data = quantizer.submit(task)
             yield _Piece(job, n * info.row_bytes, k == 0, k == len(chunks) - 1, data)
 
@@ -764,9 +787,11 @@ def _stream(
     chunk_values: int,
     allow_requantize: bool,
     tensor_written: Callable[[], None],
+    in_place: Callable[[int], tuple[Path, int] | None] | None = None,
 ) -> None:
     """Quantize and write ``jobs``: up to ``quantizer.window`` chunks are in flight ahead of the one
-    being written; results are consumed strictly in output order."""
+    being written; results are consumed strictly in output order (a chunk the quantizer wrote in place
+    comes back as its byte count: the writer moves past it)."""
     in_flight: deque[_Piece] = deque()
 
     def consume(piece: _Piece) -> None:
@@ -784,14 +809,17 @@ def _stream(
         if piece.data is not None:
             data = piece.data.result() if isinstance(piece.data, Future) else piece.data
             piece.data = None
-            submit(writer.write, data)
+            if isinstance(data, int):
+                submit(writer.skip, data)
+            else:
+                submit(writer.write, data)
             reporter.advance(piece.n_bytes)
         if piece.last:
             submit(writer.end_tensor)
             reporter.tensor_done(job.index, pt.name)
             tensor_written()
 
-    for piece in _pieces(jobs, src, quantizer, chunk_values, allow_requantize):
+    for piece in _pieces(jobs, src, quantizer, chunk_values, allow_requantize, in_place):
         in_flight.append(piece)
         while len(in_flight) > quantizer.window:
             consume(in_flight.popleft())

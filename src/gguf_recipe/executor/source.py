@@ -22,6 +22,7 @@ from gguf import GGMLQuantizationType
 
 from ..model.header import header_fingerprint
 from ..model.reader import SPLIT_NAME_RE
+from . import checks
 from .errors import RequantizeError, SourceFormatError
 from .gguf_format import GGUFHeader, KeyValue, TensorInfo, read_header
 
@@ -202,10 +203,18 @@ class SourceModel:
         return out
 
     def read_f32_rows(
-        self, info: TensorInfo, start_row: int, n_rows: int, *, allow_requantize: bool = False
+        self,
+        info: TensorInfo,
+        start_row: int,
+        n_rows: int,
+        *,
+        allow_requantize: bool = False,
+        check_finite: bool = False,
     ) -> F32Array:
         """Rows as float32, shape ``(n_rows, ne0)``: F32/F16/BF16 converted exactly; quantized types
-        dequantized with gguf-py when ``allow_requantize``."""
+        dequantized with gguf-py when ``allow_requantize``. ``check_finite``: raise
+        :class:`~.errors.NonFiniteError` for NaN/Inf rows (:func:`.checks.check_finite`; float16 rows
+        the conversion has seen to be finite are not scanned again)."""
         ne0 = info.ne0
         rb = info.row_bytes
         qtype = info.qtype
@@ -216,17 +225,26 @@ class SourceModel:
                 "needs allow_requantize (--allow-requantize)"
             )
 
+        finite = False
+
         def convert(raw: U8Array) -> F32Array:
+            nonlocal finite
             if qtype == T.F32:
                 return raw.view(np.float32).reshape(n_rows, ne0).copy()
             if qtype == T.F16:
-                return raw.view(np.float16).astype(np.float32).reshape(n_rows, ne0)
+                fast = _f16_finite_to_f32(raw)
+                if fast is None:
+                    return raw.view(np.float16).astype(np.float32).reshape(n_rows, ne0)
+                finite = True
+                return fast.reshape(n_rows, ne0)
             if qtype == T.BF16:
                 u = raw.view(np.uint16).astype(np.uint32) << np.uint32(16)
                 return u.view(np.float32).reshape(n_rows, ne0)
             return _dequantize(raw.reshape(n_rows, rb), qtype, info.name).reshape(n_rows, ne0)
 
         out: F32Array = self._read(info, start_row * rb, n_rows * rb, convert)
+        if check_finite and not finite:
+            checks.check_finite(out, info.name, start_row)
         return out
 
     def iter_raw_chunks(self, info: TensorInfo, max_bytes: int) -> Iterator[U8Array]:
@@ -238,6 +256,39 @@ class SourceModel:
         for r in range(0, info.n_rows, step):
             n = min(step, info.n_rows - r)
             yield self.read_raw_rows(info, r, n)
+
+
+_F16_SCALE = np.float32(2.0**112)  # 2^(127 - 15): float32 exponent bias minus float16's
+_F16_MASK = np.int32(-0x70002000)  # 0x8FFFE000: the sign bit, and the 15 bits a float16 has below it
+_F16_FAST_MIN = 1 << 12
+
+
+def f16_to_f32(raw: U8Array) -> F32Array:
+    """Little-endian float16 bytes as float32 values, exactly as numpy's cast (see
+    :func:`_f16_finite_to_f32`)."""
+    out = _f16_finite_to_f32(raw)
+    return raw.view(np.float16).astype(np.float32) if out is None else out
+
+
+def _f16_finite_to_f32(raw: U8Array) -> F32Array | None:
+    """float16 bytes as float32 when every value is finite (None when one is not, or the input is short).
+
+    numpy converts float16 element by element (~2 ns a value); four vector passes do it here. A float16
+    ``h`` sign-extended to int32 and shifted left 13 holds its exponent and mantissa in a float32's
+    exponent and mantissa fields, with its sign copied into bits 28-31; keeping bit 31 and the low 28
+    bits gives a float32 equal to ``h * 2^-112``, subnormals included, and multiplying by ``2^112`` is
+    exact. Infinities and NaNs (float16 exponent 31) would come out finite: those are left to numpy.
+    """
+    h = raw.view(np.int16)
+    if h.size < _F16_FAST_MIN or int(np.bitwise_and(h, np.int16(0x7FFF)).max()) >= 0x7C00:
+        return None
+    bits = np.empty(h.shape, dtype=np.int32)
+    np.copyto(bits, h)
+    bits <<= np.int32(13)
+    bits &= _F16_MASK
+    out: F32Array = bits.view(np.float32)
+    out *= _F16_SCALE
+    return out
 
 
 def _dequantize(raw: U8Array, qtype: GGMLQuantizationType, name: str) -> F32Array:

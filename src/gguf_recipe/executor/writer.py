@@ -121,6 +121,15 @@ class OutputLayout:
             h.update(s.header)
         return h.hexdigest()
 
+    def in_place_target(self, index: int) -> tuple[Path, int] | None:
+        """Where another process may write tensor ``index``'s data itself: (temp file, offset of the
+        data). Only single-file outputs, whose temp file exists from :meth:`StreamingWriter.start` on
+        (a later shard is created when the writer reaches it)."""
+        if len(self.shards) != 1:
+            return None
+        s = self.shards[0]
+        return s.temp, len(s.header) + s.offsets[index]
+
     @property
     def total_size(self) -> int:
         return sum(s.size for s in self.shards)
@@ -429,6 +438,19 @@ class StreamingWriter:
             )
         _write_bytes(self._fd, mv)
         self._written += mv.nbytes
+
+    def skip(self, nbytes: int) -> None:
+        """``nbytes`` of the current tensor were written in place by another process: move past them."""
+        assert self._fd is not None
+        shard = self.layout.shards[self._shard]
+        expected = shard.tensors[self._tensor - shard.first_tensor].nbytes
+        if self._written + nbytes > expected:
+            raise OutputError(
+                f"internal error: tensor {shard.tensors[self._tensor - shard.first_tensor].name!r} got more "
+                f"than its {expected} bytes"
+            )
+        os.lseek(self._fd, nbytes, os.SEEK_CUR)
+        self._written += nbytes
 
     def end_tensor(self) -> None:
         assert self._fd is not None

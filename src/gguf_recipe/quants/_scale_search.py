@@ -578,39 +578,56 @@ def _qkx_search(
         best_error = error(scale, mn, L)
         if nstep >= 1:
             # Remember, per group, the (iscale, min) that produced the accepted levels; L is recomputed once.
+            # The few groups that accept a candidate are updated by index (masked copies of whole
+            # vectors cost more than the arithmetic around them).
             acc_iscale = iscale.copy()
             acc_min = mn.copy()
             accepted = np.zeros(g, dtype=np.bool_)
-            this_scale = np.empty(g, dtype=np.float32)
+            gv = scratch("qkx.gv", (6, g))
+            this_scale, this_min, d, tmp, span, iscale_c = gv
+            better = scratch("qkx.better", (g,), np.bool_)
+            sum_l, sum_l2, sum_xl = sums[0], sums[1], sums[2]
             for step in range(nstep + 1):
                 c = np.float32(rmin) + np.float32(rdelta) * np.float32(step) + fmax
-                iscale_c = c / (xmax - mn)
+                np.subtract(xmax, mn, out=span)
+                np.divide(c, span, out=iscale_c)
                 lv = levels(iscale_c, mn, v)
                 wl = np.multiply(w, lv, out=t[0])
                 np.multiply(wl, lv, out=t[1])
                 np.multiply(wl, x, out=t[2])
                 seq_sum(t, axis=1, out=sums)
-                sum_l, sum_l2, sum_xl = sums[0], sums[1], sums[2]
-                d = sum_w * sum_l2 - sum_l * sum_l
-                np.divide(sum_w * sum_xl - sum_x * sum_l, d, out=this_scale)
-                this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d
-                pos = this_min > 0
-                np.copyto(this_min, _F0, where=pos)
-                np.divide(sum_xl, sum_l2, out=this_scale, where=pos)
+                np.multiply(sum_w, sum_l2, out=d)  # D = sum_w * sum_l2 - sum_l * sum_l
+                d -= np.multiply(sum_l, sum_l, out=tmp)
+                np.multiply(sum_w, sum_xl, out=this_scale)  # (sum_w * sum_xl - sum_x * sum_l) / D
+                this_scale -= np.multiply(sum_x, sum_l, out=tmp)
+                this_scale /= d
+                np.multiply(sum_l2, sum_x, out=this_min)  # (sum_l2 * sum_x - sum_l * sum_xl) / D
+                this_min -= np.multiply(sum_l, sum_xl, out=tmp)
+                this_min /= d
+                pos = np.flatnonzero(this_min > 0)
+                if pos.size:
+                    this_min[pos] = 0
+                    this_scale[pos] = sum_xl[pos] / sum_l2[pos]
                 cur = error(this_scale, this_min, lv)
-                better = (d > 0) & (cur < best_error)
+                np.less(cur, best_error, out=better)
+                better &= d > 0
                 if any_zero:
                     better &= live
-                if better.any():
-                    accepted |= better
-                    np.copyto(best_error, cur, where=better)
-                    np.copyto(scale, this_scale, where=better)
-                    np.copyto(acc_iscale, iscale_c, where=better)
-                    np.copyto(acc_min, mn, where=better)
-                    np.copyto(mn, this_min, where=better)
+                acc = np.flatnonzero(better)
+                if acc.size:
+                    accepted[acc] = True
+                    best_error[acc] = cur[acc]
+                    scale[acc] = this_scale[acc]
+                    acc_iscale[acc] = iscale_c[acc]
+                    acc_min[acc] = mn[acc]
+                    mn[acc] = this_min[acc]
             if accepted.any():
-                lv = levels(acc_iscale, acc_min, v)
-                np.copyto(L, lv, where=accepted)
+                if qkx3:
+                    np.copyto(L, levels(acc_iscale, acc_min, v), where=accepted)
+                else:
+                    # the groups that accepted nothing still hold the first (iscale, min): the same
+                    # function of the same values gives them their first levels again
+                    levels(acc_iscale, acc_min, L)
     if any_zero:
         np.copyto(L, _F0, where=zero)
         scale[zero] = 0

@@ -49,9 +49,12 @@ _LE64 = np.dtype("<u8")
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def _groups(rows: F32Array, n: int) -> F32Array:
-    """(n, G) transposed layout: column g holds the n consecutive values of group g."""
-    return rows.reshape(-1, n).T.copy()
+def _groups(rows: F32Array, n: int, key: str) -> F32Array:
+    """(n, G) transposed layout: column g holds the n consecutive values of group g (in the scratch
+    buffer ``key``: valid until the next call with that key)."""
+    out: F32Array = scratch(key, (n, rows.size // n))
+    np.copyto(out, rows.reshape(-1, n).T)
+    return out
 
 
 def _weights_groups(imatrix: F32Array, n_rows: int, n: int) -> F32Array:
@@ -70,28 +73,33 @@ def _nint(v: AnyArray) -> I32Array:
 
 
 def _requant(
-    x: F32Array, d: F32Array, lo: int, hi: int, keep: F32Array, m: F32Array | None = None
+    rows: F32Array, d: F32Array, lo: int, hi: int, keep: F32Array, m: F32Array | None = None
 ) -> U8Array:
-    """Final levels of every sub-block, back in row order: (S, 256) uint8.
+    """Final levels of every sub-block, in row order: (S, 256) uint8.
 
-    ``if (!d) keep the search's L; else L = clamp(nearest_int((x [+ m])/d), lo, hi) - lo``. ``x`` and
-    ``keep`` are in the (n, G) group layout, ``d`` and ``m`` per group.
+    ``if (!d) keep the search's L; else L = clamp(nearest_int((x [+ m])/d), lo, hi) - lo``. Computed on
+    the rows as they are (group g is row g of ``rows.reshape(G, n)``; ``d`` and ``m`` per group, the
+    per-group values repeated along the rows), so the levels need no transposing back; only ``keep``
+    is in the (n, G) group layout of the search.
     """
-    n, g = x.shape
-    q = scratch("kq.rq", (n, g))
+    g = d.size
+    x = rows.reshape(g, -1)
+    n = x.shape[1]
+    q = scratch("kq.rq", (g, n))
+    dr = np.repeat(d, n).reshape(g, n)  # a full operand: broadcasting a column costs more than this
     if m is None:
-        np.divide(x, d, out=q)
+        np.divide(x, dr, out=q)
     else:
-        np.add(x, m, out=q)
-        np.divide(q, d, out=q)
+        np.add(x, np.repeat(m, n).reshape(g, n), out=q)
+        np.divide(q, dr, out=q)
     qi = nearest_int_inplace(q)
     np.clip(qi, lo, hi, out=qi)
     if lo:
         np.subtract(qi, np.int32(lo), out=qi)
     dz = np.flatnonzero(d == 0)
     if dz.size:
-        qi[:, dz] = keep[:, dz]
-    return np.ascontiguousarray(qi.astype(np.uint8).T).reshape(-1, QK_K)
+        qi[dz] = keep[:, dz].T
+    return qi.astype(np.uint8).reshape(-1, QK_K)
 
 
 def _pack_2bit(L: AnyArray) -> U8Array:
@@ -488,12 +496,13 @@ def _q45_k(
     """Shared Q4_K/Q5_K body up to the final levels: (n_super, scale bytes, d, dmin, L (S, 256))."""
     n_rows = rows.shape[0]
     n_super = rows.size // QK_K
-    x32 = _groups(rows, 32)
+    x32 = _groups(rows, 32, "q45.x32")
     if imatrix is None:
         # quantize_row_q{4,5}_K_ref
-        sum_x2 = seq_sum(x32 * x32)
-        av_x = np.sqrt(sum_x2 / np.float32(32))
-        weights = av_x + np.abs(x32)
+        sq = np.multiply(x32, x32, out=scratch("q45.w", x32.shape))
+        av_x = np.sqrt(seq_sum(sq) / np.float32(32))
+        weights = np.abs(x32, out=sq)
+        weights += av_x  # av_x + fabsf(x[i])
         if nmax == 15:
             scales, mins, L0 = make_qkx2_quants(x32, weights, 15, -1.0, 0.1, 20, False)
         else:
@@ -523,7 +532,7 @@ def _q45_k(
     sc_dec, mn_dec = _k4_scale_decode(scale_bytes)
     dq = _fp16r(d)[:, None] * sc_dec.astype(np.float32)
     dmq = _fp16r(dmin)[:, None] * mn_dec.astype(np.float32)
-    L = _requant(x32, dq.reshape(-1), 0, nmax, L0, dmq.reshape(-1))
+    L = _requant(rows, dq.reshape(-1), 0, nmax, L0, dmq.reshape(-1))
     return n_super, scale_bytes, d, dmin, L
 
 
@@ -562,7 +571,7 @@ def quantize_q5_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
 def quantize_q2_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     n_rows = rows.shape[0]
     n_super = rows.size // QK_K
-    x16 = _groups(rows, 16)
+    x16 = _groups(rows, 16, "q2.x16")
     f15 = np.float32(15)
     if imatrix is None:
         # quantize_row_q2_K_ref
@@ -590,7 +599,7 @@ def quantize_q2_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     scale_bytes = ((ls & 0xFF) | (lm << 4)) & 0xFF
     dq = _fp16r(d)[:, None] * (scale_bytes & 0xF).astype(np.float32)
     dmq = _fp16r(dmin)[:, None] * (scale_bytes >> 4).astype(np.float32)
-    L = _requant(x16, dq.reshape(-1), 0, 3, L0, dmq.reshape(-1))
+    L = _requant(rows, dq.reshape(-1), 0, 3, L0, dmq.reshape(-1))
     out = np.empty((n_super, 84), dtype=np.uint8)
     out[:, :16] = scale_bytes
     out[:, 16:80] = _pack_2bit(L)
