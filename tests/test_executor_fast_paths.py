@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest_executor import T, listdir, llama_tensors, make_plan, require_types, write_model
+from conftest_executor import T, listdir, llama_tensors, make_plan, write_model
 from gguf_recipe.executor import NonFiniteError, OutputError, SourceModel, apply_plan
 from gguf_recipe.executor import writer as writer_mod
 from gguf_recipe.executor.source import f16_to_f32
@@ -35,7 +35,6 @@ def test_f16_conversion_of_short_input() -> None:
 
 @pytest.fixture
 def model(tmp_path: Path) -> Path:
-    require_types(T.Q8_0, T.Q4_K)
     tensors = llama_tensors(43, n_layer=4, n_embd=256, n_ff=512)
     return write_model(tmp_path / "m.gguf", tensors, n_layer=4)
 
@@ -82,7 +81,6 @@ def test_disk_full_in_a_worker_leaves_nothing(
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_float16_rows_are_refused(tmp_path: Path, bad: float) -> None:
     """Rows long enough for the vectorized conversion: an inf or NaN still stops the run."""
-    require_types(T.Q8_0)
     tensors = llama_tensors(45, n_layer=2, n_embd=256, n_ff=512)
     tensors["blk.1.ffn_up.weight"][17, 5] = bad
     model = write_model(tmp_path / "m.gguf", tensors, n_layer=2)

@@ -224,7 +224,7 @@ class ClusterQuantizer(Quantizer):
     def describe(self) -> str:
         return f"{self._where}: {self.n_workers} worker(s), {self.n_threads} thread(s) at the start"
 
-    def submit(self, task: ChunkTask) -> Future[U8Array]:
+    def submit(self, task: ChunkTask) -> Future[U8Array | int]:
         client = self._client
         if client is None:
             raise ClusterError("the Dask client is closed")
@@ -232,7 +232,7 @@ class ClusterQuantizer(Quantizer):
         inner = client.submit(run_chunk, self._path, self._fingerprint, task, key=key)
         with self._lock:
             self._pending[key] = inner
-        outer: Future[U8Array] = Future()
+        outer: Future[U8Array | int] = Future()  # a cluster chunk always comes back as bytes
         outer.set_running_or_notify_cancel()
 
         def done(f: Any) -> None:
