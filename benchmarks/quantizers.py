@@ -126,7 +126,7 @@ def _gguf_py_runner(qtype: GGMLQuantizationType) -> Runner | None:
 
 def _libgguf_runner(qtype: GGMLQuantizationType) -> Runner | None:
     try:
-        import libgguf
+        import libgguf  # type: ignore[import-not-found]  # optional native reference
     except ImportError:
         return None
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -37,6 +38,7 @@ from gguf_recipe.executor.parallel import (
     ProcessQuantizer,
     make_quantizer,
 )
+from gguf_recipe.plan import Plan
 
 
 @pytest.fixture
@@ -46,11 +48,11 @@ def model(tmp_path: Path) -> Path:
     return write_model(tmp_path / "m.gguf", tensors, n_layer=4)
 
 
-def _both(plan: object, model: Path, tmp_path: Path, **kw: object) -> tuple[bytes, bytes]:
-    a = apply_plan(plan, model, tmp_path / "threads.gguf", progress=False, threads=1, **kw)  # type: ignore[arg-type]
+def _both(plan: Plan, model: Path, tmp_path: Path, **kw: Any) -> tuple[bytes, bytes]:
+    a = apply_plan(plan, model, tmp_path / "threads.gguf", progress=False, threads=1, **kw)
     b = apply_plan(
         plan, model, tmp_path / "procs.gguf", progress=False, threads=2, parallel="processes", **kw
-    )  # type: ignore[arg-type]
+    )
     return a.outputs[0].read_bytes(), b.outputs[0].read_bytes()
 
 

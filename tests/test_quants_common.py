@@ -7,7 +7,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from gguf_recipe.quants import CHUNK_VALUES, implemented_types, quantize, spec_for
@@ -16,7 +19,7 @@ from gguf_recipe.quants._numeric import fp32_to_fp16_bits, scratch, seq_sum
 
 def _c_sum(a: np.ndarray, from_first: bool) -> np.ndarray:
     """Reference: ``float s = 0 (or a[0]); for (i...) s += a[i];`` one slice at a time."""
-    s = a[0].copy() if from_first else np.zeros(a.shape[1:], dtype=np.float32) + a[0]
+    s: npt.NDArray[Any] = a[0].copy() if from_first else np.zeros(a.shape[1:], dtype=np.float32) + a[0]
     for i in range(1, a.shape[0]):
         s = s + a[i]
     return s

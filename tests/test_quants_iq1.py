@@ -5,6 +5,7 @@ neighbour distances), and hypothesis properties (never crash, right byte size)."
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -88,7 +89,7 @@ def _nint(v: np.float32) -> int:
     return int(nearest_int(np.array([v], dtype=np.float32))[0])
 
 
-def _neighbour2(u: int, xv: list, wv: list, scale: np.float32, xg: tuple) -> int:
+def _neighbour2(u: int, xv: list[Any], wv: list[Any], scale: np.float32, xg: tuple[Any, ...]) -> int:
     tb = iq1_tables()
     r = tb.nb_row[u]
     best, gi = FLT_MAX, -1
@@ -103,7 +104,9 @@ def _neighbour2(u: int, xv: list, wv: list, scale: np.float32, xg: tuple) -> int
     return gi
 
 
-def _snap(lv_all: list, xb: list, w: list, scale: np.float32, xxs: list) -> tuple[list, bool]:
+def _snap(
+    lv_all: list[Any], xb: list[Any], w: list[Any], scale: np.float32, xxs: list[Any]
+) -> tuple[list[Any], bool]:
     tb = iq1_tables()
     index, allon = [], True
     for k, xx in enumerate(xxs):
@@ -116,7 +119,7 @@ def _snap(lv_all: list, xb: list, w: list, scale: np.float32, xxs: list) -> tupl
     return index, allon
 
 
-def _refit(index: list, xb: list, w: list, xxs: list) -> tuple[np.float32, np.float32]:
+def _refit(index: list[Any], xb: list[Any], w: list[Any], xxs: list[Any]) -> tuple[np.float32, np.float32]:
     tb = iq1_tables()
     a, b = f(0), f(0)
     for k, xx in enumerate(xxs):
@@ -128,7 +131,7 @@ def _refit(index: list, xb: list, w: list, xxs: list) -> tuple[np.float32, np.fl
     return a, b
 
 
-def _levels(n: int, idx: list, b1: int, b2: int) -> list:
+def _levels(n: int, idx: list[Any], b1: int, b2: int) -> list[Any]:
     lv = [0] * n
     for j in range(n):
         lv[idx[j]] = 0 if j < b1 else (1 if j < b2 else 2)
@@ -146,7 +149,7 @@ def _ref_iq1_m(x: np.ndarray, qw: np.ndarray | None) -> bytes:
 
 
 def _snap_refit(
-    lv: list[int], xb: list, w: list, scale: np.float32, xx: list
+    lv: list[int], xb: list[Any], w: list[Any], scale: np.float32, xx: list[Any]
 ) -> tuple[list[int], np.float32]:
     """Snap the groups to the grid; refit the scale when one went off the grid (both IQ1 types)."""
     index, allon = _snap(lv, xb, w, scale, xx)
@@ -181,13 +184,14 @@ def _ref_iq1_s_impl(x: np.ndarray, qw: np.ndarray) -> bytes:
             best, scale, b1, b2, bsh = -FLT_MAX, mx, -1, -1, 0
             for i1 in range(33):
                 for i2 in range(i1, 33):
-                    for sh, v in ((1, XP), (-1, XM)):
+                    for sh, vx in ((1, XP), (-1, XM)):
                         qx = f(
-                            f(f(sx[i1] * v[0]) + f(f(sx[i2] - sx[i1]) * v[1])) + f(f(sx[32] - sx[i2]) * v[2])
+                            f(f(sx[i1] * vx[0]) + f(f(sx[i2] - sx[i1]) * vx[1]))
+                            + f(f(sx[32] - sx[i2]) * vx[2])
                         )
                         q2 = f(
-                            f(f(f(sw[i1] * v[0]) * v[0]) + f(f(f(sw[i2] - sw[i1]) * v[1]) * v[1]))
-                            + f(f(f(sw[32] - sw[i2]) * v[2]) * v[2])
+                            f(f(f(sw[i1] * vx[0]) * vx[0]) + f(f(f(sw[i2] - sw[i1]) * vx[1]) * vx[1]))
+                            + f(f(f(sw[32] - sw[i2]) * vx[2]) * vx[2])
                         )
                         if q2 > 0 and f(qx * qx) > f(best * q2):
                             scale = f(qx / q2)
@@ -222,7 +226,7 @@ def _ref_iq1_m_impl(x: np.ndarray, qw: np.ndarray | None) -> bytes:
     cp1, cp2 = f(f(XP[0] * XP[0]) - f(XP[1] * XP[1])), f(f(XP[1] * XP[1]) - f(XP[2] * XP[2]))
     cm1, cm2 = f(f(XM[0] * XM[0]) - f(XM[1] * XM[1])), f(f(XM[1] * XM[1]) - f(XM[2] * XM[2]))
 
-    def xxs(k4: int) -> list:
+    def xxs(k4: int) -> list[Any]:
         return [XP if k4 < 2 else XM, XP if k4 % 2 == 0 else XM]
 
     for ibl in range(len(x) // 256):
@@ -232,7 +236,7 @@ def _ref_iq1_m_impl(x: np.ndarray, qw: np.ndarray | None) -> bytes:
             sumx2 = f(sumx2 + f(v * v))
         sigma2 = f(f(2 * sumx2) / f(256))
 
-        def wts(ib: int, xbl: list = xbl, sigma2: np.float32 = sigma2, ibl: int = ibl) -> list:
+        def wts(ib: int, xbl: list[Any] = xbl, sigma2: np.float32 = sigma2, ibl: int = ibl) -> list[Any]:
             xb = xbl[16 * ib : 16 * ib + 16]
             if qw is None:
                 return [f(v * v) for v in xb]
@@ -307,9 +311,9 @@ def _ref_iq1_m_impl(x: np.ndarray, qw: np.ndarray | None) -> bytes:
                         a, b = f(a + f(wq * xb[8 * k + j])), f(b + f(wq * q))
             if b > 0:
                 d = f(a / b)
-            s = _fp16_bits(f(d * f(1.1125)))
+            s16 = _fp16_bits(f(d * f(1.1125)))
             for k in range(4):
-                sc[k] |= ((s >> (4 * k)) & 0xF) << 12
+                sc[k] |= ((s16 >> (4 * k)) & 0xF) << 12
         out += bytes(qs) + bytes(qh) + b"".join(v.to_bytes(2, "little") for v in sc)
     return bytes(out)
 

@@ -3,6 +3,8 @@ with gguf-py's numpy quantizers, and hypothesis properties (never crash, right b
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -15,10 +17,15 @@ from hypothesis.extra import numpy as hnp
 from _quant_helpers import FINITE_F32, imatrices
 from gguf_recipe.quants import implemented_types, quantize
 
+
+def _type_name(t: GGMLQuantizationType) -> str:
+    return t.name
+
+
 T = GGMLQuantizationType
 
 # Relative RMS error of dequantize(quantize(x)) for N(0,1) data: comfortably above what ggml gets.
-MAX_REL_RMSE = {
+MAX_REL_RMSE: dict[GGMLQuantizationType, float] = {
     T.F32: 0.0,
     T.F16: 5e-4,
     T.BF16: 4e-3,
@@ -32,8 +39,8 @@ MAX_REL_RMSE = {
     T.TQ1_0: 0.9,
     T.TQ2_0: 0.9,
 }
-USES_IMATRIX = {T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1}
-OURS = sorted(set(MAX_REL_RMSE) & set(implemented_types()), key=lambda t: t.name)
+USES_IMATRIX: set[GGMLQuantizationType] = {T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1}
+OURS: list[GGMLQuantizationType] = sorted(set(MAX_REL_RMSE) & set(implemented_types()), key=_type_name)
 # gguf-py's numpy quantizers match ggml byte for byte on finite inputs without negative zeros.
 GGUF_PY = [t for t in OURS if t not in (T.F32,)]
 
@@ -47,15 +54,13 @@ def _gaussian(rows: int, cols: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((rows, cols)).astype(np.float32)
 
 
-@pytest.mark.parametrize("qtype", OURS, ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", OURS, ids=_type_name)
 def test_dequantized_error_is_small(qtype: GGMLQuantizationType) -> None:
     x = _gaussian(8, 1024)
     assert _rel_rmse(x, quantize(x, qtype), qtype) <= MAX_REL_RMSE[qtype]
 
 
-@pytest.mark.parametrize(
-    "qtype", sorted(USES_IMATRIX & set(OURS), key=lambda t: t.name), ids=lambda t: t.name
-)
+@pytest.mark.parametrize("qtype", [t for t in OURS if t in USES_IMATRIX], ids=_type_name)
 def test_imatrix_lowers_the_weighted_error(qtype: GGMLQuantizationType) -> None:
     x = _gaussian(16, 1024, seed=1)
     im = np.random.default_rng(2).exponential(size=1024).astype(np.float32) ** 3
@@ -67,7 +72,7 @@ def test_imatrix_lowers_the_weighted_error(qtype: GGMLQuantizationType) -> None:
     assert _rel_rmse(x, quantize(x, qtype, im), qtype) <= 1.5 * MAX_REL_RMSE[qtype]
 
 
-@pytest.mark.parametrize("qtype", GGUF_PY, ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", GGUF_PY, ids=_type_name)
 def test_same_bytes_as_gguf_py(qtype: GGMLQuantizationType) -> None:
     x = _gaussian(6, 512, seed=4) * np.float32(3.0)
     ours = quantize(x, qtype)
@@ -150,7 +155,9 @@ moderate_f32 = st.floats(min_value=-1e4, max_value=1e4, width=32, allow_nan=Fals
 
 
 @st.composite
-def _case(draw: st.DrawFn, qtype: GGMLQuantizationType, elements: st.SearchStrategy[float]) -> tuple:
+def _case(
+    draw: st.DrawFn, qtype: GGMLQuantizationType, elements: st.SearchStrategy[float]
+) -> tuple[Any, ...]:
     block = GGML_QUANT_SIZES[qtype][0]
     unit = max(block, 32)
     rows = draw(st.integers(1, 8))
@@ -160,7 +167,7 @@ def _case(draw: st.DrawFn, qtype: GGMLQuantizationType, elements: st.SearchStrat
     return x, im
 
 
-@pytest.mark.parametrize("qtype", OURS, ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", OURS, ids=_type_name)
 @settings(max_examples=25, deadline=None)
 @given(data=st.data())
 def test_any_finite_input_gives_the_right_size(qtype: GGMLQuantizationType, data: st.DataObject) -> None:
@@ -172,7 +179,7 @@ def test_any_finite_input_gives_the_right_size(qtype: GGMLQuantizationType, data
     assert q.shape == (x.shape[0], x.shape[1] // block * type_size)
 
 
-@pytest.mark.parametrize("qtype", OURS, ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", OURS, ids=_type_name)
 @settings(max_examples=25, deadline=None)
 @given(data=st.data())
 def test_moderate_input_round_trips(qtype: GGMLQuantizationType, data: st.DataObject) -> None:
