@@ -129,7 +129,9 @@ def test_validate_missing_parent(tmp_path: Path) -> None:
     p = write(tmp_path, "recipe: 1\nextends: nope/Q9.yaml\n")
     r = runner.invoke(app, ["validate", str(p)])
     assert r.exit_code == 1
-    assert r.stderr.startswith(f"{p}:2:10: error[R110]: extends 'nope/Q9.yaml': recipe 'nope/Q9.yaml' not found")
+    assert r.stderr.startswith(
+        f"{p}:2:10: error[R110]: extends 'nope/Q9.yaml': recipe 'nope/Q9.yaml' not found"
+    )
 
 
 def test_validate_warnings_and_strict(tmp_path: Path, model: Path) -> None:

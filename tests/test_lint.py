@@ -78,7 +78,9 @@ HEAD = "recipe: 1\nextends: llama.cpp/Q4_K_M\nrules:\n"
         ),
         (
             "  - match: 'ffn_up'\n    when: {arch: deepseek2}\n    type: q6_K\n",
-            ["r.yaml:5:11: warning[L302]: rule 1 never applies to this model: 'when arch=deepseek2' does not hold"],
+            [
+                "r.yaml:5:11: warning[L302]: rule 1 never applies to this model: 'when arch=deepseek2' does not hold"
+            ],
         ),
         (
             "  - match: 'ffn_up'\n    when: {row_multiple_of: 7}\n    type: q6_K\n",

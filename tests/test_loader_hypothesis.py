@@ -160,4 +160,6 @@ def test_deep_nesting_is_an_error_not_a_crash() -> None:
     _check("recipe: 1\nbase: q4_K\nrules: " + "[" * 3000 + "]" * 3000 + "\n")
     _check('{"recipe": 1, "rules": ' + "[" * 3000 + "]" * 3000 + "}\n")
     _, diags = check_recipe("recipe: 1\nrules: " + "[" * 100 + "]" * 100 + "\n", file="deep.yaml")
-    assert [d.format() for d in diags] == ["deep.yaml:2:72: error[R003]: nested too deeply (more than 64 levels)"]
+    assert [d.format() for d in diags] == [
+        "deep.yaml:2:72: error[R003]: nested too deeply (more than 64 levels)"
+    ]

@@ -178,8 +178,6 @@ def build_grid_tables(
     )
 
 
-
-
 def first_min(d2: F32Array, seg: I64Array) -> I64Array:
     """Flat position of the first minimum of each segment ``d2[seg[k]:seg[k+1]]`` (strict ``<`` scan)."""
     b = d2.view(np.int32)

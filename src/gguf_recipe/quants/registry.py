@@ -28,7 +28,10 @@ QuantFn = Callable[[F32Array, "F32Array | None"], U8Array]
 class QuantIntoFn(Protocol):
     """A quantizer that can also write straight into the caller's output rows."""
 
-    def __call__(self, rows: F32Array, imatrix: F32Array | None, /, out: U8Array | None = None) -> U8Array: ...
+    def __call__(
+        self, rows: F32Array, imatrix: F32Array | None, /, out: U8Array | None = None
+    ) -> U8Array: ...
+
 
 T = GGMLQuantizationType
 
