@@ -133,7 +133,7 @@ def test_imatrix_flag_edit_is_found(model: Path) -> None:
     assert f"{t['source_name']}: imatrix False (the recipe gives True)" in check.detail
 
 
-def test_recipe_extending_a_file_not_at_hand_is_recorded_unverified(
+def test_a_plan_carries_its_recipe_chain_so_no_file_is_needed_to_check_it(
     model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder = tmp_path / "recipes"
@@ -144,17 +144,20 @@ def test_recipe_extending_a_file_not_at_hand_is_recorded_unverified(
     plan = tmp_path / "plan.json"
     r = runner.invoke(app, ["plan", str(child), str(model), "-o", str(plan)])
     assert r.exit_code == 0, r.output
+    data = json.loads(plan.read_text())
+    assert [c["name"] for c in data["recipe_chain"]] == [str(child), str(folder / "parent.yaml")]
     monkeypatch.chdir(tmp_path)  # parent.yaml is not beside the plan nor here
     out = tmp_path / "out.gguf"
     r = runner.invoke(app, ["apply", str(plan), str(model), "-o", str(out), "-q"])
     assert r.exit_code == 0, r.output
-    assert "warning: cannot check that the plan's decisions follow from its recipe 'child'" in r.stderr
-    assert "parent.yaml" in fields(out)[UNVERIFIED]
-    # with the recipe file the chain is found and checked: nothing to record
-    r = runner.invoke(app, ["apply", str(plan), str(model), "-o", str(out), "--recipe", str(child), "-q"])
-    assert r.exit_code == 0, r.output
+    assert "cannot check" not in r.stderr
     kv = fields(out)
     assert EDITED not in kv and UNVERIFIED not in kv
+    # an edit is still seen without the files
+    data["tensors"][-1]["needs_imatrix"] = not data["tensors"][-1]["needs_imatrix"]
+    plan.write_text(json.dumps(data))
+    r = runner.invoke(app, ["apply", str(plan), str(model), "-o", str(out), "-q"])
+    assert r.exit_code == 1 and "needs_imatrix" in r.stderr, r.stderr
 
 
 def test_hand_made_plan_is_recorded_unverified(model: Path, tmp_path: Path) -> None:

@@ -57,6 +57,13 @@ class PlannedTensor(_Frozen):
     target_bytes: int
 
 
+class RecipeSource(_Frozen):
+    """One recipe of the chain a plan was compiled from (the recipe, then what it extends)."""
+
+    name: str = Field(description="its file or built-in name, for messages")
+    text: str
+
+
 class PlanTotals(_Frozen):
     n_tensors: int
     n_elements: int
@@ -78,6 +85,10 @@ class Plan(_Frozen):
     tool_version: str = __version__
     recipe_name: str
     recipe_text: str = Field(description="the recipe as written, so the output can embed how it was made")
+    recipe_chain: list[RecipeSource] = Field(
+        default_factory=list,
+        description="the recipe and every recipe it extends, child first: the plan alone can be recompiled",
+    )
     model_path: str
     ftype: int | None = Field(default=None, description="general.file_type to write (llama_ftype value)")
     fingerprints: Fingerprints

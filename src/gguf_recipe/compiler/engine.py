@@ -16,7 +16,7 @@ from .. import llamacpp as llama
 from ..diagnostics import Diagnostic, RecipeError
 from ..model.header import row_nbytes
 from ..model.reader import ModelInfo, TensorInfo
-from ..plan import Decision, Fallback, Fingerprints, Plan, PlannedTensor, PlanTotals
+from ..plan import Decision, Fallback, Fingerprints, Plan, PlannedTensor, PlanTotals, RecipeSource
 from ..quants.registry import SPECS
 from ..recipe.model import Condition, MetadataValue, Recipe, Rule
 from ..recipe.patterns import BoundedPattern, PatternTimeout, compile_pattern
@@ -738,6 +738,7 @@ def _compile_chain(
     plan = Plan(
         recipe_name=eff.name,
         recipe_text=chain[0].text,
+        recipe_chain=[RecipeSource(name=lr.source, text=lr.text) for lr in chain],
         model_path=str(model.path),
         ftype=ftype_val,
         fingerprints=Fingerprints(recipe=recipe_fp, model=model.header_sha256, imatrix=imatrix_fingerprint),

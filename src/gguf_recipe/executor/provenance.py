@@ -19,9 +19,12 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..plan import Plan
+
+if TYPE_CHECKING:
+    from ..compiler import LoadedRecipe
 
 __all__ = ["PlanCheck", "check_decisions"]
 
@@ -29,7 +32,17 @@ Status = Literal["verified", "edited", "unverified"]
 
 # the fields that decide what the output holds (tool_version, model_path, totals and warnings do not)
 _DECISION_FIELDS = ("recipe_name", "ftype", "metadata_overrides")
-_TENSOR_FIELDS = ("name", "type", "action", "imatrix", "fallback", "rule")
+_TENSOR_FIELDS = (
+    "name",
+    "type",
+    "action",
+    "imatrix",
+    "fallback",
+    "rule",
+    "decision",
+    "rule_index",
+    "needs_imatrix",
+)
 
 
 @dataclass(frozen=True)
@@ -47,23 +60,19 @@ def check_decisions(
 ) -> PlanCheck:
     """Compile the plan's recipe against the model at ``model_path`` and compare the decisions.
 
-    ``recipe``: the recipe file the plan was made from (needed when it extends local files); by default
-    the recipe text the plan carries (enough when it extends nothing or only built-in recipes).
+    ``recipe``: the recipe file the plan was made from; by default the recipe chain the plan carries
+    (every recipe it extends, so no file is needed), or for a plan without one its recipe text.
     """
-    from ..compiler import load_recipe_chain
     from ..compiler.engine import compile_chain
     from ..diagnostics import RecipeError
     from ..model import read_model
 
-    source: str | Path
-    if recipe is not None:
-        source = Path(recipe)
-    elif "\n" in plan.recipe_text:
-        source = plan.recipe_text
-    else:
-        return PlanCheck("unverified", "the plan's recipe text is not a recipe")
+    if plan.recipe_chain and plan.recipe_chain[0].text != plan.recipe_text:
+        return PlanCheck("edited", "recipe_text: not the first recipe of the plan's recipe_chain")
     try:
-        chain = load_recipe_chain(source)
+        chain = _chain_of(plan, recipe)
+        if chain is None:
+            return PlanCheck("unverified", "the plan's recipe text is not a recipe")
     except RecipeError as exc:
         first = exc.diagnostics[0].message if exc.diagnostics else str(exc)
         return PlanCheck("unverified", f"its recipe does not load here ({first})")
@@ -92,6 +101,24 @@ def check_decisions(
         if not differences:
             differences = _differences(want, found)
     return PlanCheck("edited", "; ".join(differences))
+
+
+def _chain_of(plan: Plan, recipe: str | os.PathLike[str] | None) -> list[LoadedRecipe] | None:
+    """The recipe chain to recompile: ``recipe``'s, else the one the plan carries, else its text's."""
+    from ..compiler import LoadedRecipe, load_recipe_chain
+    from ..recipe.loader import load
+
+    if recipe is not None:
+        return load_recipe_chain(Path(recipe))
+    if plan.recipe_chain:
+        chain = []
+        for src in plan.recipe_chain:
+            lr = load(src.text, file=src.name)
+            chain.append(LoadedRecipe(recipe=lr.recipe, text=lr.text, source=src.name))
+        return chain
+    if "\n" in plan.recipe_text:
+        return load_recipe_chain(plan.recipe_text)
+    return None
 
 
 def _decisions(plan: Plan) -> dict[str, Any]:
