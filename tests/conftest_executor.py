@@ -458,3 +458,20 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rindex(")") + 2] != "Z"
+
+
+def moe_model_with_expert_imatrix(tmp_path: Path) -> tuple[Path, Path, Plan]:
+    """A small MoE llama, a GGUF imatrix with per-expert weights for one stacked tensor (and one dense
+    tensor), and a Q4_0 plan that uses it: (model, imatrix, plan)."""
+    model = write_model(tmp_path / "m.gguf", llama_tensors(42, moe=True))
+    rng = np.random.default_rng(3)
+    entries = {
+        "blk.0.ffn_gate_exps.weight": (
+            rng.random((N_EXPERT, N_EMBD), dtype=np.float32) * 50,
+            np.array([10, 0, 7, 3], np.float32),
+        ),
+        "blk.1.attn_q.weight": (rng.random((1, N_EMBD), dtype=np.float32) * 9, np.array([4], np.float32)),
+    }
+    im = write_gguf_imatrix(tmp_path / "im.gguf", entries)
+    plan = make_plan(model, default=T.Q4_0, imatrix=list(entries), imatrix_fingerprint=sha256_file(im))
+    return model, im, plan

@@ -27,14 +27,12 @@ from typer.testing import CliRunner
 import gguf_recipe
 from conftest_executor import (
     N_EMBD,
-    N_EXPERT,
     T,
     interrupt_when_held,
     listdir,
     llama_tensors,
     make_plan,
-    sha256_file,
-    write_gguf_imatrix,
+    moe_model_with_expert_imatrix,
     write_model,
     write_wide_model,
 )
@@ -192,15 +190,7 @@ def test_cluster_writes_the_local_bytes(cluster: str, wide: Path, tmp_path: Path
 
 
 def test_cluster_imatrix_weights_reach_each_expert(cluster: str, tmp_path: Path) -> None:
-    model = write_model(tmp_path / "m.gguf", llama_tensors(42, moe=True))
-    rng = np.random.default_rng(3)
-    gate = "blk.0.ffn_gate_exps.weight"
-    entries = {
-        gate: (rng.random((N_EXPERT, N_EMBD), dtype=np.float32) * 50, np.array([10, 0, 7, 3], np.float32)),
-        "blk.1.attn_q.weight": (rng.random((1, N_EMBD), dtype=np.float32) * 9, np.array([4], np.float32)),
-    }
-    im = write_gguf_imatrix(tmp_path / "im.gguf", entries)
-    plan = make_plan(model, default=T.Q4_0, imatrix=list(entries), imatrix_fingerprint=sha256_file(im))
+    model, im, plan = moe_model_with_expert_imatrix(tmp_path)
     # chunks of 48 rows end mid-expert (128 rows each): each task must carry its own expert's weights
     kw = {"imatrix": im, "chunk_values": 48 * N_EMBD}
     ref = local_bytes(plan, model, tmp_path / "local.gguf", **kw)

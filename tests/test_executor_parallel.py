@@ -13,13 +13,11 @@ import pytest
 
 from conftest_executor import (
     N_EMBD,
-    N_EXPERT,
     T,
     listdir,
     llama_tensors,
     make_plan,
-    sha256_file,
-    write_gguf_imatrix,
+    moe_model_with_expert_imatrix,
     write_model,
 )
 from gguf_recipe import quants
@@ -64,15 +62,7 @@ def test_processes_write_the_same_file(model: Path, tmp_path: Path, chunk_values
 
 
 def test_processes_with_imatrix_per_expert(tmp_path: Path) -> None:
-    model = write_model(tmp_path / "m.gguf", llama_tensors(42, moe=True))
-    rng = np.random.default_rng(3)
-    gate = "blk.0.ffn_gate_exps.weight"
-    entries = {
-        gate: (rng.random((N_EXPERT, N_EMBD), dtype=np.float32) * 50, np.array([10, 0, 7, 3], np.float32)),
-        "blk.1.attn_q.weight": (rng.random((1, N_EMBD), dtype=np.float32) * 9, np.array([4], np.float32)),
-    }
-    im = write_gguf_imatrix(tmp_path / "im.gguf", entries)
-    plan = make_plan(model, default=T.Q4_0, imatrix=list(entries), imatrix_fingerprint=sha256_file(im))
+    model, im, plan = moe_model_with_expert_imatrix(tmp_path)
     # chunks of 48 rows end mid-expert (128 rows each): every chunk must get its own expert's weights
     a, b = _both(plan, model, tmp_path, imatrix=im, chunk_values=48 * N_EMBD)
     assert a == b
