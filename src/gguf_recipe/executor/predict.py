@@ -9,8 +9,8 @@ from pathlib import Path
 from ..plan import Plan
 from .gguf_format import OutTensor
 from .imatrix import Imatrix
+from .preflight import assign_imatrix, build_metadata, check_structure, open_imatrix, plan_fingerprint
 from .provenance import PlanCheck
-from .run import _assign_imatrix, _build_metadata, _check_structure, open_imatrix, plan_fingerprint
 from .source import SourceModel
 from .writer import OutputLayout, plan_layout
 
@@ -34,9 +34,9 @@ def predict_layout(
     warn: list[str] = []
     with SourceModel(model_path) as src:
         im, im_name = open_imatrix(imatrix)
-        jobs, _ = _check_structure(plan, src, allow_requantize=True)
-        _assign_imatrix(jobs, im, warn)
-        blobs = _build_metadata(
+        jobs, _ = check_structure(plan, src, allow_requantize=True)
+        assign_imatrix(jobs, im, warn)
+        blobs = build_metadata(
             plan, src, jobs, im, im_name, plan_fingerprint(plan), warn, check or PlanCheck("verified")
         )
         tensors = [
