@@ -667,24 +667,59 @@ def _compile_chain(
         )
 
     live = [pt for pt in planned if pt.action != "prune"]
-    n_elements = model.n_elements
+    totals = _totals(live, model.n_elements, fallback_count)
+    warnings: list[str] = []
+    if fallback_count:
+        warnings.append(f"{fallback_count} of {len(live)} tensor(s) required fallback quantization")
+    warnings += _imatrix_findings(live, eff, needs_imatrix, imatrix, imatrix_names, root_source, diags)
+    metadata_overrides = _metadata_overrides(eff, model.arch, n_layer)
+
+    recipe_fp = hashlib.sha256("\0".join(lr.text for lr in chain).encode()).hexdigest()
+    ftype_val = llama.LLAMA_FTYPES.get(eff.ftype.upper()) if eff.ftype else None
+    plan = Plan(
+        recipe_name=eff.name,
+        recipe_text=chain[0].text,
+        recipe_chain=[RecipeSource(name=lr.source, text=lr.text) for lr in chain],
+        model_path=str(model.path),
+        ftype=ftype_val,
+        fingerprints=Fingerprints(recipe=recipe_fp, model=model.header_sha256, imatrix=imatrix_fingerprint),
+        tensors=planned,
+        totals=totals,
+        metadata_overrides=metadata_overrides,
+        warnings=warnings,
+    )
+    return CompileResult(plan=plan, diagnostics=diags)
+
+
+def _totals(live: list[PlannedTensor], n_elements: int, n_fallbacks: int) -> PlanTotals:
+    """The plan's sizes: tensor data in and out, bits per weight, bytes per type."""
     target_bytes = sum(pt.target_bytes for pt in live)
     by_type: dict[str, int] = {}
     for pt in live:
         by_type[pt.type] = by_type.get(pt.type, 0) + pt.target_bytes
-    totals = PlanTotals(
+    return PlanTotals(
         n_tensors=len(live),
         n_elements=n_elements,
         source_bytes=sum(pt.source_bytes for pt in live),
         target_bytes=target_bytes,
         bpw=round(target_bytes * 8 / n_elements, 4) if n_elements else 0.0,
         by_type=dict(sorted(by_type.items())),
-        n_fallbacks=fallback_count,
+        n_fallbacks=n_fallbacks,
     )
 
+
+def _imatrix_findings(
+    live: list[PlannedTensor],
+    eff: Effective,
+    needs_imatrix: list[str],
+    imatrix: bool,
+    imatrix_names: set[str] | None,
+    root_source: str,
+    diags: list[Diagnostic],
+) -> list[str]:
+    """What the plan says about importance matrices (types that need one, a recipe that requires one,
+    entries the given one lacks): the plan's warnings; the diagnostics go to ``diags``."""
     warnings: list[str] = []
-    if fallback_count:
-        warnings.append(f"{fallback_count} of {len(live)} tensor(s) required fallback quantization")
     if needs_imatrix:
         msg = (
             f"{len(needs_imatrix)} tensor(s) get a type that needs an importance matrix (e.g. {needs_imatrix[0]}); "
@@ -724,30 +759,15 @@ def _compile_chain(
                     code="C203",
                 )
             )
+    return warnings
 
-    metadata_overrides: dict[str, object] = {
-        k: {"type": v.type, "value": v.value} for k, v in eff.metadata.items()
-    }
+
+def _metadata_overrides(eff: Effective, arch: str, n_layer: int) -> dict[str, object]:
+    """The recipe chain's metadata, and the block count llama-quantize writes when layers are pruned."""
+    overrides: dict[str, object] = {k: {"type": v.type, "value": v.value} for k, v in eff.metadata.items()}
     if eff.prune_layers:
-        metadata_overrides.setdefault(
-            f"{model.arch}.block_count", {"type": "int", "value": n_layer - len(eff.prune_layers)}
-        )
-
-    recipe_fp = hashlib.sha256("\0".join(lr.text for lr in chain).encode()).hexdigest()
-    ftype_val = llama.LLAMA_FTYPES.get(eff.ftype.upper()) if eff.ftype else None
-    plan = Plan(
-        recipe_name=eff.name,
-        recipe_text=chain[0].text,
-        recipe_chain=[RecipeSource(name=lr.source, text=lr.text) for lr in chain],
-        model_path=str(model.path),
-        ftype=ftype_val,
-        fingerprints=Fingerprints(recipe=recipe_fp, model=model.header_sha256, imatrix=imatrix_fingerprint),
-        tensors=planned,
-        totals=totals,
-        metadata_overrides=metadata_overrides,
-        warnings=warnings,
-    )
-    return CompileResult(plan=plan, diagnostics=diags)
+        overrides.setdefault(f"{arch}.block_count", {"type": "int", "value": n_layer - len(eff.prune_layers)})
+    return overrides
 
 
 def load_chain(recipe_source: str | Path, loader: Callable[[Path], LoadedRecipe]) -> list[LoadedRecipe]:
