@@ -512,6 +512,30 @@ def _compile_chain(
             return len(lst)
         return sum(1 for d in lst if d >= depth)
 
+    def rule_applies(r: ResolvedRule, name: str, cat: str, t: TensorInfo, group: str | None) -> bool:
+        """Whether rule ``r`` decides tensor ``name`` (first match wins): category, pattern, tied
+        embeddings for the pseudo rule, ``when``, then its layers (block numbers or counter positions)."""
+        if r.categories is not None and cat not in r.categories:
+            return False
+        if r.regex is not None and not r.regex.search(name):
+            return False
+        if r.pseudo is not None and not tied:
+            return False
+        if r.rule.when is not None and not _holds(r.rule.when, facts, t, eff.base):
+            return False
+        if r.layers is None:
+            return True
+        if r.rule.layers_by == "position":
+            if group is None:
+                return False
+            i, n = position(group, r.depth), group_total[group]
+        else:
+            blk = llama.block_number(name)
+            if blk is None:
+                return False
+            i, n = blk, n_layer
+        return r.layers.contains(i, n)
+
     for t, new_name in kept:
         assert new_name is not None
         name = new_name
@@ -547,30 +571,7 @@ def _compile_chain(
             target = out_type
             rule_text, decision = "output", "output"
         else:
-            chosen: ResolvedRule | None = None
-            for r in rules:
-                if r.categories is not None and cat not in r.categories:
-                    continue
-                if r.regex is not None and not r.regex.search(name):
-                    continue
-                if r.pseudo is not None and not tied:
-                    continue
-                if r.rule.when is not None and not _holds(r.rule.when, facts, t, eff.base):
-                    continue
-                if r.layers is not None:
-                    if r.rule.layers_by == "position":
-                        if group is None:
-                            continue
-                        i, n = position(group, r.depth), group_total[group]
-                    else:
-                        blk = llama.block_number(name)
-                        if blk is None:
-                            continue
-                        i, n = blk, n_layer
-                    if not r.layers.contains(i, n):
-                        continue
-                chosen = r
-                break
+            chosen = next((r for r in rules if rule_applies(r, name, cat, t, group)), None)
             if chosen is not None:
                 decided_by = chosen
                 rule_hits[chosen.index] = rule_hits.get(chosen.index, 0) + 1
