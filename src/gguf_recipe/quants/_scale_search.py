@@ -231,9 +231,12 @@ def make_qx_quants_iscale(
     sums = scratch("qxi.sums", (2, nb))  # [sumlx, suml2]
     sumlx, suml2 = sums
 
-    def candidate(iscale: F32Array) -> None:
+    def candidate(iscale: F32Array, in_range: bool = False) -> None:
         np.multiply(xt, iscale, out=v)
-        clamped_levels(v, lo, hi, finite)
+        if in_range and finite:
+            np.rint(v, out=v)
+        else:
+            clamped_levels(v, lo, hi, finite)
         np.multiply(wx, v, out=t[0])
         np.multiply(wt, v, out=t[1])
         np.multiply(t[1], v, out=t[1])
@@ -249,7 +252,8 @@ def make_qx_quants_iscale(
     rhs = np.empty(nb, dtype=np.float32)
     for step in (*range(-9, 0), *range(1, 10)):
         iscale = np.divide(-(np.float32(nmax) + np.float32(0.1) * np.float32(step)), safe)
-        candidate(iscale)
+        # |iscale * x| <= nmax - 0.6 for step <= -6: the levels round inside [-nmax, nmax - 1].
+        candidate(iscale, step <= -6)
         # suml2 > 0 && sumlx*sumlx > best*suml2
         np.multiply(sumlx, sumlx, out=lhs)
         np.multiply(best, suml2, out=rhs)

@@ -370,13 +370,15 @@ def _pack_nibble_blocks(
     """Blocks of ``size`` bytes: the fp16 ``scales`` (``(n_blocks,)`` or ``(k, n_blocks)``) at byte 0,
     ``qh`` (bit 4 of the 32 levels, 5-bit types) at ``qh_off``, ``qs`` at ``qs_off``.
 
-    Every field is computed straight into its strided (possibly misaligned) view of the output: no
-    intermediate field arrays and no copies.
+    qh and qs are computed straight into their strided (possibly misaligned) views of the output.
     """
     nb = q.shape[1] // 4
     out = np.empty((nb, size), dtype=np.uint8)
     k = scales.size // nb
-    fp32_to_fp16_bits(scales.reshape(k, nb), out=out[:, : 2 * k].view("<u2").T)
+    bits = fp32_to_fp16_bits(scales.reshape(k, nb))
+    sv = out[:, : 2 * k].view("<u2")
+    for i in range(k):  # one strided row each: a 2-D copy would run along the short axis
+        sv[:, i] = bits[i]
     # qs[j] = q[j] | q[j+16] << 4 on 4 words per block (j = 4k + p sits at [k, 4b + p]); on whole
     # words because numpy's uint8 shift is scalar code. As C's uint8 ``qs |= xi1 << 4`` keeps only the
     # low nibble of q[j+16], masking it first stops one byte spilling into the next; 5-bit types
