@@ -365,15 +365,23 @@ def _pack(n_rows: int, size: int, fields: list[tuple[int, npt.NDArray[Any]]]) ->
 
 
 def _pack_nibble_blocks(
-    n_rows: int, size: int, scales: F32Array, q: U8Array, qs_off: int, qh_off: int | None
+    n_rows: int,
+    size: int,
+    scales: F32Array,
+    q: U8Array,
+    qs_off: int,
+    qh_off: int | None,
+    dest: U8Array | None,
 ) -> U8Array:
     """Blocks of ``size`` bytes: the fp16 ``scales`` (``(n_blocks,)`` or ``(k, n_blocks)``) at byte 0,
-    ``qh`` (bit 4 of the 32 levels, 5-bit types) at ``qh_off``, ``qs`` at ``qs_off``.
+    ``qh`` (bit 4 of the 32 levels, 5-bit types) at ``qh_off``, ``qs`` at ``qs_off``; written into
+    ``dest`` (the caller's ``(n_rows, row_bytes)`` output rows) when given.
 
     qh and qs are computed straight into their strided (possibly misaligned) views of the output.
     """
     nb = q.shape[1] // 4
-    out = np.empty((nb, size), dtype=np.uint8)
+    contiguous = dest is not None and dest.flags.c_contiguous
+    out = dest.reshape(nb, size) if dest is not None and contiguous else np.empty((nb, size), dtype=np.uint8)
     k = scales.size // nb
     bits = fp32_to_fp16_bits(scales.reshape(k, nb))
     sv = out[:, : 2 * k].view("<u2")
@@ -393,6 +401,10 @@ def _pack_nibble_blocks(
         qh = np.bitwise_or.reduce(_high_bits(q), axis=0, out=scratch("lg.qhw", (nb,), np.uint32))
         out[:, qh_off : qh_off + 4].view("<u4")[:, 0] = qh
     np.bitwise_or(hi, lo, out=out[:, qs_off : qs_off + 16].view("<u4").T)
+    if dest is not None:
+        if not contiguous:
+            dest[...] = out.reshape(n_rows, -1)
+        return dest
     res: U8Array = out.reshape(n_rows, -1)
     return res
 
@@ -498,25 +510,25 @@ def _levels_1(rows: F32Array, imatrix: F32Array | None, levels: int) -> tuple[F3
     return np.stack([d, m]), _quad_from_t(qt)
 
 
-@quiet_fp
-def quantize_q4_0(rows: F32Array, imatrix: F32Array | None) -> U8Array:
-    d, q = _levels_0(rows, imatrix, 8)
-    return _pack_nibble_blocks(rows.shape[0], 18, d, q, 2, None)
+def quantize_q4_0(rows: F32Array, imatrix: F32Array | None, out: U8Array | None = None) -> U8Array:
+    with np.errstate(all="ignore"):  # as quiet_fp
+        d, q = _levels_0(rows, imatrix, 8)
+        return _pack_nibble_blocks(rows.shape[0], 18, d, q, 2, None, out)
 
 
-@quiet_fp
-def quantize_q5_0(rows: F32Array, imatrix: F32Array | None) -> U8Array:
-    d, q = _levels_0(rows, imatrix, 16)
-    return _pack_nibble_blocks(rows.shape[0], 22, d, q, 6, 2)
+def quantize_q5_0(rows: F32Array, imatrix: F32Array | None, out: U8Array | None = None) -> U8Array:
+    with np.errstate(all="ignore"):  # as quiet_fp
+        d, q = _levels_0(rows, imatrix, 16)
+        return _pack_nibble_blocks(rows.shape[0], 22, d, q, 6, 2, out)
 
 
-@quiet_fp
-def quantize_q4_1(rows: F32Array, imatrix: F32Array | None) -> U8Array:
-    dm, q = _levels_1(rows, imatrix, 15)
-    return _pack_nibble_blocks(rows.shape[0], 20, dm, q, 4, None)
+def quantize_q4_1(rows: F32Array, imatrix: F32Array | None, out: U8Array | None = None) -> U8Array:
+    with np.errstate(all="ignore"):  # as quiet_fp
+        dm, q = _levels_1(rows, imatrix, 15)
+        return _pack_nibble_blocks(rows.shape[0], 20, dm, q, 4, None, out)
 
 
-@quiet_fp
-def quantize_q5_1(rows: F32Array, imatrix: F32Array | None) -> U8Array:
-    dm, q = _levels_1(rows, imatrix, 31)
-    return _pack_nibble_blocks(rows.shape[0], 24, dm, q, 8, 4)
+def quantize_q5_1(rows: F32Array, imatrix: F32Array | None, out: U8Array | None = None) -> U8Array:
+    with np.errstate(all="ignore"):  # as quiet_fp
+        dm, q = _levels_1(rows, imatrix, 31)
+        return _pack_nibble_blocks(rows.shape[0], 24, dm, q, 8, 4, out)
