@@ -353,24 +353,30 @@ def _groups16(rows: F32Array) -> F32Array:
     return x16
 
 
-def _q3_levels(x16: F32Array, d: F32Array, keep: Callable[[], AnyArray]) -> U8Array:
+def _q3_levels(rows: F32Array, d: F32Array, keep: Callable[[], AnyArray]) -> U8Array:
     """Final levels in row order, (S, 256) uint8 in [0, 8): ``clamp(nearest_int(x/d), -4, 3) + 4`` per
-    sub-block of 16, from the (16, G) group layout ``x16``; where ``d == 0`` the search's levels
-    (``keep()``, (16, G)) stay. The result lives in a scratch buffer (valid until the next call)."""
-    n, g = x16.shape
+    sub-block of 16 (``d``: one per group, in row order); where ``d == 0`` the search's levels
+    (``keep()``, in the (16, G) group layout) stay. The result lives in a scratch buffer (valid until
+    the next call).
+
+    Computed in row order with ``d`` repeated per element: a contiguous division, where the group
+    layout needed a byte transposition back (16 strided row copies) that cost more than all the rest.
+    """
+    g = d.size
     dz = d == 0
     any_dz = bool(dz.any())
     dd = np.where(dz, _F1, d) if any_dz else d
-    q = np.divide(x16, dd, out=scratch("q3k.q", (n, g)))
+    q = np.divide(
+        np.ascontiguousarray(rows).reshape(g, 16),
+        np.repeat(dd, 16).reshape(g, 16),
+        out=scratch("q3k.q", (g, 16)),
+    )
     _levels_clamped(q, np.float32(-4), np.float32(3))
     q += np.float32(4)
     if any_dz:
-        np.copyto(q, keep(), where=dz)
-    lt = scratch("q3k.Lt", (n, g), np.uint8)
-    np.copyto(lt, q, casting="unsafe")
-    L = scratch("q3k.L", (g, n), np.uint8)
-    for i in range(n):  # back to row order: one strided row copy per element index
-        L[:, i] = lt[i]
+        np.copyto(q, keep().T, where=dz[:, None])
+    L = scratch("q3k.L", (g, 16), np.uint8)
+    np.copyto(L, q, casting="unsafe")
     return L.reshape(-1, QK_K)
 
 
@@ -452,7 +458,7 @@ def quantize_q3_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     scale_bytes = _q3_scale_bytes(ls)
     sc_dec = (ls & 0x3F) - 32
     dq = _fp16r(d)[:, None] * sc_dec.astype(np.float32)
-    L = _q3_levels(x16, dq.reshape(-1), keep)
+    L = _q3_levels(rows, dq.reshape(-1), keep)
     return _q3_pack(n_super, L, scale_bytes, d).reshape(n_rows, -1)
 
 
