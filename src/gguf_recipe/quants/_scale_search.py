@@ -305,16 +305,23 @@ def _q3_step(
     """
     n, a = x.shape
     r = np.subtract(s[:, None, :], t, out=t)  # [sl2, slx]: the sums without element i
-    q = np.multiply(x, r[0], out=scratch("q3s.q", (n, a)))
+    # q = x * sl2 / slx in place of sl2 (one big buffer less); sl2 is recomputed for the few
+    # elements that change, from the same terms t[0] = (w*L)*L.
+    q = np.multiply(x, r[0], out=r[0])
     np.divide(q, r[1], out=q)
     nl = _levels_clamped(q, lo, hi)
     idx = np.flatnonzero(np.not_equal(nl, L, out=scratch("q3s.ne", (n, a), np.bool_)))
     i, col = np.divmod(idx, a)
     nls = np.take(nl, idx)
-    rs = np.take(r.reshape(2, -1), idx, axis=1)
-    u = np.empty_like(rs)
     xs = np.take(x, idx)
-    np.multiply(xs, xs, out=u[0])
+    ls = np.take(L, idx)
+    u = np.empty((2, idx.size), dtype=np.float32)
+    np.multiply(xs, xs, out=u[0])  # w
+    rs = np.empty_like(u)
+    np.multiply(u[0], ls, out=rs[0])
+    rs[0] *= ls
+    np.subtract(np.take(s[0], col), rs[0], out=rs[0])
+    np.take(r[1], idx, out=rs[1])
     np.multiply(u[0], xs, out=u[1])
     u *= nls
     u[0] *= nls
@@ -361,7 +368,7 @@ def make_q3_quants(x: F32Array, nmax: int) -> tuple[F32Array, F32Array]:
         iscale = np.float32(-nmax) / np.where(zero, _F1, mx)
         # |x * iscale| <= nmax (rounded) when x is finite
         L = _levels_clamped(np.multiply(x, iscale, out=scratch("q3.L", (n, g))), lo, hi, finite)
-        t = np.multiply(wwx, L, out=scratch("q3.t", (2, n, g)))
+        t = np.multiply(wwx, L, out=wwx)  # [w*L, w*x*L]: wwx is not needed again
         np.multiply(t[0], L, out=t[0])
         sums = seq_sum(t, axis=1)  # [suml2, sumlx], sequential over the n elements (also for one group)
         skip = zero if zero.any() else None
