@@ -226,8 +226,8 @@ def make_qx_quants_iscale(
     safe: F32Array = np.where(zero, _F1, mx)
     wx = np.multiply(wt, xt, out=scratch("qxi.wx", xt.shape))
     lo, hi = np.float32(-nmax), np.float32(nmax - 1)
-    v = scratch("qxi.v", xt.shape)
     t = scratch("qxi.t", (2, n, nb))  # [w*x*l, w*l*l]
+    v = t[0]  # the levels, until w*x*l replaces them (a smaller working set than a buffer of their own)
     sums = scratch("qxi.sums", (2, nb))  # [sumlx, suml2]
     sumlx, suml2 = sums
 
@@ -237,9 +237,9 @@ def make_qx_quants_iscale(
             np.rint(v, out=v)
         else:
             clamped_levels(v, lo, hi, finite)
-        np.multiply(wx, v, out=t[0])
         np.multiply(wt, v, out=t[1])
         np.multiply(t[1], v, out=t[1])
+        np.multiply(wx, v, out=t[0])
         seq_sum(t, axis=1, out=sums)  # C's in-order sums, both at once
 
     best_iscale = np.divide(np.float32(-nmax), safe)
