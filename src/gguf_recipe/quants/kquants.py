@@ -438,7 +438,8 @@ def quantize_q3_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
         weight = np.multiply(x16, x16, out=scratch("q3k.w", x16.shape))
         weight += np.repeat(sigma2, 16)
         np.sqrt(weight, out=weight)
-        weight *= np.tile(imatrix.reshape(-1, 16).T, (1, n_rows))
+        w3 = weight.reshape(16, n_rows, -1)  # a view
+        w3 *= imatrix.reshape(-1, 16).T[:, None, :]  # broadcast over the rows: no fresh np.tile array
         sw = seq_sum(weight)
         scales, iscale0, zero0, finite = make_qx_quants_iscale(x16, weight, 4)
 
