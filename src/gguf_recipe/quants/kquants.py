@@ -359,18 +359,14 @@ def _q3_levels(rows: F32Array, d: F32Array, keep: Callable[[], AnyArray]) -> U8A
     (``keep()``, in the (16, G) group layout) stay. The result lives in a scratch buffer (valid until
     the next call).
 
-    Computed in row order with ``d`` repeated per element: a contiguous division, where the group
-    layout needed a byte transposition back (16 strided row copies) that cost more than all the rest.
+    Computed in row order (a division broadcasting ``d`` over each group): the group layout needed a
+    byte transposition back (16 strided row copies) that cost more than all the rest.
     """
     g = d.size
     dz = d == 0
     any_dz = bool(dz.any())
     dd = np.where(dz, _F1, d) if any_dz else d
-    q = np.divide(
-        np.ascontiguousarray(rows).reshape(g, 16),
-        np.repeat(dd, 16).reshape(g, 16),
-        out=scratch("q3k.q", (g, 16)),
-    )
+    q = np.divide(np.ascontiguousarray(rows).reshape(g, 16), dd[:, None], out=scratch("q3k.q", (g, 16)))
     _levels_clamped(q, np.float32(-4), np.float32(3))
     q += np.float32(4)
     if any_dz:
