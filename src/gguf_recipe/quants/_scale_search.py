@@ -377,18 +377,21 @@ def make_q3_quants(x: F32Array, nmax: int) -> tuple[F32Array, F32Array]:
             L[kh, act] = nlv
             sums[:, act] = s
             a = act.size
-            z = scratch("q3.z0", (4, n, a))  # [w, w*x, x, L] of the groups still changing
-            np.take(x, act, axis=1, out=z[2], mode="clip")
-            np.take(L, act, axis=1, out=z[3], mode="clip")
-            np.multiply(z[2], z[2], out=z[0])
-            np.multiply(z[0], z[2], out=z[1])
+            # [x, L] of the groups still changing; w and w*x are recomputed each round, cheaper
+            # than carrying them through the gathers that shrink z
+            z = scratch("q3.z0", (2, n, a))
+            np.take(x, act, axis=1, out=z[0], mode="clip")
+            np.take(L, act, axis=1, out=z[1], mode="clip")
             pos = kh + 1
             itry = np.zeros(a, dtype=np.intp)
             rnd = 1  # z alternates between two scratch buffers
             while True:
-                t = np.multiply(z[0:2], z[3], out=scratch("q3.ta", (2, n, a)))
-                np.multiply(t[0], z[3], out=t[0])
-                kh, c, nlv, s = _q3_step(z[2], z[3], t, s, pos, itry, None, lo, hi)
+                t = scratch("q3.ta", (2, n, a))
+                np.multiply(z[0], z[0], out=t[0])  # w
+                np.multiply(t[0], z[0], out=t[1])  # w*x
+                np.multiply(t, z[1], out=t)
+                np.multiply(t[0], z[1], out=t[0])  # [w*L*L, w*x*L]
+                kh, c, nlv, s = _q3_step(z[0], z[1], t, s, pos, itry, None, lo, hi)
                 if not c.size:
                     break
                 itry = itry[c] + (kh < pos[c])  # an element before pos was reached in the next itry
@@ -397,9 +400,9 @@ def make_q3_quants(x: F32Array, nmax: int) -> tuple[F32Array, F32Array]:
                 L[kh, act] = nlv
                 sums[:, act] = s
                 a = c.size
-                z = np.take(z, c, axis=2, out=scratch(f"q3.z{rnd & 1}", (4, n, a)), mode="clip")
+                z = np.take(z, c, axis=2, out=scratch(f"q3.z{rnd & 1}", (2, n, a)), mode="clip")
                 rnd += 1
-                z[3].reshape(-1)[kh * a + np.arange(a)] = nlv
+                z[1].reshape(-1)[kh * a + np.arange(a)] = nlv
         scale = np.where(sums[0] > 0, sums[1] / sums[0], _F0)
     L += np.float32(nmax)
     if zero.any():
