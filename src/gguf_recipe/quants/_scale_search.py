@@ -243,7 +243,7 @@ def make_qx_quants_iscale(
         np.multiply(wt, v, out=t[1])
         np.multiply(t[1], v, out=t[1])
         np.multiply(wx, v, out=t[0])
-        np.add.reduce(t, axis=1, initial=_F0, out=sums)  # C's in-order sums (see seq_sum), both at once
+        seq_sum(t, axis=1, out=sums)  # C's in-order sums, both at once (also for a single group)
 
     best_iscale = np.divide(np.float32(-nmax), safe)
     candidate(best_iscale)
