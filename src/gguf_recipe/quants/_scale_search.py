@@ -277,8 +277,9 @@ def make_qx_quants_iscale(
         np.greater(lhs, rhs, out=upd)
         upd &= suml2 > 0
         np.multiply(upd, np.uint32(0xFFFFFFFF), out=mask)
-        np.divide(sumlx, suml2, out=new[0])  # scale = sumlx/suml2; best = scale*sumlx (where accepted)
-        np.multiply(new[0], sumlx, out=new[1])
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # only accepted ones are kept
+            np.divide(sumlx, suml2, out=new[0])  # scale = sumlx/suml2; best = scale*sumlx
+            np.multiply(new[0], sumlx, out=new[1])
         blend(scale, new[0])
         blend(best, new[1])
         blend(best_iscale, iscale)
