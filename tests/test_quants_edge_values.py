@@ -185,6 +185,17 @@ def test_subnormal_imatrix_matches_ggml() -> None:
         assert np.array_equal(quantize(x, qtype, im, threads=1), ggml_bytes(x, qtype, im)), qtype.name
 
 
+@pytest.mark.parametrize("qtype", [T.Q4_0, T.Q5_0, T.Q4_1, T.Q5_1], ids=lambda t: t.name)
+def test_single_block_weighted_rows_match_ggml(qtype: T) -> None:
+    """One 32-value row per call with an imatrix: the searches then see a single block, where numpy
+    reductions over the block's 32 terms switch to pairwise summation unless kept sequential."""
+    rng = np.random.default_rng(7)
+    for _ in range(60):
+        x = (rng.standard_normal((1, 32)) * rng.exponential(3.0)).astype(np.float32)
+        im = rng.exponential(1.0, 32).astype(np.float32)
+        assert np.array_equal(quantize(x, qtype, im, threads=1), ggml_bytes(x, qtype, im)), x.tolist()
+
+
 @st.composite
 def _edge_rows(draw: st.DrawFn, non_finite: bool = False) -> np.ndarray:
     """Rows of 256 mixing subnormals, +-0 and normal values of a drawn magnitude (and, with

@@ -226,18 +226,24 @@ def make_qx_quants_iscale(
     safe: F32Array = np.where(zero, _F1, mx)
     wx = np.multiply(wt, xt, out=scratch("qxi.wx", xt.shape))
     lo, hi = np.float32(-nmax), np.float32(nmax - 1)
-    v = scratch("qxi.v", xt.shape)
     t = scratch("qxi.t", (2, n, nb))  # [w*x*l, w*l*l]
+    v = t[0]  # the levels, until w*x*l replaces them (a smaller working set than a buffer of their own)
     sums = scratch("qxi.sums", (2, nb))  # [sumlx, suml2]
     sumlx, suml2 = sums
 
-    def candidate(iscale: F32Array) -> None:
+    # Few numpy calls per candidate: at 64 rows a call costs about as much as a tenth of a pass.
+    def candidate(iscale: F32Array, in_range: bool = False) -> None:
         np.multiply(xt, iscale, out=v)
-        clamped_levels(v, lo, hi, finite)
-        np.multiply(wx, v, out=t[0])
+        if not finite:
+            clamped_levels(v, lo, hi, finite)
+        else:
+            if not in_range:
+                np.clip(v, lo, hi, out=v)
+            np.rint(v, out=v)
         np.multiply(wt, v, out=t[1])
         np.multiply(t[1], v, out=t[1])
-        seq_sum(t, axis=1, out=sums)  # C's in-order sums, both at once
+        np.multiply(wx, v, out=t[0])
+        seq_sum(t, axis=1, out=sums)  # C's in-order sums, both at once (also for a single group)
 
     best_iscale = np.divide(np.float32(-nmax), safe)
     candidate(best_iscale)
@@ -247,17 +253,36 @@ def make_qx_quants_iscale(
     upd = np.empty(nb, dtype=np.bool_)
     lhs = np.empty(nb, dtype=np.float32)
     rhs = np.empty(nb, dtype=np.float32)
-    for step in (*range(-9, 0), *range(1, 10)):
-        iscale = np.divide(-(np.float32(nmax) + np.float32(0.1) * np.float32(step)), safe)
-        candidate(iscale)
+    steps = np.array([*range(-9, 0), *range(1, 10)], dtype=np.float32)
+    # -(nmax + 0.1f*is) / max for every candidate at once
+    iscales = np.divide(-(np.float32(nmax) + np.float32(0.1) * steps)[:, None], safe)
+    # The accepted candidates' values are blended in bitwise (dst ^= (dst ^ new) & mask): numpy's
+    # masked (where=) divide/multiply/copyto run an element-by-element loop, 20x slower than these.
+    mask = scratch("qxi.mask", (nb,), np.uint32)
+    diff = scratch("qxi.diff", (nb,), np.uint32)
+    new = scratch("qxi.new", (2, nb))  # [scale, best] of this candidate
+
+    def blend(dst: F32Array, src: F32Array) -> None:
+        d, s = dst.view(np.uint32), src.view(np.uint32)
+        np.bitwise_xor(d, s, out=diff)
+        np.bitwise_and(diff, mask, out=diff)
+        np.bitwise_xor(d, diff, out=d)
+
+    for step, iscale in zip(steps, iscales, strict=True):
+        # |iscale * x| <= nmax - 0.6 for step <= -6: the levels round inside [-nmax, nmax - 1].
+        candidate(iscale, bool(step <= -6))
         # suml2 > 0 && sumlx*sumlx > best*suml2
         np.multiply(sumlx, sumlx, out=lhs)
         np.multiply(best, suml2, out=rhs)
         np.greater(lhs, rhs, out=upd)
         upd &= suml2 > 0
-        np.divide(sumlx, suml2, out=scale, where=upd)
-        np.multiply(scale, sumlx, out=best, where=upd)
-        np.copyto(best_iscale, iscale, where=upd)
+        np.multiply(upd, np.uint32(0xFFFFFFFF), out=mask)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # only accepted ones are kept
+            np.divide(sumlx, suml2, out=new[0])  # scale = sumlx/suml2; best = scale*sumlx
+            np.multiply(new[0], sumlx, out=new[1])
+        blend(scale, new[0])
+        blend(best, new[1])
+        blend(best_iscale, iscale)
     scale[zero] = 0
     return scale, best_iscale, zero, finite
 
@@ -301,16 +326,23 @@ def _q3_step(
     """
     n, a = x.shape
     r = np.subtract(s[:, None, :], t, out=t)  # [sl2, slx]: the sums without element i
-    q = np.multiply(x, r[0], out=scratch("q3s.q", (n, a)))
+    # q = x * sl2 / slx in place of sl2 (one big buffer less); sl2 is recomputed for the few
+    # elements that change, from the same terms t[0] = (w*L)*L.
+    q = np.multiply(x, r[0], out=r[0])
     np.divide(q, r[1], out=q)
     nl = _levels_clamped(q, lo, hi)
     idx = np.flatnonzero(np.not_equal(nl, L, out=scratch("q3s.ne", (n, a), np.bool_)))
     i, col = np.divmod(idx, a)
     nls = np.take(nl, idx)
-    rs = np.take(r.reshape(2, -1), idx, axis=1)
-    u = np.empty_like(rs)
     xs = np.take(x, idx)
-    np.multiply(xs, xs, out=u[0])
+    ls = np.take(L, idx)
+    u = np.empty((2, idx.size), dtype=np.float32)
+    np.multiply(xs, xs, out=u[0])  # w
+    rs = np.empty_like(u)
+    np.multiply(u[0], ls, out=rs[0])
+    rs[0] *= ls
+    np.subtract(np.take(s[0], col), rs[0], out=rs[0])
+    np.take(r[1], idx, out=rs[1])
     np.multiply(u[0], xs, out=u[1])
     u *= nls
     u[0] *= nls
@@ -357,7 +389,7 @@ def make_q3_quants(x: F32Array, nmax: int) -> tuple[F32Array, F32Array]:
         iscale = np.float32(-nmax) / np.where(zero, _F1, mx)
         # |x * iscale| <= nmax (rounded) when x is finite
         L = _levels_clamped(np.multiply(x, iscale, out=scratch("q3.L", (n, g))), lo, hi, finite)
-        t = np.multiply(wwx, L, out=scratch("q3.t", (2, n, g)))
+        t = np.multiply(wwx, L, out=wwx)  # [w*L, w*x*L]: wwx is not needed again
         np.multiply(t[0], L, out=t[0])
         sums = seq_sum(t, axis=1)  # [suml2, sumlx], sequential over the n elements (also for one group)
         skip = zero if zero.any() else None
@@ -366,18 +398,21 @@ def make_q3_quants(x: F32Array, nmax: int) -> tuple[F32Array, F32Array]:
             L[kh, act] = nlv
             sums[:, act] = s
             a = act.size
-            z = scratch("q3.z0", (4, n, a))  # [w, w*x, x, L] of the groups still changing
-            np.take(x, act, axis=1, out=z[2], mode="clip")
-            np.take(L, act, axis=1, out=z[3], mode="clip")
-            np.multiply(z[2], z[2], out=z[0])
-            np.multiply(z[0], z[2], out=z[1])
+            # [x, L] of the groups still changing; w and w*x are recomputed each round, cheaper
+            # than carrying them through the gathers that shrink z
+            z = scratch("q3.z0", (2, n, a))
+            np.take(x, act, axis=1, out=z[0], mode="clip")
+            np.take(L, act, axis=1, out=z[1], mode="clip")
             pos = kh + 1
             itry = np.zeros(a, dtype=np.intp)
             rnd = 1  # z alternates between two scratch buffers
             while True:
-                t = np.multiply(z[0:2], z[3], out=scratch("q3.ta", (2, n, a)))
-                np.multiply(t[0], z[3], out=t[0])
-                kh, c, nlv, s = _q3_step(z[2], z[3], t, s, pos, itry, None, lo, hi)
+                t = scratch("q3.ta", (2, n, a))
+                np.multiply(z[0], z[0], out=t[0])  # w
+                np.multiply(t[0], z[0], out=t[1])  # w*x
+                np.multiply(t, z[1], out=t)
+                np.multiply(t[0], z[1], out=t[0])  # [w*L*L, w*x*L]
+                kh, c, nlv, s = _q3_step(z[0], z[1], t, s, pos, itry, None, lo, hi)
                 if not c.size:
                     break
                 itry = itry[c] + (kh < pos[c])  # an element before pos was reached in the next itry
@@ -386,9 +421,9 @@ def make_q3_quants(x: F32Array, nmax: int) -> tuple[F32Array, F32Array]:
                 L[kh, act] = nlv
                 sums[:, act] = s
                 a = c.size
-                z = np.take(z, c, axis=2, out=scratch(f"q3.z{rnd & 1}", (4, n, a)), mode="clip")
+                z = np.take(z, c, axis=2, out=scratch(f"q3.z{rnd & 1}", (2, n, a)), mode="clip")
                 rnd += 1
-                z[3].reshape(-1)[kh * a + np.arange(a)] = nlv
+                z[1].reshape(-1)[kh * a + np.arange(a)] = nlv
         scale = np.where(sums[0] > 0, sums[1] / sums[0], _F0)
     L += np.float32(nmax)
     if zero.any():

@@ -361,24 +361,26 @@ def _groups16(rows: F32Array) -> F32Array:
     return x16
 
 
-def _q3_levels(x16: F32Array, d: F32Array, keep: Callable[[], AnyArray]) -> U8Array:
+def _q3_levels(rows: F32Array, d: F32Array, keep: Callable[[], AnyArray]) -> U8Array:
     """Final levels in row order, (S, 256) uint8 in [0, 8): ``clamp(nearest_int(x/d), -4, 3) + 4`` per
-    sub-block of 16, from the (16, G) group layout ``x16``; where ``d == 0`` the search's levels
-    (``keep()``, (16, G)) stay. The result lives in a scratch buffer (valid until the next call)."""
-    n, g = x16.shape
+    sub-block of 16 (``d``: one per group, in row order); where ``d == 0`` the search's levels
+    (``keep()``, in the (16, G) group layout) stay. The result lives in a scratch buffer (valid until
+    the next call).
+
+    Computed in row order (a division broadcasting ``d`` over each group): the group layout needed a
+    byte transposition back (16 strided row copies) that cost more than all the rest.
+    """
+    g = d.size
     dz = d == 0
     any_dz = bool(dz.any())
     dd = np.where(dz, _F1, d) if any_dz else d
-    q = np.divide(x16, dd, out=scratch("q3k.q", (n, g)))
+    q = np.divide(np.ascontiguousarray(rows).reshape(g, 16), dd[:, None], out=scratch("q3k.q", (g, 16)))
     _levels_clamped(q, np.float32(-4), np.float32(3))
     q += np.float32(4)
     if any_dz:
-        np.copyto(q, keep(), where=dz)
-    lt = scratch("q3k.Lt", (n, g), np.uint8)
-    np.copyto(lt, q, casting="unsafe")
-    L = scratch("q3k.L", (g, n), np.uint8)
-    for i in range(n):  # back to row order: one strided row copy per element index
-        L[:, i] = lt[i]
+        np.copyto(q, keep().T, where=dz[:, None])
+    L = scratch("q3k.L", (g, 16), np.uint8)
+    np.copyto(L, q, casting="unsafe")
     return L.reshape(-1, QK_K)
 
 
@@ -440,7 +442,8 @@ def quantize_q3_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
         weight = np.multiply(x16, x16, out=scratch("q3k.w", x16.shape))
         weight += np.repeat(sigma2, 16)
         np.sqrt(weight, out=weight)
-        weight *= np.tile(imatrix.reshape(-1, 16).T, (1, n_rows))
+        w3 = weight.reshape(16, n_rows, -1)  # a view
+        w3 *= imatrix.reshape(-1, 16).T[:, None, :]  # broadcast over the rows: no fresh np.tile array
         sw = seq_sum(weight)
         scales, iscale0, zero0, finite = make_qx_quants_iscale(x16, weight, 4)
 
@@ -460,7 +463,7 @@ def quantize_q3_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     scale_bytes = _q3_scale_bytes(ls)
     sc_dec = (ls & 0x3F) - 32
     dq = _fp16r(d)[:, None] * sc_dec.astype(np.float32)
-    L = _q3_levels(x16, dq.reshape(-1), keep)
+    L = _q3_levels(rows, dq.reshape(-1), keep)
     return _q3_pack(n_super, L, scale_bytes, d).reshape(n_rows, -1)
 
 

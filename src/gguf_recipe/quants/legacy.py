@@ -99,7 +99,7 @@ def _imatrix_weights(rows: F32Array, xt: F32Array, imatrix: F32Array) -> F32Arra
     sigma2 = seq_sum(seq.reshape(n_per_row, n_rows)) / _F(n_per_row)
     w += np.repeat(sigma2, nbr)
     np.sqrt(w, out=w)
-    w *= np.tile(imatrix.reshape(nbr, QK).T, (1, n_rows))  # tiled: a broadcast multiply is slower
+    w3 *= imatrix.reshape(nbr, QK).T[:, None, :]  # broadcast: np.tile's fresh 1 MB array cost more
     return w
 
 
@@ -220,17 +220,17 @@ def _make_qkx3_quants(
 # broadcast along the lanes; packed bytes come back as uint32 words transposed the same way.
 
 
-_QUAD_TILE = 2048  # blocks per transposition tile: 256 KiB of input, reread from L1/L2 by the 8 passes
+_QUAD_TILE = 2048  # blocks per transposition tile: 256 KiB of input and output
 
 
 def _quads(rows: F32Array) -> F32Array:
     nb = rows.size // QK
     groups = np.ascontiguousarray(rows).reshape(nb, QK).view(np.complex128)  # (nb, 8) items of 4 floats
     buf = scratch("lg.quads", (8, nb), np.complex128)
-    # The transposed copy reads each input cache line in 4 of its 8 passes; in tiles, the line is
-    # still cached for the later ones when the input comes from memory.
+    # Copied in the input's order (8 strided output streams): the input usually comes from memory,
+    # and a sequential read of it is faster there than 8 strided passes over each tile (measured).
     for b0 in range(0, nb, _QUAD_TILE):
-        np.copyto(buf[:, b0 : b0 + _QUAD_TILE], groups[b0 : b0 + _QUAD_TILE].T)
+        np.copyto(buf[:, b0 : b0 + _QUAD_TILE].T, groups[b0 : b0 + _QUAD_TILE])
     xq: F32Array = buf.view(np.float32).reshape(8, nb * 4)
     return xq
 
@@ -243,16 +243,17 @@ def _lane_max_min(xq: F32Array, skip_nan: bool = True) -> tuple[F32Array, F32Arr
     Only the value matters, not which zero sign wins a +-0 tie: callers normalise zero signs.
     """
     n4 = xq.shape[1]
-    nb = n4 // 4
-    mx = scratch("lg.mx", (nb,))
-    mn = scratch("lg.mn", (nb,))
-    reds = ((np.fmax, mx), (np.fmin, mn)) if skip_nan else ((np.maximum, mx), (np.minimum, mn))
-    for red, res in reds:
-        lanes = red.reduce(xq, axis=0, out=scratch("lg.l8", (n4,))).reshape(nb, 4)
-        red(lanes[:, 0], lanes[:, 1], out=res)
-        red(res, lanes[:, 2], out=res)
-        red(res, lanes[:, 3], out=res)
-    return mx, mn
+    res = scratch("lg.mxmn", (2, n4 // 4))
+    lanes = scratch("lg.l8", (n4,))
+    pairs = scratch("lg.l2", (n4,))
+    reds = (np.fmax, np.fmin) if skip_nan else (np.maximum, np.minimum)
+    for red, out in zip(reds, res, strict=True):
+        red.reduce(xq, axis=0, out=lanes)
+        # Lanes (0, 2) and (1, 3) in one contiguous op over shifted views, then the two pairs: half
+        # the strided work of combining the 4 lanes one by one.
+        red(lanes[:-2], lanes[2:], out=pairs[:-2])
+        red(pairs[0::4], pairs[1::4], out=out)
+    return res[0], res[1]
 
 
 @functools.lru_cache(maxsize=64)
@@ -329,40 +330,22 @@ def _words(q: U8Array) -> npt.NDArray[np.uint32]:
     return w
 
 
-def _nibble_words(q: U8Array, five_bit: bool) -> npt.NDArray[np.uint32]:
-    """qs[j] = q[j] | q[j+16] << 4 as 4 words per block (j = 4k + p sits at [k, 4b + p]).
-
-    Like C's ``qs[j] = xi0; qs[j] |= xi1 << 4`` (uint8): all of q[j] and the low nibble of q[j+16]
-    (4-bit levels are < 16 unless C's int8 conversion produced garbage). 5-bit ones keep only
-    their low nibbles.
-    """
-    # On whole words: numpy's uint8 left shift is scalar code, its uint32 shift is vectorized. Each byte
-    # is < 16 after masking, so shifting the word by 4 moves every nibble up within its own byte.
-    hi = _words(q[4:])
-    w = scratch("lg.nib", hi.shape, np.uint32)
-    np.bitwise_and(hi, np.uint32(0x0F0F0F0F), out=w)
-    w <<= np.uint32(4)
-    if five_bit:
-        w |= _words(q[:4]) & np.uint32(0x0F0F0F0F)
-    else:
-        w |= _words(q[:4])
-    return w
-
-
 _BIT_GATHER = np.uint32(0x01020408)  # moves bit 0 of byte p of a word to bit 24 + p (no carries)
 _NIBBLE_SHIFT = (np.arange(8, dtype=np.uint32) * np.uint32(4))[:, None]
 
 
-def _high_bit_word(q: U8Array) -> npt.NDArray[np.uint32]:
-    """qh: bit j of a little-endian uint32 is bit 4 of q[j], one word per block."""
+def _high_bits(q: U8Array) -> npt.NDArray[np.uint32]:
+    """Bit 4 of q[4k + p] moved to bit 4k + p of a word, ``(8, n_blocks)``: OR-ed over k, it is qh
+    (bit j of a little-endian uint32 is bit 4 of q[j])."""
     words = _words(q)
-    h = np.right_shift(words, np.uint32(4), out=scratch("lg.qh", words.shape, np.uint32))
+    h: npt.NDArray[np.uint32] = np.right_shift(
+        words, np.uint32(4), out=scratch("lg.qh", words.shape, np.uint32)
+    )
     h &= np.uint32(0x01010101)
     h *= _BIT_GATHER
     h >>= np.uint32(24)
     h <<= _NIBBLE_SHIFT
-    qh: npt.NDArray[np.uint32] = np.bitwise_or.reduce(h, axis=0)
-    return qh
+    return h
 
 
 def _pack(n_rows: int, size: int, fields: list[tuple[int, npt.NDArray[Any]]]) -> U8Array:
@@ -377,6 +360,52 @@ def _pack(n_rows: int, size: int, fields: list[tuple[int, npt.NDArray[Any]]]) ->
         view = out[:, off : off + width * (f.size // nb)].view(f"<u{width}")
         for i, word in enumerate(f.reshape(-1, nb)):
             view[:, i] = word
+    res: U8Array = out.reshape(n_rows, -1)
+    return res
+
+
+def _pack_nibble_blocks(
+    n_rows: int,
+    size: int,
+    scales: F32Array,
+    q: U8Array,
+    qs_off: int,
+    qh_off: int | None,
+    dest: U8Array | None,
+) -> U8Array:
+    """Blocks of ``size`` bytes: the fp16 ``scales`` (``(n_blocks,)`` or ``(k, n_blocks)``) at byte 0,
+    ``qh`` (bit 4 of the 32 levels, 5-bit types) at ``qh_off``, ``qs`` at ``qs_off``; written into
+    ``dest`` (the caller's ``(n_rows, row_bytes)`` output rows) when given.
+
+    qh and qs are computed straight into their strided (possibly misaligned) views of the output.
+    """
+    nb = q.shape[1] // 4
+    contiguous = dest is not None and dest.flags.c_contiguous
+    out = dest.reshape(nb, size) if dest is not None and contiguous else np.empty((nb, size), dtype=np.uint8)
+    k = scales.size // nb
+    # numpy's own cast (what fp32_to_fp16_bits defers to): one call, cheaper at this size under load
+    bits = scales.reshape(k, nb).astype(np.float16).view(np.uint16)
+    sv = out[:, : 2 * k].view("<u2")
+    for i in range(k):  # one strided row each: a 2-D copy would run along the short axis
+        sv[:, i] = bits[i]
+    # qs[j] = q[j] | q[j+16] << 4 on 4 words per block (j = 4k + p sits at [k, 4b + p]); on whole
+    # words because numpy's uint8 shift is scalar code. As C's uint8 ``qs |= xi1 << 4`` keeps only the
+    # low nibble of q[j+16], masking it first stops one byte spilling into the next; 5-bit types
+    # keep only the low nibble of q[j] too.
+    nibble = np.uint32(0x0F0F0F0F)
+    hi = np.bitwise_and(_words(q[4:]), nibble, out=scratch("lg.nib", (4, nb), np.uint32))
+    hi <<= np.uint32(4)
+    lo = _words(q[:4])
+    if qh_off is not None:
+        lo = np.bitwise_and(lo, nibble, out=scratch("lg.nlo", (4, nb), np.uint32))
+        # reduced into a contiguous word row first: numpy's reduction into a strided output is 5x slower
+        qh = np.bitwise_or.reduce(_high_bits(q), axis=0, out=scratch("lg.qhw", (nb,), np.uint32))
+        out[:, qh_off : qh_off + 4].view("<u4")[:, 0] = qh
+    np.bitwise_or(hi, lo, out=out[:, qs_off : qs_off + 16].view("<u4").T)
+    if dest is not None:
+        if not contiguous:
+            dest[...] = out.reshape(n_rows, -1)
+        return dest
     res: U8Array = out.reshape(n_rows, -1)
     return res
 
@@ -482,35 +511,25 @@ def _levels_1(rows: F32Array, imatrix: F32Array | None, levels: int) -> tuple[F3
     return np.stack([d, m]), _quad_from_t(qt)
 
 
-@quiet_fp
-def quantize_q4_0(rows: F32Array, imatrix: F32Array | None) -> U8Array:
-    d, q = _levels_0(rows, imatrix, 8)
-    return _pack(rows.shape[0], 18, [(0, _fp16(d)), (2, _nibble_words(q, False))])
+def quantize_q4_0(rows: F32Array, imatrix: F32Array | None, out: U8Array | None = None) -> U8Array:
+    with np.errstate(all="ignore"):  # as quiet_fp
+        d, q = _levels_0(rows, imatrix, 8)
+        return _pack_nibble_blocks(rows.shape[0], 18, d, q, 2, None, out)
 
 
-@quiet_fp
-def quantize_q5_0(rows: F32Array, imatrix: F32Array | None) -> U8Array:
-    d, q = _levels_0(rows, imatrix, 16)
-    fields: list[tuple[int, npt.NDArray[Any]]] = [
-        (0, _fp16(d)),
-        (2, _high_bit_word(q)),
-        (6, _nibble_words(q, True)),
-    ]
-    return _pack(rows.shape[0], 22, fields)
+def quantize_q5_0(rows: F32Array, imatrix: F32Array | None, out: U8Array | None = None) -> U8Array:
+    with np.errstate(all="ignore"):  # as quiet_fp
+        d, q = _levels_0(rows, imatrix, 16)
+        return _pack_nibble_blocks(rows.shape[0], 22, d, q, 6, 2, out)
 
 
-@quiet_fp
-def quantize_q4_1(rows: F32Array, imatrix: F32Array | None) -> U8Array:
-    dm, q = _levels_1(rows, imatrix, 15)
-    return _pack(rows.shape[0], 20, [(0, _fp16(dm)), (4, _nibble_words(q, False))])
+def quantize_q4_1(rows: F32Array, imatrix: F32Array | None, out: U8Array | None = None) -> U8Array:
+    with np.errstate(all="ignore"):  # as quiet_fp
+        dm, q = _levels_1(rows, imatrix, 15)
+        return _pack_nibble_blocks(rows.shape[0], 20, dm, q, 4, None, out)
 
 
-@quiet_fp
-def quantize_q5_1(rows: F32Array, imatrix: F32Array | None) -> U8Array:
-    dm, q = _levels_1(rows, imatrix, 31)
-    fields: list[tuple[int, npt.NDArray[Any]]] = [
-        (0, _fp16(dm)),
-        (4, _high_bit_word(q)),
-        (8, _nibble_words(q, True)),
-    ]
-    return _pack(rows.shape[0], 24, fields)
+def quantize_q5_1(rows: F32Array, imatrix: F32Array | None, out: U8Array | None = None) -> U8Array:
+    with np.errstate(all="ignore"):  # as quiet_fp
+        dm, q = _levels_1(rows, imatrix, 31)
+        return _pack_nibble_blocks(rows.shape[0], 24, dm, q, 8, 4, out)
