@@ -20,7 +20,7 @@ import pytest
 from gguf import GGMLQuantizationType, GGUFWriter
 
 from gguf_recipe import examples, quants
-from gguf_recipe.executor import model_fingerprint
+from gguf_recipe.executor import NullProgress, model_fingerprint
 from gguf_recipe.executor.gguf_format import read_header, tensor_nbytes
 from gguf_recipe.executor.source_convert import high_precision_source
 from gguf_recipe.llamacpp import requires_imatrix
@@ -475,3 +475,14 @@ def moe_model_with_expert_imatrix(tmp_path: Path) -> tuple[Path, Path, Plan]:
     im = write_gguf_imatrix(tmp_path / "im.gguf", entries)
     plan = make_plan(model, default=T.Q4_0, imatrix=list(entries), imatrix_fingerprint=sha256_file(im))
     return model, im, plan
+
+
+class InterruptAt(NullProgress):
+    """A progress reporter that presses Ctrl-C (raises KeyboardInterrupt) when tensor ``index`` starts."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def tensor_start(self, index: int, name: str, nbytes: int, what: str) -> None:
+        if index == self.index:
+            raise KeyboardInterrupt

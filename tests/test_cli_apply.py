@@ -12,6 +12,7 @@ from gguf import GGUFReader
 from typer.testing import CliRunner
 
 from conftest_executor import (
+    InterruptAt,
     T,
     listdir,
     llama_tensors,
@@ -23,7 +24,6 @@ from conftest_executor import (
 )
 from gguf_recipe import quants
 from gguf_recipe.cli import app, parse_size
-from gguf_recipe.executor import NullProgress
 from gguf_recipe.executor import run as run_mod
 
 runner = CliRunner()
@@ -339,15 +339,6 @@ def test_imatrix_is_used_and_reported(model: Path, tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ Ctrl-C
-
-
-class InterruptAt(NullProgress):
-    def __init__(self, index: int) -> None:
-        self.index = index
-
-    def tensor_start(self, index: int, name: str, nbytes: int, what: str) -> None:
-        if index == self.index:
-            raise KeyboardInterrupt
 
 
 def test_ctrl_c_exits_130_and_resume_gives_the_same_file(

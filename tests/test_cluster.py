@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 import gguf_recipe
 from conftest_executor import (
     N_EMBD,
+    InterruptAt,
     T,
     interrupt_when_held,
     listdir,
@@ -41,7 +42,6 @@ from gguf_recipe.executor import (
     ApplyInterrupted,
     ClusterError,
     NonFiniteError,
-    NullProgress,
     SourceModel,
     apply_plan,
 )
@@ -401,22 +401,13 @@ def test_scheduler_lost_mid_run_fails_cleanly(wide: Path, tmp_path: Path) -> Non
     assert listdir(tmp_path) == ["dask", "m.gguf", "release", "release.reached"]
 
 
-class _InterruptAt(NullProgress):
-    def __init__(self, index: int) -> None:
-        self.index = index
-
-    def tensor_start(self, index: int, name: str, nbytes: int, what: str) -> None:
-        if index == self.index:
-            raise KeyboardInterrupt
-
-
 def test_interrupted_cluster_run_resumes_to_the_same_file(cluster: str, wide: Path, tmp_path: Path) -> None:
     plan = make_plan(wide, MIX, default=T.Q8_0)
     ref = local_bytes(plan, wide, tmp_path / "local.gguf")
     out = tmp_path / "c.gguf"
     kw = {"cluster": cluster, "chunk_values": SMALL_CHUNKS}
     with pytest.raises(ApplyInterrupted, match="resume"):
-        apply_plan(plan, wide, out, progress=_InterruptAt(9), **kw)  # type: ignore[arg-type]
+        apply_plan(plan, wide, out, progress=InterruptAt(9), **kw)  # type: ignore[arg-type]
     assert not out.exists()
     res = apply_plan(plan, wide, out, progress=False, resume=True, **kw)  # type: ignore[arg-type]
     assert res.resumed_tensors == 9

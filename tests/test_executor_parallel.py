@@ -13,6 +13,7 @@ import pytest
 
 from conftest_executor import (
     N_EMBD,
+    InterruptAt,
     T,
     listdir,
     llama_tensors,
@@ -25,7 +26,6 @@ from gguf_recipe.executor import (
     ApplyInterrupted,
     ExecutorError,
     NonFiniteError,
-    NullProgress,
     SourceModel,
     apply_plan,
 )
@@ -103,22 +103,13 @@ def test_dead_worker_is_reported_and_leaves_nothing(
     assert listdir(tmp_path) == ["m.gguf"]
 
 
-class _InterruptAt(NullProgress):
-    def __init__(self, index: int) -> None:
-        self.index = index
-
-    def tensor_start(self, index: int, name: str, nbytes: int, what: str) -> None:
-        if index == self.index:
-            raise KeyboardInterrupt
-
-
 def test_interrupt_then_resume_with_processes(model: Path, tmp_path: Path) -> None:
     plan = make_plan(model, default=T.Q4_K)
     ref = apply_plan(plan, model, tmp_path / "ref.gguf", progress=False, threads=1).outputs[0]
     out = tmp_path / "o.gguf"
     kw = {"parallel": "processes", "threads": 2, "chunk_values": 16 * 64}
     with pytest.raises(ApplyInterrupted, match="resume"):
-        apply_plan(plan, model, out, progress=_InterruptAt(9), **kw)  # type: ignore[arg-type]
+        apply_plan(plan, model, out, progress=InterruptAt(9), **kw)  # type: ignore[arg-type]
     assert not out.exists()
     res = apply_plan(plan, model, out, progress=False, resume=True, **kw)  # type: ignore[arg-type]
     assert res.resumed_tensors == 9
