@@ -35,10 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "src"))
 
-from _archs import deepseek2  # noqa: E402
 from gguf_recipe.compiler import compile_plan  # noqa: E402
 from gguf_recipe.model import read_model  # noqa: E402
 from gguf_recipe.model.skeleton import write_skeleton  # noqa: E402
+from helpers.archs import deepseek2  # noqa: E402
 
 RECIPE = "llama.cpp/Q4_K_M"
 MODEL_FILE = "deepseek-v3.gguf"
@@ -47,7 +47,7 @@ _CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfor
 
 
 def deepseek_v3_spec() -> dict[str, Any]:
-    """tests/_archs' DeepSeek-V3 with the rest of the real tokenizer metadata (the string arrays that
+    """tests/helpers/archs.py' DeepSeek-V3 with the rest of the real tokenizer metadata (the string arrays that
     dominate a real header: tokens and merges)."""
     spec: dict[str, Any] = deepseek2(v3=True)
     md: list[dict[str, Any]] = spec["metadata"]

@@ -10,7 +10,7 @@ and, on paper, a DeepSeek-V3 (671B) Q4_K_M apply with 1, 8 and 64 workers.
    byte-identical to (a).
 2. Measured: single-core throughput of the worker's step (``quantize_chunk``: read F16 rows, NaN check,
    quantize, validate) for each type the DeepSeek-V3 Q4_K_M plan uses, on 2048-wide rows.
-3. On paper: the DeepSeek-V3 plan (``tests/_archs.deepseek2(v3=True)``, as ``bench_plan.py``) split by
+3. On paper: the DeepSeek-V3 plan (``tests/helpers/archs.deepseek2(v3=True)``, as ``bench_plan.py``) split by
    type, divided by those rates and the number of workers (one core each), set against what the disks
    and the network allow (``--fs-gbs``, ``--client-nic-gbit``, ``--disk-write-gbs``: assumptions, not
    measurements). The run is bound by the slowest of: quantizing, reading the source from the shared
@@ -154,9 +154,9 @@ def measure_types(model: Path, types: list[str], rows: int) -> dict[str, float]:
 def deepseek_plan_by_type(work: Path) -> tuple[dict[str, int], int, int, int]:
     """(quantized values by target type, source bytes, output tensor bytes, copied bytes) of the
     DeepSeek-V3 llama.cpp/Q4_K_M plan."""
-    from _archs import deepseek2
     from gguf_recipe.compiler import compile_plan
     from gguf_recipe.model.skeleton import write_skeleton
+    from helpers.archs import deepseek2
 
     path = work / "deepseek-v3-skeleton.gguf"
     write_skeleton(deepseek2(v3=True), path)  # sparse: headers and holes

@@ -12,7 +12,7 @@ tuner), applies the tuned recipes, checks every tuned file is no larger than its
 evaluates all of them with llama.cpp (llama-cpp-python: perplexity and KL divergence against the F16
 model) on a play no test uses. It also times the measurement (seconds per billion weights).
 
-The imatrix is the one the tests use (``tests/_imatrix_calibrate.py``: llama.cpp's imatrix collection
+The imatrix is the one the tests use (``tests/helpers/imatrix_calibrate.py``: llama.cpp's imatrix collection
 on Julius Caesar and Twelfth Night). Files are kept in ``--dir`` between runs.
 """
 
@@ -64,7 +64,7 @@ class Row:
 
 def _imatrix(source: Path) -> Path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from _imatrix_calibrate import cached_imatrix
+    from helpers.imatrix_calibrate import cached_imatrix
 
     im = cached_imatrix(source)
     if im is None:

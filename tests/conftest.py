@@ -1,15 +1,10 @@
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from _oracle_models import SkeletonFactory
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("GGUF_RECIPE_SHARED", REPO.parent / "shared"))
-ORACLE = SHARED / "oracle"
+from helpers.oracle_models import ORACLE, SkeletonFactory
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +18,7 @@ def oracle_dir() -> Path:
 def oracle_skeleton() -> SkeletonFactory:
     """``oracle_skeleton(name)``: the header-only GGUF of an oracle model, built once per session and
     shared by every test that asks for it."""
-    from _oracle_models import oracle_skeleton as build
+    from helpers.oracle_models import oracle_skeleton as build
 
     return build
 

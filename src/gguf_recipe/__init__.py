@@ -1,6 +1,6 @@
 """gguf-recipe: declarative per-tensor quantization recipes for GGUF models.
 
-The public API (pinned by ``tests/test_public_api.py``; the ``recipe`` command is presentation
+The public API (pinned by ``tests/cli/test_public_api.py``; the ``recipe`` command is presentation
 around these calls)::
 
     import gguf_recipe as gr

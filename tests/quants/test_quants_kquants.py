@@ -1,0 +1,255 @@
+"""k-quants (Q2_K..Q6_K): reconstruction error, shape/size properties, imatrix handling.
+
+Byte-exactness against ggml is covered by tests/quants/test_quant_oracle.py; these tests check the quantizers'
+behaviour on inputs the oracle does not contain.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from gguf_recipe.quants import _scale_search as ss
+from gguf_recipe.quants import quantize, spec_for
+from gguf_recipe.quants._numeric import nearest_int
+from helpers.quants import round_trip
+
+KQUANTS = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+
+# RMS error bound for N(0, 1) inputs (measured ~0.29, 0.15, 0.071, 0.036, 0.018).
+RMSE_BOUND = {"Q2_K": 0.33, "Q3_K": 0.18, "Q4_K": 0.085, "Q5_K": 0.045, "Q6_K": 0.022}
+
+
+@pytest.mark.parametrize("qtype", KQUANTS)
+@pytest.mark.parametrize("with_imatrix", [False, True])
+def test_gaussian_reconstruction_error(qtype: str, with_imatrix: bool) -> None:
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((8, 1024)).astype(np.float32)
+    im = rng.uniform(0.5, 2.0, size=1024).astype(np.float32) if with_imatrix else None
+    y = round_trip(x, qtype, im)
+    rmse = float(np.sqrt(np.mean((x - y) ** 2)))
+    assert rmse < RMSE_BOUND[qtype]
+
+
+@pytest.mark.parametrize("qtype", KQUANTS)
+def test_error_scales_with_input(qtype: str) -> None:
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 512)).astype(np.float32)
+    for scale in (1e-3, 1e3):
+        xs = (x * np.float32(scale)).astype(np.float32)
+        y = round_trip(xs, qtype)
+        assert float(np.sqrt(np.mean((xs - y) ** 2))) < RMSE_BOUND[qtype] * scale
+
+
+@pytest.mark.parametrize("qtype", KQUANTS)
+def test_zero_rows_dequantize_to_zero(qtype: str) -> None:
+    x = np.zeros((3, 512), dtype=np.float32)
+    im = np.ones(512, dtype=np.float32)
+    assert not round_trip(x, qtype).any()
+    assert not round_trip(x, qtype, im).any()
+
+
+@pytest.mark.parametrize("qtype", KQUANTS)
+def test_imatrix_weights_matter(qtype: str) -> None:
+    """Heavily weighted columns are reconstructed better than with a flat imatrix."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((16, 512)).astype(np.float32)
+    im = np.full(512, 1e-3, dtype=np.float32)
+    im[::8] = 1e3
+    y_w = round_trip(x, qtype, im)
+    y_flat = round_trip(x, qtype, np.ones(512, dtype=np.float32))
+    err_w = float(np.mean((x - y_w)[:, ::8] ** 2))
+    err_flat = float(np.mean((x - y_flat)[:, ::8] ** 2))
+    assert err_w < err_flat
+
+
+@pytest.mark.parametrize("qtype", KQUANTS)
+def test_rows_are_independent_of_chunking(qtype: str) -> None:
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((40, 2048)).astype(np.float32)
+    im = rng.exponential(size=2048).astype(np.float32)
+    for imx in (None, im):
+        whole = quantize(x, qtype, imx, threads=1)
+        parts = np.concatenate([quantize(x[i : i + 7], qtype, imx, threads=1) for i in range(0, 40, 7)])
+        assert np.array_equal(whole, parts)
+
+
+_finite_f32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
+_small_f32 = st.floats(min_value=-1e4, max_value=1e4, width=32)
+
+
+@st.composite
+def _matrices(draw: st.DrawFn) -> np.ndarray:
+    rows = draw(st.integers(1, 8))
+    blocks = draw(st.integers(1, 3))
+    elements = draw(st.sampled_from([_finite_f32, _small_f32]))
+    arr: np.ndarray = draw(hnp.arrays(np.float32, (rows, 256 * blocks), elements=elements))
+    return arr
+
+
+@pytest.mark.parametrize("qtype", KQUANTS)
+@settings(max_examples=25, deadline=None)
+@given(x=_matrices(), data=st.data())
+def test_any_finite_input_gives_right_size(qtype: str, x: np.ndarray, data: st.DataObject) -> None:
+    use_im = data.draw(st.booleans())
+    im = None
+    if use_im:
+        im = data.draw(
+            hnp.arrays(
+                np.float32,
+                (x.shape[1],),
+                elements=st.floats(min_value=0, max_value=1e6, width=32),
+            )
+        )
+    with np.errstate(all="ignore"):
+        q = quantize(x, qtype, im, threads=1)
+    assert q.dtype == np.uint8
+    assert q.shape == (x.shape[0], spec_for(qtype).row_bytes(x.shape[1]))
+    # Quantizing the same input twice gives the same bytes.
+    assert np.array_equal(q, quantize(x, qtype, im, threads=1))
+
+
+@pytest.mark.parametrize("qtype", KQUANTS)
+@settings(max_examples=25, deadline=None)
+@given(
+    x=hnp.arrays(
+        np.float32,
+        st.tuples(st.integers(1, 4), st.sampled_from([256, 512])),
+        elements=st.floats(min_value=-100, max_value=100, width=32),
+    )
+)
+def test_moderate_inputs_roundtrip_within_block_range(qtype: str, x: np.ndarray) -> None:
+    """Dequantized values stay finite and within the per-block magnitude (plus the quantization step)."""
+    y = round_trip(x, qtype)
+    assert np.isfinite(y).all()
+    blocks_x = np.abs(x.reshape(-1, 256)).max(axis=1)
+    blocks_y = np.abs(y.reshape(-1, 256)).max(axis=1)
+    assert (blocks_y <= blocks_x * 2.5 + 1e-6).all()
+
+
+@pytest.mark.parametrize("qtype", KQUANTS)
+def test_inputs_are_not_modified(qtype: str) -> None:
+    # A single super-block once made a transposed view alias the caller's row (regression).
+    for x in (np.full((1, 256), -1.0, dtype=np.float32), np.random.default_rng(1).standard_normal((3, 512))):
+        x = x.astype(np.float32)
+        im = np.zeros(x.shape[1], dtype=np.float32)
+        x0, im0 = x.copy(), im.copy()
+        first = quantize(x, qtype, im, threads=1)
+        assert np.array_equal(x, x0) and np.array_equal(im, im0)
+        assert np.array_equal(first, quantize(x, qtype, im, threads=1))
+        quantize(x, qtype, threads=1)
+        assert np.array_equal(x, x0)
+
+
+# ------------------------------------------------------------------ scale-search building blocks vs scalar C
+
+f32 = np.float32
+
+
+def _nint(v: np.float32) -> int:
+    return int(nearest_int(np.array([v], dtype=np.float32))[0])
+
+
+def _ref_make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.float32, list[int]]:
+    """make_q3_quants(n, nmax, x, L, true) transcribed line by line with float32 scalars."""
+    n = len(x)
+    amax, mx = f32(0), f32(0)
+    for i in range(n):
+        ax = abs(x[i])
+        if ax > amax:
+            amax, mx = ax, x[i]
+    if amax < f32(1e-15):
+        return f32(0), [0] * n
+    iscale = f32(-nmax) / mx
+    L = [0] * n
+    sumlx = suml2 = f32(0)
+    for i in range(n):
+        lv = max(-nmax, min(nmax - 1, _nint(iscale * x[i])))
+        L[i] = lv
+        w = x[i] * x[i]
+        sumlx += w * x[i] * f32(lv)
+        suml2 += w * f32(lv) * f32(lv)
+    for _ in range(5):
+        n_changed = 0
+        for i in range(n):
+            w = x[i] * x[i]
+            slx = sumlx - w * x[i] * f32(L[i])
+            if slx > 0:
+                sl2 = suml2 - w * f32(L[i]) * f32(L[i])
+                new_l = max(-nmax, min(nmax - 1, _nint(x[i] * sl2 / slx)))
+                if new_l != L[i]:
+                    slx += w * x[i] * f32(new_l)
+                    sl2 += w * f32(new_l) * f32(new_l)
+                    if sl2 > 0 and slx * slx * suml2 > sumlx * sumlx * sl2:
+                        L[i], sumlx, suml2 = new_l, slx, sl2
+                        n_changed += 1
+        if not n_changed:
+            break
+    return (sumlx / suml2 if suml2 > 0 else f32(0)), [v + nmax for v in L]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    groups=hnp.arrays(
+        np.float32,
+        st.tuples(st.just(16), st.integers(1, 40)),
+        elements=st.one_of(st.integers(-8, 8).map(float), st.floats(-50, 50, width=32)),
+    )
+)
+def test_make_q3_quants_matches_scalar_reference(groups: np.ndarray) -> None:
+    scale, L = ss.make_q3_quants(np.ascontiguousarray(groups), 4)
+    for gi in range(groups.shape[1]):
+        ref_scale, ref_L = _ref_make_q3_quants(groups[:, gi], 4)
+        assert scale[gi].tobytes() == ref_scale.tobytes()
+        assert L[:, gi].astype(int).tolist() == ref_L
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    groups=hnp.arrays(
+        np.float32,
+        st.tuples(st.just(16), st.sampled_from([1, 2, 3])),
+        elements=st.one_of(st.integers(-8, 8).map(float), st.floats(-(2.0**100), 2.0**100, width=32)),
+    ),
+    data=st.data(),
+)
+def test_q6_search_matches_make_qx_quants(groups: np.ndarray, data: st.DataObject) -> None:
+    """Q6_K's own make_qx_quants(16, 32) (sums of every candidate, then the accept scan) agrees with the
+    generic search: the scale bit for bit, and the levels it would keep."""
+    from gguf_recipe.quants import kquants as kq
+
+    n_rows = groups.shape[1]
+    x = np.ascontiguousarray(groups)
+    im = None
+    if data.draw(st.booleans()):
+        im = data.draw(hnp.arrays(np.float32, (16,), elements=st.floats(0, 1e6, width=32)))
+    qw = None if im is None else np.ascontiguousarray(np.tile(im[:, None], (1, n_rows)))
+    with np.errstate(all="ignore"):
+        ref_scale, ref_L = ss.make_qx_quants(x, 32, qw)
+        scale, safe_mx, idx, zero, amax = kq._q6_search(x, im, n_rows)
+        L = kq._q6_keep_levels(x, safe_mx, idx)
+    L[:, zero] = 0
+    assert scale.tobytes() == ref_scale.tobytes()
+    assert np.array_equal(L, ref_L)
+    assert np.array_equal(amax, np.abs(x).max(axis=0))
+
+
+def test_q6_k_ties_and_kept_levels() -> None:
+    """Groups whose largest |x| occurs with both signs, and sub-blocks whose scale rounds to 0 (the
+    levels of the search are kept), against the generic make_qx_quants path (non-finite input)."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((4, 1024)).astype(np.float32)
+    x[:, 16:32] *= np.float32(1e-4)  # q_sc == 0
+    x[:, 40] = -np.abs(x[:, 32:48]).max(axis=1) * 2  # tie: -m first, +m later
+    x[:, 45] = -x[:, 40]
+    x[:, 64:80] = 0
+    im = rng.exponential(size=1024).astype(np.float32)
+    bad = x.copy()
+    bad[:, 1000:] = np.nan  # the last super-block makes the whole work item take the generic path
+    for imx in (None, im):
+        fast = quantize(x, "Q6_K", imx, threads=1)
+        slow = quantize(bad, "Q6_K", imx, threads=1)
+        assert np.array_equal(fast[:, :630], slow[:, :630])
