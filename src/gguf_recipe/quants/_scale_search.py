@@ -108,6 +108,16 @@ def _first_absmax(x: F32Array) -> tuple[F32Array, F32Array]:
     return amax, mx
 
 
+def _blend_columns(dst: F32Array, src: F32Array, take: npt.NDArray[np.bool_]) -> None:
+    """``np.copyto(dst, src, where=take)`` for a per-column ``take``, bitwise: numpy's masked copy
+    runs element by element, several times slower than three whole-array integer operations."""
+    mask = np.multiply(take, np.uint32(0xFFFFFFFF), out=scratch("blend.mask", take.shape, np.uint32))
+    d, s = dst.view(np.uint32), src.view(np.uint32)
+    diff = np.bitwise_xor(d, s, out=scratch("blend.diff", d.shape, np.uint32))
+    np.bitwise_and(diff, mask, out=diff)
+    np.bitwise_xor(d, diff, out=d)
+
+
 # --------------------------------------------------------------------------------------------- make_qx_quants
 
 
@@ -144,27 +154,29 @@ def make_qx_quants(x: F32Array, nmax: int, qw: F32Array | None = None) -> tuple[
         seq_sum(t, axis=1, out=sums)
 
     with np.errstate(all="ignore"):
-        iscale = np.float32(-nmax) / safe_mx
+        iscale: F32Array = np.divide(np.float32(-nmax), safe_mx)
         candidate(iscale)
         sumlx, suml2 = sums[0].copy(), sums[1].copy()
         scale = np.where(suml2 != 0, sumlx / suml2, _F0)
         best = scale * sumlx
-        best_iscale = iscale
+        best_iscale: F32Array = iscale
         sumlx, suml2 = sums[0], sums[1]
         for step in range(-9, 10):
             if step == 0:
                 continue
             c = np.float32(nmax) + np.float32(0.1) * np.float32(step)
-            iscale_c = -c / safe_mx
+            iscale_c: F32Array = np.divide(-c, safe_mx)
             candidate(iscale_c)
             better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-            np.divide(sumlx, suml2, out=scale, where=better)
-            np.multiply(scale, sumlx, out=best, where=better)
-            np.copyto(best_iscale, iscale_c, where=better)
+            # every group's scale = sumlx/suml2 and best = scale*sumlx; the accepted ones are kept
+            new_scale = sumlx / suml2
+            _blend_columns(scale, new_scale, better)
+            _blend_columns(best, np.multiply(new_scale, sumlx, out=new_scale), better)
+            _blend_columns(best_iscale, iscale_c, better)
         L = levels(best_iscale, np.empty_like(x))
         L += np.float32(nmax)
     if zero.any():
-        np.copyto(L, _F0, where=zero)
+        L[:, zero] = 0
         scale[zero] = 0
     return scale, L
 
@@ -658,7 +670,7 @@ def _qkx_search(
                     mn[acc] = this_min[acc]
             if accepted.any():
                 if qkx3:
-                    np.copyto(L, levels(acc_iscale, acc_min, v), where=accepted)
+                    _blend_columns(L, levels(acc_iscale, acc_min, v), accepted)
                 else:
                     # the groups that accepted nothing still hold the first (iscale, min): the same
                     # function of the same values gives them their first levels again
