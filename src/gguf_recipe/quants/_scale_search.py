@@ -621,7 +621,7 @@ def _qkx_search(
         # make_qkx3: v > 0 ? nearest_int(MIN(v, nmax)) : 0   (NaN -> 0, +inf -> nmax)
         np.subtract(x, mn_, out=out)
         np.multiply(out, iscale, out=out)
-        if bool(np.isinf(iscale[live]).any()):
+        if bool(np.isinf(iscale[live] if any_zero else iscale).any()):
             np.fmax(out, _F0, out=out)
             np.fmin(out, fmax, out=out)
         else:
