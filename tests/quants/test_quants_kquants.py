@@ -253,3 +253,20 @@ def test_q6_k_ties_and_kept_levels() -> None:
         fast = quantize(x, "Q6_K", imx, threads=1)
         slow = quantize(bad, "Q6_K", imx, threads=1)
         assert np.array_equal(fast[:, :630], slow[:, :630])
+
+
+@pytest.mark.parametrize("groups", [1, 2, 300])
+def test_seq_sum_middle_is_cs_sequential_sum(groups: int) -> None:
+    # The scale searches' sums: C's float s = 0; s += a[i] in order, bit for bit (a pairwise sum or a
+    # start from a[0] instead of +0.0 would differ), an all -0.0 column included.
+    rng = np.random.default_rng(5)
+    t = (rng.standard_normal((3, 32, groups)) * np.exp2(rng.integers(-20, 20, (3, 32, groups)))).astype(
+        np.float32
+    )
+    t[:, :, 0] = -0.0
+    out = np.empty((3, groups), dtype=np.float32)
+    ss.seq_sum_middle(t, out)
+    expected = np.zeros((3, groups), dtype=np.float32)
+    for i in range(32):
+        expected += t[:, i]
+    assert np.array_equal(out.view(np.uint32), expected.view(np.uint32))

@@ -41,6 +41,7 @@ __all__ = [
     "nearest_int_f",
     "nearest_int_inplace",
     "nearest_int_into",
+    "seq_sum_middle",
 ]
 
 IntpArray = npt.NDArray[np.intp]
@@ -73,6 +74,20 @@ def nearest_int_into(v: F32Array, out: F32Array) -> F32Array:
 def nearest_int_f(v: AnyArray) -> F32Array:
     """ggml ``nearest_int`` for any float32 input (NaN/inf/huge included), as float32."""
     return nearest_int(v).astype(np.float32)
+
+
+def seq_sum_middle(t: F32Array, out: F32Array) -> F32Array:
+    """:func:`._numeric.seq_sum` over axis 1 of a (k, n, G) array into ``out`` (k, G).
+
+    Numpy's reduction over the middle axis is sequential either way, but about a quarter slower when
+    given ``initial=0``; C's sum starts from +0.0, which only matters for an all -0.0 sum (-0.0 + 0 =
+    +0.0, every other value is unchanged by adding +0.0).
+    """
+    if t.shape[2] < 2:  # a single group: numpy would sum pairwise
+        return seq_sum(t, axis=1, out=out)
+    np.add.reduce(t, axis=1, out=out)
+    np.add(out, _F0, out=out)
+    return out
 
 
 def _first_absmax(x: F32Array) -> tuple[F32Array, F32Array]:
@@ -108,6 +123,16 @@ def _first_absmax(x: F32Array) -> tuple[F32Array, F32Array]:
     return amax, mx
 
 
+def _blend_columns(dst: F32Array, src: F32Array, take: npt.NDArray[np.bool_]) -> None:
+    """``np.copyto(dst, src, where=take)`` for a per-column ``take``, bitwise: numpy's masked copy
+    runs element by element, several times slower than three whole-array integer operations."""
+    mask = np.multiply(take, np.uint32(0xFFFFFFFF), out=scratch("blend.mask", take.shape, np.uint32))
+    d, s = dst.view(np.uint32), src.view(np.uint32)
+    diff = np.bitwise_xor(d, s, out=scratch("blend.diff", d.shape, np.uint32))
+    np.bitwise_and(diff, mask, out=diff)
+    np.bitwise_xor(d, diff, out=d)
+
+
 # --------------------------------------------------------------------------------------------- make_qx_quants
 
 
@@ -141,30 +166,32 @@ def make_qx_quants(x: F32Array, nmax: int, qw: F32Array | None = None) -> tuple[
         np.multiply(wx, v, out=t[0])
         np.multiply(w, v, out=t[1])
         np.multiply(t[1], v, out=t[1])
-        seq_sum(t, axis=1, out=sums)
+        seq_sum_middle(t, sums)
 
     with np.errstate(all="ignore"):
-        iscale = np.float32(-nmax) / safe_mx
+        iscale: F32Array = np.divide(np.float32(-nmax), safe_mx)
         candidate(iscale)
         sumlx, suml2 = sums[0].copy(), sums[1].copy()
         scale = np.where(suml2 != 0, sumlx / suml2, _F0)
         best = scale * sumlx
-        best_iscale = iscale
+        best_iscale: F32Array = iscale
         sumlx, suml2 = sums[0], sums[1]
         for step in range(-9, 10):
             if step == 0:
                 continue
             c = np.float32(nmax) + np.float32(0.1) * np.float32(step)
-            iscale_c = -c / safe_mx
+            iscale_c: F32Array = np.divide(-c, safe_mx)
             candidate(iscale_c)
             better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-            np.divide(sumlx, suml2, out=scale, where=better)
-            np.multiply(scale, sumlx, out=best, where=better)
-            np.copyto(best_iscale, iscale_c, where=better)
+            # every group's scale = sumlx/suml2 and best = scale*sumlx; the accepted ones are kept
+            new_scale = sumlx / suml2
+            _blend_columns(scale, new_scale, better)
+            _blend_columns(best, np.multiply(new_scale, sumlx, out=new_scale), better)
+            _blend_columns(best_iscale, iscale_c, better)
         L = levels(best_iscale, np.empty_like(x))
         L += np.float32(nmax)
     if zero.any():
-        np.copyto(L, _F0, where=zero)
+        L[:, zero] = 0
         scale[zero] = 0
     return scale, L
 
@@ -243,7 +270,7 @@ def make_qx_quants_iscale(
         np.multiply(wt, v, out=t[1])
         np.multiply(t[1], v, out=t[1])
         np.multiply(wx, v, out=t[0])
-        seq_sum(t, axis=1, out=sums)  # C's in-order sums, both at once (also for a single group)
+        seq_sum_middle(t, sums)  # C's in-order sums, both at once (also for a single group)
 
     best_iscale = np.divide(np.float32(-nmax), safe)
     candidate(best_iscale)
@@ -560,9 +587,8 @@ def _qkx_search(
     any_zero = bool(zero.any())
     absx = np.maximum(np.abs(xmax), np.abs(xmin))
 
-    def error(scale: AnyArray, mn_: AnyArray, lv: F32Array) -> F32Array:
-        # diff = scale*L + min - x; C sums w*diff^2 (or w*|diff|) from 0.
-        e = t[0]
+    def error(scale: AnyArray, mn_: AnyArray, lv: F32Array, e: F32Array) -> F32Array:
+        # diff = scale*L + min - x; C sums w*diff^2 (or w*|diff|) from 0. e: the work array (may be lv)
         np.multiply(lv, scale, out=e)
         np.add(e, mn_, out=e)
         np.subtract(e, x, out=e)
@@ -595,7 +621,7 @@ def _qkx_search(
         # make_qkx3: v > 0 ? nearest_int(MIN(v, nmax)) : 0   (NaN -> 0, +inf -> nmax)
         np.subtract(x, mn_, out=out)
         np.multiply(out, iscale, out=out)
-        if bool(np.isinf(iscale[live]).any()):
+        if bool(np.isinf(iscale[live] if any_zero else iscale).any()):
             np.fmax(out, _F0, out=out)
             np.fmin(out, fmax, out=out)
         else:
@@ -610,7 +636,7 @@ def _qkx_search(
         iscale = fmax / np.where(zero, _F1, xmax - mn)
         scale = _F1 / iscale
         L = levels_clip(iscale, mn, np.empty_like(x))
-        best_error = error(scale, mn, L)
+        best_error = error(scale, mn, L, t[0])
         if nstep >= 1:
             # Remember, per group, the (iscale, min) that produced the accepted levels; L is recomputed once.
             # The few groups that accept a candidate are updated by index (masked copies of whole
@@ -630,7 +656,7 @@ def _qkx_search(
                 wl = np.multiply(w, lv, out=t[0])
                 np.multiply(wl, lv, out=t[1])
                 np.multiply(wl, x, out=t[2])
-                seq_sum(t, axis=1, out=sums)
+                seq_sum_middle(t, sums)
                 np.multiply(sum_w, sum_l2, out=d)  # D = sum_w * sum_l2 - sum_l * sum_l
                 d -= np.multiply(sum_l, sum_l, out=tmp)
                 np.multiply(sum_w, sum_xl, out=this_scale)  # (sum_w * sum_xl - sum_x * sum_l) / D
@@ -643,7 +669,7 @@ def _qkx_search(
                 if pos.size:
                     this_min[pos] = 0
                     this_scale[pos] = sum_xl[pos] / sum_l2[pos]
-                cur = error(this_scale, this_min, lv)
+                cur = error(this_scale, this_min, lv, lv)  # the levels are not needed again
                 np.less(cur, best_error, out=better)
                 better &= d > 0
                 if any_zero:
@@ -658,7 +684,7 @@ def _qkx_search(
                     mn[acc] = this_min[acc]
             if accepted.any():
                 if qkx3:
-                    np.copyto(L, levels(acc_iscale, acc_min, v), where=accepted)
+                    _blend_columns(L, levels(acc_iscale, acc_min, v), accepted)
                 else:
                     # the groups that accepted nothing still hold the first (iscale, min): the same
                     # function of the same values gives them their first levels again
