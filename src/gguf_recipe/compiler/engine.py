@@ -544,7 +544,6 @@ def _compile_chain(
         src = t.qtype
         why = llama.not_quantizable_reason(name, t.n_dims, model.arch, quantize_output=not out_keep)
         fb: Fallback | None = None
-        decided_by: ResolvedRule | None = None
         use_imatrix_rule: bool | None = None
         rule_index: int | None = None
         if why is not None:
@@ -573,7 +572,6 @@ def _compile_chain(
         else:
             chosen = next((r for r in rules if rule_applies(r, name, cat, t, group)), None)
             if chosen is not None:
-                decided_by = chosen
                 rule_hits[chosen.index] = rule_hits.get(chosen.index, 0) + 1
                 want = src if chosen.type is None else chosen.type
                 rule_text, decision, rule_index = describe(chosen), "rule", chosen.index
@@ -647,7 +645,6 @@ def _compile_chain(
                 target_bytes=tb,
             )
         )
-        _ = decided_by
 
     pruned = [t for t in ordered if renamed[t.name] is None]
     for t in pruned:

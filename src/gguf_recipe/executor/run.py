@@ -36,7 +36,7 @@ import numpy.typing as npt
 
 from .. import quants
 from ..outputs import Input
-from ..plan import Plan
+from ..plan import Fallback, Plan
 from .checks import validate_output
 from .cluster import ClusterQuantizer
 from .errors import (
@@ -86,11 +86,11 @@ class RequantizeWarning(UserWarning):
     """Tensors that were already quantized were dequantized and quantized again."""
 
 
-def _fallback_counts(fallbacks: Sequence[str]) -> str:
-    """``: q4_K -> q5_0 ×166, q6_K -> q8_0 ×14`` from "name: wanted -> got (reason)" lines."""
+def _fallback_counts(fallbacks: Sequence[tuple[str, Fallback]]) -> str:
+    """``: q4_K -> q5_0 ×166, q6_K -> q8_0 ×14``: how many tensors fell back, per pair of types."""
     counts: dict[str, int] = {}
-    for line in fallbacks:
-        pair = line.partition(": ")[2].split(" (", 1)[0]
+    for _, fb in fallbacks:
+        pair = f"{fb.wanted} -> {fb.got}"
         counts[pair] = counts.get(pair, 0) + 1
     return (": " + ", ".join(f"{pair} ×{n}" for pair, n in counts.items())) if counts else ""
 
@@ -107,7 +107,7 @@ class ApplyResult:
     tensor_bytes: int  # tensor data written
     n_elements: int  # elements of the source model (bpw denominator, as llama-quantize)
     seconds: float
-    fallbacks: tuple[str, ...]  # "name: wanted -> got (reason)"
+    fallbacks: tuple[tuple[str, Fallback], ...]  # (tensor name, the type it fell back from and to)
     requantized: tuple[str, ...]
     imatrix: ImatrixCoverage | None
     resumed_tensors: int  # tensors taken from a checkpoint instead of recomputed
@@ -370,11 +370,7 @@ def apply_plan(
             quantizer.close(cancel=True)
             reporter.finish(ok)
 
-    fallbacks = tuple(
-        f"{j.planned.name}: {j.planned.fallback.wanted} -> {j.planned.fallback.got} ({j.planned.fallback.reason})"
-        for j in jobs
-        if j.planned.fallback is not None
-    )
+    fallbacks = tuple((j.planned.name, j.planned.fallback) for j in jobs if j.planned.fallback is not None)
     return ApplyResult(
         outputs=tuple(outputs),
         n_tensors=len(jobs),
