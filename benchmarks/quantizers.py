@@ -155,7 +155,13 @@ class Measure:
     """One (type, implementation, imatrix?) cell: picks its row count once, then collects timings."""
 
     def __init__(
-        self, run: Runner, x: np.ndarray, im: np.ndarray | None, budget: float, cpu_time: bool = False
+        self,
+        run: Runner,
+        x: np.ndarray,
+        im: np.ndarray | None,
+        budget: float,
+        cpu_time: bool = False,
+        min_time: float = 0.1,
     ) -> None:
         self.run, self.im = run, im
         self.clock = time.process_time if cpu_time else time.perf_counter
@@ -166,11 +172,15 @@ class Measure:
         per_row = max(time.perf_counter() - t0, 1e-9) / probe_rows
         rows = int(min(x.shape[0], max(probe_rows, budget / per_row)))
         self.x = x[:rows]
+        # A fast call is repeated so one timing lasts about min_time: a single sub-millisecond call
+        # mostly measures cache and page-fault state, not the quantizer.
+        self.repeats = max(1, int(min_time / (per_row * rows)))
 
     def once(self) -> None:
         t0 = self.clock()
-        self.run(self.x, self.im)
-        self.times.append(self.clock() - t0)
+        for _ in range(self.repeats):
+            self.run(self.x, self.im)
+        self.times.append((self.clock() - t0) / self.repeats)
 
     @property
     def mvals(self) -> float:
@@ -195,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cols", type=int, default=4096)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--budget", type=float, default=3.0, help="seconds per measurement at most (about)")
+    ap.add_argument(
+        "--min-time",
+        type=float,
+        default=0.1,
+        help="fast calls are repeated so that one timing lasts about this many seconds",
+    )
     ap.add_argument("--no-refs", action="store_true", help="only time gguf-recipe")
     ap.add_argument(
         "--cpu-time",
@@ -249,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
                 if lg is not None:
                     impls["libgguf"] = lg
             cells[(t, with_im)] = {
-                name: Measure(fn, x, w, budget, args.cpu_time and not name.endswith("_all"))
+                name: Measure(fn, x, w, budget, args.cpu_time and not name.endswith("_all"), args.min_time)
                 for name, fn in impls.items()
             }
 
