@@ -122,6 +122,23 @@ ABORTS: dict[T, set[str]] = {
     T.IQ2_S: _GRID_ABORTS,
     T.IQ1_M: {"non_finite_blocks"},
 }
+# NaNs with payloads other than numpy's default: C's nearest_int (x + 12582912.f, then the mantissa
+# bits) turns a NaN's payload into a quant value, and which NaN reaches a stored fp16 scale follows C's
+# exact operation order. These paths do not follow that yet (known gap; llama-quantize and apply both
+# refuse tensors with NaNs, so it concerns direct `quantize` calls only).
+NAN_PAYLOAD_DIFFERS = {
+    (T.Q4_0, True),
+    (T.Q4_1, True),
+    (T.Q5_0, True),
+    (T.Q5_1, True),
+    (T.Q2_K, False),
+    (T.Q2_K, True),
+    (T.Q3_K, True),
+    (T.Q4_K, False),
+    (T.Q4_K, True),
+    (T.Q5_K, False),
+    (T.Q5_K, True),
+}
 IMATRIX = np.random.default_rng(1).exponential(size=N).astype(np.float32)
 TYPES = implemented_types()
 # ggml's grid types (IQ1/IQ2/IQ3) abort on some non-finite rows or odd importances: left out of the
@@ -154,6 +171,34 @@ def test_edge_rows_match_ggml(qtype: T, weighted: bool, name: str) -> None:
         pytest.fail(
             f"{diff.size} bytes differ, first at {diff[0]}: ours {got[0, diff[0]]}, ggml {expected[0, diff[0]]}"
         )
+
+
+def _nan_payload_row() -> np.ndarray:
+    s = np.random.default_rng(0).standard_normal(N).astype(np.float32)
+    payloads = np.array([0x7F800001, 0xFFC12345, 0x7FBFFFFF, 0xFF80E000], dtype=np.uint32).view(np.float32)
+    s[3::9] = np.resize(payloads, s[3::9].size)  # signalling and quiet NaNs of both signs
+    return s
+
+
+def _nan_payload_cases() -> list[Any]:
+    out = []
+    for qtype in TYPES:
+        for weighted in (False, True):
+            if (not weighted and spec_for(qtype).requires_imatrix) or "nan" in ABORTS.get(qtype, set()):
+                continue
+            marks = []
+            if (qtype, weighted) in NAN_PAYLOAD_DIFFERS:
+                marks.append(pytest.mark.xfail(strict=True, reason="NaN payloads: known gap"))
+            case_id = f"{qtype.name}-{'imatrix' if weighted else 'plain'}"
+            out.append(pytest.param(qtype, weighted, id=case_id, marks=marks))
+    return out
+
+
+@pytest.mark.parametrize(("qtype", "weighted"), _nan_payload_cases())
+def test_nan_payload_rows_match_ggml(qtype: T, weighted: bool) -> None:
+    x = _nan_payload_row()[None, :]
+    im = IMATRIX if weighted else None
+    np.testing.assert_array_equal(quantize(x, qtype, im, threads=1), ggml_bytes(x, qtype, im))
 
 
 _ODD_IMATRICES = {
@@ -230,3 +275,22 @@ def test_mixed_subnormal_rows_match_ggml(x: np.ndarray, qtype: T, weighted: bool
 def test_rows_with_nan_inf_match_ggml(x: np.ndarray, qtype: T, weighted: bool) -> None:
     im = IMATRIX[:256] if weighted else None
     assert np.array_equal(quantize(x, qtype, im, threads=1), ggml_bytes(x, qtype, im))
+
+
+def _every_rounding_case() -> np.ndarray:
+    """Every upper 16 bits of a float32 (all signs, exponents, NaN/inf) with the lower halves that
+    decide rounding: exact, just below/at/above the half-way point, all ones, and random ones."""
+    high = np.arange(1 << 16, dtype=np.uint32) << np.uint32(16)
+    rng = np.random.default_rng(5)
+    lows = [0x0000, 0x0001, 0x7FFF, 0x8000, 0x8001, 0xFFFF]
+    columns = [high | np.uint32(low) for low in lows]
+    columns += [high | rng.integers(0, 1 << 16, high.size, dtype=np.uint32) for _ in range(2)]
+    return np.stack(columns, axis=1).reshape(-1, 4096).view(np.float32)
+
+
+@pytest.mark.parametrize("qtype", [T.F32, T.F16, T.BF16], ids=lambda t: t.name)
+def test_float_conversions_match_ggml_on_every_rounding_case(qtype: T) -> None:
+    x = _every_rounding_case()
+    with np.errstate(all="ignore"):
+        ours = quantize(x, qtype, threads=1)
+    np.testing.assert_array_equal(ours, ggml_bytes(x, qtype, None))
