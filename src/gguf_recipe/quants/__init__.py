@@ -107,7 +107,7 @@ def quantize(
     out = np.empty((n_rows, spec.row_bytes(n_per_row)), dtype=np.uint8)
     if n_rows == 0:
         return out
-    chunk = max(1, CHUNK_VALUES // max(n_per_row, 1))
+    chunk = max(1, (spec.chunk_values or CHUNK_VALUES) // max(n_per_row, 1))
     starts = range(0, n_rows, chunk)
     n_threads = threads if threads is not None else (os.cpu_count() or 1)
 

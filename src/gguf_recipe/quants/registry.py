@@ -43,6 +43,9 @@ class QuantizerSpec:
     function: str
     requires_imatrix: bool = False
     writes_into: bool = False  # the function takes ``out=`` (see QuantIntoFn)
+    # Values per work item when it should differ from ``quants.CHUNK_VALUES`` (a plain copy has no
+    # temporaries to keep near the cache, so it runs best in one call).
+    chunk_values: int | None = None
 
     @property
     def block_size(self) -> int:
@@ -62,16 +65,21 @@ class QuantizerSpec:
 
 
 def _spec(
-    qtype: GGMLQuantizationType, module: str, requires_imatrix: bool = False, writes_into: bool = False
+    qtype: GGMLQuantizationType,
+    module: str,
+    requires_imatrix: bool = False,
+    writes_into: bool = False,
+    chunk_values: int | None = None,
 ) -> QuantizerSpec:
-    return QuantizerSpec(qtype, module, f"quantize_{qtype.name.lower()}", requires_imatrix, writes_into)
+    function = f"quantize_{qtype.name.lower()}"
+    return QuantizerSpec(qtype, module, function, requires_imatrix, writes_into, chunk_values)
 
 
 # ggml_quantize_requires_imatrix: IQ2_XXS, IQ2_XS and IQ1_S assert on a NULL imatrix.
 SPECS: dict[GGMLQuantizationType, QuantizerSpec] = {
     s.qtype: s
     for s in (
-        _spec(T.F32, "floats", writes_into=True),
+        _spec(T.F32, "floats", writes_into=True, chunk_values=1 << 24),
         _spec(T.F16, "floats", writes_into=True),
         _spec(T.BF16, "floats", writes_into=True),
         _spec(T.Q8_0, "legacy"),
