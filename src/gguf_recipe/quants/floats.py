@@ -53,6 +53,7 @@ def quantize_bf16(rows: F32Array, imatrix: F32Array | None, out: U8Array | None 
     x = np.ascontiguousarray(rows, dtype=np.float32)
     u = x.view(np.uint32)
     s = np.add(u, np.uint32(0x7FFF), out=scratch("bf16.s", u.shape, np.uint32))  # NaNs may wrap
+    has_nan = x.size > 0 and bool(np.isnan(x.min()))  # while x is in cache; min propagates NaN
     odd_tie = np.bitwise_or(s, np.uint32(0xFFFE0000), out=scratch("bf16.t", u.shape, np.uint32))
     ties = x.size > 0 and odd_tie.max() == np.uint32(0xFFFFFFFF)
     s >>= np.uint32(16)
@@ -60,7 +61,7 @@ def quantize_bf16(rows: F32Array, imatrix: F32Array | None, out: U8Array | None 
     np.copyto(dst, s, casting="unsafe")
     if ties:
         dst[odd_tie == np.uint32(0xFFFFFFFF)] += np.uint16(1)
-    if x.size and np.isnan(x.min()):  # min propagates NaN: one cheap reduction finds them
+    if has_nan:
         nan = np.isnan(x)
         dst[nan] = fp32_to_bf16_bits(x[nan])
     return dst.view(np.uint8).reshape(x.shape[0], -1)
