@@ -230,9 +230,9 @@ def clamped_levels(v: F32Array, lo: np.float32, hi: np.float32, finite: bool) ->
     """``MAX(lo, MIN(hi, nearest_int(v)))`` in place (clamp then round == round then clamp for integer
     bounds; numpy's clip is vectorized where minimum/maximum with a scalar are not)."""
     if not finite:
-        # nearest_int's magic-number trick: 0 for a NaN, -4194304 (clamped to lo) for +-inf.
-        v[np.isinf(v)] = lo
-        v[np.isnan(v)] = 0
+        # nearest_int's magic-number trick: a NaN's payload bits (0 for numpy's NaN), -4194304 for +-inf.
+        odd = ~np.isfinite(v)
+        v[odd] = nearest_int_f(v[odd])
     np.clip(v, lo, hi, out=v)
     np.rint(v, out=v)
 
