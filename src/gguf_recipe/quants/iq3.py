@@ -190,7 +190,7 @@ def _snap_to_grid(
     """
     if not codes.flags.c_contiguous:
         raise ValueError("codes must be C-contiguous (updated in place)")
-    on = np.take(tab.kmap, codes) >= 0
+    on = np.take(_on_grid(tab.grid_size), codes)
     todo = ~on if groups is None else ~on & groups
     flat = np.flatnonzero(todo)
     if flat.size:
@@ -256,7 +256,7 @@ def _clear_min(
     # when the minimum is clear it is the first entry within the limit (its padding copies come after)
     pick = np.uint8(width) - np.max(within * _COUNTDOWN[-width:, None], axis=0)
     np.minimum(pick, np.uint8(width - 1), out=pick)  # nothing within (NaN): not ok below, any index
-    n_in -= np.where(pick == 0, npad, np.uint8(0))
+    n_in -= npad * (pick == 0)
     ok = n_in == 1
     ok &= np.abs(best) < _BIG
     return pick, ok
@@ -278,6 +278,21 @@ def _packed_runs(grid_size: int, width: int) -> tuple[npt.NDArray[np.uint16], np
     pos = np.take_along_axis(t.nb_pos, src[:, :, None], axis=1).astype(np.uint16)
     packed = pos[..., 0] | (pos[..., 1] << 4) | (pos[..., 2] << 8) | (pos[..., 3] << 12)
     return np.ascontiguousarray(packed.T), np.maximum(width - cnt, 0).astype(np.uint8)
+
+
+@functools.cache
+def _on_grid(grid_size: int) -> BoolArray:
+    """Whether each 12-bit group code is a grid point (one gather of bytes instead of kmap >= 0)."""
+    on: BoolArray = iq3_tables(grid_size).kmap >= 0
+    return on
+
+
+@functools.cache
+def _row_buckets(grid_size: int) -> npt.NDArray[np.uint8]:
+    """The :func:`_run_widths` bucket of every neighbour-table row (the first width >= its length)."""
+    t = iq3_tables(grid_size)
+    widths = np.array(_run_widths(t.nb_index.shape[1]))
+    return np.searchsorted(widths, t.nb_count).astype(np.uint8)
 
 
 def _run_entries(first: IntArray, last: IntArray) -> tuple[IntArray, IntArray]:
@@ -351,7 +366,7 @@ def _run_search(
     pos_l: list[IntArray] = []
     gi_l: list[I32Array] = []
     widths = _run_widths(tab.nb_index.shape[1])
-    bucket = np.searchsorted(np.array(widths), np.take(tab.nb_count, rows))
+    bucket = np.take(_row_buckets(tab.grid_size), rows)
     full = tab.nb_index.shape[1]
     nb_flat = tab.nb_index.reshape(-1)
     for bi, width in enumerate(widths):
@@ -380,7 +395,7 @@ def _run_search(
             inset = np.less_equal(est0, lim0, out=scratch("iq3.run.in0", est0.shape, np.bool_))
             inset &= est1 <= lim1
             n_in = np.add.reduce(inset, axis=0, dtype=np.uint8)
-            n_in -= np.where(inset[0], npad, np.uint8(0))  # padding copies of neighbour 0
+            n_in -= npad * inset[0]  # padding copies of neighbour 0
             two &= n_in == 2
             p2 = np.flatnonzero(two)
             i0 = j0[p2].astype(np.intp) * a.shape[1] + p2
@@ -434,7 +449,7 @@ def _snap_trials(tab: Iq3Tables, codes: I16Array, xv: F32Array, wv: F32Array, sc
     """:func:`_snap_to_grid` for the trial scales: ``codes`` (8, nb, T), ``scale`` (nb, T) monotone
     along T. The trials of a group with the same off-grid code (a run) share the neighbour list and are
     searched together (:func:`_run_search`); near ties go through C's exact search."""
-    on = np.take(tab.kmap, codes) >= 0
+    on = np.take(_on_grid(tab.grid_size), codes)
     n_t = scale.shape[1]
     cflat = codes.reshape(-1)
     off = ~on.reshape(-1)
