@@ -334,15 +334,16 @@ def _ab_tables(packed: npt.NDArray[np.uint16], xs: F32Array, ws: F32Array) -> tu
 def _run_search(
     tab: Iq3Tables,
     rows: IntArray,
-    x4: F32Array,
-    w4: F32Array,
+    xv: F32Array,
+    wv: F32Array,
+    grp: IntArray,
     first: IntArray,
     last: IntArray,
     s_flat: F32Array,
 ) -> tuple[I32Array, IntArray, I32Array]:
     """The neighbour search for P runs (one group, one off-grid code, table row ``rows``; its entries
     are the flat positions ``first..last``, at scales ``s_flat[pos % s_flat.size]``, monotone along a
-    run). ``x4``/``w4`` (4, P). Returns the grid index of every run that one neighbour wins throughout
+    run), its values and sqrt-weights the columns ``grp`` of ``xv``/``wv`` (4, 8*nb). Returns the grid index of every run that one neighbour wins throughout
     (-1 elsewhere), and the flat positions of the other runs' entries with the grid index each takes
     there (-1 where a near tie, or a non-finite value, needs C's exact search).
 
@@ -354,12 +355,6 @@ def _run_search(
     them all along: if only j0 and j1 are left, the sign of their difference decides each entry. Other
     runs are decided entry by entry."""
     n_p = rows.shape[0]
-    cf = _margin_coefs(x4, w4)
-    s0 = np.take(s_flat, first, mode="wrap")
-    s1 = np.take(s_flat, last, mode="wrap")
-    thr0, ok0 = _run_margin(cf, s0)
-    thr1, ok1 = _run_margin(cf, s1)
-    ok_ends = ok0 & ok1
     won = np.full(n_p, -1, dtype=np.int32)
     two_l: list[IntArray] = []
     two_v: list[F32Array] = []  # (5, n): A1 - A0, 2B1 - 2B0, margin, grid index j0, j1 (as float)
@@ -376,15 +371,22 @@ def _run_search(
         r = np.take(rows, sel)
         table, pads = _packed_runs(tab.grid_size, width)
         npad = np.take(pads, r)
-        a, b2 = _ab_tables(np.take(table, r, axis=1), np.take(x4, sel, axis=1), np.take(w4, sel, axis=1))
-        t0, t1 = np.take(thr0, sel), np.take(thr1, sel)
-        est0 = a * np.take(s0, sel)
+        g = np.take(grp, sel)
+        x4, w4 = np.take(xv, g, axis=1), np.take(wv, g, axis=1)  # this bucket's runs only
+        a, b2 = _ab_tables(np.take(table, r, axis=1), x4, w4)
+        cf = _margin_coefs(x4, w4)
+        s0 = np.take(s_flat, np.take(first, sel), mode="wrap")
+        s1 = np.take(s_flat, np.take(last, sel), mode="wrap")
+        t0, ok0 = _run_margin(cf, s0)
+        t1, ok1 = _run_margin(cf, s1)
+        ok_ends = ok0 & ok1
+        est0 = a * s0
         est0 -= b2
-        est1 = a * np.take(s1, sel)
+        est1 = a * s1
         est1 -= b2
         j0, c0 = _clear_min(est0, t0, npad)
         j1, c1 = _clear_min(est1, t1, npad)
-        ends = c0 & c1 & np.take(ok_ends, sel)
+        ends = c0 & c1 & ok_ends
         same = j0 == j1
         dec = np.flatnonzero(ends & same)
         won[np.take(sel, dec)] = np.take(nb_flat, np.take(r, dec) * full + np.take(j0, dec))
@@ -419,7 +421,7 @@ def _run_search(
         se = np.take(s_flat, pos, mode="wrap")
         # the margin is convex in s: its larger end value holds along the run (NaN: no bound there)
         thr_run = np.maximum(np.take(t0, und), np.take(t1, und))
-        thr_run[~np.take(ok_ends, su)] = np.nan
+        thr_run[~np.take(ok_ends, und)] = np.nan
         est = np.repeat(np.take(a, und, axis=1), cnt, axis=1)
         est *= se
         est -= np.repeat(np.take(b2, und, axis=1), cnt, axis=1)
@@ -466,9 +468,8 @@ def _snap_trials(tab: Iq3Tables, codes: I16Array, xv: F32Array, wv: F32Array, sc
     last = np.flatnonzero(end)
     grp = first // n_t  # k * nb + b: column of xv/wv
     rows = np.take(tab.nb_row, np.take(cflat, first)).astype(np.intp)
-    x4, w4 = np.take(xv, grp, axis=1), np.take(wv, grp, axis=1)
     s_flat = scale.reshape(-1)
-    won, pos, gi = _run_search(tab, rows, x4, w4, first, last, s_flat)
+    won, pos, gi = _run_search(tab, rows, xv, wv, grp, first, last, s_flat)
     # runs with one winner: add (its code - the run's code) over the run, as a running sum of steps
     dec = np.flatnonzero(won >= 0)
     u = np.take(cflat, np.take(first, dec)).astype(np.int32)
