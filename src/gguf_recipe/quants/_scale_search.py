@@ -329,9 +329,7 @@ def _levels_clamped(q: F32Array, lo: np.float32, hi: np.float32, small: bool = F
 
 
 def _q3_step(
-    x: F32Array,
-    L: F32Array,
-    t: F32Array,
+    z: F32Array,
     s: F32Array,
     pos: IntpArray | None,
     itry: IntpArray | None,
@@ -341,60 +339,57 @@ def _q3_step(
 ) -> tuple[IntpArray, IntpArray, F32Array, F32Array]:
     """The next accepted change of every group in make_q3_quants' refinement.
 
-    ``x``, ``L``: (n, a); ``t`` = [w*L*L, w*x*L] (overwritten); ``s`` = [suml2, sumlx] (2, a). ``pos`` and
-    ``itry``: the element where each group's visit resumes and its itry (None: element 0 of itry 0).
+    ``z``: (5, n, a) [x, L, w*L*L, w*x*L, -] (rows 2.. are overwritten); ``s`` = [suml2, sumlx] (2, a).
+    ``pos`` and ``itry``: the element where each group's visit resumes and its itry (None: element 0 of
+    itry 0); ``skip``: groups that take no change.
 
     Until the next acceptance every element sees the same sums, so all are tested at once and a group
     takes the first accepted element in C's visiting order: from ``pos`` to the end of this itry, then
     (only where ``itry < 4``: C's next itry) from element 0. Only the few percent of elements whose level
-    would change go through the acceptance test. Returns (element, group, new level, new [suml2, sumlx])
+    would change go through the acceptance test, gathered from ``z`` in one call (for a few hundred
+    groups numpy's per-call cost sets the time). Returns (element, group, new level, new [suml2, sumlx])
     of every group that changes; a group with no change is finished (C would run at most one more itry
     that sees the same state).
     """
-    n, a = x.shape
-    r = np.subtract(s[:, None, :], t, out=t)  # [sl2, slx]: the sums without element i
-    # q = x * sl2 / slx in place of sl2 (one big buffer less); sl2 is recomputed for the few
-    # elements that change, from the same terms t[0] = (w*L)*L.
-    q = np.multiply(x, r[0], out=r[0])
-    np.divide(q, r[1], out=q)
-    nl = _levels_clamped(q, lo, hi)
-    idx = np.flatnonzero(np.not_equal(nl, L, out=scratch("q3s.ne", (n, a), np.bool_)))
+    _, n, a = z.shape
+    x, lv = z[0], z[1]
+    r = np.subtract(s[:, None, :], z[2:4], out=z[2:4])  # [sl2, slx]: the sums without element i
+    nl = np.multiply(x, r[0], out=z[4])
+    nl /= r[1]
+    _levels_clamped(nl, lo, hi)
+    ne = np.not_equal(nl, lv, out=scratch("q3s.ne", (n, a), np.bool_))
+    idx = ne.reshape(-1).nonzero()[0]
     i, col = np.divmod(idx, a)
-    nls = np.take(nl, idx)
-    xs = np.take(x, idx)
-    ls = np.take(L, idx)
+    xs, _, r0, r1, nls = np.take(z.reshape(5, -1), idx, axis=1)  # one gather: [x, L, sl2, slx, new_l]
     u = np.empty((2, idx.size), dtype=np.float32)
     np.multiply(xs, xs, out=u[0])  # w
-    rs = np.empty_like(u)
-    np.multiply(u[0], ls, out=rs[0])
-    rs[0] *= ls
-    np.subtract(np.take(s[0], col), rs[0], out=rs[0])
-    np.take(r[1], idx, out=rs[1])
     np.multiply(u[0], xs, out=u[1])
     u *= nls
     u[0] *= nls
-    u += rs  # [sl2 + w*nl*nl, slx + w*x*nl]
+    u[0] += r0
+    u[1] += r1  # [sl2 + w*nl*nl, slx + w*x*nl]
     sc = np.take(s, col, axis=1)
     # slx > 0 && sl2 > 0 && slx*slx*suml2 > sumlx*sumlx*sl2  (slx before, sl2 after the update)
-    lhs = u[1] * u[1]
+    lhs = np.multiply(u[1], u[1], out=xs)
     lhs *= sc[0]
     rhs = np.multiply(sc[1], sc[1], out=sc[1])
     rhs *= u[0]
     acc = lhs > rhs
-    acc &= np.minimum(rs[1], u[0], out=rhs) > 0
+    acc &= np.minimum(r1, u[0], out=r1) > 0
     if skip is not None:
         acc &= ~skip[col]
-    pa = np.flatnonzero(acc)
-    ia, ca = i[pa], col[pa]
-    key = ia
+    key = i
     if pos is not None and itry is not None:
-        wrap = ia < pos[ca]
-        key = ia + n * wrap
-        ok = ~(wrap & (itry[ca] >= 4))
-        pa, ia, ca, key = pa[ok], ia[ok], ca[ok], key[ok]
-    best = np.full(a, 2 * n, dtype=key.dtype)
-    np.minimum.at(best, ca, key)
-    ch = pa[key == best[ca]]
+        wrap = i < np.take(pos, col)
+        key = i + n * wrap
+        if int(itry.max()) >= 4:
+            acc &= ~(wrap & (np.take(itry, col) >= 4))
+    pa = acc.nonzero()[0]
+    ca = col[pa]
+    kp = key[pa]
+    best = np.full(a, 2 * n, dtype=kp.dtype)
+    np.minimum.at(best, ca, kp)
+    ch = pa[kp == best[ca]]
     return i[ch], col[ch], nls[ch], np.take(u, ch, axis=1)  # C order: s broadcasts contiguously
 
 
@@ -410,36 +405,37 @@ def make_q3_quants(x: F32Array, nmax: int) -> tuple[F32Array, F32Array]:
     zero = np.abs(mx) < GROUP_MAX_EPS
     lo, hi = np.float32(-nmax), np.float32(nmax - 1)
     with np.errstate(all="ignore"):
-        wwx = scratch("q3.wwx", (2, n, g))
-        np.multiply(x, x, out=wwx[0])
-        np.multiply(wwx[0], x, out=wwx[1])
+        z = scratch("q3.z", (5, n, g))  # [x, L, w*L*L, w*x*L, -] (see _q3_step)
+        np.copyto(z[0], x)
         iscale = np.float32(-nmax) / np.where(zero, _F1, mx)
         # |x * iscale| <= nmax (rounded) when x is finite
-        L = _levels_clamped(np.multiply(x, iscale, out=scratch("q3.L", (n, g))), lo, hi, finite)
-        t = np.multiply(wwx, L, out=wwx)  # [w*L, w*x*L]: wwx is not needed again
+        L = _levels_clamped(np.multiply(x, iscale, out=z[1]), lo, hi, finite)
+        t = z[2:4]
+        np.multiply(x, x, out=t[0])
+        np.multiply(t[0], x, out=t[1])
+        np.multiply(t, L, out=t)  # [w*L, w*x*L]
         np.multiply(t[0], L, out=t[0])
         sums = seq_sum(t, axis=1)  # [suml2, sumlx], sequential over the n elements (also for one group)
         skip = zero if zero.any() else None
-        kh, act, nlv, s = _q3_step(x, L, t, sums, None, None, skip, lo, hi)
+        kh, act, nlv, s = _q3_step(z, sums, None, None, skip, lo, hi)
         if act.size:
             L[kh, act] = nlv
             sums[:, act] = s
             a = act.size
             # [x, L] of the groups still changing; w and w*x are recomputed each round, cheaper
             # than carrying them through the gathers that shrink z
-            z = scratch("q3.z0", (2, n, a))
-            np.take(x, act, axis=1, out=z[0], mode="clip")
-            np.take(L, act, axis=1, out=z[1], mode="clip")
+            zr = scratch("q3.z0", (5, n, a))
+            np.take(z[:2], act, axis=2, out=zr[:2], mode="clip")
             pos = kh + 1
             itry = np.zeros(a, dtype=np.intp)
-            rnd = 1  # z alternates between two scratch buffers
+            rnd = 1  # zr alternates between two scratch buffers
             while True:
-                t = scratch("q3.ta", (2, n, a))
-                np.multiply(z[0], z[0], out=t[0])  # w
-                np.multiply(t[0], z[0], out=t[1])  # w*x
-                np.multiply(t, z[1], out=t)
-                np.multiply(t[0], z[1], out=t[0])  # [w*L*L, w*x*L]
-                kh, c, nlv, s = _q3_step(z[0], z[1], t, s, pos, itry, None, lo, hi)
+                t = zr[2:4]
+                np.multiply(zr[0], zr[0], out=t[0])  # w
+                np.multiply(t[0], zr[0], out=t[1])  # w*x
+                np.multiply(t, zr[1], out=t)
+                np.multiply(t[0], zr[1], out=t[0])  # [w*L*L, w*x*L]
+                kh, c, nlv, s = _q3_step(zr, s, pos, itry, None, lo, hi)
                 if not c.size:
                     break
                 itry = itry[c] + (kh < pos[c])  # an element before pos was reached in the next itry
@@ -447,10 +443,12 @@ def make_q3_quants(x: F32Array, nmax: int) -> tuple[F32Array, F32Array]:
                 act = act[c]
                 L[kh, act] = nlv
                 sums[:, act] = s
+                zr[1].reshape(-1)[kh * a + c] = nlv
                 a = c.size
-                z = np.take(z, c, axis=2, out=scratch(f"q3.z{rnd & 1}", (2, n, a)), mode="clip")
+                zn = scratch(f"q3.z{rnd & 1}", (5, n, a))
+                np.take(zr[:2], c, axis=2, out=zn[:2], mode="clip")
+                zr = zn
                 rnd += 1
-                z[1].reshape(-1)[kh * a + np.arange(a)] = nlv
         scale = np.where(sums[0] > 0, sums[1] / sums[0], _F0)
     L += np.float32(nmax)
     if zero.any():

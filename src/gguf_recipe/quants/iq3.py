@@ -190,7 +190,7 @@ def _snap_to_grid(
     """
     if not codes.flags.c_contiguous:
         raise ValueError("codes must be C-contiguous (updated in place)")
-    on = np.take(tab.kmap, codes) >= 0
+    on = np.take(_on_grid(tab.grid_size), codes)
     todo = ~on if groups is None else ~on & groups
     flat = np.flatnonzero(todo)
     if flat.size:
@@ -256,7 +256,7 @@ def _clear_min(
     # when the minimum is clear it is the first entry within the limit (its padding copies come after)
     pick = np.uint8(width) - np.max(within * _COUNTDOWN[-width:, None], axis=0)
     np.minimum(pick, np.uint8(width - 1), out=pick)  # nothing within (NaN): not ok below, any index
-    n_in -= np.where(pick == 0, npad, np.uint8(0))
+    n_in -= npad * (pick == 0)
     ok = n_in == 1
     ok &= np.abs(best) < _BIG
     return pick, ok
@@ -280,11 +280,31 @@ def _packed_runs(grid_size: int, width: int) -> tuple[npt.NDArray[np.uint16], np
     return np.ascontiguousarray(packed.T), np.maximum(width - cnt, 0).astype(np.uint8)
 
 
+@functools.cache
+def _on_grid(grid_size: int) -> BoolArray:
+    """Whether each 12-bit group code is a grid point (one gather of bytes instead of kmap >= 0)."""
+    on: BoolArray = iq3_tables(grid_size).kmap >= 0
+    return on
+
+
+@functools.cache
+def _row_buckets(grid_size: int) -> npt.NDArray[np.uint8]:
+    """The :func:`_run_widths` bucket of every neighbour-table row (the first width >= its length)."""
+    t = iq3_tables(grid_size)
+    widths = np.array(_run_widths(t.nb_index.shape[1]))
+    return np.searchsorted(widths, t.nb_count).astype(np.uint8)
+
+
 def _run_entries(first: IntArray, last: IntArray) -> tuple[IntArray, IntArray]:
-    """For runs of entries ``first[r]..last[r]``: the run of every entry and the entry itself."""
+    """For runs of entries ``first[r]..last[r]``: their lengths and every entry (run by run).
+
+    Per-run values are spread over the entries with ``np.repeat(v, cnt, axis=-1)``, faster than a
+    gather by run index (no index array to read, and along the last axis of a 2-D array ~2x faster).
+    """
     cnt = last - first + 1
-    loc = np.repeat(np.arange(first.size), cnt)
-    return loc, np.repeat(first - np.cumsum(cnt) + cnt, cnt) + np.arange(loc.size)
+    entries = np.repeat(first - np.cumsum(cnt) + cnt, cnt)
+    entries += np.arange(entries.size)
+    return cnt, entries
 
 
 def _ab_tables(packed: npt.NDArray[np.uint16], xs: F32Array, ws: F32Array) -> tuple[F32Array, F32Array]:
@@ -314,15 +334,16 @@ def _ab_tables(packed: npt.NDArray[np.uint16], xs: F32Array, ws: F32Array) -> tu
 def _run_search(
     tab: Iq3Tables,
     rows: IntArray,
-    x4: F32Array,
-    w4: F32Array,
+    xv: F32Array,
+    wv: F32Array,
+    grp: IntArray,
     first: IntArray,
     last: IntArray,
     s_flat: F32Array,
 ) -> tuple[I32Array, IntArray, I32Array]:
     """The neighbour search for P runs (one group, one off-grid code, table row ``rows``; its entries
     are the flat positions ``first..last``, at scales ``s_flat[pos % s_flat.size]``, monotone along a
-    run). ``x4``/``w4`` (4, P). Returns the grid index of every run that one neighbour wins throughout
+    run), its values and sqrt-weights the columns ``grp`` of ``xv``/``wv`` (4, 8*nb). Returns the grid index of every run that one neighbour wins throughout
     (-1 elsewhere), and the flat positions of the other runs' entries with the grid index each takes
     there (-1 where a near tie, or a non-finite value, needs C's exact search).
 
@@ -334,20 +355,13 @@ def _run_search(
     them all along: if only j0 and j1 are left, the sign of their difference decides each entry. Other
     runs are decided entry by entry."""
     n_p = rows.shape[0]
-    n_s = s_flat.shape[0]
-    cf = _margin_coefs(x4, w4)
-    s0 = np.take(s_flat, first % n_s)
-    s1 = np.take(s_flat, last % n_s)
-    thr0, ok0 = _run_margin(cf, s0)
-    thr1, ok1 = _run_margin(cf, s1)
-    ok_ends = ok0 & ok1
     won = np.full(n_p, -1, dtype=np.int32)
     two_l: list[IntArray] = []
     two_v: list[F32Array] = []  # (5, n): A1 - A0, 2B1 - 2B0, margin, grid index j0, j1 (as float)
     pos_l: list[IntArray] = []
     gi_l: list[I32Array] = []
     widths = _run_widths(tab.nb_index.shape[1])
-    bucket = np.searchsorted(np.array(widths), np.take(tab.nb_count, rows))
+    bucket = np.take(_row_buckets(tab.grid_size), rows)
     full = tab.nb_index.shape[1]
     nb_flat = tab.nb_index.reshape(-1)
     for bi, width in enumerate(widths):
@@ -357,15 +371,22 @@ def _run_search(
         r = np.take(rows, sel)
         table, pads = _packed_runs(tab.grid_size, width)
         npad = np.take(pads, r)
-        a, b2 = _ab_tables(np.take(table, r, axis=1), np.take(x4, sel, axis=1), np.take(w4, sel, axis=1))
-        t0, t1 = np.take(thr0, sel), np.take(thr1, sel)
-        est0 = a * np.take(s0, sel)
+        g = np.take(grp, sel)
+        x4, w4 = np.take(xv, g, axis=1), np.take(wv, g, axis=1)  # this bucket's runs only
+        a, b2 = _ab_tables(np.take(table, r, axis=1), x4, w4)
+        cf = _margin_coefs(x4, w4)
+        s0 = np.take(s_flat, np.take(first, sel), mode="wrap")
+        s1 = np.take(s_flat, np.take(last, sel), mode="wrap")
+        t0, ok0 = _run_margin(cf, s0)
+        t1, ok1 = _run_margin(cf, s1)
+        ok_ends = ok0 & ok1
+        est0 = a * s0
         est0 -= b2
-        est1 = a * np.take(s1, sel)
+        est1 = a * s1
         est1 -= b2
         j0, c0 = _clear_min(est0, t0, npad)
         j1, c1 = _clear_min(est1, t1, npad)
-        ends = c0 & c1 & np.take(ok_ends, sel)
+        ends = c0 & c1 & ok_ends
         same = j0 == j1
         dec = np.flatnonzero(ends & same)
         won[np.take(sel, dec)] = np.take(nb_flat, np.take(r, dec) * full + np.take(j0, dec))
@@ -376,7 +397,7 @@ def _run_search(
             inset = np.less_equal(est0, lim0, out=scratch("iq3.run.in0", est0.shape, np.bool_))
             inset &= est1 <= lim1
             n_in = np.add.reduce(inset, axis=0, dtype=np.uint8)
-            n_in -= np.where(inset[0], npad, np.uint8(0))  # padding copies of neighbour 0
+            n_in -= npad * inset[0]  # padding copies of neighbour 0
             two &= n_in == 2
             p2 = np.flatnonzero(two)
             i0 = j0[p2].astype(np.intp) * a.shape[1] + p2
@@ -396,24 +417,25 @@ def _run_search(
             continue
         # entry by entry for the other runs, still from A and B
         su = np.take(sel, und)
-        lu, pos = _run_entries(np.take(first, su), np.take(last, su))
-        loc = np.take(und, lu)
-        se = np.take(s_flat, pos % n_s)
+        cnt, pos = _run_entries(np.take(first, su), np.take(last, su))
+        se = np.take(s_flat, pos, mode="wrap")
         # the margin is convex in s: its larger end value holds along the run (NaN: no bound there)
         thr_run = np.maximum(np.take(t0, und), np.take(t1, und))
-        thr_run[~np.take(ok_ends, su)] = np.nan
-        est = np.take(a, loc, axis=1)
+        thr_run[~np.take(ok_ends, und)] = np.nan
+        est = np.repeat(np.take(a, und, axis=1), cnt, axis=1)
         est *= se
-        est -= np.take(b2, loc, axis=1)
-        j, c = _clear_min(est, np.take(thr_run, lu), np.take(npad, loc))
+        est -= np.repeat(np.take(b2, und, axis=1), cnt, axis=1)
+        j, c = _clear_min(est, np.repeat(thr_run, cnt), np.repeat(np.take(npad, und), cnt))
         pos_l.append(pos)
-        gi_l.append(np.where(c, np.take(nb_flat, np.take(r, loc) * full + j), -1).astype(np.int32))
+        rj = np.repeat(np.take(r, und) * full, cnt)
+        rj += j
+        gi_l.append(np.where(c, np.take(nb_flat, rj), -1).astype(np.int32))
     if two_l:
         p2 = np.concatenate(two_l)
         v = np.concatenate(two_v, axis=1)
-        loc, pos = _run_entries(np.take(first, p2), np.take(last, p2))
-        se = np.take(s_flat, pos % n_s)
-        vl = np.take(v, loc, axis=1)
+        cnt, pos = _run_entries(np.take(first, p2), np.take(last, p2))
+        se = np.take(s_flat, pos, mode="wrap")
+        vl = np.repeat(v, cnt, axis=1)
         d = vl[0] * se
         d -= vl[1]
         gi = np.where(d < 0, vl[4], vl[3]).astype(np.int32)
@@ -429,7 +451,7 @@ def _snap_trials(tab: Iq3Tables, codes: I16Array, xv: F32Array, wv: F32Array, sc
     """:func:`_snap_to_grid` for the trial scales: ``codes`` (8, nb, T), ``scale`` (nb, T) monotone
     along T. The trials of a group with the same off-grid code (a run) share the neighbour list and are
     searched together (:func:`_run_search`); near ties go through C's exact search."""
-    on = np.take(tab.kmap, codes) >= 0
+    on = np.take(_on_grid(tab.grid_size), codes)
     n_t = scale.shape[1]
     cflat = codes.reshape(-1)
     off = ~on.reshape(-1)
@@ -446,23 +468,23 @@ def _snap_trials(tab: Iq3Tables, codes: I16Array, xv: F32Array, wv: F32Array, sc
     last = np.flatnonzero(end)
     grp = first // n_t  # k * nb + b: column of xv/wv
     rows = np.take(tab.nb_row, np.take(cflat, first)).astype(np.intp)
-    x4, w4 = np.take(xv, grp, axis=1), np.take(wv, grp, axis=1)
     s_flat = scale.reshape(-1)
-    won, pos, gi = _run_search(tab, rows, x4, w4, first, last, s_flat)
+    won, pos, gi = _run_search(tab, rows, xv, wv, grp, first, last, s_flat)
     # runs with one winner: add (its code - the run's code) over the run, as a running sum of steps
     dec = np.flatnonzero(won >= 0)
     u = np.take(cflat, np.take(first, dec)).astype(np.int32)
-    step = (np.take(tab.grid_codes, np.take(won, dec)) - u).astype(np.int16)
-    delta = np.zeros(cflat.size + 1, dtype=np.int16)  # codes < 4096: the running sums fit
+    step = np.take(tab.grid_codes, np.take(won, dec)) - u
+    # int32: numpy's int16 running sum is 5x slower (codes < 4096, so the sums fit either way)
+    delta = np.zeros(cflat.size + 1, dtype=np.int32)
     delta[np.take(first, dec)] = step
     delta[np.take(last, dec) + 1] -= step  # after the assignment: a run may start where one ends
     np.cumsum(delta, out=delta)
-    cflat += delta[:-1]
+    np.add(cflat, delta[:-1], out=cflat, casting="unsafe")
     exact = np.flatnonzero(gi < 0)
     if exact.size:
         pe = np.take(pos, exact)
         rr = np.take(tab.nb_row, np.take(cflat, pe)).astype(np.intp)
-        gi[exact] = _best_neighbours(tab, rr, pe // n_t, xv, wv, np.take(s_flat, pe % s_flat.size))
+        gi[exact] = _best_neighbours(tab, rr, pe // n_t, xv, wv, np.take(s_flat, pe, mode="wrap"))
     cflat[pos] = np.take(tab.grid_codes, gi)
     return on
 
@@ -510,16 +532,25 @@ def _iq3_blocks(kind: _Kind, xt: F32Array, w: F32Array) -> _Blocks:
     wq *= q
     sumq2 = seq_sum0(wq)
 
-    scale = vmax / np.float32(15.0)
-    best = np.zeros(nb, dtype=np.float32)
-    win = np.full(nb, -1, dtype=np.intp)
+    # C: if (sumq2 > 0 && sumqx*sumqx > best*sumq2) { scale = sumqx/sumq2; best = scale*sumqx; }
+    # Everything but the comparison with the running best is computed for all trials at once.
     with np.errstate(all="ignore"):
+        sxt = np.ascontiguousarray(sumqx.T)  # (T, nb)
+        s2t = np.ascontiguousarray(sumq2.T)
+        ratio = sxt / s2t
+        cand = ratio * sxt
+        sq = sxt * sxt
+        pos2 = s2t > 0
+        best = np.zeros(nb, dtype=np.float32)
+        win = np.full(nb, -1, dtype=np.intp)
+        rhs = np.empty(nb, dtype=np.float32)
+        take = np.empty(nb, dtype=np.bool_)
         for t in range(ids.shape[0]):
-            sx, s2 = sumqx[:, t], sumq2[:, t]
-            take = (s2 > 0) & (sx * sx > best * s2)
-            scale = np.where(take, sx / s2, scale)
-            best = np.where(take, scale * sx, best)
+            np.greater(sq[t], np.multiply(best, s2t[t], out=rhs), out=take)
+            take &= pos2[t]
+            best = np.where(take, cand[t], best)
             win[take] = t
+    scale = np.where(win >= 0, ratio[np.maximum(win, 0), cols], vmax / np.float32(15.0))
 
     has = win >= 0
     wsafe = np.where(has, win, 0)
