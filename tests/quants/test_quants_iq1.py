@@ -414,6 +414,41 @@ def test_shortcut_equals_full_replay(
     assert np.array_equal(fn(x, im), fast)
 
 
+@pytest.mark.parametrize("band", [None, 0.99], ids=["first-step", "every-step"])
+@pytest.mark.parametrize(
+    "fn",
+    [lambda x, im: iq1.quantize_iq1_s(x, im), lambda x, im: iq1.quantize_iq1_m(x, None)],
+    ids=["IQ1_S", "IQ1_M"],
+)
+def test_contenders_come_in_scan_order(
+    fn: Callable[[np.ndarray, np.ndarray], np.ndarray], band: float | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """_replay scans each block's candidates in the listed order: (block, candidate) ascending, also when
+    the list mixes blocks settled at different eps steps and fully replayed ones (a stable sort by
+    block relies on every step keeping the candidates ascending)."""
+    x, im = _tie_heavy()
+    x[3, :64] = np.float32(1e-38)  # sub-blocks that fail the range check: replayed in full
+    x[3, 64:128] = 1.0  # equal scores: many candidates per block settle at the first step
+    x[3, 128:192] = np.tile(np.array([-1.0, 1.0], dtype=np.float32), 32)
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    real = iq1._contenders
+
+    def spy(*args: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+        blk, cand = real(*args, **kwargs)
+        seen.append((blk, cand))
+        return blk, cand
+
+    monkeypatch.setattr(iq1, "_contenders", spy)
+    if band is not None:
+        monkeypatch.setattr(iq1, "_BAND_S", band)
+        monkeypatch.setattr(iq1, "_BAND_M", band)
+    fn(x, im)
+    assert seen
+    for blk, cand in seen:
+        key = blk.astype(np.int64) * (int(cand.max()) + 1) + cand
+        assert np.all(np.diff(key) > 0)
+
+
 # ------------------------------------------------------------------------------------------------
 # properties
 

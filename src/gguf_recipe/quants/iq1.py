@@ -118,7 +118,7 @@ def _seq_sum(v: F32Array) -> F32Array:
 class Collected(NamedTuple):
     """Candidates gathered while the scores were computed (see :func:`_contenders`)."""
 
-    cand: I64Array
+    cand: I64Array  # in ascending order within each block (the scan order)
     block: I64Array
     score: F32Array
     eps: float  # every candidate with score >= m*(1-eps)*(1-band) of its block is listed
@@ -197,10 +197,19 @@ def _contenders(
         b, c = np.nonzero(np.ones((todo.size, ncand), dtype=bool))
         blocks.append(todo[b])
         cands.append(c)
-    key = np.concatenate(blocks) * ncand + np.concatenate(cands)
-    key.sort(kind="stable")  # a few sorted runs: cheap for timsort
-    blk, cand = np.divmod(key, ncand)
-    return blk, cand
+    blk = np.concatenate(blocks)
+    cand = np.concatenate(cands)
+    # every step lists each of its blocks' candidates in ascending order (the pool keeps the order in
+    # which the slabs produced them), so a stable sort by block alone gives scan order; block numbers
+    # as int16 make numpy's stable sort a radix sort
+    by_block = np.argsort(blk.astype(np.int16) if nb <= 1 << 15 else blk, kind="stable")
+    return np.take(blk, by_block), np.take(cand, by_block)
+
+
+def _collect_factor(band: float) -> np.float32:
+    """The running threshold factor (1-eps)*(1-2*band) of the collecting loops as one float32: its
+    rounding (< 1e-7 relative) is far inside the extra band that :func:`_contenders` does not rely on."""
+    return _F((1.0 - _COLLECT_EPS) * (1.0 - 2 * band))
 
 
 def _at(a: F32Array, flat: I64Array) -> F32Array:
@@ -543,22 +552,24 @@ def _iq1s_search(
         slab = scratch("iq1s.slab", (2 * (bs + 1) * nb,))
         bx = scratch("iq1s.bx", (bs + 1, nb))
         smax = np.full(nb, -np.inf, dtype=_F)
+        fac = _collect_factor(_BAND_S)
         row0 = 0
         for i1 in range(bs + 1):
             k = bs + 1 - i1
-            out = slab[: 2 * k * nb].reshape(2, k, nb)  # (shift, i2 - i1, block)
+            # (i2 - i1, shift, block): row 2*(i2 - i1) + shift is candidate 2*(row0 + i2 - i1) + shift
+            out = slab[: 2 * k * nb].reshape(k, 2, nb)
             for v, (u, c, vq, cq) in enumerate(terms):
                 qx = np.add(u[i1:], c[i1], out=bx[:k])
                 qx *= qx
-                q2 = np.add(vq[i1:], cq[i1], out=out[v])
+                q2 = np.add(vq[i1:], cq[i1], out=out[:, v])
                 np.divide(qx, q2, out=q2)
             sc = out.reshape(2 * k, nb)
             np.maximum(smax, sc.max(axis=0), out=smax)
-            lo_run = (smax.astype(np.float64) * ((1.0 - _COLLECT_EPS) * (1.0 - 2 * _BAND_S))).astype(_F)
+            lo_run = np.multiply(smax, fac, out=scratch("iq1s.lo", smax.shape))
             f = np.flatnonzero(np.greater_equal(sc, lo_run, out=scratch("iq1s.ge", sc.shape, np.bool_)))
             r, col = np.divmod(f, nb)
-            v_, d = np.divmod(r, k)
-            cs.append(2 * (d + row0) + v_)  # candidate = 2*pair + shift
+            r += 2 * row0
+            cs.append(r)  # ascending: the pool lists every block's candidates in scan order
             bsl.append(col)
             vs.append(np.take(sc, f))
             row0 += k
@@ -791,11 +802,12 @@ def _iq1m_search(x: F32Array, w: F32Array) -> tuple[npt.NDArray[np.int8], F32Arr
         bsl: list[I64Array] = []
         vs: list[F32Array] = []
         rmax = np.full(nb, -np.inf, dtype=_F)
+        fac = _collect_factor(_BAND_M)
         row0 = 0
         for i1 in range(R):
             sc = slab(i1, tab, "iq1m.")
             np.maximum(rmax, np.max(sc, axis=0), out=rmax)
-            lo_run = (rmax.astype(np.float64) * ((1.0 - _COLLECT_EPS) * (1.0 - 2 * _BAND_M))).astype(_F)
+            lo_run = np.multiply(rmax, fac, out=scratch("iq1m.lo", rmax.shape))
             f = np.flatnonzero(np.greater_equal(sc, lo_run, out=scratch("iq1m.ge", sc.shape, np.bool_)))
             r, col = np.divmod(f, nb)
             cs.append(r + row0)
