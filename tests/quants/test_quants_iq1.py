@@ -449,6 +449,15 @@ def test_contenders_come_in_scan_order(
         assert np.all(np.diff(key) > 0)
 
 
+@pytest.mark.parametrize("with_im", [False, True], ids=["IQ1_M", "IQ1_M-im"])
+def test_iq1m_tiles_of_the_candidate_loop_agree(with_im: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The candidate loop over column tiles (a last, partial tile included) gives one tile's result."""
+    x, im = _tie_heavy()
+    one_tile = iq1.quantize_iq1_m(x, im if with_im else None)
+    monkeypatch.setattr(iq1, "_TILE_M", 7)
+    assert np.array_equal(iq1.quantize_iq1_m(x, im if with_im else None), one_tile)
+
+
 # ------------------------------------------------------------------------------------------------
 # properties
 
