@@ -752,10 +752,6 @@ def _iq1m_search(x: F32Array, w: F32Array) -> tuple[npt.NDArray[np.int8], F32Arr
         # C: qx = txs*v2 - (px[i1] + px[i2]); q2 = ((tws*v2)*v2 + pw[i1]*c1) + pw[i2]*c2, per half
         tp = [px[h][bs] * p2 for h in (0, 1)]
         tm = [px[h][bs] * m2 for h in (0, 1)]
-        cp = [((pw[h][bs] * p2) * p2) + pw[h] * cp1 for h in (0, 1)]  # per i1
-        cm = [((pw[h][bs] * m2) * m2) + pw[h] * cm1 for h in (0, 1)]
-        dp = [pw[h] * cp2 for h in (0, 1)]  # per i2
-        dm = [pw[h] * cm2 for h in (0, 1)]
         # The ranking only has to be accurate (the contenders are recomputed exactly below), so qx is
         # regrouped as C's (tt[0] - (px[0][i1] + px[0][i2])) + (tt[1] - (px[1][i1] + px[1][i2])) =
         # ((tt[0] + tt[1]) - P[i1]) - P[i2] with P = px[0] + px[1]: one pass per score instead of
@@ -774,9 +770,12 @@ def _iq1m_search(x: F32Array, w: F32Array) -> tuple[npt.NDArray[np.int8], F32Arr
             for v1, t1 in enumerate((tp[1], tm[1])):
                 np.subtract(t0 + t1, tab[:R], out=tab[R + 2 * v0 + v1 : 5 * R : 4])
         for h in (0, 1):
-            for vi, (c, d) in enumerate(((cp[h], dp[h]), (cm[h], dm[h]))):
-                tab[(5 + 2 * h) * R + vi : (7 + 2 * h) * R : 2] = c
-                tab[(9 + 2 * h) * R + vi : (11 + 2 * h) * R : 2] = d
+            for vi, (v2, c1, c2) in enumerate(((p2, cp1, cp2), (m2, cm1, cm2))):
+                # cc = (tws*v2)*v2 + pw[i1]*c1 (per i1; the sum taken the other way round, same
+                # bits), dd = pw[i2]*c2 (per i2), computed in their rows of tab
+                cc = np.multiply(pw[h], c1, out=tab[(5 + 2 * h) * R + vi : (7 + 2 * h) * R : 2])
+                cc += ((pw[h][bs] * v2) * v2)[None, :]
+                np.multiply(pw[h], c2, out=tab[(9 + 2 * h) * R + vi : (11 + 2 * h) * R : 2])
 
         def slab(i1: int, tb: F32Array, key: str) -> F32Array:
             """Scores (s = sumqx^2/sumq2) of the candidates with this i1, rows in scan order (i2, k),
@@ -858,15 +857,18 @@ def _iq1m_search(x: F32Array, w: F32Array) -> tuple[npt.NDArray[np.int8], F32Arr
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):
         f1 = p1 * nb + blk  # flat positions in the (bs+1, nb) prefix tables
         f2 = p2i * nb + blk
+        g1 = f1 + p1 * nb  # flat positions in the interleaved (x_p, x_m) row pairs of tab
+        g2 = f2 + p2i * nb
         hq: list[tuple[F32Array, F32Array, F32Array, F32Array]] = []
         for h in (0, 1):
             sxh = _at(px[h], f1) + _at(px[h], f2)
+            cc0, dd0 = (5 + 2 * h) * R * nb, (9 + 2 * h) * R * nb
             hq.append(
                 (
                     tp[h][blk] - sxh,
                     tm[h][blk] - sxh,
-                    _at(cp[h], f1) + _at(dp[h], f2),
-                    _at(cm[h], f1) + _at(dm[h], f2),
+                    _at(tab, g1 + cc0) + _at(tab, g2 + dd0),
+                    _at(tab, g1 + (cc0 + nb)) + _at(tab, g2 + (dd0 + nb)),
                 )
             )
         m0 = kk >= 2  # first half uses x_m
