@@ -720,24 +720,26 @@ def _iq1m_search(x: F32Array, w: F32Array) -> tuple[npt.NDArray[np.int8], F32Arr
     half = bs // 2
     order, key, ks = _sort_order(x)
     wx = w * x
-    flat = order + (np.arange(nb, dtype=np.int64) * bs)[:, None]
+    # positions of the sorted values, transposed (bs, nb): gathers straight into the prefix layout
+    order_t = np.ascontiguousarray(order.T)
+    flat_t = order_t + (np.arange(nb, dtype=np.int64) * bs)[None, :]
     # per-half prefix sums over the sorted values, (bs+1, nb) each: px[0], px[1], pw[0], pw[1]
     pref = np.empty((4, bs + 1, nb), dtype=_F)
     pref[:, 0] = 0
-    in1 = np.ascontiguousarray((order >= half).T)
+    in1 = order_t >= half
     # the other half's values add nothing; multiplying by 0/1 is exact for finite values (a -0.0 it
     # leaves is added like +0.0: the sums start at +0.0)
     finite = bool(np.isfinite(wx).all())  # then w is finite too
-    keep = (in1 == 0, in1 == 1)
+    keep = ((~in1).astype(_F), in1.astype(_F))
     for k, val in enumerate((wx, w)):
-        sorted_t = np.take(val, flat).T
+        sorted_t = np.take(val, flat_t)
         for h in (0, 1):
             z = pref[2 * k + h, 1:]
             if finite:
                 np.multiply(sorted_t, keep[h], out=z)
             else:
                 z[...] = sorted_t
-                np.copyto(z, _F(0), where=~keep[h])
+                np.copyto(z, _F(0), where=keep[h] == 0)
     for i in range(bs):
         np.add(pref[:, i], pref[:, i + 1], out=pref[:, i + 1])
     px = [pref[0], pref[1]]
