@@ -83,9 +83,10 @@ def _sort_order(x: F32Array) -> tuple[I64Array, I64Array, I64Array]:
 def _split_levels(key: I64Array, ks: I64Array, s1: I64Array, s2: I64Array) -> npt.NDArray[np.int8]:
     """Level (j >= s1) + (j >= s2) of every value, j its position in the sorted order (see
     :func:`_sort_order`): compares keys with the keys at the split points instead of scattering."""
-    rows = np.arange(key.shape[0])
-    lv = np.greater_equal(key, ks[rows, s1][:, None]).view(np.int8)
-    lv += np.greater_equal(key, ks[rows, s2][:, None]).view(np.int8)
+    base = np.arange(0, ks.size, ks.shape[1], dtype=np.int64)
+    ksf = ks.reshape(-1)
+    lv = np.greater_equal(key, np.take(ksf, base + s1)[:, None]).view(np.int8)
+    lv += np.greater_equal(key, np.take(ksf, base + s2)[:, None]).view(np.int8)
     return lv
 
 
@@ -324,6 +325,12 @@ def _nb_padded() -> tuple[IntpArray, IntpArray, IntpArray]:
     return t.nb_padded.astype(np.intp), lo, hi
 
 
+@functools.cache
+def _grid_levels_f32() -> F32Array:
+    """The grid points' levels as float32 (n_grid, 8)."""
+    return iq1_tables().grid_levels.astype(_F)
+
+
 def _table4x(t: F32Array) -> F32Array:
     """Sums over 4 coordinates, in coordinate order, for every base-3 code c = c0 + 3*c1 + 9*c2 + 27*c3:
     t (4, 3, n) -> (n, 82), column 81 = +inf (the padding code)."""
@@ -473,9 +480,12 @@ def _snap_and_refit(
     gi, offg = _grid_lookup(
         lv.reshape(na * ng, 8), xa.reshape(na * ng, 8), wa.reshape(na * ng, 8), np.repeat(scale, ng), xx
     )
-    refit = offg.reshape(na, ng).any(axis=1)
+    # any() over each sub-block's ng (2 or 4) flags, read as one ng-byte word
+    refit = np.ascontiguousarray(offg).view(f"u{ng}") != 0
     # xx[l] = (l - 1) + delta = l + xx[0], exactly (all values are multiples of 1/8)
-    q = (iq1_tables().grid_levels[gi] + xx[:, :1]).astype(_F).reshape(na, bs)
+    q = np.take(_grid_levels_f32(), gi, axis=0)
+    q += xx[:, :1]
+    q = q.reshape(na, bs)
     wq = wa * q
     sqx = _seq_sum(wq * xa)
     sq2 = _seq_sum(wq * q)
