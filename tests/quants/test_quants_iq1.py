@@ -358,6 +358,17 @@ def test_tiny_weights_take_the_full_replay_and_match_scalar_port() -> None:
     assert iq1.quantize_iq1_s(x[None], im).tobytes() == _ref_iq1_s(x, im)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_negative_importances_match_scalar_port(seed: int) -> None:
+    """Negative weights make some terms of the neighbour distances negative: cancellation, so those
+    groups skip the approximate ranking and compare every neighbour's exact distance."""
+    rng = np.random.default_rng(40 + seed)
+    x = (rng.standard_normal(256) * 10.0 ** rng.uniform(-2, 2)).astype(np.float32)
+    im = (np.exp(rng.standard_normal(256)) * np.where(rng.random(256) < 0.4, -1.0, 1.0)).astype(np.float32)
+    assert iq1.quantize_iq1_s(x[None], im).tobytes() == _ref_iq1_s(x, im)
+    assert iq1.quantize_iq1_m(x[None], im).tobytes() == _ref_iq1_m(x, im)
+
+
 @pytest.mark.parametrize("x_kind", ["ones", "gauss"])
 def test_zero_imatrix_spans_match_scalar_port(x_kind: str) -> None:
     x = np.ones(256, dtype=np.float32) if x_kind == "ones" else _gaussian(1, 256, seed=14)[0]

@@ -344,30 +344,26 @@ def _table4x(t: F32Array) -> F32Array:
     return out
 
 
-def _neighbour_search(codes: I64Array, terms: F32Array) -> I64Array:
-    """``iq1_find_best_neighbour2`` for n off-grid groups at once (codes (n,), terms (8, 3, n): the
-    ``w*diff*diff`` of coordinate i at level l).
+def _neighbour_search(rows: IntpArray, terms: F32Array, every: BoolArray) -> I64Array:
+    """``iq1_find_best_neighbour2`` for n off-grid groups at once: rows (n,) their neighbour-table rows,
+    sorted by list length; terms (8, 3, n): the ``w*diff*diff`` of coordinate i at level l; every (n,):
+    the groups to check against every neighbour exactly (their terms may be negative).
 
     A neighbour's distance is C's sequential float32 sum over its 8 terms; the first neighbour with the
     smallest one wins. Distances are first approximated from two 81-entry tables per group (sums over
     coordinates 0..3, exactly C's partial sums, and over 4..7); only neighbours within ``_NB_TOL`` of
-    the group's approximate minimum get C's exact sum. Groups with negative or NaN terms check every
-    neighbour exactly. The groups are sorted by list length once (so every bucket's tables are one
-    contiguous, cache-resident slice) and each bucket's lists are padded to its longest one.
+    the group's approximate minimum get C's exact sum. The groups come sorted by list length (so every
+    bucket's tables are one contiguous, cache-resident slice) and each bucket's lists are padded to its
+    longest one.
     """
-    n = codes.shape[0]
+    n = rows.shape[0]
     best: I64Array = np.zeros(n, dtype=np.int64)
     if n == 0:
         return best
     tables = iq1_tables()
     nb_grid, nb_lo, nb_hi = _nb_padded()
-    rows_u = np.take(tables.nb_row, codes)
-    order = np.argsort(np.take(tables.nb_count, rows_u), kind="stable")
-    rows = np.take(rows_u, order)
     counts = np.take(tables.nb_count, rows)
-    terms = np.take(terms, order, axis=2)
     terms[0] += _F(0)  # C starts from d2 = 0: a -0.0 first term becomes +0.0
-    every: BoolArray = np.asarray((terms < 0).any(axis=(0, 1)))
     t4 = terms[4:]
     nparts = min(_NB_BUCKETS, n)
     bounds = [n * k // nparts for k in range(nparts + 1)]
@@ -407,7 +403,7 @@ def _neighbour_search(codes: I64Array, terms: F32Array) -> I64Array:
         kmin = first_min(d2, seg)
         if np.isnan(d2[kmin]).any():  # C's `d2 < best` never picks a NaN
             kmin = first_min(np.where(np.isnan(d2), _F(np.inf), d2), seg)
-        best[np.take(order, gl[kmin] + a)] = fl[kmin]
+        best[gl[kmin] + a] = fl[kmin]
     return best
 
 
@@ -416,10 +412,26 @@ def _best_neighbours(codes: I64Array, x8: F32Array, w8: F32Array, scale: F32Arra
 
     codes (n,): the off-grid level codes; x8/w8 (n, 8); scale (n,); xx (n, 3): the level values.
     """
+    tables = iq1_tables()
+    n = codes.shape[0]
+    rows = np.take(tables.nb_row, codes).astype(np.intp)
+    order = np.argsort(np.take(tables.nb_count, rows), kind="stable")  # by neighbour-list length
+    # inputs in that order, coordinates / levels first: (8, n), (3, n)
+    x8t = np.ascontiguousarray(np.take(x8, order, axis=0).T)
+    w8t = np.ascontiguousarray(np.take(w8, order, axis=0).T)
+    sq = np.take(scale, order)[None, :] * np.ascontiguousarray(np.take(xx, order, axis=0).T)
     # the 3 possible terms w*diff*diff of every coordinate (diff = scale*q - x), (8, 3, n)
-    diff = (scale[None, None, :] * xx.T[None, :, :]) - x8.T[:, None, :]
-    terms = (w8.T[:, None, :] * diff) * diff
-    return _neighbour_search(codes, terms)
+    terms = np.empty((8, 3, n), dtype=_F)
+    for lvl in range(3):
+        diff = np.subtract(sq[lvl], x8t)
+        t = terms[:, lvl]
+        np.multiply(w8t, diff, out=t)
+        t *= diff
+    # w*diff*diff < 0 needs w < 0; NaN distances are caught in the search
+    every: BoolArray = np.asarray((w8t < 0).any(axis=0))
+    best = np.empty(n, dtype=np.int64)
+    best[order] = _neighbour_search(np.take(rows, order), terms, every)
+    return best
 
 
 def _grid_lookup(
