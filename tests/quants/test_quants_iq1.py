@@ -469,6 +469,43 @@ def test_iq1m_tiles_of_the_candidate_loop_agree(with_im: bool, monkeypatch: pyte
     assert np.array_equal(iq1.quantize_iq1_m(x, im if with_im else None), one_tile)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_iq1m_regrouped_q2_stays_within_its_bound(seed: int) -> None:
+    """IQ1_M ranks with sumq2 = (cc[0] + cc[1]) + (dd[0] + dd[1]) instead of C's (cc[0] + dd[0]) +
+    (cc[1] + dd[1]); its documented bound (< 245 ulp-units of 2^-24 relative, behind _BAND_M) checked
+    over every split and shift of sub-blocks with badly balanced halves."""
+    rng = np.random.default_rng(60 + seed)
+    n = 4096
+    x = rng.standard_normal((n, 16)).astype(np.float32)
+    w = (np.exp(3 * rng.standard_normal((n, 16))) * (rng.random((n, 16)) < 0.8)).astype(np.float32)
+    w[: n // 2, 8:] *= np.float32(1e-6)  # one half nearly weightless
+    order = np.argsort(x, axis=1, kind="stable")
+    half = order >= 8
+    ws = np.take_along_axis(w, order, axis=1)
+    pw = [np.zeros((n, 17), np.float32) for _ in range(2)]
+    for j in range(16):
+        for h in (0, 1):
+            pw[h][:, j + 1] = pw[h][:, j] + np.where(half[:, j] == h, ws[:, j], np.float32(0))
+    tws = [pw[h][:, 16] for h in (0, 1)]
+    i1, i2 = np.triu_indices(17)
+    worst = 0.0
+    for v0 in (0, 1):
+        for v1 in (0, 1):
+            cc, dd = [], []
+            for h, v in ((0, v0), (1, v1)):
+                xs = XM if v else XP
+                v2 = xs[2]
+                c1 = f(xs[0] * xs[0] - xs[1] * xs[1])
+                c2 = f(xs[1] * xs[1] - xs[2] * xs[2])
+                cc.append(((tws[h] * v2) * v2)[:, None] + pw[h][:, i1] * c1)
+                dd.append(pw[h][:, i2] * c2)
+            c_q2 = (cc[0] + dd[0]) + (cc[1] + dd[1])
+            ours = (cc[0] + cc[1]) + (dd[0] + dd[1])
+            rel = np.abs(ours.astype(np.float64) - c_q2) / c_q2
+            worst = max(worst, float(np.max(rel[c_q2 > 0])))
+    assert worst < 245 * 2.0**-24
+
+
 # ------------------------------------------------------------------------------------------------
 # properties
 

@@ -46,7 +46,7 @@ _BAND = 1e-5  # relative gap around the contender threshold; >> the few ulps ggm
 # IQ1_S ranks with regrouped sums (see _iq1s_search), off C's scores by < 1.1e-5 relative near the
 # maximum: the band must exceed twice that (wider bands leave more blocks unseparated)
 _BAND_S = 4e-5
-_BAND_M = 6e-5  # likewise for IQ1_M, whose regrouped scores are off by < 2.2e-5
+_BAND_M = 1e-4  # likewise for IQ1_M, whose regrouped scores are off by < 3.7e-5
 _EPS_STEPS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 _COLLECT_EPS = 1e-3  # IQ1_M keeps the candidates that the first steps of _EPS_STEPS can need
 _NB_TOL = _F(1e-5)  # relative slack of the approximate neighbour distances (their error is < 1e-6)
@@ -782,40 +782,48 @@ def _iq1m_search(x: F32Array, w: F32Array) -> tuple[npt.NDArray[np.int8], F32Arr
         # three. Error bound: with S = sum|w*x| and u = 2^-24 every term is <= 3.125*S and qx is off
         # C's value by < 17*u*S (both roundings counted); a score within 10% of the block maximum
         # m >= (0.875*S)^2/(1.27*W) has q2 >= W/64 (all |q| >= 1/8), hence |qx| >= 0.09*S and a
-        # relative score error < 2.2e-5 (see _BAND_M). q2 keeps C's grouping.
+        # relative score error < 2.2e-5.
+        # q2 is regrouped likewise: C's (cc[0] + dd[0]) + (cc[1] + dd[1]) (cc[h] = (tws*v2)*v2 +
+        # pw[i1]*c1 per i1, dd[h] = pw[i2]*c2 per i2, the same floats as C's) becomes
+        # (cc[0] + cc[1]) + (dd[0] + dd[1]): one pass per score instead of two. Error bound: both
+        # groupings are within u*(|a+b| + |c+d| + |T|) of the exact sum T (a..d the four terms), so
+        # they differ by < u*(3*T + |cc[0]+cc[1]| + |dd[0]+dd[1]|) <= u*(3*T + 2.52*W + 1.25*W) (as
+        # cc[h] <= (1.27 + 1.25)*W[h], |dd[h]| <= 1.25*W[h], and the half sums are >= 0); with q2 >=
+        # W/64 for every candidate that is < 245*u*q2, a relative score error < 1.5e-5. Together
+        # < 3.7e-5 (see _BAND_M).
         # Everything the scores read, as rows of one (13*R, nb) table so that the columns of any set
-        # of blocks come out with one gather: P (R rows), the four (tt[0][v0] + tt[1][v1]) - P[i]
-        # (R x 4 rows), then per half the (x_p, x_m) pairs of cc[h] (per i1, R x 2 rows) and dd[h]
-        # (per i2, R x 2 rows).
+        # of blocks come out with one gather: P (R rows), the four (tt[0][v0] + tt[1][v1]) - P[i],
+        # cc[0][v0] + cc[1][v1] (per i1) and dd[0][v0] + dd[1][v1] (per i2), each R x 4 rows with
+        # v = 2*v0 + v1 (x_p: 0, x_m: 1) the candidate's shift pair.
         R = bs + 1
         tab = np.empty((13 * R, nb), dtype=_F)
         np.add(px[0], px[1], out=tab[:R])
         for v0, t0 in enumerate((tp[0], tm[0])):
             for v1, t1 in enumerate((tp[1], tm[1])):
                 np.subtract(t0 + t1, tab[:R], out=tab[R + 2 * v0 + v1 : 5 * R : 4])
-        for h in (0, 1):
-            for vi, (v2, c1, c2) in enumerate(((p2, cp1, cp2), (m2, cm1, cm2))):
-                # cc = (tws*v2)*v2 + pw[i1]*c1 (per i1; the sum taken the other way round, same
-                # bits), dd = pw[i2]*c2 (per i2), computed in their rows of tab
-                cc = np.multiply(pw[h], c1, out=tab[(5 + 2 * h) * R + vi : (7 + 2 * h) * R : 2])
-                cc += ((pw[h][bs] * v2) * v2)[None, :]
-                np.multiply(pw[h], c2, out=tab[(9 + 2 * h) * R + vi : (11 + 2 * h) * R : 2])
+        # per half and shift: cc = (tws*v2)*v2 + pw[i1]*c1 (the sum taken the other way round, same
+        # bits), dd = pw[i2]*c2
+        cch = [
+            [((pw[h][bs] * v2) * v2)[None, :] + pw[h] * c1 for v2, c1 in ((p2, cp1), (m2, cm1))]
+            for h in (0, 1)
+        ]
+        ddh = [[pw[h] * c2 for c2 in (cp2, cm2)] for h in (0, 1)]
+        for v0 in (0, 1):
+            for v1 in (0, 1):
+                np.add(cch[0][v0], cch[1][v1], out=tab[5 * R + 2 * v0 + v1 : 9 * R : 4])
+                np.add(ddh[0][v0], ddh[1][v1], out=tab[9 * R + 2 * v0 + v1 : 13 * R : 4])
 
         def slab(i1: int, tb: F32Array, key: str) -> F32Array:
             """Scores (s = sumqx^2/sumq2) of the candidates with this i1, rows in scan order (i2, k),
             for the blocks (columns) of ``tb``, a column subset of ``tab``."""
             k = R - i1
             n = tb.shape[1]
-            rbh: list[F32Array] = []
-            for h in (0, 1):
-                cch = tb[(5 + 2 * h) * R + 2 * i1 : (5 + 2 * h) * R + 2 * i1 + 2]
-                ddh = tb[(9 + 2 * h) * R + 2 * i1 : (11 + 2 * h) * R].reshape(k, 2, n)
-                rbh.append(np.add(cch[None], ddh, out=scratch(key + f"rb{h}", (k, 2, n))))
             # candidate k = 2*(half 0 uses x_m) + (half 1 uses x_m), as in ggml's sumqx[0..3]
             a4 = tb[R + 4 * i1 : R + 4 * i1 + 4]
             qx = np.subtract(a4[None], tb[i1:R, None, :], out=scratch(key + "qx", (k, 4, n)))
-            qx = qx.reshape(k, 2, 2, n)
-            q2 = np.add(rbh[0][:, :, None], rbh[1][:, None], out=scratch(key + "q2", (k, 2, 2, n)))
+            c4 = tb[5 * R + 4 * i1 : 5 * R + 4 * i1 + 4]
+            d4 = tb[9 * R + 4 * i1 : 13 * R].reshape(k, 4, n)
+            q2 = np.add(c4[None], d4, out=scratch(key + "q2", (k, 4, n)))
             qx *= qx
             np.divide(qx, q2, out=qx)
             res: F32Array = qx.reshape(4 * k, n)
@@ -853,14 +861,9 @@ def _iq1m_search(x: F32Array, w: F32Array) -> tuple[npt.NDArray[np.int8], F32Arr
         tb = np.take(tab, cols, axis=1)
         n = cols.size
         p1, p2 = _PAIRS_M
-        rbh: list[F32Array] = []
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-            for h in (0, 1):
-                cch = tb[(5 + 2 * h) * R : (7 + 2 * h) * R].reshape(R, 2, n)
-                ddh = tb[(9 + 2 * h) * R : (11 + 2 * h) * R].reshape(R, 2, n)
-                rbh.append(cch[p1] + ddh[p2])
-            qx = (tb[R : 5 * R].reshape(R, 4, n)[p1] - tb[:R][p2][:, None, :]).reshape(-1, 2, 2, n)
-            q2 = rbh[0][:, :, None] + rbh[1][:, None]
+            qx = tb[R : 5 * R].reshape(R, 4, n)[p1] - tb[:R][p2][:, None, :]
+            q2 = tb[5 * R : 9 * R].reshape(R, 4, n)[p1] + tb[9 * R : 13 * R].reshape(R, 4, n)[p2]
             qx *= qx
             qx /= q2
         res: F32Array = qx.reshape(-1, n)
@@ -881,18 +884,18 @@ def _iq1m_search(x: F32Array, w: F32Array) -> tuple[npt.NDArray[np.int8], F32Arr
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):
         f1 = p1 * nb + blk  # flat positions in the (bs+1, nb) prefix tables
         f2 = p2i * nb + blk
-        g1 = f1 + p1 * nb  # flat positions in the interleaved (x_p, x_m) row pairs of tab
-        g2 = f2 + p2i * nb
         hq: list[tuple[F32Array, F32Array, F32Array, F32Array]] = []
         for h in (0, 1):
             sxh = _at(px[h], f1) + _at(px[h], f2)
-            cc0, dd0 = (5 + 2 * h) * R * nb, (9 + 2 * h) * R * nb
+            tws = pw[h][bs][blk]
+            w1 = _at(pw[h], f1)
+            w2 = _at(pw[h], f2)
             hq.append(
                 (
                     tp[h][blk] - sxh,
                     tm[h][blk] - sxh,
-                    _at(tab, g1 + cc0) + _at(tab, g2 + dd0),
-                    _at(tab, g1 + (cc0 + nb)) + _at(tab, g2 + (dd0 + nb)),
+                    (((tws * p2) * p2) + w1 * cp1) + w2 * cp2,
+                    (((tws * m2) * m2) + w1 * cm1) + w2 * cm2,
                 )
             )
         m0 = kk >= 2  # first half uses x_m
