@@ -484,9 +484,10 @@ def _make_positive(
 
 def _snap_and_refit(
     lv: npt.NDArray[np.int8], xa: F32Array, wa: F32Array, scale: F32Array, xx: F32Array
-) -> tuple[I64Array, F32Array]:
+) -> tuple[I64Array, F32Array, F32Array]:
     """Snap the levels lv (na, bs) of every group of 8 to the grid, at level values xx (na*bs/8, 3), and
-    refit ``scale`` of the sub-blocks where a group went off the grid. Returns (grid index (na, bs/8), scale)."""
+    refit ``scale`` of the sub-blocks where a group went off the grid. Returns (grid index (na, bs/8), scale,
+    level values (na, bs) of the snapped groups)."""
     na, bs = xa.shape
     ng = bs // 8
     gi, offg = _grid_lookup(
@@ -503,7 +504,7 @@ def _snap_and_refit(
     sq2 = _seq_sum(wq * q)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         newscale = sqx / sq2
-    return gi.reshape(na, ng), np.where(refit & (sqx > 0) & (sq2 > 0), newscale, scale)
+    return gi.reshape(na, ng), np.where(refit & (sqx > 0) & (sq2 > 0), newscale, scale), q
 
 
 # --------------------------------------------------------------------------------------------------
@@ -706,7 +707,7 @@ def _iq1s_blocks(xsb: F32Array, qw: F32Array | None) -> U8Array:
         lv, scale, neg = _make_positive(lv, scale)
         shift = np.where(neg, -shift, shift).astype(np.int8)
         xx = np.where((shift == 1)[:, None], _XP[None, :], _XM[None, :])  # (na, 3)
-        gi, scale = _snap_and_refit(lv, xa, wa, scale, np.repeat(xx, 4, axis=0))
+        gi, scale, _ = _snap_and_refit(lv, xa, wa, scale, np.repeat(xx, 4, axis=0))
         ok = found
         scales[act[ok]] = scale[ok]
         shifts[act[ok]] = shift[ok]
@@ -952,11 +953,19 @@ def _iq1m_blocks(xsb: F32Array, qw: F32Array | None) -> U8Array:
         # xx of group 0: best_k < 2 ? x_p : x_m; group 1: best_k even ? x_p : x_m
         xm_g = np.stack([best_k >= 2, (best_k & 1) == 1], axis=1).reshape(-1)
         xx = np.where(xm_g[:, None], _XM[None, :], _XP[None, :])  # (na*2, 3)
-        gi, scale = _snap_and_refit(lv, xa, wa, scale, xx)
+        gi, scale, q_act = _snap_and_refit(lv, xa, wa, scale, xx)
         ok = found
         scales[act[ok]] = scale[ok]
         shifts[act[ok]] = best_k[ok]
         index[act[ok]] = gi[ok]
+    # level values of every sub-block: the snapped ones, else grid point 0 at x_p (index 0, shift 0)
+    if act.size == nb and found.all():
+        lvl_val = q_act
+    else:
+        lvl_val = np.empty((nb, 16), dtype=_F)
+        lvl_val[:] = np.tile(_grid_levels_f32()[0], 2) + _XP[0]
+        if act.size:
+            lvl_val[act[found]] = q_act[found]
 
     sc16 = scales.reshape(nsb, 16)
     max_scale = _c_max(sc16)
@@ -968,11 +977,7 @@ def _iq1m_blocks(xsb: F32Array, qw: F32Array | None) -> U8Array:
     lsc = np.clip(lsc, 0, 7).astype(np.int64)  # (nsb, 16)
     # final scale: weighted fit over the whole super-block with the 3-bit block scales applied
     sh = shifts.reshape(nsb, 16)
-    xm_g = np.stack([sh >= 2, (sh & 1) == 1], axis=2)  # (nsb, 16, 2)
-    levels = iq1_tables().grid_levels[index.reshape(nsb, 16, 2)]  # (nsb, 16, 2, 8)
-    # x_p[l] = l + x_p[0], x_m[l] = l + x_m[0], exactly (multiples of 1/8)
-    lvl_val = levels + np.where(xm_g, _XM[0], _XP[0])[..., None]
-    q = (lvl_val * (2 * lsc + 1).astype(_F)[:, :, None, None]).reshape(nsb, QK_K)
+    q = (lvl_val.reshape(nsb, 16, 16) * (2 * lsc + 1).astype(_F)[:, :, None]).reshape(nsb, QK_K)
     wq = wsb * q
     sqx = _seq_sum(wq * xsb)
     sq2 = _seq_sum(wq * q)
