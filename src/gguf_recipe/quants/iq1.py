@@ -702,7 +702,7 @@ def _iq1s_blocks(xsb: F32Array, qw: F32Array | None) -> U8Array:
     shifts = np.ones(nb, dtype=np.int8)
     index = np.zeros((nb, 4), dtype=np.int64)
     if act.size:
-        xa, wa = x[act], w[act]
+        xa, wa = (x, w) if act.size == nb else (x[act], w[act])
         lv, scale, shift, found = _iq1s_search(xa, wa)
         lv, scale, neg = _make_positive(lv, scale)
         shift = np.where(neg, -shift, shift).astype(np.int8)
@@ -946,7 +946,7 @@ def _iq1m_blocks(xsb: F32Array, qw: F32Array | None) -> U8Array:
     shifts = np.zeros(nb, dtype=np.int64)
     index = np.zeros((nb, 2), dtype=np.int64)
     if act.size:
-        xa, wa = x[act], w[act]
+        xa, wa = (x, w) if act.size == nb else (x[act], w[act])
         lv, scale, best_k, found = _iq1m_search(xa, wa)
         lv, scale, neg = _make_positive(lv, scale)
         best_k = np.where(neg, 3 - best_k, best_k)
