@@ -392,18 +392,28 @@ def _neighbour_search(rows: IntpArray, terms: F32Array, every: BoolArray) -> I64
             cand[ev] = tables.nb_valid[r[ev], :width]
         fc = np.flatnonzero(cand)
         gl, j = np.divmod(fc, width)
-        rg = np.take(r, gl)
-        fl = nb_grid[rg, j]
-        lev = tables.grid_levels[fl, 4:].astype(np.intp)
-        d2 = np.take(pa, np.take(ilo, fc))
+        fl = nb_grid[np.take(r, gl), j]
+        if fc.size == m:  # a single candidate in every group (at least one each): it wins
+            best[a:b] = fl
+            continue
+        # groups with one candidate take it; the others compare C's exact sequential distances
+        seg = np.flatnonzero(np.concatenate(([True], gl[1:] != gl[:-1])))
+        cnt = np.diff(seg, append=fc.size)
+        several = np.repeat(cnt > 1, cnt)
+        one = np.flatnonzero(~several)
+        best[np.take(gl, one) + a] = np.take(fl, one)
+        e = np.flatnonzero(several)
+        gle, fle = np.take(gl, e), np.take(fl, e)
+        lev = tables.grid_levels[fle, 4:].astype(np.intp)
+        d2 = np.take(pa, np.take(ilo, np.take(fc, e)))
         tg = t4[:, :, a:b]
         for i in range(4):
-            d2 += tg[i][lev[:, i], gl]
-        seg = np.flatnonzero(np.concatenate(([True], gl[1:] != gl[:-1])))
+            d2 += tg[i][lev[:, i], gle]
+        seg = np.flatnonzero(np.concatenate(([True], gle[1:] != gle[:-1])))
         kmin = first_min(d2, seg)
         if np.isnan(d2[kmin]).any():  # C's `d2 < best` never picks a NaN
             kmin = first_min(np.where(np.isnan(d2), _F(np.inf), d2), seg)
-        best[gl[kmin] + a] = fl[kmin]
+        best[gle[kmin] + a] = fle[kmin]
     return best
 
 
