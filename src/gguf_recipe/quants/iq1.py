@@ -550,17 +550,7 @@ def _iq1s_search(
     xm0, _, xm2 = _XM
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         # C: ((sumx[i1]*x[0]) + (sumx[i2]-sumx[i1])*x[1]) + (sumx[n]-sumx[i2])*x[2], sumq2 likewise with
-        # (.)*x[k]*x[k]; the i1-only and i2-only terms are computed once.
-        a1p = sx * xp0
-        a1m = sx * xm0
-        b1p = (sw * xp0) * xp0
-        b1m = (sw * xm0) * xm0
-        r = sx[bs] - sx
-        a3p = r * xp2
-        a3m = r * xm2
-        rw = sw[bs] - sw
-        b3p = (rw * xp2) * xp2
-        b3m = (rw * xm2) * xm2
+        # (.)*x[k]*x[k]: a1 = sumx[i1]*x[0], a3 = (sumx[n]-sumx[i2])*x[2], b1 and b3 the sumq2 terms.
         # The ranking only has to be accurate (the contenders are recomputed exactly below), so the sums
         # are regrouped into an i2-only and an i1-only term, e.g. qx(+) = (s8[i2] + a3p[i2]) +
         # (a1p[i1] - s8[i1]) with s8 = sx*x[1]: two passes instead of five per score. Error bound: with
@@ -569,16 +559,31 @@ def _iq1s_search(
         # q2 >= W/64 (all |q| >= 1/8), hence |qx| >= 0.09*S and a relative score error < 1.1e-5 (see
         # _BAND_S). q2's terms are all >= 0 (_safe demands w >= 0): a few ulps. The x[1] = +-1/8
         # scalings are exact except for denormals (absolute error << u*S, S >= 1e-30 by _safe).
-        s8 = sx * xp1
-        w64 = (sw * xp1) * xp1
-        up = s8 + a3p  # i2 terms
-        um = a3m - s8
-        vp = w64 + b3p
-        vm = w64 + b3m
-        cxp = a1p - s8  # i1 terms
-        cxm = a1m + s8
-        cqp = b1p - w64
-        cqm = b1m - w64
+        # Computed in place in reused buffers (sums taken the other way round: same bits).
+        shape = (bs + 1, nb)
+        s8 = np.multiply(sx, xp1, out=scratch("iq1s.t8", shape))
+        r = np.subtract(sx[bs], sx, out=scratch("iq1s.r", shape))
+        up = np.multiply(r, xp2, out=scratch("iq1s.up", shape))  # i2 terms: a3 +- s8
+        up += s8
+        um = np.multiply(r, xm2, out=scratch("iq1s.um", shape))
+        um -= s8
+        cxp = np.multiply(sx, xp0, out=scratch("iq1s.cxp", shape))  # i1 terms: a1 -+ s8
+        cxp -= s8
+        cxm = np.multiply(sx, xm0, out=scratch("iq1s.cxm", shape))
+        cxm += s8
+        w64 = np.multiply(sw, xp1, out=s8)
+        w64 *= xp1
+        rw = np.subtract(sw[bs], sw, out=r)
+        vq_cq: list[F32Array] = []
+        for v, (x0, x2) in enumerate(((xp0, xp2), (xm0, xm2))):
+            vq = np.multiply(rw, x2, out=scratch(f"iq1s.vq{v}", shape))  # b3 + w64
+            vq *= x2
+            vq += w64
+            cq = np.multiply(sw, x0, out=scratch(f"iq1s.cq{v}", shape))  # b1 - w64
+            cq *= x0
+            cq -= w64
+            vq_cq += [vq, cq]
+        vp, cqp, vm, cqm = vq_cq
         # The score table is never stored (as for IQ1_M): each i1 slab lists the candidates within
         # _COLLECT_EPS of the running maximum of their block; :func:`columns` recomputes whole columns.
         cs: list[I64Array] = []
@@ -647,10 +652,17 @@ def _iq1s_search(
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):
         f1 = p1 * nb + blk  # flat positions in the (bs+1, nb) prefix tables
         f2 = p2 * nb + blk
-        d8 = (_at(sx, f2) - _at(sx, f1)) * xp1
-        qq = ((_at(sw, f2) - _at(sw, f1)) * xp1) * xp1
-        qx = np.where(minus, (_at(a1m, f1) - d8) + _at(a3m, f2), (_at(a1p, f1) + d8) + _at(a3p, f2))
-        q2 = np.where(minus, (_at(b1m, f1) + qq) + _at(b3m, f2), (_at(b1p, f1) + qq) + _at(b3p, f2))
+        sx1, sx2, sw1, sw2 = _at(sx, f1), _at(sx, f2), _at(sw, f1), _at(sw, f2)
+        r3 = _at(sx, blk + bs * nb) - sx2  # sumx[n] - sumx[i2]
+        rw3 = _at(sw, blk + bs * nb) - sw2
+        d8 = (sx2 - sx1) * xp1
+        qq = ((sw2 - sw1) * xp1) * xp1
+        qx = np.where(minus, (sx1 * xm0 - d8) + r3 * xm2, (sx1 * xp0 + d8) + r3 * xp2)
+        q2 = np.where(
+            minus,
+            (((sw1 * xm0) * xm0) + qq) + ((rw3 * xm2) * xm2),
+            (((sw1 * xp0) * xp0) + qq) + ((rw3 * xp2) * xp2),
+        )
     best, scale = _replay(blk, qx.astype(_F), q2.astype(_F), nb)
     found = best >= 0
     bi = best[found]
