@@ -358,6 +358,17 @@ def test_tiny_weights_take_the_full_replay_and_match_scalar_port() -> None:
     assert iq1.quantize_iq1_s(x[None], im).tobytes() == _ref_iq1_s(x, im)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_negative_importances_match_scalar_port(seed: int) -> None:
+    """Negative weights make some terms of the neighbour distances negative: cancellation, so those
+    groups skip the approximate ranking and compare every neighbour's exact distance."""
+    rng = np.random.default_rng(40 + seed)
+    x = (rng.standard_normal(256) * 10.0 ** rng.uniform(-2, 2)).astype(np.float32)
+    im = (np.exp(rng.standard_normal(256)) * np.where(rng.random(256) < 0.4, -1.0, 1.0)).astype(np.float32)
+    assert iq1.quantize_iq1_s(x[None], im).tobytes() == _ref_iq1_s(x, im)
+    assert iq1.quantize_iq1_m(x[None], im).tobytes() == _ref_iq1_m(x, im)
+
+
 @pytest.mark.parametrize("x_kind", ["ones", "gauss"])
 def test_zero_imatrix_spans_match_scalar_port(x_kind: str) -> None:
     x = np.ones(256, dtype=np.float32) if x_kind == "ones" else _gaussian(1, 256, seed=14)[0]
@@ -412,6 +423,87 @@ def test_shortcut_equals_full_replay(
     # every neighbour gets the exact sequential distance
     monkeypatch.setattr(iq1, "_NB_TOL", np.float32(1e30))
     assert np.array_equal(fn(x, im), fast)
+
+
+@pytest.mark.parametrize("band", [None, 0.99], ids=["first-step", "every-step"])
+@pytest.mark.parametrize(
+    "fn",
+    [lambda x, im: iq1.quantize_iq1_s(x, im), lambda x, im: iq1.quantize_iq1_m(x, None)],
+    ids=["IQ1_S", "IQ1_M"],
+)
+def test_contenders_come_in_scan_order(
+    fn: Callable[[np.ndarray, np.ndarray], np.ndarray], band: float | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """_replay scans each block's candidates in the listed order: (block, candidate) ascending, also when
+    the list mixes blocks settled at different eps steps and fully replayed ones (a stable sort by
+    block relies on every step keeping the candidates ascending)."""
+    x, im = _tie_heavy()
+    x[3, :64] = np.float32(1e-38)  # sub-blocks that fail the range check: replayed in full
+    x[3, 64:128] = 1.0  # equal scores: many candidates per block settle at the first step
+    x[3, 128:192] = np.tile(np.array([-1.0, 1.0], dtype=np.float32), 32)
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    real = iq1._contenders
+
+    def spy(*args: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+        blk, cand = real(*args, **kwargs)
+        seen.append((blk, cand))
+        return blk, cand
+
+    monkeypatch.setattr(iq1, "_contenders", spy)
+    if band is not None:
+        monkeypatch.setattr(iq1, "_BAND_S", band)
+        monkeypatch.setattr(iq1, "_BAND_M", band)
+    fn(x, im)
+    assert seen
+    for blk, cand in seen:
+        key = blk.astype(np.int64) * (int(cand.max()) + 1) + cand
+        assert np.all(np.diff(key) > 0)
+
+
+@pytest.mark.parametrize("with_im", [False, True], ids=["IQ1_M", "IQ1_M-im"])
+def test_iq1m_tiles_of_the_candidate_loop_agree(with_im: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The candidate loop over column tiles (a last, partial tile included) gives one tile's result."""
+    x, im = _tie_heavy()
+    one_tile = iq1.quantize_iq1_m(x, im if with_im else None)
+    monkeypatch.setattr(iq1, "_TILE_M", 7)
+    assert np.array_equal(iq1.quantize_iq1_m(x, im if with_im else None), one_tile)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_iq1m_regrouped_q2_stays_within_its_bound(seed: int) -> None:
+    """IQ1_M ranks with sumq2 = (cc[0] + cc[1]) + (dd[0] + dd[1]) instead of C's (cc[0] + dd[0]) +
+    (cc[1] + dd[1]); its documented bound (< 245 ulp-units of 2^-24 relative, behind _BAND_M) checked
+    over every split and shift of sub-blocks with badly balanced halves."""
+    rng = np.random.default_rng(60 + seed)
+    n = 4096
+    x = rng.standard_normal((n, 16)).astype(np.float32)
+    w = (np.exp(3 * rng.standard_normal((n, 16))) * (rng.random((n, 16)) < 0.8)).astype(np.float32)
+    w[: n // 2, 8:] *= np.float32(1e-6)  # one half nearly weightless
+    order = np.argsort(x, axis=1, kind="stable")
+    half = order >= 8
+    ws = np.take_along_axis(w, order, axis=1)
+    pw = [np.zeros((n, 17), np.float32) for _ in range(2)]
+    for j in range(16):
+        for h in (0, 1):
+            pw[h][:, j + 1] = pw[h][:, j] + np.where(half[:, j] == h, ws[:, j], np.float32(0))
+    tws = [pw[h][:, 16] for h in (0, 1)]
+    i1, i2 = np.triu_indices(17)
+    worst = 0.0
+    for v0 in (0, 1):
+        for v1 in (0, 1):
+            cc, dd = [], []
+            for h, v in ((0, v0), (1, v1)):
+                xs = XM if v else XP
+                v2 = xs[2]
+                c1 = f(xs[0] * xs[0] - xs[1] * xs[1])
+                c2 = f(xs[1] * xs[1] - xs[2] * xs[2])
+                cc.append(((tws[h] * v2) * v2)[:, None] + pw[h][:, i1] * c1)
+                dd.append(pw[h][:, i2] * c2)
+            c_q2 = (cc[0] + dd[0]) + (cc[1] + dd[1])
+            ours = (cc[0] + cc[1]) + (dd[0] + dd[1])
+            rel = np.abs(ours.astype(np.float64) - c_q2) / c_q2
+            worst = max(worst, float(np.max(rel[c_q2 > 0])))
+    assert worst < 245 * 2.0**-24
 
 
 # ------------------------------------------------------------------------------------------------

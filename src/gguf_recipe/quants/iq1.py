@@ -46,7 +46,7 @@ _BAND = 1e-5  # relative gap around the contender threshold; >> the few ulps ggm
 # IQ1_S ranks with regrouped sums (see _iq1s_search), off C's scores by < 1.1e-5 relative near the
 # maximum: the band must exceed twice that (wider bands leave more blocks unseparated)
 _BAND_S = 4e-5
-_BAND_M = 6e-5  # likewise for IQ1_M, whose regrouped scores are off by < 2.2e-5
+_BAND_M = 1e-4  # likewise for IQ1_M, whose regrouped scores are off by < 3.7e-5
 _EPS_STEPS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 _COLLECT_EPS = 1e-3  # IQ1_M keeps the candidates that the first steps of _EPS_STEPS can need
 _NB_TOL = _F(1e-5)  # relative slack of the approximate neighbour distances (their error is < 1e-6)
@@ -83,9 +83,10 @@ def _sort_order(x: F32Array) -> tuple[I64Array, I64Array, I64Array]:
 def _split_levels(key: I64Array, ks: I64Array, s1: I64Array, s2: I64Array) -> npt.NDArray[np.int8]:
     """Level (j >= s1) + (j >= s2) of every value, j its position in the sorted order (see
     :func:`_sort_order`): compares keys with the keys at the split points instead of scattering."""
-    rows = np.arange(key.shape[0])
-    lv = np.greater_equal(key, ks[rows, s1][:, None]).view(np.int8)
-    lv += np.greater_equal(key, ks[rows, s2][:, None]).view(np.int8)
+    base = np.arange(0, ks.size, ks.shape[1], dtype=np.int64)
+    ksf = ks.reshape(-1)
+    lv = np.greater_equal(key, np.take(ksf, base + s1)[:, None]).view(np.int8)
+    lv += np.greater_equal(key, np.take(ksf, base + s2)[:, None]).view(np.int8)
     return lv
 
 
@@ -118,7 +119,7 @@ def _seq_sum(v: F32Array) -> F32Array:
 class Collected(NamedTuple):
     """Candidates gathered while the scores were computed (see :func:`_contenders`)."""
 
-    cand: I64Array
+    cand: I64Array  # in ascending order within each block (the scan order)
     block: I64Array
     score: F32Array
     eps: float  # every candidate with score >= m*(1-eps)*(1-band) of its block is listed
@@ -197,10 +198,19 @@ def _contenders(
         b, c = np.nonzero(np.ones((todo.size, ncand), dtype=bool))
         blocks.append(todo[b])
         cands.append(c)
-    key = np.concatenate(blocks) * ncand + np.concatenate(cands)
-    key.sort(kind="stable")  # a few sorted runs: cheap for timsort
-    blk, cand = np.divmod(key, ncand)
-    return blk, cand
+    blk = np.concatenate(blocks)
+    cand = np.concatenate(cands)
+    # every step lists each of its blocks' candidates in ascending order (the pool keeps the order in
+    # which the slabs produced them), so a stable sort by block alone gives scan order; block numbers
+    # as int16 make numpy's stable sort a radix sort
+    by_block = np.argsort(blk.astype(np.int16) if nb <= 1 << 15 else blk, kind="stable")
+    return np.take(blk, by_block), np.take(cand, by_block)
+
+
+def _collect_factor(band: float) -> np.float32:
+    """The running threshold factor (1-eps)*(1-2*band) of the collecting loops as one float32: its
+    rounding (< 1e-7 relative) is far inside the extra band that :func:`_contenders` does not rely on."""
+    return _F((1.0 - _COLLECT_EPS) * (1.0 - 2 * band))
 
 
 def _at(a: F32Array, flat: I64Array) -> F32Array:
@@ -315,6 +325,12 @@ def _nb_padded() -> tuple[IntpArray, IntpArray, IntpArray]:
     return t.nb_padded.astype(np.intp), lo, hi
 
 
+@functools.cache
+def _grid_levels_f32() -> F32Array:
+    """The grid points' levels as float32 (n_grid, 8)."""
+    return iq1_tables().grid_levels.astype(_F)
+
+
 def _table4x(t: F32Array) -> F32Array:
     """Sums over 4 coordinates, in coordinate order, for every base-3 code c = c0 + 3*c1 + 9*c2 + 27*c3:
     t (4, 3, n) -> (n, 82), column 81 = +inf (the padding code)."""
@@ -328,30 +344,26 @@ def _table4x(t: F32Array) -> F32Array:
     return out
 
 
-def _neighbour_search(codes: I64Array, terms: F32Array) -> I64Array:
-    """``iq1_find_best_neighbour2`` for n off-grid groups at once (codes (n,), terms (8, 3, n): the
-    ``w*diff*diff`` of coordinate i at level l).
+def _neighbour_search(rows: IntpArray, terms: F32Array, every: BoolArray) -> I64Array:
+    """``iq1_find_best_neighbour2`` for n off-grid groups at once: rows (n,) their neighbour-table rows,
+    sorted by list length; terms (8, 3, n): the ``w*diff*diff`` of coordinate i at level l; every (n,):
+    the groups to check against every neighbour exactly (their terms may be negative).
 
     A neighbour's distance is C's sequential float32 sum over its 8 terms; the first neighbour with the
     smallest one wins. Distances are first approximated from two 81-entry tables per group (sums over
     coordinates 0..3, exactly C's partial sums, and over 4..7); only neighbours within ``_NB_TOL`` of
-    the group's approximate minimum get C's exact sum. Groups with negative or NaN terms check every
-    neighbour exactly. The groups are sorted by list length once (so every bucket's tables are one
-    contiguous, cache-resident slice) and each bucket's lists are padded to its longest one.
+    the group's approximate minimum get C's exact sum. The groups come sorted by list length (so every
+    bucket's tables are one contiguous, cache-resident slice) and each bucket's lists are padded to its
+    longest one.
     """
-    n = codes.shape[0]
+    n = rows.shape[0]
     best: I64Array = np.zeros(n, dtype=np.int64)
     if n == 0:
         return best
     tables = iq1_tables()
     nb_grid, nb_lo, nb_hi = _nb_padded()
-    rows_u = np.take(tables.nb_row, codes)
-    order = np.argsort(np.take(tables.nb_count, rows_u), kind="stable")
-    rows = np.take(rows_u, order)
     counts = np.take(tables.nb_count, rows)
-    terms = np.take(terms, order, axis=2)
     terms[0] += _F(0)  # C starts from d2 = 0: a -0.0 first term becomes +0.0
-    every: BoolArray = np.asarray((terms < 0).any(axis=(0, 1)))
     t4 = terms[4:]
     nparts = min(_NB_BUCKETS, n)
     bounds = [n * k // nparts for k in range(nparts + 1)]
@@ -380,18 +392,28 @@ def _neighbour_search(codes: I64Array, terms: F32Array) -> I64Array:
             cand[ev] = tables.nb_valid[r[ev], :width]
         fc = np.flatnonzero(cand)
         gl, j = np.divmod(fc, width)
-        rg = np.take(r, gl)
-        fl = nb_grid[rg, j]
-        lev = tables.grid_levels[fl, 4:].astype(np.intp)
-        d2 = np.take(pa, np.take(ilo, fc))
+        fl = nb_grid[np.take(r, gl), j]
+        if fc.size == m:  # a single candidate in every group (at least one each): it wins
+            best[a:b] = fl
+            continue
+        # groups with one candidate take it; the others compare C's exact sequential distances
+        seg = np.flatnonzero(np.concatenate(([True], gl[1:] != gl[:-1])))
+        cnt = np.diff(seg, append=fc.size)
+        several = np.repeat(cnt > 1, cnt)
+        one = np.flatnonzero(~several)
+        best[np.take(gl, one) + a] = np.take(fl, one)
+        e = np.flatnonzero(several)
+        gle, fle = np.take(gl, e), np.take(fl, e)
+        lev = tables.grid_levels[fle, 4:].astype(np.intp)
+        d2 = np.take(pa, np.take(ilo, np.take(fc, e)))
         tg = t4[:, :, a:b]
         for i in range(4):
-            d2 += tg[i][lev[:, i], gl]
-        seg = np.flatnonzero(np.concatenate(([True], gl[1:] != gl[:-1])))
+            d2 += tg[i][lev[:, i], gle]
+        seg = np.flatnonzero(np.concatenate(([True], gle[1:] != gle[:-1])))
         kmin = first_min(d2, seg)
         if np.isnan(d2[kmin]).any():  # C's `d2 < best` never picks a NaN
             kmin = first_min(np.where(np.isnan(d2), _F(np.inf), d2), seg)
-        best[np.take(order, gl[kmin] + a)] = fl[kmin]
+        best[gle[kmin] + a] = fle[kmin]
     return best
 
 
@@ -400,10 +422,26 @@ def _best_neighbours(codes: I64Array, x8: F32Array, w8: F32Array, scale: F32Arra
 
     codes (n,): the off-grid level codes; x8/w8 (n, 8); scale (n,); xx (n, 3): the level values.
     """
+    tables = iq1_tables()
+    n = codes.shape[0]
+    rows = np.take(tables.nb_row, codes).astype(np.intp)
+    order = np.argsort(np.take(tables.nb_count, rows), kind="stable")  # by neighbour-list length
+    # inputs in that order, coordinates / levels first: (8, n), (3, n)
+    x8t = np.ascontiguousarray(np.take(x8, order, axis=0).T)
+    w8t = np.ascontiguousarray(np.take(w8, order, axis=0).T)
+    sq = np.take(scale, order)[None, :] * np.ascontiguousarray(np.take(xx, order, axis=0).T)
     # the 3 possible terms w*diff*diff of every coordinate (diff = scale*q - x), (8, 3, n)
-    diff = (scale[None, None, :] * xx.T[None, :, :]) - x8.T[:, None, :]
-    terms = (w8.T[:, None, :] * diff) * diff
-    return _neighbour_search(codes, terms)
+    terms = np.empty((8, 3, n), dtype=_F)
+    for lvl in range(3):
+        diff = np.subtract(sq[lvl], x8t)
+        t = terms[:, lvl]
+        np.multiply(w8t, diff, out=t)
+        t *= diff
+    # w*diff*diff < 0 needs w < 0; NaN distances are caught in the search
+    every: BoolArray = np.asarray((w8t < 0).any(axis=0))
+    best = np.empty(n, dtype=np.int64)
+    best[order] = _neighbour_search(np.take(rows, order), terms, every)
+    return best
 
 
 def _grid_lookup(
@@ -456,23 +494,27 @@ def _make_positive(
 
 def _snap_and_refit(
     lv: npt.NDArray[np.int8], xa: F32Array, wa: F32Array, scale: F32Array, xx: F32Array
-) -> tuple[I64Array, F32Array]:
+) -> tuple[I64Array, F32Array, F32Array]:
     """Snap the levels lv (na, bs) of every group of 8 to the grid, at level values xx (na*bs/8, 3), and
-    refit ``scale`` of the sub-blocks where a group went off the grid. Returns (grid index (na, bs/8), scale)."""
+    refit ``scale`` of the sub-blocks where a group went off the grid. Returns (grid index (na, bs/8), scale,
+    level values (na, bs) of the snapped groups)."""
     na, bs = xa.shape
     ng = bs // 8
     gi, offg = _grid_lookup(
         lv.reshape(na * ng, 8), xa.reshape(na * ng, 8), wa.reshape(na * ng, 8), np.repeat(scale, ng), xx
     )
-    refit = offg.reshape(na, ng).any(axis=1)
+    # any() over each sub-block's ng (2 or 4) flags, read as one ng-byte word
+    refit = np.ascontiguousarray(offg).view(f"u{ng}") != 0
     # xx[l] = (l - 1) + delta = l + xx[0], exactly (all values are multiples of 1/8)
-    q = (iq1_tables().grid_levels[gi] + xx[:, :1]).astype(_F).reshape(na, bs)
+    q = np.take(_grid_levels_f32(), gi, axis=0)
+    q += xx[:, :1]
+    q = q.reshape(na, bs)
     wq = wa * q
     sqx = _seq_sum(wq * xa)
     sq2 = _seq_sum(wq * q)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         newscale = sqx / sq2
-    return gi.reshape(na, ng), np.where(refit & (sqx > 0) & (sq2 > 0), newscale, scale)
+    return gi.reshape(na, ng), np.where(refit & (sqx > 0) & (sq2 > 0), newscale, scale), q
 
 
 # --------------------------------------------------------------------------------------------------
@@ -484,6 +526,9 @@ def _split_pairs(n: int) -> tuple[I64Array, I64Array]:
     return i1.astype(np.int64), i2.astype(np.int64)
 
 
+# the most frequent winning splits (i1, i2) on Gaussian data, used to seed the candidate loops
+_SEEDS_S = ((8, 23), (9, 24), (7, 22), (10, 25))
+_SEEDS_M = ((3, 12), (4, 12), (4, 13), (2, 12))
 _PAIRS_S = _split_pairs(32)
 _PAIRS_M = _split_pairs(16)
 
@@ -505,17 +550,7 @@ def _iq1s_search(
     xm0, _, xm2 = _XM
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         # C: ((sumx[i1]*x[0]) + (sumx[i2]-sumx[i1])*x[1]) + (sumx[n]-sumx[i2])*x[2], sumq2 likewise with
-        # (.)*x[k]*x[k]; the i1-only and i2-only terms are computed once.
-        a1p = sx * xp0
-        a1m = sx * xm0
-        b1p = (sw * xp0) * xp0
-        b1m = (sw * xm0) * xm0
-        r = sx[bs] - sx
-        a3p = r * xp2
-        a3m = r * xm2
-        rw = sw[bs] - sw
-        b3p = (rw * xp2) * xp2
-        b3m = (rw * xm2) * xm2
+        # (.)*x[k]*x[k]: a1 = sumx[i1]*x[0], a3 = (sumx[n]-sumx[i2])*x[2], b1 and b3 the sumq2 terms.
         # The ranking only has to be accurate (the contenders are recomputed exactly below), so the sums
         # are regrouped into an i2-only and an i1-only term, e.g. qx(+) = (s8[i2] + a3p[i2]) +
         # (a1p[i1] - s8[i1]) with s8 = sx*x[1]: two passes instead of five per score. Error bound: with
@@ -524,16 +559,31 @@ def _iq1s_search(
         # q2 >= W/64 (all |q| >= 1/8), hence |qx| >= 0.09*S and a relative score error < 1.1e-5 (see
         # _BAND_S). q2's terms are all >= 0 (_safe demands w >= 0): a few ulps. The x[1] = +-1/8
         # scalings are exact except for denormals (absolute error << u*S, S >= 1e-30 by _safe).
-        s8 = sx * xp1
-        w64 = (sw * xp1) * xp1
-        up = s8 + a3p  # i2 terms
-        um = a3m - s8
-        vp = w64 + b3p
-        vm = w64 + b3m
-        cxp = a1p - s8  # i1 terms
-        cxm = a1m + s8
-        cqp = b1p - w64
-        cqm = b1m - w64
+        # Computed in place in reused buffers (sums taken the other way round: same bits).
+        shape = (bs + 1, nb)
+        s8 = np.multiply(sx, xp1, out=scratch("iq1s.t8", shape))
+        r = np.subtract(sx[bs], sx, out=scratch("iq1s.r", shape))
+        up = np.multiply(r, xp2, out=scratch("iq1s.up", shape))  # i2 terms: a3 +- s8
+        up += s8
+        um = np.multiply(r, xm2, out=scratch("iq1s.um", shape))
+        um -= s8
+        cxp = np.multiply(sx, xp0, out=scratch("iq1s.cxp", shape))  # i1 terms: a1 -+ s8
+        cxp -= s8
+        cxm = np.multiply(sx, xm0, out=scratch("iq1s.cxm", shape))
+        cxm += s8
+        w64 = np.multiply(sw, xp1, out=s8)
+        w64 *= xp1
+        rw = np.subtract(sw[bs], sw, out=r)
+        vq_cq: list[F32Array] = []
+        for v, (x0, x2) in enumerate(((xp0, xp2), (xm0, xm2))):
+            vq = np.multiply(rw, x2, out=scratch(f"iq1s.vq{v}", shape))  # b3 + w64
+            vq *= x2
+            vq += w64
+            cq = np.multiply(sw, x0, out=scratch(f"iq1s.cq{v}", shape))  # b1 - w64
+            cq *= x0
+            cq -= w64
+            vq_cq += [vq, cq]
+        vp, cqp, vm, cqm = vq_cq
         # The score table is never stored (as for IQ1_M): each i1 slab lists the candidates within
         # _COLLECT_EPS of the running maximum of their block; :func:`columns` recomputes whole columns.
         cs: list[I64Array] = []
@@ -543,22 +593,32 @@ def _iq1s_search(
         slab = scratch("iq1s.slab", (2 * (bs + 1) * nb,))
         bx = scratch("iq1s.bx", (bs + 1, nb))
         smax = np.full(nb, -np.inf, dtype=_F)
+        # seed the running maximum with a few typical splits (scores computed as in the slabs, so
+        # the seed never exceeds the final maximum): early slabs then collect far fewer candidates
+        for i1, i2 in _SEEDS_S:
+            for u, c, vq, cq in terms:
+                qx = u[i2] + c[i1]
+                qx *= qx
+                qx /= vq[i2] + cq[i1]
+                np.maximum(smax, qx, out=smax)
+        fac = _collect_factor(_BAND_S)
         row0 = 0
         for i1 in range(bs + 1):
             k = bs + 1 - i1
-            out = slab[: 2 * k * nb].reshape(2, k, nb)  # (shift, i2 - i1, block)
+            # (i2 - i1, shift, block): row 2*(i2 - i1) + shift is candidate 2*(row0 + i2 - i1) + shift
+            out = slab[: 2 * k * nb].reshape(k, 2, nb)
             for v, (u, c, vq, cq) in enumerate(terms):
                 qx = np.add(u[i1:], c[i1], out=bx[:k])
                 qx *= qx
-                q2 = np.add(vq[i1:], cq[i1], out=out[v])
+                q2 = np.add(vq[i1:], cq[i1], out=out[:, v])
                 np.divide(qx, q2, out=q2)
             sc = out.reshape(2 * k, nb)
             np.maximum(smax, sc.max(axis=0), out=smax)
-            lo_run = (smax.astype(np.float64) * ((1.0 - _COLLECT_EPS) * (1.0 - 2 * _BAND_S))).astype(_F)
+            lo_run = np.multiply(smax, fac, out=scratch("iq1s.lo", smax.shape))
             f = np.flatnonzero(np.greater_equal(sc, lo_run, out=scratch("iq1s.ge", sc.shape, np.bool_)))
             r, col = np.divmod(f, nb)
-            v_, d = np.divmod(r, k)
-            cs.append(2 * (d + row0) + v_)  # candidate = 2*pair + shift
+            r += 2 * row0
+            cs.append(r)  # ascending: the pool lists every block's candidates in scan order
             bsl.append(col)
             vs.append(np.take(sc, f))
             row0 += k
@@ -592,10 +652,17 @@ def _iq1s_search(
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):
         f1 = p1 * nb + blk  # flat positions in the (bs+1, nb) prefix tables
         f2 = p2 * nb + blk
-        d8 = (_at(sx, f2) - _at(sx, f1)) * xp1
-        qq = ((_at(sw, f2) - _at(sw, f1)) * xp1) * xp1
-        qx = np.where(minus, (_at(a1m, f1) - d8) + _at(a3m, f2), (_at(a1p, f1) + d8) + _at(a3p, f2))
-        q2 = np.where(minus, (_at(b1m, f1) + qq) + _at(b3m, f2), (_at(b1p, f1) + qq) + _at(b3p, f2))
+        sx1, sx2, sw1, sw2 = _at(sx, f1), _at(sx, f2), _at(sw, f1), _at(sw, f2)
+        r3 = _at(sx, blk + bs * nb) - sx2  # sumx[n] - sumx[i2]
+        rw3 = _at(sw, blk + bs * nb) - sw2
+        d8 = (sx2 - sx1) * xp1
+        qq = ((sw2 - sw1) * xp1) * xp1
+        qx = np.where(minus, (sx1 * xm0 - d8) + r3 * xm2, (sx1 * xp0 + d8) + r3 * xp2)
+        q2 = np.where(
+            minus,
+            (((sw1 * xm0) * xm0) + qq) + ((rw3 * xm2) * xm2),
+            (((sw1 * xp0) * xp0) + qq) + ((rw3 * xp2) * xp2),
+        )
     best, scale = _replay(blk, qx.astype(_F), q2.astype(_F), nb)
     found = best >= 0
     bi = best[found]
@@ -620,10 +687,13 @@ def _superblocks(rows: F32Array, imatrix: F32Array | None) -> tuple[F32Array, F3
 
 # Super-blocks per batch. Neither search stores its full score table (the slab buffers take a few MB);
 # bigger batches amortise the per-call overhead of the candidate loops. Measured (512x4096 N(0,1)):
-# IQ1_S 256 -> 1024 about 25% faster (a whole 2^18-value work item in one batch), IQ1_M 256 -> 512
-# about 10% and no gain beyond.
+# IQ1_S 256 -> 1024 about 25% faster (a whole 2^18-value work item in one batch). IQ1_M's candidate
+# loop runs over tiles of _TILE_M sub-blocks (512 super-blocks): bigger slabs fall out of cache, smaller
+# ones pay more calls (tiles of 4096 / 2048: 5% / 15% slower); the rest of IQ1_M gains from one batch
+# per work item (1024 vs 512 super-blocks: about 4% faster overall).
 _BATCH = 1024
-_BATCH_M = 512
+_BATCH_M = 1024
+_TILE_M = 8192
 
 
 def _batched(
@@ -654,12 +724,12 @@ def _iq1s_blocks(xsb: F32Array, qw: F32Array | None) -> U8Array:
     shifts = np.ones(nb, dtype=np.int8)
     index = np.zeros((nb, 4), dtype=np.int64)
     if act.size:
-        xa, wa = x[act], w[act]
+        xa, wa = (x, w) if act.size == nb else (x[act], w[act])
         lv, scale, shift, found = _iq1s_search(xa, wa)
         lv, scale, neg = _make_positive(lv, scale)
         shift = np.where(neg, -shift, shift).astype(np.int8)
         xx = np.where((shift == 1)[:, None], _XP[None, :], _XM[None, :])  # (na, 3)
-        gi, scale = _snap_and_refit(lv, xa, wa, scale, np.repeat(xx, 4, axis=0))
+        gi, scale, _ = _snap_and_refit(lv, xa, wa, scale, np.repeat(xx, 4, axis=0))
         ok = found
         scales[act[ok]] = scale[ok]
         shifts[act[ok]] = shift[ok]
@@ -706,24 +776,26 @@ def _iq1m_search(x: F32Array, w: F32Array) -> tuple[npt.NDArray[np.int8], F32Arr
     half = bs // 2
     order, key, ks = _sort_order(x)
     wx = w * x
-    flat = order + (np.arange(nb, dtype=np.int64) * bs)[:, None]
+    # positions of the sorted values, transposed (bs, nb): gathers straight into the prefix layout
+    order_t = np.ascontiguousarray(order.T)
+    flat_t = order_t + (np.arange(nb, dtype=np.int64) * bs)[None, :]
     # per-half prefix sums over the sorted values, (bs+1, nb) each: px[0], px[1], pw[0], pw[1]
     pref = np.empty((4, bs + 1, nb), dtype=_F)
     pref[:, 0] = 0
-    in1 = np.ascontiguousarray((order >= half).T)
+    in1 = order_t >= half
     # the other half's values add nothing; multiplying by 0/1 is exact for finite values (a -0.0 it
     # leaves is added like +0.0: the sums start at +0.0)
     finite = bool(np.isfinite(wx).all())  # then w is finite too
-    keep = (in1 == 0, in1 == 1)
+    keep = ((~in1).astype(_F), in1.astype(_F))
     for k, val in enumerate((wx, w)):
-        sorted_t = np.take(val, flat).T
+        sorted_t = np.take(val, flat_t)
         for h in (0, 1):
             z = pref[2 * k + h, 1:]
             if finite:
                 np.multiply(sorted_t, keep[h], out=z)
             else:
                 z[...] = sorted_t
-                np.copyto(z, _F(0), where=~keep[h])
+                np.copyto(z, _F(0), where=keep[h] == 0)
     for i in range(bs):
         np.add(pref[:, i], pref[:, i + 1], out=pref[:, i + 1])
     px = [pref[0], pref[1]]
@@ -738,47 +810,54 @@ def _iq1m_search(x: F32Array, w: F32Array) -> tuple[npt.NDArray[np.int8], F32Arr
         # C: qx = txs*v2 - (px[i1] + px[i2]); q2 = ((tws*v2)*v2 + pw[i1]*c1) + pw[i2]*c2, per half
         tp = [px[h][bs] * p2 for h in (0, 1)]
         tm = [px[h][bs] * m2 for h in (0, 1)]
-        cp = [((pw[h][bs] * p2) * p2) + pw[h] * cp1 for h in (0, 1)]  # per i1
-        cm = [((pw[h][bs] * m2) * m2) + pw[h] * cm1 for h in (0, 1)]
-        dp = [pw[h] * cp2 for h in (0, 1)]  # per i2
-        dm = [pw[h] * cm2 for h in (0, 1)]
         # The ranking only has to be accurate (the contenders are recomputed exactly below), so qx is
         # regrouped as C's (tt[0] - (px[0][i1] + px[0][i2])) + (tt[1] - (px[1][i1] + px[1][i2])) =
         # ((tt[0] + tt[1]) - P[i1]) - P[i2] with P = px[0] + px[1]: one pass per score instead of
         # three. Error bound: with S = sum|w*x| and u = 2^-24 every term is <= 3.125*S and qx is off
         # C's value by < 17*u*S (both roundings counted); a score within 10% of the block maximum
         # m >= (0.875*S)^2/(1.27*W) has q2 >= W/64 (all |q| >= 1/8), hence |qx| >= 0.09*S and a
-        # relative score error < 2.2e-5 (see _BAND_M). q2 keeps C's grouping.
+        # relative score error < 2.2e-5.
+        # q2 is regrouped likewise: C's (cc[0] + dd[0]) + (cc[1] + dd[1]) (cc[h] = (tws*v2)*v2 +
+        # pw[i1]*c1 per i1, dd[h] = pw[i2]*c2 per i2, the same floats as C's) becomes
+        # (cc[0] + cc[1]) + (dd[0] + dd[1]): one pass per score instead of two. Error bound: both
+        # groupings are within u*(|a+b| + |c+d| + |T|) of the exact sum T (a..d the four terms), so
+        # they differ by < u*(3*T + |cc[0]+cc[1]| + |dd[0]+dd[1]|) <= u*(3*T + 2.52*W + 1.25*W) (as
+        # cc[h] <= (1.27 + 1.25)*W[h], |dd[h]| <= 1.25*W[h], and the half sums are >= 0); with q2 >=
+        # W/64 for every candidate that is < 245*u*q2, a relative score error < 1.5e-5. Together
+        # < 3.7e-5 (see _BAND_M).
         # Everything the scores read, as rows of one (13*R, nb) table so that the columns of any set
-        # of blocks come out with one gather: P (R rows), the four (tt[0][v0] + tt[1][v1]) - P[i]
-        # (R x 4 rows), then per half the (x_p, x_m) pairs of cc[h] (per i1, R x 2 rows) and dd[h]
-        # (per i2, R x 2 rows).
+        # of blocks come out with one gather: P (R rows), the four (tt[0][v0] + tt[1][v1]) - P[i],
+        # cc[0][v0] + cc[1][v1] (per i1) and dd[0][v0] + dd[1][v1] (per i2), each R x 4 rows with
+        # v = 2*v0 + v1 (x_p: 0, x_m: 1) the candidate's shift pair.
         R = bs + 1
         tab = np.empty((13 * R, nb), dtype=_F)
         np.add(px[0], px[1], out=tab[:R])
         for v0, t0 in enumerate((tp[0], tm[0])):
             for v1, t1 in enumerate((tp[1], tm[1])):
                 np.subtract(t0 + t1, tab[:R], out=tab[R + 2 * v0 + v1 : 5 * R : 4])
-        for h in (0, 1):
-            for vi, (c, d) in enumerate(((cp[h], dp[h]), (cm[h], dm[h]))):
-                tab[(5 + 2 * h) * R + vi : (7 + 2 * h) * R : 2] = c
-                tab[(9 + 2 * h) * R + vi : (11 + 2 * h) * R : 2] = d
+        # per half and shift: cc = (tws*v2)*v2 + pw[i1]*c1 (the sum taken the other way round, same
+        # bits), dd = pw[i2]*c2
+        cch = [
+            [((pw[h][bs] * v2) * v2)[None, :] + pw[h] * c1 for v2, c1 in ((p2, cp1), (m2, cm1))]
+            for h in (0, 1)
+        ]
+        ddh = [[pw[h] * c2 for c2 in (cp2, cm2)] for h in (0, 1)]
+        for v0 in (0, 1):
+            for v1 in (0, 1):
+                np.add(cch[0][v0], cch[1][v1], out=tab[5 * R + 2 * v0 + v1 : 9 * R : 4])
+                np.add(ddh[0][v0], ddh[1][v1], out=tab[9 * R + 2 * v0 + v1 : 13 * R : 4])
 
         def slab(i1: int, tb: F32Array, key: str) -> F32Array:
             """Scores (s = sumqx^2/sumq2) of the candidates with this i1, rows in scan order (i2, k),
             for the blocks (columns) of ``tb``, a column subset of ``tab``."""
             k = R - i1
             n = tb.shape[1]
-            rbh: list[F32Array] = []
-            for h in (0, 1):
-                cch = tb[(5 + 2 * h) * R + 2 * i1 : (5 + 2 * h) * R + 2 * i1 + 2]
-                ddh = tb[(9 + 2 * h) * R + 2 * i1 : (11 + 2 * h) * R].reshape(k, 2, n)
-                rbh.append(np.add(cch[None], ddh, out=scratch(key + f"rb{h}", (k, 2, n))))
             # candidate k = 2*(half 0 uses x_m) + (half 1 uses x_m), as in ggml's sumqx[0..3]
             a4 = tb[R + 4 * i1 : R + 4 * i1 + 4]
             qx = np.subtract(a4[None], tb[i1:R, None, :], out=scratch(key + "qx", (k, 4, n)))
-            qx = qx.reshape(k, 2, 2, n)
-            q2 = np.add(rbh[0][:, :, None], rbh[1][:, None], out=scratch(key + "q2", (k, 2, 2, n)))
+            c4 = tb[5 * R + 4 * i1 : 5 * R + 4 * i1 + 4]
+            d4 = tb[9 * R + 4 * i1 : 13 * R].reshape(k, 4, n)
+            q2 = np.add(c4[None], d4, out=scratch(key + "q2", (k, 4, n)))
             qx *= qx
             np.divide(qx, q2, out=qx)
             res: F32Array = qx.reshape(4 * k, n)
@@ -791,17 +870,29 @@ def _iq1m_search(x: F32Array, w: F32Array) -> tuple[npt.NDArray[np.int8], F32Arr
         bsl: list[I64Array] = []
         vs: list[F32Array] = []
         rmax = np.full(nb, -np.inf, dtype=_F)
-        row0 = 0
-        for i1 in range(R):
-            sc = slab(i1, tab, "iq1m.")
-            np.maximum(rmax, np.max(sc, axis=0), out=rmax)
-            lo_run = (rmax.astype(np.float64) * ((1.0 - _COLLECT_EPS) * (1.0 - 2 * _BAND_M))).astype(_F)
-            f = np.flatnonzero(np.greater_equal(sc, lo_run, out=scratch("iq1m.ge", sc.shape, np.bool_)))
-            r, col = np.divmod(f, nb)
-            cs.append(r + row0)
-            bsl.append(col)
-            vs.append(np.take(sc, f))
-            row0 += sc.shape[0]
+        fac = _collect_factor(_BAND_M)
+        for c0 in range(0, nb, _TILE_M):
+            c1 = min(nb, c0 + _TILE_M)
+            tab_t = tab[:, c0:c1]
+            rmax_t = rmax[c0:c1]
+            # seed the running maximum with a few typical splits (as for IQ1_S)
+            for i1, i2 in _SEEDS_M:
+                qx = tab_t[R + 4 * i1 : R + 4 * i1 + 4] - tab_t[i2][None, :]
+                qx *= qx
+                qx /= tab_t[5 * R + 4 * i1 : 5 * R + 4 * i1 + 4] + tab_t[9 * R + 4 * i2 : 9 * R + 4 * i2 + 4]
+                np.maximum(rmax_t, qx.max(axis=0), out=rmax_t)
+            row0 = 0
+            for i1 in range(R):
+                sc = slab(i1, tab_t, "iq1m.")
+                np.maximum(rmax_t, np.max(sc, axis=0), out=rmax_t)
+                lo_run = np.multiply(rmax_t, fac, out=scratch("iq1m.lo", rmax_t.shape))
+                f = np.flatnonzero(np.greater_equal(sc, lo_run, out=scratch("iq1m.ge", sc.shape, np.bool_)))
+                r, col = np.divmod(f, c1 - c0)
+                cs.append(r + row0)
+                col += c0
+                bsl.append(col)
+                vs.append(np.take(sc, f))
+                row0 += sc.shape[0]
         smax = rmax
     wsum = pw[0][bs] + pw[1][bs]
 
@@ -810,14 +901,9 @@ def _iq1m_search(x: F32Array, w: F32Array) -> tuple[npt.NDArray[np.int8], F32Arr
         tb = np.take(tab, cols, axis=1)
         n = cols.size
         p1, p2 = _PAIRS_M
-        rbh: list[F32Array] = []
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-            for h in (0, 1):
-                cch = tb[(5 + 2 * h) * R : (7 + 2 * h) * R].reshape(R, 2, n)
-                ddh = tb[(9 + 2 * h) * R : (11 + 2 * h) * R].reshape(R, 2, n)
-                rbh.append(cch[p1] + ddh[p2])
-            qx = (tb[R : 5 * R].reshape(R, 4, n)[p1] - tb[:R][p2][:, None, :]).reshape(-1, 2, 2, n)
-            q2 = rbh[0][:, :, None] + rbh[1][:, None]
+            qx = tb[R : 5 * R].reshape(R, 4, n)[p1] - tb[:R][p2][:, None, :]
+            q2 = tb[5 * R : 9 * R].reshape(R, 4, n)[p1] + tb[9 * R : 13 * R].reshape(R, 4, n)[p2]
             qx *= qx
             qx /= q2
         res: F32Array = qx.reshape(-1, n)
@@ -841,12 +927,15 @@ def _iq1m_search(x: F32Array, w: F32Array) -> tuple[npt.NDArray[np.int8], F32Arr
         hq: list[tuple[F32Array, F32Array, F32Array, F32Array]] = []
         for h in (0, 1):
             sxh = _at(px[h], f1) + _at(px[h], f2)
+            tws = pw[h][bs][blk]
+            w1 = _at(pw[h], f1)
+            w2 = _at(pw[h], f2)
             hq.append(
                 (
                     tp[h][blk] - sxh,
                     tm[h][blk] - sxh,
-                    _at(cp[h], f1) + _at(dp[h], f2),
-                    _at(cm[h], f1) + _at(dm[h], f2),
+                    (((tws * p2) * p2) + w1 * cp1) + w2 * cp2,
+                    (((tws * m2) * m2) + w1 * cm1) + w2 * cm2,
                 )
             )
         m0 = kk >= 2  # first half uses x_m
@@ -879,18 +968,26 @@ def _iq1m_blocks(xsb: F32Array, qw: F32Array | None) -> U8Array:
     shifts = np.zeros(nb, dtype=np.int64)
     index = np.zeros((nb, 2), dtype=np.int64)
     if act.size:
-        xa, wa = x[act], w[act]
+        xa, wa = (x, w) if act.size == nb else (x[act], w[act])
         lv, scale, best_k, found = _iq1m_search(xa, wa)
         lv, scale, neg = _make_positive(lv, scale)
         best_k = np.where(neg, 3 - best_k, best_k)
         # xx of group 0: best_k < 2 ? x_p : x_m; group 1: best_k even ? x_p : x_m
         xm_g = np.stack([best_k >= 2, (best_k & 1) == 1], axis=1).reshape(-1)
         xx = np.where(xm_g[:, None], _XM[None, :], _XP[None, :])  # (na*2, 3)
-        gi, scale = _snap_and_refit(lv, xa, wa, scale, xx)
+        gi, scale, q_act = _snap_and_refit(lv, xa, wa, scale, xx)
         ok = found
         scales[act[ok]] = scale[ok]
         shifts[act[ok]] = best_k[ok]
         index[act[ok]] = gi[ok]
+    # level values of every sub-block: the snapped ones, else grid point 0 at x_p (index 0, shift 0)
+    if act.size == nb and found.all():
+        lvl_val = q_act
+    else:
+        lvl_val = np.empty((nb, 16), dtype=_F)
+        lvl_val[:] = np.tile(_grid_levels_f32()[0], 2) + _XP[0]
+        if act.size:
+            lvl_val[act[found]] = q_act[found]
 
     sc16 = scales.reshape(nsb, 16)
     max_scale = _c_max(sc16)
@@ -902,11 +999,7 @@ def _iq1m_blocks(xsb: F32Array, qw: F32Array | None) -> U8Array:
     lsc = np.clip(lsc, 0, 7).astype(np.int64)  # (nsb, 16)
     # final scale: weighted fit over the whole super-block with the 3-bit block scales applied
     sh = shifts.reshape(nsb, 16)
-    xm_g = np.stack([sh >= 2, (sh & 1) == 1], axis=2)  # (nsb, 16, 2)
-    levels = iq1_tables().grid_levels[index.reshape(nsb, 16, 2)]  # (nsb, 16, 2, 8)
-    # x_p[l] = l + x_p[0], x_m[l] = l + x_m[0], exactly (multiples of 1/8)
-    lvl_val = levels + np.where(xm_g, _XM[0], _XP[0])[..., None]
-    q = (lvl_val * (2 * lsc + 1).astype(_F)[:, :, None, None]).reshape(nsb, QK_K)
+    q = (lvl_val.reshape(nsb, 16, 16) * (2 * lsc + 1).astype(_F)[:, :, None]).reshape(nsb, QK_K)
     wq = wsb * q
     sqx = _seq_sum(wq * xsb)
     sq2 = _seq_sum(wq * q)
