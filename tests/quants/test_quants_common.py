@@ -133,7 +133,8 @@ def test_many_chunks_match_single_rows(qtype: str, with_imatrix: bool) -> None:
 
 
 def test_fp16_bits_match_numpy_conversion() -> None:
-    """The integer-pass fp32 -> fp16 rounding gives numpy's (IEEE round-to-nearest-even) bits.
+    """The integer-pass fp32 -> fp16 rounding gives numpy's (IEEE round-to-nearest-even) bits, except
+    that every NaN becomes ggml's ``sign | 0x7E00`` (numpy keeps the payload).
 
     Every float32 exponent with the mantissas around each rounding boundary (half-way points, one ulp
     either side, carries into the exponent), both signs, plus zeros, subnormals, inf and NaN patterns.
@@ -152,4 +153,8 @@ def test_fp16_bits_match_numpy_conversion() -> None:
     with np.errstate(all="ignore"):
         want = x.astype(np.float16).view(np.uint16)
         got = fp32_to_fp16_bits(x)
+    nan = np.isnan(x)
+    want[nan] = (want[nan] & np.uint16(0x8000)) | np.uint16(0x7E00)
     np.testing.assert_array_equal(got, want)
+    small = np.concatenate([np.flatnonzero(nan)[:50], np.arange(50)])  # the small-array path
+    np.testing.assert_array_equal(fp32_to_fp16_bits(x[small]), want[small])
