@@ -56,6 +56,35 @@ def _fp16(v: F32Array) -> npt.NDArray[np.uint16]:
     return bits
 
 
+_F16_BIAS = np.uint32((0xFFF - (112 << 23)) & 0xFFFFFFFF)  # round at bit 13; exponent bias 127 -> 15
+
+
+def _scale_fp16(v: F32Array) -> npt.NDArray[np.uint16]:
+    """GGML_FP32_TO_FP16 bits of per-block scales (any shape).
+
+    numpy's float16 cast is scalar code (2.5 ns a value, as much as a pass over the whole chunk for
+    8192 blocks); this rounds to nearest even in uint32 passes on the magnitude. Magnitudes whose
+    result is not a normal fp16 number (zero, subnormal, inf, NaN, wrapped small inputs) are detected
+    from the result's range and redone with numpy's cast.
+    """
+    u = v.view(np.uint32)
+    mag = np.bitwise_and(u, np.uint32(0x7FFFFFFF), out=scratch("lg.h16m", v.shape, np.uint32))
+    t = np.right_shift(mag, np.uint32(13), out=scratch("lg.h16t", v.shape, np.uint32))
+    t &= np.uint32(1)
+    t += mag
+    t += _F16_BIAS  # wraps to a huge value below fp16's normal range
+    t >>= np.uint32(13)
+    odd = None if t.min() >= 0x400 and t.max() < 0x7C00 else np.flatnonzero((t < 0x400) | (t >= 0x7C00))
+    sign = np.right_shift(u, np.uint32(16), out=mag)
+    sign &= np.uint32(0x8000)
+    t |= sign
+    bits = np.empty(v.shape, dtype=np.uint16)
+    np.copyto(bits, t, casting="unsafe")  # the low 16 bits
+    if odd is not None:
+        bits.flat[odd] = v.reshape(-1)[odd].astype(np.float16).view(np.uint16)
+    return bits
+
+
 def _first_min(xt: F32Array) -> F32Array:
     """C's ``if (v < min) min = v;``: the minimum, with the sign of the first zero when it is zero."""
     mn: F32Array = xt.min(axis=0)
@@ -383,18 +412,22 @@ def _pack_nibble_blocks(
     contiguous = dest is not None and dest.flags.c_contiguous
     out = dest.reshape(nb, size) if dest is not None and contiguous else np.empty((nb, size), dtype=np.uint8)
     k = scales.size // nb
-    # numpy's own cast (what fp32_to_fp16_bits defers to): one call, cheaper at this size under load
-    bits = scales.reshape(k, nb).astype(np.float16).view(np.uint16)
+    bits = _scale_fp16(scales.reshape(k, nb))
     sv = out[:, : 2 * k].view("<u2")
     for i in range(k):  # one strided row each: a 2-D copy would run along the short axis
         sv[:, i] = bits[i]
     # qs[j] = q[j] | q[j+16] << 4 on 4 words per block (j = 4k + p sits at [k, 4b + p]); on whole
-    # words because numpy's uint8 shift is scalar code. As C's uint8 ``qs |= xi1 << 4`` keeps only the
-    # low nibble of q[j+16], masking it first stops one byte spilling into the next; 5-bit types
-    # keep only the low nibble of q[j] too.
+    # words because numpy's uint8 shift is scalar code. C's uint8 ``qs |= xi1 << 4`` keeps only the
+    # low nibble of q[j+16]: 5-bit levels are masked first so that no byte spills into the next, and
+    # keep only the low nibble of q[j] too. 4-bit levels are already in [0, 15] (never negative,
+    # MIN(15, ...) in C), so they need no mask.
     nibble = np.uint32(0x0F0F0F0F)
-    hi = np.bitwise_and(_words(q[4:]), nibble, out=scratch("lg.nib", (4, nb), np.uint32))
-    hi <<= np.uint32(4)
+    hi = scratch("lg.nib", (4, nb), np.uint32)
+    if qh_off is None:
+        np.left_shift(_words(q[4:]), np.uint32(4), out=hi)
+    else:
+        np.bitwise_and(_words(q[4:]), nibble, out=hi)
+        hi <<= np.uint32(4)
     lo = _words(q[:4])
     if qh_off is not None:
         lo = np.bitwise_and(lo, nibble, out=scratch("lg.nlo", (4, nb), np.uint32))
