@@ -173,6 +173,27 @@ def test_q8_0_follows_c_after_a_nan() -> None:
     )
 
 
+def test_legacy_scale_fp16_matches_ieee_rounding() -> None:
+    """The legacy types' fp16 scales come from uint32 rounding passes, with numpy's cast (IEEE round to
+    nearest even, what GGML_FP32_TO_FP16 does) only for non-normal results: every float32 exponent,
+    with mantissas on and around each rounding boundary (ties, one ulp either side) and both signs,
+    two scale rows at once as Q4_1/Q5_1 store them."""
+    from gguf_recipe.quants.legacy import _scale_fp16_into, _work
+
+    exponents = np.arange(256, dtype=np.uint32) << np.uint32(23)
+    kept = (np.arange(1 << 10, dtype=np.uint32) << np.uint32(13))[::7]
+    dropped = np.array([0, 1, 0xFFF, 0x1000, 0x1001, 0x1FFF], dtype=np.uint32)
+    bits = (exponents[:, None, None] | kept[None, :, None] | dropped[None, None, :]).reshape(-1)
+    bits = np.concatenate([bits, bits | np.uint32(0x80000000)])
+    v = bits.view(np.float32).reshape(2, -1)
+    nb = v.shape[1]
+    dst = np.zeros((nb, 2), dtype=np.uint16)
+    with np.errstate(all="ignore"):
+        _scale_fp16_into(_work(nb), v, dst)
+        expected = v.astype(np.float16).view(np.uint16).T
+    assert np.array_equal(dst, expected)
+
+
 moderate_f32 = st.floats(min_value=-1e4, max_value=1e4, width=32, allow_nan=False)
 
 
