@@ -71,6 +71,7 @@ _U1, _U4, _U13, _U16, _U24 = _u32(1), _u32(4), _u32(13), _u32(16), _u32(24)
 _MAGNITUDE, _SIGN16, _NIBBLES = _u32(0x7FFFFFFF), _u32(0x8000), _u32(0x0F0F0F0F)
 _SIGN32 = _u32(0x80000000)
 _HALF_DOWN_BITS = _u32(int(_HALF_DOWN.view(np.uint32)))
+_TWO_COPIES = np.array(0x100000001, dtype=np.uint64)
 
 
 def _first_min(xt: F32Array) -> F32Array:
@@ -258,6 +259,8 @@ class _Work:
         self.blk: F32Array = np.empty((6, nb), dtype=_F)  # per-block values; rows 0, 1: max, min
         self.bcast: F32Array = np.empty((2, nb, 4), dtype=_F)  # per-block values repeated over the 4 lanes
         self.lanes: F32Array = self.bcast.reshape(2, n4)
+        self.bcast64: npt.NDArray[np.uint64] = self.bcast.view(np.uint64)  # (2, nb, 2)
+        self.pairs64 = np.empty((2, nb), dtype=np.uint64)
         self.q = np.empty((8, n4), dtype=np.int8)
         self.q_u8: U8Array = self.q.view(np.uint8)
         self.h16 = np.empty((2, 2, nb), dtype=np.uint32)  # fp16 conversion of up to 2 scale rows
@@ -332,11 +335,18 @@ def _block_max_again(w: _Work) -> F32Array:
 
 def _lanes(w: _Work, v: F32Array) -> F32Array:
     """``v`` (``(n_blocks,)`` or ``(k <= 2, n_blocks)``) with each value repeated 4 times (one copy
-    per lane of the quad layout), in ``w.lanes``."""
+    per lane of the quad layout), in ``w.lanes``.
+
+    Each value's bits times 0x100000001 as uint64 are two copies of it; two strided uint64 copies
+    then fill the 4 lanes (np.repeat's per-item loop, or 4 strided float copies, cost more).
+    """
     rows = 1 if v.ndim == 1 else v.shape[0]
-    out = w.bcast[0] if v.ndim == 1 else w.bcast[:rows]
-    for p in range(4):  # 4 strided copies beat np.repeat's per-item loop
-        out[..., p] = v
+    pairs = w.pairs64[:rows].reshape(v.shape)
+    np.copyto(pairs, v.view(np.uint32))
+    pairs *= _TWO_COPIES
+    out = w.bcast64[0] if v.ndim == 1 else w.bcast64[:rows]
+    out[..., 0] = pairs
+    out[..., 1] = pairs
     return w.lanes[0] if v.ndim == 1 else w.lanes[:rows]
 
 
