@@ -111,14 +111,31 @@ def _imatrix_weights(rows: F32Array, xt: F32Array, imatrix: F32Array) -> F32Arra
     w: F32Array = np.multiply(xt, xt, out=scratch("lg.w", xt.shape))
     w3 = w.reshape(QK, n_rows, nbr)  # [i, row, block of the row]
     # In-order row sums: reduce the squares laid out as (n_per_row, n_rows) over axis 0. Built from
-    # the block layout (runs of n_rows floats), far cheaper than transposing the rows themselves.
+    # the block layout, far cheaper than transposing the rows themselves; one (n_rows, nbr) plane per
+    # i, whose source (a contiguous block) stays in cache: 1.5x faster than one 3-D copy.
     seq = scratch("lg.seq", (nbr, QK, n_rows))
-    np.copyto(seq, w3.transpose(2, 0, 1))
+    for i in range(QK):
+        np.copyto(seq[:, i, :], w3[i].T)
     sigma2 = seq_sum(seq.reshape(n_per_row, n_rows)) / _F(n_per_row)
     w += np.repeat(sigma2, nbr)
     np.sqrt(w, out=w)
-    w3 *= imatrix.reshape(nbr, QK).T[:, None, :]  # broadcast: np.tile's fresh 1 MB array cost more
+    w *= _imatrix_tiled(imatrix, n_rows)
     return w
+
+
+def _imatrix_tiled(imatrix: F32Array, n_rows: int) -> F32Array:
+    """``qw`` in the block layout of ``n_rows`` rows (``(32, n_rows * nbr)``), kept per thread while the
+    same importances come back (every chunk of a tensor): one plain multiply instead of a broadcast
+    whose inner loop is one row's blocks (3x slower)."""
+    nbr = imatrix.size // QK
+    cached: tuple[F32Array, int, F32Array] | None = getattr(_TLS, "imatrix_tiled", None)
+    if cached is not None and cached[1] == n_rows and np.array_equal(cached[0], imatrix):
+        return cached[2]
+    tiled = np.empty((QK, n_rows, nbr), dtype=np.float32)
+    np.copyto(tiled, imatrix.reshape(nbr, QK).T[:, None, :])
+    res = tiled.reshape(QK, -1)
+    _TLS.imatrix_tiled = (imatrix.copy(), n_rows, res)
+    return res
 
 
 # ------------------------------------------------------------------------------- weighted searches
