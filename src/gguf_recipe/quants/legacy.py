@@ -147,7 +147,7 @@ def _levels_qx(
     """``make_qx_quants``' levels ``nmax + clamp(nearest_int(iscale * x))`` in quad layout, 0 in the
     ``zero`` blocks."""
     xq = _quads(rows, w)
-    v = np.multiply(xq, _lanes(w, iscale), out=xq)
+    v = np.multiply(xq, _lanes_into(w, iscale), out=xq)
     clamped_levels(v, _F(-nmax), _F(nmax - 1), finite)
     v += _F(nmax)
     q = w.q_u8
@@ -316,8 +316,10 @@ def _work(nb: int) -> _Work:
     return w
 
 
-def _quads(rows: F32Array, w: _Work) -> F32Array:
-    """The chunk in quad layout (``w.xq``)."""
+def _quads(rows: F32Array, w: _Work | None = None) -> F32Array:
+    """The chunk in quad layout (``w.xq``; the calling thread's work arrays when ``w`` is None)."""
+    if w is None:
+        w = _work(rows.size // QK)
     groups = np.ascontiguousarray(rows).reshape(w.nb, QK).view(np.complex128)  # items of 4 floats
     # One copy in the input's order (8 strided output streams): the input usually comes from memory,
     # where one sequential read of it beats 8 strided passes (measured).
@@ -350,7 +352,7 @@ def _block_max_again(w: _Work) -> F32Array:
     return mx
 
 
-def _lanes(w: _Work, v: F32Array) -> F32Array:
+def _lanes_into(w: _Work, v: F32Array) -> F32Array:
     """``v`` (``(n_blocks,)`` or ``(k <= 2, n_blocks)``) with each value repeated 4 times (one copy
     per lane of the quad layout), in ``w.lanes``.
 
@@ -365,6 +367,32 @@ def _lanes(w: _Work, v: F32Array) -> F32Array:
     out[..., 0] = pairs
     out[..., 1] = pairs
     return w.lanes[0] if v.ndim == 1 else w.lanes[:rows]
+
+
+def _lanes(v: F32Array, key: str) -> F32Array:
+    """``v`` (``(..., n_blocks)``) with each value repeated 4 times along the last axis (one copy per
+    lane of the quad layout), in a scratch buffer (kept for ternary.py's MXFP4)."""
+    out = scratch(key, (*v.shape, 4))
+    for p in range(4):  # 4 strided copies beat np.repeat's per-item loop
+        out[..., p] = v
+    res: F32Array = out.reshape(*v.shape[:-1], -1)
+    return res
+
+
+def _pack(n_rows: int, size: int, fields: list[tuple[int, npt.NDArray[Any]]]) -> U8Array:
+    """Blocks of ``size`` bytes from (byte offset, field) pairs. A field is one uint16 per block
+    ``(nb,)`` (an fp16 scale) or uint32 words ``(n_words, nb)`` / ``(nb,)``, written through
+    uint16/uint32 views of the output (numpy handles the misalignment), one strided 1-D copy per
+    word: a 2-D copy would iterate the short word axis innermost. (Used by ternary.py's MXFP4.)"""
+    nb = fields[0][1].shape[-1]
+    out = np.empty((nb, size), dtype=np.uint8)
+    for off, f in fields:
+        width = f.dtype.itemsize
+        view = out[:, off : off + width * (f.size // nb)].view(f"<u{width}")
+        for i, word in enumerate(f.reshape(-1, nb)):
+            view[:, i] = word
+    res: U8Array = out.reshape(n_rows, -1)
+    return res
 
 
 def _levels_i8(w: _Work, v: F32Array, top: int) -> U8Array:
@@ -534,7 +562,7 @@ def quantize_q8_0(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     nan_d = _q8_0_nan_block_scales(rows, d) if np.isnan(np.maximum.reduce(d)) else None
     # Out-of-range x*id (elements before a block's last NaN) wrap to their low byte like C's
     # roundf -> int8 conversion; NaN/inf give 0.
-    v = np.multiply(xq, _lanes(w, _inverse(d)), out=xq)
+    v = np.multiply(xq, _lanes_into(w, _inverse(d)), out=xq)
     # roundf(v) == trunc(v + copysign(_HALF_DOWN, v)); the signed half is made from v's sign bit,
     # as np.copysign is scalar code (160 us a chunk against 45 for the two integer passes).
     half = np.bitwise_and(v.view(np.uint32), _SIGN32, out=w.half_bits())
@@ -576,7 +604,7 @@ def _q_0_ref(w: _Work, rows: F32Array, nmax: int) -> tuple[F32Array, U8Array]:
     inv = np.divide(_f32c(1.0), d, out=w.blk[5])
     if maybe_zero:
         inv[d == 0] = 0  # d ? 1/d : 0
-    v = np.multiply(xq, _lanes(w, inv), out=xq)
+    v = np.multiply(xq, _lanes_into(w, inv), out=xq)
     v += _f32c(nmax + 0.5)
     return d, _levels_i8(w, v, 2 * nmax - 1)
 
@@ -599,7 +627,7 @@ def _q_1_ref(w: _Work, rows: F32Array, levels: int) -> tuple[F32Array, U8Array]:
     small = not np.minimum.reduce(d) >= _FLT_MIN
     if small:
         inv[d == 0] = 0
-    lanes = _lanes(w, w.blk[1:3])
+    lanes = _lanes_into(w, w.blk[1:3])
     v = np.subtract(xq, lanes[0], out=xq)
     v *= lanes[1]
     v += _f32c(0.5)
