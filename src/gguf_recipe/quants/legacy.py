@@ -72,6 +72,7 @@ _MAGNITUDE, _SIGN16, _NIBBLES = _u32(0x7FFFFFFF), _u32(0x8000), _u32(0x0F0F0F0F)
 _SIGN32 = _u32(0x80000000)
 _HALF_DOWN_BITS = _u32(int(_HALF_DOWN.view(np.uint32)))
 _TWO_COPIES = np.array(0x100000001, dtype=np.uint64)
+_TLS = threading.local()  # per-thread work arrays (_work) and tiled importances (_imatrix_tiled)
 
 
 def _first_min(xt: F32Array) -> F32Array:
@@ -256,7 +257,6 @@ def _make_qkx3_quants(
 
 
 _WORK_CACHE_LIMIT = 1 << 20  # values per chunk; work arrays of bigger chunks are not kept between calls
-_TLS = threading.local()
 
 
 class _Work:
