@@ -102,7 +102,7 @@ def test_zero_block_sign_conventions() -> None:
     assert quantize(y, "Q4_1")[0, 2:4].tolist() == [0x00, 0x80]
 
 
-@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q5_0", "Q5_1"])
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"])
 @pytest.mark.parametrize("with_imatrix", [False, True])
 def test_writing_into_the_callers_rows_gives_the_returned_bytes(qtype: str, with_imatrix: bool) -> None:
     """The ``out=`` path (what ``quantize`` uses for these types) writes exactly the bytes the function

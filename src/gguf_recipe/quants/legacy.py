@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ._numeric import F32Array, U8Array, quiet_fp, scratch, seq_sum
+from ._numeric import F32Array, U8Array, scratch, seq_sum
 from ._scale_search import clamped_levels, make_qx_quants_iscale
 
 __all__ = ["quantize_q4_0", "quantize_q4_1", "quantize_q5_0", "quantize_q5_1", "quantize_q8_0"]
@@ -210,7 +210,7 @@ def _make_qkx3_quants(
         np.multiply(tmp, wt, out=tmp)
         return seq_sum(tmp)
 
-    # FP warnings are off (``quiet_fp``): inf/NaN intermediates here mirror C.
+    # FP warnings are off (the callers' np.errstate): inf/NaN intermediates here mirror C.
     levels_into(buf, iscale, mn)
     best_mad = weighted_sq_err(scale, mn, buf)
     acc_iscale = iscale
@@ -548,9 +548,14 @@ def _pack_nibble_blocks(
     return res
 
 
-@quiet_fp
-def quantize_q8_0(rows: F32Array, imatrix: F32Array | None) -> U8Array:
+def quantize_q8_0(rows: F32Array, imatrix: F32Array | None, out: U8Array | None = None) -> U8Array:
     del imatrix  # quantize_q8_0 ignores it
+    with np.errstate(all="ignore"):  # as quiet_fp
+        return _q8_0(rows, out)
+
+
+def _q8_0(rows: F32Array, dest: U8Array | None) -> U8Array:
+    """quantize_row_q8_0_ref into ``dest`` (the caller's ``(n_rows, row_bytes)`` rows) when given."""
     nb = rows.size // QK
     w = _work(nb)
     xq = _quads(rows, w)
@@ -569,7 +574,8 @@ def quantize_q8_0(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     half |= _HALF_DOWN_BITS
     v += half.view(np.float32)
     np.copyto(w.q, v, casting="unsafe")
-    out = np.empty((nb, 34), dtype=np.uint8)
+    contiguous = dest is not None and dest.flags.c_contiguous
+    out = dest.reshape(nb, 34) if dest is not None and contiguous else np.empty((nb, 34), dtype=np.uint8)
     scale = out[:, :2].view("<u2")
     _scale_fp16_into(w, d.reshape(1, nb), scale)
     if nan_d is not None:
@@ -577,6 +583,10 @@ def quantize_q8_0(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     words = out[:, 2:].view("<u4")
     for i, row in enumerate(_words(w.q_u8)):  # one strided row each: a 2-D copy runs along the short axis
         words[:, i] = row
+    if dest is not None:
+        if not contiguous:
+            dest[...] = out.reshape(rows.shape[0], -1)
+        return dest
     res: U8Array = out.reshape(rows.shape[0], -1)
     return res
 
