@@ -143,19 +143,20 @@ def _imatrix_tiled(imatrix: F32Array, n_rows: int) -> F32Array:
 
 
 def _levels_qx(
-    w: _Work, rows: F32Array, iscale: F32Array, zero: npt.NDArray[np.bool_], nmax: int, finite: bool
+    w: _Work, xt: F32Array, iscale: F32Array, zero: npt.NDArray[np.bool_], nmax: int, finite: bool
 ) -> U8Array:
     """``make_qx_quants``' levels ``nmax + clamp(nearest_int(iscale * x))`` in quad layout, 0 in the
-    ``zero`` blocks."""
-    xq = _quads(rows, w)
-    v = np.multiply(xq, _lanes_into(w, iscale), out=xq)
+    ``zero`` blocks. Computed on the search's ``(32, n_blocks)`` layout, still in cache after the
+    search (a new quad transposition of the rows reads them back from memory), then moved to the
+    quad layout as bytes."""
+    v = np.multiply(xt, iscale, out=scratch("lg.lv", xt.shape))
     clamped_levels(v, _F(-nmax), _F(nmax - 1), finite)
     v += _F(nmax)
-    q = w.q_u8
-    np.copyto(q, v, casting="unsafe")
+    qt = scratch("lg.lt", xt.shape, np.uint8)
+    np.copyto(qt, v, casting="unsafe")
     if zero.any():
-        q.reshape(8, -1, 4)[:, zero] = 0
-    return q
+        qt[:, zero] = 0
+    return _quad_from_t(w, qt)
 
 
 def _make_qkx3_quants(
@@ -662,7 +663,7 @@ def _levels_0(w: _Work, rows: F32Array, imatrix: F32Array | None, nmax: int) -> 
         return _q_0_ref(w, rows, nmax)
     xt = _blocks_t(rows)
     d, iscale, zero, finite = make_qx_quants_iscale(xt, _imatrix_weights(rows, xt, imatrix), nmax)
-    return d, _levels_qx(w, rows, iscale, zero, nmax, finite)
+    return d, _levels_qx(w, xt, iscale, zero, nmax, finite)
 
 
 def _levels_1(w: _Work, rows: F32Array, imatrix: F32Array | None, levels: int) -> tuple[F32Array, U8Array]:
