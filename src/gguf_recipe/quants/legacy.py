@@ -311,7 +311,7 @@ def _work(nb: int) -> _Work:
     if w is None:
         w = _Work(nb)
         if nb * QK <= _WORK_CACHE_LIMIT:
-            if len(cache) >= 4:
+            if len(cache) >= 2:  # a tensor's full chunks and its last one; ~3 MB each
                 cache.clear()
             cache[nb] = w
     return w
