@@ -6,9 +6,12 @@ Without an imatrix these follow ``quantize_row_*_ref``; with one, ``quantize_row
 Layouts: the imatrix searches work on the chunk transposed to ``(32, n_blocks)`` so that each step is
 one contiguous vector op over all blocks and a sum over the block (axis 0) is numpy's row-by-row
 reduction, i.e. C's ``s += a[i]`` order. The reference paths need no ordered sums and use a cheaper
-"quad" layout (see ``_quads``), where the packing happens. The make_qx_quants search keeps only each
-block's best iscale, and its levels are computed once, directly in quad layout; make_qkx3_quants'
-levels are transposed back.
+"quad" layout (see ``_quads``), where the packing happens. The searches' levels are computed in the
+``(32, n_blocks)`` layout (the make_qx_quants search keeps only each block's best iscale and computes
+them once at the end) and moved to the quad layout as bytes.
+
+The quad-layout paths keep their work arrays per thread (``_Work``): with ~40 numpy calls per chunk,
+per-call costs (allocation, numpy scalars, Python wrappers) are a noticeable part of the time.
 """
 
 from __future__ import annotations
