@@ -130,15 +130,21 @@ def _imatrix_weights(rows: F32Array, xt: F32Array, imatrix: F32Array) -> F32Arra
 def _imatrix_tiled(imatrix: F32Array, n_rows: int) -> F32Array:
     """``qw`` in the block layout of ``n_rows`` rows (``(32, n_rows * nbr)``), kept per thread while the
     same importances come back (every chunk of a tensor): one plain multiply instead of a broadcast
-    whose inner loop is one row's blocks (3x slower)."""
-    nbr = imatrix.size // QK
+    whose inner loop is one row's blocks (3x slower). The importances are compared bit for bit
+    (a -0.0 or a NaN payload is a different importance vector)."""
+    qw = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1)
+    nbr = qw.size // QK
     cached: tuple[F32Array, int, F32Array] | None = getattr(_TLS, "imatrix_tiled", None)
-    if cached is not None and cached[1] == n_rows and np.array_equal(cached[0], imatrix):
+    if (
+        cached is not None
+        and cached[1] == n_rows
+        and np.array_equal(cached[0].view(np.uint32), qw.view(np.uint32))
+    ):
         return cached[2]
     tiled = np.empty((QK, n_rows, nbr), dtype=np.float32)
-    np.copyto(tiled, imatrix.reshape(nbr, QK).T[:, None, :])
+    np.copyto(tiled, qw.reshape(nbr, QK).T[:, None, :])
     res = tiled.reshape(QK, -1)
-    _TLS.imatrix_tiled = (imatrix.copy(), n_rows, res)
+    _TLS.imatrix_tiled = (qw.copy(), n_rows, res)
     return res
 
 
