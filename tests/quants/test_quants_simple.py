@@ -102,7 +102,7 @@ def test_zero_block_sign_conventions() -> None:
     assert quantize(y, "Q4_1")[0, 2:4].tolist() == [0x00, 0x80]
 
 
-@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q5_0", "Q5_1"])
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"])
 @pytest.mark.parametrize("with_imatrix", [False, True])
 def test_writing_into_the_callers_rows_gives_the_returned_bytes(qtype: str, with_imatrix: bool) -> None:
     """The ``out=`` path (what ``quantize`` uses for these types) writes exactly the bytes the function
@@ -171,6 +171,27 @@ def test_q8_0_follows_c_after_a_nan() -> None:
         "b944414c56606a757f89939ea8b2bcc7d1dbe5f0fa040e19232d37004c56606b757f"
         "007e" + "00" * 32 + "2762000081" + "00" * 29
     )
+
+
+def test_legacy_scale_fp16_matches_ieee_rounding() -> None:
+    """The legacy types' fp16 scales come from uint32 rounding passes, with numpy's cast (IEEE round to
+    nearest even, what GGML_FP32_TO_FP16 does) only for non-normal results: every float32 exponent,
+    with mantissas on and around each rounding boundary (ties, one ulp either side) and both signs,
+    two scale rows at once as Q4_1/Q5_1 store them."""
+    from gguf_recipe.quants.legacy import _scale_fp16_into, _work
+
+    exponents = np.arange(256, dtype=np.uint32) << np.uint32(23)
+    kept = (np.arange(1 << 10, dtype=np.uint32) << np.uint32(13))[::7]
+    dropped = np.array([0, 1, 0xFFF, 0x1000, 0x1001, 0x1FFF], dtype=np.uint32)
+    bits = (exponents[:, None, None] | kept[None, :, None] | dropped[None, None, :]).reshape(-1)
+    bits = np.concatenate([bits, bits | np.uint32(0x80000000)])
+    v = bits.view(np.float32).reshape(2, -1)
+    nb = v.shape[1]
+    dst = np.zeros((nb, 2), dtype=np.uint16)
+    with np.errstate(all="ignore"):
+        _scale_fp16_into(_work(nb), v, dst)
+        expected = v.astype(np.float16).view(np.uint16).T
+    assert np.array_equal(dst, expected)
 
 
 moderate_f32 = st.floats(min_value=-1e4, max_value=1e4, width=32, allow_nan=False)

@@ -6,20 +6,23 @@ Without an imatrix these follow ``quantize_row_*_ref``; with one, ``quantize_row
 Layouts: the imatrix searches work on the chunk transposed to ``(32, n_blocks)`` so that each step is
 one contiguous vector op over all blocks and a sum over the block (axis 0) is numpy's row-by-row
 reduction, i.e. C's ``s += a[i]`` order. The reference paths need no ordered sums and use a cheaper
-"quad" layout (see ``_quads``), where the packing happens. The make_qx_quants search keeps only each
-block's best iscale, and its levels are computed once, directly in quad layout; make_qkx3_quants'
-levels are transposed back.
+"quad" layout (see ``_quads``), where the packing happens. The searches' levels are computed in the
+``(32, n_blocks)`` layout (the make_qx_quants search keeps only each block's best iscale and computes
+them once at the end) and moved to the quad layout as bytes.
+
+The quad-layout paths keep their work arrays per thread (``_Work``): with ~40 numpy calls per chunk,
+per-call costs (allocation, numpy scalars, Python wrappers) are a noticeable part of the time.
 """
 
 from __future__ import annotations
 
-import functools
+import threading
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from ._numeric import F32Array, U8Array, fp32_to_fp16_bits, quiet_fp, scratch, seq_sum
+from ._numeric import F32Array, U8Array, scratch, seq_sum
 from ._scale_search import clamped_levels, make_qx_quants_iscale
 
 __all__ = ["quantize_q4_0", "quantize_q4_1", "quantize_q5_0", "quantize_q5_1", "quantize_q8_0"]
@@ -50,10 +53,29 @@ def _blocks_t(rows: F32Array) -> F32Array:
     return xt
 
 
-def _fp16(v: F32Array) -> npt.NDArray[np.uint16]:
-    """fp16 bits; scales past 65504 become inf as in ggml (callers run under ``quiet_fp``)."""
-    bits: npt.NDArray[np.uint16] = fp32_to_fp16_bits(v)
-    return bits
+def _u32(v: int) -> npt.NDArray[np.uint32]:
+    """A 0-d uint32 operand: numpy takes it faster than a scalar (~0.4 us a call, on ~40 calls)."""
+    return np.array(v, dtype=np.uint32)
+
+
+_F32_CONSTS: dict[float, F32Array] = {}
+
+
+def _f32c(v: float) -> F32Array:
+    """A cached 0-d float32 operand (see ``_u32``)."""
+    c = _F32_CONSTS.get(v)
+    if c is None:
+        c = _F32_CONSTS[v] = np.array(v, dtype=np.float32)
+    return c
+
+
+_F16_BIAS = _u32((0xFFF - (112 << 23)) & 0xFFFFFFFF)  # round at bit 13; exponent bias 127 -> 15
+_U1, _U4, _U13, _U16, _U24 = _u32(1), _u32(4), _u32(13), _u32(16), _u32(24)
+_MAGNITUDE, _SIGN16, _NIBBLES = _u32(0x7FFFFFFF), _u32(0x8000), _u32(0x0F0F0F0F)
+_SIGN32 = _u32(0x80000000)
+_HALF_DOWN_BITS = _u32(int(_HALF_DOWN.view(np.uint32)))
+_TWO_COPIES = np.array(0x100000001, dtype=np.uint64)
+_TLS = threading.local()  # per-thread work arrays (_work) and tiled importances (_imatrix_tiled)
 
 
 def _first_min(xt: F32Array) -> F32Array:
@@ -93,33 +115,57 @@ def _imatrix_weights(rows: F32Array, xt: F32Array, imatrix: F32Array) -> F32Arra
     w: F32Array = np.multiply(xt, xt, out=scratch("lg.w", xt.shape))
     w3 = w.reshape(QK, n_rows, nbr)  # [i, row, block of the row]
     # In-order row sums: reduce the squares laid out as (n_per_row, n_rows) over axis 0. Built from
-    # the block layout (runs of n_rows floats), far cheaper than transposing the rows themselves.
+    # the block layout, far cheaper than transposing the rows themselves; one (n_rows, nbr) plane per
+    # i, whose source (a contiguous block) stays in cache: 1.5x faster than one 3-D copy.
     seq = scratch("lg.seq", (nbr, QK, n_rows))
-    np.copyto(seq, w3.transpose(2, 0, 1))
+    for i in range(QK):
+        np.copyto(seq[:, i, :], w3[i].T)
     sigma2 = seq_sum(seq.reshape(n_per_row, n_rows)) / _F(n_per_row)
     w += np.repeat(sigma2, nbr)
     np.sqrt(w, out=w)
-    w3 *= imatrix.reshape(nbr, QK).T[:, None, :]  # broadcast: np.tile's fresh 1 MB array cost more
+    w *= _imatrix_tiled(imatrix, n_rows)
     return w
+
+
+def _imatrix_tiled(imatrix: F32Array, n_rows: int) -> F32Array:
+    """``qw`` in the block layout of ``n_rows`` rows (``(32, n_rows * nbr)``), kept per thread while the
+    same importances come back (every chunk of a tensor): one plain multiply instead of a broadcast
+    whose inner loop is one row's blocks (3x slower). The importances are compared bit for bit
+    (a -0.0 or a NaN payload is a different importance vector)."""
+    qw = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1)
+    nbr = qw.size // QK
+    cached: tuple[F32Array, int, F32Array] | None = getattr(_TLS, "imatrix_tiled", None)
+    if (
+        cached is not None
+        and cached[1] == n_rows
+        and np.array_equal(cached[0].view(np.uint32), qw.view(np.uint32))
+    ):
+        return cached[2]
+    tiled = np.empty((QK, n_rows, nbr), dtype=np.float32)
+    np.copyto(tiled, qw.reshape(nbr, QK).T[:, None, :])
+    res = tiled.reshape(QK, -1)
+    _TLS.imatrix_tiled = (qw.copy(), n_rows, res)
+    return res
 
 
 # ------------------------------------------------------------------------------- weighted searches
 
 
 def _levels_qx(
-    rows: F32Array, iscale: F32Array, zero: npt.NDArray[np.bool_], nmax: int, finite: bool
+    w: _Work, xt: F32Array, iscale: F32Array, zero: npt.NDArray[np.bool_], nmax: int, finite: bool
 ) -> U8Array:
     """``make_qx_quants``' levels ``nmax + clamp(nearest_int(iscale * x))`` in quad layout, 0 in the
-    ``zero`` blocks."""
-    xq = _quads(rows)
-    v = np.multiply(xq, _lanes(iscale, "lg.id"), out=xq)
+    ``zero`` blocks. Computed on the search's ``(32, n_blocks)`` layout, still in cache after the
+    search (a new quad transposition of the rows reads them back from memory), then moved to the
+    quad layout as bytes."""
+    v = np.multiply(xt, iscale, out=scratch("lg.lv", xt.shape))
     clamped_levels(v, _F(-nmax), _F(nmax - 1), finite)
     v += _F(nmax)
-    q = scratch("lg.qu8", v.shape, np.uint8)
-    np.copyto(q, v, casting="unsafe")
+    qt = scratch("lg.lt", xt.shape, np.uint8)
+    np.copyto(qt, v, casting="unsafe")
     if zero.any():
-        q.reshape(8, -1, 4)[:, zero] = 0
-    return q
+        qt[:, zero] = 0
+    return _quad_from_t(w, qt)
 
 
 def _make_qkx3_quants(
@@ -174,7 +220,7 @@ def _make_qkx3_quants(
         np.multiply(tmp, wt, out=tmp)
         return seq_sum(tmp)
 
-    # FP warnings are off (``quiet_fp``): inf/NaN intermediates here mirror C.
+    # FP warnings are off (the callers' np.errstate): inf/NaN intermediates here mirror C.
     levels_into(buf, iscale, mn)
     best_mad = weighted_sq_err(scale, mn, buf)
     acc_iscale = iscale
@@ -220,53 +266,122 @@ def _make_qkx3_quants(
 # broadcast along the lanes; packed bytes come back as uint32 words transposed the same way.
 
 
-_QUAD_TILE = 2048  # blocks per transposition tile: 256 KiB of input and output
+_WORK_CACHE_LIMIT = 1 << 20  # values per chunk; work arrays of bigger chunks are not kept between calls
 
 
-def _quads(rows: F32Array) -> F32Array:
-    nb = rows.size // QK
-    groups = np.ascontiguousarray(rows).reshape(nb, QK).view(np.complex128)  # (nb, 8) items of 4 floats
-    buf = scratch("lg.quads", (8, nb), np.complex128)
-    # Copied in the input's order (8 strided output streams): the input usually comes from memory,
-    # and a sequential read of it is faster there than 8 strided passes over each tile (measured).
-    for b0 in range(0, nb, _QUAD_TILE):
-        np.copyto(buf[:, b0 : b0 + _QUAD_TILE].T, groups[b0 : b0 + _QUAD_TILE])
-    xq: F32Array = buf.view(np.float32).reshape(8, nb * 4)
-    return xq
+class _Work:
+    """The quad-layout paths' work arrays for chunks of ``nb`` blocks, with fixed views of them.
+
+    Made once per thread and block count: one lookup per call instead of a ``scratch`` call (and a
+    few reshapes) per array, which adds up over the ~40 numpy calls of a chunk.
+    """
+
+    def __init__(self, nb: int) -> None:
+        n4 = 4 * nb
+        self.nb = nb
+        self.quads = np.empty((8, nb), dtype=np.complex128)
+        self.xq: F32Array = self.quads.view(np.float32).reshape(8, n4)
+        self.red: F32Array = np.empty((2, n4), dtype=_F)  # the 8-row reductions, per lane
+        self.pairs: F32Array = np.empty((2, n4), dtype=_F)
+        self.blk: F32Array = np.empty((6, nb), dtype=_F)  # per-block values; rows 0, 1: max, min
+        self.bcast: F32Array = np.empty((2, nb, 4), dtype=_F)  # per-block values repeated over the 4 lanes
+        self.lanes: F32Array = self.bcast.reshape(2, n4)
+        self.bcast64: npt.NDArray[np.uint64] = self.bcast.view(np.uint64)  # (2, nb, 2)
+        self.pairs64 = np.empty((2, nb), dtype=np.uint64)
+        self.q = np.empty((8, n4), dtype=np.int8)
+        self.q_u8: U8Array = self.q.view(np.uint8)
+        self.h16 = np.empty((2, 2, nb), dtype=np.uint32)  # fp16 conversion of up to 2 scale rows
+        self.hi = np.empty((4, nb), dtype=np.uint32)
+        self.lo = np.empty((4, nb), dtype=np.uint32)
+        self.qh8 = np.empty((8, nb), dtype=np.uint32)
+        self.qh = np.empty(nb, dtype=np.uint32)
+        self._tops: dict[int, npt.NDArray[np.int8]] = {}
+        self._half: npt.NDArray[np.uint32] | None = None
+
+    def half_bits(self) -> npt.NDArray[np.uint32]:
+        """A uint32 array the size of the quad layout (Q8_0's signed halves), made on first use."""
+        if self._half is None:
+            self._half = np.empty(self.xq.shape, dtype=np.uint32)
+        return self._half
+
+    def top(self, value: int) -> npt.NDArray[np.int8]:
+        """``value`` repeated over a quad row, int8 (the MIN(...) of the levels)."""
+        t = self._tops.get(value)
+        if t is None:
+            t = self._tops[value] = np.full(self.xq.shape[1], value, dtype=np.int8)
+        return t
 
 
-def _lane_max_min(xq: F32Array, skip_nan: bool = True) -> tuple[F32Array, F32Array]:
-    """Per-block (max, min) ignoring NaNs (C's comparisons never pick one): reduce the 8 rows, then
-    combine the 4 lanes of each block. A block of NaNs only gives NaN. With ``skip_nan=False``,
-    any NaN in a block gives NaN (for callers that treat such blocks separately).
+def _work(nb: int) -> _Work:
+    cache: dict[int, _Work] | None = getattr(_TLS, "work", None)
+    if cache is None:
+        cache = _TLS.work = {}
+    w = cache.get(nb)
+    if w is None:
+        w = _Work(nb)
+        if nb * QK <= _WORK_CACHE_LIMIT:
+            if len(cache) >= 2:  # a tensor's full chunks and its last one; ~3 MB each
+                cache.clear()
+            cache[nb] = w
+    return w
+
+
+def _quads(rows: F32Array, w: _Work | None = None) -> F32Array:
+    """The chunk in quad layout (``w.xq``; the calling thread's work arrays when ``w`` is None)."""
+    if w is None:
+        w = _work(rows.size // QK)
+    groups = np.ascontiguousarray(rows).reshape(w.nb, QK).view(np.complex128)  # items of 4 floats
+    # One copy in the input's order (8 strided output streams): the input usually comes from memory,
+    # where one sequential read of it beats 8 strided passes (measured).
+    np.copyto(w.quads.T, groups)
+    return w.xq
+
+
+def _lane_max_min(w: _Work, skip_nan: bool = True) -> tuple[F32Array, F32Array]:
+    """Per-block (max, min) of ``w.xq`` into ``w.blk[0]``, ``w.blk[1]``, ignoring NaNs (C's
+    comparisons never pick one): reduce the 8 rows, then combine the 4 lanes of each block. A block
+    of NaNs only gives NaN. With ``skip_nan=False``, any NaN in a block gives NaN (for callers that
+    treat such blocks separately).
 
     Only the value matters, not which zero sign wins a +-0 tie: callers normalise zero signs.
     """
-    n4 = xq.shape[1]
-    res = scratch("lg.mxmn", (2, n4 // 4))
-    lanes = scratch("lg.l8", (n4,))
-    pairs = scratch("lg.l2", (n4,))
     reds = (np.fmax, np.fmin) if skip_nan else (np.maximum, np.minimum)
-    for red, out in zip(reds, res, strict=True):
-        red.reduce(xq, axis=0, out=lanes)
+    for red, lanes, pairs, out in zip(reds, w.red, w.pairs, w.blk[:2], strict=True):
+        red.reduce(w.xq, axis=0, out=lanes)
         # Lanes (0, 2) and (1, 3) in one contiguous op over shifted views, then the two pairs: half
         # the strided work of combining the 4 lanes one by one.
         red(lanes[:-2], lanes[2:], out=pairs[:-2])
         red(pairs[0::4], pairs[1::4], out=out)
-    return res[0], res[1]
+    return w.blk[0], w.blk[1]
 
 
-@functools.lru_cache(maxsize=64)
-def _const(value: float, n: int, dtype: type[np.generic] = np.float32) -> npt.NDArray[Any]:
-    """A read-only array of ``n`` copies of ``value``."""
-    a = np.full(n, value, dtype=dtype)
-    a.flags.writeable = False
-    return a
+def _block_max_again(w: _Work) -> F32Array:
+    """The blocks' max (NaNs skipped) back into ``w.blk[0]`` from the lane pairs ``_lane_max_min``
+    left in ``w.pairs[0]``, after the row was overwritten."""
+    mx: F32Array = np.fmax(w.pairs[0, 0::4], w.pairs[0, 1::4], out=w.blk[0])
+    return mx
+
+
+def _lanes_into(w: _Work, v: F32Array) -> F32Array:
+    """``v`` (``(n_blocks,)`` or ``(k <= 2, n_blocks)``) with each value repeated 4 times (one copy
+    per lane of the quad layout), in ``w.lanes``.
+
+    Each value's bits times 0x100000001 as uint64 are two copies of it; two strided uint64 copies
+    then fill the 4 lanes (np.repeat's per-item loop, or 4 strided float copies, cost more).
+    """
+    rows = 1 if v.ndim == 1 else v.shape[0]
+    pairs = w.pairs64[:rows].reshape(v.shape)
+    np.copyto(pairs, v.view(np.uint32))
+    pairs *= _TWO_COPIES
+    out = w.bcast64[0] if v.ndim == 1 else w.bcast64[:rows]
+    out[..., 0] = pairs
+    out[..., 1] = pairs
+    return w.lanes[0] if v.ndim == 1 else w.lanes[:rows]
 
 
 def _lanes(v: F32Array, key: str) -> F32Array:
     """``v`` (``(..., n_blocks)``) with each value repeated 4 times along the last axis (one copy per
-    lane of the quad layout), in a scratch buffer."""
+    lane of the quad layout), in a scratch buffer (kept for ternary.py's MXFP4)."""
     out = scratch(key, (*v.shape, 4))
     for p in range(4):  # 4 strided copies beat np.repeat's per-item loop
         out[..., p] = v
@@ -274,27 +389,48 @@ def _lanes(v: F32Array, key: str) -> F32Array:
     return res
 
 
-def _levels_i8(v: F32Array, top: int) -> U8Array:
-    """``(uint8_t)MIN(top, (int8_t)v)``: C's truncating conversion (an out-of-range or NaN v gives
-    the low byte of x86's 0x80000000, i.e. 0, as numpy's cast does), then the signed clamp."""
-    q = scratch("lg.qi8", v.shape, np.int8)
-    np.copyto(q, v, casting="unsafe")
-    np.minimum(q, _const(top, v.shape[-1], np.int8), out=q)
-    res: U8Array = q.view(np.uint8)
+def _pack(n_rows: int, size: int, fields: list[tuple[int, npt.NDArray[Any]]]) -> U8Array:
+    """Blocks of ``size`` bytes from (byte offset, field) pairs. A field is one uint16 per block
+    ``(nb,)`` (an fp16 scale) or uint32 words ``(n_words, nb)`` / ``(nb,)``, written through
+    uint16/uint32 views of the output (numpy handles the misalignment), one strided 1-D copy per
+    word: a 2-D copy would iterate the short word axis innermost. (Used by ternary.py's MXFP4.)"""
+    nb = fields[0][1].shape[-1]
+    out = np.empty((nb, size), dtype=np.uint8)
+    for off, f in fields:
+        width = f.dtype.itemsize
+        view = out[:, off : off + width * (f.size // nb)].view(f"<u{width}")
+        for i, word in enumerate(f.reshape(-1, nb)):
+            view[:, i] = word
+    res: U8Array = out.reshape(n_rows, -1)
     return res
 
 
-def _scale_0(mx: F32Array, mn: F32Array, rows: F32Array, nmax: int) -> F32Array:
+def _levels_i8(w: _Work, v: F32Array, top: int) -> U8Array:
+    """``(uint8_t)MIN(top, (int8_t)v)``: C's truncating conversion (an out-of-range or NaN v gives
+    the low byte of x86's 0x80000000, i.e. 0, as numpy's cast does), then the signed clamp."""
+    np.copyto(w.q, v, casting="unsafe")
+    np.minimum(w.q, w.top(top), out=w.q)
+    return w.q_u8
+
+
+def _scale_0(w: _Work, rows: F32Array, nmax: int) -> tuple[F32Array, bool]:
     """``d = max / -nmax`` where ``max`` is C's ``if (amax < fabsf(v)) { amax = fabsf(v); max = v; }``
-    from amax = max = 0: the first element of largest |x|, NaNs skipped, +0.0 for a block of zeros."""
-    neg_mn = np.negative(mn, out=scratch("lg.nmn", mn.shape))
+    from amax = max = 0: the first element of largest |x|, NaNs skipped, +0.0 for a block of zeros.
+    Takes the blocks' max and min from ``w.blk[:2]``; returns ``w.blk[4]`` and whether some ``d``
+    may be zero."""
+    mx, mn, neg_mn, sign = w.blk[:4]
+    d: F32Array = w.blk[4]
+    np.negative(mn, out=neg_mn)
     # -(mx + mn): its sign is that of d; it is 0 or NaN on a +-tie (zeros, +-inf, all NaN).
-    sign = np.subtract(neg_mn, mx, out=scratch("lg.sgn", mn.shape))
-    d = np.fmax(mx, neg_mn)
-    d /= _F(nmax)  # |max| / nmax rounds like max / -nmax
-    np.copysign(d, sign, out=d)
+    np.subtract(neg_mn, mx, out=sign)
+    np.fmax(mx, neg_mn, out=d)
+    d /= _f32c(nmax)  # |max| / nmax rounds like max / -nmax
+    maybe_zero = not np.minimum.reduce(d) > 0
+    # d's sign from `sign` by OR-ing its sign bit into |d| (np.copysign is scalar code, 4x slower)
+    sign_bit = np.bitwise_and(sign.view(np.uint32), _SIGN32, out=neg_mn.view(np.uint32))
+    np.bitwise_or(d.view(np.uint32), sign_bit, out=d.view(np.uint32))
     np.abs(sign, out=sign)
-    if not sign.min() > 0:
+    if not np.minimum.reduce(sign) > 0:  # (ndarray.min goes through a Python wrapper)
         idx = np.flatnonzero(~(sign > 0))
         sub = rows.reshape(-1, QK)[idx]
         a = np.abs(sub)
@@ -302,7 +438,8 @@ def _scale_0(mx: F32Array, mn: F32Array, rows: F32Array, nmax: int) -> F32Array:
         first = np.argmax(a, axis=1)
         pick = sub[np.arange(idx.size), first]
         d[idx] = np.where(a[np.arange(idx.size), first] > 0, pick, _F(0.0)) / _F(-nmax)
-    return d
+        maybe_zero = True
+    return d, maybe_zero
 
 
 def _c_min_max(mx: F32Array, mn: F32Array, rows: F32Array) -> tuple[F32Array, F32Array]:
@@ -330,41 +467,53 @@ def _words(q: U8Array) -> npt.NDArray[np.uint32]:
     return w
 
 
-_BIT_GATHER = np.uint32(0x01020408)  # moves bit 0 of byte p of a word to bit 24 + p (no carries)
+_BIT_GATHER = _u32(0x01020408)  # moves bit 0 of byte p of a word to bit 24 + p (no carries)
 _NIBBLE_SHIFT = (np.arange(8, dtype=np.uint32) * np.uint32(4))[:, None]
 
 
-def _high_bits(q: U8Array) -> npt.NDArray[np.uint32]:
+def _high_bits(w: _Work, q: U8Array) -> npt.NDArray[np.uint32]:
     """Bit 4 of q[4k + p] moved to bit 4k + p of a word, ``(8, n_blocks)``: OR-ed over k, it is qh
     (bit j of a little-endian uint32 is bit 4 of q[j])."""
-    words = _words(q)
-    h: npt.NDArray[np.uint32] = np.right_shift(
-        words, np.uint32(4), out=scratch("lg.qh", words.shape, np.uint32)
-    )
-    h &= np.uint32(0x01010101)
+    h: npt.NDArray[np.uint32] = np.right_shift(_words(q), _U4, out=w.qh8)
+    h &= _u32(0x01010101)
     h *= _BIT_GATHER
-    h >>= np.uint32(24)
+    h >>= _U24
     h <<= _NIBBLE_SHIFT
     return h
 
 
-def _pack(n_rows: int, size: int, fields: list[tuple[int, npt.NDArray[Any]]]) -> U8Array:
-    """Blocks of ``size`` bytes from (byte offset, field) pairs. A field is one uint16 per block
-    ``(nb,)`` (an fp16 scale) or uint32 words ``(n_words, nb)`` / ``(nb,)``, written through
-    uint16/uint32 views of the output (numpy handles the misalignment), one strided 1-D copy per
-    word: a 2-D copy would iterate the short word axis innermost."""
-    nb = fields[0][1].shape[-1]
-    out = np.empty((nb, size), dtype=np.uint8)
-    for off, f in fields:
-        width = f.dtype.itemsize
-        view = out[:, off : off + width * (f.size // nb)].view(f"<u{width}")
-        for i, word in enumerate(f.reshape(-1, nb)):
-            view[:, i] = word
-    res: U8Array = out.reshape(n_rows, -1)
-    return res
+def _scale_fp16_into(w: _Work, v: F32Array, dst: npt.NDArray[np.uint16]) -> None:
+    """GGML_FP32_TO_FP16 bits of per-block scales ``v`` (``(k <= 2, n_blocks)``) into ``dst``
+    (``(n_blocks, k)``, a strided view of the output blocks).
+
+    numpy's float16 cast is scalar code (2.5 ns a value, as much as a pass over the whole chunk for
+    8192 blocks); this rounds to nearest even in uint32 passes on the magnitude. Magnitudes whose
+    result is not a normal fp16 number (zero, subnormal, inf, NaN, and small inputs whose exponent
+    rebias wraps) are recognised by the result's range and redone with numpy's cast.
+    """
+    k = v.shape[0]
+    u = v.view(np.uint32)
+    mag, t = w.h16[0, :k], w.h16[1, :k]
+    np.bitwise_and(u, _MAGNITUDE, out=mag)
+    np.right_shift(mag, _U13, out=t)
+    t &= _U1
+    t += mag
+    t += _F16_BIAS
+    t >>= _U13
+    normal = np.minimum.reduce(t, axis=None) >= 0x400 and np.maximum.reduce(t, axis=None) < 0x7C00
+    odd = None if normal else (t < 0x400) | (t >= 0x7C00)
+    sign = np.right_shift(u, _U16, out=mag)
+    sign &= _SIGN16
+    t |= sign
+    for i in range(k):  # one strided row each: a 2-D copy would run along the short axis
+        np.copyto(dst[:, i], t[i], casting="unsafe")  # the low 16 bits
+        if odd is not None:
+            idx = np.flatnonzero(odd[i])
+            dst[idx, i] = v[i, idx].astype(np.float16).view(np.uint16)
 
 
 def _pack_nibble_blocks(
+    w: _Work,
     n_rows: int,
     size: int,
     scales: F32Array,
@@ -377,29 +526,28 @@ def _pack_nibble_blocks(
     ``qh`` (bit 4 of the 32 levels, 5-bit types) at ``qh_off``, ``qs`` at ``qs_off``; written into
     ``dest`` (the caller's ``(n_rows, row_bytes)`` output rows) when given.
 
-    qh and qs are computed straight into their strided (possibly misaligned) views of the output.
+    The scales, qh and qs are computed straight into their strided (possibly misaligned) views of
+    the output.
     """
-    nb = q.shape[1] // 4
+    nb = w.nb
     contiguous = dest is not None and dest.flags.c_contiguous
     out = dest.reshape(nb, size) if dest is not None and contiguous else np.empty((nb, size), dtype=np.uint8)
     k = scales.size // nb
-    # numpy's own cast (what fp32_to_fp16_bits defers to): one call, cheaper at this size under load
-    bits = scales.reshape(k, nb).astype(np.float16).view(np.uint16)
-    sv = out[:, : 2 * k].view("<u2")
-    for i in range(k):  # one strided row each: a 2-D copy would run along the short axis
-        sv[:, i] = bits[i]
+    _scale_fp16_into(w, scales.reshape(k, nb), out[:, : 2 * k].view("<u2"))
     # qs[j] = q[j] | q[j+16] << 4 on 4 words per block (j = 4k + p sits at [k, 4b + p]); on whole
-    # words because numpy's uint8 shift is scalar code. As C's uint8 ``qs |= xi1 << 4`` keeps only the
-    # low nibble of q[j+16], masking it first stops one byte spilling into the next; 5-bit types
-    # keep only the low nibble of q[j] too.
-    nibble = np.uint32(0x0F0F0F0F)
-    hi = np.bitwise_and(_words(q[4:]), nibble, out=scratch("lg.nib", (4, nb), np.uint32))
-    hi <<= np.uint32(4)
-    lo = _words(q[:4])
-    if qh_off is not None:
-        lo = np.bitwise_and(lo, nibble, out=scratch("lg.nlo", (4, nb), np.uint32))
+    # words because numpy's uint8 shift is scalar code. C's uint8 ``qs |= xi1 << 4`` keeps only the
+    # low nibble of q[j+16]: 5-bit levels are masked first so that no byte spills into the next, and
+    # keep only the low nibble of q[j] too. 4-bit levels are already in [0, 15] (never negative,
+    # MIN(15, ...) in C), so they need no mask.
+    hi, lo = w.hi, _words(q[:4])
+    if qh_off is None:
+        np.left_shift(_words(q[4:]), _U4, out=hi)
+    else:
+        np.bitwise_and(_words(q[4:]), _NIBBLES, out=hi)
+        hi <<= _U4
+        lo = np.bitwise_and(lo, _NIBBLES, out=w.lo)
         # reduced into a contiguous word row first: numpy's reduction into a strided output is 5x slower
-        qh = np.bitwise_or.reduce(_high_bits(q), axis=0, out=scratch("lg.qhw", (nb,), np.uint32))
+        qh = np.bitwise_or.reduce(_high_bits(w, q), axis=0, out=w.qh)
         out[:, qh_off : qh_off + 4].view("<u4")[:, 0] = qh
     np.bitwise_or(hi, lo, out=out[:, qs_off : qs_off + 16].view("<u4").T)
     if dest is not None:
@@ -410,24 +558,47 @@ def _pack_nibble_blocks(
     return res
 
 
-@quiet_fp
-def quantize_q8_0(rows: F32Array, imatrix: F32Array | None) -> U8Array:
+def quantize_q8_0(rows: F32Array, imatrix: F32Array | None, out: U8Array | None = None) -> U8Array:
     del imatrix  # quantize_q8_0 ignores it
-    xq = _quads(rows)
-    mx, mn = _lane_max_min(xq, skip_nan=False)
+    with np.errstate(all="ignore"):  # as quiet_fp
+        return _q8_0(rows, out)
+
+
+def _q8_0(rows: F32Array, dest: U8Array | None) -> U8Array:
+    """quantize_row_q8_0_ref into ``dest`` (the caller's ``(n_rows, row_bytes)`` rows) when given."""
+    nb = rows.size // QK
+    w = _work(nb)
+    xq = _quads(rows, w)
+    mx, mn = _lane_max_min(w, skip_nan=False)
     # MAX(amax, fabsf(v)) from amax = 0.0f never yields -0.0; "+ 0.0" clears numpy's zero sign.
-    d = (np.maximum(mx, -mn) + _F(0.0)) / _F(127)
-    nan_d = _q8_0_nan_block_scales(rows, d) if np.isnan(d.max()) else None
+    d = np.maximum(mx, np.negative(mn, out=w.blk[2]), out=w.blk[2])
+    d += _f32c(0.0)
+    d /= _f32c(127.0)
+    nan_d = _q8_0_nan_block_scales(rows, d) if np.isnan(np.maximum.reduce(d)) else None
     # Out-of-range x*id (elements before a block's last NaN) wrap to their low byte like C's
     # roundf -> int8 conversion; NaN/inf give 0.
-    v = np.multiply(xq, _lanes(_inverse(d), "lg.id"), out=xq)
-    h = np.copysign(_HALF_DOWN, v)
-    v += h
-    q = v.astype(np.int8).view(np.uint8)
-    dh = _fp16(d)
+    v = np.multiply(xq, _lanes_into(w, _inverse(d)), out=xq)
+    # roundf(v) == trunc(v + copysign(_HALF_DOWN, v)); the signed half is made from v's sign bit,
+    # as np.copysign is scalar code (160 us a chunk against 45 for the two integer passes).
+    half = np.bitwise_and(v.view(np.uint32), _SIGN32, out=w.half_bits())
+    half |= _HALF_DOWN_BITS
+    v += half.view(np.float32)
+    np.copyto(w.q, v, casting="unsafe")
+    contiguous = dest is not None and dest.flags.c_contiguous
+    out = dest.reshape(nb, 34) if dest is not None and contiguous else np.empty((nb, 34), dtype=np.uint8)
+    scale = out[:, :2].view("<u2")
+    _scale_fp16_into(w, d.reshape(1, nb), scale)
     if nan_d is not None:
-        dh[nan_d] = 0x7E00  # GGML_FP32_TO_FP16 of any NaN (numpy keeps the payload)
-    return _pack(rows.shape[0], 34, [(0, dh), (2, _words(q))])
+        scale[nan_d, 0] = 0x7E00  # GGML_FP32_TO_FP16 of any NaN (numpy keeps the payload)
+    words = out[:, 2:].view("<u4")
+    for i, row in enumerate(_words(w.q_u8)):  # one strided row each: a 2-D copy runs along the short axis
+        words[:, i] = row
+    if dest is not None:
+        if not contiguous:
+            dest[...] = out.reshape(rows.shape[0], -1)
+        return dest
+    res: U8Array = out.reshape(rows.shape[0], -1)
+    return res
 
 
 def _q8_0_nan_block_scales(rows: F32Array, d: F32Array) -> npt.NDArray[np.intp]:
@@ -445,91 +616,98 @@ def _q8_0_nan_block_scales(rows: F32Array, d: F32Array) -> npt.NDArray[np.intp]:
     return res
 
 
-def _q_0_ref(rows: F32Array, nmax: int) -> tuple[F32Array, U8Array]:
+def _q_0_ref(w: _Work, rows: F32Array, nmax: int) -> tuple[F32Array, U8Array]:
     """quantize_row_q{4,5}_0_ref: d = max/-nmax, q = MIN(2*nmax-1, (int8)(x*id + nmax + 0.5))."""
-    xq = _quads(rows)
-    d = _scale_0(*_lane_max_min(xq), rows, nmax)
-    v = np.multiply(xq, _lanes(_inverse(d), "lg.id"), out=xq)
-    v += _F(nmax + 0.5)
-    return d, _levels_i8(v, 2 * nmax - 1)
+    xq = _quads(rows, w)
+    _lane_max_min(w)
+    d, maybe_zero = _scale_0(w, rows, nmax)
+    inv = np.divide(_f32c(1.0), d, out=w.blk[5])
+    if maybe_zero:
+        inv[d == 0] = 0  # d ? 1/d : 0
+    v = np.multiply(xq, _lanes_into(w, inv), out=xq)
+    v += _f32c(nmax + 0.5)
+    return d, _levels_i8(w, v, 2 * nmax - 1)
 
 
-def _q_1_ref(rows: F32Array, levels: int) -> tuple[F32Array, U8Array]:
+def _q_1_ref(w: _Work, rows: F32Array, levels: int) -> tuple[F32Array, U8Array]:
     """quantize_row_q{4,5}_1_ref: d = (max-min)/levels, q = (uint8)((x-min)*id + 0.5), through a
     MIN(levels, (int8)...) for Q4_1 only (Q5_1 has no MIN in C). Returns ([d, min], levels)."""
-    xq = _quads(rows)
-    mx, mn = _lane_max_min(xq)
-    nb = mn.shape[0]
-    dmi = scratch("lg.dmi", (3, nb))  # [d, min, id]: [d, min] is stored, [min, id] goes to the lanes
-    d, m, inv = dmi
-    np.subtract(mx, mn, out=d)
+    xq = _quads(rows, w)
+    mx, mn = _lane_max_min(w)
+    # rows [d, min, id] of w.blk: [d, min] is stored, [min, id] goes to the lanes
+    d, inv = np.subtract(mx, mn, out=w.blk[0]), w.blk[2]  # d over the max
     # NaN: a block of NaNs or of one infinity (C keeps FLT_MAX / -FLT_MAX); a zero min: its sign.
-    if np.isnan(d.min()) or not mn.all():
-        mx, mn = _c_min_max(mx, mn, rows)
+    # (np.count_nonzero is scalar code on floats)
+    if np.isnan(np.minimum.reduce(d)) or not np.minimum.reduce(np.abs(mn, out=inv)) > 0:
+        _c_min_max(_block_max_again(w), mn, rows)
         np.subtract(mx, mn, out=d)
-    np.copyto(m, mn)
-    d /= _F(levels)
-    np.divide(_F(1.0), d, out=inv)
+    d /= _f32c(levels)
+    np.divide(_f32c(1.0), d, out=inv)
     # Only zero or subnormal scales need "d ? 1/d : 0" and can push (x-min)*id past levels + 0.5.
-    small = not d.min() >= _FLT_MIN
+    small = not np.minimum.reduce(d) >= _FLT_MIN
     if small:
         inv[d == 0] = 0
-    dm = dmi[:2]
-    lanes = _lanes(dmi[1:], "lg.lanes")
+    lanes = _lanes_into(w, w.blk[1:3])
     v = np.subtract(xq, lanes[0], out=xq)
     v *= lanes[1]
-    v += _F(0.5)
+    v += _f32c(0.5)
     if levels == 15 and small:
-        return dm, _levels_i8(v, levels)
-    q = scratch("lg.qu8", v.shape, np.uint8)
-    np.copyto(q, v, casting="unsafe")  # same bytes as the int8 cast
-    return dm, q
+        return w.blk[:2], _levels_i8(w, v, levels)
+    np.copyto(w.q_u8, v, casting="unsafe")  # same bytes as the int8 cast
+    return w.blk[:2], w.q_u8
 
 
-def _quad_from_t(q: U8Array) -> U8Array:
-    """Levels from the ``(32, n_blocks)`` layout of the imatrix searches, in quad layout."""
-    res: U8Array = np.ascontiguousarray(q.reshape(8, 4, -1).transpose(0, 2, 1)).reshape(8, -1)
-    return res
+def _quad_from_t(w: _Work, q: U8Array) -> U8Array:
+    """Levels from the ``(32, n_blocks)`` layout of the imatrix searches, in quad layout (``w.q_u8``):
+    one strided copy per lane (3x faster than numpy's 3-D transposed copy of bytes)."""
+    quads = w.q_u8.reshape(8, -1, 4)
+    for p, lane in enumerate(q.reshape(8, 4, -1).transpose(1, 0, 2)):
+        quads[:, :, p] = lane
+    return w.q_u8
 
 
-def _levels_0(rows: F32Array, imatrix: F32Array | None, nmax: int) -> tuple[F32Array, U8Array]:
+def _levels_0(w: _Work, rows: F32Array, imatrix: F32Array | None, nmax: int) -> tuple[F32Array, U8Array]:
     """Q4_0 / Q5_0 scale and levels (quad layout): the reference path, or the weighted search."""
     if imatrix is None:
-        return _q_0_ref(rows, nmax)
+        return _q_0_ref(w, rows, nmax)
     xt = _blocks_t(rows)
     d, iscale, zero, finite = make_qx_quants_iscale(xt, _imatrix_weights(rows, xt, imatrix), nmax)
-    return d, _levels_qx(rows, iscale, zero, nmax, finite)
+    return d, _levels_qx(w, xt, iscale, zero, nmax, finite)
 
 
-def _levels_1(rows: F32Array, imatrix: F32Array | None, levels: int) -> tuple[F32Array, U8Array]:
+def _levels_1(w: _Work, rows: F32Array, imatrix: F32Array | None, levels: int) -> tuple[F32Array, U8Array]:
     """Q4_1 / Q5_1 ``[scale, min]`` as ``(2, n_blocks)`` and levels (quad layout): the reference
     path, or the weighted search."""
     if imatrix is None:
-        return _q_1_ref(rows, levels)
+        return _q_1_ref(w, rows, levels)
     xt = _blocks_t(rows)
     d, m, qt = _make_qkx3_quants(xt, _imatrix_weights(rows, xt, imatrix), levels, -0.9, 0.05, 36)
-    return np.stack([d, m]), _quad_from_t(qt)
+    return np.stack([d, m]), _quad_from_t(w, qt)
 
 
 def quantize_q4_0(rows: F32Array, imatrix: F32Array | None, out: U8Array | None = None) -> U8Array:
     with np.errstate(all="ignore"):  # as quiet_fp
-        d, q = _levels_0(rows, imatrix, 8)
-        return _pack_nibble_blocks(rows.shape[0], 18, d, q, 2, None, out)
+        w = _work(rows.size // QK)
+        d, q = _levels_0(w, rows, imatrix, 8)
+        return _pack_nibble_blocks(w, rows.shape[0], 18, d, q, 2, None, out)
 
 
 def quantize_q5_0(rows: F32Array, imatrix: F32Array | None, out: U8Array | None = None) -> U8Array:
     with np.errstate(all="ignore"):  # as quiet_fp
-        d, q = _levels_0(rows, imatrix, 16)
-        return _pack_nibble_blocks(rows.shape[0], 22, d, q, 6, 2, out)
+        w = _work(rows.size // QK)
+        d, q = _levels_0(w, rows, imatrix, 16)
+        return _pack_nibble_blocks(w, rows.shape[0], 22, d, q, 6, 2, out)
 
 
 def quantize_q4_1(rows: F32Array, imatrix: F32Array | None, out: U8Array | None = None) -> U8Array:
     with np.errstate(all="ignore"):  # as quiet_fp
-        dm, q = _levels_1(rows, imatrix, 15)
-        return _pack_nibble_blocks(rows.shape[0], 20, dm, q, 4, None, out)
+        w = _work(rows.size // QK)
+        dm, q = _levels_1(w, rows, imatrix, 15)
+        return _pack_nibble_blocks(w, rows.shape[0], 20, dm, q, 4, None, out)
 
 
 def quantize_q5_1(rows: F32Array, imatrix: F32Array | None, out: U8Array | None = None) -> U8Array:
     with np.errstate(all="ignore"):  # as quiet_fp
-        dm, q = _levels_1(rows, imatrix, 31)
-        return _pack_nibble_blocks(rows.shape[0], 24, dm, q, 8, 4, out)
+        w = _work(rows.size // QK)
+        dm, q = _levels_1(w, rows, imatrix, 31)
+        return _pack_nibble_blocks(w, rows.shape[0], 24, dm, q, 8, 4, out)

@@ -82,7 +82,7 @@ SPECS: dict[GGMLQuantizationType, QuantizerSpec] = {
         _spec(T.F32, "floats", writes_into=True, chunk_values=1 << 24),
         _spec(T.F16, "floats", writes_into=True),
         _spec(T.BF16, "floats", writes_into=True),
-        _spec(T.Q8_0, "legacy"),
+        _spec(T.Q8_0, "legacy", writes_into=True),
         _spec(T.Q4_0, "legacy", writes_into=True),
         _spec(T.Q4_1, "legacy", writes_into=True),
         _spec(T.Q5_0, "legacy", writes_into=True),
