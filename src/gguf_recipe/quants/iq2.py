@@ -127,7 +127,8 @@ def _grid(name: str) -> _Grid:
         fp = flat_pad[rows, :w]
         nbp_l.append(np.ascontiguousarray(t.nb_flat[fp], dtype=np.int32))
         pc = (lv[t.nb_flat[fp]].reshape(*fp.shape, parts, per) @ pow3).transpose(0, 2, 1)
-        hcode_l.append(np.ascontiguousarray(pc + n_codes * np.arange(parts)[None, :, None], dtype=np.int32))
+        pc = pc + n_codes * np.arange(parts)[None, :, None]
+        hcode_l.append(np.ascontiguousarray(pc.transpose(1, 0, 2), dtype=np.intp))
     digits = (np.arange(n_codes)[:, None] // pow3[None, :]) % 3  # (n_codes, per)
     q = 2 * digits + 1
     part_mat = np.zeros((2 * per, 2 * n_codes), dtype=np.float32)
@@ -363,10 +364,12 @@ def _neighbours(
                 continue
             rows_b = g.slot[prow[pl]]
             nbp = g.nbp[bi]
-            idx = np.take(g.hcode[bi], rows_b, axis=0)
-            idx += (pgrp[pl] * stride)[:, None, None]
-            ab = np.take(tab, idx).view(np.float32).reshape(pl.size, g.parts, width, 2)
-            ab_sum = np.add.reduce(ab, axis=1)
+            idx = np.take(g.hcode[bi], rows_b, axis=1)
+            idx += (pgrp[pl] * stride)[None, :, None]
+            ab = np.take(tab, idx).view(np.float32).reshape(g.parts, pl.size, width, 2)
+            ab_sum = ab[0] + ab[1]
+            for part in range(2, g.parts):
+                ab_sum += ab[part]
             av = ab_sum[:, :, 0]
             b2 = ab_sum[:, :, 1]
             npad = width - cnt_all[prow[pl]]
