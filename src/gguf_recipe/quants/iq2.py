@@ -57,6 +57,8 @@ _Y_SAFE = np.float32(2.0**21)
 _PACK4 = np.uint32(0x01041040)
 # grids whose neighbour lists are shorter than this on average use 4-part tables (see _Grid.parts)
 _PARTS4_BELOW = 12.0
+# padded widths of the neighbour-list buckets grow by these factors (short lists, long lists; measured)
+_WIDTH_GROWTH = (1.5, 2.0)
 _MAX_LINES = 6  # most competing neighbours a run is evaluated on, candidate by candidate
 # near-tie margin of the neighbour search, relative to M = sum waux*(5s + |x|)^2 (see _margin_coefs)
 _TIE_REL = np.float32(2.0**-16)
@@ -103,18 +105,20 @@ def _grid(name: str) -> _Grid:
     canon = t.kmap[t.grid_codes.astype(np.int64)].astype(np.int32)
     qpos = np.ascontiguousarray((2 * lv + 1).T, dtype=np.float32)
     cnt = t.nb_count
+    short = float(cnt.mean()) < _PARTS4_BELOW
+    growth = _WIDTH_GROWTH[0] if short else _WIDTH_GROWTH[1]
     widths: list[int] = []
     w = 4
     while True:
         widths.append(min(w, int(cnt.max())))
         if w >= cnt.max():
             break
-        w *= 2
+        w = max(w + 1, round(w * growth))
     bucket = np.searchsorted(np.array(widths), cnt).astype(np.int8)
     slot = np.arange(t.nb_padded.shape[1])[None, :]
     flat_pad = t.nb_start[:, None] + np.where(slot < cnt[:, None], slot, 0)
     # short lists (IQ2_S): small per-group tables of 2-coordinate parts beat fewer, bigger gathers
-    parts = 4 if float(cnt.mean()) < _PARTS4_BELOW else 2
+    parts = 4 if short else 2
     per = 8 // parts
     n_codes = 3**per
     pow3 = 3 ** np.arange(per)
