@@ -64,6 +64,9 @@ _MAX_LINES = 6  # most competing neighbours a run is evaluated on, candidate by 
 _TIE_REL = np.float32(2.0**-16)
 _TIE_ABS = np.float32(2.0**-130)
 _BIG = np.float32(2.0**84)
+_ROWS = np.arange(512, dtype=np.uint16)
+# (A, 2B) = (+inf, 0) as one packed table entry: padded neighbour slots evaluate to +inf, never a minimum
+_SENTINEL = np.array([np.inf, 0.0], dtype=np.float32).view(np.uint64)[0]
 
 if sys.byteorder != "little":  # pragma: no cover - the byte packing below assumes little-endian
     raise ImportError("gguf_recipe.quants.iq2 needs a little-endian machine")
@@ -79,8 +82,9 @@ class _Grid:
     qpos: F32Array  # (8, n_grid) position q = 2*l + 1 of coordinate i of grid point j
     # Neighbour lists in buckets of padded widths: row r lives in bucket[r] at position slot[r]; there
     # nbp[b] (rows, W) holds its grid indices, padded with the row's first neighbour, and hcode[b]
-    # (rows, parts, W) the base-3 codes of the levels of each part of those neighbours' coordinates
-    # (plus part * 3**(8 // parts): the position in a group's part table).
+    # (parts, W, rows) the base-3 codes of the levels of each part of those neighbours' coordinates
+    # (plus part * 3**(8 // parts): the position in a group's part table); padded slots of part 0
+    # point at the table's sentinel (A = +inf), so they never win nor tie.
     bucket: npt.NDArray[np.int8]
     slot: I32Array
     widths: tuple[int, ...]
@@ -130,9 +134,10 @@ def _grid(name: str) -> _Grid:
         slot_of[rows] = np.arange(rows.size)
         fp = flat_pad[rows, :w]
         nbp_l.append(np.ascontiguousarray(t.nb_flat[fp], dtype=np.int32))
-        pc = (lv[t.nb_flat[fp]].reshape(*fp.shape, parts, per) @ pow3).transpose(0, 2, 1)
-        pc = pc + n_codes * np.arange(parts)[None, :, None]
-        hcode_l.append(np.ascontiguousarray(pc.transpose(1, 0, 2), dtype=np.intp))
+        pc = (lv[t.nb_flat[fp]].reshape(*fp.shape, parts, per) @ pow3).transpose(2, 1, 0)
+        pc = pc + n_codes * np.arange(parts)[:, None, None]
+        pc[0][(np.arange(w)[:, None] >= cnt[rows][None, :])] = parts * n_codes  # padding: the sentinel
+        hcode_l.append(np.ascontiguousarray(pc, dtype=np.intp))
     digits = (np.arange(n_codes)[:, None] // pow3[None, :]) % 3  # (n_codes, per)
     q = 2 * digits + 1
     part_mat = np.zeros((2 * per, 2 * n_codes), dtype=np.float32)
@@ -260,37 +265,41 @@ def _part_tables(g: _Grid, xv: F32Array, wa: F32Array) -> npt.NDArray[np.uint64]
     rows = max(1, (65536 * 4) // g.part_mat.size)
     for a in range(0, lhs2.shape[0], rows):
         np.matmul(lhs2[a : a + rows], g.part_mat, out=tab[a : a + rows])
-    out: npt.NDArray[np.uint64] = tab.view(np.uint64).reshape(-1)
-    return out
+    out = np.empty((n, g.parts * g.part_mat.shape[1] // 2 + 1), dtype=np.uint64)
+    out[:, :-1] = tab.view(np.uint64).reshape(n, -1)
+    out[:, -1] = _SENTINEL
+    flat: npt.NDArray[np.uint64] = out.reshape(-1)
+    return flat
 
 
-def _pick(
-    a: F32Array, b2: F32Array, s: F32Array, thr: F32Array, npad: I32Array
-) -> tuple[F32Array, IntpArray, BoolArray]:
-    """``a*s - b2`` per row (m, width), its first smallest entry, and whether another neighbour is
-    within ``thr`` of it (or anything is NaN). Rows are padded with copies of their first neighbour
-    (``npad`` of them). Narrow rows go column by column: numpy's per-row reductions are slow there."""
-    est = a * s[:, None]
+def _pick(a: F32Array, b2: F32Array, s: F32Array, thr: F32Array) -> tuple[F32Array, IntpArray, BoolArray]:
+    """``a*s - b2`` per column (width, m), the row of its smallest entry, and whether another entry is
+    within ``thr`` of it (or anything is NaN). Padded slots hold +inf. Where that flag is clear the
+    minimum is unique; elsewhere the row returned is only some valid row."""
+    est = a * s
     est -= b2
-    m, width = est.shape
-    if width <= 8:
-        lim = est[:, 0].copy()
-        j = np.zeros(m, dtype=np.intp)
-        for c in range(1, width):
-            col = est[:, c]
-            j[col < lim] = c
-            np.minimum(lim, col, out=lim)  # a NaN anywhere makes lim NaN: counted as bad below
-    else:
-        j = est.argmin(axis=1)
-        lim = np.take_along_axis(est, j[:, None], axis=1)[:, 0]
-    lim += thr
-    if width <= 32:
-        close = np.zeros(m, dtype=np.intp)
-        for c in range(width):
-            close += est[:, c] <= lim
-    else:
-        close = np.count_nonzero(est <= lim[:, None], axis=1)
-    # a NaN minimum or limit counts nothing: never the expected count
+    width = est.shape[0]
+    lim = np.minimum.reduce(est, axis=0)  # a NaN anywhere makes lim NaN: counted as bad below
+    small = np.uint8 if width < 255 else np.uint16
+    hit = np.less_equal(est, lim + thr)
+    close = np.add.reduce(hit.view(np.uint8), axis=0, dtype=small)
+    np.equal(est, lim, out=hit)
+    j = np.add.reduce(hit.view(np.uint8) * _ROWS[:width, None].astype(small), axis=0, dtype=small)
+    jj: IntpArray = np.minimum(j, width - 1).astype(np.intp)
+    # a NaN minimum or limit counts nothing: never 1
+    return est, jj, close != 1
+
+
+def _pick_members(
+    a: F32Array, b2: F32Array, s: F32Array, thr: F32Array, npad: IntpArray
+) -> tuple[F32Array, IntpArray, BoolArray]:
+    """:func:`_pick` for (width, m) member lists padded with ``npad`` copies of their first member."""
+    est = a * s
+    est -= b2
+    lim = np.minimum.reduce(est, axis=0)
+    hit = np.less_equal(est, lim + thr)
+    close = np.add.reduce(hit.view(np.uint8), axis=0, dtype=np.uint8)
+    j = est.argmin(axis=0)
     expect = np.where(j == 0, npad + 1, 1)
     return est, j, close != expect
 
@@ -328,7 +337,6 @@ def _neighbours(
     on = look >= 0
     gi = look
     coefs = _margin_coefs(xv, wa)
-    cnt_all = g.tables.nb_count
     for a in range(0, n, g.block):
         b = min(n, a + g.block)
         lk = look[a:b].reshape(-1)
@@ -356,33 +364,32 @@ def _neighbours(
         # outside this range the error bound does not hold (overflow): exact path
         bad_e = ~((thr < _BIG) & (thr * es < _BIG))
         tab = _part_tables(g, xv[a:b], wa[a:b])
-        stride = g.parts * g.part_mat.shape[1] // 2
+        stride = g.parts * g.part_mat.shape[1] // 2 + 1  # with the sentinel
         pres = np.full(pstart.size, -1, dtype=np.int32)  # grid point of each decided pair
         res = np.empty(ent.size, dtype=np.int32)
         amb_l: list[IntpArray] = []
         pbk = g.bucket[prow]
         for bi, width in enumerate(g.widths):
-            pm = pbk == bi
-            pl = np.flatnonzero(pm)
+            pl = np.flatnonzero(pbk == bi)
             if pl.size == 0:
                 continue
             rows_b = g.slot[prow[pl]]
             nbp = g.nbp[bi]
-            idx = np.take(g.hcode[bi], rows_b, axis=1)
-            idx += (pgrp[pl] * stride)[None, :, None]
-            ab = np.take(tab, idx).view(np.float32).reshape(g.parts, pl.size, width, 2)
+            # (parts, width, pairs): every neighbour of a pair is a column entry, pairs run along rows
+            idx = np.take(g.hcode[bi], rows_b, axis=2)
+            idx += pgrp[pl] * stride
+            ab = np.take(tab, idx).view(np.float32).reshape(g.parts, width, pl.size, 2)
             ab_sum = ab[0] + ab[1]
             for part in range(2, g.parts):
                 ab_sum += ab[part]
             av = ab_sum[:, :, 0]
             b2 = ab_sum[:, :, 1]
-            npad = width - cnt_all[prow[pl]]
             f, la = efirst[pl], elast[pl]
-            est0, j0, bad0 = _pick(av, b2, es[f], thr[f], npad)
+            est0, j0, bad0 = _pick(av, b2, es[f], thr[f])
             if k_n == 1:  # one candidate per run: both ends are the same entry
                 est1, j1, bad1 = est0, j0, bad0
             else:
-                est1, j1, bad1 = _pick(av, b2, es[la], thr[la], npad)
+                est1, j1, bad1 = _pick(av, b2, es[la], thr[la])
             ends = ~(bad0 | bad1 | bad_e[f] | bad_e[la])
             dec = ends & (j0 == j1)
             pres[pl[dec]] = nbp[rows_b[dec], j0[dec]]
@@ -391,18 +398,18 @@ def _neighbours(
             # margin all along, so in between only the few that are ("lines") compete.
             two = np.flatnonzero(ends & (j0 != j1))
             if two.size:
-                e0, e1 = est0[two], est1[two]
-                lim0 = np.take_along_axis(e0, j1[two][:, None], axis=1) + thr[f[two]][:, None]
-                lim1 = np.take_along_axis(e1, j0[two][:, None], axis=1) + thr[la[two]][:, None]
-                inset = e0 <= lim0
-                inset &= e1 <= lim1
-                inset &= np.arange(width)[None, :] < (width - npad[two])[:, None]  # not the padding
-                n_in = np.count_nonzero(inset, axis=1)
+                t0, t1 = j0[two], j1[two]
+                lim0 = est0[t1, two] + thr[f[two]]
+                lim1 = est1[t0, two] + thr[la[two]]
+                inset = np.take(est0, two, axis=1) <= lim0
+                inset &= np.take(est1, two, axis=1) <= lim1
+                n_in = np.add.reduce(inset.view(np.uint8), axis=0, dtype=np.uint16)
                 # only j0 and j1: the sign of the difference of the two lines decides
-                p2 = two[n_in == 2]
+                only2 = n_in == 2
+                p2 = two[only2]
                 if p2.size:
-                    t0, t1 = j0[p2], j1[p2]
-                    lines = np.stack([av[p2, t0], b2[p2, t0], av[p2, t1], b2[p2, t1]], axis=1)
+                    t0, t1 = t0[only2], t1[only2]
+                    lines = np.stack([av[t0, p2], b2[t0, p2], av[t1, p2], b2[t1, p2]], axis=1)
                     loc, eb = _run_entries(f[p2], la[p2])
                     ln = np.take(lines, loc, axis=0)
                     se = es[eb]
@@ -416,19 +423,20 @@ def _neighbours(
                 few = (n_in > 2) & (n_in <= _MAX_LINES)
                 p2 = two[few]
                 if p2.size:
-                    rr, cc = np.nonzero(inset[few])
-                    n_p = n_in[few]
+                    rr, cc = np.nonzero(inset[:, few].T)
+                    n_p = n_in[few].astype(np.intp)
                     first = np.cumsum(n_p) - n_p
                     n_col = int(n_p.max())
                     mem = np.repeat(cc[first][:, None], n_col, axis=1)  # padded with the first
                     mem[rr, np.arange(rr.size) - first[rr]] = cc
                     loc, eb = _run_entries(f[p2], la[p2])
-                    _, j, bad = _pick(
-                        np.take(av[p2[:, None], mem], loc, axis=0),
-                        np.take(b2[p2[:, None], mem], loc, axis=0),
-                        es[eb],
-                        thr[eb],
-                        (n_col - n_p)[loc],
+                    memt = np.ascontiguousarray(mem.T)
+                    cols = np.take(p2, loc)
+                    mloc = np.take(memt, loc, axis=1)
+                    # padding repeats the first member: equal values, so never a unique minimum unless
+                    # that member is the minimum -- the check below counts distinct members only
+                    _, j, bad = _pick_members(
+                        av[mloc, cols], b2[mloc, cols], es[eb], thr[eb], (n_col - n_p)[loc]
                     )
                     res[eb] = nbp[rows_b[p2][:, None], mem][loc, j]
                     bad |= bad_e[eb]
@@ -441,7 +449,7 @@ def _neighbours(
             # candidate by candidate for the remaining pairs
             loc, eb = _run_entries(f[und], la[und])
             loc = und[loc]
-            _, j, bad = _pick(np.take(av, loc, axis=0), np.take(b2, loc, axis=0), es[eb], thr[eb], npad[loc])
+            _, j, bad = _pick(np.take(av, loc, axis=1), np.take(b2, loc, axis=1), es[eb], thr[eb])
             res[eb] = nbp[rows_b[loc], j]
             bad |= bad_e[eb]
             if bad.any():
