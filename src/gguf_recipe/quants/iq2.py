@@ -56,7 +56,7 @@ _Y_SAFE = np.float32(2.0**21)
 # (l0 + l1<<8 + l2<<16 + l3<<24) * this has l0 + 4*l1 + 16*l2 + 64*l3 in its top byte (no carries)
 _PACK4 = np.uint32(0x01041040)
 # grids whose neighbour lists are shorter than this on average use 4-part tables (see _Grid.parts)
-_PARTS4_BELOW = 12.0
+_PARTS4_BELOW = 24.0
 # padded widths of the neighbour-list buckets grow by these factors (short lists, long lists; measured)
 _WIDTH_GROWTH = (1.5, 2.0)
 _MAX_LINES = 6  # most competing neighbours a run is evaluated on, candidate by candidate
