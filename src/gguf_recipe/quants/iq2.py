@@ -173,10 +173,15 @@ def _seqsum(a: F32Array) -> F32Array:
     return out
 
 
-def _level_bytes(y: F32Array) -> U8Array:
-    """C's ``MAX(0, MIN(2, nearest_int(0.5f*(y - 1))))`` as uint8, same shape as y."""
-    if y.size and y.min() > -_Y_SAFE and y.max() < _Y_SAFE:
-        out: U8Array = np.greater(y, _TWO).view(np.uint8)
+def _level_bytes(y: F32Array, safe: bool | None = None, out: U8Array | None = None) -> U8Array:
+    """C's ``MAX(0, MIN(2, nearest_int(0.5f*(y - 1))))`` as uint8, same shape as y (into ``out``).
+    ``safe``: the caller knows every |y| < _Y_SAFE (no NaN); None checks."""
+    if safe is None:
+        safe = bool(y.size and y.min() > -_Y_SAFE and y.max() < _Y_SAFE)
+    if safe:
+        if out is None:
+            out = np.empty(y.shape, dtype=np.uint8)
+        np.greater(y, _TWO, out=out.view(np.bool_))
         out += np.greater_equal(y, _FOUR).view(np.uint8)
         return out
     # NaN or huge values: nearest_int's bit trick, exactly as C evaluates it
@@ -526,9 +531,14 @@ def _scale_search(
     scs = _F1 / ids
     codes = np.empty((n, n_k), dtype=np.int32)
     y = np.empty(xs.shape, dtype=np.float32)
+    lvb = np.empty(xs.shape, dtype=np.uint8)
+    # float products are monotone in each non-negative factor: one bound covers every candidate
+    safe = bool(np.abs(xs).max(initial=_F0) * ids.max(initial=_F0) < _Y_SAFE) and bool(
+        ids.min(initial=_F0) >= 0
+    )
     for k in range(n_k):
         np.multiply(ids[k][:, None], xs, out=y)
-        codes[:, k] = _codes(_level_bytes(y))
+        codes[:, k] = _codes(_level_bytes(y, safe if safe else None, lvb))
     sc = np.repeat(scs.T, ng, axis=0)
     gi, on = _neighbours(g, codes, sc, xv.reshape(n, 8), wa.reshape(n, 8))
     gi3 = gi.reshape(n_sb, ng, n_k)
