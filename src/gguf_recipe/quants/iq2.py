@@ -57,6 +57,8 @@ _Y_SAFE = np.float32(2.0**21)
 _PACK4 = np.uint32(0x01041040)
 # grids whose neighbour lists are shorter than this on average use 4-part tables (see _Grid.parts)
 _PARTS4_BELOW = 24.0
+# grids whose lists are shorter than this on average refit with the exact search (see _Grid.refit_exact)
+_REFIT_EXACT_BELOW = 24.0
 # padded widths of the neighbour-list buckets grow by these factors (short lists, long lists; measured)
 _WIDTH_GROWTH = (1.5, 2.0)
 _MAX_LINES = 6  # most competing neighbours a run is evaluated on, candidate by candidate
@@ -158,7 +160,7 @@ def _grid(name: str) -> _Grid:
         parts,
         part_mat,
         np.ascontiguousarray(tcode, dtype=np.int32),
-        float(cnt.mean()) < 24,
+        float(cnt.mean()) < _REFIT_EXACT_BELOW,
         2048 if float(cnt.mean()) >= 24 else 8192,
     )
 
