@@ -145,13 +145,26 @@ def test_shared_search_equals_exact_search(name: str, seed: int) -> None:
     codes = np.take_along_axis(np.concatenate([off_codes, on_codes], axis=1), choice, axis=1).astype(np.int32)
     base = np.where(rng.random(n) < 0.3, 1.0, rng.uniform(0.5, 1.5, n))
     scale = (base[:, None] * (1 + 0.04 * np.arange(k))[None, :]).astype(np.float32)
-    gi, on = iq2_mod._neighbours(g, codes, scale, xval, waux)
+    gi, on, clear = iq2_mod._neighbours(g, codes, scale, xval, waux)
     assert np.array_equal(on, t.kmap[codes] >= 0)
     assert np.array_equal(gi[on], t.kmap[codes][on])
     grp, cand = np.nonzero(~on)
     terms = iq2_mod._d2_terms(g, xval[grp], waux[grp], scale[grp, cand])
     exact = iq2_mod._exact_neighbour(g, t.nb_row[codes[grp, cand]], terms)
     assert np.array_equal(gi[grp, cand], exact)
+
+    # what the refit reuses (_reuse_decided): adjacent candidates with the same code, both decided by a
+    # clear margin, with the same winner -- that winner is C's pick at every scale in between
+    same = (codes[:, 1:] == codes[:, :-1]) & ~on[:, 1:] & clear[:, 1:] & clear[:, :-1]
+    same &= gi[:, 1:] == gi[:, :-1]
+    rg, rk = np.nonzero(same)
+    assert rg.size > 100
+    assert not clear[~on].all()  # the ties of the integer data were not taken as clear
+    lo, hi = scale[rg, rk], scale[rg, rk + 1]
+    mid = (lo + rng.random(rg.size) * (hi - lo)).astype(np.float32)
+    terms = iq2_mod._d2_terms(g, xval[rg], waux[rg], mid)
+    exact = iq2_mod._exact_neighbour(g, t.nb_row[codes[rg, rk]], terms)
+    assert np.array_equal(gi[rg, rk], exact)
 
 
 def test_level_codes_match_nearest_int() -> None:

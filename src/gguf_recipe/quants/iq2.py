@@ -320,9 +320,10 @@ def _run_entries(first: IntpArray, last: IntpArray) -> tuple[IntpArray, IntpArra
 
 def _neighbours(
     g: _Grid, codes: I32Array, sc: F32Array, xv: F32Array, wa: F32Array
-) -> tuple[I32Array, BoolArray]:
+) -> tuple[I32Array, BoolArray, BoolArray]:
     """Grid point of every (group, candidate): codes/sc (n, K), xv/wa (n, 8). Returns grid indices
-    (n, K) (``iq2_find_best_neighbour`` where the code is off the grid) and the on-grid mask.
+    (n, K) (``iq2_find_best_neighbour`` where the code is off the grid), the on-grid mask and the
+    off-grid entries decided by a clear margin (not by the exact path; see :func:`_reuse_decided`).
 
     For an off-grid entry with scale s, neighbour j's d2 is ``s*E_j + sum waux*x^2`` with
     E_j = s*A_j - 2*B_j (real arithmetic). E is evaluated in float32 for every padded neighbour; the
@@ -344,6 +345,7 @@ def _neighbours(
     on = look >= 0
     gi = look
     coefs = _margin_coefs(xv, wa)
+    clear: BoolArray = np.zeros(codes.shape, dtype=np.bool_)
     for a in range(0, n, g.block):
         b = min(n, a + g.block)
         lk = look[a:b].reshape(-1)
@@ -464,21 +466,28 @@ def _neighbours(
         dec_e = pres[pid]
         done = dec_e >= 0
         res[done] = dec_e[done]
+        clear[a:b].reshape(-1)[ent] = True
         if amb_l:
             amb = np.concatenate(amb_l)
+            clear[a:b].reshape(-1)[ent[amb]] = False
             ga = a + egrp[amb]
             terms = _d2_terms(g, xv[ga], wa[ga], es[amb])
             res[amb] = _exact_neighbour(g, prow[pid[amb]], terms)
         gi[a:b].reshape(-1)[ent] = res
-    return gi, on
+    return gi, on, clear
 
 
 @dataclass(frozen=True)
 class _Fit:
-    """What the scale search hands to :func:`_refit`: w*xval and w value-major (S, values)."""
+    """What the scale search hands to :func:`_refit`: w*xval and w value-major (S, values); the
+    candidates' scales (K, S), codes, grid points and clear flags (n, K) (see :func:`_neighbours`)."""
 
     wx_t: F32Array
     w_t: F32Array
+    scs: F32Array
+    codes: I32Array
+    gi: I32Array
+    clear: BoolArray
 
 
 def _sub_sums(
@@ -542,7 +551,7 @@ def _scale_search(
         np.multiply(ids[k][:, None], xs, out=y)
         codes[:, k] = _codes(_level_bytes(y, safe if safe else None, lvb))
     sc = np.repeat(scs.T, ng, axis=0)
-    gi, on = _neighbours(g, codes, sc, xv.reshape(n, 8), wa.reshape(n, 8))
+    gi, on, clear = _neighbours(g, codes, sc, xv.reshape(n, 8), wa.reshape(n, 8))
     gi3 = gi.reshape(n_sb, ng, n_k)
     on3 = on.reshape(n_sb, ng, n_k)
     # a candidate with the same grid points (and flags) as the one before cannot change the outcome
@@ -579,7 +588,34 @@ def _scale_search(
     r = np.arange(n_sb)
     gi_best = np.where(taken[:, None], gi3[r, :, kb], g.look[0]).astype(np.int32)
     on_best = np.where(taken[:, None], on3[r, :, kb], True)
-    return scale, gi_best, on_best, _Fit(wx_t, w_t)
+    return scale, gi_best, on_best, _Fit(wx_t, w_t, scs, codes, gi, clear)
+
+
+def _reuse_decided(
+    gnew: I32Array, off: IntpArray, rg: IntpArray, ng: int, sp: F32Array, codes: I32Array, fit: _Fit
+) -> IntpArray:
+    """Off-grid refit groups whose neighbour search the scale search already settled: the refit scale
+    lies between two adjacent candidates' scales whose code is the refit's code and whose run was
+    decided by its ends (a clear minimum at both ends is the clear minimum all along, see
+    :func:`_neighbours`). Their grid points go into ``gnew``; returns the others."""
+    grp = rg[off]
+    s_o = sp[off]
+    n_k = fit.scs.shape[0]
+    if n_k < 2:
+        return off
+    # candidate scales fall with k: k such that scs[k] >= s > scs[k + 1] (NaN: none)
+    col = fit.scs[:, grp // ng]
+    k = np.add.reduce(np.greater_equal(col, s_o).view(np.uint8), axis=0, dtype=np.uint8).astype(np.intp) - 1
+    inside = (k >= 0) & (k < n_k - 1)
+    k = np.clip(k, 0, n_k - 2)
+    c0 = fit.codes[grp, k]
+    ok = inside & (c0 == codes[off]) & (fit.codes[grp, k + 1] == c0)
+    ok &= fit.clear[grp, k] & fit.clear[grp, k + 1]
+    g0 = fit.gi[grp, k]
+    ok &= g0 == fit.gi[grp, k + 1]
+    gnew[off[ok]] = g0[ok]
+    rest: IntpArray = off[~ok]
+    return rest
 
 
 def _refit(
@@ -598,6 +634,8 @@ def _refit(
     look = g.look[codes]
     gnew = look.copy()
     off = np.flatnonzero(look < 0)
+    if off.size:
+        off = _reuse_decided(gnew, off, rg, ng, sp, codes, fit)
     if off.size:
         wa8 = wa.reshape(-1, 8)[rg[off]]
         if g.refit_exact:
