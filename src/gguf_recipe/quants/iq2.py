@@ -47,6 +47,7 @@ GROUP_MAX_EPS_IQ2_S = np.float32(1e-8)
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
 _HALF = np.float32(0.5)
+_MAGIC = np.float32(12582912.0)  # 1.5 * 2**23, nearest_int's rounding constant
 _TENTH = np.float32(0.1)
 _INF = np.float32(np.inf)
 _TWO = np.float32(2.0)
@@ -661,11 +662,24 @@ def _make_qp_quants_32_4(x: F32Array, w: F32Array) -> F32Array:
     lq = (nearest_int(iscale * xt) & 255).astype(np.float32)
     diff = xt - (_F1 / iscale) * lq
     best_mse = seq_sum((wt * diff) * diff)
-    for is_ in (-4, -3, -2, -1, 1, 2, 3, 4):
-        iscale_is = (_TENTH * np.float32(is_) + nmax) / mx
-        li = np.minimum(nearest_int(iscale_is * xt), 4).astype(np.float32)
-        diff = xt - (_F1 / iscale_is) * li
-        mse = seq_sum((wt * diff) * diff)
+    trials = [(_TENTH * np.float32(is_) + nmax) / mx for is_ in (-4, -3, -2, -1, 1, 2, 3, 4)]
+    # below 2**22, (v + 1.5*2**23) - 1.5*2**23 is nearest_int(v) as a float (one bound for all trials)
+    exact_round = bool(np.abs(xt).max(initial=_F0) * max(float(t.max(initial=_F0)) for t in trials) < 2.0**22)
+    li = np.empty(xt.shape, dtype=np.float32)
+    diff = np.empty(xt.shape, dtype=np.float32)
+    for iscale_is in trials:
+        if exact_round:
+            np.multiply(iscale_is, xt, out=li)
+            li += _MAGIC
+            li -= _MAGIC
+            np.minimum(li, nmax, out=li)
+        else:
+            li = np.minimum(nearest_int(iscale_is * xt), 4).astype(np.float32)
+        np.multiply(_F1 / iscale_is, li, out=diff)
+        np.subtract(xt, diff, out=diff)
+        np.multiply(wt, diff, out=li)
+        li *= diff
+        mse = seq_sum(li)
         better = mse < best_mse
         best_mse = np.where(better, mse, best_mse)
         iscale = np.where(better, iscale_is, iscale)
@@ -674,19 +688,22 @@ def _make_qp_quants_32_4(x: F32Array, w: F32Array) -> F32Array:
     wx = w * x
     sumlx = _seqsum(wx * lf)
     suml2 = _seqsum((w * lf) * lf)
-    lst = li_int & 255  # stored as uint8
-    todo = np.arange(x.shape[0])
+    # value-major (32, S): the sequential loop over i reads contiguous rows
+    lst = np.ascontiguousarray((li_int & 255).T)  # stored as uint8 in C
+    wxt = wt * xt
+    todo: IntpArray | None = None  # None: every sub-block
     for _ in range(5):
-        if todo.size == 0:
+        n_todo = x.shape[0] if todo is None else todo.size
+        if n_todo == 0:
             break
-        changed = np.zeros(todo.size, dtype=np.bool_)
-        slx_all = sumlx[todo]
-        sl2_all = suml2[todo]
+        changed = np.zeros(n_todo, dtype=np.bool_)
+        slx_all = sumlx if todo is None else sumlx[todo]
+        sl2_all = suml2 if todo is None else suml2[todo]
         for i in range(32):
-            wi = w[todo, i]
-            xi = x[todo, i]
-            wxi = wx[todo, i]
-            li_old = lst[todo, i]
+            if todo is None:
+                wi, xi, wxi, li_old = wt[i], xt[i], wxt[i], lst[i]
+            else:
+                wi, xi, wxi, li_old = wt[i][todo], xt[i][todo], wxt[i][todo], lst[i][todo]
             lo = li_old.astype(np.float32)
             slx = slx_all - wxi * lo
             sl2 = sl2_all - (wi * lo) * lo
@@ -694,17 +711,25 @@ def _make_qp_quants_32_4(x: F32Array, w: F32Array) -> F32Array:
             new_l = np.minimum(nearest_int((xi * sl2) / slx), 4)
             ok &= new_l != li_old
             nf = new_l.astype(np.float32)
-            slx = slx + wxi * nf
-            sl2 = sl2 + (wi * nf) * nf
+            slx += wxi * nf
+            sl2 += (wi * nf) * nf
             ok &= (slx * slx) * sl2_all > (slx_all * slx_all) * sl2
             if ok.any():
-                lst[todo[ok], i] = new_l[ok] & 255
+                upd = np.where(ok, new_l & 255, li_old)
+                if todo is None:
+                    lst[i] = upd
+                else:
+                    lst[i][todo] = upd
                 slx_all = np.where(ok, slx, slx_all)
                 sl2_all = np.where(ok, sl2, sl2_all)
                 changed |= ok
-        sumlx[todo] = slx_all
-        suml2[todo] = sl2_all
-        todo = todo[changed]
+        if todo is None:
+            sumlx, suml2 = slx_all, sl2_all
+            todo = np.flatnonzero(changed)
+        else:
+            sumlx[todo] = slx_all
+            suml2[todo] = sl2_all
+            todo = todo[changed]
     out: F32Array = np.where(suml2 > 0, sumlx / np.where(suml2 > 0, suml2, _F1), _F0).astype(np.float32)
     return out
 
