@@ -650,15 +650,11 @@ def _refit(
     scale[sel] = np.where(sumq2 > 0, sumqx / sumq2, scale[sel])
 
 
-def _make_qp_quants_32_4(x: F32Array, w: F32Array) -> F32Array:
-    """ggml's ``make_qp_quants(32, 4, x, L, w)`` for (S, 32) rows whose max is >= GROUP_MAX_EPS; returns
-    the scale. ``L`` is ``uint8_t`` there, so negative levels (possible: one xval may be negative) wrap."""
+def _qp_best_iscale(xt: F32Array, wt: F32Array, mx: F32Array) -> F32Array:
+    """The first part of ``make_qp_quants(32, 4, ...)``: the inverse scale of smallest weighted error
+    among nmax/max and the 8 trials (0.1*is + nmax)/max, is = -4..4; xt/wt value-major (32, S)."""
     nmax = np.float32(4)
-    mx = x.max(axis=1)
     iscale = nmax / mx
-    # value-major copies: C's sequential sums over the 32 values become whole-row adds
-    xt = np.ascontiguousarray(x.T)
-    wt = np.ascontiguousarray(w.T)
     lq = (nearest_int(iscale * xt) & 255).astype(np.float32)
     diff = xt - (_F1 / iscale) * lq
     best_mse = seq_sum((wt * diff) * diff)
@@ -683,6 +679,16 @@ def _make_qp_quants_32_4(x: F32Array, w: F32Array) -> F32Array:
         better = mse < best_mse
         best_mse = np.where(better, mse, best_mse)
         iscale = np.where(better, iscale_is, iscale)
+    return iscale
+
+
+def _make_qp_quants_32_4(x: F32Array, w: F32Array) -> F32Array:
+    """ggml's ``make_qp_quants(32, 4, x, L, w)`` for (S, 32) rows whose max is >= GROUP_MAX_EPS; returns
+    the scale. ``L`` is ``uint8_t`` there, so negative levels (possible: one xval may be negative) wrap."""
+    # value-major copies: C's sequential sums over the 32 values become whole-row adds
+    xt = np.ascontiguousarray(x.T)
+    wt = np.ascontiguousarray(w.T)
+    iscale = _qp_best_iscale(xt, wt, x.max(axis=1))
     li_int = np.minimum(nearest_int(iscale[:, None] * x), 4)
     lf = li_int.astype(np.float32)
     wx = w * x
