@@ -264,7 +264,8 @@ def _reference_qp_iscale(x: np.ndarray, w: np.ndarray) -> np.ndarray:
         better = mse < best
         best = np.where(better, mse, best)
         iscale = np.where(better, trial, iscale)
-    return iscale
+    out: np.ndarray = iscale
+    return out
 
 
 def test_qp_trial_rounding_is_nearest_int() -> None:
