@@ -62,7 +62,9 @@ _PARTS4_BELOW = 24.0
 _REFIT_EXACT_BELOW = 24.0
 # padded widths of the neighbour-list buckets grow by these factors (short lists, long lists; measured)
 _WIDTH_GROWTH = (1.5, 2.0)
-_MAX_LINES = 6  # most competing neighbours a run is evaluated on, candidate by candidate
+# most competing neighbours a run is evaluated on, candidate by candidate, for long lists; short lists
+# (IQ2_S, IQ2_XXS) evaluate those runs on every neighbour: cheaper than gathering the members (measured)
+_MAX_LINES = 6
 # near-tie margin of the neighbour search, relative to M = sum waux*(5s + |x|)^2 (see _margin_coefs)
 _TIE_REL = np.float32(2.0**-16)
 _TIE_ABS = np.float32(2.0**-130)
@@ -98,6 +100,7 @@ class _Grid:
     tcode_t: I32Array  # (8, total): i * 3 + level_i of the grid point at flat neighbour entry e
     refit_exact: bool  # short lists: one-off searches are cheaper exactly than through the tables
     block: int  # groups per neighbour-search block (measured: long lists want smaller blocks)
+    max_lines: int  # see _MAX_LINES
 
 
 @cache
@@ -163,6 +166,7 @@ def _grid(name: str) -> _Grid:
         np.ascontiguousarray(tcode, dtype=np.int32),
         float(cnt.mean()) < _REFIT_EXACT_BELOW,
         2048 if float(cnt.mean()) >= 24 else 8192,
+        2 if short else _MAX_LINES,
     )
 
 
@@ -338,7 +342,7 @@ def _neighbours(
     margin changes by less than the ratio of those scales, < 1.5, far inside its slack). When the ends
     have different clear minima j0 and j1, only the neighbours within the margin of j1 at the first end
     and of j0 at the last can win in between (the others are beaten by j0 or j1 all along): runs with
-    at most ``_MAX_LINES`` of those are evaluated on them alone, candidate by candidate, the rest on
+    at most ``g.max_lines`` of those are evaluated on them alone, candidate by candidate, the rest on
     every neighbour. The scales along a row of ``sc`` must be monotone, spanning a ratio below 1.5.
     """
     n, k_n = codes.shape
@@ -430,7 +434,7 @@ def _neighbours(
                     if bad.any():
                         amb_l.append(eb[bad])
                     dec[p2] = True
-                few = (n_in > 2) & (n_in <= _MAX_LINES)
+                few = (n_in > 2) & (n_in <= g.max_lines)
                 p2 = two[few]
                 if p2.size:
                     rr, cc = np.nonzero(inset[:, few].T)
