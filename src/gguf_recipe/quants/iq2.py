@@ -58,8 +58,6 @@ _Y_SAFE = np.float32(2.0**21)
 _PACK4 = np.uint32(0x01041040)
 # grids whose neighbour lists are shorter than this on average use 4-part tables (see _Grid.parts)
 _PARTS4_BELOW = 24.0
-# grids whose lists are shorter than this on average refit with the exact search (see _Grid.refit_exact)
-_REFIT_EXACT_BELOW = 24.0
 # padded widths of the neighbour-list buckets grow by these factors (short lists, long lists; measured)
 _WIDTH_GROWTH = (1.5, 2.0)
 # most competing neighbours a run is evaluated on, candidate by candidate, for long lists; short lists
@@ -98,7 +96,6 @@ class _Grid:
     parts: int  # coordinates are split into this many parts of 8 // parts (2 or 4)
     part_mat: F32Array  # (2c, 2 * 3**c): [waux, waux*x] of c coordinates -> (A, 2B) of each code
     tcode_t: I32Array  # (8, total): i * 3 + level_i of the grid point at flat neighbour entry e
-    refit_exact: bool  # short lists: one-off searches are cheaper exactly than through the tables
     block: int  # groups per neighbour-search block (measured: long lists want smaller blocks)
     max_lines: int  # see _MAX_LINES
 
@@ -164,7 +161,6 @@ def _grid(name: str) -> _Grid:
         parts,
         part_mat,
         np.ascontiguousarray(tcode, dtype=np.int32),
-        float(cnt.mean()) < _REFIT_EXACT_BELOW,
         2048 if float(cnt.mean()) >= 24 else 8192,
         2 if short else _MAX_LINES,
     )
@@ -642,12 +638,9 @@ def _refit(
     if off.size:
         off = _reuse_decided(gnew, off, rg, ng, sp, codes, fit)
     if off.size:
-        wa8 = wa.reshape(-1, 8)[rg[off]]
-        if g.refit_exact:
-            terms = _d2_terms(g, x8[off], wa8, sp[off])
-            gnew[off] = _exact_neighbour(g, -1 - look[off], terms)
-        else:
-            gnew[off] = _neighbours(g, codes[off][:, None], sp[off][:, None], x8[off], wa8)[0][:, 0]
+        # the few groups left: one-off searches are cheaper exactly than through the tables (measured)
+        terms = _d2_terms(g, x8[off], wa.reshape(-1, 8)[rg[off]], sp[off])
+        gnew[off] = _exact_neighbour(g, -1 - look[off], terms)
     gi.reshape(-1)[rg] = gnew
     sel = np.flatnonzero(redo.any(axis=1))
     sumqx, sumq2 = _sub_sums(g, fit.wx_t, fit.w_t, sel, gi[sel])
