@@ -346,7 +346,7 @@ def _neighbours(
     on = look >= 0
     gi = look
     coefs = _margin_coefs(xv, wa)
-    clear: BoolArray = np.zeros(codes.shape, dtype=np.bool_)
+    clear: BoolArray = ~on  # cleared below where the exact path decides
     for a in range(0, n, g.block):
         b = min(n, a + g.block)
         lk = look[a:b].reshape(-1)
@@ -358,7 +358,6 @@ def _neighbours(
         new[:, 1:] &= cd[:, 1:] != cd[:, :-1]
         newf = new.reshape(-1)
         pstart = np.flatnonzero(newf)
-        pid = (np.cumsum(newf, dtype=np.int32) - 1)[ent]
         efirst = np.flatnonzero(newf[ent])  # entry index of each pair's first candidate
         elast = np.empty_like(efirst)
         elast[:-1] = efirst[1:] - 1
@@ -464,16 +463,14 @@ def _neighbours(
             bad |= bad_e[eb]
             if bad.any():
                 amb_l.append(eb[bad])
-        dec_e = pres[pid]
-        done = dec_e >= 0
-        res[done] = dec_e[done]
-        clear[a:b].reshape(-1)[ent] = True
+        dec_e = np.repeat(pres, elast - efirst + 1)
+        res = np.where(dec_e >= 0, dec_e, res)
         if amb_l:
             amb = np.concatenate(amb_l)
             clear[a:b].reshape(-1)[ent[amb]] = False
             ga = a + egrp[amb]
             terms = _d2_terms(g, xv[ga], wa[ga], es[amb])
-            res[amb] = _exact_neighbour(g, prow[pid[amb]], terms)
+            res[amb] = _exact_neighbour(g, prow[np.searchsorted(efirst, amb, side="right") - 1], terms)
         gi[a:b].reshape(-1)[ent] = res
     return gi, on, clear
 
