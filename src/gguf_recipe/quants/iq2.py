@@ -289,10 +289,10 @@ def _pick(a: F32Array, b2: F32Array, s: F32Array, thr: F32Array) -> tuple[F32Arr
     width = est.shape[0]
     lim = np.minimum.reduce(est, axis=0)  # a NaN anywhere makes lim NaN: counted as bad below
     small = np.uint8 if width < 255 else np.uint16
-    hit = np.less_equal(est, lim + thr)
-    close = np.add.reduce(hit.view(np.uint8), axis=0, dtype=small)
-    np.equal(est, lim, out=hit)
-    j = np.add.reduce(hit.view(np.uint8) * _ROWS[:width, None].astype(small), axis=0, dtype=small)
+    hit = np.less_equal(est, lim + thr).view(np.uint8)
+    close = np.add.reduce(hit, axis=0, dtype=small)
+    # where close == 1 the one entry within the margin is the minimum: its row is the sum of row * hit
+    j = np.add.reduce(hit * _ROWS[:width, None].astype(small), axis=0, dtype=small)
     jj: IntpArray = np.minimum(j, width - 1).astype(np.intp)
     # a NaN minimum or limit counts nothing: never 1
     return est, jj, close != 1
