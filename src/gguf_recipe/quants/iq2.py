@@ -554,9 +554,12 @@ def _scale_search(
     on3 = on.reshape(n_sb, ng, n_k)
     # a candidate with the same grid points (and flags) as the one before cannot change the outcome
     change = np.ones((n_k, n_sb), dtype=np.bool_)
-    chg = (gi3[:, :, 1:] != gi3[:, :, :-1]).any(axis=1)
-    if track_on:
-        chg |= (on3[:, :, 1:] != on3[:, :, :-1]).any(axis=1)
+    # grid indices are < 2**16: one key holds the grid point and the on-grid flag
+    key = (gi | (on.view(np.uint8).astype(np.int32) << 16) if track_on else gi).reshape(n_sb, ng, n_k)
+    diff = key[:, :, 1:] != key[:, :, :-1]
+    chg = diff[:, 0].copy()
+    for grp in range(1, ng):
+        chg |= diff[:, grp]
     change[1:] = chg.T
     flat = np.flatnonzero(change)
     ke = flat // n_sb
