@@ -15,9 +15,14 @@ How the work is shared (everything over all sub-blocks of a chunk at once):
   waux*x*q), with A and B read from small per-group tables (sums over parts of the coordinates); the
   padded neighbour lists are gathered once per run of candidates with the same code, evaluated at the
   run's two ends, and only runs whose best neighbour changes go candidate by candidate. Only near ties
-  (see ``_neighbours``) take C's exact float32 distance;
+  (see ``_neighbours``) take C's exact float32 distance. The lists are laid out (width, runs): the
+  minimum, the near-tie count and the winner's row are reductions over the outer axis, and padded slots
+  read a +inf sentinel of the tables;
 * a candidate whose grid points (and on-grid flags) equal the previous candidate's cannot change the
-  outcome, so sumqx/sumq2 and the selection run only on the candidates that changed something.
+  outcome, so sumqx/sumq2 and the selection run only on the candidates that changed something;
+* C's last rounding at the refined scale reuses the search's pick where that scale lies between two
+  adjacent candidates with the same code and the same clearly decided winner (``_reuse_decided``);
+  the other groups take the exact search.
 
 Exactness notes: the arithmetic that decides bytes is float32 in C order (no FMA). C's sequential
 ``sum += ...`` loops are column-by-column adds, starting from ``+0.0`` like C.
