@@ -463,7 +463,8 @@ def _neighbours(
             # candidate by candidate for the remaining pairs
             loc, eb = _run_entries(f[und], la[und])
             loc = und[loc]
-            _, j, bad = _pick(np.take(av, loc, axis=1), np.take(b2, loc, axis=1), es[eb], thr[eb])
+            ab_e = np.take(ab_sum.view(np.uint64)[:, :, 0], loc, axis=1).view(np.float32)  # (A, 2B) pairs
+            _, j, bad = _pick(ab_e[:, 0::2], ab_e[:, 1::2], es[eb], thr[eb])
             res[eb] = nbp[rows_b[loc], j]
             bad |= bad_e[eb]
             if bad.any():
