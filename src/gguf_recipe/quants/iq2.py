@@ -105,6 +105,11 @@ class _Grid:
     max_lines: int  # see _MAX_LINES
 
 
+def _block_groups(mean_count: float) -> int:
+    """Groups per neighbour-search block (measured): longer lists, more table per group, smaller blocks."""
+    return 8192 if mean_count < 12 else 4096 if mean_count < 24 else 2048
+
+
 @cache
 def _grid(name: str) -> _Grid:
     t = iq2_tables(name)
@@ -166,7 +171,7 @@ def _grid(name: str) -> _Grid:
         parts,
         part_mat,
         np.ascontiguousarray(tcode, dtype=np.int32),
-        2048 if float(cnt.mean()) >= 24 else 8192,
+        _block_groups(float(cnt.mean())),
         2 if short else _MAX_LINES,
     )
 
