@@ -145,13 +145,26 @@ def test_shared_search_equals_exact_search(name: str, seed: int) -> None:
     codes = np.take_along_axis(np.concatenate([off_codes, on_codes], axis=1), choice, axis=1).astype(np.int32)
     base = np.where(rng.random(n) < 0.3, 1.0, rng.uniform(0.5, 1.5, n))
     scale = (base[:, None] * (1 + 0.04 * np.arange(k))[None, :]).astype(np.float32)
-    gi, on = iq2_mod._neighbours(g, codes, scale, xval, waux)
+    gi, on, clear = iq2_mod._neighbours(g, codes, scale, xval, waux)
     assert np.array_equal(on, t.kmap[codes] >= 0)
     assert np.array_equal(gi[on], t.kmap[codes][on])
     grp, cand = np.nonzero(~on)
     terms = iq2_mod._d2_terms(g, xval[grp], waux[grp], scale[grp, cand])
     exact = iq2_mod._exact_neighbour(g, t.nb_row[codes[grp, cand]], terms)
     assert np.array_equal(gi[grp, cand], exact)
+
+    # what the refit reuses (_reuse_decided): adjacent candidates with the same code, both decided by a
+    # clear margin, with the same winner -- that winner is C's pick at every scale in between
+    same = (codes[:, 1:] == codes[:, :-1]) & ~on[:, 1:] & clear[:, 1:] & clear[:, :-1]
+    same &= gi[:, 1:] == gi[:, :-1]
+    rg, rk = np.nonzero(same)
+    assert rg.size > 100
+    assert not clear[~on].all()  # the ties of the integer data were not taken as clear
+    lo, hi = scale[rg, rk], scale[rg, rk + 1]
+    mid = (lo + rng.random(rg.size) * (hi - lo)).astype(np.float32)
+    terms = iq2_mod._d2_terms(g, xval[rg], waux[rg], mid)
+    exact = iq2_mod._exact_neighbour(g, t.nb_row[codes[rg, rk]], terms)
+    assert np.array_equal(gi[rg, rk], exact)
 
 
 def test_level_codes_match_nearest_int() -> None:
@@ -227,3 +240,53 @@ def test_never_crashes_and_sizes_are_right(
     q = quantize(x, name, imatrix, threads=1)
     assert q.dtype == np.uint8
     assert q.shape == (x.shape[0], x.shape[1] // 256 * ROW_BYTES_PER_256[name])
+
+
+def _reference_qp_iscale(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """make_qp_quants' trial loop as C writes it, per (S, 32) row, with nearest_int's bit trick."""
+    f32 = np.float32
+    mx = x.max(axis=1)
+    iscale = f32(4) / mx
+    lq = (nearest_int(iscale[:, None] * x) & 255).astype(f32)
+    diff = x - (f32(1) / iscale)[:, None] * lq
+    terms = (w * diff) * diff
+    best = np.zeros(x.shape[0], dtype=f32)
+    for i in range(32):
+        best += terms[:, i]
+    for is_ in (-4, -3, -2, -1, 1, 2, 3, 4):
+        trial = (f32(0.1) * f32(is_) + f32(4)) / mx
+        li = np.minimum(nearest_int(trial[:, None] * x), 4).astype(f32)
+        diff = x - (f32(1) / trial)[:, None] * li
+        terms = (w * diff) * diff
+        mse = np.zeros(x.shape[0], dtype=f32)
+        for i in range(32):
+            mse += terms[:, i]
+        better = mse < best
+        best = np.where(better, mse, best)
+        iscale = np.where(better, trial, iscale)
+    out: np.ndarray = iscale
+    return out
+
+
+def test_qp_trial_rounding_is_nearest_int() -> None:
+    """IQ2_XXS's make_qp_quants rounds its trial levels with the float constant 1.5*2**23, which is
+    nearest_int only below 2**22: half-way values (a trial inverse scale of exactly 2 on (k + 0.5)/2)
+    pick what C picks, and a row with a value past that bound (a huge negative, as the parity flip of
+    a low-importance element makes) must take nearest_int's bit trick like C."""
+    rng = np.random.default_rng(3)
+    n_sub = 4000
+    is_ = rng.choice([-4, -3, -2, -1, 1, 2, 3, 4], n_sub).astype(np.float32)
+    mx = (np.float32(0.1) * is_ + np.float32(4)) / np.float32(2)  # that trial's inverse scale is 2
+    x = rng.choice(np.array([0.25, 0.75, 1.25, 1.75, 0.5, 1.0], dtype=np.float32), (n_sub, 32))
+    x[np.arange(n_sub), rng.integers(0, 32, n_sub)] = mx
+    w = rng.choice(np.array([1.0, 2.0, 0.5], dtype=np.float32), (n_sub, 32)) * rng.exponential(
+        size=(n_sub, 1)
+    )
+    w = w.astype(np.float32)
+    want = _reference_qp_iscale(x, w)
+    got = iq2_mod._qp_best_iscale(np.ascontiguousarray(x.T), np.ascontiguousarray(w.T), x.max(axis=1))
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    huge = x.copy()
+    huge[:, 7] = -3e7
+    got = iq2_mod._qp_best_iscale(np.ascontiguousarray(huge.T), np.ascontiguousarray(w.T), huge.max(axis=1))
+    assert np.array_equal(got.view(np.uint32), _reference_qp_iscale(huge, w).view(np.uint32))

@@ -15,9 +15,14 @@ How the work is shared (everything over all sub-blocks of a chunk at once):
   waux*x*q), with A and B read from small per-group tables (sums over parts of the coordinates); the
   padded neighbour lists are gathered once per run of candidates with the same code, evaluated at the
   run's two ends, and only runs whose best neighbour changes go candidate by candidate. Only near ties
-  (see ``_neighbours``) take C's exact float32 distance;
+  (see ``_neighbours``) take C's exact float32 distance. The lists are laid out (width, runs): the
+  minimum, the near-tie count and the winner's row are reductions over the outer axis, and padded slots
+  read a +inf sentinel of the tables;
 * a candidate whose grid points (and on-grid flags) equal the previous candidate's cannot change the
-  outcome, so sumqx/sumq2 and the selection run only on the candidates that changed something.
+  outcome, so sumqx/sumq2 and the selection run only on the candidates that changed something;
+* C's last rounding at the refined scale reuses the search's pick where that scale lies between two
+  adjacent candidates with the same code and the same clearly decided winner (``_reuse_decided``);
+  the other groups take the exact search.
 
 Exactness notes: the arithmetic that decides bytes is float32 in C order (no FMA). C's sequential
 ``sum += ...`` loops are column-by-column adds, starting from ``+0.0`` like C.
@@ -47,6 +52,7 @@ GROUP_MAX_EPS_IQ2_S = np.float32(1e-8)
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
 _HALF = np.float32(0.5)
+_MAGIC = np.float32(12582912.0)  # 1.5 * 2**23, nearest_int's rounding constant
 _TENTH = np.float32(0.1)
 _INF = np.float32(np.inf)
 _TWO = np.float32(2.0)
@@ -56,12 +62,19 @@ _Y_SAFE = np.float32(2.0**21)
 # (l0 + l1<<8 + l2<<16 + l3<<24) * this has l0 + 4*l1 + 16*l2 + 64*l3 in its top byte (no carries)
 _PACK4 = np.uint32(0x01041040)
 # grids whose neighbour lists are shorter than this on average use 4-part tables (see _Grid.parts)
-_PARTS4_BELOW = 12.0
-_MAX_LINES = 6  # most competing neighbours a run is evaluated on, candidate by candidate
+_PARTS4_BELOW = 24.0
+# padded widths of the neighbour-list buckets grow by these factors (short lists, long lists; measured)
+_WIDTH_GROWTH = (1.5, 2.0)
+# most competing neighbours a run is evaluated on, candidate by candidate, for long lists; short lists
+# (IQ2_S, IQ2_XXS) evaluate those runs on every neighbour: cheaper than gathering the members (measured)
+_MAX_LINES = 6
 # near-tie margin of the neighbour search, relative to M = sum waux*(5s + |x|)^2 (see _margin_coefs)
 _TIE_REL = np.float32(2.0**-16)
 _TIE_ABS = np.float32(2.0**-130)
 _BIG = np.float32(2.0**84)
+_ROWS = np.arange(512, dtype=np.uint16)
+# (A, 2B) = (+inf, 0) as one packed table entry: padded neighbour slots evaluate to +inf, never a minimum
+_SENTINEL = np.array([np.inf, 0.0], dtype=np.float32).view(np.uint64)[0]
 
 if sys.byteorder != "little":  # pragma: no cover - the byte packing below assumes little-endian
     raise ImportError("gguf_recipe.quants.iq2 needs a little-endian machine")
@@ -77,8 +90,9 @@ class _Grid:
     qpos: F32Array  # (8, n_grid) position q = 2*l + 1 of coordinate i of grid point j
     # Neighbour lists in buckets of padded widths: row r lives in bucket[r] at position slot[r]; there
     # nbp[b] (rows, W) holds its grid indices, padded with the row's first neighbour, and hcode[b]
-    # (rows, parts, W) the base-3 codes of the levels of each part of those neighbours' coordinates
-    # (plus part * 3**(8 // parts): the position in a group's part table).
+    # (parts, W, rows) the base-3 codes of the levels of each part of those neighbours' coordinates
+    # (plus part * 3**(8 // parts): the position in a group's part table); padded slots of part 0
+    # point at the table's sentinel (A = +inf), so they never win nor tie.
     bucket: npt.NDArray[np.int8]
     slot: I32Array
     widths: tuple[int, ...]
@@ -87,8 +101,13 @@ class _Grid:
     parts: int  # coordinates are split into this many parts of 8 // parts (2 or 4)
     part_mat: F32Array  # (2c, 2 * 3**c): [waux, waux*x] of c coordinates -> (A, 2B) of each code
     tcode_t: I32Array  # (8, total): i * 3 + level_i of the grid point at flat neighbour entry e
-    refit_exact: bool  # short lists: one-off searches are cheaper exactly than through the tables
     block: int  # groups per neighbour-search block (measured: long lists want smaller blocks)
+    max_lines: int  # see _MAX_LINES
+
+
+def _block_groups(mean_count: float) -> int:
+    """Groups per neighbour-search block (measured): longer lists, more table per group, smaller blocks."""
+    return 8192 if mean_count < 12 else 4096 if mean_count < 24 else 2048
 
 
 @cache
@@ -103,18 +122,20 @@ def _grid(name: str) -> _Grid:
     canon = t.kmap[t.grid_codes.astype(np.int64)].astype(np.int32)
     qpos = np.ascontiguousarray((2 * lv + 1).T, dtype=np.float32)
     cnt = t.nb_count
+    short = float(cnt.mean()) < _PARTS4_BELOW
+    growth = _WIDTH_GROWTH[0] if short else _WIDTH_GROWTH[1]
     widths: list[int] = []
     w = 4
     while True:
         widths.append(min(w, int(cnt.max())))
         if w >= cnt.max():
             break
-        w *= 2
+        w = max(w + 1, round(w * growth))
     bucket = np.searchsorted(np.array(widths), cnt).astype(np.int8)
     slot = np.arange(t.nb_padded.shape[1])[None, :]
     flat_pad = t.nb_start[:, None] + np.where(slot < cnt[:, None], slot, 0)
     # short lists (IQ2_S): small per-group tables of 2-coordinate parts beat fewer, bigger gathers
-    parts = 4 if float(cnt.mean()) < _PARTS4_BELOW else 2
+    parts = 4 if short else 2
     per = 8 // parts
     n_codes = 3**per
     pow3 = 3 ** np.arange(per)
@@ -126,8 +147,10 @@ def _grid(name: str) -> _Grid:
         slot_of[rows] = np.arange(rows.size)
         fp = flat_pad[rows, :w]
         nbp_l.append(np.ascontiguousarray(t.nb_flat[fp], dtype=np.int32))
-        pc = (lv[t.nb_flat[fp]].reshape(*fp.shape, parts, per) @ pow3).transpose(0, 2, 1)
-        hcode_l.append(np.ascontiguousarray(pc + n_codes * np.arange(parts)[None, :, None], dtype=np.int32))
+        pc = (lv[t.nb_flat[fp]].reshape(*fp.shape, parts, per) @ pow3).transpose(2, 1, 0)
+        pc = pc + n_codes * np.arange(parts)[:, None, None]
+        pc[0][(np.arange(w)[:, None] >= cnt[rows][None, :])] = parts * n_codes  # padding: the sentinel
+        hcode_l.append(np.ascontiguousarray(pc, dtype=np.intp))
     digits = (np.arange(n_codes)[:, None] // pow3[None, :]) % 3  # (n_codes, per)
     q = 2 * digits + 1
     part_mat = np.zeros((2 * per, 2 * n_codes), dtype=np.float32)
@@ -148,8 +171,8 @@ def _grid(name: str) -> _Grid:
         parts,
         part_mat,
         np.ascontiguousarray(tcode, dtype=np.int32),
-        float(cnt.mean()) < 24,
-        2048 if float(cnt.mean()) >= 24 else 8192,
+        _block_groups(float(cnt.mean())),
+        2 if short else _MAX_LINES,
     )
 
 
@@ -163,10 +186,15 @@ def _seqsum(a: F32Array) -> F32Array:
     return out
 
 
-def _level_bytes(y: F32Array) -> U8Array:
-    """C's ``MAX(0, MIN(2, nearest_int(0.5f*(y - 1))))`` as uint8, same shape as y."""
-    if y.size and y.min() > -_Y_SAFE and y.max() < _Y_SAFE:
-        out: U8Array = np.greater(y, _TWO).view(np.uint8)
+def _level_bytes(y: F32Array, safe: bool | None = None, out: U8Array | None = None) -> U8Array:
+    """C's ``MAX(0, MIN(2, nearest_int(0.5f*(y - 1))))`` as uint8, same shape as y (into ``out``).
+    ``safe``: the caller knows every |y| < _Y_SAFE (no NaN); None checks."""
+    if safe is None:
+        safe = bool(y.size and y.min() > -_Y_SAFE and y.max() < _Y_SAFE)
+    if safe:
+        if out is None:
+            out = np.empty(y.shape, dtype=np.uint8)
+        np.greater(y, _TWO, out=out.view(np.bool_))
         out += np.greater_equal(y, _FOUR).view(np.uint8)
         return out
     # NaN or huge values: nearest_int's bit trick, exactly as C evaluates it
@@ -255,37 +283,41 @@ def _part_tables(g: _Grid, xv: F32Array, wa: F32Array) -> npt.NDArray[np.uint64]
     rows = max(1, (65536 * 4) // g.part_mat.size)
     for a in range(0, lhs2.shape[0], rows):
         np.matmul(lhs2[a : a + rows], g.part_mat, out=tab[a : a + rows])
-    out: npt.NDArray[np.uint64] = tab.view(np.uint64).reshape(-1)
-    return out
+    out = np.empty((n, g.parts * g.part_mat.shape[1] // 2 + 1), dtype=np.uint64)
+    out[:, :-1] = tab.view(np.uint64).reshape(n, -1)
+    out[:, -1] = _SENTINEL
+    flat: npt.NDArray[np.uint64] = out.reshape(-1)
+    return flat
 
 
-def _pick(
-    a: F32Array, b2: F32Array, s: F32Array, thr: F32Array, npad: I32Array
-) -> tuple[F32Array, IntpArray, BoolArray]:
-    """``a*s - b2`` per row (m, width), its first smallest entry, and whether another neighbour is
-    within ``thr`` of it (or anything is NaN). Rows are padded with copies of their first neighbour
-    (``npad`` of them). Narrow rows go column by column: numpy's per-row reductions are slow there."""
-    est = a * s[:, None]
+def _pick(a: F32Array, b2: F32Array, s: F32Array, thr: F32Array) -> tuple[F32Array, IntpArray, BoolArray]:
+    """``a*s - b2`` per column (width, m), the row of its smallest entry, and whether another entry is
+    within ``thr`` of it (or anything is NaN). Padded slots hold +inf. Where that flag is clear the
+    minimum is unique; elsewhere the row returned is only some valid row."""
+    est = a * s
     est -= b2
-    m, width = est.shape
-    if width <= 8:
-        lim = est[:, 0].copy()
-        j = np.zeros(m, dtype=np.intp)
-        for c in range(1, width):
-            col = est[:, c]
-            j[col < lim] = c
-            np.minimum(lim, col, out=lim)  # a NaN anywhere makes lim NaN: counted as bad below
-    else:
-        j = est.argmin(axis=1)
-        lim = np.take_along_axis(est, j[:, None], axis=1)[:, 0]
-    lim += thr
-    if width <= 32:
-        close = np.zeros(m, dtype=np.intp)
-        for c in range(width):
-            close += est[:, c] <= lim
-    else:
-        close = np.count_nonzero(est <= lim[:, None], axis=1)
-    # a NaN minimum or limit counts nothing: never the expected count
+    width = est.shape[0]
+    lim = np.minimum.reduce(est, axis=0)  # a NaN anywhere makes lim NaN: counted as bad below
+    small = np.uint8 if width < 255 else np.uint16
+    hit = np.less_equal(est, lim + thr).view(np.uint8)
+    close = np.add.reduce(hit, axis=0, dtype=small)
+    # where close == 1 the one entry within the margin is the minimum: its row is the sum of row * hit
+    j = np.add.reduce(hit * _ROWS[:width, None].astype(small), axis=0, dtype=small)
+    jj: IntpArray = np.minimum(j, width - 1).astype(np.intp)
+    # a NaN minimum or limit counts nothing: never 1
+    return est, jj, close != 1
+
+
+def _pick_members(
+    a: F32Array, b2: F32Array, s: F32Array, thr: F32Array, npad: IntpArray
+) -> tuple[F32Array, IntpArray, BoolArray]:
+    """:func:`_pick` for (width, m) member lists padded with ``npad`` copies of their first member."""
+    est = a * s
+    est -= b2
+    lim = np.minimum.reduce(est, axis=0)
+    hit = np.less_equal(est, lim + thr)
+    close = np.add.reduce(hit.view(np.uint8), axis=0, dtype=np.uint8)
+    j = est.argmin(axis=0)
     expect = np.where(j == 0, npad + 1, 1)
     return est, j, close != expect
 
@@ -299,9 +331,10 @@ def _run_entries(first: IntpArray, last: IntpArray) -> tuple[IntpArray, IntpArra
 
 def _neighbours(
     g: _Grid, codes: I32Array, sc: F32Array, xv: F32Array, wa: F32Array
-) -> tuple[I32Array, BoolArray]:
+) -> tuple[I32Array, BoolArray, BoolArray]:
     """Grid point of every (group, candidate): codes/sc (n, K), xv/wa (n, 8). Returns grid indices
-    (n, K) (``iq2_find_best_neighbour`` where the code is off the grid) and the on-grid mask.
+    (n, K) (``iq2_find_best_neighbour`` where the code is off the grid), the on-grid mask and the
+    off-grid entries decided by a clear margin (not by the exact path; see :func:`_reuse_decided`).
 
     For an off-grid entry with scale s, neighbour j's d2 is ``s*E_j + sum waux*x^2`` with
     E_j = s*A_j - 2*B_j (real arithmetic). E is evaluated in float32 for every padded neighbour; the
@@ -315,7 +348,7 @@ def _neighbours(
     margin changes by less than the ratio of those scales, < 1.5, far inside its slack). When the ends
     have different clear minima j0 and j1, only the neighbours within the margin of j1 at the first end
     and of j0 at the last can win in between (the others are beaten by j0 or j1 all along): runs with
-    at most ``_MAX_LINES`` of those are evaluated on them alone, candidate by candidate, the rest on
+    at most ``g.max_lines`` of those are evaluated on them alone, candidate by candidate, the rest on
     every neighbour. The scales along a row of ``sc`` must be monotone, spanning a ratio below 1.5.
     """
     n, k_n = codes.shape
@@ -323,7 +356,7 @@ def _neighbours(
     on = look >= 0
     gi = look
     coefs = _margin_coefs(xv, wa)
-    cnt_all = g.tables.nb_count
+    clear: BoolArray = ~on  # cleared below where the exact path decides
     for a in range(0, n, g.block):
         b = min(n, a + g.block)
         lk = look[a:b].reshape(-1)
@@ -335,7 +368,6 @@ def _neighbours(
         new[:, 1:] &= cd[:, 1:] != cd[:, :-1]
         newf = new.reshape(-1)
         pstart = np.flatnonzero(newf)
-        pid = (np.cumsum(newf, dtype=np.int32) - 1)[ent]
         efirst = np.flatnonzero(newf[ent])  # entry index of each pair's first candidate
         elast = np.empty_like(efirst)
         elast[:-1] = efirst[1:] - 1
@@ -351,31 +383,32 @@ def _neighbours(
         # outside this range the error bound does not hold (overflow): exact path
         bad_e = ~((thr < _BIG) & (thr * es < _BIG))
         tab = _part_tables(g, xv[a:b], wa[a:b])
-        stride = g.parts * g.part_mat.shape[1] // 2
+        stride = g.parts * g.part_mat.shape[1] // 2 + 1  # with the sentinel
         pres = np.full(pstart.size, -1, dtype=np.int32)  # grid point of each decided pair
         res = np.empty(ent.size, dtype=np.int32)
         amb_l: list[IntpArray] = []
         pbk = g.bucket[prow]
         for bi, width in enumerate(g.widths):
-            pm = pbk == bi
-            pl = np.flatnonzero(pm)
+            pl = np.flatnonzero(pbk == bi)
             if pl.size == 0:
                 continue
             rows_b = g.slot[prow[pl]]
             nbp = g.nbp[bi]
-            idx = np.take(g.hcode[bi], rows_b, axis=0)
-            idx += (pgrp[pl] * stride)[:, None, None]
-            ab = np.take(tab, idx).view(np.float32).reshape(pl.size, g.parts, width, 2)
-            ab_sum = np.add.reduce(ab, axis=1)
+            # (parts, width, pairs): every neighbour of a pair is a column entry, pairs run along rows
+            idx = np.take(g.hcode[bi], rows_b, axis=2)
+            idx += pgrp[pl] * stride
+            ab = np.take(tab, idx).view(np.float32).reshape(g.parts, width, pl.size, 2)
+            ab_sum = ab[0] + ab[1]
+            for part in range(2, g.parts):
+                ab_sum += ab[part]
             av = ab_sum[:, :, 0]
             b2 = ab_sum[:, :, 1]
-            npad = width - cnt_all[prow[pl]]
             f, la = efirst[pl], elast[pl]
-            est0, j0, bad0 = _pick(av, b2, es[f], thr[f], npad)
+            est0, j0, bad0 = _pick(av, b2, es[f], thr[f])
             if k_n == 1:  # one candidate per run: both ends are the same entry
                 est1, j1, bad1 = est0, j0, bad0
             else:
-                est1, j1, bad1 = _pick(av, b2, es[la], thr[la], npad)
+                est1, j1, bad1 = _pick(av, b2, es[la], thr[la])
             ends = ~(bad0 | bad1 | bad_e[f] | bad_e[la])
             dec = ends & (j0 == j1)
             pres[pl[dec]] = nbp[rows_b[dec], j0[dec]]
@@ -384,18 +417,18 @@ def _neighbours(
             # margin all along, so in between only the few that are ("lines") compete.
             two = np.flatnonzero(ends & (j0 != j1))
             if two.size:
-                e0, e1 = est0[two], est1[two]
-                lim0 = np.take_along_axis(e0, j1[two][:, None], axis=1) + thr[f[two]][:, None]
-                lim1 = np.take_along_axis(e1, j0[two][:, None], axis=1) + thr[la[two]][:, None]
-                inset = e0 <= lim0
-                inset &= e1 <= lim1
-                inset &= np.arange(width)[None, :] < (width - npad[two])[:, None]  # not the padding
-                n_in = np.count_nonzero(inset, axis=1)
+                t0, t1 = j0[two], j1[two]
+                lim0 = est0[t1, two] + thr[f[two]]
+                lim1 = est1[t0, two] + thr[la[two]]
+                inset = np.take(est0, two, axis=1) <= lim0
+                inset &= np.take(est1, two, axis=1) <= lim1
+                n_in = np.add.reduce(inset.view(np.uint8), axis=0, dtype=np.uint16)
                 # only j0 and j1: the sign of the difference of the two lines decides
-                p2 = two[n_in == 2]
+                only2 = n_in == 2
+                p2 = two[only2]
                 if p2.size:
-                    t0, t1 = j0[p2], j1[p2]
-                    lines = np.stack([av[p2, t0], b2[p2, t0], av[p2, t1], b2[p2, t1]], axis=1)
+                    t0, t1 = t0[only2], t1[only2]
+                    lines = np.stack([av[t0, p2], b2[t0, p2], av[t1, p2], b2[t1, p2]], axis=1)
                     loc, eb = _run_entries(f[p2], la[p2])
                     ln = np.take(lines, loc, axis=0)
                     se = es[eb]
@@ -406,22 +439,23 @@ def _neighbours(
                     if bad.any():
                         amb_l.append(eb[bad])
                     dec[p2] = True
-                few = (n_in > 2) & (n_in <= _MAX_LINES)
+                few = (n_in > 2) & (n_in <= g.max_lines)
                 p2 = two[few]
                 if p2.size:
-                    rr, cc = np.nonzero(inset[few])
-                    n_p = n_in[few]
+                    rr, cc = np.nonzero(inset[:, few].T)
+                    n_p = n_in[few].astype(np.intp)
                     first = np.cumsum(n_p) - n_p
                     n_col = int(n_p.max())
                     mem = np.repeat(cc[first][:, None], n_col, axis=1)  # padded with the first
                     mem[rr, np.arange(rr.size) - first[rr]] = cc
                     loc, eb = _run_entries(f[p2], la[p2])
-                    _, j, bad = _pick(
-                        np.take(av[p2[:, None], mem], loc, axis=0),
-                        np.take(b2[p2[:, None], mem], loc, axis=0),
-                        es[eb],
-                        thr[eb],
-                        (n_col - n_p)[loc],
+                    memt = np.ascontiguousarray(mem.T)
+                    cols = np.take(p2, loc)
+                    mloc = np.take(memt, loc, axis=1)
+                    # padding repeats the first member: equal values, so never a unique minimum unless
+                    # that member is the minimum -- the check below counts distinct members only
+                    _, j, bad = _pick_members(
+                        av[mloc, cols], b2[mloc, cols], es[eb], thr[eb], (n_col - n_p)[loc]
                     )
                     res[eb] = nbp[rows_b[p2][:, None], mem][loc, j]
                     bad |= bad_e[eb]
@@ -434,29 +468,35 @@ def _neighbours(
             # candidate by candidate for the remaining pairs
             loc, eb = _run_entries(f[und], la[und])
             loc = und[loc]
-            _, j, bad = _pick(np.take(av, loc, axis=0), np.take(b2, loc, axis=0), es[eb], thr[eb], npad[loc])
+            ab_e = np.take(ab_sum.view(np.uint64)[:, :, 0], loc, axis=1).view(np.float32)  # (A, 2B) pairs
+            _, j, bad = _pick(ab_e[:, 0::2], ab_e[:, 1::2], es[eb], thr[eb])
             res[eb] = nbp[rows_b[loc], j]
             bad |= bad_e[eb]
             if bad.any():
                 amb_l.append(eb[bad])
-        dec_e = pres[pid]
-        done = dec_e >= 0
-        res[done] = dec_e[done]
+        dec_e = np.repeat(pres, elast - efirst + 1)
+        res = np.where(dec_e >= 0, dec_e, res)
         if amb_l:
             amb = np.concatenate(amb_l)
+            clear[a:b].reshape(-1)[ent[amb]] = False
             ga = a + egrp[amb]
             terms = _d2_terms(g, xv[ga], wa[ga], es[amb])
-            res[amb] = _exact_neighbour(g, prow[pid[amb]], terms)
+            res[amb] = _exact_neighbour(g, prow[np.searchsorted(efirst, amb, side="right") - 1], terms)
         gi[a:b].reshape(-1)[ent] = res
-    return gi, on
+    return gi, on, clear
 
 
 @dataclass(frozen=True)
 class _Fit:
-    """What the scale search hands to :func:`_refit`: w*xval and w value-major (S, values)."""
+    """What the scale search hands to :func:`_refit`: w*xval and w value-major (S, values); the
+    candidates' scales (K, S), codes, grid points and clear flags (n, K) (see :func:`_neighbours`)."""
 
     wx_t: F32Array
     w_t: F32Array
+    scs: F32Array
+    codes: I32Array
+    gi: I32Array
+    clear: BoolArray
 
 
 def _sub_sums(
@@ -511,18 +551,26 @@ def _scale_search(
     scs = _F1 / ids
     codes = np.empty((n, n_k), dtype=np.int32)
     y = np.empty(xs.shape, dtype=np.float32)
+    lvb = np.empty(xs.shape, dtype=np.uint8)
+    # float products are monotone in each non-negative factor: one bound covers every candidate
+    safe = bool(np.abs(xs).max(initial=_F0) * ids.max(initial=_F0) < _Y_SAFE) and bool(
+        ids.min(initial=_F0) >= 0
+    )
     for k in range(n_k):
         np.multiply(ids[k][:, None], xs, out=y)
-        codes[:, k] = _codes(_level_bytes(y))
+        codes[:, k] = _codes(_level_bytes(y, safe if safe else None, lvb))
     sc = np.repeat(scs.T, ng, axis=0)
-    gi, on = _neighbours(g, codes, sc, xv.reshape(n, 8), wa.reshape(n, 8))
+    gi, on, clear = _neighbours(g, codes, sc, xv.reshape(n, 8), wa.reshape(n, 8))
     gi3 = gi.reshape(n_sb, ng, n_k)
     on3 = on.reshape(n_sb, ng, n_k)
     # a candidate with the same grid points (and flags) as the one before cannot change the outcome
     change = np.ones((n_k, n_sb), dtype=np.bool_)
-    chg = (gi3[:, :, 1:] != gi3[:, :, :-1]).any(axis=1)
-    if track_on:
-        chg |= (on3[:, :, 1:] != on3[:, :, :-1]).any(axis=1)
+    # grid indices are < 2**16: one key holds the grid point and the on-grid flag
+    key = (gi | (on.view(np.uint8).astype(np.int32) << 16) if track_on else gi).reshape(n_sb, ng, n_k)
+    diff = key[:, :, 1:] != key[:, :, :-1]
+    chg = diff[:, 0].copy()
+    for grp in range(1, ng):
+        chg |= diff[:, grp]
     change[1:] = chg.T
     flat = np.flatnonzero(change)
     ke = flat // n_sb
@@ -552,7 +600,34 @@ def _scale_search(
     r = np.arange(n_sb)
     gi_best = np.where(taken[:, None], gi3[r, :, kb], g.look[0]).astype(np.int32)
     on_best = np.where(taken[:, None], on3[r, :, kb], True)
-    return scale, gi_best, on_best, _Fit(wx_t, w_t)
+    return scale, gi_best, on_best, _Fit(wx_t, w_t, scs, codes, gi, clear)
+
+
+def _reuse_decided(
+    gnew: I32Array, off: IntpArray, rg: IntpArray, ng: int, sp: F32Array, codes: I32Array, fit: _Fit
+) -> IntpArray:
+    """Off-grid refit groups whose neighbour search the scale search already settled: the refit scale
+    lies between two adjacent candidates' scales whose code is the refit's code and whose run was
+    decided by its ends (a clear minimum at both ends is the clear minimum all along, see
+    :func:`_neighbours`). Their grid points go into ``gnew``; returns the others."""
+    grp = rg[off]
+    s_o = sp[off]
+    n_k = fit.scs.shape[0]
+    if n_k < 2:
+        return off
+    # candidate scales fall with k: k such that scs[k] >= s > scs[k + 1] (NaN: none)
+    col = fit.scs[:, grp // ng]
+    k = np.add.reduce(np.greater_equal(col, s_o).view(np.uint8), axis=0, dtype=np.uint8).astype(np.intp) - 1
+    inside = (k >= 0) & (k < n_k - 1)
+    k = np.clip(k, 0, n_k - 2)
+    c0 = fit.codes[grp, k]
+    ok = inside & (c0 == codes[off]) & (fit.codes[grp, k + 1] == c0)
+    ok &= fit.clear[grp, k] & fit.clear[grp, k + 1]
+    g0 = fit.gi[grp, k]
+    ok &= g0 == fit.gi[grp, k + 1]
+    gnew[off[ok]] = g0[ok]
+    rest: IntpArray = off[~ok]
+    return rest
 
 
 def _refit(
@@ -572,56 +647,77 @@ def _refit(
     gnew = look.copy()
     off = np.flatnonzero(look < 0)
     if off.size:
-        wa8 = wa.reshape(-1, 8)[rg[off]]
-        if g.refit_exact:
-            terms = _d2_terms(g, x8[off], wa8, sp[off])
-            gnew[off] = _exact_neighbour(g, -1 - look[off], terms)
-        else:
-            gnew[off] = _neighbours(g, codes[off][:, None], sp[off][:, None], x8[off], wa8)[0][:, 0]
+        off = _reuse_decided(gnew, off, rg, ng, sp, codes, fit)
+    if off.size:
+        # the few groups left: one-off searches are cheaper exactly than through the tables (measured)
+        terms = _d2_terms(g, x8[off], wa.reshape(-1, 8)[rg[off]], sp[off])
+        gnew[off] = _exact_neighbour(g, -1 - look[off], terms)
     gi.reshape(-1)[rg] = gnew
     sel = np.flatnonzero(redo.any(axis=1))
     sumqx, sumq2 = _sub_sums(g, fit.wx_t, fit.w_t, sel, gi[sel])
     scale[sel] = np.where(sumq2 > 0, sumqx / sumq2, scale[sel])
 
 
-def _make_qp_quants_32_4(x: F32Array, w: F32Array) -> F32Array:
-    """ggml's ``make_qp_quants(32, 4, x, L, w)`` for (S, 32) rows whose max is >= GROUP_MAX_EPS; returns
-    the scale. ``L`` is ``uint8_t`` there, so negative levels (possible: one xval may be negative) wrap."""
+def _qp_best_iscale(xt: F32Array, wt: F32Array, mx: F32Array) -> F32Array:
+    """The first part of ``make_qp_quants(32, 4, ...)``: the inverse scale of smallest weighted error
+    among nmax/max and the 8 trials (0.1*is + nmax)/max, is = -4..4; xt/wt value-major (32, S)."""
     nmax = np.float32(4)
-    mx = x.max(axis=1)
     iscale = nmax / mx
-    # value-major copies: C's sequential sums over the 32 values become whole-row adds
-    xt = np.ascontiguousarray(x.T)
-    wt = np.ascontiguousarray(w.T)
     lq = (nearest_int(iscale * xt) & 255).astype(np.float32)
     diff = xt - (_F1 / iscale) * lq
     best_mse = seq_sum((wt * diff) * diff)
-    for is_ in (-4, -3, -2, -1, 1, 2, 3, 4):
-        iscale_is = (_TENTH * np.float32(is_) + nmax) / mx
-        li = np.minimum(nearest_int(iscale_is * xt), 4).astype(np.float32)
-        diff = xt - (_F1 / iscale_is) * li
-        mse = seq_sum((wt * diff) * diff)
+    trials = [(_TENTH * np.float32(is_) + nmax) / mx for is_ in (-4, -3, -2, -1, 1, 2, 3, 4)]
+    # below 2**22, (v + 1.5*2**23) - 1.5*2**23 is nearest_int(v) as a float (one bound for all trials)
+    exact_round = bool(np.abs(xt).max(initial=_F0) * max(float(t.max(initial=_F0)) for t in trials) < 2.0**22)
+    li = np.empty(xt.shape, dtype=np.float32)
+    diff = np.empty(xt.shape, dtype=np.float32)
+    for iscale_is in trials:
+        if exact_round:
+            np.multiply(iscale_is, xt, out=li)
+            li += _MAGIC
+            li -= _MAGIC
+            np.minimum(li, nmax, out=li)
+        else:
+            li = np.minimum(nearest_int(iscale_is * xt), 4).astype(np.float32)
+        np.multiply(_F1 / iscale_is, li, out=diff)
+        np.subtract(xt, diff, out=diff)
+        np.multiply(wt, diff, out=li)
+        li *= diff
+        mse = seq_sum(li)
         better = mse < best_mse
         best_mse = np.where(better, mse, best_mse)
         iscale = np.where(better, iscale_is, iscale)
+    return iscale
+
+
+def _make_qp_quants_32_4(x: F32Array, w: F32Array) -> F32Array:
+    """ggml's ``make_qp_quants(32, 4, x, L, w)`` for (S, 32) rows whose max is >= GROUP_MAX_EPS; returns
+    the scale. ``L`` is ``uint8_t`` there, so negative levels (possible: one xval may be negative) wrap."""
+    # value-major copies: C's sequential sums over the 32 values become whole-row adds
+    xt = np.ascontiguousarray(x.T)
+    wt = np.ascontiguousarray(w.T)
+    iscale = _qp_best_iscale(xt, wt, x.max(axis=1))
     li_int = np.minimum(nearest_int(iscale[:, None] * x), 4)
     lf = li_int.astype(np.float32)
     wx = w * x
     sumlx = _seqsum(wx * lf)
     suml2 = _seqsum((w * lf) * lf)
-    lst = li_int & 255  # stored as uint8
-    todo = np.arange(x.shape[0])
+    # value-major (32, S): the sequential loop over i reads contiguous rows
+    lst = np.ascontiguousarray((li_int & 255).T)  # stored as uint8 in C
+    wxt = wt * xt
+    todo: IntpArray | None = None  # None: every sub-block
     for _ in range(5):
-        if todo.size == 0:
+        n_todo = x.shape[0] if todo is None else todo.size
+        if n_todo == 0:
             break
-        changed = np.zeros(todo.size, dtype=np.bool_)
-        slx_all = sumlx[todo]
-        sl2_all = suml2[todo]
+        changed = np.zeros(n_todo, dtype=np.bool_)
+        slx_all = sumlx if todo is None else sumlx[todo]
+        sl2_all = suml2 if todo is None else suml2[todo]
         for i in range(32):
-            wi = w[todo, i]
-            xi = x[todo, i]
-            wxi = wx[todo, i]
-            li_old = lst[todo, i]
+            if todo is None:
+                wi, xi, wxi, li_old = wt[i], xt[i], wxt[i], lst[i]
+            else:
+                wi, xi, wxi, li_old = wt[i][todo], xt[i][todo], wxt[i][todo], lst[i][todo]
             lo = li_old.astype(np.float32)
             slx = slx_all - wxi * lo
             sl2 = sl2_all - (wi * lo) * lo
@@ -629,17 +725,25 @@ def _make_qp_quants_32_4(x: F32Array, w: F32Array) -> F32Array:
             new_l = np.minimum(nearest_int((xi * sl2) / slx), 4)
             ok &= new_l != li_old
             nf = new_l.astype(np.float32)
-            slx = slx + wxi * nf
-            sl2 = sl2 + (wi * nf) * nf
+            slx += wxi * nf
+            sl2 += (wi * nf) * nf
             ok &= (slx * slx) * sl2_all > (slx_all * slx_all) * sl2
             if ok.any():
-                lst[todo[ok], i] = new_l[ok] & 255
+                upd = np.where(ok, new_l & 255, li_old)
+                if todo is None:
+                    lst[i] = upd
+                else:
+                    lst[i][todo] = upd
                 slx_all = np.where(ok, slx, slx_all)
                 sl2_all = np.where(ok, sl2, sl2_all)
                 changed |= ok
-        sumlx[todo] = slx_all
-        suml2[todo] = sl2_all
-        todo = todo[changed]
+        if todo is None:
+            sumlx, suml2 = slx_all, sl2_all
+            todo = np.flatnonzero(changed)
+        else:
+            sumlx[todo] = slx_all
+            suml2[todo] = sl2_all
+            todo = todo[changed]
     out: F32Array = np.where(suml2 > 0, sumlx / np.where(suml2 > 0, suml2, _F1), _F0).astype(np.float32)
     return out
 
