@@ -98,6 +98,12 @@ def _block_stats(x: F32Array, w: F32Array, wx: F32Array) -> tuple[F32Array, F32A
     return wxt.sum(axis=0), wt.min(axis=0), wt.max(axis=0)
 
 
+def _block_stats_t(wx_t: F32Array, w_t: F32Array) -> tuple[F32Array, F32Array, F32Array]:
+    """:func:`_block_stats` from the values already transposed (n, nb), in any order within a block:
+    the sum's order only moves it by ulps, immaterial to the range check it serves."""
+    return np.abs(wx_t).sum(axis=0), w_t.min(axis=0), w_t.max(axis=0)
+
+
 def _prefix_t(*vs: F32Array) -> F32Array:
     """``s[0] = 0; s[j+1] = s[j] + v[:, j]`` sequentially in float32 for every v (nb, n), returned
     transposed and stacked: (len(vs), n+1, nb)."""
@@ -425,7 +431,8 @@ def _best_neighbours(codes: I64Array, x8: F32Array, w8: F32Array, scale: F32Arra
     tables = iq1_tables()
     n = codes.shape[0]
     rows = np.take(tables.nb_row, codes).astype(np.intp)
-    order = np.argsort(np.take(tables.nb_count, rows), kind="stable")  # by neighbour-list length
+    # by neighbour-list length (<= 205: as int16, numpy's stable sort is a radix sort)
+    order = np.argsort(np.take(tables.nb_count, rows).astype(np.int16), kind="stable")
     # inputs in that order, coordinates / levels first: (8, n), (3, n)
     x8t = np.ascontiguousarray(np.take(x8, order, axis=0).T)
     w8t = np.ascontiguousarray(np.take(w8, order, axis=0).T)
@@ -787,8 +794,10 @@ def _iq1m_search(x: F32Array, w: F32Array) -> tuple[npt.NDArray[np.int8], F32Arr
     # leaves is added like +0.0: the sums start at +0.0)
     finite = bool(np.isfinite(wx).all())  # then w is finite too
     keep = ((~in1).astype(_F), in1.astype(_F))
+    sorted_wx_w: list[F32Array] = []
     for k, val in enumerate((wx, w)):
         sorted_t = np.take(val, flat_t)
+        sorted_wx_w.append(sorted_t)
         for h in (0, 1):
             z = pref[2 * k + h, 1:]
             if finite:
@@ -913,7 +922,7 @@ def _iq1m_search(x: F32Array, w: F32Array) -> tuple[npt.NDArray[np.int8], F32Arr
         None,
         smax,
         wsum,
-        *_block_stats(x, w, wx),
+        *_block_stats_t(*sorted_wx_w),
         Collected(np.concatenate(cs), np.concatenate(bsl), np.concatenate(vs), _COLLECT_EPS, row0, columns),
         band=_BAND_M,
     )
