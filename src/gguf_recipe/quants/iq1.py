@@ -425,10 +425,13 @@ def _neighbour_search(rows: IntpArray, terms: F32Array, every: BoolArray) -> I64
     return best
 
 
-def _best_neighbours(codes: I64Array, x8: F32Array, w8: F32Array, scale: F32Array, xx: F32Array) -> I64Array:
+def _best_neighbours(
+    codes: I64Array, x8: F32Array, w8: F32Array, scale: F32Array, minus: BoolArray
+) -> I64Array:
     """``iq1_find_best_neighbour2`` for every off-grid group of 8 at once.
 
-    codes (n,): the off-grid level codes; x8/w8 (n, 8); scale (n,); xx (n, 3): the level values.
+    codes (n,): the off-grid level codes; x8/w8 (n, 8); scale (n,); minus (n,): the group's level values
+    are x_m (else x_p).
     """
     tables = iq1_tables()
     n = codes.shape[0]
@@ -438,7 +441,8 @@ def _best_neighbours(codes: I64Array, x8: F32Array, w8: F32Array, scale: F32Arra
     # inputs in that order, coordinates / levels first: (8, n), (3, n)
     x8t = np.ascontiguousarray(np.take(x8, order, axis=0).T)
     w8t = np.ascontiguousarray(np.take(w8, order, axis=0).T)
-    sq = np.take(scale, order)[None, :] * np.ascontiguousarray(np.take(xx, order, axis=0).T)
+    xx_t = np.where(np.take(minus, order)[None, :], _XM[:, None], _XP[:, None])  # (3, n)
+    sq = np.take(scale, order)[None, :] * xx_t
     # the 3 possible terms w*diff*diff of every coordinate (diff = scale*q - x), (8, 3, n)
     terms = np.empty((8, 3, n), dtype=_F)
     for lvl in range(3):
@@ -454,7 +458,7 @@ def _best_neighbours(codes: I64Array, x8: F32Array, w8: F32Array, scale: F32Arra
 
 
 def _grid_lookup(
-    lv: npt.NDArray[np.int8], xg: F32Array, wg: F32Array, scale_g: F32Array, xx_g: F32Array
+    lv: npt.NDArray[np.int8], xg: F32Array, wg: F32Array, scale_g: F32Array, minus_g: BoolArray
 ) -> tuple[I64Array, BoolArray]:
     """Grid index of each group of 8 levels ``lv`` (n, 8); off-grid ones go through the neighbour search.
 
@@ -471,7 +475,7 @@ def _grid_lookup(
     off = gi < 0
     if off.any():
         o = np.flatnonzero(off)
-        gi[o] = _best_neighbours(u[o], xg[o], wg[o], scale_g[o], xx_g[o])
+        gi[o] = _best_neighbours(u[o], xg[o], wg[o], scale_g[o], minus_g[o])
     return gi, off
 
 
@@ -498,25 +502,27 @@ def _make_positive(
 ) -> tuple[npt.NDArray[np.int8], F32Array, BoolArray]:
     """A negative scale is flipped: levels l -> 2 - l, |scale|. Returns (levels, scale, was negative)."""
     neg = scale < 0
-    return np.where(neg[:, None], 2 - lv, lv).astype(np.int8), np.where(neg, -scale, scale), neg
+    flipped: npt.NDArray[np.int8] = np.where(neg[:, None], 2 - lv, lv)
+    return flipped, np.where(neg, -scale, scale), neg
 
 
 def _snap_and_refit(
-    lv: npt.NDArray[np.int8], xa: F32Array, wa: F32Array, scale: F32Array, xx: F32Array
+    lv: npt.NDArray[np.int8], xa: F32Array, wa: F32Array, scale: F32Array, minus: BoolArray
 ) -> tuple[I64Array, F32Array, F32Array]:
-    """Snap the levels lv (na, bs) of every group of 8 to the grid, at level values xx (na*bs/8, 3), and
+    """Snap the levels lv (na, bs) of every group of 8 to the grid, at level values x_m where minus
+    (na*bs/8,) is set, else x_p, and
     refit ``scale`` of the sub-blocks where a group went off the grid. Returns (grid index (na, bs/8), scale,
     level values (na, bs) of the snapped groups)."""
     na, bs = xa.shape
     ng = bs // 8
     gi, offg = _grid_lookup(
-        lv.reshape(na * ng, 8), xa.reshape(na * ng, 8), wa.reshape(na * ng, 8), np.repeat(scale, ng), xx
+        lv.reshape(na * ng, 8), xa.reshape(na * ng, 8), wa.reshape(na * ng, 8), np.repeat(scale, ng), minus
     )
     # any() over each sub-block's ng (2 or 4) flags, read as one ng-byte word
     refit = np.ascontiguousarray(offg).view(f"u{ng}") != 0
     # xx[l] = (l - 1) + delta = l + xx[0], exactly (all values are multiples of 1/8)
     q = np.take(_grid_levels_f32(), gi, axis=0)
-    q += xx[:, :1]
+    q += np.where(minus, _XM[0], _XP[0])[:, None]
     q = q.reshape(na, bs)
     wq = wa * q
     sqx = _seq_sum(wq * xa)
@@ -737,8 +743,7 @@ def _iq1s_blocks(xsb: F32Array, qw: F32Array | None) -> U8Array:
         lv, scale, shift, found = _iq1s_search(xa, wa)
         lv, scale, neg = _make_positive(lv, scale)
         shift = np.where(neg, -shift, shift).astype(np.int8)
-        xx = np.where((shift == 1)[:, None], _XP[None, :], _XM[None, :])  # (na, 3)
-        gi, scale, _ = _snap_and_refit(lv, xa, wa, scale, np.repeat(xx, 4, axis=0))
+        gi, scale, _ = _snap_and_refit(lv, xa, wa, scale, np.repeat(shift != 1, 4))
         ok = found
         scales[act[ok]] = scale[ok]
         shifts[act[ok]] = shift[ok]
@@ -978,21 +983,27 @@ def _iq1m_blocks(xsb: F32Array, qw: F32Array | None) -> U8Array:
     scales = np.zeros(nb, dtype=_F)
     shifts = np.zeros(nb, dtype=np.int64)
     index = np.zeros((nb, 2), dtype=np.int64)
+    everywhere = False  # every sub-block active and found
     if act.size:
         xa, wa = (x, w) if act.size == nb else (x[act], w[act])
         lv, scale, best_k, found = _iq1m_search(xa, wa)
+        everywhere = act.size == nb and bool(found.all())
         lv, scale, neg = _make_positive(lv, scale)
         best_k = np.where(neg, 3 - best_k, best_k)
-        # xx of group 0: best_k < 2 ? x_p : x_m; group 1: best_k even ? x_p : x_m
-        xm_g = np.stack([best_k >= 2, (best_k & 1) == 1], axis=1).reshape(-1)
-        xx = np.where(xm_g[:, None], _XM[None, :], _XP[None, :])  # (na*2, 3)
-        gi, scale, q_act = _snap_and_refit(lv, xa, wa, scale, xx)
-        ok = found
-        scales[act[ok]] = scale[ok]
-        shifts[act[ok]] = best_k[ok]
-        index[act[ok]] = gi[ok]
+        # group 0 uses x_m when best_k >= 2, group 1 when best_k is odd
+        xm_g = np.empty((best_k.size, 2), dtype=bool)
+        np.greater_equal(best_k, 2, out=xm_g[:, 0])
+        np.not_equal(best_k & 1, 0, out=xm_g[:, 1])
+        gi, scale, q_act = _snap_and_refit(lv, xa, wa, scale, xm_g.reshape(-1))
+        if everywhere:
+            scales, shifts, index = scale, best_k, gi
+        else:
+            ok = found
+            scales[act[ok]] = scale[ok]
+            shifts[act[ok]] = best_k[ok]
+            index[act[ok]] = gi[ok]
     # level values of every sub-block: the snapped ones, else grid point 0 at x_p (index 0, shift 0)
-    if act.size == nb and found.all():
+    if everywhere:
         lvl_val = q_act
     else:
         lvl_val = np.empty((nb, 16), dtype=_F)
