@@ -56,28 +56,37 @@ _NB_TOL = _F(1e-5)  # relative slack of the approximate neighbour distances (the
 # shared pieces
 
 
-def _sort_order(x: F32Array) -> tuple[I64Array, I64Array, I64Array]:
+def _sort_order(x: F32Array, transposed: bool = False) -> tuple[I64Array, I64Array, I64Array]:
     """ggml's ``qsort(pairs, n, 8, iq1_sort_helper)``: ascending by value, -0.0 == +0.0, ties keep the
     original order (glibc's qsort is a stable merge sort for these small arrays).
 
-    Returns (order, key, sorted key): key (nb, n) is unique per row and ranks like the sort; the sorted
-    keys get an extra last column above every key (see :func:`_split_levels`)."""
+    Returns (flat, key, sorted key): flat (nb, n) the positions in ``x.reshape(-1)`` of each row's
+    values in sorted order, (n, nb) contiguous if ``transposed``; key (nb, n) is unique per row and ranks
+    like the sort; the sorted keys get an extra last column above every key (see
+    :func:`_split_levels`)."""
     nb, n = x.shape
-    assert n & (n - 1) == 0
+    # the key carries the value's flat position in its low bits: within a row it ranks like the
+    # position, and the sorted keys give the flat positions with one mask
+    bits = max(1, int(nb * n - 1).bit_length())
+    assert bits <= 31
     b = x.view(np.int32)
     # value order as ints, -0.0 == +0.0: b >= 0 -> b, b < 0 -> -(b & 0x7FFFFFFF) = (b ^ 0x7FFFFFFF) + 1
     sgn = b >> 31
     k32 = b ^ (sgn & np.int32(0x7FFFFFFF))
     k32 -= sgn
     key = k32.astype(np.int64)
-    key *= n
-    key += np.arange(n, dtype=np.int64)
+    key <<= bits
+    key += np.arange(nb * n, dtype=np.int64).reshape(nb, n)
     ks = np.empty((nb, n + 1), dtype=np.int64)
     ks[:, :n] = key
     ks[:, :n].sort(axis=1)
     ks[:, n] = np.iinfo(np.int64).max
-    order: I64Array = ks[:, :n] & (n - 1)  # == % n (n is a power of two)
-    return order, key, ks
+    mask = np.int64((1 << bits) - 1)
+    if transposed:
+        flat: I64Array = np.bitwise_and(ks[:, :n].T, mask, out=np.empty((n, nb), dtype=np.int64))
+    else:
+        flat = ks[:, :n] & mask
+    return flat, key, ks
 
 
 def _split_levels(key: I64Array, ks: I64Array, s1: I64Array, s2: I64Array) -> npt.NDArray[np.int8]:
@@ -555,10 +564,9 @@ def _iq1s_search(
 
     Returns L (nb, 32) levels, scale (nb,), shift (nb,) in {-1, 0, 1} (0: none found), found (nb,)."""
     nb, bs = x.shape
-    order, key, ks = _sort_order(x)
+    flat, key, ks = _sort_order(x)
     wx = w * x
     # prefix sums over the sorted values, transposed to (bs+1, nb) so every step runs over all blocks
-    flat = order + (np.arange(nb, dtype=np.int64) * bs)[:, None]
     pref = _prefix_t(np.take(wx, flat), np.take(w, flat))
     sx, sw = pref[0], pref[1]
     xp0, xp1, xp2 = _XP
@@ -788,15 +796,13 @@ def _iq1m_search(x: F32Array, w: F32Array) -> tuple[npt.NDArray[np.int8], F32Arr
     Returns L (nb, 16), scale (nb,), best_k (nb,) in 0..3 (shift of each half), found (nb,)."""
     nb, bs = x.shape
     half = bs // 2
-    order, key, ks = _sort_order(x)
-    wx = w * x
     # positions of the sorted values, transposed (bs, nb): gathers straight into the prefix layout
-    order_t = np.ascontiguousarray(order.T)
-    flat_t = order_t + (np.arange(nb, dtype=np.int64) * bs)[None, :]
+    flat_t, key, ks = _sort_order(x, transposed=True)
+    wx = w * x
     # per-half prefix sums over the sorted values, (bs+1, nb) each: px[0], px[1], pw[0], pw[1]
     pref = np.empty((4, bs + 1, nb), dtype=_F)
     pref[:, 0] = 0
-    in1 = order_t >= half
+    in1 = (flat_t & (bs - 1)) >= half  # bs is a power of two
     # the other half's values add nothing; multiplying by 0/1 is exact for finite values (a -0.0 it
     # leaves is added like +0.0: the sums start at +0.0)
     finite = bool(np.isfinite(wx).all())  # then w is finite too
