@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from ._iq1_tables import iq1_tables
+from ._iq1_tables import NGRID_IQ1S, iq1_tables
 from ._iq2_tables import first_min
 from ._numeric import F32Array, U8Array, fp32_to_fp16_bits, nearest_int, scratch, seq_sum
 
@@ -92,11 +92,14 @@ def _sort_order(x: F32Array, transposed: bool = False) -> tuple[I64Array, I64Arr
 def _split_levels(key: I64Array, ks: I64Array, s1: I64Array, s2: I64Array) -> npt.NDArray[np.int8]:
     """Level (j >= s1) + (j >= s2) of every value, j its position in the sorted order (see
     :func:`_sort_order`): compares keys with the keys at the split points instead of scattering."""
+    nb, n = key.shape
     base = np.arange(0, ks.size, ks.shape[1], dtype=np.int64)
     ksf = ks.reshape(-1)
-    lv = np.greater_equal(key, np.take(ksf, base + s1)[:, None]).view(np.int8)
-    lv += np.greater_equal(key, np.take(ksf, base + s2)[:, None]).view(np.int8)
-    return lv
+    # thresholds repeated per value: numpy's broadcast over a short inner axis runs many tiny loops
+    flat = key.reshape(-1)
+    lv = np.greater_equal(flat, np.repeat(np.take(ksf, base + s1), n)).view(np.int8)
+    lv += np.greater_equal(flat, np.repeat(np.take(ksf, base + s2), n)).view(np.int8)
+    return lv.reshape(nb, n)
 
 
 def _block_stats(x: F32Array, w: F32Array, wx: F32Array) -> tuple[F32Array, F32Array, F32Array]:
@@ -341,9 +344,11 @@ def _nb_padded() -> tuple[IntpArray, U8Array, U8Array]:
 
 
 @functools.cache
-def _grid_levels_f32() -> F32Array:
-    """The grid points' levels as float32 (n_grid, 8)."""
-    return iq1_tables().grid_levels.astype(_F)
+def _grid_values() -> F32Array:
+    """The grid points' level values (2*n_grid, 8): at x_p (rows 0..n_grid-1), then at x_m. Level l's
+    value is (l - 1) + delta = l + x[0], exactly (all values are multiples of 1/8)."""
+    g = iq1_tables().grid_levels.astype(_F)
+    return np.concatenate([g + _XP[0], g + _XM[0]])
 
 
 def _table4x(t: F32Array) -> F32Array:
@@ -511,7 +516,12 @@ def _make_positive(
 ) -> tuple[npt.NDArray[np.int8], F32Array, BoolArray]:
     """A negative scale is flipped: levels l -> 2 - l, |scale|. Returns (levels, scale, was negative)."""
     neg = scale < 0
-    flipped: npt.NDArray[np.int8] = np.where(neg[:, None], 2 - lv, lv)
+    # lv + neg*(2 - 2*lv) with neg repeated per value (a broadcast over the short rows is slower)
+    m = np.repeat(neg.view(np.int8), lv.shape[1]).reshape(lv.shape)
+    flipped = np.multiply(lv, -2, dtype=np.int8)
+    flipped += 2
+    flipped *= m
+    flipped += lv
     return flipped, np.where(neg, -scale, scale), neg
 
 
@@ -529,9 +539,7 @@ def _snap_and_refit(
     )
     # any() over each sub-block's ng (2 or 4) flags, read as one ng-byte word
     refit = np.ascontiguousarray(offg).view(f"u{ng}") != 0
-    # xx[l] = (l - 1) + delta = l + xx[0], exactly (all values are multiples of 1/8)
-    q = np.take(_grid_levels_f32(), gi, axis=0)
-    q += np.where(minus, _XM[0], _XP[0])[:, None]
+    q = np.take(_grid_values(), gi + np.where(minus, gi.dtype.type(NGRID_IQ1S), 0), axis=0)
     q = q.reshape(na, bs)
     wq = wa * q
     sqx = _seq_sum(wq * xa)
@@ -1013,7 +1021,7 @@ def _iq1m_blocks(xsb: F32Array, qw: F32Array | None) -> U8Array:
         lvl_val = q_act
     else:
         lvl_val = np.empty((nb, 16), dtype=_F)
-        lvl_val[:] = np.tile(_grid_levels_f32()[0], 2) + _XP[0]
+        lvl_val[:] = np.tile(_grid_values()[0], 2)
         if act.size:
             lvl_val[act[found]] = q_act[found]
 
