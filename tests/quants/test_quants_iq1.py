@@ -460,6 +460,53 @@ def test_contenders_come_in_scan_order(
         assert np.all(np.diff(key) > 0)
 
 
+def _replay_reference(
+    blk: np.ndarray, qx: np.ndarray, q2: np.ndarray, nb: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """ggml's scan, one candidate at a time in float32."""
+    best = np.full(nb, -1, dtype=np.int64)
+    scale = np.zeros(nb, dtype=np.float32)
+    bsc = np.full(nb, -np.finfo(np.float32).max, dtype=np.float32)
+    with np.errstate(all="ignore"):
+        for i in range(blk.size):
+            b = blk[i]
+            if q2[i] > 0 and qx[i] * qx[i] > bsc[b] * q2[i]:
+                scale[b] = qx[i] / q2[i]
+                bsc[b] = scale[b] * qx[i]
+                best[b] = i
+    return best, scale
+
+
+@pytest.mark.parametrize("tail", [(0, 0), (4, 512), (10**6, 10**9)], ids=["arrays", "default", "scalars"])
+def test_replay_matches_the_sequential_scan(tail: tuple[int, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """_replay (array rounds, then a scalar tail for a few long lists) is ggml's sequential scan: lists of
+    1 to 95 candidates, exact ties, NaN, zero and negative sumq2, and scores a few ulps apart (where
+    the float32 rounding of best_score*sumq2 decides)."""
+    monkeypatch.setattr(iq1, "_TAIL_BLOCKS", tail[0])
+    monkeypatch.setattr(iq1, "_TAIL_STEPS", tail[1])
+    rng = np.random.default_rng(7)
+    nb = 40
+    count = rng.integers(1, 6, nb)
+    count[[3, 17, 30]] = [60, 41, 33]
+    count[[5, 11, 25, 38]] = [95, 88, 80, 72]  # the longest lists: the scalar tail by default
+    blk = np.repeat(np.arange(nb), count)
+    n = blk.size
+    # few distinct values: many exact ties between candidates of a block
+    qx = rng.choice(np.array([-2.0, -1.0, 0.5, 1.0, 1.5, 3.0], dtype=np.float32), n)
+    q2 = rng.choice(np.array([0.25, 1.0, 2.0, 3.0], dtype=np.float32), n)
+    q2[rng.random(n) < 0.05] = 0
+    q2[rng.random(n) < 0.05] = -1
+    qx[rng.random(n) < 0.03] = np.nan
+    near = np.isin(blk, [5, 11, 25, 38])
+    ulps = rng.integers(-3, 4, (2, n)) * 2.0**-23
+    qx[near] = (rng.uniform(1, 2, nb)[blk] * (1 + ulps[0]))[near]
+    q2[near] = (rng.uniform(1, 2, nb)[blk] * (1 + ulps[1]))[near]
+    best, scale = iq1._replay(blk, qx, q2, nb)
+    ref_best, ref_scale = _replay_reference(blk, qx, q2, nb)
+    assert np.array_equal(best, ref_best)
+    assert np.array_equal(scale.view(np.int32), ref_scale.view(np.int32))
+
+
 @pytest.mark.parametrize("with_im", [False, True], ids=["IQ1_M", "IQ1_M-im"])
 def test_iq1m_tiles_of_the_candidate_loop_agree(with_im: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """The candidate loop over column tiles (a last, partial tile included) gives one tile's result."""

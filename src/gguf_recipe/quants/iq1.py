@@ -236,6 +236,10 @@ def _at(a: F32Array, flat: I64Array) -> F32Array:
     return np.take(a.reshape(-1), flat)
 
 
+_TAIL_BLOCKS = 4  # _replay finishes this few blocks one candidate at a time...
+_TAIL_STEPS = 512  # ...when they have at most this many candidates left in all
+
+
 def _replay(blk: I64Array, qx: F32Array, q2: F32Array, nb: int) -> tuple[I64Array, F32Array]:
     """ggml's scan ``if (sumq2 > 0 && sumqx*sumqx > best_score*sumq2) {scale = sumqx/sumq2;
     best_score = scale*sumqx; ...}`` over the listed candidates (grouped by block, in scan order),
@@ -279,6 +283,18 @@ def _replay(blk: I64Array, qx: F32Array, q2: F32Array, nb: int) -> tuple[I64Arra
             bt = np.full(nm, -1, dtype=np.int64)
             for t in range(width):
                 k = int(n_active[t])
+                if k <= _TAIL_BLOCKS and int(n_active[t:].sum()) <= _TAIL_STEPS:
+                    # a few blocks with long lists left: numpy scalars (float32 arithmetic, NaN
+                    # compares false as in the arrays) cost less than a round of array calls per step
+                    for c in range(k):
+                        bc, tc = bsc[c], int(bt[c])
+                        for tt in range(t, int(cm[c])):
+                            i = tt * nm + c
+                            q = q2p[i]
+                            if q > 0 and sqp[i] > bc * q:
+                                bc, tc = bsp[i], tt
+                        bsc[c], bt[c] = bc, tc
+                    break
                 r = slice(t * nm, t * nm + k)
                 upd = (q2p[r] > 0) & (sqp[r] > bsc[:k] * q2p[r])
                 np.copyto(bsc[:k], bsp[r], where=upd)
