@@ -456,23 +456,24 @@ def _neighbour_search(rows: IntpArray, terms: F32Array, every: BoolArray) -> I64
 
 
 def _best_neighbours(
-    codes: I64Array, x8: F32Array, w8: F32Array, scale: F32Array, minus: BoolArray
+    o: I64Array, codes: I64Array, xg: F32Array, wg: F32Array, scale: F32Array, minus: BoolArray
 ) -> I64Array:
-    """``iq1_find_best_neighbour2`` for every off-grid group of 8 at once.
+    """``iq1_find_best_neighbour2`` for the off-grid groups ``o`` (n,) of all groups at once.
 
-    codes (n,): the off-grid level codes; x8/w8 (n, 8); scale (n,); minus (n,): the group's level values
-    are x_m (else x_p).
+    codes (n,): their level codes; of all groups: xg/wg (ng, 8), scale (ng,), minus (ng,): the group's
+    level values are x_m (else x_p).
     """
     tables = iq1_tables()
     n = codes.shape[0]
     rows = np.take(tables.nb_row, codes).astype(np.intp)
     # by neighbour-list length (<= 205: as int16, numpy's stable sort is a radix sort)
     order = np.argsort(np.take(tables.nb_count, rows).astype(np.int16), kind="stable")
+    so = np.take(o, order)
     # inputs in that order, coordinates / levels first: (8, n), (3, n)
-    x8t = np.ascontiguousarray(np.take(x8, order, axis=0).T)
-    w8t = np.ascontiguousarray(np.take(w8, order, axis=0).T)
-    xx_t = np.where(np.take(minus, order)[None, :], _XM[:, None], _XP[:, None])  # (3, n)
-    sq = np.take(scale, order)[None, :] * xx_t
+    x8t = np.ascontiguousarray(np.take(xg, so, axis=0).T)
+    w8t = np.ascontiguousarray(np.take(wg, so, axis=0).T)
+    xx_t = np.where(np.take(minus, so)[None, :], _XM[:, None], _XP[:, None])  # (3, n)
+    sq = np.take(scale, so)[None, :] * xx_t
     # the 3 possible terms w*diff*diff of every coordinate (diff = scale*q - x), (8, 3, n)
     terms = np.empty((8, 3, n), dtype=_F)
     for lvl in range(3):
@@ -505,7 +506,7 @@ def _grid_lookup(
     off = gi < 0
     if off.any():
         o = np.flatnonzero(off)
-        gi[o] = _best_neighbours(u[o], xg[o], wg[o], scale_g[o], minus_g[o])
+        gi[o] = _best_neighbours(o, np.take(u, o), xg, wg, scale_g, minus_g)
     return gi, off
 
 
