@@ -341,7 +341,7 @@ def _safe(m: F32Array, wsum: F32Array, wxabs: F32Array, wmin: F32Array) -> BoolA
     return np.asarray(ok, dtype=bool)
 
 
-_NB_BUCKETS = 8  # groups are sorted by neighbour-list length and padded per bucket
+_NB_BUCKETS = 16  # groups are sorted by neighbour-list length and padded per bucket (8: ~3% slower)
 
 
 @functools.cache
