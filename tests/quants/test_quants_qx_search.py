@@ -135,8 +135,9 @@ def test_search_matches_c_on_any_finite_groups(groups: np.ndarray, nmax: int, da
 
 
 def test_einsum_probe_tells_c_sums_from_fused_wide_and_reordered_ones() -> None:
-    """The probe's built columns fail on a fused multiply-add, a float64 temporary and a pairwise sum,
-    so a build with any of them takes the products-and-reduction path."""
+    """The probe's built columns fail on a fused multiply-add, a float64 temporary, a pairwise sum and a
+    sum started from the first product (-0.0), so a build with any of them takes the products-and-reduction
+    path."""
     a, b, c = ss._einsum_probe_operands()
     d = np.float64
     want2, want3 = seq_sum(a * b), seq_sum(a * b * c)
@@ -146,6 +147,7 @@ def test_einsum_probe_tells_c_sums_from_fused_wide_and_reordered_ones() -> None:
     assert fused != want2[0]
     assert wide != want3[1]
     assert pairwise != want2[2]
+    assert np.signbit(seq_sum(a[:, 3:4] * b[:, 3:4], from_first=True)) != np.signbit(want2[3])
 
 
 @pytest.mark.parametrize("groups", [2, 3, 5, 16, 17, 1000])

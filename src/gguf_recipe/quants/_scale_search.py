@@ -240,8 +240,9 @@ def clamped_levels(v: F32Array, lo: np.float32, hi: np.float32, finite: bool) ->
 
 def _einsum_probe_operands() -> tuple[F32Array, F32Array, F32Array]:
     """(a, b, c) of shape (k, 24) whose columns tell C's ``s = 0; for (i) s += a[i]*b[i]`` (products and
-    sums rounded to float32, in order of i) from a fused multiply-add, a wider temporary, a pairwise or
-    reordered sum; the first columns are built for that, the rest are random."""
+    sums rounded to float32, in order of i, from +0.0) from a fused multiply-add, a wider temporary, a
+    pairwise or reordered sum, a sum from the first product; the first columns are built for that, the
+    rest are random."""
     rng = np.random.default_rng(12345)
     a = rng.standard_normal((40, 24)).astype(np.float32)
     b = rng.standard_normal((40, 24)).astype(np.float32)
@@ -252,6 +253,7 @@ def _einsum_probe_operands() -> tuple[F32Array, F32Array, F32Array]:
     a[:2, 0], b[:2, 0], c[:2, 0] = [f(-1), u], [f(1), u], [f(1), f(1)]  # fused: -1 + u*u keeps the 2^-24
     a[:2, 1], b[:2, 1], c[:2, 1] = [u, u], [u, u], [f(1), f(1 + 2.0**-23)]  # a wider (a*b)*c rounds once
     a[:3, 2], b[:3, 2], c[:3, 2] = [f(1), f(2.0**-24), f(2.0**-24)], [f(1)] * 3, [f(1)] * 3  # in order: 1
+    a[:, 3], b[:, 3], c[:, 3] = f(-0.0), f(1), f(1)  # from +0.0: 0 + -0 = +0
     return a, b, c
 
 
@@ -270,7 +272,7 @@ def einsum_sums_exact() -> bool:
         for cols in (a.shape[1], 2, 3, 17):
             got2 = np.einsum("in,in->n", a[:, :cols], b[:, :cols])
             got3 = np.einsum("in,in,in->n", a[:, :cols], b[:, :cols], c[:, :cols])
-            if not (np.array_equal(got2, want2[:cols]) and np.array_equal(got3, want3[:cols])):
+            if got2.tobytes() != want2[:cols].tobytes() or got3.tobytes() != want3[:cols].tobytes():
                 return False
     return True
 
