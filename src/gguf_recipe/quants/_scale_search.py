@@ -318,11 +318,12 @@ def _qx_accept_scan(S: F32Array) -> tuple[F32Array, npt.NDArray[np.uint8]]:
     mask = scratch("qxa.mask", (g,), np.uint32)
     diff = scratch("qxa.diff", (g,), np.uint32)
     bu = best.view(np.uint32)
+    ones = np.array(0xFFFFFFFF, dtype=np.uint32)  # a 0-d operand: numpy takes it faster than a scalar
     for j in range(1, k):
         np.multiply(best, sl2[j], out=rhs)
         np.greater(lhs[j], rhs, out=better)
         np.bitwise_and(acc[j], better, out=acc[j])
-        np.multiply(acc[j], np.uint32(0xFFFFFFFF), out=mask)
+        np.multiply(acc[j], ones, out=mask)
         np.bitwise_xor(bu, nbest[j].view(np.uint32), out=diff)
         np.bitwise_and(diff, mask, out=diff)
         np.bitwise_xor(bu, diff, out=bu)
