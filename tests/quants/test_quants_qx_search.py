@@ -1,5 +1,5 @@
-"""make_qx_quants_iscale (the imatrix search of Q4_0 / Q5_0 / Q3_K) against a plain transcription of
-ggml's make_qx_quants, on every path it can take (einsum sums or products and reductions, the clamp
+"""make_qx_quants_iscale (the imatrix search of Q4_0 / Q5_0 / Q3_K) and make_qx_quants against a plain
+transcription of ggml's make_qx_quants, on every path it can take (einsum sums or products and reductions, the clamp
 on x or per candidate), and the einsum check that picks the sums' path.
 """
 
@@ -110,8 +110,11 @@ def test_search_matches_c_on_rounding_boundaries(
     with np.errstate(all="ignore"):
         scale, L = _search_levels(x, w, nmax)
         ref_scale, ref_L = _ref_make_qx_quants(x, w, nmax)
+        scale2, L2 = ss.make_qx_quants(x, nmax, w)
     assert scale.tobytes() == ref_scale.tobytes()
     assert np.array_equal(L, ref_L)
+    assert scale2.tobytes() == ref_scale.tobytes()
+    assert np.array_equal(L2, ref_L)
 
 
 @settings(max_examples=30, deadline=None)
@@ -130,8 +133,11 @@ def test_search_matches_c_on_any_finite_groups(groups: np.ndarray, nmax: int, da
     with np.errstate(all="ignore"):
         scale, L = _search_levels(x, w, nmax)
         ref_scale, ref_L = _ref_make_qx_quants(x, w, nmax)
+        scale2, L2 = ss.make_qx_quants(x, nmax, w)
     assert scale.tobytes() == ref_scale.tobytes()
     assert np.array_equal(L, ref_L)
+    assert scale2.tobytes() == ref_scale.tobytes()
+    assert np.array_equal(L2, ref_L)
 
 
 def test_einsum_probe_tells_c_sums_from_fused_wide_and_reordered_ones() -> None:

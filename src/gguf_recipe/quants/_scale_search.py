@@ -138,7 +138,11 @@ def _blend_columns(dst: F32Array, src: F32Array, take: npt.NDArray[np.bool_]) ->
 
 
 def make_qx_quants(x: F32Array, nmax: int, qw: F32Array | None = None) -> tuple[F32Array, F32Array]:
-    """make_qx_quants(n, nmax, x, L, rmse_type=1, qw) for every group; returns (scale, L) with L = nmax + l."""
+    """make_qx_quants(n, nmax, x, L, rmse_type=1, qw) for every group; returns (scale, L) with L = nmax + l.
+
+    Every candidate's sums first, then C's accept scan (:func:`_qx_accept_scan`), then the levels of
+    the accepted candidate.
+    """
     n, g = x.shape
     amax, mx = _first_absmax(x)
     zero = amax < GROUP_MAX_EPS
@@ -146,9 +150,11 @@ def make_qx_quants(x: F32Array, nmax: int, qw: F32Array | None = None) -> tuple[
     wx = np.multiply(w, x, out=scratch("qx.wx", x.shape))
     safe_mx = np.where(zero, _F1, mx)
     lo, hi = np.float32(-nmax), np.float32(nmax - 1)
+    c = _qx_candidates(nmax)
     v = scratch("qx.v", x.shape)
     t = scratch("qx.t", (2, n, g))
-    sums = scratch("qx.sums", (2, g))
+    S = scratch("qx.S", (c.size, 2, g))  # [sumlx, suml2] per candidate
+    fused = g >= 2 and einsum_sums_exact()
 
     # For finite x, |iscale*x| <= nmax + 1 and rint is ggml's nearest_int; NaN/inf need the exact trick.
     exact = not bool(np.isfinite(x).all())
@@ -162,34 +168,19 @@ def make_qx_quants(x: F32Array, nmax: int, qw: F32Array | None = None) -> tuple[
         np.clip(out, lo, hi, out=out)
         return out
 
-    def candidate(iscale: AnyArray) -> None:
-        levels(iscale, v)
-        np.multiply(wx, v, out=t[0])
-        np.multiply(w, v, out=t[1])
-        np.multiply(t[1], v, out=t[1])
-        seq_sum_middle(t, sums)
-
     with np.errstate(all="ignore"):
-        iscale: F32Array = np.divide(np.float32(-nmax), safe_mx)
-        candidate(iscale)
-        sumlx, suml2 = sums[0].copy(), sums[1].copy()
-        scale = np.where(suml2 != 0, sumlx / suml2, _F0)
-        best = scale * sumlx
-        best_iscale: F32Array = iscale
-        sumlx, suml2 = sums[0], sums[1]
-        for step in range(-9, 10):
-            if step == 0:
+        for j, negc in enumerate(np.negative(c)):
+            levels(np.divide(negc, safe_mx), v)
+            if fused:
+                np.einsum("in,in->n", wx, v, out=S[j, 0])
+                np.einsum("in,in,in->n", w, v, v, out=S[j, 1])
                 continue
-            c = np.float32(nmax) + np.float32(0.1) * np.float32(step)
-            iscale_c: F32Array = np.divide(-c, safe_mx)
-            candidate(iscale_c)
-            better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-            # every group's scale = sumlx/suml2 and best = scale*sumlx; the accepted ones are kept
-            new_scale = sumlx / suml2
-            _blend_columns(scale, new_scale, better)
-            _blend_columns(best, np.multiply(new_scale, sumlx, out=new_scale), better)
-            _blend_columns(best_iscale, iscale_c, better)
-        L = levels(best_iscale, np.empty_like(x))
+            np.multiply(wx, v, out=t[0])
+            np.multiply(w, v, out=t[1])
+            np.multiply(t[1], v, out=t[1])
+            seq_sum_middle(t, S[j])
+        scale, idx = _qx_accept_scan(S)
+        L = levels(np.divide(np.negative(c)[idx], safe_mx), np.empty_like(x))
         L += np.float32(nmax)
     if zero.any():
         L[:, zero] = 0
