@@ -230,14 +230,14 @@ def clamped_levels(v: F32Array, lo: np.float32, hi: np.float32, finite: bool) ->
 
 
 def _einsum_probe_operands() -> tuple[F32Array, F32Array, F32Array]:
-    """(a, b, c) of shape (k, 24) whose columns tell C's ``s = 0; for (i) s += a[i]*b[i]`` (products and
+    """(a, b, c) of shape (40, 9000) whose columns tell C's ``s = 0; for (i) s += a[i]*b[i]`` (products and
     sums rounded to float32, in order of i, from +0.0) from a fused multiply-add, a wider temporary, a
     pairwise or reordered sum, a sum from the first product; the first columns are built for that, the
-    rest are random."""
+    rest are random (as many as a chunk's groups: numpy may loop differently over large arrays)."""
     rng = np.random.default_rng(12345)
-    a = rng.standard_normal((40, 24)).astype(np.float32)
-    b = rng.standard_normal((40, 24)).astype(np.float32)
-    c = rng.standard_normal((40, 24)).astype(np.float32)
+    a = rng.standard_normal((40, 9000)).astype(np.float32)
+    b = rng.standard_normal((40, 9000)).astype(np.float32)
+    c = rng.standard_normal((40, 9000)).astype(np.float32)
     f = np.float32
     u = f(1 + 2.0**-12)  # u*u = 1 + 2^-11 + 2^-24: the product rounds (tie, to even)
     a[:, :3] = b[:, :3] = c[:, :3] = 0
@@ -261,8 +261,9 @@ def einsum_sums_exact() -> bool:
         want2 = seq_sum(ab)
         want3 = seq_sum(np.multiply(ab, c))
         for cols in (a.shape[1], 2, 3, 17):
-            got2 = np.einsum("in,in->n", a[:, :cols], b[:, :cols])
-            got3 = np.einsum("in,in,in->n", a[:, :cols], b[:, :cols], c[:, :cols])
+            ac, bc, cc = (np.ascontiguousarray(m[:, :cols]) for m in (a, b, c))  # laid out as the searches'
+            got2 = np.einsum("in,in->n", ac, bc)
+            got3 = np.einsum("in,in,in->n", ac, bc, cc)
             if got2.tobytes() != want2[:cols].tobytes() or got3.tobytes() != want3[:cols].tobytes():
                 return False
     return True
