@@ -193,3 +193,18 @@ def test_boundary_rows_match_ggml(qtype: T) -> None:
     rows = np.ascontiguousarray(_boundary_groups(n, 2048, nmax, seed=3).T.reshape(-1, 1024))
     im = np.random.default_rng(5).exponential(size=1024).astype(np.float32)
     assert np.array_equal(quantize(rows, qtype.name, im, threads=1), _ggml_bytes(rows, qtype, im))
+
+
+@pytest.mark.parametrize("nmax", [4, 8, 16])
+def test_one_clip_point_serves_each_candidate_set(nmax: int) -> None:
+    """For Q3_K's, Q4_0's and Q5_0's nmax the clamp on x is found for every group (otherwise every
+    candidate clamps its levels: exact, but the slow path)."""
+    x = _boundary_groups(32, 2000, nmax, seed=7)
+    safe, _ = ss._first_absmax_finite(x)
+    c = ss._qx_candidates(nmax)
+    iscales = np.divide(np.negative(c)[:, None], safe)
+    modes = np.array(ss._qx_clip_modes(c, nmax))
+    for mode in (1, 2):
+        js = np.flatnonzero(modes == mode)
+        assert js.size
+        assert ss._qx_clipped_x(x, safe, iscales[js], c[js], nmax, mode == 2, np.empty_like(x)) is not None
