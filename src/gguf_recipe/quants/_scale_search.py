@@ -382,15 +382,14 @@ def make_qx_quants_iscale(
     iscales = np.divide(np.negative(c)[:, None], safe, out=scratch("qxi.iscales", (k, nb)))
     wx = np.multiply(wt, xt, out=scratch("qxi.wx", xt.shape))
     lo, hi = np.float32(-nmax), np.float32(nmax - 1)
+    fused = nb >= 2 and einsum_sums_exact()
     t = scratch("qxi.t", (2, n, nb))  # [w*x*l, w*l*l], without einsum
-    v = scratch("qxi.v", (n, nb)) if einsum_sums_exact() else t[0]  # the levels (t[0]: w*x*l replaces them)
+    v = scratch("qxi.v", (n, nb)) if fused else t[0]  # the levels (t[0]: w*x*l replaces them)
     S = scratch("qxi.S", (k, 2, nb))  # [sumlx, suml2] per candidate
 
-    fused = nb >= 2 and einsum_sums_exact()
-
-    def sums(x: F32Array, j: int, clamp: int) -> None:
+    def sums(x: F32Array, j: int, clamp: bool) -> None:
         np.multiply(x, iscales[j], out=v)
-        if clamp == 2:
+        if clamp:
             clamped_levels(v, lo, hi, finite)
         else:
             np.rint(v, out=v)
@@ -414,8 +413,9 @@ def make_qx_quants_iscale(
             continue
         x = xt if mode == 0 else _qx_clipped_x(xt, safe, iscales[js], c[js], nmax, mode == 2, xc)
         for j in js:
-            sums(xt if x is None else x, int(j), 2 if x is None else 0)
-    np.add(S, _F0, out=S)  # C's sums start from +0.0 (an all -0.0 sum is +0.0)
+            sums(xt if x is None else x, int(j), clamp=x is None)
+    if not fused and nb >= 2:  # C's sums start from +0.0 (an all -0.0 sum is +0.0), einsum's do too
+        np.add(S, _F0, out=S)
     scale, idx = _qx_accept_scan(S)
     best_iscale: F32Array = np.divide(np.negative(c)[idx], safe)
     scale[zero] = 0
