@@ -13,6 +13,11 @@ make_q3_quants / make_qp_quants (sequential over the elements of a group) are ev
 at once, applying one accepted change per group and round (see :func:`_refine_levels`; make_q3_quants has
 its own sparser round, :func:`_q3_step`).
 
+make_qx_quants / make_qx_quants_iscale instead compute every candidate's sums first (C's accept test only
+reads the sums), then run the accept scan over them; where numpy's einsum is C's in-order float32 sum of
+rounded products (checked at run time, :func:`einsum_sums_exact`) a sum is one einsum pass instead of
+products and a reduction.
+
 Arithmetic is float32, operation by operation in C order (ggml-base is built without FMA contraction).
 Quantized levels are returned as float32 arrays holding small integers (exact).
 
