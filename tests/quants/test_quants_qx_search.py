@@ -156,12 +156,15 @@ def test_einsum_probe_tells_c_sums_from_fused_wide_and_reordered_ones() -> None:
     assert np.signbit(seq_sum(a[:, 3:4] * b[:, 3:4], from_first=True)) != np.signbit(want2[3])
 
 
-@pytest.mark.parametrize("groups", [2, 3, 5, 16, 17, 1000])
-def test_einsum_sums_are_c_sums_where_used(groups: int) -> None:
+@pytest.mark.parametrize(
+    ("n", "groups"), [(32, 2), (32, 3), (32, 5), (16, 17), (32, 1000), (32, 8192), (16, 16384)]
+)
+def test_einsum_sums_are_c_sums_where_used(n: int, groups: int) -> None:
+    """Up to a whole chunk's groups (64 x 4096 values as 32- or 16-value groups)."""
     if not ss.einsum_sums_exact():
         pytest.skip("this numpy's einsum is not C's sequential sum")
     rng = np.random.default_rng(groups)
-    a, b, c = (rng.standard_normal((32, groups)).astype(np.float32) for _ in range(3))
+    a, b, c = (rng.standard_normal((n, groups)).astype(np.float32) for _ in range(3))
     assert np.array_equal(np.einsum("in,in->n", a, b), seq_sum(a * b))
     assert np.array_equal(np.einsum("in,in,in->n", a, b, c), seq_sum(a * b * c))
 
