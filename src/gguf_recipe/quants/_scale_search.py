@@ -13,6 +13,11 @@ make_q3_quants / make_qp_quants (sequential over the elements of a group) are ev
 at once, applying one accepted change per group and round (see :func:`_refine_levels`; make_q3_quants has
 its own sparser round, :func:`_q3_step`).
 
+make_qx_quants / make_qx_quants_iscale instead compute every candidate's sums first (C's accept test only
+reads the sums), then run the accept scan over them; where numpy's einsum is C's in-order float32 sum of
+rounded products (checked at run time, :func:`einsum_sums_exact`) a sum is one einsum pass instead of
+products and a reduction.
+
 Arithmetic is float32, operation by operation in C order (ggml-base is built without FMA contraction).
 Quantized levels are returned as float32 arrays holding small integers (exact).
 
@@ -32,6 +37,7 @@ from ._numeric import F32Array, nearest_int, scratch, seq_sum
 
 __all__ = [
     "clamped_levels",
+    "einsum_sums_exact",
     "make_q3_quants",
     "make_qkx2_quants",
     "make_qkx3_quants",
@@ -137,7 +143,11 @@ def _blend_columns(dst: F32Array, src: F32Array, take: npt.NDArray[np.bool_]) ->
 
 
 def make_qx_quants(x: F32Array, nmax: int, qw: F32Array | None = None) -> tuple[F32Array, F32Array]:
-    """make_qx_quants(n, nmax, x, L, rmse_type=1, qw) for every group; returns (scale, L) with L = nmax + l."""
+    """make_qx_quants(n, nmax, x, L, rmse_type=1, qw) for every group; returns (scale, L) with L = nmax + l.
+
+    Every candidate's sums first, then C's accept scan (:func:`_qx_accept_scan`), then the levels of
+    the accepted candidate.
+    """
     n, g = x.shape
     amax, mx = _first_absmax(x)
     zero = amax < GROUP_MAX_EPS
@@ -145,9 +155,11 @@ def make_qx_quants(x: F32Array, nmax: int, qw: F32Array | None = None) -> tuple[
     wx = np.multiply(w, x, out=scratch("qx.wx", x.shape))
     safe_mx = np.where(zero, _F1, mx)
     lo, hi = np.float32(-nmax), np.float32(nmax - 1)
+    c = _qx_candidates(nmax)
     v = scratch("qx.v", x.shape)
     t = scratch("qx.t", (2, n, g))
-    sums = scratch("qx.sums", (2, g))
+    S = scratch("qx.S", (c.size, 2, g))  # [sumlx, suml2] per candidate
+    fused = g >= 2 and einsum_sums_exact()
 
     # For finite x, |iscale*x| <= nmax + 1 and rint is ggml's nearest_int; NaN/inf need the exact trick.
     exact = not bool(np.isfinite(x).all())
@@ -161,34 +173,19 @@ def make_qx_quants(x: F32Array, nmax: int, qw: F32Array | None = None) -> tuple[
         np.clip(out, lo, hi, out=out)
         return out
 
-    def candidate(iscale: AnyArray) -> None:
-        levels(iscale, v)
-        np.multiply(wx, v, out=t[0])
-        np.multiply(w, v, out=t[1])
-        np.multiply(t[1], v, out=t[1])
-        seq_sum_middle(t, sums)
-
     with np.errstate(all="ignore"):
-        iscale: F32Array = np.divide(np.float32(-nmax), safe_mx)
-        candidate(iscale)
-        sumlx, suml2 = sums[0].copy(), sums[1].copy()
-        scale = np.where(suml2 != 0, sumlx / suml2, _F0)
-        best = scale * sumlx
-        best_iscale: F32Array = iscale
-        sumlx, suml2 = sums[0], sums[1]
-        for step in range(-9, 10):
-            if step == 0:
+        for j, negc in enumerate(np.negative(c)):
+            levels(np.divide(negc, safe_mx), v)
+            if fused:
+                np.einsum("in,in->n", wx, v, out=S[j, 0])
+                np.einsum("in,in,in->n", w, v, v, out=S[j, 1])
                 continue
-            c = np.float32(nmax) + np.float32(0.1) * np.float32(step)
-            iscale_c: F32Array = np.divide(-c, safe_mx)
-            candidate(iscale_c)
-            better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-            # every group's scale = sumlx/suml2 and best = scale*sumlx; the accepted ones are kept
-            new_scale = sumlx / suml2
-            _blend_columns(scale, new_scale, better)
-            _blend_columns(best, np.multiply(new_scale, sumlx, out=new_scale), better)
-            _blend_columns(best_iscale, iscale_c, better)
-        L = levels(best_iscale, np.empty_like(x))
+            np.multiply(wx, v, out=t[0])
+            np.multiply(w, v, out=t[1])
+            np.multiply(t[1], v, out=t[1])
+            seq_sum_middle(t, S[j])
+        scale, idx = _qx_accept_scan(S)
+        L = levels(np.divide(np.negative(c)[idx], safe_mx), np.empty_like(x))
         L += np.float32(nmax)
     if zero.any():
         L[:, zero] = 0
@@ -237,6 +234,136 @@ def clamped_levels(v: F32Array, lo: np.float32, hi: np.float32, finite: bool) ->
     np.rint(v, out=v)
 
 
+def _einsum_probe_operands() -> tuple[F32Array, F32Array, F32Array]:
+    """(a, b, c) of shape (40, 9000) whose columns tell C's ``s = 0; for (i) s += a[i]*b[i]`` (products and
+    sums rounded to float32, in order of i, from +0.0) from a fused multiply-add, a wider temporary, a
+    pairwise or reordered sum, a sum from the first product; the first columns are built for that, the
+    rest are random (as many as a chunk's groups: numpy may loop differently over large arrays)."""
+    rng = np.random.default_rng(12345)
+    a = rng.standard_normal((40, 9000)).astype(np.float32)
+    b = rng.standard_normal((40, 9000)).astype(np.float32)
+    c = rng.standard_normal((40, 9000)).astype(np.float32)
+    f = np.float32
+    u = f(1 + 2.0**-12)  # u*u = 1 + 2^-11 + 2^-24: the product rounds (tie, to even)
+    a[:, :3] = b[:, :3] = c[:, :3] = 0
+    a[:2, 0], b[:2, 0], c[:2, 0] = [f(-1), u], [f(1), u], [f(1), f(1)]  # fused: -1 + u*u keeps the 2^-24
+    a[:2, 1], b[:2, 1], c[:2, 1] = [u, u], [u, u], [f(1), f(1 + 2.0**-23)]  # a wider (a*b)*c rounds once
+    a[:3, 2], b[:3, 2], c[:3, 2] = [f(1), f(2.0**-24), f(2.0**-24)], [f(1)] * 3, [f(1)] * 3  # in order: 1
+    a[:, 3], b[:, 3], c[:, 3] = f(-0.0), f(1), f(1)  # from +0.0: 0 + -0 = +0
+    return a, b, c
+
+
+@functools.cache
+def einsum_sums_exact() -> bool:
+    """Whether ``np.einsum("in,in->n", a, b)`` and ``np.einsum("in,in,in->n", a, b, c)`` are C's sequential
+    float32 sums of rounded products over axis 0 (for at least two columns). Numpy builds its einsum loops
+    for the baseline instruction set, which has no FMA on x86-64 (v2); where a build fuses, widens or
+    reorders, the searches keep their products and reductions (the result is the same, only slower).
+    """
+    a, b, c = _einsum_probe_operands()
+    with np.errstate(all="ignore"):
+        ab = np.multiply(a, b)
+        want2 = seq_sum(ab)
+        want3 = seq_sum(np.multiply(ab, c))
+        for cols in (a.shape[1], 2, 3, 17):
+            ac, bc, cc = (np.ascontiguousarray(m[:, :cols]) for m in (a, b, c))  # laid out as the searches'
+            got2 = np.einsum("in,in->n", ac, bc)
+            got3 = np.einsum("in,in,in->n", ac, bc, cc)
+            if got2.tobytes() != want2[:cols].tobytes() or got3.tobytes() != want3[:cols].tobytes():
+                return False
+    return True
+
+
+def _qx_candidates(nmax: int) -> F32Array:
+    """C's divisors of ``max`` in candidate order: ``nmax`` (iscale = -nmax/max), then ``nmax + 0.1f*is``
+    for is = -9..9, 0 left out."""
+    steps = np.array([*range(-9, 0), *range(1, 10)], dtype=np.float32)
+    return np.concatenate([[np.float32(nmax)], np.float32(nmax) + np.float32(0.1) * steps]).astype(np.float32)
+
+
+def _qx_clip_modes(c: F32Array, nmax: int) -> list[int]:
+    """Which clamps of ``nearest_int(iscale * x)`` to ``[-nmax, nmax - 1]`` candidate ``c`` can need, for
+    finite x: 0 none, 1 only the upper bound, 2 both.
+
+    ``|iscale * x| <= c * (1 + 2^-24)^2`` (|x| <= |max|, two roundings), and the product at ``max``
+    itself is about ``-c``: the upper bound is reachable from ``c >= nmax - 0.5`` on (half-even rint of
+    nmax - 0.5 is nmax for even nmax), the lower one only past ``c = nmax + 0.5``; the 0.05 margins dwarf
+    the rounding.
+    """
+    return [0 if float(v) < nmax - 0.55 else 1 if float(v) < nmax + 0.45 else 2 for v in c]
+
+
+def _qx_accept_scan(S: F32Array) -> tuple[F32Array, npt.NDArray[np.uint8]]:
+    """C's accept-if-better scan over the candidates' sums ``S`` (k, 2, G) = [sumlx, suml2]: returns
+    each group's final scale and the index of its last accepted candidate (0: the first one).
+
+    ``scale = suml2 ? sumlx/suml2 : 0; best = scale*sumlx`` from candidate 0, then for each later one
+    ``if (suml2 > 0 && sumlx*sumlx > best*suml2) { scale = sumlx/suml2; best = scale*sumlx; }``. Every
+    candidate's scale and best are computed at once; the scan itself is a few (G,) operations per
+    candidate, the accepted best blended in bitwise (a masked copy runs element by element).
+    """
+    k, _, g = S.shape
+    slx, sl2 = S[:, 0], S[:, 1]
+    sc = np.divide(slx, sl2, out=scratch("qxa.sc", (k, g)))
+    np.putmask(sc[0], sl2[0] == 0, _F0)
+    nbest = np.multiply(sc, slx, out=scratch("qxa.nbest", (k, g)))
+    lhs = np.multiply(slx, slx, out=scratch("qxa.lhs", (k, g)))
+    acc = np.greater(sl2, _F0, out=scratch("qxa.acc", (k, g), np.bool_))  # suml2 > 0, then accepted
+    best = nbest[0].copy()
+    rhs = scratch("qxa.rhs", (g,))
+    better = scratch("qxa.better", (g,), np.bool_)
+    mask = scratch("qxa.mask", (g,), np.uint32)
+    diff = scratch("qxa.diff", (g,), np.uint32)
+    bu = best.view(np.uint32)
+    ones = np.array(0xFFFFFFFF, dtype=np.uint32)  # a 0-d operand: numpy takes it faster than a scalar
+    for j in range(1, k):
+        np.multiply(best, sl2[j], out=rhs)
+        np.greater(lhs[j], rhs, out=better)
+        np.bitwise_and(acc[j], better, out=acc[j])
+        np.multiply(acc[j], ones, out=mask)
+        np.bitwise_xor(bu, nbest[j].view(np.uint32), out=diff)
+        np.bitwise_and(diff, mask, out=diff)
+        np.bitwise_xor(bu, diff, out=bu)
+    acc[0] = True
+    # the last accepted candidate: max over j of j * accepted[j] (a reduction over the outer axis)
+    js = np.arange(k, dtype=np.uint8)[:, None]
+    idx: npt.NDArray[np.uint8] = np.multiply(acc, js, out=scratch("qxa.js", (k, g), np.uint8)).max(axis=0)
+    flat = idx.astype(np.intp)
+    flat *= g
+    flat += np.arange(g)
+    scale: F32Array = np.take(sc.reshape(-1), flat)
+    return scale, idx
+
+
+def _qx_clipped_x(
+    xt: F32Array, safe: F32Array, iscales: F32Array, c: F32Array, nmax: int, both: bool, out: F32Array
+) -> F32Array | None:
+    """``xt`` clipped per group so that ``nearest_int(iscale * x')`` is already the clamped level of every
+    candidate in ``iscales`` (k, G) (divisors ``c``): None where no such clip exists (then the caller clamps).
+
+    The rounded product is monotone in x, so clipping x at any x_b whose level is exactly the bound
+    (``hi = nmax - 1`` at the side opposite to ``max``; ``-nmax`` at ``max``'s side when ``both``) gives
+    the clamped level beyond x_b and changes nothing before it. One x_b serves all candidates when the
+    spread of ``c`` is small enough; it is picked between the candidates' half-level limits and checked
+    exactly (float32 products) for every candidate and group.
+    """
+    cmin, cmax = float(c.min()), float(c.max())
+    hi = nmax - 1
+    x_up = np.multiply(safe, np.float32(-0.5 * ((hi - 0.5) / cmin + (hi + 0.5) / cmax)))
+    ok = bool((np.rint(np.multiply(iscales, x_up)) == np.float32(hi)).all())
+    if both:
+        x_lo = np.multiply(safe, np.float32(0.5 * ((nmax - 0.5) / cmin + (nmax + 0.5) / cmax)))
+        ok = ok and bool((np.rint(np.multiply(iscales, x_lo)) == np.float32(-nmax)).all())
+    else:  # every x lies between -|max| and |max|: a bound at max changes nothing
+        x_lo = safe
+    if not ok:
+        return None
+    # np.clip with per-group bounds runs element by element (4x slower than these two)
+    np.maximum(xt, np.minimum(x_up, x_lo), out=out)
+    np.minimum(out, np.maximum(x_up, x_lo), out=out)
+    return out
+
+
 def make_qx_quants_iscale(
     xt: F32Array, wt: F32Array, nmax: int
 ) -> tuple[F32Array, F32Array, npt.NDArray[np.bool_], bool]:
@@ -246,70 +373,56 @@ def make_qx_quants_iscale(
     Returns (scale, iscale, zero, finite): ``L = nmax + clamp(nearest_int(iscale * x))`` except in
     the all-zero blocks (``zero``), where L = 0 and the scale is 0; ``finite``: no NaN/inf in ``xt``.
     The levels are left to the caller, which computes them once in its own layout.
+
+    The sums of all 20 candidates are computed first, then C's accept-if-better scan runs over the
+    (20, G) sums. For finite x the clamp of the levels is done once per set of candidates, on x (see
+    :func:`_qx_clipped_x`), instead of once per candidate.
     """
     n, nb = xt.shape
     mx, finite = _first_absmax_finite(xt)
     zero = np.abs(mx) < GROUP_MAX_EPS
     safe: F32Array = np.where(zero, _F1, mx)
+    c = _qx_candidates(nmax)
+    k = c.size
+    iscales = np.divide(np.negative(c)[:, None], safe, out=scratch("qxi.iscales", (k, nb)))
     wx = np.multiply(wt, xt, out=scratch("qxi.wx", xt.shape))
     lo, hi = np.float32(-nmax), np.float32(nmax - 1)
-    t = scratch("qxi.t", (2, n, nb))  # [w*x*l, w*l*l]
-    v = t[0]  # the levels, until w*x*l replaces them (a smaller working set than a buffer of their own)
-    sums = scratch("qxi.sums", (2, nb))  # [sumlx, suml2]
-    sumlx, suml2 = sums
+    fused = nb >= 2 and einsum_sums_exact()
+    t = scratch("qxi.t", (2, n, nb))  # [w*x*l, w*l*l], without einsum
+    v = scratch("qxi.v", (n, nb)) if fused else t[0]  # the levels (t[0]: w*x*l replaces them)
+    S = scratch("qxi.S", (k, 2, nb))  # [sumlx, suml2] per candidate
 
-    # Few numpy calls per candidate: at 64 rows a call costs about as much as a tenth of a pass.
-    def candidate(iscale: F32Array, in_range: bool = False) -> None:
-        np.multiply(xt, iscale, out=v)
-        if not finite:
+    def sums(x: F32Array, j: int, clamp: bool) -> None:
+        np.multiply(x, iscales[j], out=v)
+        if clamp:
             clamped_levels(v, lo, hi, finite)
         else:
-            if not in_range:
-                np.clip(v, lo, hi, out=v)
             np.rint(v, out=v)
+        if fused:  # one pass per sum instead of products then a reduction
+            np.einsum("in,in->n", wx, v, out=S[j, 0])
+            np.einsum("in,in,in->n", wt, v, v, out=S[j, 1])
+            return
         np.multiply(wt, v, out=t[1])
         np.multiply(t[1], v, out=t[1])
         np.multiply(wx, v, out=t[0])
-        seq_sum_middle(t, sums)  # C's in-order sums, both at once (also for a single group)
+        if nb < 2:  # a single group: numpy would sum pairwise
+            seq_sum_middle(t, S[j])
+        else:
+            np.add.reduce(t, axis=1, out=S[j])  # C's in-order sums, both at once
 
-    best_iscale = np.divide(np.float32(-nmax), safe)
-    candidate(best_iscale)
-    scale = np.zeros(nb, dtype=np.float32)
-    np.divide(sumlx, suml2, out=scale, where=suml2 != 0)
-    best = scale * sumlx
-    upd = np.empty(nb, dtype=np.bool_)
-    lhs = np.empty(nb, dtype=np.float32)
-    rhs = np.empty(nb, dtype=np.float32)
-    steps = np.array([*range(-9, 0), *range(1, 10)], dtype=np.float32)
-    # -(nmax + 0.1f*is) / max for every candidate at once
-    iscales = np.divide(-(np.float32(nmax) + np.float32(0.1) * steps)[:, None], safe)
-    # The accepted candidates' values are blended in bitwise (dst ^= (dst ^ new) & mask): numpy's
-    # masked (where=) divide/multiply/copyto run an element-by-element loop, 20x slower than these.
-    mask = scratch("qxi.mask", (nb,), np.uint32)
-    diff = scratch("qxi.diff", (nb,), np.uint32)
-    new = scratch("qxi.new", (2, nb))  # [scale, best] of this candidate
-
-    def blend(dst: F32Array, src: F32Array) -> None:
-        d, s = dst.view(np.uint32), src.view(np.uint32)
-        np.bitwise_xor(d, s, out=diff)
-        np.bitwise_and(diff, mask, out=diff)
-        np.bitwise_xor(d, diff, out=d)
-
-    for step, iscale in zip(steps, iscales, strict=True):
-        # |iscale * x| <= nmax - 0.6 for step <= -6: the levels round inside [-nmax, nmax - 1].
-        candidate(iscale, bool(step <= -6))
-        # suml2 > 0 && sumlx*sumlx > best*suml2
-        np.multiply(sumlx, sumlx, out=lhs)
-        np.multiply(best, suml2, out=rhs)
-        np.greater(lhs, rhs, out=upd)
-        upd &= suml2 > 0
-        np.multiply(upd, np.uint32(0xFFFFFFFF), out=mask)
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # only accepted ones are kept
-            np.divide(sumlx, suml2, out=new[0])  # scale = sumlx/suml2; best = scale*sumlx
-            np.multiply(new[0], sumlx, out=new[1])
-        blend(scale, new[0])
-        blend(best, new[1])
-        blend(best_iscale, iscale)
+    modes = np.array(_qx_clip_modes(c, nmax)) if finite else np.full(k, 2)
+    xc = scratch("qxi.xc", xt.shape)
+    for mode in (0, 1, 2):
+        js = np.flatnonzero(modes == mode)
+        if not js.size:
+            continue
+        x = xt if mode == 0 else _qx_clipped_x(xt, safe, iscales[js], c[js], nmax, mode == 2, xc)
+        for j in js:
+            sums(xt if x is None else x, int(j), clamp=x is None)
+    if not fused and nb >= 2:  # C's sums start from +0.0 (an all -0.0 sum is +0.0), einsum's do too
+        np.add(S, _F0, out=S)
+    scale, idx = _qx_accept_scan(S)
+    best_iscale: F32Array = np.divide(np.negative(c)[idx], safe)
     scale[zero] = 0
     return scale, best_iscale, zero, finite
 

@@ -27,6 +27,7 @@ from ._scale_search import (
     _first_absmax,
     _levels_clamped,
     clamped_levels,
+    einsum_sums_exact,
     make_q3_quants,
     make_qkx2_quants,
     make_qkx3_quants,
@@ -197,6 +198,7 @@ def _q6_search(
     t = scratch("q6.t", (2, n, g))
     S = scratch("q6.S", (k, 2, g))  # [sumlx, suml2] per candidate
     row31 = np.full(g, 31, dtype=np.float32)
+    fused = g >= 2 and einsum_sums_exact()
     for j, c in enumerate(_Q6_C):
         iscale = np.divide(-c, safe_mx)
         np.multiply(x, iscale, out=v)
@@ -205,6 +207,10 @@ def _q6_search(
             np.minimum(v, row31, out=v)
         elif _Q6_CLIP[j] == 2:
             np.clip(v, np.float32(-32), np.float32(31), out=v)
+        if fused:  # C's in-order sums of the rounded products, one pass each (see einsum_sums_exact)
+            np.einsum("in,in->n", ww[0], v, out=S[j, 0])
+            np.einsum("in,in,in->n", ww[1], v, v, out=S[j, 1])
+            continue
         np.multiply(ww, v, out=t)
         np.multiply(t[1], v, out=t[1])
         seq_sum_middle(t, S[j])
