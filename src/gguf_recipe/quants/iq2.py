@@ -385,7 +385,7 @@ def _neighbours(
         tab = _part_tables(g, xv[a:b], wa[a:b])
         stride = g.parts * g.part_mat.shape[1] // 2 + 1  # with the sentinel
         pres = np.full(pstart.size, -1, dtype=np.int32)  # grid point of each decided pair
-        res = np.empty(ent.size, dtype=np.int32)
+        res = np.full(ent.size, -1, dtype=np.int32)  # -1 where the pair's pick (pres) decides
         amb_l: list[IntpArray] = []
         pbk = g.bucket[prow]
         for bi, width in enumerate(g.widths):
@@ -411,7 +411,9 @@ def _neighbours(
                 est1, j1, bad1 = _pick(av, b2, es[la], thr[la])
             ends = ~(bad0 | bad1 | bad_e[f] | bad_e[la])
             dec = ends & (j0 == j1)
-            pres[pl[dec]] = nbp[rows_b[dec], j0[dec]]
+            nbp_flat = nbp.reshape(-1)
+            rw = rows_b * width
+            pres[pl] = np.where(dec, np.take(nbp_flat, rw + j0), -1)
             # Different clear minima j0, j1 at the two ends: a neighbour that is not within the margin
             # of j1's value at the small scale or of j0's at the large one is beaten by j0 or j1 by the
             # margin all along, so in between only the few that are ("lines") compete.
@@ -434,7 +436,9 @@ def _neighbours(
                     se = es[eb]
                     d = ln[:, 2] * se - ln[:, 3]
                     d -= ln[:, 0] * se - ln[:, 1]
-                    res[eb] = np.where(d < 0, nbp[rows_b[p2], t1][loc], nbp[rows_b[p2], t0][loc])
+                    g1 = np.take(np.take(nbp_flat, rw[p2] + t1), loc)
+                    g0 = np.take(np.take(nbp_flat, rw[p2] + t0), loc)
+                    res[eb] = np.where(d < 0, g1, g0)
                     bad = ~(np.abs(d) > thr[eb]) | bad_e[eb]
                     if bad.any():
                         amb_l.append(eb[bad])
@@ -470,12 +474,12 @@ def _neighbours(
             loc = und[loc]
             ab_e = np.take(ab_sum.view(np.uint64)[:, :, 0], loc, axis=1).view(np.float32)  # (A, 2B) pairs
             _, j, bad = _pick(ab_e[:, 0::2], ab_e[:, 1::2], es[eb], thr[eb])
-            res[eb] = nbp[rows_b[loc], j]
+            res[eb] = np.take(nbp_flat, np.take(rw, loc) + j)
             bad |= bad_e[eb]
             if bad.any():
                 amb_l.append(eb[bad])
         dec_e = np.repeat(pres, elast - efirst + 1)
-        res = np.where(dec_e >= 0, dec_e, res)
+        np.maximum(res, dec_e, out=res)  # one of the two is -1
         if amb_l:
             amb = np.concatenate(amb_l)
             clear[a:b].reshape(-1)[ent[amb]] = False
