@@ -207,12 +207,15 @@ def _level_bytes(y: F32Array, safe: bool | None = None, out: U8Array | None = No
     return np.clip(nearest_int(_HALF * (y - _F1)), 0, 2).astype(np.uint8)
 
 
-def _codes(lv: U8Array) -> I32Array:
-    """Grid codes u = sum(l[i] << 2*i) of (n, 8) contiguous uint8 levels."""
+def _codes(lv: U8Array, out: I32Array | None = None) -> I32Array:
+    """Grid codes u = sum(l[i] << 2*i) of (n, 8) contiguous uint8 levels (into ``out``, (n,))."""
     v = lv.reshape(-1, 8).view(np.uint32)  # (n, 2): levels 0..3 and 4..7, one byte each
     v = v * _PACK4
-    v >>= np.uint32(24)
-    out: I32Array = (v[:, 0] | (v[:, 1] << np.uint32(8))).astype(np.int32)
+    # the top byte of each product is its half's code: the two top bytes, low half first, are u
+    u = np.ascontiguousarray(v.view(np.uint8)[:, 3::4]).view(np.uint16)[:, 0]
+    if out is None:
+        return u.astype(np.int32)
+    np.copyto(out, u)
     return out
 
 
@@ -567,8 +570,9 @@ def _scale_search(
         ids.min(initial=_F0) >= 0
     )
     for k in range(n_k):
-        np.multiply(ids[k][:, None], xs, out=y)
-        codes[:, k] = _codes(_level_bytes(y, safe if safe else None, lvb))
+        # a same-shape product: numpy's broadcast over rows of ng*8 values is ~3x slower
+        np.multiply(np.repeat(ids[k], ng * 8).reshape(xs.shape), xs, out=y)
+        _codes(_level_bytes(y, safe if safe else None, lvb), codes[:, k])
     sc = np.repeat(scs.T, ng, axis=0)
     gi, on, clear = _neighbours(g, codes, sc, xv.reshape(n, 8), wa.reshape(n, 8))
     gi3 = gi.reshape(n_sb, ng, n_k)
