@@ -182,6 +182,9 @@ def test_level_codes_match_nearest_int() -> None:
         assert np.array_equal(iq2_mod._level_bytes(y), lv)
         want = (lv << (2 * np.arange(8))).sum(axis=1)
         assert np.array_equal(iq2_mod._codes(iq2_mod._level_bytes(y)), want)
+        into = np.zeros((y.shape[0], 3), dtype=np.int32)  # a strided column, as the scale search uses
+        iq2_mod._codes(iq2_mod._level_bytes(y), into[:, 1])
+        assert np.array_equal(into[:, 1], want) and not into[:, [0, 2]].any()
 
 
 def _relative_rmse(name: str, x: np.ndarray, imatrix: np.ndarray | None) -> float:

@@ -110,6 +110,12 @@ def _block_groups(mean_count: float) -> int:
     return 8192 if mean_count < 12 else 4096 if mean_count < 24 else 2048
 
 
+def _first_width(mean_count: float) -> int:
+    """Padded width of the narrowest neighbour-list bucket (measured): a bucket costs ~60 numpy calls per
+    block, more than padding its few short lists to the next width costs where those lists are rare."""
+    return 6 if mean_count < 12 else 9 if mean_count < 24 else 4
+
+
 @cache
 def _grid(name: str) -> _Grid:
     t = iq2_tables(name)
@@ -125,7 +131,7 @@ def _grid(name: str) -> _Grid:
     short = float(cnt.mean()) < _PARTS4_BELOW
     growth = _WIDTH_GROWTH[0] if short else _WIDTH_GROWTH[1]
     widths: list[int] = []
-    w = 4
+    w = _first_width(float(cnt.mean()))
     while True:
         widths.append(min(w, int(cnt.max())))
         if w >= cnt.max():
@@ -201,12 +207,15 @@ def _level_bytes(y: F32Array, safe: bool | None = None, out: U8Array | None = No
     return np.clip(nearest_int(_HALF * (y - _F1)), 0, 2).astype(np.uint8)
 
 
-def _codes(lv: U8Array) -> I32Array:
-    """Grid codes u = sum(l[i] << 2*i) of (n, 8) contiguous uint8 levels."""
+def _codes(lv: U8Array, out: I32Array | None = None) -> I32Array:
+    """Grid codes u = sum(l[i] << 2*i) of (n, 8) contiguous uint8 levels (into ``out``, (n,))."""
     v = lv.reshape(-1, 8).view(np.uint32)  # (n, 2): levels 0..3 and 4..7, one byte each
     v = v * _PACK4
-    v >>= np.uint32(24)
-    out: I32Array = (v[:, 0] | (v[:, 1] << np.uint32(8))).astype(np.int32)
+    # the top byte of each product is its half's code: the two top bytes, low half first, are u
+    u = np.ascontiguousarray(v.view(np.uint8)[:, 3::4]).view(np.uint16)[:, 0]
+    if out is None:
+        return u.astype(np.int32)
+    np.copyto(out, u)
     return out
 
 
@@ -385,7 +394,7 @@ def _neighbours(
         tab = _part_tables(g, xv[a:b], wa[a:b])
         stride = g.parts * g.part_mat.shape[1] // 2 + 1  # with the sentinel
         pres = np.full(pstart.size, -1, dtype=np.int32)  # grid point of each decided pair
-        res = np.empty(ent.size, dtype=np.int32)
+        res = np.full(ent.size, -1, dtype=np.int32)  # -1 where the pair's pick (pres) decides
         amb_l: list[IntpArray] = []
         pbk = g.bucket[prow]
         for bi, width in enumerate(g.widths):
@@ -411,7 +420,9 @@ def _neighbours(
                 est1, j1, bad1 = _pick(av, b2, es[la], thr[la])
             ends = ~(bad0 | bad1 | bad_e[f] | bad_e[la])
             dec = ends & (j0 == j1)
-            pres[pl[dec]] = nbp[rows_b[dec], j0[dec]]
+            nbp_flat = nbp.reshape(-1)
+            rw = rows_b * width
+            pres[pl] = np.where(dec, np.take(nbp_flat, rw + j0), -1)
             # Different clear minima j0, j1 at the two ends: a neighbour that is not within the margin
             # of j1's value at the small scale or of j0's at the large one is beaten by j0 or j1 by the
             # margin all along, so in between only the few that are ("lines") compete.
@@ -434,7 +445,9 @@ def _neighbours(
                     se = es[eb]
                     d = ln[:, 2] * se - ln[:, 3]
                     d -= ln[:, 0] * se - ln[:, 1]
-                    res[eb] = np.where(d < 0, nbp[rows_b[p2], t1][loc], nbp[rows_b[p2], t0][loc])
+                    g1 = np.take(np.take(nbp_flat, rw[p2] + t1), loc)
+                    g0 = np.take(np.take(nbp_flat, rw[p2] + t0), loc)
+                    res[eb] = np.where(d < 0, g1, g0)
                     bad = ~(np.abs(d) > thr[eb]) | bad_e[eb]
                     if bad.any():
                         amb_l.append(eb[bad])
@@ -470,12 +483,12 @@ def _neighbours(
             loc = und[loc]
             ab_e = np.take(ab_sum.view(np.uint64)[:, :, 0], loc, axis=1).view(np.float32)  # (A, 2B) pairs
             _, j, bad = _pick(ab_e[:, 0::2], ab_e[:, 1::2], es[eb], thr[eb])
-            res[eb] = nbp[rows_b[loc], j]
+            res[eb] = np.take(nbp_flat, np.take(rw, loc) + j)
             bad |= bad_e[eb]
             if bad.any():
                 amb_l.append(eb[bad])
         dec_e = np.repeat(pres, elast - efirst + 1)
-        res = np.where(dec_e >= 0, dec_e, res)
+        np.maximum(res, dec_e, out=res)  # one of the two is -1
         if amb_l:
             amb = np.concatenate(amb_l)
             clear[a:b].reshape(-1)[ent[amb]] = False
@@ -557,8 +570,9 @@ def _scale_search(
         ids.min(initial=_F0) >= 0
     )
     for k in range(n_k):
-        np.multiply(ids[k][:, None], xs, out=y)
-        codes[:, k] = _codes(_level_bytes(y, safe if safe else None, lvb))
+        # a same-shape product: numpy's broadcast over rows of ng*8 values is ~3x slower
+        np.multiply(np.repeat(ids[k], ng * 8).reshape(xs.shape), xs, out=y)
+        _codes(_level_bytes(y, safe if safe else None, lvb), codes[:, k])
     sc = np.repeat(scs.T, ng, axis=0)
     gi, on, clear = _neighbours(g, codes, sc, xv.reshape(n, 8), wa.reshape(n, 8))
     gi3 = gi.reshape(n_sb, ng, n_k)
@@ -780,7 +794,11 @@ def _prepare(
     w = w.reshape(-1, ng, 8)
     waux = waux.reshape(-1, ng, 8)
     neg = ~(xs >= 0)
-    xval = np.where(neg, -xs, xs)
+    # C's -xb where xb is not >= 0 (NaN included) flips the sign bit: an xor, much cheaper than np.where
+    flipbit = neg.view(np.uint8).astype(np.uint32)
+    flipbit <<= np.uint32(31)
+    flipbit ^= xs.view(np.uint32)
+    xval = flipbit.view(np.float32)
     sbyte = np.packbits(neg, axis=-1, bitorder="little")[..., 0]
     signs = sbyte.astype(np.int32)
     if parity:
@@ -788,8 +806,10 @@ def _prepare(
         if odd.any():
             ax = (w * xs) * xs
             imin = np.argmin(ax, axis=-1)
-            flip = odd[..., None] & (np.arange(8) == imin[..., None])
-            xval = np.where(flip, -xval, xval)
+            pos = np.flatnonzero(odd.reshape(-1))
+            pos = pos * 8 + imin.reshape(-1)[pos]
+            xflat = xval.reshape(-1)
+            xflat[pos] = -xflat[pos]
             signs = signs ^ (odd.astype(np.int32) << imin.astype(np.int32))
         signs &= 127
     xf = xval.reshape(xval.shape[0], -1)
