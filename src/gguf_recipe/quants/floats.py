@@ -43,25 +43,18 @@ def quantize_f16(rows: F32Array, imatrix: F32Array | None, out: U8Array | None =
 
 
 def quantize_bf16(rows: F32Array, imatrix: F32Array | None, out: U8Array | None = None) -> U8Array:
-    """ggml_compute_fp32_to_bf16 (same bits as ``_numeric.fp32_to_bf16_bits``, in fewer passes).
-
-    ``(u + 0x7FFF) >> 16`` is the round-to-nearest-even result except for exact ties whose kept part
-    is odd (low half 0x8000, bit 16 set): those must round up and are exactly the values where
-    ``(u + 0x7FFF) | 0xFFFE0000`` is all ones, so one max finds them. NaNs are patched afterwards.
-    """
+    """ggml_compute_fp32_to_bf16 (same bits as ``_numeric.fp32_to_bf16_bits``, in fewer passes)."""
     del imatrix
     x = np.ascontiguousarray(rows, dtype=np.float32)
     u = x.view(np.uint32)
-    s = np.add(u, np.uint32(0x7FFF), out=scratch("bf16.s", u.shape, np.uint32))  # NaNs may wrap
-    has_nan = x.size > 0 and bool(np.isnan(x.min()))  # while x is in cache; min propagates NaN
-    odd_tie = np.bitwise_or(s, np.uint32(0xFFFE0000), out=scratch("bf16.t", u.shape, np.uint32))
-    ties = x.size > 0 and odd_tie.max() == np.uint32(0xFFFFFFFF)
-    s >>= np.uint32(16)
+    r = np.right_shift(u, np.uint32(16), out=scratch("bf16.r", u.shape, np.uint32))
+    r &= np.uint32(1)
+    r += u
+    r += np.uint32(0x7FFF)  # wraps for the top NaN patterns; those are replaced below
+    r >>= np.uint32(16)
     dst = _destination(x, np.dtype("<u2"), out)
-    np.copyto(dst, s, casting="unsafe")
-    if ties:
-        dst[odd_tie == np.uint32(0xFFFFFFFF)] += np.uint16(1)
-    if has_nan:
+    np.copyto(dst, r, casting="unsafe")
+    if x.size and np.isnan(x.min()):  # min propagates NaN: one cheap reduction finds them
         nan = np.isnan(x)
         dst[nan] = fp32_to_bf16_bits(x[nan])
     return dst.view(np.uint8).reshape(x.shape[0], -1)
