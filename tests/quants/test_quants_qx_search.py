@@ -5,13 +5,9 @@ on x or per candidate), and the einsum check that picks the sums' path.
 
 from __future__ import annotations
 
-import ctypes
-from typing import Any
-
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
-from gguf.constants import GGML_QUANT_SIZES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -19,6 +15,7 @@ from hypothesis.extra import numpy as hnp
 from gguf_recipe.quants import _scale_search as ss
 from gguf_recipe.quants import quantize
 from gguf_recipe.quants._numeric import seq_sum
+from helpers.ggml_ref import ggml_bytes
 
 f32 = np.float32
 
@@ -169,33 +166,13 @@ def test_einsum_sums_are_c_sums_where_used(n: int, groups: int) -> None:
     assert np.array_equal(np.einsum("in,in,in->n", a, b, c), seq_sum(a * b * c))
 
 
-def _ggml_bytes(x: np.ndarray, qtype: T, imatrix: np.ndarray) -> np.ndarray:
-    from llama_cpp import _ggml
-
-    lib: Any = _ggml.libggml
-    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
-    lib.ggml_quantize_chunk.argtypes = [
-        ctypes.c_int,
-        *[ctypes.c_void_p] * 2,
-        *[ctypes.c_int64] * 3,
-        ctypes.c_void_p,
-    ]
-    block, size = GGML_QUANT_SIZES[qtype]
-    out = np.zeros((x.shape[0], x.shape[1] // block * size), dtype=np.uint8)
-    lib.ggml_quantize_init(int(qtype))
-    lib.ggml_quantize_chunk(
-        int(qtype), x.ctypes.data, out.ctypes.data, 0, x.shape[0], x.shape[1], imatrix.ctypes.data
-    )
-    return out
-
-
 @pytest.mark.parametrize("qtype", [T.Q4_0, T.Q5_0, T.Q3_K], ids=lambda t: t.name)
 def test_boundary_rows_match_ggml(qtype: T) -> None:
     nmax = {T.Q4_0: 8, T.Q5_0: 16, T.Q3_K: 4}[qtype]
     n = 16 if qtype == T.Q3_K else 32
     rows = np.ascontiguousarray(_boundary_groups(n, 2048, nmax, seed=3).T.reshape(-1, 1024))
     im = np.random.default_rng(5).exponential(size=1024).astype(np.float32)
-    assert np.array_equal(quantize(rows, qtype.name, im, threads=1), _ggml_bytes(rows, qtype, im))
+    assert np.array_equal(quantize(rows, qtype.name, im, threads=1), ggml_bytes(rows, qtype, im))
 
 
 @pytest.mark.parametrize("nmax", [4, 8, 16])
