@@ -16,6 +16,7 @@ from hypothesis.extra import numpy as hnp
 
 from gguf_recipe.quants import implemented_types, quantize, spec_for
 from gguf_recipe.quants.registry import QuantIntoFn
+from helpers.ggml_ref import ggml_bytes
 from helpers.quants import FINITE_F32, imatrices
 
 
@@ -230,8 +231,38 @@ def test_moderate_input_round_trips(qtype: GGMLQuantizationType, data: st.DataOb
     q = quantize(x, qtype, im, threads=1)
     y = dequantize(q, qtype).reshape(x.shape)
     assert np.all(np.isfinite(y))
-    # no garbage: every value stays near its block's range (weighted fits and MXFP4's grid may overshoot).
+    if im is not None:
+        # a weighted fit may land far outside the block's range (importances of 1e5 next to 0 or 1 pull
+        # the free min/scale of Q4_1 to 2.4x the largest value): the bar is ggml's own bytes
+        np.testing.assert_array_equal(q, ggml_bytes(x, qtype, im))
+        return
+    # no garbage: every value stays near its block's range (MXFP4's grid may overshoot).
     block = max(GGML_QUANT_SIZES[qtype][0], 32)
     xb = x.reshape(-1, block)
     amax = np.abs(xb).max(axis=1, keepdims=True)
     assert np.all(np.abs(y.reshape(-1, block)) <= 2 * amax + 1e-5)  # + fp16 subnormal rounding
+
+
+def test_weighted_q4_1_fit_far_outside_the_block_is_ggmls() -> None:
+    """Found by hypothesis: huge importances next to ones and zeros make ggml's weighted Q4_1 fit put
+    a block's levels 2.4x past its largest value. Ours gives the same bytes (the fit, not garbage)."""
+    flat = np.zeros(2 * 416, dtype=np.float32)
+    for i, v in {
+        144: 5.0,
+        416: 8722.0,
+        417: 8441.0,
+        418: 8723.25,
+        419: 3222.0,
+        420: 648.0,
+        422: 921.25,
+    }.items():
+        flat[i] = v
+    flat[[423, 609, 613, 640, 641]] = [1238.21875, -3173.0, 3209.0, 9318.0, 9624.0]
+    x = flat.reshape(2, 416)
+    im = np.ones(416, dtype=np.float32)
+    im[[0, 199]] = 0.0
+    im[[192, 194, 195, 196, 209]] = [682447.0, 589643.0, 252663.0, 683298.0, 271110.0]
+    q = quantize(x, T.Q4_1, im, threads=1)
+    np.testing.assert_array_equal(q, ggml_bytes(x, T.Q4_1, im))
+    y = dequantize(q, T.Q4_1).reshape(-1, 32)
+    assert np.abs(y).max(axis=1)[19] > 2 * np.abs(x.reshape(-1, 32)).max(axis=1)[19]
