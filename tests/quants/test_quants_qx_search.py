@@ -94,6 +94,18 @@ def sums_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     return str(request.param)
 
 
+def _assert_both_searches_match_c(x: np.ndarray, w: np.ndarray, nmax: int) -> None:
+    """make_qx_quants_iscale (through its levels) and make_qx_quants give C's scales and levels."""
+    with np.errstate(all="ignore"):
+        scale, L = _search_levels(x, w, nmax)
+        ref_scale, ref_L = _ref_make_qx_quants(x, w, nmax)
+        scale2, L2 = ss.make_qx_quants(x, nmax, w)
+    assert scale.tobytes() == ref_scale.tobytes()
+    assert np.array_equal(L, ref_L)
+    assert scale2.tobytes() == ref_scale.tobytes()
+    assert np.array_equal(L2, ref_L)
+
+
 @pytest.mark.parametrize("clamp_on_x", [True, False])
 @pytest.mark.parametrize(("n", "nmax"), [(32, 8), (32, 16), (16, 4)])
 def test_search_matches_c_on_rounding_boundaries(
@@ -104,14 +116,7 @@ def test_search_matches_c_on_rounding_boundaries(
     x = _boundary_groups(n, 3000, nmax, seed=nmax)
     w = np.random.default_rng(1).exponential(size=x.shape).astype(np.float32)
     w[:, ::7] = 1  # equal weights: more ties between candidates
-    with np.errstate(all="ignore"):
-        scale, L = _search_levels(x, w, nmax)
-        ref_scale, ref_L = _ref_make_qx_quants(x, w, nmax)
-        scale2, L2 = ss.make_qx_quants(x, nmax, w)
-    assert scale.tobytes() == ref_scale.tobytes()
-    assert np.array_equal(L, ref_L)
-    assert scale2.tobytes() == ref_scale.tobytes()
-    assert np.array_equal(L2, ref_L)
+    _assert_both_searches_match_c(x, w, nmax)
 
 
 @settings(max_examples=30, deadline=None)
@@ -127,14 +132,7 @@ def test_search_matches_c_on_rounding_boundaries(
 def test_search_matches_c_on_any_finite_groups(groups: np.ndarray, nmax: int, data: st.DataObject) -> None:
     w = data.draw(hnp.arrays(np.float32, groups.shape, elements=st.floats(0, 1e6, width=32)))
     x = np.ascontiguousarray(groups)
-    with np.errstate(all="ignore"):
-        scale, L = _search_levels(x, w, nmax)
-        ref_scale, ref_L = _ref_make_qx_quants(x, w, nmax)
-        scale2, L2 = ss.make_qx_quants(x, nmax, w)
-    assert scale.tobytes() == ref_scale.tobytes()
-    assert np.array_equal(L, ref_L)
-    assert scale2.tobytes() == ref_scale.tobytes()
-    assert np.array_equal(L2, ref_L)
+    _assert_both_searches_match_c(x, w, nmax)
 
 
 def test_einsum_probe_tells_c_sums_from_fused_wide_and_reordered_ones() -> None:
