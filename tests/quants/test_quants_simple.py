@@ -175,8 +175,8 @@ def test_q8_0_follows_c_after_a_nan() -> None:
 
 
 def test_legacy_scale_fp16_matches_ieee_rounding() -> None:
-    """The legacy types' fp16 scales come from uint32 rounding passes, with numpy's cast (IEEE round to
-    nearest even, what GGML_FP32_TO_FP16 does) only for non-normal results: every float32 exponent,
+    """The legacy types' fp16 scales, written into the strided scale columns of the output blocks, are
+    GGML_FP32_TO_FP16 (IEEE round to nearest even; NaN as ``sign | 0x7E00``): every float32 exponent,
     with mantissas on and around each rounding boundary (ties, one ulp either side) and both signs,
     two scale rows at once as Q4_1/Q5_1 store them."""
     from gguf_recipe.quants.legacy import _scale_fp16_into, _work
@@ -191,7 +191,9 @@ def test_legacy_scale_fp16_matches_ieee_rounding() -> None:
     dst = np.zeros((nb, 2), dtype=np.uint16)
     with np.errstate(all="ignore"):
         _scale_fp16_into(_work(nb), v, dst)
-        expected = v.astype(np.float16).view(np.uint16).T
+        expected = v.astype(np.float16).view(np.uint16).T.copy()
+    nan = np.isnan(v.T)
+    expected[nan] = (expected[nan] & np.uint16(0x8000)) | np.uint16(0x7E00)
     assert np.array_equal(dst, expected)
 
 

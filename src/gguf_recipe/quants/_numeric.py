@@ -42,7 +42,7 @@ def fp32_to_fp16_bits(x: npt.NDArray[np.float32], out: U16Array | None = None) -
     """
     xf = np.ascontiguousarray(x, dtype=np.float32)
     if xf.size < _FP16_FAST_MIN_SIZE:
-        small: U16Array = _numpy_fp16_bits(xf)
+        small: U16Array = cast_fp16_bits(xf)
         if out is None:
             return small
         np.copyto(out, small)
@@ -67,11 +67,11 @@ def fp32_to_fp16_bits(x: npt.NDArray[np.float32], out: U16Array | None = None) -
     np.copyto(out, t, casting="unsafe")  # the low 16 bits
     if special.any():
         idx = np.flatnonzero(special)
-        out.flat[idx] = _numpy_fp16_bits(xf.reshape(-1)[idx])  # any layout of `out`
+        out.flat[idx] = cast_fp16_bits(xf.reshape(-1)[idx])  # any layout of `out`
     return out
 
 
-def _numpy_fp16_bits(x: npt.NDArray[np.float32]) -> U16Array:
+def cast_fp16_bits(x: npt.NDArray[np.float32]) -> U16Array:
     """numpy's fp16 cast with ggml's NaN: numpy keeps a NaN's payload, ggml writes ``sign | 0x7E00``."""
     bits: U16Array = x.astype(np.float16).view(np.uint16)
     nan = (bits & np.uint16(0x7FFF)) > np.uint16(0x7C00)

@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._numeric import F32Array, I32Array, U8Array, fp32_to_fp16_bits, quiet_fp, scratch
-from .legacy import _lanes, _pack, _quads
+from .legacy import _lanes_into, _pack, _quads, _work
 
 __all__ = ["quantize_mxfp4", "quantize_tq1_0", "quantize_tq2_0"]
 
@@ -189,7 +189,8 @@ def quantize_mxfp4(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     """quantize_row_mxfp4_ref on the quad layout (see legacy._quads); chunks holding NaN/inf or
     extreme scales take :func:`_mxfp4_general`."""
     del imatrix  # quantize_mxfp4 ignores it
-    xq = _quads(rows)
+    w = _work(rows.size // 32)
+    xq = _quads(rows, w)
     bits = xq.view(np.uint32)
     ab = np.bitwise_and(bits, _TOP_BIT, out=scratch("mx.ab", bits.shape, np.uint32))  # |x|
     amax_bits = _lane_max(ab.max(axis=0))
@@ -202,7 +203,7 @@ def quantize_mxfp4(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     two_over_d = (2.0 / d.astype(np.float64)).astype(np.float32)
     if not (two_over_d.max() <= 2.0**127 and (amax * two_over_d).max() < 32):
         return _mxfp4_general(rows)
-    u = np.multiply(ab.view(np.float32), _lanes(two_over_d, "mx.t"), out=scratch("mx.u", xq.shape))
+    u = np.multiply(ab.view(np.float32), _lanes_into(w, two_over_d), out=scratch("mx.u", xq.shape))
     np.ceil(u, out=u)
     k = scratch("mx.k", xq.shape, np.uint8)  # t = ceil(2|x|/d) in [0, 32]
     np.copyto(k, u, casting="unsafe")
