@@ -206,21 +206,27 @@ _BIG = np.float32(2.0**84)
 _RUN_WIDTHS = (4, 8, 12, 16, 24, 40)
 
 
-def _margin_coefs(xv: F32Array, wv: F32Array) -> F32Array:
-    """Per group (5, G): (225*W0, 30*W1, W2, 1 + X + W0) with W0 = sum w, W1 = sum w|x|, W2 = sum w*x^2
-    and X = max |x| over the 4 coordinates, for :func:`_run_margin`."""
+def _group_terms(xv: F32Array, wv: F32Array) -> F32Array:
+    """Per group (12, G) from its values and sqrt-weights (4, G): rows 0-3 the weights w, 4-7 ``2*w*x``
+    (for :func:`_ab_tables`), 8-11 (225*W0, 30*W1, W2, 1 + X + W0) with W0 = sum w, W1 = sum w|x|,
+    W2 = sum w*x^2 and X = max |x| over the 4 coordinates (for :func:`_run_margin`). Computed once per
+    group and gathered per run: there are several runs per group."""
+    out = np.empty((12, xv.shape[1]), dtype=np.float32)
+    out[0:4] = wv
+    np.multiply(wv, xv, out=out[4:8])
+    out[4:8] *= np.float32(2.0)
     ax = np.abs(xv)
     wax = wv * ax
-    out = np.empty((4, xv.shape[1]), dtype=np.float32)
-    out[0] = wv[0] + wv[1] + wv[2] + wv[3]
-    out[1] = wax[0] + wax[1] + wax[2] + wax[3]
+    cf = out[8:12]
+    cf[0] = wv[0] + wv[1] + wv[2] + wv[3]
+    cf[1] = wax[0] + wax[1] + wax[2] + wax[3]
     wax *= ax
-    out[2] = wax[0] + wax[1] + wax[2] + wax[3]
-    out[3] = np.maximum(np.maximum(ax[0], ax[1]), np.maximum(ax[2], ax[3]))
-    out[3] += out[0]
-    out[3] += np.float32(1.0)
-    out[0] *= np.float32(225.0)
-    out[1] *= np.float32(30.0)
+    cf[2] = wax[0] + wax[1] + wax[2] + wax[3]
+    cf[3] = np.maximum(np.maximum(ax[0], ax[1]), np.maximum(ax[2], ax[3]))
+    cf[3] += cf[0]
+    cf[3] += np.float32(1.0)
+    cf[0] *= np.float32(225.0)
+    cf[1] *= np.float32(30.0)
     return out
 
 
@@ -307,16 +313,15 @@ def _run_entries(first: IntArray, last: IntArray) -> tuple[IntArray, IntArray]:
     return cnt, entries
 
 
-def _ab_tables(packed: npt.NDArray[np.uint16], xs: F32Array, ws: F32Array) -> tuple[F32Array, F32Array]:
-    """A = sum w*q^2 and 2B = 2 sum w*x*q of every neighbour (W, g) from packed positions."""
+def _ab_tables(packed: npt.NDArray[np.uint16], ws: F32Array, wx2: F32Array) -> tuple[F32Array, F32Array]:
+    """A = sum w*q^2 and 2B = 2 sum w*x*q of every neighbour (W, g) from packed positions, the weights
+    ``ws`` and ``wx2`` = 2*w*x (4, g)."""
     shp = packed.shape
     a = np.empty(shp, dtype=np.float32)
     b2 = np.empty(shp, dtype=np.float32)
     q = scratch("iq3.run.q", shp)
     t = scratch("iq3.run.t", shp)
     qi = scratch("iq3.run.qi", shp, np.uint16)
-    wx2 = ws * xs
-    wx2 *= np.float32(2.0)
     for i in range(4):
         np.right_shift(packed, np.uint16(4 * i), out=qi)
         qi &= np.uint16(15)
@@ -334,8 +339,7 @@ def _ab_tables(packed: npt.NDArray[np.uint16], xs: F32Array, ws: F32Array) -> tu
 def _run_search(
     tab: Iq3Tables,
     rows: IntArray,
-    xv: F32Array,
-    wv: F32Array,
+    gterms: F32Array,
     grp: IntArray,
     first: IntArray,
     last: IntArray,
@@ -343,9 +347,10 @@ def _run_search(
 ) -> tuple[I32Array, IntArray, I32Array]:
     """The neighbour search for P runs (one group, one off-grid code, table row ``rows``; its entries
     are the flat positions ``first..last``, at scales ``s_flat[pos % s_flat.size]``, monotone along a
-    run), its values and sqrt-weights the columns ``grp`` of ``xv``/``wv`` (4, 8*nb). Returns the grid index of every run that one neighbour wins throughout
-    (-1 elsewhere), and the flat positions of the other runs' entries with the grid index each takes
-    there (-1 where a near tie, or a non-finite value, needs C's exact search).
+    run), its :func:`_group_terms` the columns ``grp`` of ``gterms`` (12, 8*nb). Returns the grid index
+    of every run that one neighbour wins throughout (-1 elsewhere), and the flat positions of the other
+    runs' entries with the grid index each takes there (-1 where a near tie, or a non-finite value,
+    needs C's exact search).
 
     With A = sum w*q^2 and B = sum w*x*q of a neighbour, d2 = s*(s*A - 2B) + const, so neighbours
     compare by s*A - 2B, computed once per run from A and B. That is linear in s and the margin of
@@ -353,30 +358,40 @@ def _run_search(
     C's choice at every scale in between. When the ends have different clear minima j0 and j1, a
     neighbour not within the margin of j1 at the first end or of j0 at the last is beaten by one of
     them all along: if only j0 and j1 are left, the sign of their difference decides each entry. Other
-    runs are decided entry by entry."""
-    n_p = rows.shape[0]
-    won = np.full(n_p, -1, dtype=np.int32)
+    runs are decided entry by entry. The runs are handled in order of their list's padded width, each
+    width a contiguous slice of the reordered runs."""
+    widths = _run_widths(tab.nb_index.shape[1])
+    bucket = np.take(_row_buckets(tab.grid_size), rows)
+    order = np.argsort(bucket, kind="stable")
+    bounds = np.cumsum(np.bincount(bucket, minlength=len(widths)))
+    rows = np.take(rows, order)
+    first = np.take(first, order)
+    last = np.take(last, order)
+    gt = np.take(gterms, np.take(grp, order), axis=1)
+    s_first = np.take(s_flat, first, mode="wrap")
+    s_last = np.take(s_flat, last, mode="wrap")
+    won = np.full(rows.shape[0], -1, dtype=np.int32)
     two_l: list[IntArray] = []
     two_v: list[F32Array] = []  # (5, n): A1 - A0, 2B1 - 2B0, margin, grid index j0, j1 (as float)
     pos_l: list[IntArray] = []
     gi_l: list[I32Array] = []
-    widths = _run_widths(tab.nb_index.shape[1])
-    bucket = np.take(_row_buckets(tab.grid_size), rows)
     full = tab.nb_index.shape[1]
     nb_flat = tab.nb_index.reshape(-1)
+    lo = 0
     for bi, width in enumerate(widths):
-        sel = np.flatnonzero(bucket == bi)
-        if sel.size == 0:
+        hi = int(bounds[bi])
+        sel = slice(lo, hi)
+        if hi == lo:
             continue
-        r = np.take(rows, sel)
+        lo = hi
+        r = rows[sel]
         table, pads = _packed_runs(tab.grid_size, width)
         npad = np.take(pads, r)
-        g = np.take(grp, sel)
-        x4, w4 = np.take(xv, g, axis=1), np.take(wv, g, axis=1)  # this bucket's runs only
-        a, b2 = _ab_tables(np.take(table, r, axis=1), x4, w4)
-        cf = _margin_coefs(x4, w4)
-        s0 = np.take(s_flat, np.take(first, sel), mode="wrap")
-        s1 = np.take(s_flat, np.take(last, sel), mode="wrap")
+        g = gt[:, sel]
+        a, b2 = _ab_tables(np.take(table, r, axis=1), g[0:4], g[4:8])
+        cf = g[8:12]
+        s0 = s_first[sel]
+        s1 = s_last[sel]
         t0, ok0 = _run_margin(cf, s0)
         t1, ok1 = _run_margin(cf, s1)
         ok_ends = ok0 & ok1
@@ -389,19 +404,23 @@ def _run_search(
         ends = c0 & c1 & ok_ends
         same = j0 == j1
         dec = np.flatnonzero(ends & same)
-        won[np.take(sel, dec)] = np.take(nb_flat, np.take(r, dec) * full + np.take(j0, dec))
+        won[dec + sel.start] = np.take(nb_flat, np.take(r, dec) * full + np.take(j0, dec))
         two = ends & ~same
         if two.any():
-            lim0 = np.take_along_axis(est0, j1[None, :].astype(np.intp), axis=0)[0] + t0
-            lim1 = np.take_along_axis(est1, j0[None, :].astype(np.intp), axis=0)[0] + t1
+            n_s = a.shape[1]
+            cols = np.arange(n_s)
+            lim0 = np.take(est0, j1.astype(np.intp) * n_s + cols)
+            lim0 += t0
+            lim1 = np.take(est1, j0.astype(np.intp) * n_s + cols)
+            lim1 += t1
             inset = np.less_equal(est0, lim0, out=scratch("iq3.run.in0", est0.shape, np.bool_))
             inset &= est1 <= lim1
             n_in = np.add.reduce(inset, axis=0, dtype=np.uint8)
             n_in -= npad * inset[0]  # padding copies of neighbour 0
             two &= n_in == 2
             p2 = np.flatnonzero(two)
-            i0 = j0[p2].astype(np.intp) * a.shape[1] + p2
-            i1 = j1[p2].astype(np.intp) * a.shape[1] + p2
+            i0 = j0[p2].astype(np.intp) * n_s + p2
+            i1 = j1[p2].astype(np.intp) * n_s + p2
             v = np.empty((5, p2.size), dtype=np.float32)
             np.subtract(np.take(a, i1), np.take(a, i0), out=v[0])
             np.subtract(np.take(b2, i1), np.take(b2, i0), out=v[1])
@@ -410,13 +429,13 @@ def _run_search(
             rp = np.take(r, p2) * full
             v[3] = np.take(nb_flat, rp + j0[p2])  # grid indices < 2**24: exact as float32
             v[4] = np.take(nb_flat, rp + j1[p2])
-            two_l.append(np.take(sel, p2))
+            two_l.append(p2 + sel.start)
             two_v.append(v)
         und = np.flatnonzero(~ends | (~same & ~two))
         if und.size == 0:
             continue
         # entry by entry for the other runs, still from A and B
-        su = np.take(sel, und)
+        su = und + sel.start
         cnt, pos = _run_entries(np.take(first, su), np.take(last, su))
         se = np.take(s_flat, pos, mode="wrap")
         # the margin is convex in s: its larger end value holds along the run (NaN: no bound there)
@@ -442,9 +461,11 @@ def _run_search(
         gi[~(np.abs(d) > vl[2])] = -1
         pos_l.append(pos)
         gi_l.append(gi)
+    won_in_order = np.empty_like(won)
+    won_in_order[order] = won
     if pos_l:
-        return won, np.concatenate(pos_l), np.concatenate(gi_l)
-    return won, np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.int32)
+        return won_in_order, np.concatenate(pos_l), np.concatenate(gi_l)
+    return won_in_order, np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.int32)
 
 
 def _snap_trials(tab: Iq3Tables, codes: I16Array, xv: F32Array, wv: F32Array, scale: F32Array) -> BoolArray:
@@ -469,7 +490,7 @@ def _snap_trials(tab: Iq3Tables, codes: I16Array, xv: F32Array, wv: F32Array, sc
     grp = first // n_t  # k * nb + b: column of xv/wv
     rows = np.take(tab.nb_row, np.take(cflat, first)).astype(np.intp)
     s_flat = scale.reshape(-1)
-    won, pos, gi = _run_search(tab, rows, xv, wv, grp, first, last, s_flat)
+    won, pos, gi = _run_search(tab, rows, _group_terms(xv, wv), grp, first, last, s_flat)
     # runs with one winner: add (its code - the run's code) over the run, as a running sum of steps
     dec = np.flatnonzero(won >= 0)
     u = np.take(cflat, np.take(first, dec)).astype(np.int32)
