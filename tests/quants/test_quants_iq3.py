@@ -163,3 +163,61 @@ def test_internal_steps_do_not_change_bytes(name: str, monkeypatch: pytest.Monke
     whole = fn(x, im)
     monkeypatch.setattr(iq3_mod, "_BLOCKS_PER_STEP", 24)
     assert np.array_equal(fn(x, im), whole)
+
+
+def _two_contenders_per_entry(
+    v: np.ndarray, first: np.ndarray, last: np.ndarray, s_flat: np.ndarray
+) -> dict[int, int]:
+    """Every entry of the runs decided on its own: j1 where d < 0, j0 else, -1 unless |d| > margin."""
+    out = {}
+    for r in range(first.size):
+        for p in range(int(first[r]), int(last[r]) + 1):
+            s = s_flat[p % s_flat.size]
+            with np.errstate(all="ignore"):
+                d = np.float32(np.float32(v[0, r] * s) - v[1, r])
+            gi = int(v[4, r]) if d < 0 else int(v[3, r])
+            out[p] = gi if abs(d) > v[2, r] else -1
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_two_contender_segments_match_entry_by_entry(seed: int) -> None:
+    """The binary searches on the monotone d give each entry the grid index (or the exact search) that
+    evaluating it alone gives: runs in both directions, margins equal to d at some entry (the '<' and
+    '<=' limits), repeated scales, lengths 1..31, non-finite terms."""
+    rng = np.random.default_rng(seed)
+    n_t = 31
+    n_runs = 400
+    s_rows = np.sort(rng.uniform(0.05, 2.0, (n_runs, n_t)).astype(np.float32), axis=1)[:, ::-1]
+    s_rows[::5, 10:14] = s_rows[::5, 10:11]  # flat stretches
+    s_flat = np.ascontiguousarray(s_rows).reshape(-1)
+    lengths = rng.integers(1, n_t + 1, n_runs)
+    starts = rng.integers(0, n_t - lengths + 1)
+    first = np.arange(n_runs) * n_t + starts
+    last = first + lengths - 1
+    v = np.empty((5, n_runs), dtype=np.float32)
+    v[0] = rng.standard_normal(n_runs)  # both signs: d increasing or decreasing along a run
+    s_mid = s_flat[first + lengths // 2]
+    v[1] = v[0] * s_mid * rng.uniform(0.8, 1.2, n_runs).astype(np.float32)  # sign change inside
+    v[2] = np.abs(rng.standard_normal(n_runs).astype(np.float32)) * np.float32(0.05)
+    # margins exactly |d| at an entry, so some entries sit on either limit
+    pick = first + rng.integers(0, lengths)
+    d_pick = (v[0] * s_flat[pick]) - v[1]
+    v[2, ::3] = np.abs(d_pick[::3])
+    v[3] = rng.integers(0, 256, n_runs)
+    v[4] = rng.integers(0, 256, n_runs)
+    v[0, 7] = np.inf
+    v[1, 11] = np.nan
+    segs, tie_pos = iq3_mod._two_segments(v, first, last, s_flat)
+    got: dict[int, int] = {}
+    for a, b, gi in segs:
+        for lo, hi, g in zip(a.tolist(), b.tolist(), gi.tolist(), strict=True):
+            for p in range(lo, hi + 1):
+                assert p not in got
+                got[p] = g
+    for p in tie_pos.tolist():
+        assert p not in got
+        got[p] = -1
+    want = _two_contenders_per_entry(v, first, last, s_flat)
+    assert got == want
+    assert sum(1 for g in want.values() if g < 0) > 10  # the margins' edges were hit

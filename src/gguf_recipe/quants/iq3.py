@@ -336,6 +336,92 @@ def _ab_tables(packed: npt.NDArray[np.uint16], ws: F32Array, wx2: F32Array) -> t
     return a, b2
 
 
+class _Decided(NamedTuple):
+    """Result of :func:`_run_search`: segments ``seg_first..seg_last`` of runs (flat positions) that one
+    neighbour, grid index ``seg_gi``, wins throughout; and single entries ``pos`` with the grid index each
+    takes (``gi``, -1 where C's exact search decides)."""
+
+    seg_first: IntArray
+    seg_last: IntArray
+    seg_gi: I32Array
+    pos: IntArray
+    gi: I32Array
+
+
+def _two_segments(
+    v: F32Array, first: IntArray, last: IntArray, s_flat: F32Array
+) -> tuple[list[tuple[IntArray, IntArray, I32Array]], IntArray]:
+    """Runs ``first..last`` left with two contenders, ``v`` (5, n) as built in :func:`_run_search`:
+    neighbour j1 wins an entry where d = (A1 - A0)*s - (2B1 - 2B0) < -margin, j0 where d > margin, C's
+    exact search decides in between. d is monotone along a run (s is, and float32 rounding keeps the
+    order of a product with a fixed factor and of a difference with a fixed term), so each run splits
+    into at most three segments, found by binary searches on d instead of evaluating every entry.
+    Returns the decided segments and the flat positions of the undecided entries. Runs with a
+    non-finite term (where d need not be monotone) are evaluated entry by entry."""
+    n_len = last - first + 1
+    with np.errstate(invalid="ignore"):
+        d_first = v[0] * np.take(s_flat, first, mode="wrap")
+        d_first -= v[1]
+        d_last = v[0] * np.take(s_flat, last, mode="wrap")
+        d_last -= v[1]
+    finite = np.isfinite(v[0]) & np.isfinite(v[1]) & np.isfinite(d_first) & np.isfinite(d_last)
+    finite &= np.isfinite(np.take(s_flat, first, mode="wrap")) & np.isfinite(
+        np.take(s_flat, last, mode="wrap")
+    )
+    rev = d_first > d_last  # d non-increasing along the run: search it from its last entry
+    base = np.where(rev, last, first)
+    sign = np.where(rev, -1, 1)
+    # d < lim for the two limits: -margin, and the next float above +margin (d <= margin)
+    lim = np.stack([-v[2], np.nextafter(v[2], np.float32(np.inf))])
+    # count = number of leading entries (search order) with d < lim, in steps of decreasing powers of two
+    count = np.zeros((2, n_len.size), dtype=np.intp)
+    top = n_len - 1
+    step = 1 << (int(n_len.max(initial=1)).bit_length() - 1)
+    while step:
+        cand = count + step
+        k = np.minimum(cand - 1, top)
+        k *= sign
+        k += base
+        d = v[0] * np.take(s_flat, k, mode="wrap")
+        d -= v[1]
+        below = d < lim
+        below &= cand <= n_len
+        count += below * step
+        step >>= 1
+    n_neg, n_not_pos = count[0], count[1]  # entries (in search order) with d < -margin, d <= margin
+
+    gi0 = v[3].astype(np.int32)
+    gi1 = v[4].astype(np.int32)
+    segs: list[tuple[IntArray, IntArray, I32Array]] = []
+    ties = []
+    for k0, k1, gi in ((None, n_neg, gi1), (n_not_pos, None, gi0), (n_neg, n_not_pos, None)):
+        lo_k = np.zeros_like(n_len) if k0 is None else k0
+        hi_k = n_len if k1 is None else k1
+        keep = np.flatnonzero(finite & (hi_k > lo_k))
+        kk0, kk1 = np.take(lo_k, keep), np.take(hi_k, keep)
+        # search order k is position first + k, or last - k when reversed
+        f, lst, rv = np.take(first, keep), np.take(last, keep), np.take(rev, keep)
+        a = np.where(rv, lst - kk1 + 1, f + kk0)
+        b = np.where(rv, lst - kk0, f + kk1 - 1)
+        if gi is None:
+            ties.append(_run_entries(a, b)[1])
+        else:
+            segs.append((a, b, np.take(gi, keep)))
+    tie_pos = ties[0]
+    other = np.flatnonzero(~finite)
+    if other.size:
+        cnt, pos = _run_entries(np.take(first, other), np.take(last, other))
+        vl = np.repeat(np.take(v, other, axis=1), cnt, axis=1)
+        with np.errstate(invalid="ignore"):
+            d = vl[0] * np.take(s_flat, pos, mode="wrap")
+            d -= vl[1]
+        gi = np.where(d < 0, vl[4], vl[3]).astype(np.int32)
+        ok = np.abs(d) > vl[2]
+        segs.append((np.compress(ok, pos), np.compress(ok, pos), np.compress(ok, gi)))
+        tie_pos = np.concatenate([tie_pos, np.compress(~ok, pos)])
+    return segs, tie_pos
+
+
 def _run_search(
     tab: Iq3Tables,
     rows: IntArray,
@@ -344,7 +430,7 @@ def _run_search(
     first: IntArray,
     last: IntArray,
     s_flat: F32Array,
-) -> tuple[I32Array, IntArray, I32Array]:
+) -> _Decided:
     """The neighbour search for P runs (one group, one off-grid code, table row ``rows``; its entries
     are the flat positions ``first..last``, at scales ``s_flat[pos % s_flat.size]``, monotone along a
     run), its :func:`_group_terms` the columns ``grp`` of ``gterms`` (12, 8*nb). Returns the grid index
@@ -370,7 +456,7 @@ def _run_search(
     gt = np.take(gterms, np.take(grp, order), axis=1)
     s_first = np.take(s_flat, first, mode="wrap")
     s_last = np.take(s_flat, last, mode="wrap")
-    won = np.full(rows.shape[0], -1, dtype=np.int32)
+    seg_l: list[tuple[IntArray, IntArray, I32Array]] = []
     two_l: list[IntArray] = []
     two_v: list[F32Array] = []  # (5, n): A1 - A0, 2B1 - 2B0, margin, grid index j0, j1 (as float)
     pos_l: list[IntArray] = []
@@ -404,7 +490,14 @@ def _run_search(
         ends = c0 & c1 & ok_ends
         same = j0 == j1
         dec = np.flatnonzero(ends & same)
-        won[dec + sel.start] = np.take(nb_flat, np.take(r, dec) * full + np.take(j0, dec))
+        sd = dec + sel.start
+        seg_l.append(
+            (
+                np.take(first, sd),
+                np.take(last, sd),
+                np.take(nb_flat, np.take(r, dec) * full + np.take(j0, dec)),
+            )
+        )
         two = ends & ~same
         if two.any():
             n_s = a.shape[1]
@@ -451,21 +544,20 @@ def _run_search(
         gi_l.append(np.where(c, np.take(nb_flat, rj), -1).astype(np.int32))
     if two_l:
         p2 = np.concatenate(two_l)
-        v = np.concatenate(two_v, axis=1)
-        cnt, pos = _run_entries(np.take(first, p2), np.take(last, p2))
-        se = np.take(s_flat, pos, mode="wrap")
-        vl = np.repeat(v, cnt, axis=1)
-        d = vl[0] * se
-        d -= vl[1]
-        gi = np.where(d < 0, vl[4], vl[3]).astype(np.int32)
-        gi[~(np.abs(d) > vl[2])] = -1
-        pos_l.append(pos)
-        gi_l.append(gi)
-    won_in_order = np.empty_like(won)
-    won_in_order[order] = won
+        segs, tie_pos = _two_segments(
+            np.concatenate(two_v, axis=1), np.take(first, p2), np.take(last, p2), s_flat
+        )
+        seg_l.extend(segs)
+        pos_l.append(tie_pos)
+        gi_l.append(np.full(tie_pos.size, -1, dtype=np.int32))
+    if seg_l:
+        seg_first, seg_last, seg_gi = (np.concatenate(c) for c in zip(*seg_l, strict=True))
+    else:
+        seg_first = seg_last = np.zeros(0, dtype=np.intp)
+        seg_gi = np.zeros(0, dtype=np.int32)
     if pos_l:
-        return won_in_order, np.concatenate(pos_l), np.concatenate(gi_l)
-    return won_in_order, np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.int32)
+        return _Decided(seg_first, seg_last, seg_gi, np.concatenate(pos_l), np.concatenate(gi_l))
+    return _Decided(seg_first, seg_last, seg_gi, np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.int32))
 
 
 def _snap_trials(tab: Iq3Tables, codes: I16Array, xv: F32Array, wv: F32Array, scale: F32Array) -> BoolArray:
@@ -490,15 +582,14 @@ def _snap_trials(tab: Iq3Tables, codes: I16Array, xv: F32Array, wv: F32Array, sc
     grp = first // n_t  # k * nb + b: column of xv/wv
     rows = np.take(tab.nb_row, np.take(cflat, first)).astype(np.intp)
     s_flat = scale.reshape(-1)
-    won, pos, gi = _run_search(tab, rows, _group_terms(xv, wv), grp, first, last, s_flat)
-    # runs with one winner: add (its code - the run's code) over the run, as a running sum of steps
-    dec = np.flatnonzero(won >= 0)
-    u = np.take(cflat, np.take(first, dec)).astype(np.int32)
-    step = np.take(tab.grid_codes, np.take(won, dec)) - u
+    res = _run_search(tab, rows, _group_terms(xv, wv), grp, first, last, s_flat)
+    pos, gi = res.pos, res.gi
+    # segments with one winner: add (its code - the run's code) over them, as a running sum of steps
+    step = np.take(tab.grid_codes, res.seg_gi) - np.take(cflat, res.seg_first).astype(np.int32)
     # int32: numpy's int16 running sum is 5x slower (codes < 4096, so the sums fit either way)
     delta = np.zeros(cflat.size + 1, dtype=np.int32)
-    delta[np.take(first, dec)] = step
-    delta[np.take(last, dec) + 1] -= step  # after the assignment: a run may start where one ends
+    delta[res.seg_first] = step
+    delta[res.seg_last + 1] -= step  # after the assignment: a segment may start where one ends
     np.cumsum(delta, out=delta)
     np.add(cflat, delta[:-1], out=cflat, casting="unsafe")
     exact = np.flatnonzero(gi < 0)
