@@ -221,3 +221,49 @@ def test_two_contender_segments_match_entry_by_entry(seed: int) -> None:
     want = _two_contenders_per_entry(v, first, last, s_flat)
     assert got == want
     assert sum(1 for g in want.values() if g < 0) > 10  # the margins' edges were hit
+
+
+def test_trial_codes_match_level_codes() -> None:
+    """The clipped-first level codes of the trials equal the general ones: ties of the rounding (y odd),
+    y on and around the clip bounds 0 and 14, negative (sign-flipped) values, -0.0 and NaN."""
+    rng = np.random.default_rng(5)
+    nb = 64
+    xval = np.abs(rng.standard_normal((32, nb))).astype(np.float32)
+    xval[::5] *= -1
+    xval[3, :8] = -0.0
+    xval[4, 8:10] = np.nan
+    steps = np.arange(-15, 16, dtype=np.float32)
+    ids_t = (
+        (np.float32(15.0) + steps * np.float32(0.2))[None, :] / np.abs(xval).max(axis=0)[:, None]
+    ).astype(np.float32)
+    # blocks whose id*x - 1 is exactly an odd integer (a rounding tie) or sits at the clip bounds
+    ids_t[:4] = 1.0
+    xval[:, 0] = np.arange(32, dtype=np.float32) % 16 + 1  # y = 0..15
+    xval[:, 1] = np.arange(32, dtype=np.float32) % 16 + np.float32(1.5)  # y = 0.5..15.5
+    edge = np.array([0.0, 1.0, 14.0, 15.0, 16.0], dtype=np.float32)
+    xval[:5, 2] = np.nextafter(edge, np.float32(np.inf))
+    xval[5:10, 2] = np.nextafter(edge, np.float32(-np.inf))
+    xval[:, 3] = -(np.arange(32, dtype=np.float32) % 4)
+    want = iq3_mod._level_codes(xval[:, :, None], ids_t[None, :, :])
+    assert np.array_equal(iq3_mod._trial_codes(xval, ids_t), want)
+
+
+def test_trial_sums_are_c_sequential_sums() -> None:
+    """Per value index sums equal C's float sums from +0.0, in order (all-(-0.0) terms give +0.0)."""
+    rng = np.random.default_rng(6)
+    nb, n_t = 48, 31
+    codes = rng.integers(0, 4096, (8, nb, n_t)).astype(np.int16)
+    w = rng.exponential(size=(32, nb)).astype(np.float32)
+    x = rng.standard_normal((32, nb)).astype(np.float32) * np.float32(1e3)
+    w[:, 0] = -0.0  # every term -0.0
+    x[:, 1] = -0.0
+    wx = w * x
+    sx, s2 = iq3_mod._trial_sums(codes, w, wx)
+    q = iq3_mod._positions(codes)
+    want_x = np.full((nb, n_t), np.float32(0.0))
+    want_2 = np.full((nb, n_t), np.float32(0.0))
+    for j in range(32):
+        want_x = want_x + wx[j][:, None] * q[j]
+        want_2 = want_2 + (w[j][:, None] * q[j]) * q[j]
+    assert np.array_equal(sx.view(np.uint32), want_x.view(np.uint32))
+    assert np.array_equal(s2.view(np.uint32), want_2.view(np.uint32))

@@ -90,6 +90,63 @@ def _level_codes(xval: F32Array, inv_scale: F32Array) -> I16Array:
     return c
 
 
+_MAGIC2 = np.float32(25165824.0)  # 2 * _MAGIC
+
+
+def _trial_codes(xval: F32Array, ids_t: F32Array) -> I16Array:
+    """:func:`_level_codes` of the trial scales: ``xval`` (32, nb), ``ids_t`` (nb, T) -> (8, nb, T).
+
+    Here |id*xval| <= (15 + 0.2*15) * (1 + 2**-23) (xval is at most the block's max in magnitude), so
+    with y = id*xval - 1 the level MAX(0, MIN(7, nearest_int(0.5f*y))) is nearest_int(0.5f*clip(y, 0,
+    14)): rounding half to even commutes with the clip to integer bounds, and halving is exact. And
+    y + 1.5*2**24 is exactly 2*(0.5*y + 1.5*2**23) (scaling by 2 commutes with rounding), so its low
+    mantissa bits are the level (NaN: 0, as C's bit trick gives)."""
+    a = xval[:, :, None] * ids_t[None, :, :]
+    a -= np.float32(1.0)
+    np.clip(a, np.float32(0.0), np.float32(14.0), out=a)
+    a += _MAGIC2
+    bits = a.view(np.int32)
+    bits &= np.int32(7)
+    lv = bits.reshape((8, 4, *ids_t.shape))
+    c = lv[:, 3] << np.int32(9)
+    c |= lv[:, 2] << np.int32(6)
+    c |= lv[:, 1] << np.int32(3)
+    c |= lv[:, 0]
+    return c.astype(np.int16)
+
+
+def _trial_sums(codes: I16Array, w: F32Array, wx: F32Array) -> tuple[F32Array, F32Array]:
+    """C's sequential sumqx = sum w*x*q and sumq2 = sum w*q*q over the 32 values of every block and
+    trial, ``codes`` (8, nb, T), ``w``/``wx`` (32, nb); returns (nb, T) each. One value index at a
+    time (positions decoded per index), so the work arrays stay in cache."""
+    shape = codes.shape[1:]
+    sx = np.empty(shape, dtype=np.float32)
+    s2 = np.empty(shape, dtype=np.float32)
+    t = scratch("iq3.sums.t", shape)
+    q = scratch("iq3.sums.q", shape)
+    li = scratch("iq3.sums.l", shape, np.int16)
+    for j in range(32):
+        k, i = divmod(j, 4)
+        np.right_shift(codes[k], np.int16(3 * i), out=li)
+        li &= np.int16(7)
+        li <<= np.int16(1)
+        li |= np.int16(1)
+        np.copyto(q, li)
+        if j == 0:  # C's sums start from +0.0: 0 + (-0.0) is +0.0
+            np.multiply(q, wx[0][:, None], out=sx)
+            sx += np.float32(0.0)
+            np.multiply(q, w[0][:, None], out=s2)
+            s2 *= q
+            s2 += np.float32(0.0)
+        else:
+            np.multiply(q, wx[j][:, None], out=t)
+            sx += t
+            np.multiply(q, w[j][:, None], out=t)
+            t *= q
+            s2 += t
+    return sx, s2
+
+
 def _positions(codes: I16Array) -> F32Array:
     """(8, ...) group codes -> (32, ...) float32 positions ``q = 2*l + 1`` of the 32 values."""
     out = np.empty((8, 4, *codes.shape[1:]), dtype=np.float32)
@@ -635,14 +692,9 @@ def _iq3_blocks(kind: _Kind, xt: F32Array, w: F32Array) -> _Blocks:
 
     # trial-minor layout (.., nb, T): the trials of a group with one code are contiguous (see _snap_trials)
     ids_t = np.ascontiguousarray(ids.T)
-    codes_t = _level_codes(xval[:, :, None], ids_t[None, :, :])  # (8, nb, T)
+    codes_t = _trial_codes(xval, ids_t)  # (8, nb, T)
     on = _snap_trials(tab, codes_t, xg, wg, _f32(np.float32(1.0) / ids_t))
-    q = _positions(codes_t)  # (32, nb, T)
-    wx = (w * xval)[:, :, None]
-    sumqx = seq_sum0(wx * q)
-    wq = w[:, :, None] * q
-    wq *= q
-    sumq2 = seq_sum0(wq)
+    sumqx, sumq2 = _trial_sums(codes_t, w, w * xval)
 
     # C: if (sumq2 > 0 && sumqx*sumqx > best*sumq2) { scale = sumqx/sumq2; best = scale*sumqx; }
     # Everything but the comparison with the running best is computed for all trials at once.
