@@ -7,8 +7,8 @@ is replaced by its best neighbour among a precomputed list (see ``_iq3_tables``)
 
 Every step below runs over all blocks (and all trials) at once. Per-block arrays are j-major,
 ``(32, n_blocks)`` / ``(32, n_blocks, n_trials)``, so C's sequential sums over a block are ordered
-reductions over axis 0 (:func:`seq_sum0`); a group of 4 levels is carried as its 12-bit code
-(``(8, ...)`` arrays). The trials are the last axis, so the trials of a group that round to the same
+reductions over axis 0 (:func:`seq_sum0`, or one value index at a time in :func:`_trial_sums`); a
+group of 4 levels is carried as its 12-bit code (``(8, ...)`` arrays). The trials are the last axis, so the trials of a group that round to the same
 off-grid code (a run, ~6 trials on average) are contiguous: :func:`_snap_trials` searches the
 neighbour list once per run (:func:`_run_search`, with a proven float32 margin), and only near ties go
 through C's exact sequential search (:func:`_best_neighbours`). The neighbour lists (2..38 entries)
@@ -490,18 +490,18 @@ def _run_search(
 ) -> _Decided:
     """The neighbour search for P runs (one group, one off-grid code, table row ``rows``; its entries
     are the flat positions ``first..last``, at scales ``s_flat[pos % s_flat.size]``, monotone along a
-    run), its :func:`_group_terms` the columns ``grp`` of ``gterms`` (12, 8*nb). Returns the grid index
-    of every run that one neighbour wins throughout (-1 elsewhere), and the flat positions of the other
-    runs' entries with the grid index each takes there (-1 where a near tie, or a non-finite value,
-    needs C's exact search).
+    run), its :func:`_group_terms` the columns ``grp`` of ``gterms`` (12, 8*nb). Returns the segments of
+    runs that one neighbour wins throughout (whole runs, or parts of runs with two contenders, see
+    :func:`_two_segments`), and the flat positions of the other entries with the grid index each takes
+    there (-1 where a near tie, or a non-finite value, needs C's exact search).
 
     With A = sum w*q^2 and B = sum w*x*q of a neighbour, d2 = s*(s*A - 2B) + const, so neighbours
     compare by s*A - 2B, computed once per run from A and B. That is linear in s and the margin of
     :func:`_run_margin` convex in s, so a neighbour that is the clear minimum at both ends of a run is
     C's choice at every scale in between. When the ends have different clear minima j0 and j1, a
     neighbour not within the margin of j1 at the first end or of j0 at the last is beaten by one of
-    them all along: if only j0 and j1 are left, the sign of their difference decides each entry. Other
-    runs are decided entry by entry. The runs are handled in order of their list's padded width, each
+    them all along: if only j0 and j1 are left, the sign of their difference decides, and it changes
+    at most once along the run. Other runs are decided entry by entry. The runs are handled in order of their list's padded width, each
     width a contiguous slice of the reordered runs."""
     widths = _run_widths(tab.nb_index.shape[1])
     bucket = np.take(_row_buckets(tab.grid_size), rows)
