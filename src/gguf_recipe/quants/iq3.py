@@ -190,9 +190,14 @@ def _best_neighbours(
         d2 = np.empty(packed.shape, dtype=np.float32)
         t = np.empty(packed.shape, dtype=np.float32)
         diff = np.empty(packed.shape, dtype=np.float32)
+        q = np.empty(packed.shape, dtype=np.uint16)
         for i in range(4):
-            q = packed >> np.uint16(4 * i) if i else packed.copy()
-            q &= np.uint16(15)
+            if i == 0:
+                np.bitwise_and(packed, np.uint16(15), out=q)
+            else:
+                np.right_shift(packed, np.uint16(4 * i), out=q)
+                if i < 3:  # the top 4 bits need no mask
+                    q &= np.uint16(15)
             # C: d2 += weight[i]*diff*diff with diff = scale*q - xval[i]
             np.copyto(diff, q)
             diff *= s
@@ -380,8 +385,12 @@ def _ab_tables(packed: npt.NDArray[np.uint16], ws: F32Array, wx2: F32Array) -> t
     t = scratch("iq3.run.t", shp)
     qi = scratch("iq3.run.qi", shp, np.uint16)
     for i in range(4):
-        np.right_shift(packed, np.uint16(4 * i), out=qi)
-        qi &= np.uint16(15)
+        if i == 0:
+            np.bitwise_and(packed, np.uint16(15), out=qi)
+        else:
+            np.right_shift(packed, np.uint16(4 * i), out=qi)
+            if i < 3:  # the top 4 bits need no mask
+                qi &= np.uint16(15)
         qd, td = (q, t) if i else (b2, a)  # the first coordinate goes straight into the sums
         np.copyto(qd, qi)
         np.multiply(qd, qd, out=td)
