@@ -5,6 +5,8 @@ Byte-exactness against ggml is covered by tests/quants/test_quant_oracle.py.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType
@@ -161,7 +163,8 @@ def test_internal_steps_do_not_change_bytes(name: str, monkeypatch: pytest.Monke
     im = rng.exponential(size=1024).astype(np.float32)
     fn = iq3_mod.quantize_iq3_xxs if name == "IQ3_XXS" else iq3_mod.quantize_iq3_s
     whole = fn(x, im)
-    monkeypatch.setattr(iq3_mod, "_BLOCKS_PER_STEP", 24)
+    for kind in ("_XXS", "_S"):
+        monkeypatch.setattr(iq3_mod, kind, dataclasses.replace(getattr(iq3_mod, kind), blocks_per_step=24))
     assert np.array_equal(fn(x, im), whole)
 
 
