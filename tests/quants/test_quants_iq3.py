@@ -187,7 +187,7 @@ def _two_contenders_per_entry(
 def test_two_contender_segments_match_entry_by_entry(seed: int) -> None:
     """The binary searches on the monotone d give each entry the grid index (or the exact search) that
     evaluating it alone gives: runs in both directions, margins equal to d at some entry (the '<' and
-    '<=' limits), repeated scales, lengths 1..31, non-finite terms."""
+    '<=' limits), repeated scales, lengths 1..31, non-finite terms, a negative margin."""
     rng = np.random.default_rng(seed)
     n_t = 31
     n_runs = 400
@@ -211,6 +211,7 @@ def test_two_contender_segments_match_entry_by_entry(seed: int) -> None:
     v[4] = rng.integers(0, 256, n_runs)
     v[0, 7] = np.inf
     v[1, 11] = np.nan
+    v[2, 13] = -0.5  # not a margin the search makes, but decided as entry by entry would
     segs, tie_pos = iq3_mod._two_segments(v, first, last, s_flat)
     got: dict[int, int] = {}
     for a, b, gi in segs:

@@ -425,7 +425,7 @@ def _two_segments(
     order of a product with a fixed factor and of a difference with a fixed term), so each run splits
     into at most three segments, found by binary searches on d instead of evaluating every entry.
     Returns the decided segments and the flat positions of the undecided entries. Runs with a
-    non-finite term (where d need not be monotone) are evaluated entry by entry."""
+    non-finite term (where d need not be monotone) or a negative margin are evaluated entry by entry."""
     n_len = last - first + 1
     with np.errstate(invalid="ignore"):
         d_first = v[0] * np.take(s_flat, first, mode="wrap")
@@ -436,6 +436,7 @@ def _two_segments(
     finite &= np.isfinite(np.take(s_flat, first, mode="wrap")) & np.isfinite(
         np.take(s_flat, last, mode="wrap")
     )
+    finite &= v[2] >= 0  # the limits -margin < +margin (margins are >= 0; anything else entry by entry)
     rev = d_first > d_last  # d non-increasing along the run: search it from its last entry
     base = np.where(rev, last, first)
     sign = np.where(rev, -1, 1)
