@@ -70,7 +70,7 @@ def _f32c(v: float) -> F32Array:
 
 
 _F16_BIAS = _u32((0xFFF - (112 << 23)) & 0xFFFFFFFF)  # round at bit 13; exponent bias 127 -> 15
-_U1, _U4, _U13, _U16, _U24 = _u32(1), _u32(4), _u32(13), _u32(16), _u32(24)
+_U1, _U4, _U13, _U16 = _u32(1), _u32(4), _u32(13), _u32(16)
 _MAGNITUDE, _SIGN16, _NIBBLES = _u32(0x7FFFFFFF), _u32(0x8000), _u32(0x0F0F0F0F)
 _SIGN32 = _u32(0x80000000)
 _HALF_DOWN_BITS = _u32(int(_HALF_DOWN.view(np.uint32)))
@@ -454,17 +454,19 @@ def _words(q: U8Array) -> npt.NDArray[np.uint32]:
     return w
 
 
-_BIT_GATHER = _u32(0x01020408)  # moves bit 0 of byte p of a word to bit 24 + p (no carries)
+# (w & 0x10101010) * 0x01020408 moves bit 4 of byte p of a word to bit 28 + p: the 16 partial
+# products land on distinct bits, so there are no carries.
+_BIT_GATHER = _u32(0x01020408)
+_HIGH_BITS, _U28 = _u32(0x10101010), _u32(28)
 _NIBBLE_SHIFT = (np.arange(8, dtype=np.uint32) * np.uint32(4))[:, None]
 
 
 def _high_bits(w: _Work, q: U8Array) -> npt.NDArray[np.uint32]:
     """Bit 4 of q[4k + p] moved to bit 4k + p of a word, ``(8, n_blocks)``: OR-ed over k, it is qh
     (bit j of a little-endian uint32 is bit 4 of q[j])."""
-    h: npt.NDArray[np.uint32] = np.right_shift(_words(q), _U4, out=w.qh8)
-    h &= _u32(0x01010101)
+    h: npt.NDArray[np.uint32] = np.bitwise_and(_words(q), _HIGH_BITS, out=w.qh8)
     h *= _BIT_GATHER
-    h >>= _U24
+    h >>= _U28
     h <<= _NIBBLE_SHIFT
     return h
 
@@ -521,8 +523,12 @@ def _scale_fp16_fast(w: _Work, v: F32Array, dst: npt.NDArray[np.uint16], signed:
     sign = np.right_shift(u[signed], _U16, out=mag[signed])
     sign &= _SIGN16
     t[signed] |= sign
-    for i in range(k):  # one strided row each: a 2-D copy would run along the short axis
-        np.copyto(dst[:, i], t[i], casting="unsafe")  # the low 16 bits
+    if k == 2:  # both halves of each block's first word: one strided copy instead of two
+        t[1] <<= _U16
+        t[0] |= t[1]
+        dst.view("<u4")[:, 0] = t[0]
+    else:
+        np.copyto(dst[:, 0], t[0], casting="unsafe")  # the low 16 bits
     return True
 
 
