@@ -541,10 +541,11 @@ def _out_blocks(dest: U8Array | None, nb: int, size: int) -> U8Array:
 
 
 def _finish_blocks(out: U8Array, n_rows: int, dest: U8Array | None) -> U8Array:
+    """The ``(n_rows, row_bytes)`` result of the blocks from ``_out_blocks(dest, ...)``."""
     if dest is None:
         res: U8Array = out.reshape(n_rows, -1)
         return res
-    if not np.shares_memory(out, dest):
+    if not dest.flags.c_contiguous:
         dest[...] = out.reshape(n_rows, -1)
     return dest
 
@@ -695,35 +696,44 @@ def _quad_from_t(w: _Work, q: U8Array) -> U8Array:
     return w.q_u8
 
 
+def _weighted_0(w: _Work, rows: F32Array, imatrix: F32Array, nmax: int) -> tuple[F32Array, U8Array]:
+    """Q4_0 / Q5_0 with an imatrix: the scales and the levels (quad layout) of the weighted
+    make_qx_quants search."""
+    xt = _blocks_t(rows)
+    d, iscale, zero, finite = make_qx_quants_iscale(xt, _imatrix_weights(rows, xt, imatrix), nmax)
+    return d, _levels_qx(w, xt, iscale, zero, nmax, finite)
+
+
+def _weighted_1(w: _Work, rows: F32Array, imatrix: F32Array, levels: int) -> tuple[F32Array, U8Array]:
+    """Q4_1 / Q5_1 with an imatrix: ``[scale, min]`` as ``(2, n_blocks)`` and the levels (quad
+    layout) of the weighted make_qkx3_quants search."""
+    xt = _blocks_t(rows)
+    d, m, qt = _make_qkx3_quants(xt, _imatrix_weights(rows, xt, imatrix), levels, -0.9, 0.05, 36)
+    return np.stack([d, m]), _quad_from_t(w, qt)
+
+
 def _quantize_nibbles(
     rows: F32Array, imatrix: F32Array | None, dest: U8Array | None, bits: int, offset: bool
 ) -> U8Array:
     """Q{bits}_0 (symmetric, ``d`` only, nmax = 2^(bits-1)) and Q{bits}_1 (``d`` and a min, 2^bits - 1
     levels). Block layout: the fp16 scales, qh (5-bit types), then 16 bytes of qs. The reference
-    paths (no imatrix) write their scales themselves; the weighted searches return theirs."""
+    paths (no imatrix) write their fp16 scales themselves; the weighted searches return theirs."""
     n_scales = 2 if offset else 1
     qh_off = 2 * n_scales if bits == 5 else None
     qs_off = 2 * n_scales + (4 if bits == 5 else 0)
+    nmax, levels = 1 << (bits - 1), (1 << bits) - 1
     with np.errstate(all="ignore"):  # as quiet_fp
         w = _work(rows.size // QK)
         out = _out_blocks(dest, w.nb, qs_off + 16)
-        scale_dst = out[:, : 2 * n_scales].view("<u2")
         scales: F32Array | None = None
-        if imatrix is None:
-            if offset:
-                q = _q_1_ref(w, rows, (1 << bits) - 1, scale_dst)
-            else:
-                q = _q_0_ref(w, rows, 1 << (bits - 1), scale_dst)
+        if imatrix is not None:
+            scales, q = (
+                _weighted_1(w, rows, imatrix, levels) if offset else _weighted_0(w, rows, imatrix, nmax)
+            )
+        elif offset:
+            q = _q_1_ref(w, rows, levels, out[:, :4].view("<u2"))
         else:
-            xt = _blocks_t(rows)
-            weights = _imatrix_weights(rows, xt, imatrix)
-            if offset:
-                d, m, qt = _make_qkx3_quants(xt, weights, (1 << bits) - 1, -0.9, 0.05, 36)
-                scales, q = np.stack([d, m]), _quad_from_t(w, qt)
-            else:
-                nmax = 1 << (bits - 1)
-                scales, iscale, zero, finite = make_qx_quants_iscale(xt, weights, nmax)
-                q = _levels_qx(w, xt, iscale, zero, nmax, finite)
+            q = _q_0_ref(w, rows, nmax, out[:, :2].view("<u2"))
         _pack_nibble_blocks(w, out, scales, q, qs_off, qh_off)
         return _finish_blocks(out, rows.shape[0], dest)
 
