@@ -197,6 +197,41 @@ def test_legacy_scale_fp16_matches_ieee_rounding() -> None:
     assert np.array_equal(dst, expected)
 
 
+def test_legacy_fast_scale_fp16_is_ieee_or_declines() -> None:
+    """The reference paths' fast fp16 conversion (normal results only) on groups of scales: each
+    float32 exponent on the rounding boundaries above, and the values next to the smallest normal
+    fp16 number (2^-14) and the largest (65504). Where it accepts a group, the bits are IEEE's; it
+    accepts exactly the groups whose values all round to normal fp16 numbers (exponents 113..142)
+    and declines the others (zeros, subnormals, overflow to inf, NaN), since its range test replaces
+    the callers' own tests."""
+    from gguf_recipe.quants.legacy import _scale_fp16_fast, _work
+
+    kept = (np.arange(1 << 10, dtype=np.uint32) << np.uint32(13))[::7]
+    dropped = np.array([0, 1, 0xFFF, 0x1000, 0x1001, 0x1FFF], dtype=np.uint32)
+    mantissas = (kept[:, None] | dropped[None, :]).reshape(-1)
+    groups = [(np.uint32(e) << np.uint32(23)) | mantissas for e in range(256)]
+    top = np.arange(0x7FE000, 0x800000, 0x400, dtype=np.uint32)  # the last 8 ulps of 11 bits
+    groups += [(np.uint32(112) << np.uint32(23)) | top, (np.uint32(142) << np.uint32(23)) | top]
+    accepted = []
+    for g, magnitude in enumerate(groups):
+        v = np.stack([magnitude, magnitude | np.uint32(0x80000000)]).view(np.float32)
+        nb = v.shape[1]
+        with np.errstate(all="ignore"):
+            expected = v.astype(np.float16).view(np.uint16).T
+            results = []
+            for signed, rows in ((slice(None), v), (slice(1, 2), np.stack([np.abs(v[0]), v[1]]))):
+                dst = np.zeros((nb, 2), dtype=np.uint16)
+                results.append(_scale_fp16_fast(_work(nb), rows, dst, signed))
+                assert not results[-1] or np.array_equal(dst, expected), g
+            one = np.zeros((nb, 1), dtype=np.uint16)
+            results.append(_scale_fp16_fast(_work(nb), v[1:], one))
+            assert not results[-1] or np.array_equal(one, expected[:, 1:]), g
+        assert len(set(results)) == 1, g
+        if results[0]:
+            accepted.append(g)
+    assert accepted == list(range(113, 143))
+
+
 moderate_f32 = st.floats(min_value=-1e4, max_value=1e4, width=32, allow_nan=False)
 
 

@@ -70,7 +70,7 @@ def _f32c(v: float) -> F32Array:
 
 
 _F16_BIAS = _u32((0xFFF - (112 << 23)) & 0xFFFFFFFF)  # round at bit 13; exponent bias 127 -> 15
-_U1, _U4, _U13, _U16, _U24 = _u32(1), _u32(4), _u32(13), _u32(16), _u32(24)
+_U1, _U4, _U13, _U16 = _u32(1), _u32(4), _u32(13), _u32(16)
 _MAGNITUDE, _SIGN16, _NIBBLES = _u32(0x7FFFFFFF), _u32(0x8000), _u32(0x0F0F0F0F)
 _SIGN32 = _u32(0x80000000)
 _HALF_DOWN_BITS = _u32(int(_HALF_DOWN.view(np.uint32)))
@@ -403,11 +403,10 @@ def _levels_i8(w: _Work, v: F32Array, top: int) -> U8Array:
     return w.q_u8
 
 
-def _scale_0(w: _Work, rows: F32Array, nmax: int) -> tuple[F32Array, bool]:
+def _scale_0(w: _Work, rows: F32Array, nmax: int) -> F32Array:
     """``d = max / -nmax`` where ``max`` is C's ``if (amax < fabsf(v)) { amax = fabsf(v); max = v; }``
     from amax = max = 0: the first element of largest |x|, NaNs skipped, +0.0 for a block of zeros.
-    Takes the blocks' max and min from ``w.blk[:2]``; returns ``w.blk[4]`` and whether some ``d``
-    may be zero."""
+    Takes the blocks' max and min from ``w.blk[:2]``; returns ``w.blk[4]``."""
     mx, mn, neg_mn, sign = w.blk[:4]
     d: F32Array = w.blk[4]
     np.negative(mn, out=neg_mn)
@@ -415,7 +414,6 @@ def _scale_0(w: _Work, rows: F32Array, nmax: int) -> tuple[F32Array, bool]:
     np.subtract(neg_mn, mx, out=sign)
     np.fmax(mx, neg_mn, out=d)
     d /= _f32c(nmax)  # |max| / nmax rounds like max / -nmax
-    maybe_zero = not np.minimum.reduce(d) > 0
     # d's sign from `sign` by OR-ing its sign bit into |d| (np.copysign is scalar code, 4x slower)
     sign_bit = np.bitwise_and(sign.view(np.uint32), _SIGN32, out=neg_mn.view(np.uint32))
     np.bitwise_or(d.view(np.uint32), sign_bit, out=d.view(np.uint32))
@@ -428,8 +426,7 @@ def _scale_0(w: _Work, rows: F32Array, nmax: int) -> tuple[F32Array, bool]:
         first = np.argmax(a, axis=1)
         pick = sub[np.arange(idx.size), first]
         d[idx] = np.where(a[np.arange(idx.size), first] > 0, pick, _F(0.0)) / _F(-nmax)
-        maybe_zero = True
-    return d, maybe_zero
+    return d
 
 
 def _c_min_max(mx: F32Array, mn: F32Array, rows: F32Array) -> tuple[F32Array, F32Array]:
@@ -457,17 +454,19 @@ def _words(q: U8Array) -> npt.NDArray[np.uint32]:
     return w
 
 
-_BIT_GATHER = _u32(0x01020408)  # moves bit 0 of byte p of a word to bit 24 + p (no carries)
+# (w & 0x10101010) * 0x01020408 moves bit 4 of byte p of a word to bit 28 + p: the 16 partial
+# products land on distinct bits, so there are no carries.
+_BIT_GATHER = _u32(0x01020408)
+_HIGH_BITS, _U28 = _u32(0x10101010), _u32(28)
 _NIBBLE_SHIFT = (np.arange(8, dtype=np.uint32) * np.uint32(4))[:, None]
 
 
 def _high_bits(w: _Work, q: U8Array) -> npt.NDArray[np.uint32]:
     """Bit 4 of q[4k + p] moved to bit 4k + p of a word, ``(8, n_blocks)``: OR-ed over k, it is qh
     (bit j of a little-endian uint32 is bit 4 of q[j])."""
-    h: npt.NDArray[np.uint32] = np.right_shift(_words(q), _U4, out=w.qh8)
-    h &= _u32(0x01010101)
+    h: npt.NDArray[np.uint32] = np.bitwise_and(_words(q), _HIGH_BITS, out=w.qh8)
     h *= _BIT_GATHER
-    h >>= _U24
+    h >>= _U28
     h <<= _NIBBLE_SHIFT
     return h
 
@@ -504,28 +503,64 @@ def _scale_fp16_into(w: _Work, v: F32Array, dst: npt.NDArray[np.uint16]) -> None
             dst[idx, i] = cast_fp16_bits(v[i, idx])
 
 
-def _pack_nibble_blocks(
-    w: _Work,
-    n_rows: int,
-    size: int,
-    scales: F32Array,
-    q: U8Array,
-    qs_off: int,
-    qh_off: int | None,
-    dest: U8Array | None,
-) -> U8Array:
-    """Blocks of ``size`` bytes: the fp16 ``scales`` (``(n_blocks,)`` or ``(k, n_blocks)``) at byte 0,
-    ``qh`` (bit 4 of the 32 levels, 5-bit types) at ``qh_off``, ``qs`` at ``qs_off``; written into
-    ``dest`` (the caller's ``(n_rows, row_bytes)`` output rows) when given.
+def _scale_fp16_fast(w: _Work, v: F32Array, dst: npt.NDArray[np.uint16], signed: slice = slice(None)) -> bool:
+    """``_scale_fp16_into`` for the common case, where every scale of ``v`` (``(k <= 2, n_blocks)``)
+    converts to a normal fp16 number: writes ``dst`` and returns True; otherwise writes nothing and
+    returns False (the caller fixes its special blocks, then uses ``_scale_fp16_into``). Only the
+    rows in ``signed`` get a sign bit: the others must be known non-negative where the result is
+    normal. The range test stands in for the callers' zero, NaN and subnormal tests."""
+    k = v.shape[0]
+    u = v.view(np.uint32)
+    mag, t = w.h16[0, :k], w.h16[1, :k]
+    np.bitwise_and(u, _MAGNITUDE, out=mag)
+    np.right_shift(mag, _U13, out=t)
+    t &= _U1
+    t += mag
+    t += _F16_BIAS
+    t >>= _U13
+    if not (np.minimum.reduce(t, axis=None) >= 0x400 and np.maximum.reduce(t, axis=None) < 0x7C00):
+        return False
+    sign = np.right_shift(u[signed], _U16, out=mag[signed])
+    sign &= _SIGN16
+    t[signed] |= sign
+    if k == 2:  # both halves of each block's first word: one strided copy instead of two
+        t[1] <<= _U16
+        t[0] |= t[1]
+        dst.view("<u4")[:, 0] = t[0]
+    else:
+        np.copyto(dst[:, 0], t[0], casting="unsafe")  # the low 16 bits
+    return True
 
-    The scales, qh and qs are computed straight into their strided (possibly misaligned) views of
-    the output.
+
+def _out_blocks(dest: U8Array | None, nb: int, size: int) -> U8Array:
+    """The ``(n_blocks, size)`` blocks to write: ``dest`` itself (the caller's ``(n_rows, row_bytes)``
+    output rows) when it is contiguous, else a new array (``_finish_blocks`` copies it over)."""
+    if dest is not None and dest.flags.c_contiguous:
+        return dest.reshape(nb, size)
+    return np.empty((nb, size), dtype=np.uint8)
+
+
+def _finish_blocks(out: U8Array, n_rows: int, dest: U8Array | None) -> U8Array:
+    """The ``(n_rows, row_bytes)`` result of the blocks from ``_out_blocks(dest, ...)``."""
+    if dest is None:
+        res: U8Array = out.reshape(n_rows, -1)
+        return res
+    if not dest.flags.c_contiguous:
+        dest[...] = out.reshape(n_rows, -1)
+    return dest
+
+
+def _pack_nibble_blocks(
+    w: _Work, out: U8Array, scales: F32Array | None, q: U8Array, qs_off: int, qh_off: int | None
+) -> None:
+    """Blocks of ``out``: the fp16 ``scales`` (``(n_blocks,)`` or ``(k, n_blocks)``; None when the
+    caller wrote them) at byte 0, ``qh`` (bit 4 of the 32 levels, 5-bit types) at ``qh_off``, ``qs``
+    at ``qs_off``, each computed straight into its strided (possibly misaligned) view of ``out``.
     """
     nb = w.nb
-    contiguous = dest is not None and dest.flags.c_contiguous
-    out = dest.reshape(nb, size) if dest is not None and contiguous else np.empty((nb, size), dtype=np.uint8)
-    k = scales.size // nb
-    _scale_fp16_into(w, scales.reshape(k, nb), out[:, : 2 * k].view("<u2"))
+    if scales is not None:
+        k = scales.size // nb
+        _scale_fp16_into(w, scales.reshape(k, nb), out[:, : 2 * k].view("<u2"))
     # qs[j] = q[j] | q[j+16] << 4 on 4 words per block (j = 4k + p sits at [k, 4b + p]); on whole
     # words because numpy's uint8 shift is scalar code. C's uint8 ``qs |= xi1 << 4`` keeps only the
     # low nibble of q[j+16]: 5-bit levels are masked first so that no byte spills into the next, and
@@ -542,12 +577,6 @@ def _pack_nibble_blocks(
         qh = np.bitwise_or.reduce(_high_bits(w, q), axis=0, out=w.qh)
         out[:, qh_off : qh_off + 4].view("<u4")[:, 0] = qh
     np.bitwise_or(hi, lo, out=out[:, qs_off : qs_off + 16].view("<u4").T)
-    if dest is not None:
-        if not contiguous:
-            dest[...] = out.reshape(n_rows, -1)
-        return dest
-    res: U8Array = out.reshape(n_rows, -1)
-    return res
 
 
 def quantize_q8_0(rows: F32Array, imatrix: F32Array | None, out: U8Array | None = None) -> U8Array:
@@ -608,45 +637,54 @@ def _q8_0_nan_block_scales(rows: F32Array, d: F32Array) -> npt.NDArray[np.intp]:
     return res
 
 
-def _q_0_ref(w: _Work, rows: F32Array, nmax: int) -> tuple[F32Array, U8Array]:
-    """quantize_row_q{4,5}_0_ref: d = max/-nmax, q = MIN(2*nmax-1, (int8)(x*id + nmax + 0.5))."""
+def _q_0_ref(w: _Work, rows: F32Array, nmax: int, scale: npt.NDArray[np.uint16]) -> U8Array:
+    """quantize_row_q{4,5}_0_ref: d = max/-nmax, q = MIN(2*nmax-1, (int8)(x*id + nmax + 0.5)); the
+    fp16 d goes to ``scale`` (``(n_blocks, 1)``)."""
     xq = _quads(rows, w)
     _lane_max_min(w)
-    d, maybe_zero = _scale_0(w, rows, nmax)
+    d = _scale_0(w, rows, nmax)
     inv = np.divide(_f32c(1.0), d, out=w.blk[5])
-    if maybe_zero:
+    d2 = d.reshape(1, -1)
+    if not _scale_fp16_fast(w, d2, scale):  # a zero d (or a NaN, subnormal, ...)
         inv[d == 0] = 0  # d ? 1/d : 0
+        _scale_fp16_into(w, d2, scale)
     v = np.multiply(xq, _lanes_into(w, inv), out=xq)
     v += _f32c(nmax + 0.5)
-    return d, _levels_i8(w, v, 2 * nmax - 1)
+    return _levels_i8(w, v, 2 * nmax - 1)
 
 
-def _q_1_ref(w: _Work, rows: F32Array, levels: int) -> tuple[F32Array, U8Array]:
+def _q_1_ref(w: _Work, rows: F32Array, levels: int, scales: npt.NDArray[np.uint16]) -> U8Array:
     """quantize_row_q{4,5}_1_ref: d = (max-min)/levels, q = (uint8)((x-min)*id + 0.5), through a
-    MIN(levels, (int8)...) for Q4_1 only (Q5_1 has no MIN in C). Returns ([d, min], levels)."""
+    MIN(levels, (int8)...) for Q4_1 only (Q5_1 has no MIN in C); the fp16 [d, min] go to ``scales``
+    (``(n_blocks, 2)``)."""
     xq = _quads(rows, w)
     mx, mn = _lane_max_min(w)
     # rows [d, min, id] of w.blk: [d, min] is stored, [min, id] goes to the lanes
     d, inv = np.subtract(mx, mn, out=w.blk[0]), w.blk[2]  # d over the max
-    # NaN: a block of NaNs or of one infinity (C keeps FLT_MAX / -FLT_MAX); a zero min: its sign.
-    # (np.count_nonzero is scalar code on floats)
-    if np.isnan(np.minimum.reduce(d)) or not np.minimum.reduce(np.abs(mn, out=inv)) > 0:
-        _c_min_max(_block_max_again(w), mn, rows)
-        np.subtract(mx, mn, out=d)
     d /= _f32c(levels)
     np.divide(_f32c(1.0), d, out=inv)
-    # Only zero or subnormal scales need "d ? 1/d : 0" and can push (x-min)*id past levels + 0.5.
-    small = not np.minimum.reduce(d) >= _FLT_MIN
-    if small:
-        inv[d == 0] = 0
+    # Normal fp16 scales leave out the special blocks: NaN (a block of NaNs or of one infinity,
+    # where C keeps FLT_MAX / -FLT_MAX), a zero min (its sign), zero or subnormal scales.
+    small = False
+    if not _scale_fp16_fast(w, w.blk[:2], scales, signed=slice(1, 2)):
+        if np.isnan(np.minimum.reduce(d)) or not np.minimum.reduce(np.abs(mn, out=inv)) > 0:
+            _c_min_max(_block_max_again(w), mn, rows)
+            np.subtract(mx, mn, out=d)
+            d /= _f32c(levels)
+        np.divide(_f32c(1.0), d, out=inv)
+        # Only zero or subnormal scales need "d ? 1/d : 0" and can push (x-min)*id past levels + 0.5.
+        small = not np.minimum.reduce(d) >= _FLT_MIN
+        if small:
+            inv[d == 0] = 0
+        _scale_fp16_into(w, w.blk[:2], scales)
     lanes = _lanes_into(w, w.blk[1:3])
     v = np.subtract(xq, lanes[0], out=xq)
     v *= lanes[1]
     v += _f32c(0.5)
     if levels == 15 and small:
-        return w.blk[:2], _levels_i8(w, v, levels)
+        return _levels_i8(w, v, levels)
     np.copyto(w.q_u8, v, casting="unsafe")  # same bytes as the int8 cast
-    return w.blk[:2], w.q_u8
+    return w.q_u8
 
 
 def _quad_from_t(w: _Work, q: U8Array) -> U8Array:
@@ -658,40 +696,46 @@ def _quad_from_t(w: _Work, q: U8Array) -> U8Array:
     return w.q_u8
 
 
-def _levels_0(w: _Work, rows: F32Array, imatrix: F32Array | None, nmax: int) -> tuple[F32Array, U8Array]:
-    """Q4_0 / Q5_0 scale and levels (quad layout): the reference path, or the weighted search."""
-    if imatrix is None:
-        return _q_0_ref(w, rows, nmax)
+def _weighted_0(w: _Work, rows: F32Array, imatrix: F32Array, nmax: int) -> tuple[F32Array, U8Array]:
+    """Q4_0 / Q5_0 with an imatrix: the scales and the levels (quad layout) of the weighted
+    make_qx_quants search."""
     xt = _blocks_t(rows)
     d, iscale, zero, finite = make_qx_quants_iscale(xt, _imatrix_weights(rows, xt, imatrix), nmax)
     return d, _levels_qx(w, xt, iscale, zero, nmax, finite)
 
 
-def _levels_1(w: _Work, rows: F32Array, imatrix: F32Array | None, levels: int) -> tuple[F32Array, U8Array]:
-    """Q4_1 / Q5_1 ``[scale, min]`` as ``(2, n_blocks)`` and levels (quad layout): the reference
-    path, or the weighted search."""
-    if imatrix is None:
-        return _q_1_ref(w, rows, levels)
+def _weighted_1(w: _Work, rows: F32Array, imatrix: F32Array, levels: int) -> tuple[F32Array, U8Array]:
+    """Q4_1 / Q5_1 with an imatrix: ``[scale, min]`` as ``(2, n_blocks)`` and the levels (quad
+    layout) of the weighted make_qkx3_quants search."""
     xt = _blocks_t(rows)
     d, m, qt = _make_qkx3_quants(xt, _imatrix_weights(rows, xt, imatrix), levels, -0.9, 0.05, 36)
     return np.stack([d, m]), _quad_from_t(w, qt)
 
 
 def _quantize_nibbles(
-    rows: F32Array, imatrix: F32Array | None, out: U8Array | None, bits: int, offset: bool
+    rows: F32Array, imatrix: F32Array | None, dest: U8Array | None, bits: int, offset: bool
 ) -> U8Array:
     """Q{bits}_0 (symmetric, ``d`` only, nmax = 2^(bits-1)) and Q{bits}_1 (``d`` and a min, 2^bits - 1
-    levels). Block layout: the fp16 scales, qh (5-bit types), then 16 bytes of qs."""
+    levels). Block layout: the fp16 scales, qh (5-bit types), then 16 bytes of qs. The reference
+    paths (no imatrix) write their fp16 scales themselves; the weighted searches return theirs."""
     n_scales = 2 if offset else 1
     qh_off = 2 * n_scales if bits == 5 else None
     qs_off = 2 * n_scales + (4 if bits == 5 else 0)
+    nmax, levels = 1 << (bits - 1), (1 << bits) - 1
     with np.errstate(all="ignore"):  # as quiet_fp
         w = _work(rows.size // QK)
-        if offset:
-            scales, q = _levels_1(w, rows, imatrix, (1 << bits) - 1)
+        out = _out_blocks(dest, w.nb, qs_off + 16)
+        scales: F32Array | None = None
+        if imatrix is not None:
+            scales, q = (
+                _weighted_1(w, rows, imatrix, levels) if offset else _weighted_0(w, rows, imatrix, nmax)
+            )
+        elif offset:
+            q = _q_1_ref(w, rows, levels, out[:, :4].view("<u2"))
         else:
-            scales, q = _levels_0(w, rows, imatrix, 1 << (bits - 1))
-        return _pack_nibble_blocks(w, rows.shape[0], qs_off + 16, scales, q, qs_off, qh_off, out)
+            q = _q_0_ref(w, rows, nmax, out[:, :2].view("<u2"))
+        _pack_nibble_blocks(w, out, scales, q, qs_off, qh_off)
+        return _finish_blocks(out, rows.shape[0], dest)
 
 
 def quantize_q4_0(rows: F32Array, imatrix: F32Array | None, out: U8Array | None = None) -> U8Array:
