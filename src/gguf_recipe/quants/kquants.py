@@ -422,7 +422,7 @@ def quantize_q3_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     x16 = _groups16(rows)
     if imatrix is None:
         # quantize_row_q3_K_ref
-        scales, L0 = make_q3_quants(x16, 4)
+        scales, L0 = make_q3_quants(x16, 4, rows.reshape(-1, 16))
 
         def keep() -> F32Array:
             return L0
