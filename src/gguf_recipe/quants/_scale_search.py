@@ -430,7 +430,10 @@ def make_qx_quants_iscale(
 # --------------------------------------------------------------------------------------------- make_q3_quants
 
 
-def _levels_clamped(q: F32Array, lo: np.float32, hi: np.float32, small: bool = False) -> F32Array:
+Bound = np.float32 | F32Array  # np.clip takes 0-d arrays several microseconds faster than scalars
+
+
+def _levels_clamped(q: F32Array, lo: Bound, hi: Bound, small: bool = False) -> F32Array:
     """``MAX(lo, MIN(hi, nearest_int(q)))`` in place, as float32. ``small``: the caller knows that
     every ``|q|`` is below 2^22 (no NaN), where nearest_int is round-half-even."""
     if small or (q.max() < _NINT_SAFE and q.min() > -_NINT_SAFE):  # False as well when q holds a NaN
@@ -441,18 +444,48 @@ def _levels_clamped(q: F32Array, lo: np.float32, hi: np.float32, small: bool = F
     return q
 
 
+def _q3_accept(e: F32Array, s: F32Array, col: IntpArray) -> tuple[npt.NDArray[np.bool_], F32Array]:
+    """C's acceptance test of make_q3_quants for candidate changes ``e`` = [w, w*x, sl2, slx, new_l]
+    (5, m) of the groups ``col`` whose sums are ``s`` = [suml2, sumlx] (2, G). Returns the accepted
+    mask and [sl2, slx] after the change (2, m). ``e`` is overwritten."""
+    nls = e[4]
+    u = np.multiply(e[0:2], nls)  # [w*nl, w*x*nl]
+    u[0] *= nls
+    u += e[2:4]  # [sl2 + w*nl*nl, slx + w*x*nl]
+    sc = s.take(col, axis=1)
+    # slx > 0 && sl2 > 0 && slx*slx*suml2 > sumlx*sumlx*sl2  (slx before, sl2 after the update)
+    lhs = np.multiply(u[1], u[1], out=e[0])
+    lhs *= sc[0]
+    rhs = np.multiply(sc[1], sc[1], out=sc[1])
+    rhs *= u[0]
+    acc = np.greater(lhs, rhs)
+    acc &= np.minimum(e[3], u[0], out=e[3]) > _F0
+    return acc, u
+
+
+def _split_index(idx: IntpArray, n: int) -> tuple[IntpArray, IntpArray]:
+    """``divmod(idx, n)``; shifts where n is a power of two (int64 division is several times slower)."""
+    if n & (n - 1):
+        q, r = np.divmod(idx, n)
+        return q, r
+    return idx >> (n.bit_length() - 1), idx & (n - 1)
+
+
 def _q3_refine(
     xr: F32Array,
     iscale: F32Array,
     finite: bool,
     L: F32Array,
     sums: F32Array,
-    act: IntpArray,
-    lo: np.float32,
-    hi: np.float32,
+    gid: IntpArray,
+    pos: IntpArray,
+    lo: F32Array,
+    hi: F32Array,
 ) -> None:
-    """make_q3_quants' ``itry`` refinement of the groups ``act``, in place on ``L`` (n, G) and ``sums``
-    ([suml2, sumlx], (2, G)). ``xr``: the groups as rows (G, n); ``iscale``: the initial scale per group.
+    """make_q3_quants' ``itry`` refinement, in place on ``L`` (n, G) and ``sums`` ([suml2, sumlx], (2, G)),
+    of the groups ``gid`` that have just taken their first change (itry 0, at element ``pos - 1``; ``L``
+    and ``sums`` hold it). ``xr``: the groups as rows (G, n); ``iscale``, ``finite``: as for the initial
+    levels.
 
     Runs in rounds, one accepted change per group and round. Until the next acceptance every element
     of a group sees the same sums, so all of them are tested at once and the group takes the first
@@ -464,19 +497,20 @@ def _q3_refine(
     groups copies whole rows (a column gather of the (n, G) layout costs several times more).
     """
     n, g = L.shape
-    a = act.size
+    a = gid.size
+    Lf = L.reshape(-1)
     z = scratch("q3r.z1", (7, a, n))
-    xr.take(act, axis=0, out=z[0], mode="clip")
-    # the initial levels again (the same float operations): cheaper than a column gather of L
-    _levels_clamped(np.multiply(z[0], iscale.take(act)[:, None], out=z[1]), lo, hi, finite)
+    xr.take(gid, axis=0, out=z[0], mode="clip")
+    # the initial levels again (the same float operations) plus the first change: a column gather of
+    # L costs several times more
+    _levels_clamped(np.multiply(z[0], iscale.take(gid)[:, None], out=z[1]), lo, hi, finite)
+    z[1].reshape(-1)[np.arange(0, a * n, n) + pos - 1] = Lf.take((pos - 1) * g + gid)
     np.multiply(z[0], z[0], out=z[2])
     np.multiply(z[2], z[0], out=z[3])
-    s: F32Array = sums.take(act, axis=1)
-    gid = act
-    pos = np.zeros(a, dtype=np.intp)
+    s: F32Array = sums.take(gid, axis=1)
     itry = np.zeros(a, dtype=np.intp)
     last_itry = False  # some group is in its last itry (no wrapping to a next one)
-    Lf, sf = L.reshape(-1), sums.reshape(-1)
+    sf = sums.reshape(-1)
     best = np.empty(a, dtype=np.intp)
     rnd = 0
     while True:
@@ -489,21 +523,10 @@ def _q3_refine(
         _levels_clamped(nl, lo, hi)
         ne = np.not_equal(nl, z[1], out=scratch("q3r.ne", (a, n), np.bool_))
         idx = ne.reshape(-1).nonzero()[0]
-        col, i = np.divmod(idx, n)
-        gz = z[2:].reshape(5, -1).take(idx, axis=1)
-        wv, r0, r1, nls = gz[0], gz[2], gz[3], gz[4]
-        u: F32Array = np.multiply(gz[0:2], nls)  # [w*nl, w*x*nl]
-        u[0] *= nls
-        u[0] += r0
-        u[1] += r1  # [sl2 + w*nl*nl, slx + w*x*nl]
-        sc = cast(F32Array, s.take(col, axis=1))
-        # slx > 0 && sl2 > 0 && slx*slx*suml2 > sumlx*sumlx*sl2  (slx before, sl2 after the update)
-        lhs = np.multiply(u[1], u[1], out=wv)
-        lhs *= sc[0]
-        rhs = np.multiply(sc[1], sc[1], out=sc[1])
-        rhs *= u[0]
-        acc = np.greater(lhs, rhs)
-        acc &= np.minimum(r1, u[0], out=r1) > _F0
+        col, i = _split_index(idx, n)
+        e = z[2:].reshape(5, -1).take(idx, axis=1)
+        nls = e[4].copy()
+        acc, u = _q3_accept(e, s, col)
         wrap = i < pos.take(col)
         if last_itry:
             acc &= ~(wrap & (itry.take(col) >= 4))
@@ -538,14 +561,15 @@ def make_q3_quants(x: F32Array, nmax: int, xr: F32Array | None = None) -> tuple[
     """make_q3_quants(n, nmax, x, L, do_rmse=true) for every group; returns (scale, L) with L = nmax + l.
 
     ``xr``: the same groups as rows (G, n) where the caller has them (else they are transposed here).
-    The first refinement test runs on every group at once; only the groups where some element's level
-    would change (a fifth of them on Gaussian data) go on to the sequential refinement
-    (:func:`_q3_refine`). ``L`` is a per-thread scratch buffer: valid until the next call.
+    The first refinement round (element 0 of itry 0 onwards, all with the initial sums) runs on every
+    group at once; only the groups that take a change there (a fifth of them on Gaussian data) go on to
+    the sequential rounds of :func:`_q3_refine`. ``L`` is a per-thread scratch buffer: valid until the
+    next call.
     """
     n, g = x.shape
     mx, finite = _first_absmax_finite(x)
     zero = np.abs(mx) < GROUP_MAX_EPS
-    lo, hi = np.float32(-nmax), np.float32(nmax - 1)
+    lo, hi = np.array(-nmax, dtype=np.float32), np.array(nmax - 1, dtype=np.float32)
     with np.errstate(all="ignore"):
         iscale = cast(F32Array, np.float32(-nmax) / np.where(zero, _F1, mx))
         # |x * iscale| <= nmax (rounded) when x is finite
@@ -557,20 +581,39 @@ def make_q3_quants(x: F32Array, nmax: int, xr: F32Array | None = None) -> tuple[
         np.multiply(t[0], L, out=t[0])
         sums = seq_sum_middle(t, np.empty((2, g), dtype=np.float32))  # [suml2, sumlx]
         np.subtract(sums[:, None, :], t, out=t)  # [sl2, slx]: the sums without element i
-        nl = np.multiply(x, t[0], out=t[0])
+        nl = np.multiply(x, t[0], out=scratch("q3.nl", (n, g)))
         nl /= t[1]
         _levels_clamped(nl, lo, hi)
-        moves = np.logical_or.reduce(np.not_equal(nl, L, out=scratch("q3.ne", (n, g), np.bool_)), axis=0)
+        ne = np.not_equal(nl, L, out=scratch("q3.ne", (n, g), np.bool_))
         if finite:
             # mx > 0: every w*x*l is <= 0 (l = nearest_int(-nmax*x/mx) has the sign of -x), so every
             # leave-one-out slx is <= 0 too and C never tests a change; zero groups have mx == 0.
-            moves &= mx < 0
+            ne &= mx < 0
         elif zero.any():
-            moves &= ~zero
-        act = np.flatnonzero(moves)
-        if act.size:
+            ne &= ~zero
+        idx = ne.reshape(-1).nonzero()[0]
+        i, col = _split_index(idx, g)
+        e = np.empty((5, idx.size), dtype=np.float32)  # [w, w*x, sl2, slx, new_l]
+        x.reshape(-1).take(idx, out=e[0])
+        t.reshape(2, -1).take(idx, axis=1, out=e[2:4])
+        nl.reshape(-1).take(idx, out=e[4])
+        nls = e[4].copy()
+        np.multiply(e[0], e[0], out=e[1])
+        np.multiply(e[1], e[0], out=e[1])
+        np.multiply(e[0], e[0], out=e[0])
+        acc, u = _q3_accept(e, sums, col)
+        pa = acc.nonzero()[0]
+        if pa.size:
+            # idx runs element-major: a group's first accepted element is its first entry in pa
+            ca = col.take(pa)
+            first = np.full(g, n, dtype=np.intp)
+            np.minimum.at(first, ca, i.take(pa))
+            ch = pa[i.take(pa) == first.take(ca)]
+            kh, gid = i.take(ch), col.take(ch)
+            L.reshape(-1)[idx.take(ch)] = nls.take(ch)
+            sums[:, gid] = u.take(ch, axis=1)
             rows = np.ascontiguousarray(x.T) if xr is None else xr
-            _q3_refine(rows, iscale, finite, L, sums, act, lo, hi)
+            _q3_refine(rows, iscale, finite, L, sums, gid, kh + 1, lo, hi)
         scale = np.where(sums[0] > 0, sums[1] / sums[0], _F0)
     L += np.float32(nmax)
     if zero.any():
