@@ -471,6 +471,23 @@ def _split_index(idx: IntpArray, n: int) -> tuple[IntpArray, IntpArray]:
     return idx >> (n.bit_length() - 1), idx & (n - 1)
 
 
+_Q3_MAG_LO, _Q3_MAG_HI = np.float32(1e-6), np.float32(1e6)
+
+
+def _q3_first_round_small(mx: F32Array) -> bool:
+    """Whether every first-round candidate level ``x*sl2/slx`` that C evaluates is below 2^22 in
+    magnitude (so that rint is nearest_int), for finite ``x`` with per-group maxima ``mx``.
+
+    Only groups with ``mx < 0`` are evaluated (see :func:`make_q3_quants`); there every w*x*l and
+    w*l*l is >= 0, and an element with l != 0 has |x| >= |mx|/8. With |mx| in [1e-6, 1e6] no
+    product over- or underflows, every nonzero term of sl2 is at most 2*iscale times its term of
+    slx, and a leave-one-out slx > 0 is either 0 (all other levels 0: C skips it) or at least about
+    (|mx|/8)^3, so |x*sl2/slx| stays within a small multiple of nmax.
+    """
+    m = np.where(mx < 0, mx, -_F1)
+    return bool((m <= -_Q3_MAG_LO).all() and (m >= -_Q3_MAG_HI).all())
+
+
 def _q3_refine(
     xr: F32Array,
     iscale: F32Array,
@@ -525,7 +542,7 @@ def _q3_refine(
         idx = ne.reshape(-1).nonzero()[0]
         col, i = _split_index(idx, n)
         e = z[2:].reshape(5, -1).take(idx, axis=1)
-        nls = e[4].copy()
+        nls = e[4]  # _q3_accept leaves it alone
         acc, u = _q3_accept(e, s, col)
         wrap = i < pos.take(col)
         if last_itry:
@@ -546,7 +563,7 @@ def _q3_refine(
         sf[gid] = s[0]
         sf[gid + g] = s[1]
         itry = itry.take(c) + wrap.take(ch)
-        last_itry = bool(itry.max() >= 4)
+        last_itry = rnd >= 3 and bool(itry.max() >= 4)  # itry grows by at most 1 a round
         pos = kh + 1
         z[1].reshape(-1)[idx.take(ch)] = nlv
         a = c.size
@@ -583,7 +600,7 @@ def make_q3_quants(x: F32Array, nmax: int, xr: F32Array | None = None) -> tuple[
         np.subtract(sums[:, None, :], t, out=t)  # [sl2, slx]: the sums without element i
         nl = np.multiply(x, t[0], out=scratch("q3.nl", (n, g)))
         nl /= t[1]
-        _levels_clamped(nl, lo, hi)
+        _levels_clamped(nl, lo, hi, finite and _q3_first_round_small(mx))
         ne = np.not_equal(nl, L, out=scratch("q3.ne", (n, g), np.bool_))
         if finite:
             # mx > 0: every w*x*l is <= 0 (l = nearest_int(-nmax*x/mx) has the sign of -x), so every
@@ -597,7 +614,7 @@ def make_q3_quants(x: F32Array, nmax: int, xr: F32Array | None = None) -> tuple[
         x.reshape(-1).take(idx, out=e[0])
         t.reshape(2, -1).take(idx, axis=1, out=e[2:4])
         nl.reshape(-1).take(idx, out=e[4])
-        nls = e[4].copy()
+        nls = e[4]  # _q3_accept leaves it alone
         np.multiply(e[0], e[0], out=e[1])
         np.multiply(e[1], e[0], out=e[1])
         np.multiply(e[0], e[0], out=e[0])

@@ -339,19 +339,53 @@ def quantize_q6_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
 # ----------------------------------------------------------------------------------------------------- Q3_K
 
 
-def _q3_scale_bytes(ls: I32Array) -> U8Array:
-    """Pack 16 6-bit scales (S, 16) into ggml's 12-byte Q3_K layout."""
-    lo = ls & 0xF
-    hi = (ls >> 4) & 3
-    out = np.zeros((ls.shape[0], 12), dtype=np.int32)
-    out[:, :8] = lo[:, :8] | (lo[:, 8:] << 4)
-    h = hi.reshape(-1, 4, 4)  # [s, j/4, j%4]
-    out[:, 8:] = h[:, 0] | (h[:, 1] << 2) | (h[:, 2] << 4) | (h[:, 3] << 6)
-    return out.astype(np.uint8)
-
-
 _LSB = np.uint64(0x0101010101010101)
 _LOW2 = np.uint64(0x0303030303030303)
+_NIB = np.uint64(0x0F0F0F0F0F0F0F0F)
+_LOW32 = np.uint64(0xFFFFFFFF)
+
+
+def _q3_scale_bytes(ls: AnyArray) -> U8Array:
+    """Pack 16 6-bit scales (S, 16) into ggml's 12-byte Q3_K layout.
+
+    On uint64 words (8 scales each): every shift below stays inside its byte once masked, and numpy's
+    uint8 shifts are not vectorized.
+    """
+    w = np.ascontiguousarray(ls, dtype=np.uint8).view(np.uint64)  # (S, 2): scales 0-7, 8-15
+    out = np.empty((w.shape[0], 12), dtype=np.uint8)
+    lo = w & _NIB
+    out[:, :8] = (lo[:, 0] | (lo[:, 1] << np.uint64(4))).view(np.uint8).reshape(-1, 8)
+    h = (w >> np.uint64(4)) & _LOW2  # 2 high bits; byte k of word q is scale 8q + k
+    # scales[8 + j%4] |= (l >> 4) << 2*(j/4): bytes 0-3 and 4-7 of both words, j/4 = 0..3
+    hi = (h[:, 0] & _LOW32) | ((h[:, 0] >> np.uint64(32)) << np.uint64(2))
+    hi |= (h[:, 1] & _LOW32) << np.uint64(4)
+    hi |= (h[:, 1] >> np.uint64(32)) << np.uint64(6)
+    out[:, 8:] = hi.view(np.uint8).reshape(-1, 8)[:, :4]
+    return out
+
+
+def _q3_super_scale(scales: F32Array, n_super: int) -> tuple[U8Array, F32Array]:
+    """quantize_row_q3_K_ref's 6-bit scales (S, 16) of the 16 sub-block scales and the super-block
+    scale ``1/iscale`` (0 where the largest scale is 0)."""
+    sc = scales.reshape(n_super, 16)
+    max_scale = _first_absmax(np.ascontiguousarray(sc.T))[1]
+    nz = max_scale != 0
+    iscale = np.float32(-32.0) / np.where(nz, max_scale, _F1)
+    v = sc * iscale[:, None]
+    if np.isfinite(v).all():
+        # |v| <= 32 (rounded): nearest_int is round-half-even and the int8 cast cannot wrap
+        np.rint(v, out=v)
+        np.clip(v, np.float32(-32), np.float32(31), out=v)
+        v += np.float32(32)
+        ls = v.astype(np.uint8)
+    else:
+        li = _nint(v)
+        li = ((li + 128) & 0xFF) - 128  # int8_t l
+        ls = (np.clip(li, -32, 31) + 32).astype(np.uint8)
+    if not nz.all():
+        ls[~nz] = 0
+    d = np.where(nz, _F1 / iscale, _F0)
+    return ls, d
 
 
 _SUPER_TILE = 32  # super-blocks per tile of the (256, S) transposition (2.4x faster than one copy)
@@ -427,15 +461,7 @@ def quantize_q3_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
         def keep() -> F32Array:
             return L0
 
-        sc = scales.reshape(n_super, 16)
-        max_scale = _first_absmax(np.ascontiguousarray(sc.T))[1]
-        nz = max_scale != 0
-        iscale = np.float32(-32.0) / np.where(nz, max_scale, np.float32(1))
-        li = _nint(iscale[:, None] * sc)
-        li = ((li + 128) & 0xFF) - 128  # int8_t l
-        ls = np.clip(li, -32, 31) + 32
-        ls[~nz] = 0
-        d = np.where(nz, np.float32(1) / iscale, np.float32(0))
+        ls, d = _q3_super_scale(scales, n_super)
     else:
         # quantize_row_q3_K_impl
         xs = scratch("q3k.sq", (QK_K, n_super))
@@ -466,10 +492,11 @@ def quantize_q3_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
             32,
             np.ascontiguousarray(sw.reshape(n_super, 16).T),
         )
-        ls = np.ascontiguousarray(Ls.T).astype(np.int32)
+        ls = np.ascontiguousarray(Ls.T).astype(np.uint8)
     scale_bytes = _q3_scale_bytes(ls)
-    sc_dec = (ls & 0x3F) - 32
-    dq = _fp16r(d)[:, None] * sc_dec.astype(np.float32)
+    sc_dec = ls.astype(np.float32)  # 0..63
+    sc_dec -= np.float32(32)
+    dq = _fp16r(d)[:, None] * sc_dec
     L = _q3_levels(rows, dq.reshape(-1), keep)
     return _q3_pack(n_super, L, scale_bytes, d).reshape(n_rows, -1)
 
