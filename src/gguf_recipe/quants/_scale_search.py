@@ -479,10 +479,11 @@ def _q3_first_round_small(mx: F32Array) -> bool:
     magnitude (so that rint is nearest_int), for finite ``x`` with per-group maxima ``mx``.
 
     Only groups with ``mx < 0`` are evaluated (see :func:`make_q3_quants`); there every w*x*l and
-    w*l*l is >= 0, and an element with l != 0 has |x| >= |mx|/8. With |mx| in [1e-6, 1e6] no
-    product over- or underflows, every nonzero term of sl2 is at most 2*iscale times its term of
-    slx, and a leave-one-out slx > 0 is either 0 (all other levels 0: C skips it) or at least about
-    (|mx|/8)^3, so |x*sl2/slx| stays within a small multiple of nmax.
+    w*l*l is >= 0, and an element with l != 0 has |x| >= |mx|/8 (|x*iscale| >= 1/2). With |mx| in
+    [1e-6, 1e6] none of w, w*x*l, w*l*l, x*sl2 over- or underflows, each w*l*l is at most 2*iscale
+    times its w*x*l (|l| <= 2|x*iscale|), and a leave-one-out slx is either 0 (every other level 0:
+    C skips the element) or at least about (|mx|/8)^3, far above the rounding error of the sums
+    (<= 16 ulp of at most 64|mx|^3). So |x*sl2/slx| <= |mx| * 2*iscale * (1 + small) ~ 2*nmax.
     """
     m = np.where(mx < 0, mx, -_F1)
     return bool((m <= -_Q3_MAG_LO).all() and (m >= -_Q3_MAG_HI).all())
@@ -574,10 +575,14 @@ def _q3_refine(
         z = zn
 
 
-def make_q3_quants(x: F32Array, nmax: int, xr: F32Array | None = None) -> tuple[F32Array, F32Array]:
+def make_q3_quants(
+    x: F32Array, nmax: int, xr: F32Array | None = None, *, offset: bool = True
+) -> tuple[F32Array, F32Array]:
     """make_q3_quants(n, nmax, x, L, do_rmse=true) for every group; returns (scale, L) with L = nmax + l.
 
     ``xr``: the same groups as rows (G, n) where the caller has them (else they are transposed here).
+    ``offset=False`` leaves out the final ``L += nmax`` pass (all-zero groups then hold -nmax), for
+    callers that need the levels only for a few groups.
     The first refinement round (element 0 of itry 0 onwards, all with the initial sums) runs on every
     group at once; only the groups that take a change there (a fifth of them on Gaussian data) go on to
     the sequential rounds of :func:`_q3_refine`. ``L`` is a per-thread scratch buffer: valid until the
@@ -632,10 +637,11 @@ def make_q3_quants(x: F32Array, nmax: int, xr: F32Array | None = None) -> tuple[
             rows = np.ascontiguousarray(x.T) if xr is None else xr
             _q3_refine(rows, iscale, finite, L, sums, gid, kh + 1, lo, hi)
         scale = np.where(sums[0] > 0, sums[1] / sums[0], _F0)
-    L += np.float32(nmax)
-    if zero.any():
-        np.copyto(L, _F0, where=zero)
+    if zero.any():  # C returns L = 0 (before any offset) and 0
+        np.copyto(L, np.float32(-nmax), where=zero)
         scale[zero] = 0
+    if offset:
+        L += np.float32(nmax)
     return scale, L
 
 

@@ -456,10 +456,10 @@ def quantize_q3_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     x16 = _groups16(rows)
     if imatrix is None:
         # quantize_row_q3_K_ref
-        scales, L0 = make_q3_quants(x16, 4, rows.reshape(-1, 16))
+        scales, l0 = make_q3_quants(x16, 4, rows.reshape(-1, 16), offset=False)
 
-        def keep() -> F32Array:
-            return L0
+        def keep() -> F32Array:  # the search's levels, needed only where a final scale is 0
+            return l0 + np.float32(4)
 
         ls, d = _q3_super_scale(scales, n_super)
     else:
