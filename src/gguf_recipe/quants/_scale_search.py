@@ -633,7 +633,9 @@ def make_q3_quants(
             ch = pa[i.take(pa) == first.take(ca)]
             kh, gid = i.take(ch), col.take(ch)
             L.reshape(-1)[idx.take(ch)] = nls.take(ch)
-            sums[:, gid] = u.take(ch, axis=1)
+            sf = sums.reshape(-1)  # flat scatters: a (2, G) column scatter is several times slower
+            sf[gid] = u[0].take(ch)
+            sf[gid + g] = u[1].take(ch)
             rows = np.ascontiguousarray(x.T) if xr is None else xr
             _q3_refine(rows, iscale, finite, L, sums, gid, kh + 1, lo, hi)
         scale = np.where(sums[0] > 0, sums[1] / sums[0], _F0)
