@@ -25,7 +25,6 @@ from ._numeric import (
 )
 from ._scale_search import (
     _first_absmax,
-    _levels_clamped,
     clamped_levels,
     einsum_sums_exact,
     make_q3_quants,
@@ -402,6 +401,9 @@ def _groups16(rows: F32Array) -> F32Array:
     return x16
 
 
+_MAGIC = np.float32(12582912.0)  # 1.5 * 2**23: ggml's nearest_int adds it
+
+
 def _q3_levels(rows: F32Array, d: F32Array, keep: Callable[[], AnyArray]) -> U8Array:
     """Final levels in row order, (S, 256) uint8 in [0, 8): ``clamp(nearest_int(x/d), -4, 3) + 4`` per
     sub-block of 16 (``d``: one per group, in row order); where ``d == 0`` the search's levels
@@ -409,19 +411,24 @@ def _q3_levels(rows: F32Array, d: F32Array, keep: Callable[[], AnyArray]) -> U8A
     the next call).
 
     Computed in row order (a division broadcasting ``d`` over each group): the group layout needed a
-    byte transposition back (16 strided row copies) that cost more than all the rest.
+    byte transposition back (16 strided row copies) that cost more than all the rest. nearest_int is
+    ggml's own bit trick (exact for every input, no range check): the bits of ``q + 1.5*2^23`` hold
+    ``0x400000 + l`` in their low 23 bits; clamped there, their low byte is ``l`` modulo 256.
     """
     g = d.size
     dz = d == 0
     any_dz = bool(dz.any())
     dd = np.where(dz, _F1, d) if any_dz else d
     q = np.divide(np.ascontiguousarray(rows).reshape(g, 16), dd[:, None], out=scratch("q3k.q", (g, 16)))
-    _levels_clamped(q, np.float32(-4), np.float32(3))
-    q += np.float32(4)
-    if any_dz:
-        np.copyto(q, keep().T, where=dz[:, None])
+    q += _MAGIC
+    qi = q.view(np.int32)
+    qi &= np.int32(0x007FFFFF)
+    np.clip(qi, np.int32(0x400000 - 4), np.int32(0x400000 + 3), out=qi)
     L = scratch("q3k.L", (g, 16), np.uint8)
-    np.copyto(L, q, casting="unsafe")
+    np.copyto(L, qi, casting="unsafe")  # the low byte: l mod 256
+    L += np.uint8(4)
+    if any_dz:
+        np.copyto(L, keep().T, where=dz[:, None], casting="unsafe")
     return L.reshape(-1, QK_K)
 
 
