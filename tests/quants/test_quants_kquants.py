@@ -347,3 +347,19 @@ def test_seq_sum_middle_is_cs_sequential_sum(groups: int) -> None:
     for i in range(32):
         expected += t[:, i]
     assert np.array_equal(out.view(np.uint32), expected.view(np.uint32))
+
+
+def test_q3_k_super_scale_ties_match_ggml() -> None:
+    """Sub-block scales of equal magnitude and opposite signs as a super-block's largest (the first
+    one wins in C; the fast path without a tie-break must not be taken), next to rows without ties."""
+    from helpers.ggml_ref import ggml_bytes
+
+    rng = np.random.default_rng(9)
+    x = np.zeros((4, 512), dtype=np.float32)
+    x[0, 0], x[0, 16] = 1, -1  # scales -0.25 and 0.25 (neither group refines)
+    x[1, 16], x[1, 32] = -1, 1
+    x[1, 256 + 48] = 2
+    x[2] = rng.standard_normal(512).astype(np.float32)
+    x[2, 256:272], x[2, 272:288] = x[2, 0:16], -x[2, 0:16]
+    x[3] = rng.standard_normal(512).astype(np.float32)
+    assert np.array_equal(quantize(x, "Q3_K", threads=1), ggml_bytes(x, spec_for("Q3_K").qtype, None))

@@ -363,18 +363,29 @@ def _q3_scale_bytes(ls: AnyArray) -> U8Array:
     return out
 
 
+_SC_LO, _SC_HI = np.array(-32, dtype=np.float32), np.array(31, dtype=np.float32)  # 0-d: faster np.clip
+
+
 def _q3_super_scale(scales: F32Array, n_super: int) -> tuple[U8Array, F32Array]:
     """quantize_row_q3_K_ref's 6-bit scales (S, 16) of the 16 sub-block scales and the super-block
     scale ``1/iscale`` (0 where the largest scale is 0)."""
     sc = scales.reshape(n_super, 16)
-    max_scale = _first_absmax(np.ascontiguousarray(sc.T))[1]
+    sct = np.ascontiguousarray(sc.T)
+    hi = np.maximum.reduce(sct, axis=0)
+    lo = np.minimum.reduce(sct, axis=0)
+    nlo = np.negative(lo)
+    if np.isfinite(hi - lo).all() and not (nlo == hi).any():
+        # one sign holds the largest magnitude: no tie to break
+        max_scale = cast(F32Array, np.where(nlo > hi, lo, hi))
+    else:  # NaN, inf, a huge range, or +a and -a both largest (the first one wins)
+        max_scale = _first_absmax(sct)[1]
     nz = max_scale != 0
     iscale = np.float32(-32.0) / np.where(nz, max_scale, _F1)
     v = sc * iscale[:, None]
     if np.isfinite(v).all():
         # |v| <= 32 (rounded): nearest_int is round-half-even and the int8 cast cannot wrap
         np.rint(v, out=v)
-        np.clip(v, np.float32(-32), np.float32(31), out=v)
+        np.clip(v, _SC_LO, _SC_HI, out=v)
         v += np.float32(32)
         ls = v.astype(np.uint8)
     else:
@@ -402,6 +413,7 @@ def _groups16(rows: F32Array) -> F32Array:
 
 
 _MAGIC = np.float32(12582912.0)  # 1.5 * 2**23: ggml's nearest_int adds it
+_L3_LO, _L3_HI = np.array(0x400000 - 4, dtype=np.int32), np.array(0x400000 + 3, dtype=np.int32)
 
 
 def _q3_levels(rows: F32Array, d: F32Array, keep: Callable[[], AnyArray]) -> U8Array:
@@ -423,7 +435,7 @@ def _q3_levels(rows: F32Array, d: F32Array, keep: Callable[[], AnyArray]) -> U8A
     q += _MAGIC
     qi = q.view(np.int32)
     qi &= np.int32(0x007FFFFF)
-    np.clip(qi, np.int32(0x400000 - 4), np.int32(0x400000 + 3), out=qi)
+    np.clip(qi, _L3_LO, _L3_HI, out=qi)
     L = scratch("q3k.L", (g, 16), np.uint8)
     np.copyto(L, qi, casting="unsafe")  # the low byte: l mod 256
     L += np.uint8(4)
