@@ -449,23 +449,25 @@ def _q3_pack(n_super: int, L: U8Array, scale_bytes: U8Array, d: F32Array) -> U8A
 
     Byte-parallel on uint64 words: every shift below stays inside its byte once masked.
     """
-    out = np.empty((n_super, 110), dtype=np.uint8)
     v = L.view(np.uint64).reshape(n_super, 8, 4)  # [s, j/32, (j%32)/8], 8 levels per word
-    hm = (v[:, 0] >> np.uint64(2)) & _LSB
-    for b in range(1, 8):
-        hm |= ((v[:, b] >> np.uint64(2)) & _LSB) << np.uint64(b)
-    out[:, :32] = hm.view(np.uint8).reshape(n_super, 32)
+    hb = np.right_shift(v, np.uint64(2))
+    hb &= _LSB
+    hm = hb[:, 7].copy()  # Horner over the 8 bit planes: hm = sum of hb[:, b] << b
+    for b in range(6, -1, -1):
+        hm += hm
+        hm |= hb[:, b]
     lo = (v & _LOW2).reshape(n_super, 2, 4, 4)
-    qs = (
-        lo[:, :, 0]
-        | (lo[:, :, 1] << np.uint64(2))
-        | (lo[:, :, 2] << np.uint64(4))
-        | (lo[:, :, 3] << np.uint64(6))
+    qs = lo[:, :, 3] << np.uint64(6)
+    qs |= lo[:, :, 2] << np.uint64(4)
+    qs |= lo[:, :, 1] << np.uint64(2)
+    qs |= lo[:, :, 0]
+    parts = (
+        hm.view(np.uint8).reshape(n_super, 32),
+        qs.view(np.uint8).reshape(n_super, 64),
+        scale_bytes,
+        _fp16_bytes(d),
     )
-    out[:, 32:96] = qs.view(np.uint8).reshape(n_super, 64)
-    out[:, 96:108] = scale_bytes
-    out[:, 108:110] = _fp16_bytes(d)
-    return out
+    return np.concatenate(parts, axis=1)
 
 
 @quiet_fp
