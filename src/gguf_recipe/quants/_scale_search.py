@@ -430,10 +430,10 @@ def make_qx_quants_iscale(
 # --------------------------------------------------------------------------------------------- make_q3_quants
 
 
-Bound = np.float32 | F32Array  # np.clip takes 0-d arrays several microseconds faster than scalars
+_ClipBound = np.float32 | F32Array  # np.clip takes 0-d arrays several us faster than scalars
 
 
-def _levels_clamped(q: F32Array, lo: Bound, hi: Bound, small: bool = False) -> F32Array:
+def _levels_clamped(q: F32Array, lo: _ClipBound, hi: _ClipBound, small: bool = False) -> F32Array:
     """``MAX(lo, MIN(hi, nearest_int(q)))`` in place, as float32. ``small``: the caller knows that
     every ``|q|`` is below 2^22 (no NaN), where nearest_int is round-half-even."""
     if small or (q.max() < _NINT_SAFE and q.min() > -_NINT_SAFE):  # False as well when q holds a NaN
@@ -609,7 +609,8 @@ def make_q3_quants(
         ne = np.not_equal(nl, L, out=scratch("q3.ne", (n, g), np.bool_))
         if finite:
             # mx > 0: every w*x*l is <= 0 (l = nearest_int(-nmax*x/mx) has the sign of -x), so every
-            # leave-one-out slx is <= 0 too and C never tests a change; zero groups have mx == 0.
+            # leave-one-out slx is <= 0 too and C never tests a change. (A tiny negative all-zero
+            # group may go on; its result is reset below.)
             ne &= mx < 0
         elif zero.any():
             ne &= ~zero
@@ -620,13 +621,13 @@ def make_q3_quants(
         t.reshape(2, -1).take(idx, axis=1, out=e[2:4])
         nl.reshape(-1).take(idx, out=e[4])
         nls = e[4]  # _q3_accept leaves it alone
-        np.multiply(e[0], e[0], out=e[1])
-        np.multiply(e[1], e[0], out=e[1])
-        np.multiply(e[0], e[0], out=e[0])
+        np.multiply(e[0], e[0], out=e[1])  # w = x*x
+        np.multiply(e[1], e[0], out=e[1])  # w*x
+        np.multiply(e[0], e[0], out=e[0])  # w
         acc, u = _q3_accept(e, sums, col)
         pa = acc.nonzero()[0]
         if pa.size:
-            # idx runs element-major: a group's first accepted element is its first entry in pa
+            # all at pos 0 of itry 0: a group's first change is its accepted element of smallest i
             ca = col.take(pa)
             first = np.full(g, n, dtype=np.intp)
             np.minimum.at(first, ca, i.take(pa))

@@ -374,7 +374,7 @@ def _q3_super_scale(scales: F32Array, n_super: int) -> tuple[U8Array, F32Array]:
     hi = np.maximum.reduce(sct, axis=0)
     lo = np.minimum.reduce(sct, axis=0)
     nlo = np.negative(lo)
-    if np.isfinite(hi - lo).all() and not (nlo == hi).any():
+    if np.isfinite(hi - lo).all() and not ((nlo == hi) & (hi != 0)).any():
         # one sign holds the largest magnitude: no tie to break
         max_scale = cast(F32Array, np.where(nlo > hi, lo, hi))
     else:  # NaN, inf, a huge range, or +a and -a both largest (the first one wins)
