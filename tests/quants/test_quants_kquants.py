@@ -153,8 +153,9 @@ def _nint(v: np.float32) -> int:
     return int(nearest_int(np.array([v], dtype=np.float32))[0])
 
 
-def _ref_make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.float32, list[int]]:
-    """make_q3_quants(n, nmax, x, L, true) transcribed line by line with float32 scalars."""
+def _ref_make_q3_quants(x: np.ndarray, nmax: int, n_itry: int = 5) -> tuple[np.float32, list[int], int]:
+    """make_q3_quants(n, nmax, x, L, true) transcribed line by line with float32 scalars; also returns
+    the last itry that changed a level (-1: none). ``n_itry``: C's 5 itries, or others for tests."""
     n = len(x)
     amax, mx = f32(0), f32(0)
     for i in range(n):
@@ -162,7 +163,7 @@ def _ref_make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.float32, list[int]
         if ax > amax:
             amax, mx = ax, x[i]
     if amax < f32(1e-15):
-        return f32(0), [0] * n
+        return f32(0), [0] * n, -1
     iscale = f32(-nmax) / mx
     L = [0] * n
     sumlx = suml2 = f32(0)
@@ -172,7 +173,8 @@ def _ref_make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.float32, list[int]
         w = x[i] * x[i]
         sumlx += w * x[i] * f32(lv)
         suml2 += w * f32(lv) * f32(lv)
-    for _ in range(5):
+    last_itry = -1
+    for itry in range(n_itry):
         n_changed = 0
         for i in range(n):
             w = x[i] * x[i]
@@ -188,7 +190,8 @@ def _ref_make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.float32, list[int]
                         n_changed += 1
         if not n_changed:
             break
-    return (sumlx / suml2 if suml2 > 0 else f32(0)), [v + nmax for v in L]
+        last_itry = itry
+    return (sumlx / suml2 if suml2 > 0 else f32(0)), [v + nmax for v in L], last_itry
 
 
 @settings(max_examples=25, deadline=None)
@@ -200,11 +203,85 @@ def _ref_make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.float32, list[int]
     )
 )
 def test_make_q3_quants_matches_scalar_reference(groups: np.ndarray) -> None:
+    _assert_q3_matches_reference(groups)
+
+
+def _assert_q3_matches_reference(groups: np.ndarray) -> list[int]:
+    """make_q3_quants on the (16, G) ``groups`` equals the scalar reference, bit for bit; returns the
+    reference's last changing itry per group."""
     scale, L = ss.make_q3_quants(np.ascontiguousarray(groups), 4)
+    last = []
     for gi in range(groups.shape[1]):
-        ref_scale, ref_L = _ref_make_q3_quants(groups[:, gi], 4)
+        ref_scale, ref_L, ref_last = _ref_make_q3_quants(groups[:, gi], 4)
         assert scale[gi].tobytes() == ref_scale.tobytes()
         assert L[:, gi].astype(int).tolist() == ref_L
+        last.append(ref_last)
+    return last
+
+
+def _gaussian_chunk() -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((64, 4096)).astype(np.float32)
+
+
+# N(0, 1) groups whose refinement would still change a level in a sixth itry (found among 800k)
+_Q3_SIXTH_ITRY_GROUPS = [
+    [-0.8772099, -1.874813, -1.4292636, 1.8155423, 0.43827474, -0.16949378, -0.5591299, -1.7727034,
+     1.3935924, 0.23847169, 1.7814386, 0.69672817, 0.9597375, -1.6494361, 0.91128236, -1.4900589],
+    [0.36503056, 0.45269606, -0.35657746, -0.2019296, 0.8737334, -0.23753053, 1.1090956, -0.75458544,
+     -1.1917945, -0.743968, 0.8097996, -0.69565135, -0.78353256, -0.7785503, 0.3720198, -0.63295877],
+    [-0.9147903, -0.003542534, 0.97672385, -0.2731076, 0.8111214, -0.36567676, 0.09435189, 1.6056862,
+     0.7315695, 0.6552212, 1.0841768, -0.6806379, -1.6926587, -1.1410306, 0.18683411, 0.24109377],
+]  # fmt: skip
+
+
+def test_make_q3_quants_stops_after_the_fifth_itry() -> None:
+    """Groups whose levels still change in C's fifth and last itry: those of a N(0, 1) chunk, and
+    groups where a sixth itry would change more. The rounds must not wrap past the fifth."""
+    chunk_groups = _gaussian_chunk().reshape(-1, 16)[[448, 1679, 5152, 14059]]
+    sixth = np.array(_Q3_SIXTH_ITRY_GROUPS, dtype=np.float32)
+    for g in sixth:
+        assert _ref_make_q3_quants(g, 4, n_itry=6)[1] != _ref_make_q3_quants(g, 4)[1]
+    groups = np.concatenate((chunk_groups, sixth)).T
+    assert _assert_q3_matches_reference(groups) == [4] * 7
+
+
+def test_make_q3_quants_positive_max_groups_never_change() -> None:
+    """make_q3_quants refines only groups whose largest magnitude is negative: with a positive one
+    every w*x*l is <= 0, so no leave-one-out slx is > 0 and C never tests a change. Checked on groups
+    of very different magnitudes (products that underflow, overflow, are subnormal)."""
+    rng = np.random.default_rng(7)
+    n_groups = 400
+    groups = rng.standard_normal((16, n_groups)) * 10.0 ** rng.integers(-25, 13, n_groups)
+    groups = groups.astype(np.float32)
+    top = groups[np.argmax(np.abs(groups), axis=0), np.arange(n_groups)]
+    groups *= np.where(top < 0, f32(-1), f32(1))
+    assert _assert_q3_matches_reference(groups) == [-1] * n_groups
+
+
+def test_make_q3_quants_first_round_without_range_check() -> None:
+    """Refinable groups (largest magnitude negative) with |max| in [1e-6, 1e6] skip the 2^22 range
+    check of the first round's x*sl2/slx (``_q3_first_round_small``). Groups where one element
+    dominates the sums (leave-one-out slx tiny or exactly 0), at both ends of the range, still match
+    the scalar reference."""
+    rng = np.random.default_rng(3)
+    n_groups = 300
+    groups = rng.uniform(-0.14, 0.14, (16, n_groups)).astype(np.float32)  # levels 0 or +-1 of 4
+    groups[0] = -1  # the dominant element: level -4
+    groups[1:, :60] *= f32(0.5)  # every other level 0: slx = 0 when element 0 is left out
+    groups[1:, 60:120] = f32(-0.1250001)  # just past the level -1 threshold
+    groups *= (10.0 ** rng.uniform(-5.99, 5.99, n_groups)).astype(np.float32)
+    assert ss._q3_first_round_small(groups[0])
+    with np.errstate(over="ignore"):  # slx*slx*suml2 overflows near 1e6, in C as well
+        last = _assert_q3_matches_reference(groups)
+    assert max(last) >= 0  # some refinement happens
+
+
+def test_q3_k_gaussian_chunk_matches_ggml() -> None:
+    """A whole N(0, 1) chunk (16384 groups, the refinement's long tail of rounds) against ggml."""
+    from helpers.ggml_ref import ggml_bytes
+
+    x = _gaussian_chunk()
+    assert np.array_equal(quantize(x, "Q3_K", threads=1), ggml_bytes(x, spec_for("Q3_K").qtype, None))
 
 
 @settings(max_examples=40, deadline=None)
@@ -270,3 +347,19 @@ def test_seq_sum_middle_is_cs_sequential_sum(groups: int) -> None:
     for i in range(32):
         expected += t[:, i]
     assert np.array_equal(out.view(np.uint32), expected.view(np.uint32))
+
+
+def test_q3_k_super_scale_ties_match_ggml() -> None:
+    """Sub-block scales of equal magnitude and opposite signs as a super-block's largest (the first
+    one wins in C; the fast path without a tie-break must not be taken), next to rows without ties."""
+    from helpers.ggml_ref import ggml_bytes
+
+    rng = np.random.default_rng(9)
+    x = np.zeros((4, 512), dtype=np.float32)
+    x[0, 0], x[0, 16] = 1, -1  # scales -0.25 and 0.25 (neither group refines)
+    x[1, 16], x[1, 32] = -1, 1
+    x[1, 256 + 48] = 2
+    x[2] = rng.standard_normal(512).astype(np.float32)
+    x[2, 256:272], x[2, 272:288] = x[2, 0:16], -x[2, 0:16]
+    x[3] = rng.standard_normal(512).astype(np.float32)
+    assert np.array_equal(quantize(x, "Q3_K", threads=1), ggml_bytes(x, spec_for("Q3_K").qtype, None))

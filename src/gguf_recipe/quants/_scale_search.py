@@ -430,7 +430,10 @@ def make_qx_quants_iscale(
 # --------------------------------------------------------------------------------------------- make_q3_quants
 
 
-def _levels_clamped(q: F32Array, lo: np.float32, hi: np.float32, small: bool = False) -> F32Array:
+_ClipBound = np.float32 | F32Array  # np.clip takes 0-d arrays several us faster than scalars
+
+
+def _levels_clamped(q: F32Array, lo: _ClipBound, hi: _ClipBound, small: bool = False) -> F32Array:
     """``MAX(lo, MIN(hi, nearest_int(q)))`` in place, as float32. ``small``: the caller knows that
     every ``|q|`` is below 2^22 (no NaN), where nearest_int is round-half-even."""
     if small or (q.max() < _NINT_SAFE and q.min() > -_NINT_SAFE):  # False as well when q holds a NaN
@@ -441,132 +444,207 @@ def _levels_clamped(q: F32Array, lo: np.float32, hi: np.float32, small: bool = F
     return q
 
 
-def _q3_step(
-    z: F32Array,
-    s: F32Array,
-    pos: IntpArray | None,
-    itry: IntpArray | None,
-    skip: npt.NDArray[np.bool_] | None,
-    lo: np.float32,
-    hi: np.float32,
-) -> tuple[IntpArray, IntpArray, F32Array, F32Array]:
-    """The next accepted change of every group in make_q3_quants' refinement.
-
-    ``z``: (5, n, a) [x, L, w*L*L, w*x*L, -] (rows 2.. are overwritten); ``s`` = [suml2, sumlx] (2, a).
-    ``pos`` and ``itry``: the element where each group's visit resumes and its itry (None: element 0 of
-    itry 0); ``skip``: groups that take no change.
-
-    Until the next acceptance every element sees the same sums, so all are tested at once and a group
-    takes the first accepted element in C's visiting order: from ``pos`` to the end of this itry, then
-    (only where ``itry < 4``: C's next itry) from element 0. Only the few percent of elements whose level
-    would change go through the acceptance test, gathered from ``z`` in one call (for a few hundred
-    groups numpy's per-call cost sets the time). Returns (element, group, new level, new [suml2, sumlx])
-    of every group that changes; a group with no change is finished (C would run at most one more itry
-    that sees the same state).
-    """
-    _, n, a = z.shape
-    x, lv = z[0], z[1]
-    r = np.subtract(s[:, None, :], z[2:4], out=z[2:4])  # [sl2, slx]: the sums without element i
-    nl = np.multiply(x, r[0], out=z[4])
-    nl /= r[1]
-    _levels_clamped(nl, lo, hi)
-    ne = np.not_equal(nl, lv, out=scratch("q3s.ne", (n, a), np.bool_))
-    idx = ne.reshape(-1).nonzero()[0]
-    i, col = np.divmod(idx, a)
-    xs, _, r0, r1, nls = np.take(z.reshape(5, -1), idx, axis=1)  # one gather: [x, L, sl2, slx, new_l]
-    u = np.empty((2, idx.size), dtype=np.float32)
-    np.multiply(xs, xs, out=u[0])  # w
-    np.multiply(u[0], xs, out=u[1])
-    u *= nls
+def _q3_accept(e: F32Array, s: F32Array, col: IntpArray) -> tuple[npt.NDArray[np.bool_], F32Array]:
+    """C's acceptance test of make_q3_quants for candidate changes ``e`` = [w, w*x, sl2, slx, new_l]
+    (5, m) of the groups ``col`` whose sums are ``s`` = [suml2, sumlx] (2, G). Returns the accepted
+    mask and [sl2, slx] after the change (2, m). ``e`` is overwritten."""
+    nls = e[4]
+    u = np.multiply(e[0:2], nls)  # [w*nl, w*x*nl]
     u[0] *= nls
-    u[0] += r0
-    u[1] += r1  # [sl2 + w*nl*nl, slx + w*x*nl]
-    sc = np.take(s, col, axis=1)
+    u += e[2:4]  # [sl2 + w*nl*nl, slx + w*x*nl]
+    sc = s.take(col, axis=1)
     # slx > 0 && sl2 > 0 && slx*slx*suml2 > sumlx*sumlx*sl2  (slx before, sl2 after the update)
-    lhs = np.multiply(u[1], u[1], out=xs)
+    lhs = np.multiply(u[1], u[1], out=e[0])
     lhs *= sc[0]
     rhs = np.multiply(sc[1], sc[1], out=sc[1])
     rhs *= u[0]
-    acc = lhs > rhs
-    acc &= np.minimum(r1, u[0], out=r1) > 0
-    if skip is not None:
-        acc &= ~skip[col]
-    key = i
-    if pos is not None and itry is not None:
-        wrap = i < np.take(pos, col)
-        key = i + n * wrap
-        if int(itry.max()) >= 4:
-            acc &= ~(wrap & (np.take(itry, col) >= 4))
-    pa = acc.nonzero()[0]
-    ca = col[pa]
-    kp = key[pa]
-    best = np.full(a, 2 * n, dtype=kp.dtype)
-    np.minimum.at(best, ca, kp)
-    ch = pa[kp == best[ca]]
-    return i[ch], col[ch], nls[ch], np.take(u, ch, axis=1)  # C order: s broadcasts contiguously
+    acc = np.greater(lhs, rhs)
+    acc &= np.minimum(e[3], u[0], out=e[3]) > _F0
+    return acc, u
 
 
-def make_q3_quants(x: F32Array, nmax: int) -> tuple[F32Array, F32Array]:
+def _split_index(idx: IntpArray, n: int) -> tuple[IntpArray, IntpArray]:
+    """``divmod(idx, n)``; shifts where n is a power of two (int64 division is several times slower)."""
+    if n & (n - 1):
+        q, r = np.divmod(idx, n)
+        return q, r
+    return idx >> (n.bit_length() - 1), idx & (n - 1)
+
+
+_Q3_MAG_LO, _Q3_MAG_HI = np.float32(1e-6), np.float32(1e6)
+
+
+def _q3_first_round_small(mx: F32Array) -> bool:
+    """Whether every first-round candidate level ``x*sl2/slx`` that C evaluates is below 2^22 in
+    magnitude (so that rint is nearest_int), for finite ``x`` with per-group maxima ``mx``.
+
+    Only groups with ``mx < 0`` are evaluated (see :func:`make_q3_quants`); there every w*x*l and
+    w*l*l is >= 0, and an element with l != 0 has |x| >= |mx|/8 (|x*iscale| >= 1/2). With |mx| in
+    [1e-6, 1e6] none of w, w*x*l, w*l*l, x*sl2 over- or underflows, each w*l*l is at most 2*iscale
+    times its w*x*l (|l| <= 2|x*iscale|), and a leave-one-out slx is either 0 (every other level 0:
+    C skips the element) or at least about (|mx|/8)^3, far above the rounding error of the sums
+    (<= 16 ulp of at most 64|mx|^3). So |x*sl2/slx| <= |mx| * 2*iscale * (1 + small) ~ 2*nmax.
+    """
+    m = np.where(mx < 0, mx, -_F1)
+    return bool((m <= -_Q3_MAG_LO).all() and (m >= -_Q3_MAG_HI).all())
+
+
+def _q3_refine(
+    xr: F32Array,
+    iscale: F32Array,
+    finite: bool,
+    L: F32Array,
+    sums: F32Array,
+    gid: IntpArray,
+    pos: IntpArray,
+    lo: F32Array,
+    hi: F32Array,
+) -> None:
+    """make_q3_quants' ``itry`` refinement, in place on ``L`` (n, G) and ``sums`` ([suml2, sumlx], (2, G)),
+    of the groups ``gid`` that have just taken their first change (itry 0, at element ``pos - 1``; ``L``
+    and ``sums`` hold it). ``xr``: the groups as rows (G, n); ``iscale``, ``finite``: as for the initial
+    levels.
+
+    Runs in rounds, one accepted change per group and round. Until the next acceptance every element
+    of a group sees the same sums, so all of them are tested at once and the group takes the first
+    accepted element in C's visiting order: from ``pos`` to the end of its itry, then (only where
+    ``itry < 4``: C's next itry; the current one has just changed something) from element 0. Only the
+    few percent of elements whose level would change go through the acceptance test. A group with no
+    change is finished (C would run at most one more itry that sees the same state) and leaves the
+    working set ``z`` = [x, L, w, w*x, sl2, slx, new_l], each (a, n): groups as rows, so that dropping
+    groups copies whole rows (a column gather of the (n, G) layout costs several times more).
+    """
+    n, g = L.shape
+    a = gid.size
+    Lf = L.reshape(-1)
+    z = scratch("q3r.z1", (7, a, n))
+    xr.take(gid, axis=0, out=z[0], mode="clip")
+    # the initial levels again (the same float operations) plus the first change: a column gather of
+    # L costs several times more
+    _levels_clamped(np.multiply(z[0], iscale.take(gid)[:, None], out=z[1]), lo, hi, finite)
+    z[1].reshape(-1)[np.arange(0, a * n, n) + pos - 1] = Lf.take((pos - 1) * g + gid)
+    np.multiply(z[0], z[0], out=z[2])
+    np.multiply(z[2], z[0], out=z[3])
+    s: F32Array = sums.take(gid, axis=1)
+    itry = np.zeros(a, dtype=np.intp)
+    last_itry = False  # some group is in its last itry (no wrapping to a next one)
+    sf = sums.reshape(-1)
+    best = np.empty(a, dtype=np.intp)
+    rnd = 0
+    while True:
+        r = z[4:6]
+        np.multiply(z[2:4], z[1], out=r)
+        np.multiply(r[0], z[1], out=r[0])
+        np.subtract(s[:, :, None], r, out=r)  # [sl2, slx]: the sums without element i
+        nl = np.multiply(z[0], r[0], out=z[6])
+        nl /= r[1]
+        _levels_clamped(nl, lo, hi)
+        ne = np.not_equal(nl, z[1], out=scratch("q3r.ne", (a, n), np.bool_))
+        idx = ne.reshape(-1).nonzero()[0]
+        col, i = _split_index(idx, n)
+        e = z[2:].reshape(5, -1).take(idx, axis=1)
+        nls = e[4]  # _q3_accept leaves it alone
+        acc, u = _q3_accept(e, s, col)
+        wrap = i < pos.take(col)
+        if last_itry:
+            acc &= ~(wrap & (itry.take(col) >= 4))
+        pa = acc.nonzero()[0]
+        if not pa.size:
+            return
+        ca = col.take(pa)
+        key = wrap.take(pa) * n
+        key += i.take(pa)
+        best.fill(2 * n)
+        np.minimum.at(best, ca, key)
+        ch = pa[key == best.take(ca)]
+        kh, c, nlv = i.take(ch), col.take(ch), nls.take(ch)
+        s = cast(F32Array, u.take(ch, axis=1))
+        gid = gid.take(c)
+        Lf[kh * g + gid] = nlv
+        sf[gid] = s[0]
+        sf[gid + g] = s[1]
+        itry = itry.take(c) + wrap.take(ch)
+        last_itry = rnd >= 3 and bool(itry.max() >= 4)  # itry grows by at most 1 a round
+        pos = kh + 1
+        z[1].reshape(-1)[idx.take(ch)] = nlv
+        a = c.size
+        best = best[:a]
+        rnd += 1
+        zn = scratch(f"q3r.z{rnd & 1}", (7, a, n))
+        z[:4].take(c, axis=1, out=zn[:4], mode="clip")
+        z = zn
+
+
+def make_q3_quants(
+    x: F32Array, nmax: int, xr: F32Array | None = None, *, offset: bool = True
+) -> tuple[F32Array, F32Array]:
     """make_q3_quants(n, nmax, x, L, do_rmse=true) for every group; returns (scale, L) with L = nmax + l.
 
-    The ``itry`` refinement runs as rounds of :func:`_q3_step`, one accepted change per group and round,
-    on the shrinking set of groups that still change (most groups never change at all). ``L`` is a
-    per-thread scratch buffer: valid until the next call.
+    ``xr``: the same groups as rows (G, n) where the caller has them (else they are transposed here).
+    ``offset=False`` leaves out the final ``L += nmax`` pass (all-zero groups then hold -nmax), for
+    callers that need the levels only for a few groups.
+    The first refinement round (element 0 of itry 0 onwards, all with the initial sums) runs on every
+    group at once; only the groups that take a change there (a fifth of them on Gaussian data) go on to
+    the sequential rounds of :func:`_q3_refine`. ``L`` is a per-thread scratch buffer: valid until the
+    next call.
     """
     n, g = x.shape
     mx, finite = _first_absmax_finite(x)
     zero = np.abs(mx) < GROUP_MAX_EPS
-    lo, hi = np.float32(-nmax), np.float32(nmax - 1)
+    lo, hi = np.array(-nmax, dtype=np.float32), np.array(nmax - 1, dtype=np.float32)
     with np.errstate(all="ignore"):
-        z = scratch("q3.z", (5, n, g))  # [x, L, w*L*L, w*x*L, -] (see _q3_step)
-        np.copyto(z[0], x)
-        iscale = np.float32(-nmax) / np.where(zero, _F1, mx)
+        iscale = cast(F32Array, np.float32(-nmax) / np.where(zero, _F1, mx))
         # |x * iscale| <= nmax (rounded) when x is finite
-        L = _levels_clamped(np.multiply(x, iscale, out=z[1]), lo, hi, finite)
-        t = z[2:4]
+        L = _levels_clamped(np.multiply(x, iscale, out=scratch("q3.L", (n, g))), lo, hi, finite)
+        t = scratch("q3.t", (2, n, g))
         np.multiply(x, x, out=t[0])
         np.multiply(t[0], x, out=t[1])
         np.multiply(t, L, out=t)  # [w*L, w*x*L]
         np.multiply(t[0], L, out=t[0])
-        sums = seq_sum(t, axis=1)  # [suml2, sumlx], sequential over the n elements (also for one group)
-        skip = zero if zero.any() else None
-        kh, act, nlv, s = _q3_step(z, sums, None, None, skip, lo, hi)
-        if act.size:
-            L[kh, act] = nlv
-            sums[:, act] = s
-            a = act.size
-            # [x, L] of the groups still changing; w and w*x are recomputed each round, cheaper
-            # than carrying them through the gathers that shrink z
-            zr = scratch("q3.z0", (5, n, a))
-            np.take(z[:2], act, axis=2, out=zr[:2], mode="clip")
-            pos = kh + 1
-            itry = np.zeros(a, dtype=np.intp)
-            rnd = 1  # zr alternates between two scratch buffers
-            while True:
-                t = zr[2:4]
-                np.multiply(zr[0], zr[0], out=t[0])  # w
-                np.multiply(t[0], zr[0], out=t[1])  # w*x
-                np.multiply(t, zr[1], out=t)
-                np.multiply(t[0], zr[1], out=t[0])  # [w*L*L, w*x*L]
-                kh, c, nlv, s = _q3_step(zr, s, pos, itry, None, lo, hi)
-                if not c.size:
-                    break
-                itry = itry[c] + (kh < pos[c])  # an element before pos was reached in the next itry
-                pos = kh + 1
-                act = act[c]
-                L[kh, act] = nlv
-                sums[:, act] = s
-                zr[1].reshape(-1)[kh * a + c] = nlv
-                a = c.size
-                zn = scratch(f"q3.z{rnd & 1}", (5, n, a))
-                np.take(zr[:2], c, axis=2, out=zn[:2], mode="clip")
-                zr = zn
-                rnd += 1
+        sums = seq_sum_middle(t, np.empty((2, g), dtype=np.float32))  # [suml2, sumlx]
+        np.subtract(sums[:, None, :], t, out=t)  # [sl2, slx]: the sums without element i
+        nl = np.multiply(x, t[0], out=scratch("q3.nl", (n, g)))
+        nl /= t[1]
+        _levels_clamped(nl, lo, hi, finite and _q3_first_round_small(mx))
+        ne = np.not_equal(nl, L, out=scratch("q3.ne", (n, g), np.bool_))
+        if finite:
+            # mx > 0: every w*x*l is <= 0 (l = nearest_int(-nmax*x/mx) has the sign of -x), so every
+            # leave-one-out slx is <= 0 too and C never tests a change. (A tiny negative all-zero
+            # group may go on; its result is reset below.)
+            ne &= mx < 0
+        elif zero.any():
+            ne &= ~zero
+        idx = ne.reshape(-1).nonzero()[0]
+        i, col = _split_index(idx, g)
+        e = np.empty((5, idx.size), dtype=np.float32)  # [w, w*x, sl2, slx, new_l]
+        x.reshape(-1).take(idx, out=e[0])
+        t.reshape(2, -1).take(idx, axis=1, out=e[2:4])
+        nl.reshape(-1).take(idx, out=e[4])
+        nls = e[4]  # _q3_accept leaves it alone
+        np.multiply(e[0], e[0], out=e[1])  # w = x*x
+        np.multiply(e[1], e[0], out=e[1])  # w*x
+        np.multiply(e[0], e[0], out=e[0])  # w
+        acc, u = _q3_accept(e, sums, col)
+        pa = acc.nonzero()[0]
+        if pa.size:
+            # all at pos 0 of itry 0: a group's first change is its accepted element of smallest i
+            ca = col.take(pa)
+            first = np.full(g, n, dtype=np.intp)
+            np.minimum.at(first, ca, i.take(pa))
+            ch = pa[i.take(pa) == first.take(ca)]
+            kh, gid = i.take(ch), col.take(ch)
+            L.reshape(-1)[idx.take(ch)] = nls.take(ch)
+            sf = sums.reshape(-1)  # flat scatters: a (2, G) column scatter is several times slower
+            sf[gid] = u[0].take(ch)
+            sf[gid + g] = u[1].take(ch)
+            rows = np.ascontiguousarray(x.T) if xr is None else xr
+            _q3_refine(rows, iscale, finite, L, sums, gid, kh + 1, lo, hi)
         scale = np.where(sums[0] > 0, sums[1] / sums[0], _F0)
-    L += np.float32(nmax)
-    if zero.any():
-        np.copyto(L, _F0, where=zero)
+    if zero.any():  # C returns L = 0 (before any offset) and 0
+        np.copyto(L, np.float32(-nmax), where=zero)
         scale[zero] = 0
+    if offset:
+        L += np.float32(nmax)
     return scale, L
 
 

@@ -25,7 +25,6 @@ from ._numeric import (
 )
 from ._scale_search import (
     _first_absmax,
-    _levels_clamped,
     clamped_levels,
     einsum_sums_exact,
     make_q3_quants,
@@ -339,19 +338,64 @@ def quantize_q6_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
 # ----------------------------------------------------------------------------------------------------- Q3_K
 
 
-def _q3_scale_bytes(ls: I32Array) -> U8Array:
-    """Pack 16 6-bit scales (S, 16) into ggml's 12-byte Q3_K layout."""
-    lo = ls & 0xF
-    hi = (ls >> 4) & 3
-    out = np.zeros((ls.shape[0], 12), dtype=np.int32)
-    out[:, :8] = lo[:, :8] | (lo[:, 8:] << 4)
-    h = hi.reshape(-1, 4, 4)  # [s, j/4, j%4]
-    out[:, 8:] = h[:, 0] | (h[:, 1] << 2) | (h[:, 2] << 4) | (h[:, 3] << 6)
-    return out.astype(np.uint8)
-
-
 _LSB = np.uint64(0x0101010101010101)
 _LOW2 = np.uint64(0x0303030303030303)
+_NIB = np.uint64(0x0F0F0F0F0F0F0F0F)
+_LOW32 = np.uint64(0xFFFFFFFF)
+
+
+def _q3_scale_bytes(ls: AnyArray) -> U8Array:
+    """Pack 16 6-bit scales (S, 16) into ggml's 12-byte Q3_K layout.
+
+    On uint64 words (8 scales each): every shift below stays inside its byte once masked, and numpy's
+    uint8 shifts are not vectorized.
+    """
+    w = np.ascontiguousarray(ls, dtype=np.uint8).view(np.uint64)  # (S, 2): scales 0-7, 8-15
+    out = np.empty((w.shape[0], 12), dtype=np.uint8)
+    lo = w & _NIB
+    out[:, :8] = (lo[:, 0] | (lo[:, 1] << np.uint64(4))).view(np.uint8).reshape(-1, 8)
+    h = (w >> np.uint64(4)) & _LOW2  # 2 high bits; byte k of word q is scale 8q + k
+    # scales[8 + j%4] |= (l >> 4) << 2*(j/4): bytes 0-3 and 4-7 of both words, j/4 = 0..3
+    hi = (h[:, 0] & _LOW32) | ((h[:, 0] >> np.uint64(32)) << np.uint64(2))
+    hi |= (h[:, 1] & _LOW32) << np.uint64(4)
+    hi |= (h[:, 1] >> np.uint64(32)) << np.uint64(6)
+    out[:, 8:] = hi.view(np.uint8).reshape(-1, 8)[:, :4]
+    return out
+
+
+_SC_LO, _SC_HI = np.array(-32, dtype=np.float32), np.array(31, dtype=np.float32)  # 0-d: faster np.clip
+
+
+def _q3_super_scale(scales: F32Array, n_super: int) -> tuple[U8Array, F32Array]:
+    """quantize_row_q3_K_ref's 6-bit scales (S, 16) of the 16 sub-block scales and the super-block
+    scale ``1/iscale`` (0 where the largest scale is 0)."""
+    sc = scales.reshape(n_super, 16)
+    sct = np.ascontiguousarray(sc.T)
+    hi = np.maximum.reduce(sct, axis=0)
+    lo = np.minimum.reduce(sct, axis=0)
+    nlo = np.negative(lo)
+    if np.isfinite(hi - lo).all() and not ((nlo == hi) & (hi != 0)).any():
+        # one sign holds the largest magnitude: no tie to break
+        max_scale = cast(F32Array, np.where(nlo > hi, lo, hi))
+    else:  # NaN, inf, a huge range, or +a and -a both largest (the first one wins)
+        max_scale = _first_absmax(sct)[1]
+    nz = max_scale != 0
+    iscale = np.float32(-32.0) / np.where(nz, max_scale, _F1)
+    v = sc * iscale[:, None]
+    if np.isfinite(v).all():
+        # |v| <= 32 (rounded): nearest_int is round-half-even and the int8 cast cannot wrap
+        np.rint(v, out=v)
+        np.clip(v, _SC_LO, _SC_HI, out=v)
+        v += np.float32(32)
+        ls = v.astype(np.uint8)
+    else:
+        li = _nint(v)
+        li = ((li + 128) & 0xFF) - 128  # int8_t l
+        ls = (np.clip(li, -32, 31) + 32).astype(np.uint8)
+    if not nz.all():
+        ls[~nz] = 0
+    d = np.where(nz, _F1 / iscale, _F0)
+    return ls, d
 
 
 _SUPER_TILE = 32  # super-blocks per tile of the (256, S) transposition (2.4x faster than one copy)
@@ -368,6 +412,10 @@ def _groups16(rows: F32Array) -> F32Array:
     return x16
 
 
+_MAGIC = np.float32(12582912.0)  # 1.5 * 2**23: ggml's nearest_int adds it
+_L3_LO, _L3_HI = np.array(0x400000 - 4, dtype=np.int32), np.array(0x400000 + 3, dtype=np.int32)
+
+
 def _q3_levels(rows: F32Array, d: F32Array, keep: Callable[[], AnyArray]) -> U8Array:
     """Final levels in row order, (S, 256) uint8 in [0, 8): ``clamp(nearest_int(x/d), -4, 3) + 4`` per
     sub-block of 16 (``d``: one per group, in row order); where ``d == 0`` the search's levels
@@ -375,19 +423,24 @@ def _q3_levels(rows: F32Array, d: F32Array, keep: Callable[[], AnyArray]) -> U8A
     the next call).
 
     Computed in row order (a division broadcasting ``d`` over each group): the group layout needed a
-    byte transposition back (16 strided row copies) that cost more than all the rest.
+    byte transposition back (16 strided row copies) that cost more than all the rest. nearest_int is
+    ggml's own bit trick (exact for every input, no range check): the bits of ``q + 1.5*2^23`` hold
+    ``0x400000 + l`` in their low 23 bits; clamped there, their low byte is ``l`` modulo 256.
     """
     g = d.size
     dz = d == 0
     any_dz = bool(dz.any())
     dd = np.where(dz, _F1, d) if any_dz else d
     q = np.divide(np.ascontiguousarray(rows).reshape(g, 16), dd[:, None], out=scratch("q3k.q", (g, 16)))
-    _levels_clamped(q, np.float32(-4), np.float32(3))
-    q += np.float32(4)
-    if any_dz:
-        np.copyto(q, keep().T, where=dz[:, None])
+    q += _MAGIC
+    qi = q.view(np.int32)
+    qi &= np.int32(0x007FFFFF)
+    np.clip(qi, _L3_LO, _L3_HI, out=qi)
     L = scratch("q3k.L", (g, 16), np.uint8)
-    np.copyto(L, q, casting="unsafe")
+    np.copyto(L, qi, casting="unsafe")  # the low byte: l mod 256
+    L += np.uint8(4)
+    if any_dz:
+        np.copyto(L, keep().T, where=dz[:, None], casting="unsafe")
     return L.reshape(-1, QK_K)
 
 
@@ -396,23 +449,25 @@ def _q3_pack(n_super: int, L: U8Array, scale_bytes: U8Array, d: F32Array) -> U8A
 
     Byte-parallel on uint64 words: every shift below stays inside its byte once masked.
     """
-    out = np.empty((n_super, 110), dtype=np.uint8)
     v = L.view(np.uint64).reshape(n_super, 8, 4)  # [s, j/32, (j%32)/8], 8 levels per word
-    hm = (v[:, 0] >> np.uint64(2)) & _LSB
-    for b in range(1, 8):
-        hm |= ((v[:, b] >> np.uint64(2)) & _LSB) << np.uint64(b)
-    out[:, :32] = hm.view(np.uint8).reshape(n_super, 32)
+    hb = np.right_shift(v, np.uint64(2))
+    hb &= _LSB
+    hm = hb[:, 7].copy()  # Horner over the 8 bit planes: hm = sum of hb[:, b] << b
+    for b in range(6, -1, -1):
+        hm += hm
+        hm |= hb[:, b]
     lo = (v & _LOW2).reshape(n_super, 2, 4, 4)
-    qs = (
-        lo[:, :, 0]
-        | (lo[:, :, 1] << np.uint64(2))
-        | (lo[:, :, 2] << np.uint64(4))
-        | (lo[:, :, 3] << np.uint64(6))
+    qs = lo[:, :, 3] << np.uint64(6)
+    qs |= lo[:, :, 2] << np.uint64(4)
+    qs |= lo[:, :, 1] << np.uint64(2)
+    qs |= lo[:, :, 0]
+    parts = (
+        hm.view(np.uint8).reshape(n_super, 32),
+        qs.view(np.uint8).reshape(n_super, 64),
+        scale_bytes,
+        _fp16_bytes(d),
     )
-    out[:, 32:96] = qs.view(np.uint8).reshape(n_super, 64)
-    out[:, 96:108] = scale_bytes
-    out[:, 108:110] = _fp16_bytes(d)
-    return out
+    return np.concatenate(parts, axis=1)
 
 
 @quiet_fp
@@ -422,20 +477,12 @@ def quantize_q3_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     x16 = _groups16(rows)
     if imatrix is None:
         # quantize_row_q3_K_ref
-        scales, L0 = make_q3_quants(x16, 4)
+        scales, l0 = make_q3_quants(x16, 4, rows.reshape(-1, 16), offset=False)
 
-        def keep() -> F32Array:
-            return L0
+        def keep() -> F32Array:  # the search's levels, needed only where a final scale is 0
+            return l0 + np.float32(4)
 
-        sc = scales.reshape(n_super, 16)
-        max_scale = _first_absmax(np.ascontiguousarray(sc.T))[1]
-        nz = max_scale != 0
-        iscale = np.float32(-32.0) / np.where(nz, max_scale, np.float32(1))
-        li = _nint(iscale[:, None] * sc)
-        li = ((li + 128) & 0xFF) - 128  # int8_t l
-        ls = np.clip(li, -32, 31) + 32
-        ls[~nz] = 0
-        d = np.where(nz, np.float32(1) / iscale, np.float32(0))
+        ls, d = _q3_super_scale(scales, n_super)
     else:
         # quantize_row_q3_K_impl
         xs = scratch("q3k.sq", (QK_K, n_super))
@@ -466,10 +513,11 @@ def quantize_q3_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
             32,
             np.ascontiguousarray(sw.reshape(n_super, 16).T),
         )
-        ls = np.ascontiguousarray(Ls.T).astype(np.int32)
+        ls = np.ascontiguousarray(Ls.T).astype(np.uint8)
     scale_bytes = _q3_scale_bytes(ls)
-    sc_dec = (ls & 0x3F) - 32
-    dq = _fp16r(d)[:, None] * sc_dec.astype(np.float32)
+    sc_dec = ls.astype(np.float32)  # 0..63
+    sc_dec -= np.float32(32)
+    dq = _fp16r(d)[:, None] * sc_dec
     L = _q3_levels(rows, dq.reshape(-1), keep)
     return _q3_pack(n_super, L, scale_bytes, d).reshape(n_rows, -1)
 
