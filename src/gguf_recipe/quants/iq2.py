@@ -74,6 +74,10 @@ _TIE_ABS = np.float32(2.0**-130)
 _BIG = np.float32(2.0**84)
 _ROWS = np.arange(512, dtype=np.uint16)
 # (A, 2B) = (+inf, 0) as one packed table entry: padded neighbour slots evaluate to +inf, never a minimum
+# list entries per chunk of the exact search (measured: its passes stay in cache; 2x faster than one
+# pass over 500k entries) and its coordinates summed ahead per group (levels 0..3: nb_lo3's code)
+_EXACT_SLOTS = 1 << 16
+_PREFIX = 4
 _SENTINEL = np.array([np.inf, 0.0], dtype=np.float32).view(np.uint64)[0]
 
 if sys.byteorder != "little":  # pragma: no cover - the byte packing below assumes little-endian
@@ -229,20 +233,54 @@ def _d2_terms(g: _Grid, xval: F32Array, waux: F32Array, scale: F32Array) -> F32A
     return terms
 
 
+def _prefix_sums(terms: F32Array, n_pre: int) -> F32Array:
+    """C's running d2 after the first ``n_pre`` coordinates, for every combination of their levels:
+    (3**n_pre, n) with row ``l0 + 3*l1 + 9*l2 + ...`` holding ``((0 + t0[l0]) + t1[l1]) + ...``, the
+    same float32 adds in the same order as C's loop."""
+    n = terms.shape[0]
+    tt = np.ascontiguousarray(terms.transpose(1, 2, 0))  # (8, 3, n): whole-row adds below
+    acc: F32Array = tt[0] + _F0  # (3, n); +0.0 first like C (a -0.0 term becomes +0.0)
+    for i in range(1, n_pre):
+        nxt = np.empty((3, acc.shape[0], n), dtype=np.float32)
+        for lvl in range(3):
+            np.add(acc, tt[i, lvl], out=nxt[lvl])
+        acc = nxt.reshape(-1, n)
+    return acc
+
+
 def _exact_neighbour(g: _Grid, rows: I32Array, terms: F32Array) -> I32Array:
-    """Exact ``iq2_find_best_neighbour``: sequential float32 d2 over every list entry, first minimum."""
+    """Exact ``iq2_find_best_neighbour``: sequential float32 d2 over every list entry, first minimum.
+    The running sum over the first ``_PREFIX`` coordinates is read from :func:`_prefix_sums` (one gather
+    per entry instead of four). Groups go in chunks of about ``_EXACT_SLOTS`` list entries, so that
+    every pass over them stays in cache."""
     t = g.tables
     n = rows.shape[0]
+    out = np.zeros(n, dtype=np.int32)
     if n == 0:
-        return np.zeros(0, dtype=np.int32)
+        return out
     cnt = t.nb_count[rows]
+    ends = np.cumsum(cnt, dtype=np.int64)
+    cuts = np.searchsorted(ends, np.arange(_EXACT_SLOTS, int(ends[-1]), _EXACT_SLOTS))
+    a = 0
+    for b in [*cuts.tolist(), n]:
+        if b > a:
+            out[a:b] = _exact_chunk(g, rows[a:b], cnt[a:b], terms[a:b])
+        a = b
+    return out
+
+
+def _exact_chunk(g: _Grid, rows: I32Array, cnt: I32Array, terms: F32Array) -> I32Array:
+    t = g.tables
+    n = rows.shape[0]
     seg = np.cumsum(cnt, dtype=np.int64) - cnt
     total = int(seg[-1] + cnt[-1])
     flat = np.repeat(t.nb_start[rows] - seg, cnt) + np.arange(total, dtype=np.int32)
-    base = np.repeat(np.arange(0, n * 24, 24, dtype=np.int32), cnt)
+    gid = np.repeat(np.arange(n, dtype=np.int32), cnt)
+    pre = _prefix_sums(terms, _PREFIX)
+    d2 = np.take(pre.reshape(-1), np.take(t.nb_lo3, flat) * n + gid)
+    base = gid * 24
     tflat = terms.reshape(-1)
-    d2 = np.take(tflat, np.take(g.tcode_t[0], flat) + base) + _F0
-    for i in range(1, 8):
+    for i in range(_PREFIX, 8):
         d2 += np.take(tflat, np.take(g.tcode_t[i], flat) + base)
     # C's `d2 < best` never picks a NaN; a group without a finite distance takes its first neighbour
     first = first_min(np.where(np.isnan(d2), _INF, d2), seg)
