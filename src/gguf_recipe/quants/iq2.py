@@ -12,8 +12,10 @@ How the work is shared (everything over all sub-blocks of a chunk at once):
   the candidate scale, so it takes only ~2 distinct off-grid codes over the K candidates;
 * the neighbour search (``_neighbours``) evaluates, for every off-grid (group, candidate), the distance
   of each neighbour up to a per-group constant as ``s*A_j - 2*B_j`` (A_j = sum waux*q^2, B_j = sum
-  waux*x*q), with A and B read from small per-group tables (sums over parts of the coordinates); the
-  padded neighbour lists are gathered once per run of candidates with the same code, evaluated at the
+  waux*x*q), with A and B read from small per-group tables (sums over parts of the coordinates; for
+  IQ2_S, whose neighbours differ from their code by one level in 1-3 coordinates, the changes of
+  one-level moves, so that most of its lists need one table entry per neighbour); the padded
+  neighbour lists are gathered once per run of candidates with the same code, evaluated at the
   run's two ends, and only runs whose best neighbour changes go candidate by candidate. Only near ties
   (see ``_neighbours``) take C's exact float32 distance. The lists are laid out (width, runs): the
   minimum, the near-tie count and the winner's row are reductions over the outer axis, and padded slots
@@ -94,19 +96,29 @@ class _Grid:
     qpos: F32Array  # (8, n_grid) position q = 2*l + 1 of coordinate i of grid point j
     # Neighbour lists in buckets of padded widths: row r lives in bucket[r] at position slot[r]; there
     # nbp[b] (rows, W) holds its grid indices, padded with the row's first neighbour, and hcode[b]
-    # (parts, W, rows) the base-3 codes of the levels of each part of those neighbours' coordinates
-    # (plus part * 3**(8 // parts): the position in a group's part table); padded slots of part 0
-    # point at the table's sentinel (A = +inf), so they never win nor tie.
+    # (D, W, rows) the positions in a group's table of the D entries whose (A, 2B) sum to the
+    # neighbour's (see part_mat); padded slots of part 0 point at the table's sentinel (A = +inf), so
+    # they never win nor tie.
     bucket: npt.NDArray[np.int8]
     slot: I32Array
     widths: tuple[int, ...]
     nbp: tuple[I32Array, ...]
     hcode: tuple[I32Array, ...]
-    parts: int  # coordinates are split into this many parts of 8 // parts (2 or 4)
-    part_mat: F32Array  # (2c, 2 * 3**c): [waux, waux*x] of c coordinates -> (A, 2B) of each code
+    parts: int  # a group's table covers its coordinates in this many parts of 8 // parts
+    # (2c, 2 * entries): [waux, waux*x] of c coordinates -> (A, 2B) of each table entry. Either every
+    # base-3 code of the part's levels (the neighbour's A and 2B are the sum over its parts) or, where
+    # every neighbour differs from its code by one level in a few coordinates (IQ2_S), the change of
+    # (A, 2B) of each such one-level move: the neighbour's A and 2B up to the code's own, the same
+    # for every neighbour of the list (see :func:`_move_codes`).
+    part_mat: F32Array
     tcode_t: I32Array  # (8, total): i * 3 + level_i of the grid point at flat neighbour entry e
     block: int  # groups per neighbour-search block (measured: long lists want smaller blocks)
     max_lines: int  # see _MAX_LINES
+
+    @property
+    def stride(self) -> int:
+        """Entries of a group's table, with the sentinel."""
+        return self.parts * int(self.part_mat.shape[1]) // 2 + 1
 
 
 def _block_groups(mean_count: float) -> int:
@@ -118,6 +130,51 @@ def _first_width(mean_count: float) -> int:
     """Padded width of the narrowest neighbour-list bucket (measured): a bucket costs ~60 numpy calls per
     block, more than padding its few short lists to the next width costs where those lists are rare."""
     return 6 if mean_count < 12 else 9 if mean_count < 24 else 4
+
+
+def _bucket_widths(cnt: I32Array, first: int, growth: float) -> list[int]:
+    """Padded widths covering lists of lengths ``cnt``: ``first``, then growing by ``growth``."""
+    widths: list[int] = []
+    w = first
+    while True:
+        widths.append(min(w, int(cnt.max())))
+        if w >= cnt.max():
+            return widths
+        w = max(w + 1, round(w * growth))
+
+
+_ZERO_MOVE = 32  # a group's move table: 4 moves (0->1, 1->0, 1->2, 2->1) per coordinate, then 0
+
+
+def _move_codes(t: GridTables, lv: I32Array) -> I32Array | None:
+    """Where every neighbour differs from its list's code by one level in each coordinate it changes:
+    (total, D) positions ``4*i + move`` of those changes in a group's move table, padded with the
+    zero entry (D: most coordinates any neighbour changes). None for grids where that does not hold."""
+    rowof = np.repeat(np.arange(t.nb_count.size), t.nb_count)
+    ul = (t.nb_codes[rowof, None] >> (2 * np.arange(8))) & 3
+    nl = lv[t.nb_flat]
+    d = nl - ul
+    if np.abs(d).max() > 1:
+        return None
+    ch = d != 0
+    nch = ch.sum(axis=1)
+    e, i = np.nonzero(ch)
+    # move: 0 for 0->1, 1 for 1->0, 2 for 1->2, 3 for 2->1
+    mv = 2 * np.minimum(ul[e, i], nl[e, i]) + (nl[e, i] < ul[e, i])
+    moves = np.full((nch.size, int(nch.max())), _ZERO_MOVE, dtype=np.int64)
+    moves[e, np.arange(e.size) - (np.cumsum(nch) - nch)[e]] = 4 * i + mv
+    return moves
+
+
+def _move_mat() -> F32Array:
+    """``part_mat`` of the move tables: the change of A = sum waux*q^2 and 2B = 2*sum waux*x*q of each
+    one-level move (q = 2*l + 1); all factors are powers of two, so every entry is exact."""
+    out = np.zeros((16, 2 * (_ZERO_MOVE + 1)), dtype=np.float32)
+    for i in range(8):
+        for mv, (da, db2) in enumerate(((8, 4), (-8, -4), (16, 4), (-16, -4))):
+            out[i, 2 * (4 * i + mv)] = da
+            out[8 + i, 2 * (4 * i + mv) + 1] = db2
+    return out
 
 
 @cache
@@ -134,39 +191,54 @@ def _grid(name: str) -> _Grid:
     cnt = t.nb_count
     short = float(cnt.mean()) < _PARTS4_BELOW
     growth = _WIDTH_GROWTH[0] if short else _WIDTH_GROWTH[1]
+    first = _first_width(float(cnt.mean()))
+    moves = _move_codes(t, lv)
+    if moves is not None:
+        # one table entry per changed coordinate; lists whose neighbours change one coordinate each
+        # (most of IQ2_S's) get buckets of their own with one entry per neighbour
+        parts = 1
+        part_mat = _move_mat()
+        pcodes = np.ascontiguousarray(moves.T)
+        single = moves[t.nb_start, 1] == _ZERO_MOVE if moves.shape[1] > 1 else np.ones(cnt.size, np.bool_)
+        classes = [(single, 1), (~single, moves.shape[1])]
+    else:
+        # short lists (IQ2_XXS): small per-group tables of 2-coordinate parts beat fewer, bigger gathers
+        parts = 4 if short else 2
+        per = 8 // parts
+        n_codes = 3**per
+        pow3 = 3 ** np.arange(per)
+        pcodes = (lv[t.nb_flat].reshape(-1, parts, per) @ pow3).T + n_codes * np.arange(parts)[:, None]
+        digits = (np.arange(n_codes)[:, None] // pow3[None, :]) % 3  # (n_codes, per)
+        q = 2 * digits + 1
+        part_mat = np.zeros((2 * per, 2 * n_codes), dtype=np.float32)
+        for c in range(per):
+            part_mat[c, 0::2] = q[:, c] * q[:, c]
+            part_mat[per + c, 1::2] = 2 * q[:, c]
+        classes = [(np.ones(cnt.size, np.bool_), parts)]
+    sentinel = parts * part_mat.shape[1] // 2
     widths: list[int] = []
-    w = _first_width(float(cnt.mean()))
-    while True:
-        widths.append(min(w, int(cnt.max())))
-        if w >= cnt.max():
-            break
-        w = max(w + 1, round(w * growth))
-    bucket = np.searchsorted(np.array(widths), cnt).astype(np.int8)
+    depth: list[int] = []
+    bucket = np.zeros(cnt.size, dtype=np.int8)
+    for member, d in classes:
+        if not member.any():
+            continue
+        ws = _bucket_widths(cnt[member], first, growth)
+        bucket[member] = len(widths) + np.searchsorted(np.array(ws), cnt[member])
+        widths += ws
+        depth += [d] * len(ws)
     slot = np.arange(t.nb_padded.shape[1])[None, :]
     flat_pad = t.nb_start[:, None] + np.where(slot < cnt[:, None], slot, 0)
-    # short lists (IQ2_S): small per-group tables of 2-coordinate parts beat fewer, bigger gathers
-    parts = 4 if short else 2
-    per = 8 // parts
-    n_codes = 3**per
-    pow3 = 3 ** np.arange(per)
     slot_of = np.zeros(cnt.size, dtype=np.int32)
     nbp_l: list[I32Array] = []
     hcode_l: list[I32Array] = []
-    for bi, w in enumerate(widths):
+    for bi, (w, d) in enumerate(zip(widths, depth, strict=True)):
         rows = np.flatnonzero(bucket == bi)
         slot_of[rows] = np.arange(rows.size)
         fp = flat_pad[rows, :w]
         nbp_l.append(np.ascontiguousarray(t.nb_flat[fp], dtype=np.int32))
-        pc = (lv[t.nb_flat[fp]].reshape(*fp.shape, parts, per) @ pow3).transpose(2, 1, 0)
-        pc = pc + n_codes * np.arange(parts)[:, None, None]
-        pc[0][(np.arange(w)[:, None] >= cnt[rows][None, :])] = parts * n_codes  # padding: the sentinel
+        pc = pcodes[:d, fp].transpose(0, 2, 1)  # (d, w, rows)
+        pc[0][(np.arange(w)[:, None] >= cnt[rows][None, :])] = sentinel  # padding
         hcode_l.append(np.ascontiguousarray(pc, dtype=np.intp))
-    digits = (np.arange(n_codes)[:, None] // pow3[None, :]) % 3  # (n_codes, per)
-    q = 2 * digits + 1
-    part_mat = np.zeros((2 * per, 2 * n_codes), dtype=np.float32)
-    for c in range(per):
-        part_mat[c, 0::2] = q[:, c] * q[:, c]
-        part_mat[per + c, 1::2] = 2 * q[:, c]
     tcode = np.arange(8, dtype=np.int32)[:, None] * 3 + lv[t.nb_flat].T
     return _Grid(
         t,
@@ -294,9 +366,10 @@ def _margin_coefs(xv: F32Array, wa: F32Array) -> F32Array:
 
     C's d2 of a neighbour and the exact real distance D differ by at most ~13u*M (u = 2**-24, M =
     sum waux*(5s + |x|)^2 bounds every term; float32 products and a sequential sum of 8 non-negative
-    terms), and D = s*(s*A - 2B) + const, whose float32 evaluation here is within ~15u*M. A neighbour
-    whose estimate exceeds the smallest by more than 2**-16 * M / s therefore also has a larger d2 in
-    C. Underflow adds an absolute error, covered by a 2**-130 * (1 + s^2 + 6s + X + W0) slack
+    terms), and D = s*(s*A - 2B) + const, whose float32 evaluation here is within ~15u*M (with move
+    tables A and 2B are changes from the list's code: exact entries but for waux*x, at most 3 summed,
+    s*|A| + 2|B| <= M/s, so within ~6u*M). A neighbour whose estimate exceeds the smallest by more
+    than 2**-16 * M / s therefore also has a larger d2 in C. Underflow adds an absolute error, covered by a 2**-130 * (1 + s^2 + 6s + X + W0) slack
     (W0 = sum waux, X = max |x|)."""
     ax = np.abs(xv)
     wax = wa * ax
@@ -330,7 +403,7 @@ def _part_tables(g: _Grid, xv: F32Array, wa: F32Array) -> npt.NDArray[np.uint64]
     rows = max(1, (65536 * 4) // g.part_mat.size)
     for a in range(0, lhs2.shape[0], rows):
         np.matmul(lhs2[a : a + rows], g.part_mat, out=tab[a : a + rows])
-    out = np.empty((n, g.parts * g.part_mat.shape[1] // 2 + 1), dtype=np.uint64)
+    out = np.empty((n, g.stride), dtype=np.uint64)
     out[:, :-1] = tab.view(np.uint64).reshape(n, -1)
     out[:, -1] = _SENTINEL
     flat: npt.NDArray[np.uint64] = out.reshape(-1)
@@ -430,7 +503,7 @@ def _neighbours(
         # outside this range the error bound does not hold (overflow): exact path
         bad_e = ~((thr < _BIG) & (thr * es < _BIG))
         tab = _part_tables(g, xv[a:b], wa[a:b])
-        stride = g.parts * g.part_mat.shape[1] // 2 + 1  # with the sentinel
+        stride = g.stride
         pres = np.full(pstart.size, -1, dtype=np.int32)  # grid point of each decided pair
         res = np.full(ent.size, -1, dtype=np.int32)  # -1 where the pair's pick (pres) decides
         amb_l: list[IntpArray] = []
@@ -444,9 +517,9 @@ def _neighbours(
             # (parts, width, pairs): every neighbour of a pair is a column entry, pairs run along rows
             idx = np.take(g.hcode[bi], rows_b, axis=2)
             idx += pgrp[pl] * stride
-            ab = np.take(tab, idx).view(np.float32).reshape(g.parts, width, pl.size, 2)
-            ab_sum = ab[0] + ab[1]
-            for part in range(2, g.parts):
+            ab = np.take(tab, idx).view(np.float32).reshape(idx.shape[0], width, pl.size, 2)
+            ab_sum = ab[0] if ab.shape[0] == 1 else ab[0] + ab[1]
+            for part in range(2, ab.shape[0]):
                 ab_sum += ab[part]
             av = ab_sum[:, :, 0]
             b2 = ab_sum[:, :, 1]
