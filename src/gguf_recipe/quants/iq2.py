@@ -801,7 +801,7 @@ def _qp_best_iscale(xt: F32Array, wt: F32Array, mx: F32Array) -> F32Array:
             np.multiply(iscale_is, xt, out=li)
             li += _MAGIC
             li -= _MAGIC
-            np.minimum(li, nmax, out=li)
+            # no MIN(nmax, l) needed: x <= max and iscale_is*max <= 4.4 (+ rounding) round to <= 4
         else:
             li = np.minimum(nearest_int(iscale_is * xt), 4).astype(np.float32)
         np.multiply(_F1 / iscale_is, li, out=diff)
