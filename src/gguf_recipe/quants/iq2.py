@@ -741,15 +741,23 @@ def _reuse_decided(
     if n_k < 2:
         return off
     # candidate scales fall with k: k such that scs[k] >= s > scs[k + 1] (NaN: none)
-    col = fit.scs[:, grp // ng]
-    k = np.add.reduce(np.greater_equal(col, s_o).view(np.uint8), axis=0, dtype=np.uint8).astype(np.intp) - 1
-    inside = (k >= 0) & (k < n_k - 1)
-    k = np.clip(k, 0, n_k - 2)
-    c0 = fit.codes[grp, k]
-    ok = inside & (c0 == codes[off]) & (fit.codes[grp, k + 1] == c0)
-    ok &= fit.clear[grp, k] & fit.clear[grp, k + 1]
-    g0 = fit.gi[grp, k]
-    ok &= g0 == fit.gi[grp, k + 1]
+    sb = grp // ng
+    k = np.zeros(grp.size, dtype=np.uint8)
+    for kk in range(n_k):  # one candidate at a time: a (K, m) gather of the scales costs more
+        k += np.greater_equal(np.take(fit.scs[kk], sb), s_o).view(np.uint8)
+    inside = (k >= 1) & (k < n_k)
+    # flat (group, candidate) position of k (clipped into range; `inside` says where it is real)
+    pos = grp * n_k + np.clip(k.astype(np.intp) - 1, 0, n_k - 2)
+    codes_f, clear_f, gi_f = fit.codes.reshape(-1), fit.clear.reshape(-1), fit.gi.reshape(-1)
+    c0 = np.take(codes_f, pos)
+    pos += 1
+    ok = inside & (c0 == codes[off]) & (np.take(codes_f, pos) == c0)
+    ok &= np.take(clear_f, pos)
+    g1 = np.take(gi_f, pos)
+    pos -= 1
+    ok &= np.take(clear_f, pos)
+    g0 = np.take(gi_f, pos)
+    ok &= g0 == g1
     gnew[off[ok]] = g0[ok]
     rest: IntpArray = off[~ok]
     return rest
