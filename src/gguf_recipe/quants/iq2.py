@@ -123,7 +123,7 @@ class _Grid:
 
 def _block_groups(mean_count: float) -> int:
     """Groups per neighbour-search block (measured): longer lists, more table per group, smaller blocks."""
-    return 8192 if mean_count < 12 else 4096 if mean_count < 24 else 2048
+    return 16384 if mean_count < 12 else 4096 if mean_count < 24 else 2048
 
 
 def _first_width(mean_count: float) -> int:
