@@ -26,6 +26,10 @@ How the work is shared (everything over all sub-blocks of a chunk at once):
   adjacent candidates with the same code and the same clearly decided winner (``_reuse_decided``);
   the other groups take the exact search.
 
+Every ``np.take`` here has indices in range by construction and passes ``mode="clip"``: numpy then
+skips its bounds check and, with ``out=``, the copy it otherwise makes first (measured: a gather of
+the neighbour search ~20% faster).
+
 Exactness notes: the arithmetic that decides bytes is float32 in C order (no FMA). C's sequential
 ``sum += ...`` loops are column-by-column adds, starting from ``+0.0`` like C.
 """
@@ -349,11 +353,11 @@ def _exact_chunk(g: _Grid, rows: I32Array, cnt: I32Array, terms: F32Array) -> I3
     flat = np.repeat(t.nb_start[rows] - seg, cnt) + np.arange(total, dtype=np.int32)
     gid = np.repeat(np.arange(n, dtype=np.int32), cnt)
     pre = _prefix_sums(terms, _PREFIX)
-    d2 = np.take(pre.reshape(-1), np.take(t.nb_lo3, flat) * n + gid)
+    d2 = np.take(pre.reshape(-1), np.take(t.nb_lo3, flat, mode="clip") * n + gid, mode="clip")
     base = gid * 24
     tflat = terms.reshape(-1)
     for i in range(_PREFIX, 8):
-        d2 += np.take(tflat, np.take(g.tcode_t[i], flat) + base)
+        d2 += np.take(tflat, np.take(g.tcode_t[i], flat, mode="clip") + base, mode="clip")
     # C's `d2 < best` never picks a NaN; a group without a finite distance takes its first neighbour
     first = first_min(np.where(np.isnan(d2), _INF, d2), seg)
     out: I32Array = t.nb_flat[flat[first]]
@@ -496,7 +500,7 @@ def _neighbours(
         prow = -1 - lk[pstart]
         egrp = ent // k_n
         es = sc[a:b].reshape(-1)[ent]
-        cf = np.take(coefs, a + egrp, axis=0)
+        cf = np.take(coefs, a + egrp, axis=0, mode="clip")
         thr = cf[:, 0] * es
         thr += cf[:, 1]
         thr += cf[:, 2] / es
@@ -515,9 +519,9 @@ def _neighbours(
             rows_b = g.slot[prow[pl]]
             nbp = g.nbp[bi]
             # (parts, width, pairs): every neighbour of a pair is a column entry, pairs run along rows
-            idx = np.take(g.hcode[bi], rows_b, axis=2)
+            idx = np.take(g.hcode[bi], rows_b, axis=2, mode="clip")
             idx += pgrp[pl] * stride
-            ab = np.take(tab, idx).view(np.float32).reshape(idx.shape[0], width, pl.size, 2)
+            ab = np.take(tab, idx, mode="clip").view(np.float32).reshape(idx.shape[0], width, pl.size, 2)
             ab_sum = ab[0] if ab.shape[0] == 1 else ab[0] + ab[1]
             for part in range(2, ab.shape[0]):
                 ab_sum += ab[part]
@@ -533,7 +537,7 @@ def _neighbours(
             dec = ends & (j0 == j1)
             nbp_flat = nbp.reshape(-1)
             rw = rows_b * width
-            pres[pl] = np.where(dec, np.take(nbp_flat, rw + j0), -1)
+            pres[pl] = np.where(dec, np.take(nbp_flat, rw + j0, mode="clip"), -1)
             # Different clear minima j0, j1 at the two ends: a neighbour that is not within the margin
             # of j1's value at the small scale or of j0's at the large one is beaten by j0 or j1 by the
             # margin all along, so in between only the few that are ("lines") compete.
@@ -542,8 +546,8 @@ def _neighbours(
                 t0, t1 = j0[two], j1[two]
                 lim0 = est0[t1, two] + thr[f[two]]
                 lim1 = est1[t0, two] + thr[la[two]]
-                inset = np.take(est0, two, axis=1) <= lim0
-                inset &= np.take(est1, two, axis=1) <= lim1
+                inset = np.take(est0, two, axis=1, mode="clip") <= lim0
+                inset &= np.take(est1, two, axis=1, mode="clip") <= lim1
                 n_in = np.add.reduce(inset.view(np.uint8), axis=0, dtype=np.uint16)
                 # only j0 and j1: the sign of the difference of the two lines decides
                 only2 = n_in == 2
@@ -552,12 +556,12 @@ def _neighbours(
                     t0, t1 = t0[only2], t1[only2]
                     lines = np.stack([av[t0, p2], b2[t0, p2], av[t1, p2], b2[t1, p2]], axis=1)
                     loc, eb = _run_entries(f[p2], la[p2])
-                    ln = np.take(lines, loc, axis=0)
+                    ln = np.take(lines, loc, axis=0, mode="clip")
                     se = es[eb]
                     d = ln[:, 2] * se - ln[:, 3]
                     d -= ln[:, 0] * se - ln[:, 1]
-                    g1 = np.take(np.take(nbp_flat, rw[p2] + t1), loc)
-                    g0 = np.take(np.take(nbp_flat, rw[p2] + t0), loc)
+                    g1 = np.take(np.take(nbp_flat, rw[p2] + t1, mode="clip"), loc, mode="clip")
+                    g0 = np.take(np.take(nbp_flat, rw[p2] + t0, mode="clip"), loc, mode="clip")
                     res[eb] = np.where(d < 0, g1, g0)
                     bad = ~(np.abs(d) > thr[eb]) | bad_e[eb]
                     if bad.any():
@@ -574,8 +578,8 @@ def _neighbours(
                     mem[rr, np.arange(rr.size) - first[rr]] = cc
                     loc, eb = _run_entries(f[p2], la[p2])
                     memt = np.ascontiguousarray(mem.T)
-                    cols = np.take(p2, loc)
-                    mloc = np.take(memt, loc, axis=1)
+                    cols = np.take(p2, loc, mode="clip")
+                    mloc = np.take(memt, loc, axis=1, mode="clip")
                     # padding repeats the first member: equal values, so never a unique minimum unless
                     # that member is the minimum -- the check below counts distinct members only
                     _, j, bad = _pick_members(
@@ -592,9 +596,11 @@ def _neighbours(
             # candidate by candidate for the remaining pairs
             loc, eb = _run_entries(f[und], la[und])
             loc = und[loc]
-            ab_e = np.take(ab_sum.view(np.uint64)[:, :, 0], loc, axis=1).view(np.float32)  # (A, 2B) pairs
+            ab_e = np.take(ab_sum.view(np.uint64)[:, :, 0], loc, axis=1, mode="clip").view(
+                np.float32
+            )  # (A, 2B) pairs
             _, j, bad = _pick(ab_e[:, 0::2], ab_e[:, 1::2], es[eb], thr[eb])
-            res[eb] = np.take(nbp_flat, np.take(rw, loc) + j)
+            res[eb] = np.take(nbp_flat, np.take(rw, loc, mode="clip") + j, mode="clip")
             bad |= bad_e[eb]
             if bad.any():
                 amb_l.append(eb[bad])
@@ -637,11 +643,11 @@ def _sub_sums(
         gcol = np.ascontiguousarray(gi[:, grp])
         for c in range(8):
             i = 8 * grp + c
-            np.take(g.qpos[c], gcol, out=q)
-            np.take(wx_t[i], sb, out=t)
+            np.take(g.qpos[c], gcol, out=q, mode="clip")
+            np.take(wx_t[i], sb, out=t, mode="clip")
             t *= q
             sx += t
-            np.take(w_t[i], sb, out=t)
+            np.take(w_t[i], sb, out=t, mode="clip")
             t *= q
             t *= q
             sq += t
@@ -744,19 +750,19 @@ def _reuse_decided(
     sb = grp // ng
     k = np.zeros(grp.size, dtype=np.uint8)
     for kk in range(n_k):  # one candidate at a time: a (K, m) gather of the scales costs more
-        k += np.greater_equal(np.take(fit.scs[kk], sb), s_o).view(np.uint8)
+        k += np.greater_equal(np.take(fit.scs[kk], sb, mode="clip"), s_o).view(np.uint8)
     inside = (k >= 1) & (k < n_k)
     # flat (group, candidate) position of k (clipped into range; `inside` says where it is real)
     pos = grp * n_k + np.clip(k.astype(np.intp) - 1, 0, n_k - 2)
     codes_f, clear_f, gi_f = fit.codes.reshape(-1), fit.clear.reshape(-1), fit.gi.reshape(-1)
-    c0 = np.take(codes_f, pos)
+    c0 = np.take(codes_f, pos, mode="clip")
     pos += 1
-    ok = inside & (c0 == codes[off]) & (np.take(codes_f, pos) == c0)
-    ok &= np.take(clear_f, pos)
-    g1 = np.take(gi_f, pos)
+    ok = inside & (c0 == codes[off]) & (np.take(codes_f, pos, mode="clip") == c0)
+    ok &= np.take(clear_f, pos, mode="clip")
+    g1 = np.take(gi_f, pos, mode="clip")
     pos -= 1
-    ok &= np.take(clear_f, pos)
-    g0 = np.take(gi_f, pos)
+    ok &= np.take(clear_f, pos, mode="clip")
+    g0 = np.take(gi_f, pos, mode="clip")
     ok &= g0 == g1
     gnew[off[ok]] = g0[ok]
     rest: IntpArray = off[~ok]
