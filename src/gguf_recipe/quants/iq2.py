@@ -39,6 +39,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from functools import cache
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -262,6 +263,15 @@ def _grid(name: str) -> _Grid:
     )
 
 
+_T = TypeVar("_T", bound=np.generic)
+
+
+def _take(a: npt.NDArray[_T], idx: npt.NDArray[np.integer[Any]]) -> npt.NDArray[_T]:
+    """``a.reshape(-1)[idx]`` for in-range ``idx`` (see the module notes on ``mode="clip"``)."""
+    out: npt.NDArray[_T] = np.take(a, idx, mode="clip")
+    return out
+
+
 def _seqsum(a: F32Array) -> F32Array:
     """C's ``float s = 0; for (i...) s += a[i];`` along the (short) last axis (whole-column adds)."""
     if a.shape[-1] == 0:
@@ -350,7 +360,7 @@ def _exact_chunk(g: _Grid, rows: I32Array, cnt: I32Array, terms: F32Array) -> I3
     n = rows.shape[0]
     seg = np.cumsum(cnt, dtype=np.int64) - cnt
     total = int(seg[-1] + cnt[-1])
-    flat = np.repeat(t.nb_start[rows] - seg, cnt) + np.arange(total, dtype=np.int32)
+    flat = np.repeat(_take(t.nb_start, rows) - seg, cnt) + np.arange(total, dtype=np.int32)
     gid = np.repeat(np.arange(n, dtype=np.int32), cnt)
     pre = _prefix_sums(terms, _PREFIX)
     d2 = np.take(pre.reshape(-1), np.take(t.nb_lo3, flat, mode="clip") * n + gid, mode="clip")
@@ -360,7 +370,7 @@ def _exact_chunk(g: _Grid, rows: I32Array, cnt: I32Array, terms: F32Array) -> I3
         d2 += np.take(tflat, np.take(g.tcode_t[i], flat, mode="clip") + base, mode="clip")
     # C's `d2 < best` never picks a NaN; a group without a finite distance takes its first neighbour
     first = first_min(np.where(np.isnan(d2), _INF, d2), seg)
-    out: I32Array = t.nb_flat[flat[first]]
+    out: I32Array = _take(t.nb_flat, _take(flat, first))
     return out
 
 
@@ -476,7 +486,7 @@ def _neighbours(
     every neighbour. The scales along a row of ``sc`` must be monotone, spanning a ratio below 1.5.
     """
     n, k_n = codes.shape
-    look = g.look[codes]
+    look = _take(g.look, codes)
     on = look >= 0
     gi = look
     coefs = _margin_coefs(xv, wa)
@@ -497,9 +507,9 @@ def _neighbours(
         elast[:-1] = efirst[1:] - 1
         elast[-1] = ent.size - 1
         pgrp = pstart // k_n
-        prow = -1 - lk[pstart]
+        prow = -1 - _take(lk, pstart)
         egrp = ent // k_n
-        es = sc[a:b].reshape(-1)[ent]
+        es = _take(sc[a:b].reshape(-1), ent)
         cf = np.take(coefs, a + egrp, axis=0, mode="clip")
         thr = cf[:, 0] * es
         thr += cf[:, 1]
@@ -511,12 +521,12 @@ def _neighbours(
         pres = np.full(pstart.size, -1, dtype=np.int32)  # grid point of each decided pair
         res = np.full(ent.size, -1, dtype=np.int32)  # -1 where the pair's pick (pres) decides
         amb_l: list[IntpArray] = []
-        pbk = g.bucket[prow]
+        pbk = _take(g.bucket, prow)
         for bi, width in enumerate(g.widths):
             pl = np.flatnonzero(pbk == bi)
             if pl.size == 0:
                 continue
-            rows_b = g.slot[prow[pl]]
+            rows_b = _take(g.slot, _take(prow, pl))
             nbp = g.nbp[bi]
             # (parts, width, pairs): every neighbour of a pair is a column entry, pairs run along rows
             idx = np.take(g.hcode[bi], rows_b, axis=2, mode="clip")
@@ -527,13 +537,13 @@ def _neighbours(
                 ab_sum += ab[part]
             av = ab_sum[:, :, 0]
             b2 = ab_sum[:, :, 1]
-            f, la = efirst[pl], elast[pl]
-            est0, j0, bad0 = _pick(av, b2, es[f], thr[f])
+            f, la = _take(efirst, pl), _take(elast, pl)
+            est0, j0, bad0 = _pick(av, b2, _take(es, f), _take(thr, f))
             if k_n == 1:  # one candidate per run: both ends are the same entry
                 est1, j1, bad1 = est0, j0, bad0
             else:
-                est1, j1, bad1 = _pick(av, b2, es[la], thr[la])
-            ends = ~(bad0 | bad1 | bad_e[f] | bad_e[la])
+                est1, j1, bad1 = _pick(av, b2, _take(es, la), _take(thr, la))
+            ends = ~(bad0 | bad1 | _take(bad_e, f) | _take(bad_e, la))
             dec = ends & (j0 == j1)
             nbp_flat = nbp.reshape(-1)
             rw = rows_b * width
@@ -557,13 +567,13 @@ def _neighbours(
                     lines = np.stack([av[t0, p2], b2[t0, p2], av[t1, p2], b2[t1, p2]], axis=1)
                     loc, eb = _run_entries(f[p2], la[p2])
                     ln = np.take(lines, loc, axis=0, mode="clip")
-                    se = es[eb]
+                    se = _take(es, eb)
                     d = ln[:, 2] * se - ln[:, 3]
                     d -= ln[:, 0] * se - ln[:, 1]
                     g1 = np.take(np.take(nbp_flat, rw[p2] + t1, mode="clip"), loc, mode="clip")
                     g0 = np.take(np.take(nbp_flat, rw[p2] + t0, mode="clip"), loc, mode="clip")
                     res[eb] = np.where(d < 0, g1, g0)
-                    bad = ~(np.abs(d) > thr[eb]) | bad_e[eb]
+                    bad = ~(np.abs(d) > _take(thr, eb)) | _take(bad_e, eb)
                     if bad.any():
                         amb_l.append(eb[bad])
                     dec[p2] = True
@@ -599,9 +609,9 @@ def _neighbours(
             ab_e = np.take(ab_sum.view(np.uint64)[:, :, 0], loc, axis=1, mode="clip").view(
                 np.float32
             )  # (A, 2B) pairs
-            _, j, bad = _pick(ab_e[:, 0::2], ab_e[:, 1::2], es[eb], thr[eb])
-            res[eb] = np.take(nbp_flat, np.take(rw, loc, mode="clip") + j, mode="clip")
-            bad |= bad_e[eb]
+            _, j, bad = _pick(ab_e[:, 0::2], ab_e[:, 1::2], _take(es, eb), _take(thr, eb))
+            res[eb] = _take(nbp_flat, _take(rw, loc) + j)
+            bad |= _take(bad_e, eb)
             if bad.any():
                 amb_l.append(eb[bad])
         dec_e = np.repeat(pres, elast - efirst + 1)
@@ -709,7 +719,9 @@ def _scale_search(
     bounds = np.searchsorted(ke, np.arange(n_k + 1))
     wx_t = np.ascontiguousarray((w * xv).reshape(n_sb, -1).T)
     w_t = np.ascontiguousarray(w.reshape(n_sb, -1).T)
-    sumqx, sumq2 = _sub_sums(g, wx_t, w_t, sbe, gi3[sbe, :, ke])
+    # the grid points of every changed (sub-block, candidate): flat takes, not 3-D fancy indexing
+    at = (sbe[:, None] * ng + np.arange(ng)) * n_k + ke[:, None]
+    sumqx, sumq2 = _sub_sums(g, wx_t, w_t, sbe, _take(gi.reshape(-1), at))
     best = np.zeros(n_sb, dtype=np.float32)
     kbest = np.full(n_sb, -1, dtype=np.int64)
     for k in range(n_k):
