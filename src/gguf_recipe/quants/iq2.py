@@ -81,11 +81,11 @@ _TIE_ABS = np.float32(2.0**-130)
 _BIG = np.float32(2.0**84)
 _ROWS = np.arange(512, dtype=np.uint16)
 # (A, 2B) = (+inf, 0) as one packed table entry: padded neighbour slots evaluate to +inf, never a minimum
+_SENTINEL = np.array([np.inf, 0.0], dtype=np.float32).view(np.uint64)[0]
 # list entries per chunk of the exact search (measured: its passes stay in cache; 2x faster than one
 # pass over 500k entries) and its coordinates summed ahead per group (levels 0..3: nb_lo3's code)
 _EXACT_SLOTS = 1 << 16
 _PREFIX = 4
-_SENTINEL = np.array([np.inf, 0.0], dtype=np.float32).view(np.uint64)[0]
 
 if sys.byteorder != "little":  # pragma: no cover - the byte packing below assumes little-endian
     raise ImportError("gguf_recipe.quants.iq2 needs a little-endian machine")
@@ -173,7 +173,8 @@ def _move_codes(t: GridTables, lv: I32Array) -> I32Array | None:
 
 def _move_mat() -> F32Array:
     """``part_mat`` of the move tables: the change of A = sum waux*q^2 and 2B = 2*sum waux*x*q of each
-    one-level move (q = 2*l + 1); all factors are powers of two, so every entry is exact."""
+    one-level move (q = 2*l + 1); the factors are powers of two, so each entry is waux or waux*x
+    scaled exactly."""
     out = np.zeros((16, 2 * (_ZERO_MOVE + 1)), dtype=np.float32)
     for i in range(8):
         for mv, (da, db2) in enumerate(((8, 4), (-8, -4), (16, 4), (-16, -4))):
@@ -383,8 +384,8 @@ def _margin_coefs(xv: F32Array, wa: F32Array) -> F32Array:
     terms), and D = s*(s*A - 2B) + const, whose float32 evaluation here is within ~15u*M (with move
     tables A and 2B are changes from the list's code: exact entries but for waux*x, at most 3 summed,
     s*|A| + 2|B| <= M/s, so within ~6u*M). A neighbour whose estimate exceeds the smallest by more
-    than 2**-16 * M / s therefore also has a larger d2 in C. Underflow adds an absolute error, covered by a 2**-130 * (1 + s^2 + 6s + X + W0) slack
-    (W0 = sum waux, X = max |x|)."""
+    than 2**-16 * M / s therefore also has a larger d2 in C. Underflow adds an absolute error, covered
+    by a 2**-130 * (1 + s^2 + 6s + X + W0) slack (W0 = sum waux, X = max |x|)."""
     ax = np.abs(xv)
     wax = wa * ax
     wax2 = wax * ax
