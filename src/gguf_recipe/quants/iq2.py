@@ -80,8 +80,10 @@ _TIE_REL = np.float32(2.0**-16)
 _TIE_ABS = np.float32(2.0**-130)
 _BIG = np.float32(2.0**84)
 _ROWS = np.arange(512, dtype=np.uint16)
-# (A, 2B) = (+inf, 0) as one packed table entry: padded neighbour slots evaluate to +inf, never a minimum
+# (A, 2B) = (+inf, 0) as one packed table entry, the last of every block's tables: padded neighbour
+# slots (_PAD, clipped to it) evaluate to +inf, never a minimum
 _SENTINEL = np.array([np.inf, 0.0], dtype=np.float32).view(np.uint64)[0]
+_PAD = 1 << 40
 # list entries per chunk of the exact search (measured: its passes stay in cache; 2x faster than one
 # pass over 500k entries) and its coordinates summed ahead per group (levels 0..3: nb_lo3's code)
 _EXACT_SLOTS = 1 << 16
@@ -102,8 +104,8 @@ class _Grid:
     # Neighbour lists in buckets of padded widths: row r lives in bucket[r] at position slot[r]; there
     # nbp[b] (rows, W) holds its grid indices, padded with the row's first neighbour, and hcode[b]
     # (D, W, rows) the positions in a group's table of the D entries whose (A, 2B) sum to the
-    # neighbour's (see part_mat); padded slots of part 0 point at the table's sentinel (A = +inf), so
-    # they never win nor tie.
+    # neighbour's (see part_mat); padded slots of part 0 hold _PAD: past every table, the clipped
+    # gather reads the sentinel (A = +inf) at its end, so they never win nor tie.
     bucket: npt.NDArray[np.int8]
     slot: I32Array
     widths: tuple[int, ...]
@@ -122,8 +124,8 @@ class _Grid:
 
     @property
     def stride(self) -> int:
-        """Entries of a group's table, with the sentinel."""
-        return self.parts * int(self.part_mat.shape[1]) // 2 + 1
+        """Entries of a group's table."""
+        return self.parts * int(self.part_mat.shape[1]) // 2
 
 
 def _block_groups(mean_count: float) -> int:
@@ -221,7 +223,6 @@ def _grid(name: str) -> _Grid:
             part_mat[c, 0::2] = q[:, c] * q[:, c]
             part_mat[per + c, 1::2] = 2 * q[:, c]
         classes = [(np.ones(cnt.size, np.bool_), parts)]
-    sentinel = parts * part_mat.shape[1] // 2
     widths: list[int] = []
     depth: list[int] = []
     bucket = np.zeros(cnt.size, dtype=np.int8)
@@ -243,7 +244,7 @@ def _grid(name: str) -> _Grid:
         fp = flat_pad[rows, :w]
         nbp_l.append(np.ascontiguousarray(t.nb_flat[fp], dtype=np.int32))
         pc = pcodes[:d, fp].transpose(0, 2, 1)  # (d, w, rows)
-        pc[0][(np.arange(w)[:, None] >= cnt[rows][None, :])] = sentinel  # padding
+        pc[0][(np.arange(w)[:, None] >= cnt[rows][None, :])] = _PAD
         hcode_l.append(np.ascontiguousarray(pc, dtype=np.intp))
     tcode = np.arange(8, dtype=np.int32)[:, None] * 3 + lv[t.nb_flat].T
     return _Grid(
@@ -404,24 +405,22 @@ def _margin_coefs(xv: F32Array, wa: F32Array) -> F32Array:
 
 
 def _part_tables(g: _Grid, xv: F32Array, wa: F32Array) -> npt.NDArray[np.uint64]:
-    """Per group: (A, 2B) of every base-3 code of the coordinates of each part, packed as one uint64
-    (two float32) per code: (n * parts * 3**(8 // parts),), group-major."""
+    """Per group: (A, 2B) of every table entry of each part (see ``_Grid.part_mat``), packed as one
+    uint64 (two float32) per entry, group-major, then the sentinel: (n * g.stride + 1,)."""
     n = xv.shape[0]
     per = 8 // g.parts
     lhs = np.empty((n, g.parts, 2 * per), dtype=np.float32)
     lhs[:, :, :per] = wa.reshape(n, g.parts, per)
     np.multiply(wa.reshape(n, g.parts, per), xv.reshape(n, g.parts, per), out=lhs[:, :, per:])
     lhs2 = lhs.reshape(n * g.parts, 2 * per)
-    tab = np.empty((n * g.parts, g.part_mat.shape[1]), dtype=np.float32)
+    flat = np.empty(n * g.stride + 1, dtype=np.uint64)
+    flat[-1] = _SENTINEL
+    tab = flat[:-1].view(np.float32).reshape(n * g.parts, g.part_mat.shape[1])
     # OpenBLAS runs a gemm single-threaded when M*N*K <= 65536 * 4; larger calls fan out to every
     # core, which for these small products costs more than it gains and fights quantize's threads.
     rows = max(1, (65536 * 4) // g.part_mat.size)
     for a in range(0, lhs2.shape[0], rows):
         np.matmul(lhs2[a : a + rows], g.part_mat, out=tab[a : a + rows])
-    out = np.empty((n, g.stride), dtype=np.uint64)
-    out[:, :-1] = tab.view(np.uint64).reshape(n, -1)
-    out[:, -1] = _SENTINEL
-    flat: npt.NDArray[np.uint64] = out.reshape(-1)
     return flat
 
 
