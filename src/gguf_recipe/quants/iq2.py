@@ -640,17 +640,17 @@ class _Fit:
 
 
 def _sub_sums(
-    g: _Grid, wx_t: F32Array, w_t: F32Array, sb: IntpArray, gi: I32Array
+    g: _Grid, wx_t: F32Array, w_t: F32Array, sb: IntpArray, gi_t: I32Array
 ) -> tuple[F32Array, F32Array]:
     """C's sequential ``sumqx += w*xval*q; sumq2 += w*q*q`` over a sub-block, for m (sub-block, grid
-    points) entries: wx_t/w_t (values, S) hold w*xval and w value-major; sb (m,), gi (m, groups)."""
+    points) entries: wx_t/w_t (values, S) hold w*xval and w value-major; sb (m,), gi_t (groups, m)."""
     m = sb.shape[0]
     sx = np.zeros(m, dtype=np.float32)
     sq = np.zeros(m, dtype=np.float32)
     q = np.empty(m, dtype=np.float32)
     t = np.empty(m, dtype=np.float32)
-    for grp in range(gi.shape[1]):
-        gcol = np.ascontiguousarray(gi[:, grp])
+    for grp in range(gi_t.shape[0]):
+        gcol = np.ascontiguousarray(gi_t[grp])
         for c in range(8):
             i = 8 * grp + c
             np.take(g.qpos[c], gcol, out=q, mode="clip")
@@ -720,7 +720,7 @@ def _scale_search(
     wx_t = np.ascontiguousarray((w * xv).reshape(n_sb, -1).T)
     w_t = np.ascontiguousarray(w.reshape(n_sb, -1).T)
     # the grid points of every changed (sub-block, candidate): flat takes, not 3-D fancy indexing
-    at = (sbe[:, None] * ng + np.arange(ng)) * n_k + ke[:, None]
+    at = (sbe * (ng * n_k) + ke) + (np.arange(ng) * n_k)[:, None]  # (ng, m): long rows
     sumqx, sumq2 = _sub_sums(g, wx_t, w_t, sbe, _take(gi.reshape(-1), at))
     best = np.zeros(n_sb, dtype=np.float32)
     kbest = np.full(n_sb, -1, dtype=np.int64)
@@ -805,7 +805,7 @@ def _refit(
         gnew[off] = _exact_neighbour(g, -1 - look[off], terms)
     gi.reshape(-1)[rg] = gnew
     sel = np.flatnonzero(redo.any(axis=1))
-    sumqx, sumq2 = _sub_sums(g, fit.wx_t, fit.w_t, sel, gi[sel])
+    sumqx, sumq2 = _sub_sums(g, fit.wx_t, fit.w_t, sel, gi[sel].T)
     scale[sel] = np.where(sumq2 > 0, sumqx / sumq2, scale[sel])
 
 
