@@ -293,3 +293,50 @@ def test_qp_trial_rounding_is_nearest_int() -> None:
     huge[:, 7] = -3e7
     got = iq2_mod._qp_best_iscale(np.ascontiguousarray(huge.T), np.ascontiguousarray(w.T), huge.max(axis=1))
     assert np.array_equal(got.view(np.uint32), _reference_qp_iscale(huge, w).view(np.uint32))
+
+
+def _reference_best_neighbour(g: iq2_mod._Grid, rows: np.ndarray, terms: np.ndarray) -> np.ndarray:
+    """``iq2_find_best_neighbour`` list entry by list entry: ``d2 = 0; d2 += term`` over the 8
+    coordinates in float32, the first entry with ``d2 < best`` wins (best starts at FLT_MAX; a list
+    without a finite smaller distance keeps its first entry, as the vectorized search does for NaN)."""
+    t = g.tables
+    n = rows.shape[0]
+    out = t.nb_flat[t.nb_start[rows]].copy()
+    best = np.full(n, np.finfo(np.float32).max, dtype=np.float32)
+    lv = t.grid_levels.astype(np.intp)
+    for k in range(int(t.nb_count[rows].max())):
+        has = k < t.nb_count[rows]
+        gp = t.nb_flat[t.nb_start[rows] + np.where(has, k, 0)]
+        d2 = np.zeros(n, dtype=np.float32)
+        for i in range(8):
+            d2 = d2 + terms[np.arange(n), i, lv[gp, i]]
+        better = has & (d2 < best)
+        best = np.where(better, d2, best)
+        out = np.where(better, gp, out)
+    result: np.ndarray = out
+    return result
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_exact_neighbour_is_the_sequential_search(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exact search reads the running sum of the first four coordinates from a per-group table and
+    runs in chunks of list entries: it picks what C's entry-by-entry float32 loop picks, on integer data
+    (exact ties: the first entry must win), -0.0 weights (C's sum starts from +0.0), NaN and inf terms,
+    with chunk boundaries inside the groups' range."""
+    monkeypatch.setattr(iq2_mod, "_EXACT_SLOTS", 1000)
+    g = iq2_mod._grid(name)
+    t = g.tables
+    rng = np.random.default_rng(11)
+    n = 4000
+    xval = np.where(rng.random((n, 8)) < 0.6, rng.integers(0, 6, (n, 8)), rng.random((n, 8)) * 6)
+    waux = np.where(rng.random((n, 8)) < 0.5, 1.0, rng.exponential(size=(n, 8)))
+    waux[rng.random((n, 8)) < 0.1] = -0.0
+    xval[rng.random((n, 8)) < 0.002] = np.nan
+    xval[rng.random((n, 8)) < 0.002] = np.inf
+    scale = rng.choice([1.0, 0.5, 0.75, 1.25], n).astype(np.float32)
+    rows = rng.integers(0, t.nb_codes.size, n).astype(np.int32)
+    with np.errstate(all="ignore"):
+        terms = iq2_mod._d2_terms(g, xval.astype(np.float32), waux.astype(np.float32), scale)
+        got = iq2_mod._exact_neighbour(g, rows, terms)
+        want = _reference_best_neighbour(g, rows, terms)
+    assert np.array_equal(got, want)

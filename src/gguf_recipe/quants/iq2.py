@@ -12,8 +12,10 @@ How the work is shared (everything over all sub-blocks of a chunk at once):
   the candidate scale, so it takes only ~2 distinct off-grid codes over the K candidates;
 * the neighbour search (``_neighbours``) evaluates, for every off-grid (group, candidate), the distance
   of each neighbour up to a per-group constant as ``s*A_j - 2*B_j`` (A_j = sum waux*q^2, B_j = sum
-  waux*x*q), with A and B read from small per-group tables (sums over parts of the coordinates); the
-  padded neighbour lists are gathered once per run of candidates with the same code, evaluated at the
+  waux*x*q), with A and B read from small per-group tables (sums over parts of the coordinates; for
+  IQ2_S, whose neighbours differ from their code by one level in 1-3 coordinates, the changes of
+  one-level moves, so that most of its lists need one table entry per neighbour); the padded
+  neighbour lists are gathered once per run of candidates with the same code, evaluated at the
   run's two ends, and only runs whose best neighbour changes go candidate by candidate. Only near ties
   (see ``_neighbours``) take C's exact float32 distance. The lists are laid out (width, runs): the
   minimum, the near-tie count and the winner's row are reductions over the outer axis, and padded slots
@@ -24,6 +26,10 @@ How the work is shared (everything over all sub-blocks of a chunk at once):
   adjacent candidates with the same code and the same clearly decided winner (``_reuse_decided``);
   the other groups take the exact search.
 
+Every ``np.take`` here has indices in range by construction and passes ``mode="clip"``: numpy then
+skips its bounds check and, with ``out=``, the copy it otherwise makes first (measured: a gather of
+the neighbour search ~20% faster).
+
 Exactness notes: the arithmetic that decides bytes is float32 in C order (no FMA). C's sequential
 ``sum += ...`` loops are column-by-column adds, starting from ``+0.0`` like C.
 """
@@ -33,6 +39,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from functools import cache
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -73,8 +80,14 @@ _TIE_REL = np.float32(2.0**-16)
 _TIE_ABS = np.float32(2.0**-130)
 _BIG = np.float32(2.0**84)
 _ROWS = np.arange(512, dtype=np.uint16)
-# (A, 2B) = (+inf, 0) as one packed table entry: padded neighbour slots evaluate to +inf, never a minimum
+# (A, 2B) = (+inf, 0) as one packed table entry, the last of every block's tables: padded neighbour
+# slots (_PAD, clipped to it) evaluate to +inf, never a minimum
 _SENTINEL = np.array([np.inf, 0.0], dtype=np.float32).view(np.uint64)[0]
+_PAD = 1 << 40
+# list entries per chunk of the exact search (measured: its passes stay in cache; 2x faster than one
+# pass over 500k entries) and its coordinates summed ahead per group (levels 0..3: nb_lo3's code)
+_EXACT_SLOTS = 1 << 16
+_PREFIX = 4
 
 if sys.byteorder != "little":  # pragma: no cover - the byte packing below assumes little-endian
     raise ImportError("gguf_recipe.quants.iq2 needs a little-endian machine")
@@ -90,30 +103,86 @@ class _Grid:
     qpos: F32Array  # (8, n_grid) position q = 2*l + 1 of coordinate i of grid point j
     # Neighbour lists in buckets of padded widths: row r lives in bucket[r] at position slot[r]; there
     # nbp[b] (rows, W) holds its grid indices, padded with the row's first neighbour, and hcode[b]
-    # (parts, W, rows) the base-3 codes of the levels of each part of those neighbours' coordinates
-    # (plus part * 3**(8 // parts): the position in a group's part table); padded slots of part 0
-    # point at the table's sentinel (A = +inf), so they never win nor tie.
+    # (D, W, rows) the positions in a group's table of the D entries whose (A, 2B) sum to the
+    # neighbour's (see part_mat); padded slots of part 0 hold _PAD: past every table, the clipped
+    # gather reads the sentinel (A = +inf) at its end, so they never win nor tie.
     bucket: npt.NDArray[np.int8]
     slot: I32Array
     widths: tuple[int, ...]
     nbp: tuple[I32Array, ...]
     hcode: tuple[I32Array, ...]
-    parts: int  # coordinates are split into this many parts of 8 // parts (2 or 4)
-    part_mat: F32Array  # (2c, 2 * 3**c): [waux, waux*x] of c coordinates -> (A, 2B) of each code
+    parts: int  # a group's table covers its coordinates in this many parts of 8 // parts
+    # (2c, 2 * entries): [waux, waux*x] of c coordinates -> (A, 2B) of each table entry. Either every
+    # base-3 code of the part's levels (the neighbour's A and 2B are the sum over its parts) or, where
+    # every neighbour differs from its code by one level in a few coordinates (IQ2_S), the change of
+    # (A, 2B) of each such one-level move: the neighbour's A and 2B up to the code's own, the same
+    # for every neighbour of the list (see :func:`_move_codes`).
+    part_mat: F32Array
     tcode_t: I32Array  # (8, total): i * 3 + level_i of the grid point at flat neighbour entry e
     block: int  # groups per neighbour-search block (measured: long lists want smaller blocks)
     max_lines: int  # see _MAX_LINES
 
+    @property
+    def stride(self) -> int:
+        """Entries of a group's table."""
+        return self.parts * int(self.part_mat.shape[1]) // 2
+
 
 def _block_groups(mean_count: float) -> int:
     """Groups per neighbour-search block (measured): longer lists, more table per group, smaller blocks."""
-    return 8192 if mean_count < 12 else 4096 if mean_count < 24 else 2048
+    return 16384 if mean_count < 12 else 4096 if mean_count < 24 else 2048
 
 
 def _first_width(mean_count: float) -> int:
     """Padded width of the narrowest neighbour-list bucket (measured): a bucket costs ~60 numpy calls per
     block, more than padding its few short lists to the next width costs where those lists are rare."""
     return 6 if mean_count < 12 else 9 if mean_count < 24 else 4
+
+
+def _bucket_widths(cnt: I32Array, first: int, growth: float) -> list[int]:
+    """Padded widths covering lists of lengths ``cnt``: ``first``, then growing by ``growth``."""
+    widths: list[int] = []
+    w = first
+    while True:
+        widths.append(min(w, int(cnt.max())))
+        if w >= cnt.max():
+            return widths
+        w = max(w + 1, round(w * growth))
+
+
+_ZERO_MOVE = 32  # a group's move table: 4 moves (0->1, 1->0, 1->2, 2->1) per coordinate, then 0
+
+
+def _move_codes(t: GridTables, lv: I32Array) -> I32Array | None:
+    """Where every neighbour differs from its list's code by one level in each coordinate it changes:
+    (total, D) positions ``4*i + move`` of those changes in a group's move table, padded with the
+    zero entry (D: most coordinates any neighbour changes). None for grids where that does not hold."""
+    rowof = np.repeat(np.arange(t.nb_count.size), t.nb_count)
+    ul = (t.nb_codes[rowof, None] >> (2 * np.arange(8))) & 3
+    nl = lv[t.nb_flat]
+    d = nl - ul
+    if np.abs(d).max() > 1:
+        return None
+    ch = d != 0
+    nch = ch.sum(axis=1)
+    e, i = np.nonzero(ch)
+    # move: 0 for 0->1, 1 for 1->0, 2 for 1->2, 3 for 2->1
+    mv = 2 * np.minimum(ul[e, i], nl[e, i]) + (nl[e, i] < ul[e, i])
+    moves = np.full((nch.size, int(nch.max())), _ZERO_MOVE, dtype=np.int64)
+    moves[e, np.arange(e.size) - (np.cumsum(nch) - nch)[e]] = 4 * i + mv
+    return moves
+
+
+def _move_mat() -> F32Array:
+    """``part_mat`` of the move tables: the change of A = sum waux*q^2 and 2B = 2*sum waux*x*q of each
+    one-level move (q = 2*l + 1); the factors are powers of two, so each entry is waux or waux*x
+    scaled exactly."""
+    out = np.zeros((16, 2 * (_ZERO_MOVE + 1)), dtype=np.float32)
+    for i in range(8):
+        for mv, (da, db2) in enumerate(((8, 4), (-8, -4), (16, 4), (-16, -4))):
+            out[i, 2 * (4 * i + mv)] = da
+            out[8 + i, 2 * (4 * i + mv) + 1] = db2
+    return out
 
 
 @cache
@@ -130,39 +199,53 @@ def _grid(name: str) -> _Grid:
     cnt = t.nb_count
     short = float(cnt.mean()) < _PARTS4_BELOW
     growth = _WIDTH_GROWTH[0] if short else _WIDTH_GROWTH[1]
+    first = _first_width(float(cnt.mean()))
+    moves = _move_codes(t, lv)
+    if moves is not None:
+        # one table entry per changed coordinate; lists whose neighbours change one coordinate each
+        # (most of IQ2_S's) get buckets of their own with one entry per neighbour
+        parts = 1
+        part_mat = _move_mat()
+        pcodes = np.ascontiguousarray(moves.T)
+        single = moves[t.nb_start, 1] == _ZERO_MOVE if moves.shape[1] > 1 else np.ones(cnt.size, np.bool_)
+        classes = [(single, 1), (~single, moves.shape[1])]
+    else:
+        # short lists (IQ2_XXS): small per-group tables of 2-coordinate parts beat fewer, bigger gathers
+        parts = 4 if short else 2
+        per = 8 // parts
+        n_codes = 3**per
+        pow3 = 3 ** np.arange(per)
+        pcodes = (lv[t.nb_flat].reshape(-1, parts, per) @ pow3).T + n_codes * np.arange(parts)[:, None]
+        digits = (np.arange(n_codes)[:, None] // pow3[None, :]) % 3  # (n_codes, per)
+        q = 2 * digits + 1
+        part_mat = np.zeros((2 * per, 2 * n_codes), dtype=np.float32)
+        for c in range(per):
+            part_mat[c, 0::2] = q[:, c] * q[:, c]
+            part_mat[per + c, 1::2] = 2 * q[:, c]
+        classes = [(np.ones(cnt.size, np.bool_), parts)]
     widths: list[int] = []
-    w = _first_width(float(cnt.mean()))
-    while True:
-        widths.append(min(w, int(cnt.max())))
-        if w >= cnt.max():
-            break
-        w = max(w + 1, round(w * growth))
-    bucket = np.searchsorted(np.array(widths), cnt).astype(np.int8)
+    depth: list[int] = []
+    bucket = np.zeros(cnt.size, dtype=np.int8)
+    for member, d in classes:
+        if not member.any():
+            continue
+        ws = _bucket_widths(cnt[member], first, growth)
+        bucket[member] = len(widths) + np.searchsorted(np.array(ws), cnt[member])
+        widths += ws
+        depth += [d] * len(ws)
     slot = np.arange(t.nb_padded.shape[1])[None, :]
     flat_pad = t.nb_start[:, None] + np.where(slot < cnt[:, None], slot, 0)
-    # short lists (IQ2_S): small per-group tables of 2-coordinate parts beat fewer, bigger gathers
-    parts = 4 if short else 2
-    per = 8 // parts
-    n_codes = 3**per
-    pow3 = 3 ** np.arange(per)
     slot_of = np.zeros(cnt.size, dtype=np.int32)
     nbp_l: list[I32Array] = []
     hcode_l: list[I32Array] = []
-    for bi, w in enumerate(widths):
+    for bi, (w, d) in enumerate(zip(widths, depth, strict=True)):
         rows = np.flatnonzero(bucket == bi)
         slot_of[rows] = np.arange(rows.size)
         fp = flat_pad[rows, :w]
         nbp_l.append(np.ascontiguousarray(t.nb_flat[fp], dtype=np.int32))
-        pc = (lv[t.nb_flat[fp]].reshape(*fp.shape, parts, per) @ pow3).transpose(2, 1, 0)
-        pc = pc + n_codes * np.arange(parts)[:, None, None]
-        pc[0][(np.arange(w)[:, None] >= cnt[rows][None, :])] = parts * n_codes  # padding: the sentinel
+        pc = pcodes[:d, fp].transpose(0, 2, 1)  # (d, w, rows)
+        pc[0][(np.arange(w)[:, None] >= cnt[rows][None, :])] = _PAD
         hcode_l.append(np.ascontiguousarray(pc, dtype=np.intp))
-    digits = (np.arange(n_codes)[:, None] // pow3[None, :]) % 3  # (n_codes, per)
-    q = 2 * digits + 1
-    part_mat = np.zeros((2 * per, 2 * n_codes), dtype=np.float32)
-    for c in range(per):
-        part_mat[c, 0::2] = q[:, c] * q[:, c]
-        part_mat[per + c, 1::2] = 2 * q[:, c]
     tcode = np.arange(8, dtype=np.int32)[:, None] * 3 + lv[t.nb_flat].T
     return _Grid(
         t,
@@ -180,6 +263,15 @@ def _grid(name: str) -> _Grid:
         _block_groups(float(cnt.mean())),
         2 if short else _MAX_LINES,
     )
+
+
+_T = TypeVar("_T", bound=np.generic)
+
+
+def _take(a: npt.NDArray[_T], idx: npt.NDArray[np.integer[Any]]) -> npt.NDArray[_T]:
+    """``a.reshape(-1)[idx]`` for in-range ``idx`` (see the module notes on ``mode="clip"``)."""
+    out: npt.NDArray[_T] = np.take(a, idx, mode="clip")
+    return out
 
 
 def _seqsum(a: F32Array) -> F32Array:
@@ -229,24 +321,58 @@ def _d2_terms(g: _Grid, xval: F32Array, waux: F32Array, scale: F32Array) -> F32A
     return terms
 
 
+def _prefix_sums(terms: F32Array, n_pre: int) -> F32Array:
+    """C's running d2 after the first ``n_pre`` coordinates, for every combination of their levels:
+    (3**n_pre, n) with row ``l0 + 3*l1 + 9*l2 + ...`` holding ``((0 + t0[l0]) + t1[l1]) + ...``, the
+    same float32 adds in the same order as C's loop."""
+    n = terms.shape[0]
+    tt = np.ascontiguousarray(terms.transpose(1, 2, 0))  # (8, 3, n): whole-row adds below
+    acc: F32Array = tt[0] + _F0  # (3, n); +0.0 first like C (a -0.0 term becomes +0.0)
+    for i in range(1, n_pre):
+        nxt = np.empty((3, acc.shape[0], n), dtype=np.float32)
+        for lvl in range(3):
+            np.add(acc, tt[i, lvl], out=nxt[lvl])
+        acc = nxt.reshape(-1, n)
+    return acc
+
+
 def _exact_neighbour(g: _Grid, rows: I32Array, terms: F32Array) -> I32Array:
-    """Exact ``iq2_find_best_neighbour``: sequential float32 d2 over every list entry, first minimum."""
+    """Exact ``iq2_find_best_neighbour``: sequential float32 d2 over every list entry, first minimum.
+    The running sum over the first ``_PREFIX`` coordinates is read from :func:`_prefix_sums` (one gather
+    per entry instead of four). Groups go in chunks of about ``_EXACT_SLOTS`` list entries, so that
+    every pass over them stays in cache."""
     t = g.tables
     n = rows.shape[0]
+    out = np.zeros(n, dtype=np.int32)
     if n == 0:
-        return np.zeros(0, dtype=np.int32)
+        return out
     cnt = t.nb_count[rows]
+    ends = np.cumsum(cnt, dtype=np.int64)
+    cuts = np.searchsorted(ends, np.arange(_EXACT_SLOTS, int(ends[-1]), _EXACT_SLOTS))
+    a = 0
+    for b in [*cuts.tolist(), n]:
+        if b > a:
+            out[a:b] = _exact_chunk(g, rows[a:b], cnt[a:b], terms[a:b])
+        a = b
+    return out
+
+
+def _exact_chunk(g: _Grid, rows: I32Array, cnt: I32Array, terms: F32Array) -> I32Array:
+    t = g.tables
+    n = rows.shape[0]
     seg = np.cumsum(cnt, dtype=np.int64) - cnt
     total = int(seg[-1] + cnt[-1])
-    flat = np.repeat(t.nb_start[rows] - seg, cnt) + np.arange(total, dtype=np.int32)
-    base = np.repeat(np.arange(0, n * 24, 24, dtype=np.int32), cnt)
+    flat = np.repeat(_take(t.nb_start, rows) - seg, cnt) + np.arange(total, dtype=np.int32)
+    gid = np.repeat(np.arange(n, dtype=np.int32), cnt)
+    pre = _prefix_sums(terms, _PREFIX)
+    d2 = np.take(pre.reshape(-1), np.take(t.nb_lo3, flat, mode="clip") * n + gid, mode="clip")
+    base = gid * 24
     tflat = terms.reshape(-1)
-    d2 = np.take(tflat, np.take(g.tcode_t[0], flat) + base) + _F0
-    for i in range(1, 8):
-        d2 += np.take(tflat, np.take(g.tcode_t[i], flat) + base)
+    for i in range(_PREFIX, 8):
+        d2 += np.take(tflat, np.take(g.tcode_t[i], flat, mode="clip") + base, mode="clip")
     # C's `d2 < best` never picks a NaN; a group without a finite distance takes its first neighbour
     first = first_min(np.where(np.isnan(d2), _INF, d2), seg)
-    out: I32Array = t.nb_flat[flat[first]]
+    out: I32Array = _take(t.nb_flat, _take(flat, first))
     return out
 
 
@@ -256,10 +382,11 @@ def _margin_coefs(xv: F32Array, wa: F32Array) -> F32Array:
 
     C's d2 of a neighbour and the exact real distance D differ by at most ~13u*M (u = 2**-24, M =
     sum waux*(5s + |x|)^2 bounds every term; float32 products and a sequential sum of 8 non-negative
-    terms), and D = s*(s*A - 2B) + const, whose float32 evaluation here is within ~15u*M. A neighbour
-    whose estimate exceeds the smallest by more than 2**-16 * M / s therefore also has a larger d2 in
-    C. Underflow adds an absolute error, covered by a 2**-130 * (1 + s^2 + 6s + X + W0) slack
-    (W0 = sum waux, X = max |x|)."""
+    terms), and D = s*(s*A - 2B) + const, whose float32 evaluation here is within ~15u*M (with move
+    tables A and 2B are changes from the list's code: exact entries but for waux*x, at most 3 summed,
+    s*|A| + 2|B| <= M/s, so within ~6u*M). A neighbour whose estimate exceeds the smallest by more
+    than 2**-16 * M / s therefore also has a larger d2 in C. Underflow adds an absolute error, covered
+    by a 2**-130 * (1 + s^2 + 6s + X + W0) slack (W0 = sum waux, X = max |x|)."""
     ax = np.abs(xv)
     wax = wa * ax
     wax2 = wax * ax
@@ -278,24 +405,22 @@ def _margin_coefs(xv: F32Array, wa: F32Array) -> F32Array:
 
 
 def _part_tables(g: _Grid, xv: F32Array, wa: F32Array) -> npt.NDArray[np.uint64]:
-    """Per group: (A, 2B) of every base-3 code of the coordinates of each part, packed as one uint64
-    (two float32) per code: (n * parts * 3**(8 // parts),), group-major."""
+    """Per group: (A, 2B) of every table entry of each part (see ``_Grid.part_mat``), packed as one
+    uint64 (two float32) per entry, group-major, then the sentinel: (n * g.stride + 1,)."""
     n = xv.shape[0]
     per = 8 // g.parts
     lhs = np.empty((n, g.parts, 2 * per), dtype=np.float32)
     lhs[:, :, :per] = wa.reshape(n, g.parts, per)
     np.multiply(wa.reshape(n, g.parts, per), xv.reshape(n, g.parts, per), out=lhs[:, :, per:])
     lhs2 = lhs.reshape(n * g.parts, 2 * per)
-    tab = np.empty((n * g.parts, g.part_mat.shape[1]), dtype=np.float32)
+    flat = np.empty(n * g.stride + 1, dtype=np.uint64)
+    flat[-1] = _SENTINEL
+    tab = flat[:-1].view(np.float32).reshape(n * g.parts, g.part_mat.shape[1])
     # OpenBLAS runs a gemm single-threaded when M*N*K <= 65536 * 4; larger calls fan out to every
     # core, which for these small products costs more than it gains and fights quantize's threads.
     rows = max(1, (65536 * 4) // g.part_mat.size)
     for a in range(0, lhs2.shape[0], rows):
         np.matmul(lhs2[a : a + rows], g.part_mat, out=tab[a : a + rows])
-    out = np.empty((n, g.parts * g.part_mat.shape[1] // 2 + 1), dtype=np.uint64)
-    out[:, :-1] = tab.view(np.uint64).reshape(n, -1)
-    out[:, -1] = _SENTINEL
-    flat: npt.NDArray[np.uint64] = out.reshape(-1)
     return flat
 
 
@@ -361,7 +486,7 @@ def _neighbours(
     every neighbour. The scales along a row of ``sc`` must be monotone, spanning a ratio below 1.5.
     """
     n, k_n = codes.shape
-    look = g.look[codes]
+    look = _take(g.look, codes)
     on = look >= 0
     gi = look
     coefs = _margin_coefs(xv, wa)
@@ -382,47 +507,47 @@ def _neighbours(
         elast[:-1] = efirst[1:] - 1
         elast[-1] = ent.size - 1
         pgrp = pstart // k_n
-        prow = -1 - lk[pstart]
+        prow = -1 - _take(lk, pstart)
         egrp = ent // k_n
-        es = sc[a:b].reshape(-1)[ent]
-        cf = np.take(coefs, a + egrp, axis=0)
+        es = _take(sc[a:b].reshape(-1), ent)
+        cf = np.take(coefs, a + egrp, axis=0, mode="clip")
         thr = cf[:, 0] * es
         thr += cf[:, 1]
         thr += cf[:, 2] / es
         # outside this range the error bound does not hold (overflow): exact path
         bad_e = ~((thr < _BIG) & (thr * es < _BIG))
         tab = _part_tables(g, xv[a:b], wa[a:b])
-        stride = g.parts * g.part_mat.shape[1] // 2 + 1  # with the sentinel
+        stride = g.stride
         pres = np.full(pstart.size, -1, dtype=np.int32)  # grid point of each decided pair
         res = np.full(ent.size, -1, dtype=np.int32)  # -1 where the pair's pick (pres) decides
         amb_l: list[IntpArray] = []
-        pbk = g.bucket[prow]
+        pbk = _take(g.bucket, prow)
         for bi, width in enumerate(g.widths):
             pl = np.flatnonzero(pbk == bi)
             if pl.size == 0:
                 continue
-            rows_b = g.slot[prow[pl]]
+            rows_b = _take(g.slot, _take(prow, pl))
             nbp = g.nbp[bi]
             # (parts, width, pairs): every neighbour of a pair is a column entry, pairs run along rows
-            idx = np.take(g.hcode[bi], rows_b, axis=2)
+            idx = np.take(g.hcode[bi], rows_b, axis=2, mode="clip")
             idx += pgrp[pl] * stride
-            ab = np.take(tab, idx).view(np.float32).reshape(g.parts, width, pl.size, 2)
-            ab_sum = ab[0] + ab[1]
-            for part in range(2, g.parts):
+            ab = np.take(tab, idx, mode="clip").view(np.float32).reshape(idx.shape[0], width, pl.size, 2)
+            ab_sum = ab[0] if ab.shape[0] == 1 else ab[0] + ab[1]
+            for part in range(2, ab.shape[0]):
                 ab_sum += ab[part]
             av = ab_sum[:, :, 0]
             b2 = ab_sum[:, :, 1]
-            f, la = efirst[pl], elast[pl]
-            est0, j0, bad0 = _pick(av, b2, es[f], thr[f])
+            f, la = _take(efirst, pl), _take(elast, pl)
+            est0, j0, bad0 = _pick(av, b2, _take(es, f), _take(thr, f))
             if k_n == 1:  # one candidate per run: both ends are the same entry
                 est1, j1, bad1 = est0, j0, bad0
             else:
-                est1, j1, bad1 = _pick(av, b2, es[la], thr[la])
-            ends = ~(bad0 | bad1 | bad_e[f] | bad_e[la])
+                est1, j1, bad1 = _pick(av, b2, _take(es, la), _take(thr, la))
+            ends = ~(bad0 | bad1 | _take(bad_e, f) | _take(bad_e, la))
             dec = ends & (j0 == j1)
             nbp_flat = nbp.reshape(-1)
             rw = rows_b * width
-            pres[pl] = np.where(dec, np.take(nbp_flat, rw + j0), -1)
+            pres[pl] = np.where(dec, np.take(nbp_flat, rw + j0, mode="clip"), -1)
             # Different clear minima j0, j1 at the two ends: a neighbour that is not within the margin
             # of j1's value at the small scale or of j0's at the large one is beaten by j0 or j1 by the
             # margin all along, so in between only the few that are ("lines") compete.
@@ -431,8 +556,8 @@ def _neighbours(
                 t0, t1 = j0[two], j1[two]
                 lim0 = est0[t1, two] + thr[f[two]]
                 lim1 = est1[t0, two] + thr[la[two]]
-                inset = np.take(est0, two, axis=1) <= lim0
-                inset &= np.take(est1, two, axis=1) <= lim1
+                inset = np.take(est0, two, axis=1, mode="clip") <= lim0
+                inset &= np.take(est1, two, axis=1, mode="clip") <= lim1
                 n_in = np.add.reduce(inset.view(np.uint8), axis=0, dtype=np.uint16)
                 # only j0 and j1: the sign of the difference of the two lines decides
                 only2 = n_in == 2
@@ -441,14 +566,14 @@ def _neighbours(
                     t0, t1 = t0[only2], t1[only2]
                     lines = np.stack([av[t0, p2], b2[t0, p2], av[t1, p2], b2[t1, p2]], axis=1)
                     loc, eb = _run_entries(f[p2], la[p2])
-                    ln = np.take(lines, loc, axis=0)
-                    se = es[eb]
+                    ln = np.take(lines, loc, axis=0, mode="clip")
+                    se = _take(es, eb)
                     d = ln[:, 2] * se - ln[:, 3]
                     d -= ln[:, 0] * se - ln[:, 1]
-                    g1 = np.take(np.take(nbp_flat, rw[p2] + t1), loc)
-                    g0 = np.take(np.take(nbp_flat, rw[p2] + t0), loc)
+                    g1 = np.take(np.take(nbp_flat, rw[p2] + t1, mode="clip"), loc, mode="clip")
+                    g0 = np.take(np.take(nbp_flat, rw[p2] + t0, mode="clip"), loc, mode="clip")
                     res[eb] = np.where(d < 0, g1, g0)
-                    bad = ~(np.abs(d) > thr[eb]) | bad_e[eb]
+                    bad = ~(np.abs(d) > _take(thr, eb)) | _take(bad_e, eb)
                     if bad.any():
                         amb_l.append(eb[bad])
                     dec[p2] = True
@@ -463,8 +588,8 @@ def _neighbours(
                     mem[rr, np.arange(rr.size) - first[rr]] = cc
                     loc, eb = _run_entries(f[p2], la[p2])
                     memt = np.ascontiguousarray(mem.T)
-                    cols = np.take(p2, loc)
-                    mloc = np.take(memt, loc, axis=1)
+                    cols = np.take(p2, loc, mode="clip")
+                    mloc = np.take(memt, loc, axis=1, mode="clip")
                     # padding repeats the first member: equal values, so never a unique minimum unless
                     # that member is the minimum -- the check below counts distinct members only
                     _, j, bad = _pick_members(
@@ -481,10 +606,12 @@ def _neighbours(
             # candidate by candidate for the remaining pairs
             loc, eb = _run_entries(f[und], la[und])
             loc = und[loc]
-            ab_e = np.take(ab_sum.view(np.uint64)[:, :, 0], loc, axis=1).view(np.float32)  # (A, 2B) pairs
-            _, j, bad = _pick(ab_e[:, 0::2], ab_e[:, 1::2], es[eb], thr[eb])
-            res[eb] = np.take(nbp_flat, np.take(rw, loc) + j)
-            bad |= bad_e[eb]
+            ab_e = np.take(ab_sum.view(np.uint64)[:, :, 0], loc, axis=1, mode="clip").view(
+                np.float32
+            )  # (A, 2B) pairs
+            _, j, bad = _pick(ab_e[:, 0::2], ab_e[:, 1::2], _take(es, eb), _take(thr, eb))
+            res[eb] = _take(nbp_flat, _take(rw, loc) + j)
+            bad |= _take(bad_e, eb)
             if bad.any():
                 amb_l.append(eb[bad])
         dec_e = np.repeat(pres, elast - efirst + 1)
@@ -513,24 +640,24 @@ class _Fit:
 
 
 def _sub_sums(
-    g: _Grid, wx_t: F32Array, w_t: F32Array, sb: IntpArray, gi: I32Array
+    g: _Grid, wx_t: F32Array, w_t: F32Array, sb: IntpArray, gi_t: I32Array
 ) -> tuple[F32Array, F32Array]:
     """C's sequential ``sumqx += w*xval*q; sumq2 += w*q*q`` over a sub-block, for m (sub-block, grid
-    points) entries: wx_t/w_t (values, S) hold w*xval and w value-major; sb (m,), gi (m, groups)."""
+    points) entries: wx_t/w_t (values, S) hold w*xval and w value-major; sb (m,), gi_t (groups, m)."""
     m = sb.shape[0]
     sx = np.zeros(m, dtype=np.float32)
     sq = np.zeros(m, dtype=np.float32)
     q = np.empty(m, dtype=np.float32)
     t = np.empty(m, dtype=np.float32)
-    for grp in range(gi.shape[1]):
-        gcol = np.ascontiguousarray(gi[:, grp])
+    for grp in range(gi_t.shape[0]):
+        gcol = np.ascontiguousarray(gi_t[grp])
         for c in range(8):
             i = 8 * grp + c
-            np.take(g.qpos[c], gcol, out=q)
-            np.take(wx_t[i], sb, out=t)
+            np.take(g.qpos[c], gcol, out=q, mode="clip")
+            np.take(wx_t[i], sb, out=t, mode="clip")
             t *= q
             sx += t
-            np.take(w_t[i], sb, out=t)
+            np.take(w_t[i], sb, out=t, mode="clip")
             t *= q
             t *= q
             sq += t
@@ -592,7 +719,9 @@ def _scale_search(
     bounds = np.searchsorted(ke, np.arange(n_k + 1))
     wx_t = np.ascontiguousarray((w * xv).reshape(n_sb, -1).T)
     w_t = np.ascontiguousarray(w.reshape(n_sb, -1).T)
-    sumqx, sumq2 = _sub_sums(g, wx_t, w_t, sbe, gi3[sbe, :, ke])
+    # the grid points of every changed (sub-block, candidate): flat takes, not 3-D fancy indexing
+    at = (sbe * (ng * n_k) + ke) + (np.arange(ng) * n_k)[:, None]  # (ng, m): long rows
+    sumqx, sumq2 = _sub_sums(g, wx_t, w_t, sbe, _take(gi.reshape(-1), at))
     best = np.zeros(n_sb, dtype=np.float32)
     kbest = np.full(n_sb, -1, dtype=np.int64)
     for k in range(n_k):
@@ -630,15 +759,23 @@ def _reuse_decided(
     if n_k < 2:
         return off
     # candidate scales fall with k: k such that scs[k] >= s > scs[k + 1] (NaN: none)
-    col = fit.scs[:, grp // ng]
-    k = np.add.reduce(np.greater_equal(col, s_o).view(np.uint8), axis=0, dtype=np.uint8).astype(np.intp) - 1
-    inside = (k >= 0) & (k < n_k - 1)
-    k = np.clip(k, 0, n_k - 2)
-    c0 = fit.codes[grp, k]
-    ok = inside & (c0 == codes[off]) & (fit.codes[grp, k + 1] == c0)
-    ok &= fit.clear[grp, k] & fit.clear[grp, k + 1]
-    g0 = fit.gi[grp, k]
-    ok &= g0 == fit.gi[grp, k + 1]
+    sb = grp // ng
+    k = np.zeros(grp.size, dtype=np.uint8)
+    for kk in range(n_k):  # one candidate at a time: a (K, m) gather of the scales costs more
+        k += np.greater_equal(np.take(fit.scs[kk], sb, mode="clip"), s_o).view(np.uint8)
+    inside = (k >= 1) & (k < n_k)
+    # flat (group, candidate) position of k (clipped into range; `inside` says where it is real)
+    pos = grp * n_k + np.clip(k.astype(np.intp) - 1, 0, n_k - 2)
+    codes_f, clear_f, gi_f = fit.codes.reshape(-1), fit.clear.reshape(-1), fit.gi.reshape(-1)
+    c0 = np.take(codes_f, pos, mode="clip")
+    pos += 1
+    ok = inside & (c0 == codes[off]) & (np.take(codes_f, pos, mode="clip") == c0)
+    ok &= np.take(clear_f, pos, mode="clip")
+    g1 = np.take(gi_f, pos, mode="clip")
+    pos -= 1
+    ok &= np.take(clear_f, pos, mode="clip")
+    g0 = np.take(gi_f, pos, mode="clip")
+    ok &= g0 == g1
     gnew[off[ok]] = g0[ok]
     rest: IntpArray = off[~ok]
     return rest
@@ -668,7 +805,7 @@ def _refit(
         gnew[off] = _exact_neighbour(g, -1 - look[off], terms)
     gi.reshape(-1)[rg] = gnew
     sel = np.flatnonzero(redo.any(axis=1))
-    sumqx, sumq2 = _sub_sums(g, fit.wx_t, fit.w_t, sel, gi[sel])
+    sumqx, sumq2 = _sub_sums(g, fit.wx_t, fit.w_t, sel, gi[sel].T)
     scale[sel] = np.where(sumq2 > 0, sumqx / sumq2, scale[sel])
 
 
@@ -690,7 +827,7 @@ def _qp_best_iscale(xt: F32Array, wt: F32Array, mx: F32Array) -> F32Array:
             np.multiply(iscale_is, xt, out=li)
             li += _MAGIC
             li -= _MAGIC
-            np.minimum(li, nmax, out=li)
+            # no MIN(nmax, l) needed: x <= max and iscale_is*max <= 4.4 (+ rounding) round to <= 4
         else:
             li = np.minimum(nearest_int(iscale_is * xt), 4).astype(np.float32)
         np.multiply(_F1 / iscale_is, li, out=diff)
