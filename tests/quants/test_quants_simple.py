@@ -226,6 +226,15 @@ def test_legacy_fast_scale_fp16_is_ieee_or_declines() -> None:
             one = np.zeros((nb, 1), dtype=np.uint16)
             results.append(_scale_fp16_fast(_work(nb), v[1:], one))
             assert not results[-1] or np.array_equal(one, expected[:, 1:]), g
+            # magnitudes with their signs given apart (Q4_0's d), alternating signs
+            sign_bits = (np.arange(nb, dtype=np.uint32) % np.uint32(2)) << np.uint32(31)
+            one = np.zeros((nb, 1), dtype=np.uint16)
+            mags = v[:1]
+            results.append(_scale_fp16_fast(_work(nb), mags, one, slice(0), sign_bits.view(np.float32)))
+            signed_v = (magnitude | sign_bits).view(np.float32)
+            assert not results[-1] or np.array_equal(
+                one[:, 0], signed_v.astype(np.float16).view(np.uint16)
+            ), g
         assert len(set(results)) == 1, g
         if results[0]:
             accepted.append(g)
