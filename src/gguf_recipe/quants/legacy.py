@@ -298,6 +298,18 @@ class _Work:
         self.qh = np.empty(nb, dtype=np.uint32)
         self._tops: dict[int, npt.NDArray[np.int8]] = {}
         self._half: npt.NDArray[np.uint32] | None = None
+        # Fixed views, made once: a view costs 0.1-0.2 us, on a 1-row chunk's ~40 us.
+        half = nb // 2 if nb * QK >= _CHUNK_VALUES else nb  # see _quads
+        self.quad_tiles = [(b0, b0 + half, self.quads[:, b0 : b0 + half].T) for b0 in range(0, nb, half)]
+        self.blk_rows = tuple(self.blk)
+        self.blk_bits = tuple(r.view(np.uint32) for r in self.blk)
+        # per reduction: the lanes, the shifted views of the pairwise combination, the block values
+        self.combine = [
+            (lanes, lanes[:-2], lanes[2:], pairs[:-2], pairs[0::4], pairs[1::4], out)
+            for lanes, pairs, out in zip(self.red, self.pairs, self.blk_rows[:2], strict=True)
+        ]
+        self.q_words = _words(self.q_u8)  # (8, nb): the levels' bytes as words
+        self.q_words_lo, self.q_words_hi = self.q_words[:4], self.q_words[4:]
 
     def half_bits(self) -> npt.NDArray[np.uint32]:
         """A uint32 array the size of the quad layout (Q8_0's signed halves), made on first use."""
@@ -335,9 +347,8 @@ def _quads(rows: F32Array, w: _Work | None = None) -> F32Array:
     # Copies in the input's order (8 strided output streams): the input usually comes from memory,
     # where one sequential read of it beats 8 strided passes (measured). Two halves for a whole
     # chunk: each half's output stays in L2 (~5% faster than one copy, measured).
-    half = w.nb // 2 if w.nb * QK >= _CHUNK_VALUES else w.nb
-    for b0 in range(0, w.nb, half):
-        np.copyto(w.quads[:, b0 : b0 + half].T, groups[b0 : b0 + half])
+    for b0, b1, dst in w.quad_tiles:
+        np.copyto(dst, groups[b0:b1])
     return w.xq
 
 
@@ -350,13 +361,14 @@ def _lane_max_min(w: _Work, skip_nan: bool = True) -> tuple[F32Array, F32Array]:
     Only the value matters, not which zero sign wins a +-0 tie: callers normalise zero signs.
     """
     reds = (np.fmax, np.fmin) if skip_nan else (np.maximum, np.minimum)
-    for red, lanes, pairs, out in zip(reds, w.red, w.pairs, w.blk[:2], strict=True):
-        red.reduce(w.xq, axis=0, out=lanes)
+    xq = w.xq
+    for red, (lanes, lanes02, lanes13, pairs, pair0, pair1, out) in zip(reds, w.combine, strict=True):
+        red.reduce(xq, axis=0, out=lanes)
         # Lanes (0, 2) and (1, 3) in one contiguous op over shifted views, then the two pairs: half
         # the strided work of combining the 4 lanes one by one.
-        red(lanes[:-2], lanes[2:], out=pairs[:-2])
-        red(pairs[0::4], pairs[1::4], out=out)
-    return w.blk[0], w.blk[1]
+        red(lanes02, lanes13, out=pairs)
+        red(pair0, pair1, out=out)
+    return w.blk_rows[0], w.blk_rows[1]
 
 
 def _block_max_again(w: _Work) -> F32Array:
@@ -413,16 +425,17 @@ def _scale_0(w: _Work, rows: F32Array, nmax: int) -> tuple[F32Array, F32Array | 
     Takes the blocks' max and min from ``w.blk[:2]``; returns ``d`` (``w.blk[0]``) and, unless some
     blocks were redone, ``|d|`` (``w.blk[4]``) with the sign bits of ``d`` in ``w.blk[2]``'s memory
     (for ``_scale_fp16_fast``)."""
-    mx, mn, neg_mn, sign, mag = w.blk[:5]
+    mx, mn, neg_mn, sign, mag = w.blk_rows[:5]
+    bits = w.blk_bits
     np.negative(mn, out=neg_mn)
     # -(mx + mn): its sign is that of d; it is 0 or NaN on a +-tie (zeros, +-inf, all NaN).
     np.subtract(neg_mn, mx, out=sign)
     np.fmax(mx, neg_mn, out=mag)
     mag /= _f32c(nmax)  # |max| / nmax rounds like max / -nmax
     # d's sign from `sign` by OR-ing its sign bit into |d| (np.copysign is scalar code, 4x slower)
-    sign_bit = np.bitwise_and(sign.view(np.uint32), _SIGN32, out=neg_mn.view(np.uint32))
+    np.bitwise_and(bits[3], _SIGN32, out=bits[2])
     d: F32Array = mx  # the max is not needed any more
-    np.bitwise_or(mag.view(np.uint32), sign_bit, out=d.view(np.uint32))
+    np.bitwise_or(bits[4], bits[2], out=bits[0])
     np.abs(sign, out=sign)
     if np.minimum.reduce(sign) > 0:  # (ndarray.min goes through a Python wrapper)
         return d, mag
@@ -468,10 +481,10 @@ _HIGH_BITS, _U28 = _u32(0x10101010), _u32(28)
 _NIBBLE_SHIFT = (np.arange(8, dtype=np.uint32) * np.uint32(4))[:, None]
 
 
-def _high_bits(w: _Work, q: U8Array) -> npt.NDArray[np.uint32]:
-    """Bit 4 of q[4k + p] moved to bit 4k + p of a word, ``(8, n_blocks)``: OR-ed over k, it is qh
-    (bit j of a little-endian uint32 is bit 4 of q[j])."""
-    h: npt.NDArray[np.uint32] = np.bitwise_and(_words(q), _HIGH_BITS, out=w.qh8)
+def _high_bits(w: _Work) -> npt.NDArray[np.uint32]:
+    """Bit 4 of the levels q[4k + p] (``w.q_u8``) moved to bit 4k + p of a word, ``(8, n_blocks)``:
+    OR-ed over k, it is qh (bit j of a little-endian uint32 is bit 4 of q[j])."""
+    h: npt.NDArray[np.uint32] = np.bitwise_and(w.q_words, _HIGH_BITS, out=w.qh8)
     h *= _BIT_GATHER
     h >>= _U28
     h <<= _NIBBLE_SHIFT
@@ -569,11 +582,12 @@ def _finish_blocks(out: U8Array, n_rows: int, dest: U8Array | None) -> U8Array:
 
 
 def _pack_nibble_blocks(
-    w: _Work, out: U8Array, scales: F32Array | None, q: U8Array, qs_off: int, qh_off: int | None
+    w: _Work, out: U8Array, scales: F32Array | None, qs_off: int, qh_off: int | None
 ) -> None:
     """Blocks of ``out``: the fp16 ``scales`` (``(n_blocks,)`` or ``(k, n_blocks)``; None when the
-    caller wrote them) at byte 0, ``qh`` (bit 4 of the 32 levels, 5-bit types) at ``qh_off``, ``qs``
-    at ``qs_off``, each computed straight into its strided (possibly misaligned) view of ``out``.
+    caller wrote them) at byte 0, ``qh`` (bit 4 of the 32 levels ``w.q_u8``, 5-bit types) at
+    ``qh_off``, ``qs`` at ``qs_off``, each computed straight into its strided (possibly misaligned)
+    view of ``out``.
     """
     nb = w.nb
     if scales is not None:
@@ -584,15 +598,15 @@ def _pack_nibble_blocks(
     # low nibble of q[j+16]: 5-bit levels are masked first so that no byte spills into the next, and
     # keep only the low nibble of q[j] too. 4-bit levels are already in [0, 15] (never negative,
     # MIN(15, ...) in C), so they need no mask.
-    hi, lo = w.hi, _words(q[:4])
+    hi, lo = w.hi, w.q_words_lo
     if qh_off is None:
-        np.left_shift(_words(q[4:]), _U4, out=hi)
+        np.left_shift(w.q_words_hi, _U4, out=hi)
     else:
-        np.bitwise_and(_words(q[4:]), _NIBBLES, out=hi)
+        np.bitwise_and(w.q_words_hi, _NIBBLES, out=hi)
         hi <<= _U4
         lo = np.bitwise_and(lo, _NIBBLES, out=w.lo)
         # reduced into a contiguous word row first: numpy's reduction into a strided output is 5x slower
-        qh = np.bitwise_or.reduce(_high_bits(w, q), axis=0, out=w.qh)
+        qh = np.bitwise_or.reduce(_high_bits(w), axis=0, out=w.qh)
         out[:, qh_off : qh_off + 4].view("<u4")[:, 0] = qh
     np.bitwise_or(hi, lo, out=out[:, qs_off : qs_off + 16].view("<u4").T)
 
@@ -715,20 +729,22 @@ def _quad_from_t(w: _Work, q: U8Array) -> U8Array:
     return w.q_u8
 
 
-def _weighted_0(w: _Work, rows: F32Array, imatrix: F32Array, nmax: int) -> tuple[F32Array, U8Array]:
-    """Q4_0 / Q5_0 with an imatrix: the scales and the levels (quad layout) of the weighted
-    make_qx_quants search."""
+def _weighted_0(w: _Work, rows: F32Array, imatrix: F32Array, nmax: int) -> F32Array:
+    """Q4_0 / Q5_0 with an imatrix: the scales of the weighted make_qx_quants search; its levels go
+    to ``w.q_u8`` (quad layout)."""
     xt = _blocks_t(rows)
     d, iscale, zero, finite = make_qx_quants_iscale(xt, _imatrix_weights(rows, xt, imatrix), nmax)
-    return d, _levels_qx(w, xt, iscale, zero, nmax, finite)
+    _levels_qx(w, xt, iscale, zero, nmax, finite)
+    return d
 
 
-def _weighted_1(w: _Work, rows: F32Array, imatrix: F32Array, levels: int) -> tuple[F32Array, U8Array]:
-    """Q4_1 / Q5_1 with an imatrix: ``[scale, min]`` as ``(2, n_blocks)`` and the levels (quad
-    layout) of the weighted make_qkx3_quants search."""
+def _weighted_1(w: _Work, rows: F32Array, imatrix: F32Array, levels: int) -> F32Array:
+    """Q4_1 / Q5_1 with an imatrix: ``[scale, min]`` as ``(2, n_blocks)`` of the weighted
+    make_qkx3_quants search; its levels go to ``w.q_u8`` (quad layout)."""
     xt = _blocks_t(rows)
     d, m, qt = _make_qkx3_quants(xt, _imatrix_weights(rows, xt, imatrix), levels, -0.9, 0.05, 36)
-    return np.stack([d, m]), _quad_from_t(w, qt)
+    _quad_from_t(w, qt)
+    return np.stack([d, m])
 
 
 def _quantize_nibbles(
@@ -746,14 +762,13 @@ def _quantize_nibbles(
         out = _out_blocks(dest, w.nb, qs_off + 16)
         scales: F32Array | None = None
         if imatrix is not None:
-            scales, q = (
-                _weighted_1(w, rows, imatrix, levels) if offset else _weighted_0(w, rows, imatrix, nmax)
-            )
+            # the levels go to w.q_u8
+            scales = _weighted_1(w, rows, imatrix, levels) if offset else _weighted_0(w, rows, imatrix, nmax)
         elif offset:
-            q = _q_1_ref(w, rows, levels, out[:, :4].view("<u2"))
+            _q_1_ref(w, rows, levels, out[:, :4].view("<u2"))
         else:
-            q = _q_0_ref(w, rows, nmax, out[:, :2].view("<u2"))
-        _pack_nibble_blocks(w, out, scales, q, qs_off, qh_off)
+            _q_0_ref(w, rows, nmax, out[:, :2].view("<u2"))
+        _pack_nibble_blocks(w, out, scales, qs_off, qh_off)
         return _finish_blocks(out, rows.shape[0], dest)
 
 
