@@ -124,6 +124,19 @@ def test_writing_into_the_callers_rows_gives_the_returned_bytes(qtype: str, with
     assert (wide[:, expected.shape[1] :] == 0xAB).all()
 
 
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "MXFP4"])
+def test_whole_chunks_match_ggml(qtype: str) -> None:
+    """Full chunks (CHUNK_VALUES values, whose quad transposition runs in two halves) and a short
+    last chunk give ggml's bytes; the rows' scales differ so that every block's bytes do."""
+    from gguf_recipe.quants import CHUNK_VALUES
+
+    cols = 4096
+    rows = 2 * CHUNK_VALUES // cols + 3
+    x = _gaussian(rows, cols, seed=7) * np.geomspace(1e-3, 1e3, rows, dtype=np.float32)[:, None]
+    t = GGMLQuantizationType[qtype]
+    assert np.array_equal(quantize(x, t, threads=1), ggml_bytes(x, t, None))
+
+
 # Bytes of ggml's quantize_row_q*_ref (ggml-quants.c built like the oracle's libggml-base) for four
 # blocks: subnormals (1/d overflows; C's int8 conversion of +-inf gives 0), NaN + inf (NaN skipped,
 # inf is the max), all NaN (C keeps its initial max/min), -inf + NaN.
