@@ -75,6 +75,7 @@ _MAGNITUDE, _SIGN16, _NIBBLES = _u32(0x7FFFFFFF), _u32(0x8000), _u32(0x0F0F0F0F)
 _SIGN32 = _u32(0x80000000)
 _HALF_DOWN_BITS = _u32(int(_HALF_DOWN.view(np.uint32)))
 _TWO_COPIES = np.array(0x100000001, dtype=np.uint64)
+_NONE = slice(0)  # no rows
 _TLS = threading.local()  # per-thread work arrays (_work) and tiled importances (_imatrix_tiled)
 
 
@@ -309,6 +310,16 @@ class _Work:
             for lanes, pairs, out in zip(self.red, self.pairs, self.blk_rows[:2], strict=True)
         ]
         self.q_words = _words(self.q_u8)  # (8, nb): the levels' bytes as words
+        # _lanes_into's buffers by the number of rows: (uint64 pairs, the two uint64 lanes, result)
+        self.lane_bufs = {
+            k: (pairs, out[..., 0], out[..., 1], lanes)
+            for k, pairs, out, lanes in (
+                (1, self.pairs64[0], self.bcast64[0], self.lanes[0]),
+                (2, self.pairs64, self.bcast64, self.lanes),
+            )
+        }
+        self.h16_rows = {k: (self.h16[0, :k], self.h16[1, :k]) for k in (1, 2)}  # _scale_fp16_* buffers
+        self.blk_2d = tuple(self.blk[i : i + 1] for i in range(self.blk.shape[0]))  # rows as (1, nb)
         self.q_words_lo, self.q_words_hi = self.q_words[:4], self.q_words[4:]
 
     def half_bits(self) -> npt.NDArray[np.uint32]:
@@ -385,14 +396,18 @@ def _lanes_into(w: _Work, v: F32Array) -> F32Array:
     Each value's bits times 0x100000001 as uint64 are two copies of it; two strided uint64 copies
     then fill the 4 lanes (np.repeat's per-item loop, or 4 strided float copies, cost more).
     """
-    rows = 1 if v.ndim == 1 else v.shape[0]
-    pairs = w.pairs64[:rows].reshape(v.shape)
+    if v.ndim == 1:
+        pairs, lane01, lane23, res = w.lane_bufs[1]
+    else:
+        rows = v.shape[0]
+        pairs, lane01, lane23, res = w.lane_bufs[2]
+        if rows != 2:
+            pairs, lane01, lane23, res = pairs[:rows], lane01[:rows], lane23[:rows], res[:rows]
     np.copyto(pairs, v.view(np.uint32))
     pairs *= _TWO_COPIES
-    out = w.bcast64[0] if v.ndim == 1 else w.bcast64[:rows]
-    out[..., 0] = pairs
-    out[..., 1] = pairs
-    return w.lanes[0] if v.ndim == 1 else w.lanes[:rows]
+    np.copyto(lane01, pairs)
+    np.copyto(lane23, pairs)
+    return res
 
 
 def _pack(n_rows: int, size: int, fields: list[tuple[int, npt.NDArray[Any]]]) -> U8Array:
@@ -539,7 +554,7 @@ def _scale_fp16_fast(
     magnitudes (``signed`` empty): the magnitude mask is then not needed."""
     k = v.shape[0]
     u = v.view(np.uint32)
-    mag, t = w.h16[0, :k], w.h16[1, :k]
+    mag, t = w.h16_rows[k]
     magnitude = u if sign_bits is not None else np.bitwise_and(u, _MAGNITUDE, out=mag)
     np.right_shift(magnitude, _U13, out=t)
     t &= _U1
@@ -675,12 +690,11 @@ def _q_0_ref(w: _Work, rows: F32Array, nmax: int, scale: npt.NDArray[np.uint16])
     xq = _quads(rows, w)
     _lane_max_min(w)
     d, mag = _scale_0(w, rows, nmax)
-    inv = np.divide(_f32c(1.0), d, out=w.blk[5])
-    d2 = d.reshape(1, -1)
+    inv = np.divide(_f32c(1.0), d, out=w.blk_rows[5])
     # a zero d (or a NaN, subnormal, ...) declines the fast conversion
-    if mag is None or not _scale_fp16_fast(w, mag.reshape(1, -1), scale, signed=slice(0), sign_bits=w.blk[2]):
+    if mag is None or not _scale_fp16_fast(w, w.blk_2d[4], scale, signed=_NONE, sign_bits=w.blk_rows[2]):
         inv[d == 0] = 0  # d ? 1/d : 0
-        _scale_fp16_into(w, d2, scale)
+        _scale_fp16_into(w, w.blk_2d[0], scale)
     v = np.multiply(xq, _lanes_into(w, inv), out=xq)
     v += _f32c(nmax + 0.5)
     return _levels_i8(w, v, 2 * nmax - 1)
