@@ -506,6 +506,23 @@ def _high_bits(w: _Work) -> npt.NDArray[np.uint32]:
     return h
 
 
+def _half_of_magnitude(magnitude: npt.NDArray[np.uint32], t: npt.NDArray[np.uint32]) -> None:
+    """fp16 bits (exponent and mantissa, no sign) of float32 magnitudes into ``t``: round to nearest
+    even at bit 13, exponent bias 127 -> 15. Right only where the result is a normal fp16 number
+    (``_all_normal_half``)."""
+    np.right_shift(magnitude, _U13, out=t)
+    t &= _U1
+    t += magnitude
+    t += _F16_BIAS
+    t >>= _U13
+
+
+def _all_normal_half(t: npt.NDArray[np.uint32]) -> bool:
+    """Whether every result of ``_half_of_magnitude`` is a normal fp16 number (not zero, subnormal,
+    inf or NaN, and no exponent rebias wrapped)."""
+    return bool(np.minimum.reduce(t, axis=None) >= 0x400 and np.maximum.reduce(t, axis=None) < 0x7C00)
+
+
 def _scale_fp16_into(w: _Work, v: F32Array, dst: npt.NDArray[np.uint16]) -> None:
     """GGML_FP32_TO_FP16 bits of per-block scales ``v`` (``(k <= 2, n_blocks)``) into ``dst``
     (``(n_blocks, k)``, a strided view of the output blocks).
@@ -520,14 +537,8 @@ def _scale_fp16_into(w: _Work, v: F32Array, dst: npt.NDArray[np.uint16]) -> None
     k = v.shape[0]
     u = v.view(np.uint32)
     mag, t = w.h16[0, :k], w.h16[1, :k]
-    np.bitwise_and(u, _MAGNITUDE, out=mag)
-    np.right_shift(mag, _U13, out=t)
-    t &= _U1
-    t += mag
-    t += _F16_BIAS
-    t >>= _U13
-    normal = np.minimum.reduce(t, axis=None) >= 0x400 and np.maximum.reduce(t, axis=None) < 0x7C00
-    odd = None if normal else (t < 0x400) | (t >= 0x7C00)
+    _half_of_magnitude(np.bitwise_and(u, _MAGNITUDE, out=mag), t)
+    odd = None if _all_normal_half(t) else (t < 0x400) | (t >= 0x7C00)
     sign = np.right_shift(u, _U16, out=mag)
     sign &= _SIGN16
     t |= sign
@@ -556,12 +567,8 @@ def _scale_fp16_fast(
     u = v.view(np.uint32)
     mag, t = w.h16_rows[k]
     magnitude = u if sign_bits is not None else np.bitwise_and(u, _MAGNITUDE, out=mag)
-    np.right_shift(magnitude, _U13, out=t)
-    t &= _U1
-    t += magnitude
-    t += _F16_BIAS
-    t >>= _U13
-    if not (np.minimum.reduce(t, axis=None) >= 0x400 and np.maximum.reduce(t, axis=None) < 0x7C00):
+    _half_of_magnitude(magnitude, t)
+    if not _all_normal_half(t):
         return False
     if sign_bits is not None:
         t |= np.right_shift(sign_bits.view(np.uint32), _U16, out=mag)
