@@ -517,7 +517,11 @@ def _q3_refine(
     n, g = L.shape
     a = gid.size
     Lf = L.reshape(-1)
-    z = scratch("q3r.z1", (7, a, n))
+    # the working sets of even and odd rounds and the round's changed-level mask, sliced to the rows
+    # still active (a scratch lookup per round costs more than the slicing)
+    zbuf = scratch("q3r.z0", (7 * a * n,)), scratch("q3r.z1", (7 * a * n,))
+    nebuf = scratch("q3r.ne", (a * n,), np.bool_)
+    z = zbuf[0].reshape(7, a, n)
     xr.take(gid, axis=0, out=z[0], mode="clip")
     # the initial levels again (the same float operations) plus the first change: a column gather of
     # L costs several times more
@@ -539,7 +543,7 @@ def _q3_refine(
         nl = np.multiply(z[0], r[0], out=z[6])
         nl /= r[1]
         _levels_clamped(nl, lo, hi)
-        ne = np.not_equal(nl, z[1], out=scratch("q3r.ne", (a, n), np.bool_))
+        ne = np.not_equal(nl, z[1], out=nebuf[: a * n].reshape(a, n))
         idx = ne.reshape(-1).nonzero()[0]
         col, i = _split_index(idx, n)
         e = z[2:].reshape(5, -1).take(idx, axis=1)
@@ -570,7 +574,7 @@ def _q3_refine(
         a = c.size
         best = best[:a]
         rnd += 1
-        zn = scratch(f"q3r.z{rnd & 1}", (7, a, n))
+        zn = zbuf[rnd & 1][: 7 * a * n].reshape(7, a, n)
         z[:4].take(c, axis=1, out=zn[:4], mode="clip")
         z = zn
 
