@@ -507,16 +507,16 @@ def _q3_refine(
 
     Runs in rounds, one accepted change per group and round. Until the next acceptance every element
     of a group sees the same sums, so all of them are tested at once and the group takes the first
-    accepted element in C's visiting order: from ``pos`` to the end of its itry, then (only where
-    ``itry < 4``: C's next itry; the current one has just changed something) from element 0. Only the
-    few percent of elements whose level would change go through the acceptance test. A group with no
-    change is finished (C would run at most one more itry that sees the same state) and leaves the
-    working set ``z`` = [x, L, w, w*x, sl2, slx, new_l], each (a, n): groups as rows, so that dropping
-    groups copies whole rows (a column gather of the (n, G) layout costs several times more).
+    accepted element in C's visiting order. A group's state is its next visiting step ``P = itry*n + i``
+    (C's loops flattened); element ``i`` is next visited at step ``P + ((i - P) mod n)``, and steps from
+    ``5n`` on do not exist (C's five itries). Only the few percent of elements whose level would change
+    go through the acceptance test. A group with no change is finished (C would run at most one more
+    itry that sees the same state) and leaves the working set ``z`` = [x, L, w, w*x, sl2, slx, new_l],
+    each (a, n): groups as rows, so that dropping groups copies whole rows (a column gather of the
+    (n, G) layout costs several times more).
     """
     n, g = L.shape
     a = gid.size
-    Lf = L.reshape(-1)
     # the working sets of even and odd rounds and the round's changed-level mask, sliced to the rows
     # still active (a scratch lookup per round costs more than the slicing)
     zbuf = scratch("q3r.z0", (7 * a * n,)), scratch("q3r.z1", (7 * a * n,))
@@ -526,13 +526,13 @@ def _q3_refine(
     # the initial levels again (the same float operations) plus the first change: a column gather of
     # L costs several times more
     _levels_clamped(np.multiply(z[0], iscale.take(gid)[:, None], out=z[1]), lo, hi, finite)
-    z[1].reshape(-1)[np.arange(0, a * n, n) + pos - 1] = Lf.take((pos - 1) * g + gid)
+    z[1].reshape(-1)[np.arange(0, a * n, n) + pos - 1] = L.reshape(-1).take((pos - 1) * g + gid)
     np.multiply(z[0], z[0], out=z[2])
     np.multiply(z[2], z[0], out=z[3])
     s: F32Array = sums.take(gid, axis=1)
-    itry = np.zeros(a, dtype=np.intp)
-    last_itry = False  # some group is in its last itry (no wrapping to a next one)
     sf = sums.reshape(-1)
+    step = pos
+    no_step = 5 * n + 1  # above every step: the key of a rejected candidate
     best = np.empty(a, dtype=np.intp)
     rnd = 0
     while True:
@@ -549,28 +549,25 @@ def _q3_refine(
         e = z[2:].reshape(5, -1).take(idx, axis=1)
         nls = e[4]  # _q3_accept leaves it alone
         acc, u = _q3_accept(e, s, col)
-        wrap = i < pos.take(col)
-        if last_itry:
-            acc &= ~(wrap & (itry.take(col) >= 4))
-        pa = acc.nonzero()[0]
-        if not pa.size:
+        pc = step.take(col)
+        at = i - pc
+        at &= n - 1
+        at += pc  # the step at which C visits element i next
+        key = np.where(acc, at, no_step)
+        best.fill(5 * n - 1)  # the last step: a group whose first accepted step is later keeps it
+        np.minimum.at(best, col, key)
+        ch = np.flatnonzero(key == best.take(col))
+        if not ch.size:
             return
-        ca = col.take(pa)
-        key = wrap.take(pa) * n
-        key += i.take(pa)
-        best.fill(2 * n)
-        np.minimum.at(best, ca, key)
-        ch = pa[key == best.take(ca)]
-        kh, c, nlv = i.take(ch), col.take(ch), nls.take(ch)
-        s = cast(F32Array, u.take(ch, axis=1))
+        c, kh, nlv = col.take(ch), i.take(ch), nls.take(ch)
+        s = u.take(ch, axis=1)
         gid = gid.take(c)
-        Lf[kh * g + gid] = nlv
-        sf[gid] = s[0]
+        L[kh, gid] = nlv
+        sf[gid] = s[0]  # flat scatters: a (2, G) column scatter is slower
         sf[gid + g] = s[1]
-        itry = itry.take(c) + wrap.take(ch)
-        last_itry = rnd >= 3 and bool(itry.max() >= 4)  # itry grows by at most 1 a round
-        pos = kh + 1
-        z[1].reshape(-1)[idx.take(ch)] = nlv
+        step = at.take(ch)
+        step += 1
+        z[1][c, kh] = nlv
         a = c.size
         best = best[:a]
         rnd += 1
