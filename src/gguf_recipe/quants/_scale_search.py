@@ -444,23 +444,24 @@ def _levels_clamped(q: F32Array, lo: _ClipBound, hi: _ClipBound, small: bool = F
     return q
 
 
-def _q3_accept(e: F32Array, s: F32Array, col: IntpArray) -> tuple[npt.NDArray[np.bool_], F32Array]:
+def _q3_accept(e: F32Array, s: F32Array, col: IntpArray) -> npt.NDArray[np.bool_]:
     """C's acceptance test of make_q3_quants for candidate changes ``e`` = [w, w*x, sl2, slx, new_l]
     (5, m) of the groups ``col`` whose sums are ``s`` = [suml2, sumlx] (2, G). Returns the accepted
-    mask and [sl2, slx] after the change (2, m). ``e`` is overwritten."""
+    mask; ``e[0:2]`` becomes [sl2, slx] after the change (the rest of ``e`` but new_l is overwritten),
+    so that one gather of ``e`` collects everything the accepted changes need."""
     nls = e[4]
-    u = np.multiply(e[0:2], nls)  # [w*nl, w*x*nl]
+    u = np.multiply(e[0:2], nls, out=e[0:2])  # [w*nl, w*x*nl]
     u[0] *= nls
     u += e[2:4]  # [sl2 + w*nl*nl, slx + w*x*nl]
     sc = s.take(col, axis=1)
     # slx > 0 && sl2 > 0 && slx*slx*suml2 > sumlx*sumlx*sl2  (slx before, sl2 after the update)
-    lhs = np.multiply(u[1], u[1], out=e[0])
+    lhs = np.multiply(u[1], u[1], out=e[2])
     lhs *= sc[0]
     rhs = np.multiply(sc[1], sc[1], out=sc[1])
     rhs *= u[0]
-    acc = np.greater(lhs, rhs)
+    acc: npt.NDArray[np.bool_] = np.greater(lhs, rhs)
     acc &= np.minimum(e[3], u[0], out=e[3]) > _F0
-    return acc, u
+    return acc
 
 
 def _split_index(idx: IntpArray, n: int) -> tuple[IntpArray, IntpArray]:
@@ -547,8 +548,7 @@ def _q3_refine(
         idx = ne.reshape(-1).nonzero()[0]
         col, i = _split_index(idx, n)
         e = z[2:].reshape(5, -1).take(idx, axis=1)
-        nls = e[4]  # _q3_accept leaves it alone
-        acc, u = _q3_accept(e, s, col)
+        acc = _q3_accept(e, s, col)
         pc = step.take(col)
         at = i - pc
         at &= n - 1
@@ -559,8 +559,9 @@ def _q3_refine(
         ch = np.flatnonzero(key == best.take(col))
         if not ch.size:
             return
-        c, kh, nlv = col.take(ch), i.take(ch), nls.take(ch)
-        s = u.take(ch, axis=1)
+        c, kh = col.take(ch), i.take(ch)
+        taken = e.take(ch, axis=1)
+        s, nlv = taken[0:2], taken[4]
         gid = gid.take(c)
         L[kh, gid] = nlv
         sf[gid] = s[0]  # flat scatters: a (2, G) column scatter is slower
@@ -621,11 +622,10 @@ def make_q3_quants(
         x.reshape(-1).take(idx, out=e[0])
         t.reshape(2, -1).take(idx, axis=1, out=e[2:4])
         nl.reshape(-1).take(idx, out=e[4])
-        nls = e[4]  # _q3_accept leaves it alone
         np.multiply(e[0], e[0], out=e[1])  # w = x*x
         np.multiply(e[1], e[0], out=e[1])  # w*x
         np.multiply(e[0], e[0], out=e[0])  # w
-        acc, u = _q3_accept(e, sums, col)
+        acc = _q3_accept(e, sums, col)
         pa = acc.nonzero()[0]
         if pa.size:
             # all at pos 0 of itry 0: a group's first change is its accepted element of smallest i
@@ -634,10 +634,11 @@ def make_q3_quants(
             np.minimum.at(first, ca, i.take(pa))
             ch = pa[i.take(pa) == first.take(ca)]
             kh, gid = i.take(ch), col.take(ch)
-            L.reshape(-1)[idx.take(ch)] = nls.take(ch)
+            taken = e.take(ch, axis=1)
+            L.reshape(-1)[idx.take(ch)] = taken[4]
             sf = sums.reshape(-1)  # flat scatters: a (2, G) column scatter is several times slower
-            sf[gid] = u[0].take(ch)
-            sf[gid + g] = u[1].take(ch)
+            sf[gid] = taken[0]
+            sf[gid + g] = taken[1]
             rows = np.ascontiguousarray(x.T) if xr is None else xr
             _q3_refine(rows, iscale, finite, L, sums, gid, kh + 1, lo, hi)
         scale = np.where(sums[0] > 0, sums[1] / sums[0], _F0)
