@@ -629,10 +629,11 @@ def make_q3_quants(
         pa = acc.nonzero()[0]
         if pa.size:
             # all at pos 0 of itry 0: a group's first change is its accepted element of smallest i
-            ca = col.take(pa)
-            first = np.full(g, n, dtype=np.intp)
-            np.minimum.at(first, ca, i.take(pa))
-            ch = pa[i.take(pa) == first.take(ca)]
+            ca, ia = col.take(pa), i.take(pa)
+            first = scratch("q3.first", (g,), np.intp)
+            first.fill(n)
+            np.minimum.at(first, ca, ia)
+            ch = pa[ia == first.take(ca)]
             kh, gid = i.take(ch), col.take(ch)
             taken = e.take(ch, axis=1)
             L.reshape(-1)[idx.take(ch)] = taken[4]
