@@ -11,7 +11,7 @@ vector operations over every group; where C carries state from one candidate to 
 ``min`` in make_qkx2/3_quants) the state is a per-group vector. The iterative refinements of
 make_q3_quants / make_qp_quants (sequential over the elements of a group) are evaluated for all elements
 at once, applying one accepted change per group and round (see :func:`_refine_levels`; make_q3_quants has
-its own sparser round, :func:`_q3_step`).
+its own sparser rounds, :func:`_q3_refine`).
 
 make_qx_quants / make_qx_quants_iscale instead compute every candidate's sums first (C's accept test only
 reads the sums), then run the accept scan over them; where numpy's einsum is C's in-order float32 sum of
@@ -678,7 +678,7 @@ def _refine_levels(z: F32Array, sums: F32Array, active: IntpArray, hi: float) ->
     itry that sees the same state and changes nothing. Rounds = changes + 1 per group.
 
     The test is ``if (slx > 0 && sl2 > 0)`` ... ``MIN(hi, l)`` ... ``if (better)``, and L is C's ``uint8_t``
-    array (stored levels wrap modulo 256). (make_q3_quants has its own, see :func:`_q3_step`.)
+    array (stored levels wrap modulo 256). (make_q3_quants has its own, see :func:`_q3_refine`.)
     """
     n, g = z.shape[1], z.shape[2]
     L = z[3]
