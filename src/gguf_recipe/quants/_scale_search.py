@@ -533,7 +533,7 @@ def _q3_refine(
     s: F32Array = sums.take(gid, axis=1)
     sf = sums.reshape(-1)
     step = pos
-    no_step = 5 * n + 1  # above every step: the key of a rejected candidate
+    no_step = 5 * n + 1  # the key of a rejected candidate: never a minimum below 5n
     best = np.empty(a, dtype=np.intp)
     rnd = 0
     while True:
