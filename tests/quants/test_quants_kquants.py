@@ -153,9 +153,12 @@ def _nint(v: np.float32) -> int:
     return int(nearest_int(np.array([v], dtype=np.float32))[0])
 
 
-def _ref_make_q3_quants(x: np.ndarray, nmax: int, n_itry: int = 5) -> tuple[np.float32, list[int], int]:
+def _ref_make_q3_quants(
+    x: np.ndarray, nmax: int, n_itry: int = 5, changes: list[int] | None = None
+) -> tuple[np.float32, list[int], int]:
     """make_q3_quants(n, nmax, x, L, true) transcribed line by line with float32 scalars; also returns
-    the last itry that changed a level (-1: none). ``n_itry``: C's 5 itries, or others for tests."""
+    the last itry that changed a level (-1: none). ``n_itry``: C's 5 itries, or others for tests;
+    ``changes`` receives the number of changed levels of each itry run."""
     n = len(x)
     amax, mx = f32(0), f32(0)
     for i in range(n):
@@ -188,6 +191,8 @@ def _ref_make_q3_quants(x: np.ndarray, nmax: int, n_itry: int = 5) -> tuple[np.f
                     if sl2 > 0 and slx * slx * suml2 > sumlx * sumlx * sl2:
                         L[i], sumlx, suml2 = new_l, slx, sl2
                         n_changed += 1
+        if changes is not None:
+            changes.append(n_changed)
         if not n_changed:
             break
         last_itry = itry
@@ -243,6 +248,63 @@ def test_make_q3_quants_stops_after_the_fifth_itry() -> None:
         assert _ref_make_q3_quants(g, 4, n_itry=6)[1] != _ref_make_q3_quants(g, 4)[1]
     groups = np.concatenate((chunk_groups, sixth)).T
     assert _assert_q3_matches_reference(groups) == [4] * 7
+
+
+# A N(0, 1) group that changes one level in each of the five itries (so its refinement wraps to the
+# next itry every round) and would change another in a sixth.
+_Q3_ONE_CHANGE_PER_ITRY = [
+    0.6306108832359314, -0.11914607882499695, 1.0174678564071655, -0.2178569883108139, 1.0058560371398926,
+    -1.591684103012085, -1.2953181266784668, -1.1494643688201904, -2.077484130859375, 0.527211606502533,
+    0.8413059115409851, 0.5786775946617126, -0.8242793679237366, 1.9803386926651, 0.6039498448371887,
+    0.7659838199615479,
+]  # fmt: skip
+
+
+# N(0, 1) groups whose sixth itry would change its first element (step 5n of C's flattened loops, the
+# first one past the last): found as the groups where _q3_refine's step limit moved up by one differs.
+_Q3_SIXTH_ITRY_AT_ELEMENT_0 = [
+    [0.30254364013671875, -1.4881823062896729, -0.7927394509315491, -1.4455745220184326, -0.3070748448371887,
+     -0.5488379001617432, 1.836488127708435, 0.8036741614341736, -0.44059625267982483, -0.4649735987186432,
+     -1.8456264734268188, 1.7025349140167236, 0.9550202488899231, 0.7606111168861389, 1.376346230506897,
+     -1.1568446159362793],
+    [-1.827952265739441, -1.0198508501052856, 2.220768928527832, 1.0027275085449219, -0.4730948805809021,
+     0.876796543598175, 1.04477059841156, -2.227210760116577, -0.03695472329854965, 0.8472819328308105,
+     -0.5861700177192688, 0.6455926895141602, -1.0375291109085083, 0.6707901358604431, -1.0424621105194092,
+     1.1467788219451904],
+]  # fmt: skip
+
+
+def test_make_q3_quants_no_sixth_itry_from_element_0() -> None:
+    """The refinement's last step is element n-1 of the fifth itry: groups whose sixth itry would
+    begin by changing element 0 keep their levels, as in the scalar reference and ggml."""
+    from helpers.ggml_ref import ggml_bytes
+
+    groups = np.array(_Q3_SIXTH_ITRY_AT_ELEMENT_0, dtype=np.float32)
+    for g in groups:
+        changes: list[int] = []
+        assert _ref_make_q3_quants(g, 4, n_itry=6, changes=changes)[1] != _ref_make_q3_quants(g, 4)[1]
+        assert len(changes) == 6 and changes[5] > 0
+    assert _assert_q3_matches_reference(groups.T) == [4, 4]
+    row = np.zeros((1, 256), dtype=np.float32)
+    row[0, :32] = groups.reshape(-1)
+    assert np.array_equal(quantize(row, "Q3_K", threads=1), ggml_bytes(row, spec_for("Q3_K").qtype, None))
+
+
+def test_make_q3_quants_fifth_itry_reached_in_the_fifth_round() -> None:
+    """A group that wraps to a new itry in every round reaches the fifth (last) itry after four rounds
+    of _q3_refine (its first change is phase A's): from then on it must not wrap again, though a sixth
+    itry would change a level. Against the scalar reference and ggml's bytes."""
+    from helpers.ggml_ref import ggml_bytes
+
+    g = np.array(_Q3_ONE_CHANGE_PER_ITRY, dtype=np.float32)
+    changes: list[int] = []
+    _ref_make_q3_quants(g, 4, n_itry=6, changes=changes)
+    assert changes == [1, 1, 1, 1, 1, 1]
+    assert _assert_q3_matches_reference(g[:, None]) == [4]
+    row = np.zeros((1, 256), dtype=np.float32)
+    row[0, 16:32] = g
+    row[0, 64:80] = -g  # the same group with a positive max: no refinement
+    assert np.array_equal(quantize(row, "Q3_K", threads=1), ggml_bytes(row, spec_for("Q3_K").qtype, None))
 
 
 def test_make_q3_quants_positive_max_groups_never_change() -> None:

@@ -11,7 +11,7 @@ vector operations over every group; where C carries state from one candidate to 
 ``min`` in make_qkx2/3_quants) the state is a per-group vector. The iterative refinements of
 make_q3_quants / make_qp_quants (sequential over the elements of a group) are evaluated for all elements
 at once, applying one accepted change per group and round (see :func:`_refine_levels`; make_q3_quants has
-its own sparser round, :func:`_q3_step`).
+its own sparser rounds, :func:`_q3_refine`).
 
 make_qx_quants / make_qx_quants_iscale instead compute every candidate's sums first (C's accept test only
 reads the sums), then run the accept scan over them; where numpy's einsum is C's in-order float32 sum of
@@ -444,23 +444,24 @@ def _levels_clamped(q: F32Array, lo: _ClipBound, hi: _ClipBound, small: bool = F
     return q
 
 
-def _q3_accept(e: F32Array, s: F32Array, col: IntpArray) -> tuple[npt.NDArray[np.bool_], F32Array]:
+def _q3_accept(e: F32Array, s: F32Array, col: IntpArray) -> npt.NDArray[np.bool_]:
     """C's acceptance test of make_q3_quants for candidate changes ``e`` = [w, w*x, sl2, slx, new_l]
     (5, m) of the groups ``col`` whose sums are ``s`` = [suml2, sumlx] (2, G). Returns the accepted
-    mask and [sl2, slx] after the change (2, m). ``e`` is overwritten."""
+    mask; ``e[0:2]`` becomes [sl2, slx] after the change (the rest of ``e`` but new_l is overwritten),
+    so that one gather of ``e`` collects everything the accepted changes need."""
     nls = e[4]
-    u = np.multiply(e[0:2], nls)  # [w*nl, w*x*nl]
+    u = np.multiply(e[0:2], nls, out=e[0:2])  # [w*nl, w*x*nl]
     u[0] *= nls
     u += e[2:4]  # [sl2 + w*nl*nl, slx + w*x*nl]
     sc = s.take(col, axis=1)
     # slx > 0 && sl2 > 0 && slx*slx*suml2 > sumlx*sumlx*sl2  (slx before, sl2 after the update)
-    lhs = np.multiply(u[1], u[1], out=e[0])
+    lhs = np.multiply(u[1], u[1], out=e[2])
     lhs *= sc[0]
     rhs = np.multiply(sc[1], sc[1], out=sc[1])
     rhs *= u[0]
-    acc = np.greater(lhs, rhs)
+    acc: npt.NDArray[np.bool_] = np.greater(lhs, rhs)
     acc &= np.minimum(e[3], u[0], out=e[3]) > _F0
-    return acc, u
+    return acc
 
 
 def _split_index(idx: IntpArray, n: int) -> tuple[IntpArray, IntpArray]:
@@ -507,28 +508,32 @@ def _q3_refine(
 
     Runs in rounds, one accepted change per group and round. Until the next acceptance every element
     of a group sees the same sums, so all of them are tested at once and the group takes the first
-    accepted element in C's visiting order: from ``pos`` to the end of its itry, then (only where
-    ``itry < 4``: C's next itry; the current one has just changed something) from element 0. Only the
-    few percent of elements whose level would change go through the acceptance test. A group with no
-    change is finished (C would run at most one more itry that sees the same state) and leaves the
-    working set ``z`` = [x, L, w, w*x, sl2, slx, new_l], each (a, n): groups as rows, so that dropping
-    groups copies whole rows (a column gather of the (n, G) layout costs several times more).
+    accepted element in C's visiting order. A group's state is its next visiting step ``P = itry*n + i``
+    (C's loops flattened); element ``i`` is next visited at step ``P + ((i - P) mod n)``, and steps from
+    ``5n`` on do not exist (C's five itries). Only the few percent of elements whose level would change
+    go through the acceptance test. A group with no change is finished (C would run at most one more
+    itry that sees the same state) and leaves the working set ``z`` = [x, L, w, w*x, sl2, slx, new_l],
+    each (a, n): groups as rows, so that dropping groups copies whole rows (a column gather of the
+    (n, G) layout costs several times more).
     """
     n, g = L.shape
     a = gid.size
-    Lf = L.reshape(-1)
-    z = scratch("q3r.z1", (7, a, n))
+    # the working sets of even and odd rounds and the round's changed-level mask, sliced to the rows
+    # still active (a scratch lookup per round costs more than the slicing)
+    zbuf = scratch("q3r.z0", (7 * a * n,)), scratch("q3r.z1", (7 * a * n,))
+    nebuf = scratch("q3r.ne", (a * n,), np.bool_)
+    z = zbuf[0].reshape(7, a, n)
     xr.take(gid, axis=0, out=z[0], mode="clip")
     # the initial levels again (the same float operations) plus the first change: a column gather of
     # L costs several times more
     _levels_clamped(np.multiply(z[0], iscale.take(gid)[:, None], out=z[1]), lo, hi, finite)
-    z[1].reshape(-1)[np.arange(0, a * n, n) + pos - 1] = Lf.take((pos - 1) * g + gid)
+    z[1].reshape(-1)[np.arange(0, a * n, n) + pos - 1] = L.reshape(-1).take((pos - 1) * g + gid)
     np.multiply(z[0], z[0], out=z[2])
     np.multiply(z[2], z[0], out=z[3])
     s: F32Array = sums.take(gid, axis=1)
-    itry = np.zeros(a, dtype=np.intp)
-    last_itry = False  # some group is in its last itry (no wrapping to a next one)
     sf = sums.reshape(-1)
+    step = pos
+    no_step = 5 * n + 1  # the key of a rejected candidate: never a minimum below 5n
     best = np.empty(a, dtype=np.intp)
     rnd = 0
     while True:
@@ -539,38 +544,35 @@ def _q3_refine(
         nl = np.multiply(z[0], r[0], out=z[6])
         nl /= r[1]
         _levels_clamped(nl, lo, hi)
-        ne = np.not_equal(nl, z[1], out=scratch("q3r.ne", (a, n), np.bool_))
+        ne = np.not_equal(nl, z[1], out=nebuf[: a * n].reshape(a, n))
         idx = ne.reshape(-1).nonzero()[0]
         col, i = _split_index(idx, n)
         e = z[2:].reshape(5, -1).take(idx, axis=1)
-        nls = e[4]  # _q3_accept leaves it alone
-        acc, u = _q3_accept(e, s, col)
-        wrap = i < pos.take(col)
-        if last_itry:
-            acc &= ~(wrap & (itry.take(col) >= 4))
-        pa = acc.nonzero()[0]
-        if not pa.size:
+        acc = _q3_accept(e, s, col)
+        pc = step.take(col)
+        at = i - pc
+        at &= n - 1
+        at += pc  # the step at which C visits element i next
+        key = np.where(acc, at, no_step)
+        best.fill(5 * n - 1)  # the last step: a group whose first accepted step is later keeps it
+        np.minimum.at(best, col, key)
+        ch = np.flatnonzero(key == best.take(col))
+        if not ch.size:
             return
-        ca = col.take(pa)
-        key = wrap.take(pa) * n
-        key += i.take(pa)
-        best.fill(2 * n)
-        np.minimum.at(best, ca, key)
-        ch = pa[key == best.take(ca)]
-        kh, c, nlv = i.take(ch), col.take(ch), nls.take(ch)
-        s = cast(F32Array, u.take(ch, axis=1))
+        c, kh = col.take(ch), i.take(ch)
+        taken = e.take(ch, axis=1)
+        s, nlv = taken[0:2], taken[4]
         gid = gid.take(c)
-        Lf[kh * g + gid] = nlv
-        sf[gid] = s[0]
+        L[kh, gid] = nlv
+        sf[gid] = s[0]  # flat scatters: a (2, G) column scatter is slower
         sf[gid + g] = s[1]
-        itry = itry.take(c) + wrap.take(ch)
-        last_itry = rnd >= 3 and bool(itry.max() >= 4)  # itry grows by at most 1 a round
-        pos = kh + 1
-        z[1].reshape(-1)[idx.take(ch)] = nlv
+        step = at.take(ch)
+        step += 1
+        z[1][c, kh] = nlv
         a = c.size
         best = best[:a]
         rnd += 1
-        zn = scratch(f"q3r.z{rnd & 1}", (7, a, n))
+        zn = zbuf[rnd & 1][: 7 * a * n].reshape(7, a, n)
         z[:4].take(c, axis=1, out=zn[:4], mode="clip")
         z = zn
 
@@ -620,23 +622,24 @@ def make_q3_quants(
         x.reshape(-1).take(idx, out=e[0])
         t.reshape(2, -1).take(idx, axis=1, out=e[2:4])
         nl.reshape(-1).take(idx, out=e[4])
-        nls = e[4]  # _q3_accept leaves it alone
         np.multiply(e[0], e[0], out=e[1])  # w = x*x
         np.multiply(e[1], e[0], out=e[1])  # w*x
         np.multiply(e[0], e[0], out=e[0])  # w
-        acc, u = _q3_accept(e, sums, col)
+        acc = _q3_accept(e, sums, col)
         pa = acc.nonzero()[0]
         if pa.size:
             # all at pos 0 of itry 0: a group's first change is its accepted element of smallest i
-            ca = col.take(pa)
-            first = np.full(g, n, dtype=np.intp)
-            np.minimum.at(first, ca, i.take(pa))
-            ch = pa[i.take(pa) == first.take(ca)]
+            ca, ia = col.take(pa), i.take(pa)
+            first = scratch("q3.first", (g,), np.intp)
+            first.fill(n)
+            np.minimum.at(first, ca, ia)
+            ch = pa[ia == first.take(ca)]
             kh, gid = i.take(ch), col.take(ch)
-            L.reshape(-1)[idx.take(ch)] = nls.take(ch)
+            taken = e.take(ch, axis=1)
+            L.reshape(-1)[idx.take(ch)] = taken[4]
             sf = sums.reshape(-1)  # flat scatters: a (2, G) column scatter is several times slower
-            sf[gid] = u[0].take(ch)
-            sf[gid + g] = u[1].take(ch)
+            sf[gid] = taken[0]
+            sf[gid + g] = taken[1]
             rows = np.ascontiguousarray(x.T) if xr is None else xr
             _q3_refine(rows, iscale, finite, L, sums, gid, kh + 1, lo, hi)
         scale = np.where(sums[0] > 0, sums[1] / sums[0], _F0)
@@ -675,7 +678,7 @@ def _refine_levels(z: F32Array, sums: F32Array, active: IntpArray, hi: float) ->
     itry that sees the same state and changes nothing. Rounds = changes + 1 per group.
 
     The test is ``if (slx > 0 && sl2 > 0)`` ... ``MIN(hi, l)`` ... ``if (better)``, and L is C's ``uint8_t``
-    array (stored levels wrap modulo 256). (make_q3_quants has its own, see :func:`_q3_step`.)
+    array (stored levels wrap modulo 256). (make_q3_quants has its own, see :func:`_q3_refine`.)
     """
     n, g = z.shape[1], z.shape[2]
     L = z[3]
