@@ -68,8 +68,8 @@ _FOUR = np.float32(4.0)
 _Y_SAFE = np.float32(2.0**21)
 # (l0 + l1<<8 + l2<<16 + l3<<24) * this has l0 + 4*l1 + 16*l2 + 64*l3 in its top byte (no carries)
 _PACK4 = np.uint32(0x01041040)
-# grids whose neighbour lists are shorter than this on average use 4-part tables (see _Grid.parts)
-_PARTS4_BELOW = 24.0
+# grids whose neighbour lists are shorter than this on average use 3-part tables (see _Grid.parts)
+_PARTS3_BELOW = 24.0
 # padded widths of the neighbour-list buckets grow by these factors (short lists, long lists; measured)
 _WIDTH_GROWTH = (1.5, 2.0)
 # most competing neighbours a run is evaluated on, candidate by candidate, for long lists; short lists
@@ -111,7 +111,7 @@ class _Grid:
     widths: tuple[int, ...]
     nbp: tuple[I32Array, ...]
     hcode: tuple[I32Array, ...]
-    parts: int  # a group's table covers its coordinates in this many parts of 8 // parts
+    parts: int  # a group's table covers its coordinates in this many parts of ceil(8 / parts)
     # (2c, 2 * entries): [waux, waux*x] of c coordinates -> (A, 2B) of each table entry. Either every
     # base-3 code of the part's levels (the neighbour's A and 2B are the sum over its parts) or, where
     # every neighbour differs from its code by one level in a few coordinates (IQ2_S), the change of
@@ -197,7 +197,7 @@ def _grid(name: str) -> _Grid:
     canon = t.kmap[t.grid_codes.astype(np.int64)].astype(np.int32)
     qpos = np.ascontiguousarray((2 * lv + 1).T, dtype=np.float32)
     cnt = t.nb_count
-    short = float(cnt.mean()) < _PARTS4_BELOW
+    short = float(cnt.mean()) < _PARTS3_BELOW
     growth = _WIDTH_GROWTH[0] if short else _WIDTH_GROWTH[1]
     first = _first_width(float(cnt.mean()))
     moves = _move_codes(t, lv)
@@ -210,12 +210,15 @@ def _grid(name: str) -> _Grid:
         single = moves[t.nb_start, 1] == _ZERO_MOVE if moves.shape[1] > 1 else np.ones(cnt.size, np.bool_)
         classes = [(single, 1), (~single, moves.shape[1])]
     else:
-        # short lists (IQ2_XXS): small per-group tables of 2-coordinate parts beat fewer, bigger gathers
-        parts = 4 if short else 2
-        per = 8 // parts
+        # short lists (IQ2_XXS): three parts (3, 3 and 2 coordinates) measured faster than four of 2
+        # (a gather less per neighbour) or two of 4 (81-entry parts, a bigger table)
+        parts = 3 if short else 2
+        per = -(-8 // parts)
         n_codes = 3**per
         pow3 = 3 ** np.arange(per)
-        pcodes = (lv[t.nb_flat].reshape(-1, parts, per) @ pow3).T + n_codes * np.arange(parts)[:, None]
+        lvp = np.zeros((t.nb_flat.size, parts * per), dtype=np.int32)
+        lvp[:, :8] = lv[t.nb_flat]
+        pcodes = (lvp.reshape(-1, parts, per) @ pow3).T + n_codes * np.arange(parts)[:, None]
         digits = (np.arange(n_codes)[:, None] // pow3[None, :]) % 3  # (n_codes, per)
         q = 2 * digits + 1
         part_mat = np.zeros((2 * per, 2 * n_codes), dtype=np.float32)
@@ -408,10 +411,18 @@ def _part_tables(g: _Grid, xv: F32Array, wa: F32Array) -> npt.NDArray[np.uint64]
     """Per group: (A, 2B) of every table entry of each part (see ``_Grid.part_mat``), packed as one
     uint64 (two float32) per entry, group-major, then the sentinel: (n * g.stride + 1,)."""
     n = xv.shape[0]
-    per = 8 // g.parts
+    per = -(-8 // g.parts)
     lhs = np.empty((n, g.parts, 2 * per), dtype=np.float32)
-    lhs[:, :, :per] = wa.reshape(n, g.parts, per)
-    np.multiply(wa.reshape(n, g.parts, per), xv.reshape(n, g.parts, per), out=lhs[:, :, per:])
+    if g.parts * per == 8:
+        lhs[:, :, :per] = wa.reshape(n, g.parts, per)
+        np.multiply(wa.reshape(n, g.parts, per), xv.reshape(n, g.parts, per), out=lhs[:, :, per:])
+    else:
+        # uneven parts: the last is padded with coordinates of zero weight, which add exactly 0
+        pad = np.zeros((2, n, g.parts * per), dtype=np.float32)
+        pad[0, :, :8] = wa
+        np.multiply(wa, xv, out=pad[1, :, :8])
+        lhs[:, :, :per] = pad[0].reshape(n, g.parts, per)
+        lhs[:, :, per:] = pad[1].reshape(n, g.parts, per)
     lhs2 = lhs.reshape(n * g.parts, 2 * per)
     flat = np.empty(n * g.stride + 1, dtype=np.uint64)
     flat[-1] = _SENTINEL
