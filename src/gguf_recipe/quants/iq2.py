@@ -922,15 +922,27 @@ class _Prep:
     mx: F32Array  # (S,) max xval of the sub-block
 
 
+# one byte per flag (0/1), little-endian in a uint64: this product gathers flag i into bit 56 + i
+_GATHER8 = np.uint64(sum(1 << (56 - 7 * i) for i in range(8)))
+
+
+def _pack_bits8(flags: BoolArray) -> U8Array:
+    """``np.packbits(flags, axis=-1, bitorder="little")[..., 0]`` for a last axis of 8 (much cheaper)."""
+    v = np.ascontiguousarray(flags).view(np.uint64)[..., 0]
+    v = v * _GATHER8
+    v >>= np.uint64(56)
+    return v.astype(np.uint8)
+
+
 def _prepare(
     rows: F32Array, imatrix: F32Array | None, sub: int, *, parity: bool, iq2s: bool
 ) -> tuple[int, _Prep]:
     n_rows, n_per_row = rows.shape
     nbl = n_rows * n_per_row // QK_K
     x = rows.reshape(nbl, QK_K)
-    sumx2 = _seqsum(x * x)
-    sigma2 = (np.float32(2) * sumx2 if iq2s else sumx2) / np.float32(QK_K)
     x2 = x * x
+    sumx2 = _seqsum(x2)
+    sigma2 = (np.float32(2) * sumx2 if iq2s else sumx2) / np.float32(QK_K)
     if imatrix is not None:
         qw = np.broadcast_to(imatrix.reshape(1, n_per_row), (n_rows, n_per_row)).reshape(nbl, QK_K)
         w = qw * np.sqrt(sigma2[:, None] + x2)
@@ -947,13 +959,12 @@ def _prepare(
     flipbit <<= np.uint32(31)
     flipbit ^= xs.view(np.uint32)
     xval = flipbit.view(np.float32)
-    sbyte = np.packbits(neg, axis=-1, bitorder="little")[..., 0]
+    sbyte = _pack_bits8(neg)
     signs = sbyte.astype(np.int32)
     if parity:
         odd = _ODD_BITS[sbyte]
         if odd.any():
-            ax = (w * xs) * xs
-            imin = np.argmin(ax, axis=-1)
+            imin = np.argmin((w * xs) * xs, axis=-1)
             pos = np.flatnonzero(odd.reshape(-1))
             pos = pos * 8 + imin.reshape(-1)[pos]
             xflat = xval.reshape(-1)
