@@ -72,9 +72,10 @@ _PACK4 = np.uint32(0x01041040)
 _PARTS3_BELOW = 24.0
 # padded widths of the neighbour-list buckets grow by these factors (short lists, long lists; measured)
 _WIDTH_GROWTH = (1.5, 2.0)
-# most competing neighbours a run is evaluated on, candidate by candidate, for long lists; short lists
-# (IQ2_S, IQ2_XXS) evaluate those runs on every neighbour: cheaper than gathering the members (measured)
-_MAX_LINES = 6
+# most competing neighbours a run is evaluated on, candidate by candidate, for long lists (once per
+# block, see _pick_lines); short lists (IQ2_S, IQ2_XXS) evaluate those runs on every neighbour: cheaper
+# than gathering the members (measured with 4 and 8)
+_MAX_LINES = 10
 # near-tie margin of the neighbour search, relative to M = sum waux*(5s + |x|)^2 (see _margin_coefs)
 _TIE_REL = np.float32(2.0**-16)
 _TIE_ABS = np.float32(2.0**-130)
@@ -453,18 +454,31 @@ def _pick(a: F32Array, b2: F32Array, s: F32Array, thr: F32Array) -> tuple[F32Arr
     return est, jj, close != 1
 
 
-def _pick_members(
-    a: F32Array, b2: F32Array, s: F32Array, thr: F32Array, npad: IntpArray
-) -> tuple[F32Array, IntpArray, BoolArray]:
-    """:func:`_pick` for (width, m) member lists padded with ``npad`` copies of their first member."""
-    est = a * s
-    est -= b2
-    lim = np.minimum.reduce(est, axis=0)
-    hit = np.less_equal(est, lim + thr)
-    close = np.add.reduce(hit.view(np.uint8), axis=0, dtype=np.uint8)
-    j = est.argmin(axis=0)
-    expect = np.where(j == 0, npad + 1, 1)
-    return est, j, close != expect
+def _pick_lines(
+    lines_l: list[tuple[npt.NDArray[np.uint64], I32Array, npt.NDArray[np.uint16], IntpArray, IntpArray]],
+    es: F32Array,
+    thr: F32Array,
+) -> tuple[IntpArray, I32Array, BoolArray]:
+    """:func:`_pick` for runs on their few competing neighbours ("lines") alone. Each item of
+    ``lines_l`` holds the members' packed (A, 2B) and grid points, run by run, with each run's member
+    count and first and last entry. Returns the entries, their grid points and where the pick is not
+    clear. Short member lists are padded with a sentinel (A = +inf): never a minimum, never close."""
+    vals, gpts, cnt_l, first_l, last_l = (np.concatenate(c) for c in zip(*lines_l, strict=True))
+    cnt = cnt_l.astype(np.intp)
+    n_p, n_m = cnt.size, vals.size
+    n_col = int(cnt.max())
+    run = np.repeat(np.arange(n_p), cnt)
+    rank = np.arange(n_m) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+    mi = np.full(n_col * n_p, n_m, dtype=np.intp)  # member number by (rank, run); padding: the sentinel
+    mi[rank * n_p + run] = np.arange(n_m)
+    mt = np.append(vals, _SENTINEL)
+    loc, eb = _run_entries(first_l, last_l)
+    n_e = eb.size
+    ev = np.take(mi.reshape(n_col, n_p), loc, axis=1, mode="clip")  # (n_col, entries)
+    ab = np.take(mt, ev, mode="clip").view(np.float32)
+    _, j, bad = _pick(ab[:, 0::2], ab[:, 1::2], _take(es, eb), _take(thr, eb))
+    pick = np.take(ev.reshape(-1), j * n_e + np.arange(n_e), mode="clip")
+    return eb, np.take(np.append(gpts, 0), pick, mode="clip"), bad
 
 
 def _run_entries(first: IntpArray, last: IntpArray) -> tuple[IntpArray, IntpArray]:
@@ -532,6 +546,9 @@ def _neighbours(
         pres = np.full(pstart.size, -1, dtype=np.int32)  # grid point of each decided pair
         res = np.full(ent.size, -1, dtype=np.int32)  # -1 where the pair's pick (pres) decides
         amb_l: list[IntpArray] = []
+        lines_l: list[
+            tuple[npt.NDArray[np.uint64], I32Array, npt.NDArray[np.uint16], IntpArray, IntpArray]
+        ] = []
         pbk = _take(g.bucket, prow)
         for bi, width in enumerate(g.widths):
             pl = np.flatnonzero(pbk == bi)
@@ -591,25 +608,19 @@ def _neighbours(
                 few = (n_in > 2) & (n_in <= g.max_lines)
                 p2 = two[few]
                 if p2.size:
-                    rr, cc = np.nonzero(inset[:, few].T)
-                    n_p = n_in[few].astype(np.intp)
-                    first = np.cumsum(n_p) - n_p
-                    n_col = int(n_p.max())
-                    mem = np.repeat(cc[first][:, None], n_col, axis=1)  # padded with the first
-                    mem[rr, np.arange(rr.size) - first[rr]] = cc
-                    loc, eb = _run_entries(f[p2], la[p2])
-                    memt = np.ascontiguousarray(mem.T)
-                    cols = np.take(p2, loc, mode="clip")
-                    mloc = np.take(memt, loc, axis=1, mode="clip")
-                    # padding repeats the first member: equal values, so never a unique minimum unless
-                    # that member is the minimum -- the check below counts distinct members only
-                    _, j, bad = _pick_members(
-                        av[mloc, cols], b2[mloc, cols], es[eb], thr[eb], (n_col - n_p)[loc]
+                    # the members' (A, 2B) and grid points now; evaluated once per block below
+                    rr, cc = np.nonzero(inset[:, few].T)  # pair by pair, rows ascending
+                    pr = _take(p2, rr)
+                    abu = ab_sum.view(np.uint64).reshape(-1)
+                    lines_l.append(
+                        (
+                            np.take(abu, cc * pl.size + pr, mode="clip"),
+                            np.take(nbp_flat, _take(rw, pr) + cc, mode="clip"),
+                            n_in[few],
+                            _take(f, p2),
+                            _take(la, p2),
+                        )
                     )
-                    res[eb] = nbp[rows_b[p2][:, None], mem][loc, j]
-                    bad |= bad_e[eb]
-                    if bad.any():
-                        amb_l.append(eb[bad])
                     dec[p2] = True
             und = np.flatnonzero(~dec)
             if und.size == 0:
@@ -622,6 +633,12 @@ def _neighbours(
             )  # (A, 2B) pairs
             _, j, bad = _pick(ab_e[:, 0::2], ab_e[:, 1::2], _take(es, eb), _take(thr, eb))
             res[eb] = _take(nbp_flat, _take(rw, loc) + j)
+            bad |= _take(bad_e, eb)
+            if bad.any():
+                amb_l.append(eb[bad])
+        if lines_l:
+            eb, gl, bad = _pick_lines(lines_l, es, thr)
+            res[eb] = gl
             bad |= _take(bad_e, eb)
             if bad.any():
                 amb_l.append(eb[bad])
