@@ -273,8 +273,9 @@ _T = TypeVar("_T", bound=np.generic)
 
 
 def _take(a: npt.NDArray[_T], idx: npt.NDArray[np.integer[Any]]) -> npt.NDArray[_T]:
-    """``a.reshape(-1)[idx]`` for in-range ``idx`` (see the module notes on ``mode="clip"``)."""
-    out: npt.NDArray[_T] = np.take(a, idx, mode="clip")
+    """``a.reshape(-1)[idx]`` for in-range ``idx`` (see the module notes on ``mode="clip"``). The method,
+    not ``np.take``: its Python wrapper costs ~1 us a call, and there are thousands of calls a chunk."""
+    out: npt.NDArray[_T] = a.take(idx, mode="clip")
     return out
 
 
@@ -369,11 +370,11 @@ def _exact_chunk(g: _Grid, rows: I32Array, cnt: I32Array, terms: F32Array) -> I3
     flat = np.repeat(_take(t.nb_start, rows) - seg, cnt) + np.arange(total, dtype=np.int32)
     gid = np.repeat(np.arange(n, dtype=np.int32), cnt)
     pre = _prefix_sums(terms, _PREFIX)
-    d2 = np.take(pre.reshape(-1), np.take(t.nb_lo3, flat, mode="clip") * n + gid, mode="clip")
+    d2 = pre.reshape(-1).take(t.nb_lo3.take(flat, mode="clip") * n + gid, mode="clip")
     base = gid * 24
     tflat = terms.reshape(-1)
     for i in range(_PREFIX, 8):
-        d2 += np.take(tflat, np.take(g.tcode_t[i], flat, mode="clip") + base, mode="clip")
+        d2 += tflat.take(g.tcode_t[i].take(flat, mode="clip") + base, mode="clip")
     # C's `d2 < best` never picks a NaN; a group without a finite distance takes its first neighbour
     first = first_min(np.where(np.isnan(d2), _INF, d2), seg)
     out: I32Array = _take(t.nb_flat, _take(flat, first))
@@ -474,11 +475,11 @@ def _pick_lines(
     mt = np.append(vals, _SENTINEL)
     loc, eb = _run_entries(first_l, last_l)
     n_e = eb.size
-    ev = np.take(mi.reshape(n_col, n_p), loc, axis=1, mode="clip")  # (n_col, entries)
-    ab = np.take(mt, ev, mode="clip").view(np.float32)
+    ev = mi.reshape(n_col, n_p).take(loc, axis=1, mode="clip")  # (n_col, entries)
+    ab = mt.take(ev, mode="clip").view(np.float32)
     _, j, bad = _pick(ab[:, 0::2], ab[:, 1::2], _take(es, eb), _take(thr, eb))
-    pick = np.take(ev.reshape(-1), j * n_e + np.arange(n_e), mode="clip")
-    return eb, np.take(np.append(gpts, 0), pick, mode="clip"), bad
+    pick = ev.reshape(-1).take(j * n_e + np.arange(n_e), mode="clip")
+    return eb, np.append(gpts, 0).take(pick, mode="clip"), bad
 
 
 def _run_entries(first: IntpArray, last: IntpArray) -> tuple[IntpArray, IntpArray]:
@@ -535,7 +536,7 @@ def _neighbours(
         prow = -1 - _take(lk, pstart)
         egrp = ent // k_n
         es = _take(sc[a:b].reshape(-1), ent)
-        cf = np.take(coefs, a + egrp, axis=0, mode="clip")
+        cf = coefs.take(a + egrp, axis=0, mode="clip")
         thr = cf[:, 0] * es
         thr += cf[:, 1]
         thr += cf[:, 2] / es
@@ -557,9 +558,9 @@ def _neighbours(
             rows_b = _take(g.slot, _take(prow, pl))
             nbp = g.nbp[bi]
             # (parts, width, pairs): every neighbour of a pair is a column entry, pairs run along rows
-            idx = np.take(g.hcode[bi], rows_b, axis=2, mode="clip")
+            idx = g.hcode[bi].take(rows_b, axis=2, mode="clip")
             idx += pgrp[pl] * stride
-            ab = np.take(tab, idx, mode="clip").view(np.float32).reshape(idx.shape[0], width, pl.size, 2)
+            ab = tab.take(idx, mode="clip").view(np.float32).reshape(idx.shape[0], width, pl.size, 2)
             ab_sum = ab[0] if ab.shape[0] == 1 else ab[0] + ab[1]
             for part in range(2, ab.shape[0]):
                 ab_sum += ab[part]
@@ -575,7 +576,7 @@ def _neighbours(
             dec = ends & (j0 == j1)
             nbp_flat = nbp.reshape(-1)
             rw = rows_b * width
-            pres[pl] = np.where(dec, np.take(nbp_flat, rw + j0, mode="clip"), -1)
+            pres[pl] = np.where(dec, nbp_flat.take(rw + j0, mode="clip"), -1)
             # Different clear minima j0, j1 at the two ends: a neighbour that is not within the margin
             # of j1's value at the small scale or of j0's at the large one is beaten by j0 or j1 by the
             # margin all along, so in between only the few that are ("lines") compete.
@@ -584,8 +585,8 @@ def _neighbours(
                 t0, t1 = j0[two], j1[two]
                 lim0 = est0[t1, two] + thr[f[two]]
                 lim1 = est1[t0, two] + thr[la[two]]
-                inset = np.take(est0, two, axis=1, mode="clip") <= lim0
-                inset &= np.take(est1, two, axis=1, mode="clip") <= lim1
+                inset = est0.take(two, axis=1, mode="clip") <= lim0
+                inset &= est1.take(two, axis=1, mode="clip") <= lim1
                 n_in = np.add.reduce(inset.view(np.uint8), axis=0, dtype=np.uint16)
                 # only j0 and j1: the sign of the difference of the two lines decides
                 only2 = n_in == 2
@@ -594,12 +595,12 @@ def _neighbours(
                     t0, t1 = t0[only2], t1[only2]
                     lines = np.stack([av[t0, p2], b2[t0, p2], av[t1, p2], b2[t1, p2]], axis=1)
                     loc, eb = _run_entries(f[p2], la[p2])
-                    ln = np.take(lines, loc, axis=0, mode="clip")
+                    ln = lines.take(loc, axis=0, mode="clip")
                     se = _take(es, eb)
                     d = ln[:, 2] * se - ln[:, 3]
                     d -= ln[:, 0] * se - ln[:, 1]
-                    g1 = np.take(np.take(nbp_flat, rw[p2] + t1, mode="clip"), loc, mode="clip")
-                    g0 = np.take(np.take(nbp_flat, rw[p2] + t0, mode="clip"), loc, mode="clip")
+                    g1 = nbp_flat.take(rw[p2] + t1, mode="clip").take(loc, mode="clip")
+                    g0 = nbp_flat.take(rw[p2] + t0, mode="clip").take(loc, mode="clip")
                     res[eb] = np.where(d < 0, g1, g0)
                     bad = ~(np.abs(d) > _take(thr, eb)) | _take(bad_e, eb)
                     if bad.any():
@@ -614,8 +615,8 @@ def _neighbours(
                     abu = ab_sum.view(np.uint64).reshape(-1)
                     lines_l.append(
                         (
-                            np.take(abu, cc * pl.size + pr, mode="clip"),
-                            np.take(nbp_flat, _take(rw, pr) + cc, mode="clip"),
+                            abu.take(cc * pl.size + pr, mode="clip"),
+                            nbp_flat.take(_take(rw, pr) + cc, mode="clip"),
                             n_in[few],
                             _take(f, p2),
                             _take(la, p2),
@@ -628,8 +629,8 @@ def _neighbours(
             # candidate by candidate for the remaining pairs
             loc, eb = _run_entries(f[und], la[und])
             loc = und[loc]
-            ab_e = np.take(ab_sum.view(np.uint64)[:, :, 0], loc, axis=1, mode="clip").view(
-                np.float32
+            ab_e = (
+                ab_sum.view(np.uint64)[:, :, 0].take(loc, axis=1, mode="clip").view(np.float32)
             )  # (A, 2B) pairs
             _, j, bad = _pick(ab_e[:, 0::2], ab_e[:, 1::2], _take(es, eb), _take(thr, eb))
             res[eb] = _take(nbp_flat, _take(rw, loc) + j)
@@ -681,11 +682,11 @@ def _sub_sums(
         gcol = np.ascontiguousarray(gi_t[grp])
         for c in range(8):
             i = 8 * grp + c
-            np.take(g.qpos[c], gcol, out=q, mode="clip")
-            np.take(wx_t[i], sb, out=t, mode="clip")
+            g.qpos[c].take(gcol, out=q, mode="clip")
+            wx_t[i].take(sb, out=t, mode="clip")
             t *= q
             sx += t
-            np.take(w_t[i], sb, out=t, mode="clip")
+            w_t[i].take(sb, out=t, mode="clip")
             t *= q
             t *= q
             sq += t
@@ -790,19 +791,19 @@ def _reuse_decided(
     sb = grp // ng
     k = np.zeros(grp.size, dtype=np.uint8)
     for kk in range(n_k):  # one candidate at a time: a (K, m) gather of the scales costs more
-        k += np.greater_equal(np.take(fit.scs[kk], sb, mode="clip"), s_o).view(np.uint8)
+        k += np.greater_equal(fit.scs[kk].take(sb, mode="clip"), s_o).view(np.uint8)
     inside = (k >= 1) & (k < n_k)
     # flat (group, candidate) position of k (clipped into range; `inside` says where it is real)
     pos = grp * n_k + np.clip(k.astype(np.intp) - 1, 0, n_k - 2)
     codes_f, clear_f, gi_f = fit.codes.reshape(-1), fit.clear.reshape(-1), fit.gi.reshape(-1)
-    c0 = np.take(codes_f, pos, mode="clip")
+    c0 = codes_f.take(pos, mode="clip")
     pos += 1
-    ok = inside & (c0 == codes[off]) & (np.take(codes_f, pos, mode="clip") == c0)
-    ok &= np.take(clear_f, pos, mode="clip")
-    g1 = np.take(gi_f, pos, mode="clip")
+    ok = inside & (c0 == codes[off]) & (codes_f.take(pos, mode="clip") == c0)
+    ok &= clear_f.take(pos, mode="clip")
+    g1 = gi_f.take(pos, mode="clip")
     pos -= 1
-    ok &= np.take(clear_f, pos, mode="clip")
-    g0 = np.take(gi_f, pos, mode="clip")
+    ok &= clear_f.take(pos, mode="clip")
+    g0 = gi_f.take(pos, mode="clip")
     ok &= g0 == g1
     gnew[off[ok]] = g0[ok]
     rest: IntpArray = off[~ok]
