@@ -367,8 +367,8 @@ def _exact_chunk(g: _Grid, rows: I32Array, cnt: I32Array, terms: F32Array) -> I3
     n = rows.shape[0]
     seg = np.cumsum(cnt, dtype=np.int64) - cnt
     total = int(seg[-1] + cnt[-1])
-    flat = np.repeat(_take(t.nb_start, rows) - seg, cnt) + np.arange(total, dtype=np.int32)
-    gid = np.repeat(np.arange(n, dtype=np.int32), cnt)
+    flat = (_take(t.nb_start, rows) - seg).repeat(cnt) + np.arange(total, dtype=np.int32)
+    gid = np.arange(n, dtype=np.int32).repeat(cnt)
     pre = _prefix_sums(terms, _PREFIX)
     d2 = pre.reshape(-1).take(t.nb_lo3.take(flat, mode="clip") * n + gid, mode="clip")
     base = gid * 24
@@ -468,8 +468,8 @@ def _pick_lines(
     cnt = cnt_l.astype(np.intp)
     n_p, n_m = cnt.size, vals.size
     n_col = int(cnt.max())
-    run = np.repeat(np.arange(n_p), cnt)
-    rank = np.arange(n_m) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+    run = np.arange(n_p).repeat(cnt)
+    rank = np.arange(n_m) - (np.cumsum(cnt) - cnt).repeat(cnt)
     mi = np.full(n_col * n_p, n_m, dtype=np.intp)  # member number by (rank, run); padding: the sentinel
     mi[rank * n_p + run] = np.arange(n_m)
     mt = np.append(vals, _SENTINEL)
@@ -485,8 +485,8 @@ def _pick_lines(
 def _run_entries(first: IntpArray, last: IntpArray) -> tuple[IntpArray, IntpArray]:
     """For runs of entries ``first[r]..last[r]``: the run of every entry and the entry itself."""
     cnt = last - first + 1
-    loc = np.repeat(np.arange(first.size), cnt)
-    return loc, np.repeat(first - np.cumsum(cnt) + cnt, cnt) + np.arange(loc.size)
+    loc = np.arange(first.size).repeat(cnt)
+    return loc, (first - cnt.cumsum() + cnt).repeat(cnt) + np.arange(loc.size)
 
 
 def _neighbours(
@@ -520,15 +520,15 @@ def _neighbours(
     for a in range(0, n, g.block):
         b = min(n, a + g.block)
         lk = look[a:b].reshape(-1)
-        ent = np.flatnonzero(lk < 0)
+        ent = (lk < 0).nonzero()[0]
         if ent.size == 0:
             continue
         cd = codes[a:b]
         new = ~on[a:b]
         new[:, 1:] &= cd[:, 1:] != cd[:, :-1]
         newf = new.reshape(-1)
-        pstart = np.flatnonzero(newf)
-        efirst = np.flatnonzero(newf[ent])  # entry index of each pair's first candidate
+        pstart = newf.nonzero()[0]
+        efirst = newf[ent].nonzero()[0]  # entry index of each pair's first candidate
         elast = np.empty_like(efirst)
         elast[:-1] = efirst[1:] - 1
         elast[-1] = ent.size - 1
@@ -552,7 +552,7 @@ def _neighbours(
         ] = []
         pbk = _take(g.bucket, prow)
         for bi, width in enumerate(g.widths):
-            pl = np.flatnonzero(pbk == bi)
+            pl = (pbk == bi).nonzero()[0]
             if pl.size == 0:
                 continue
             rows_b = _take(g.slot, _take(prow, pl))
@@ -580,7 +580,7 @@ def _neighbours(
             # Different clear minima j0, j1 at the two ends: a neighbour that is not within the margin
             # of j1's value at the small scale or of j0's at the large one is beaten by j0 or j1 by the
             # margin all along, so in between only the few that are ("lines") compete.
-            two = np.flatnonzero(ends & (j0 != j1))
+            two = (ends & (j0 != j1)).nonzero()[0]
             if two.size:
                 t0, t1 = j0[two], j1[two]
                 lim0 = est0[t1, two] + thr[f[two]]
@@ -623,7 +623,7 @@ def _neighbours(
                         )
                     )
                     dec[p2] = True
-            und = np.flatnonzero(~dec)
+            und = (~dec).nonzero()[0]
             if und.size == 0:
                 continue
             # candidate by candidate for the remaining pairs
@@ -643,7 +643,7 @@ def _neighbours(
             bad |= _take(bad_e, eb)
             if bad.any():
                 amb_l.append(eb[bad])
-        dec_e = np.repeat(pres, elast - efirst + 1)
+        dec_e = pres.repeat(elast - efirst + 1)
         np.maximum(res, dec_e, out=res)  # one of the two is -1
         if amb_l:
             amb = np.concatenate(amb_l)
