@@ -593,12 +593,14 @@ def _neighbours(
                 p2 = two[only2]
                 if p2.size:
                     t0, t1 = t0[only2], t1[only2]
-                    lines = np.stack([av[t0, p2], b2[t0, p2], av[t1, p2], b2[t1, p2]], axis=1)
+                    # the two lines' packed (A, 2B), pair by pair, then entry by entry
+                    abu = ab_sum.view(np.uint64).reshape(-1)
+                    line0, line1 = _take(abu, t0 * pl.size + p2), _take(abu, t1 * pl.size + p2)
                     loc, eb = _run_entries(f[p2], la[p2])
-                    ln = lines.take(loc, axis=0, mode="clip")
+                    ln0, ln1 = _take(line0, loc).view(np.float32), _take(line1, loc).view(np.float32)
                     se = _take(es, eb)
-                    d = ln[:, 2] * se - ln[:, 3]
-                    d -= ln[:, 0] * se - ln[:, 1]
+                    d = ln1[0::2] * se - ln1[1::2]
+                    d -= ln0[0::2] * se - ln0[1::2]
                     g1 = nbp_flat.take(rw[p2] + t1, mode="clip").take(loc, mode="clip")
                     g0 = nbp_flat.take(rw[p2] + t0, mode="clip").take(loc, mode="clip")
                     res[eb] = np.where(d < 0, g1, g0)
