@@ -167,6 +167,14 @@ def test_shared_search_equals_exact_search(name: str, seed: int) -> None:
     assert np.array_equal(gi[rg, rk], exact)
 
 
+def test_sign_byte_packing_is_packbits() -> None:
+    # every pattern of 8 flags, and flags laid out like _prepare's (blocks, groups, 8)
+    every = ((np.arange(256)[:, None] >> np.arange(8)) & 1).astype(np.bool_)
+    assert np.array_equal(iq2_mod._pack_bits8(every), np.arange(256, dtype=np.uint8))
+    flags = np.random.default_rng(3).random((64, 4, 8)) < 0.5
+    assert np.array_equal(iq2_mod._pack_bits8(flags), np.packbits(flags, axis=-1, bitorder="little")[..., 0])
+
+
 def test_level_codes_match_nearest_int() -> None:
     """Levels by comparison (and the fallback for huge/NaN values) and the packed code equal C's
     ``MAX(0, MIN(2, nearest_int(0.5f*(id*x - 1))))`` and ``u |= l << 2*i``."""

@@ -26,7 +26,8 @@ How the work is shared (everything over all sub-blocks of a chunk at once):
   adjacent candidates with the same code and the same clearly decided winner (``_reuse_decided``);
   the other groups take the exact search.
 
-Every ``np.take`` here has indices in range by construction and passes ``mode="clip"``: numpy then
+Every take here (``ndarray.take``: ``np.take``'s Python wrapper costs ~1 us a call, and a chunk makes
+thousands) has indices in range by construction and passes ``mode="clip"``: numpy then
 skips its bounds check and, with ``out=``, the copy it otherwise makes first (measured: a gather of
 the neighbour search ~20% faster).
 
@@ -68,13 +69,14 @@ _FOUR = np.float32(4.0)
 _Y_SAFE = np.float32(2.0**21)
 # (l0 + l1<<8 + l2<<16 + l3<<24) * this has l0 + 4*l1 + 16*l2 + 64*l3 in its top byte (no carries)
 _PACK4 = np.uint32(0x01041040)
-# grids whose neighbour lists are shorter than this on average use 4-part tables (see _Grid.parts)
-_PARTS4_BELOW = 24.0
+# grids whose neighbour lists are shorter than this on average use 3-part tables (see _Grid.parts)
+_PARTS3_BELOW = 24.0
 # padded widths of the neighbour-list buckets grow by these factors (short lists, long lists; measured)
 _WIDTH_GROWTH = (1.5, 2.0)
-# most competing neighbours a run is evaluated on, candidate by candidate, for long lists; short lists
-# (IQ2_S, IQ2_XXS) evaluate those runs on every neighbour: cheaper than gathering the members (measured)
-_MAX_LINES = 6
+# most competing neighbours a run is evaluated on, candidate by candidate, for long lists (once per
+# block, see _pick_lines); short lists (IQ2_S, IQ2_XXS) evaluate those runs on every neighbour: cheaper
+# than gathering the members (measured with 4 and 8)
+_MAX_LINES = 10
 # near-tie margin of the neighbour search, relative to M = sum waux*(5s + |x|)^2 (see _margin_coefs)
 _TIE_REL = np.float32(2.0**-16)
 _TIE_ABS = np.float32(2.0**-130)
@@ -111,7 +113,7 @@ class _Grid:
     widths: tuple[int, ...]
     nbp: tuple[I32Array, ...]
     hcode: tuple[I32Array, ...]
-    parts: int  # a group's table covers its coordinates in this many parts of 8 // parts
+    parts: int  # a group's table covers its coordinates in this many parts of ceil(8 / parts)
     # (2c, 2 * entries): [waux, waux*x] of c coordinates -> (A, 2B) of each table entry. Either every
     # base-3 code of the part's levels (the neighbour's A and 2B are the sum over its parts) or, where
     # every neighbour differs from its code by one level in a few coordinates (IQ2_S), the change of
@@ -197,7 +199,7 @@ def _grid(name: str) -> _Grid:
     canon = t.kmap[t.grid_codes.astype(np.int64)].astype(np.int32)
     qpos = np.ascontiguousarray((2 * lv + 1).T, dtype=np.float32)
     cnt = t.nb_count
-    short = float(cnt.mean()) < _PARTS4_BELOW
+    short = float(cnt.mean()) < _PARTS3_BELOW
     growth = _WIDTH_GROWTH[0] if short else _WIDTH_GROWTH[1]
     first = _first_width(float(cnt.mean()))
     moves = _move_codes(t, lv)
@@ -210,12 +212,15 @@ def _grid(name: str) -> _Grid:
         single = moves[t.nb_start, 1] == _ZERO_MOVE if moves.shape[1] > 1 else np.ones(cnt.size, np.bool_)
         classes = [(single, 1), (~single, moves.shape[1])]
     else:
-        # short lists (IQ2_XXS): small per-group tables of 2-coordinate parts beat fewer, bigger gathers
-        parts = 4 if short else 2
-        per = 8 // parts
+        # short lists (IQ2_XXS): three parts (3, 3 and 2 coordinates) measured faster than four of 2
+        # (a gather less per neighbour) or two of 4 (81-entry parts, a bigger table)
+        parts = 3 if short else 2
+        per = -(-8 // parts)
         n_codes = 3**per
         pow3 = 3 ** np.arange(per)
-        pcodes = (lv[t.nb_flat].reshape(-1, parts, per) @ pow3).T + n_codes * np.arange(parts)[:, None]
+        lvp = np.zeros((t.nb_flat.size, parts * per), dtype=np.int32)
+        lvp[:, :8] = lv[t.nb_flat]
+        pcodes = (lvp.reshape(-1, parts, per) @ pow3).T + n_codes * np.arange(parts)[:, None]
         digits = (np.arange(n_codes)[:, None] // pow3[None, :]) % 3  # (n_codes, per)
         q = 2 * digits + 1
         part_mat = np.zeros((2 * per, 2 * n_codes), dtype=np.float32)
@@ -269,8 +274,9 @@ _T = TypeVar("_T", bound=np.generic)
 
 
 def _take(a: npt.NDArray[_T], idx: npt.NDArray[np.integer[Any]]) -> npt.NDArray[_T]:
-    """``a.reshape(-1)[idx]`` for in-range ``idx`` (see the module notes on ``mode="clip"``)."""
-    out: npt.NDArray[_T] = np.take(a, idx, mode="clip")
+    """``a.reshape(-1)[idx]`` for in-range ``idx`` (see the module notes on ``mode="clip"``). The method,
+    not ``np.take``: its Python wrapper costs ~1 us a call, and there are thousands of calls a chunk."""
+    out: npt.NDArray[_T] = a.take(idx, mode="clip")
     return out
 
 
@@ -362,14 +368,14 @@ def _exact_chunk(g: _Grid, rows: I32Array, cnt: I32Array, terms: F32Array) -> I3
     n = rows.shape[0]
     seg = np.cumsum(cnt, dtype=np.int64) - cnt
     total = int(seg[-1] + cnt[-1])
-    flat = np.repeat(_take(t.nb_start, rows) - seg, cnt) + np.arange(total, dtype=np.int32)
-    gid = np.repeat(np.arange(n, dtype=np.int32), cnt)
+    flat = (_take(t.nb_start, rows) - seg).repeat(cnt) + np.arange(total, dtype=np.int32)
+    gid = np.arange(n, dtype=np.int32).repeat(cnt)
     pre = _prefix_sums(terms, _PREFIX)
-    d2 = np.take(pre.reshape(-1), np.take(t.nb_lo3, flat, mode="clip") * n + gid, mode="clip")
+    d2 = pre.reshape(-1).take(t.nb_lo3.take(flat, mode="clip") * n + gid, mode="clip")
     base = gid * 24
     tflat = terms.reshape(-1)
     for i in range(_PREFIX, 8):
-        d2 += np.take(tflat, np.take(g.tcode_t[i], flat, mode="clip") + base, mode="clip")
+        d2 += tflat.take(g.tcode_t[i].take(flat, mode="clip") + base, mode="clip")
     # C's `d2 < best` never picks a NaN; a group without a finite distance takes its first neighbour
     first = first_min(np.where(np.isnan(d2), _INF, d2), seg)
     out: I32Array = _take(t.nb_flat, _take(flat, first))
@@ -408,10 +414,18 @@ def _part_tables(g: _Grid, xv: F32Array, wa: F32Array) -> npt.NDArray[np.uint64]
     """Per group: (A, 2B) of every table entry of each part (see ``_Grid.part_mat``), packed as one
     uint64 (two float32) per entry, group-major, then the sentinel: (n * g.stride + 1,)."""
     n = xv.shape[0]
-    per = 8 // g.parts
+    per = -(-8 // g.parts)
     lhs = np.empty((n, g.parts, 2 * per), dtype=np.float32)
-    lhs[:, :, :per] = wa.reshape(n, g.parts, per)
-    np.multiply(wa.reshape(n, g.parts, per), xv.reshape(n, g.parts, per), out=lhs[:, :, per:])
+    if g.parts * per == 8:
+        lhs[:, :, :per] = wa.reshape(n, g.parts, per)
+        np.multiply(wa.reshape(n, g.parts, per), xv.reshape(n, g.parts, per), out=lhs[:, :, per:])
+    else:
+        # uneven parts: the last is padded with coordinates of zero weight, which add exactly 0
+        pad = np.zeros((2, n, g.parts * per), dtype=np.float32)
+        pad[0, :, :8] = wa
+        np.multiply(wa, xv, out=pad[1, :, :8])
+        lhs[:, :, :per] = pad[0].reshape(n, g.parts, per)
+        lhs[:, :, per:] = pad[1].reshape(n, g.parts, per)
     lhs2 = lhs.reshape(n * g.parts, 2 * per)
     flat = np.empty(n * g.stride + 1, dtype=np.uint64)
     flat[-1] = _SENTINEL
@@ -442,25 +456,38 @@ def _pick(a: F32Array, b2: F32Array, s: F32Array, thr: F32Array) -> tuple[F32Arr
     return est, jj, close != 1
 
 
-def _pick_members(
-    a: F32Array, b2: F32Array, s: F32Array, thr: F32Array, npad: IntpArray
-) -> tuple[F32Array, IntpArray, BoolArray]:
-    """:func:`_pick` for (width, m) member lists padded with ``npad`` copies of their first member."""
-    est = a * s
-    est -= b2
-    lim = np.minimum.reduce(est, axis=0)
-    hit = np.less_equal(est, lim + thr)
-    close = np.add.reduce(hit.view(np.uint8), axis=0, dtype=np.uint8)
-    j = est.argmin(axis=0)
-    expect = np.where(j == 0, npad + 1, 1)
-    return est, j, close != expect
+def _pick_lines(
+    lines_l: list[tuple[npt.NDArray[np.uint64], I32Array, npt.NDArray[np.uint16], IntpArray, IntpArray]],
+    es: F32Array,
+    thr: F32Array,
+) -> tuple[IntpArray, I32Array, BoolArray]:
+    """:func:`_pick` for runs on their few competing neighbours ("lines") alone. Each item of
+    ``lines_l`` holds the members' packed (A, 2B) and grid points, run by run, with each run's member
+    count and first and last entry. Returns the entries, their grid points and where the pick is not
+    clear. Short member lists are padded with a sentinel (A = +inf): never a minimum, never close."""
+    vals, gpts, cnt_l, first_l, last_l = (np.concatenate(c) for c in zip(*lines_l, strict=True))
+    cnt = cnt_l.astype(np.intp)
+    n_p, n_m = cnt.size, vals.size
+    n_col = int(cnt.max())
+    run = np.arange(n_p).repeat(cnt)
+    rank = np.arange(n_m) - (np.cumsum(cnt) - cnt).repeat(cnt)
+    mi = np.full(n_col * n_p, n_m, dtype=np.intp)  # member number by (rank, run); padding: the sentinel
+    mi[rank * n_p + run] = np.arange(n_m)
+    mt = np.append(vals, _SENTINEL)
+    loc, eb = _run_entries(first_l, last_l)
+    n_e = eb.size
+    ev = mi.reshape(n_col, n_p).take(loc, axis=1, mode="clip")  # (n_col, entries)
+    ab = mt.take(ev, mode="clip").view(np.float32)
+    _, j, bad = _pick(ab[:, 0::2], ab[:, 1::2], _take(es, eb), _take(thr, eb))
+    pick = ev.reshape(-1).take(j * n_e + np.arange(n_e), mode="clip")
+    return eb, np.append(gpts, 0).take(pick, mode="clip"), bad
 
 
 def _run_entries(first: IntpArray, last: IntpArray) -> tuple[IntpArray, IntpArray]:
     """For runs of entries ``first[r]..last[r]``: the run of every entry and the entry itself."""
     cnt = last - first + 1
-    loc = np.repeat(np.arange(first.size), cnt)
-    return loc, np.repeat(first - np.cumsum(cnt) + cnt, cnt) + np.arange(loc.size)
+    loc = np.arange(first.size).repeat(cnt)
+    return loc, (first - cnt.cumsum() + cnt).repeat(cnt) + np.arange(loc.size)
 
 
 def _neighbours(
@@ -494,15 +521,15 @@ def _neighbours(
     for a in range(0, n, g.block):
         b = min(n, a + g.block)
         lk = look[a:b].reshape(-1)
-        ent = np.flatnonzero(lk < 0)
+        ent = (lk < 0).nonzero()[0]
         if ent.size == 0:
             continue
         cd = codes[a:b]
         new = ~on[a:b]
         new[:, 1:] &= cd[:, 1:] != cd[:, :-1]
         newf = new.reshape(-1)
-        pstart = np.flatnonzero(newf)
-        efirst = np.flatnonzero(newf[ent])  # entry index of each pair's first candidate
+        pstart = newf.nonzero()[0]
+        efirst = newf[ent].nonzero()[0]  # entry index of each pair's first candidate
         elast = np.empty_like(efirst)
         elast[:-1] = efirst[1:] - 1
         elast[-1] = ent.size - 1
@@ -510,7 +537,7 @@ def _neighbours(
         prow = -1 - _take(lk, pstart)
         egrp = ent // k_n
         es = _take(sc[a:b].reshape(-1), ent)
-        cf = np.take(coefs, a + egrp, axis=0, mode="clip")
+        cf = coefs.take(a + egrp, axis=0, mode="clip")
         thr = cf[:, 0] * es
         thr += cf[:, 1]
         thr += cf[:, 2] / es
@@ -521,17 +548,20 @@ def _neighbours(
         pres = np.full(pstart.size, -1, dtype=np.int32)  # grid point of each decided pair
         res = np.full(ent.size, -1, dtype=np.int32)  # -1 where the pair's pick (pres) decides
         amb_l: list[IntpArray] = []
+        lines_l: list[
+            tuple[npt.NDArray[np.uint64], I32Array, npt.NDArray[np.uint16], IntpArray, IntpArray]
+        ] = []
         pbk = _take(g.bucket, prow)
         for bi, width in enumerate(g.widths):
-            pl = np.flatnonzero(pbk == bi)
+            pl = (pbk == bi).nonzero()[0]
             if pl.size == 0:
                 continue
             rows_b = _take(g.slot, _take(prow, pl))
             nbp = g.nbp[bi]
             # (parts, width, pairs): every neighbour of a pair is a column entry, pairs run along rows
-            idx = np.take(g.hcode[bi], rows_b, axis=2, mode="clip")
+            idx = g.hcode[bi].take(rows_b, axis=2, mode="clip")
             idx += pgrp[pl] * stride
-            ab = np.take(tab, idx, mode="clip").view(np.float32).reshape(idx.shape[0], width, pl.size, 2)
+            ab = tab.take(idx, mode="clip").view(np.float32).reshape(idx.shape[0], width, pl.size, 2)
             ab_sum = ab[0] if ab.shape[0] == 1 else ab[0] + ab[1]
             for part in range(2, ab.shape[0]):
                 ab_sum += ab[part]
@@ -547,31 +577,33 @@ def _neighbours(
             dec = ends & (j0 == j1)
             nbp_flat = nbp.reshape(-1)
             rw = rows_b * width
-            pres[pl] = np.where(dec, np.take(nbp_flat, rw + j0, mode="clip"), -1)
+            pres[pl] = np.where(dec, nbp_flat.take(rw + j0, mode="clip"), -1)
             # Different clear minima j0, j1 at the two ends: a neighbour that is not within the margin
             # of j1's value at the small scale or of j0's at the large one is beaten by j0 or j1 by the
             # margin all along, so in between only the few that are ("lines") compete.
-            two = np.flatnonzero(ends & (j0 != j1))
+            two = (ends & (j0 != j1)).nonzero()[0]
             if two.size:
                 t0, t1 = j0[two], j1[two]
                 lim0 = est0[t1, two] + thr[f[two]]
                 lim1 = est1[t0, two] + thr[la[two]]
-                inset = np.take(est0, two, axis=1, mode="clip") <= lim0
-                inset &= np.take(est1, two, axis=1, mode="clip") <= lim1
+                inset = est0.take(two, axis=1, mode="clip") <= lim0
+                inset &= est1.take(two, axis=1, mode="clip") <= lim1
                 n_in = np.add.reduce(inset.view(np.uint8), axis=0, dtype=np.uint16)
                 # only j0 and j1: the sign of the difference of the two lines decides
                 only2 = n_in == 2
                 p2 = two[only2]
                 if p2.size:
                     t0, t1 = t0[only2], t1[only2]
-                    lines = np.stack([av[t0, p2], b2[t0, p2], av[t1, p2], b2[t1, p2]], axis=1)
+                    # the two lines' packed (A, 2B), pair by pair, then entry by entry
+                    abu = ab_sum.view(np.uint64).reshape(-1)
+                    line0, line1 = _take(abu, t0 * pl.size + p2), _take(abu, t1 * pl.size + p2)
                     loc, eb = _run_entries(f[p2], la[p2])
-                    ln = np.take(lines, loc, axis=0, mode="clip")
+                    ln0, ln1 = _take(line0, loc).view(np.float32), _take(line1, loc).view(np.float32)
                     se = _take(es, eb)
-                    d = ln[:, 2] * se - ln[:, 3]
-                    d -= ln[:, 0] * se - ln[:, 1]
-                    g1 = np.take(np.take(nbp_flat, rw[p2] + t1, mode="clip"), loc, mode="clip")
-                    g0 = np.take(np.take(nbp_flat, rw[p2] + t0, mode="clip"), loc, mode="clip")
+                    d = ln1[0::2] * se - ln1[1::2]
+                    d -= ln0[0::2] * se - ln0[1::2]
+                    g1 = nbp_flat.take(rw[p2] + t1, mode="clip").take(loc, mode="clip")
+                    g0 = nbp_flat.take(rw[p2] + t0, mode="clip").take(loc, mode="clip")
                     res[eb] = np.where(d < 0, g1, g0)
                     bad = ~(np.abs(d) > _take(thr, eb)) | _take(bad_e, eb)
                     if bad.any():
@@ -580,41 +612,41 @@ def _neighbours(
                 few = (n_in > 2) & (n_in <= g.max_lines)
                 p2 = two[few]
                 if p2.size:
-                    rr, cc = np.nonzero(inset[:, few].T)
-                    n_p = n_in[few].astype(np.intp)
-                    first = np.cumsum(n_p) - n_p
-                    n_col = int(n_p.max())
-                    mem = np.repeat(cc[first][:, None], n_col, axis=1)  # padded with the first
-                    mem[rr, np.arange(rr.size) - first[rr]] = cc
-                    loc, eb = _run_entries(f[p2], la[p2])
-                    memt = np.ascontiguousarray(mem.T)
-                    cols = np.take(p2, loc, mode="clip")
-                    mloc = np.take(memt, loc, axis=1, mode="clip")
-                    # padding repeats the first member: equal values, so never a unique minimum unless
-                    # that member is the minimum -- the check below counts distinct members only
-                    _, j, bad = _pick_members(
-                        av[mloc, cols], b2[mloc, cols], es[eb], thr[eb], (n_col - n_p)[loc]
+                    # the members' (A, 2B) and grid points now; evaluated once per block below
+                    rr, cc = np.nonzero(inset[:, few].T)  # pair by pair, rows ascending
+                    pr = _take(p2, rr)
+                    abu = ab_sum.view(np.uint64).reshape(-1)
+                    lines_l.append(
+                        (
+                            abu.take(cc * pl.size + pr, mode="clip"),
+                            nbp_flat.take(_take(rw, pr) + cc, mode="clip"),
+                            n_in[few],
+                            _take(f, p2),
+                            _take(la, p2),
+                        )
                     )
-                    res[eb] = nbp[rows_b[p2][:, None], mem][loc, j]
-                    bad |= bad_e[eb]
-                    if bad.any():
-                        amb_l.append(eb[bad])
                     dec[p2] = True
-            und = np.flatnonzero(~dec)
+            und = (~dec).nonzero()[0]
             if und.size == 0:
                 continue
             # candidate by candidate for the remaining pairs
             loc, eb = _run_entries(f[und], la[und])
             loc = und[loc]
-            ab_e = np.take(ab_sum.view(np.uint64)[:, :, 0], loc, axis=1, mode="clip").view(
-                np.float32
+            ab_e = (
+                ab_sum.view(np.uint64)[:, :, 0].take(loc, axis=1, mode="clip").view(np.float32)
             )  # (A, 2B) pairs
             _, j, bad = _pick(ab_e[:, 0::2], ab_e[:, 1::2], _take(es, eb), _take(thr, eb))
             res[eb] = _take(nbp_flat, _take(rw, loc) + j)
             bad |= _take(bad_e, eb)
             if bad.any():
                 amb_l.append(eb[bad])
-        dec_e = np.repeat(pres, elast - efirst + 1)
+        if lines_l:
+            eb, gl, bad = _pick_lines(lines_l, es, thr)
+            res[eb] = gl
+            bad |= _take(bad_e, eb)
+            if bad.any():
+                amb_l.append(eb[bad])
+        dec_e = pres.repeat(elast - efirst + 1)
         np.maximum(res, dec_e, out=res)  # one of the two is -1
         if amb_l:
             amb = np.concatenate(amb_l)
@@ -653,11 +685,11 @@ def _sub_sums(
         gcol = np.ascontiguousarray(gi_t[grp])
         for c in range(8):
             i = 8 * grp + c
-            np.take(g.qpos[c], gcol, out=q, mode="clip")
-            np.take(wx_t[i], sb, out=t, mode="clip")
+            g.qpos[c].take(gcol, out=q, mode="clip")
+            wx_t[i].take(sb, out=t, mode="clip")
             t *= q
             sx += t
-            np.take(w_t[i], sb, out=t, mode="clip")
+            w_t[i].take(sb, out=t, mode="clip")
             t *= q
             t *= q
             sq += t
@@ -762,19 +794,19 @@ def _reuse_decided(
     sb = grp // ng
     k = np.zeros(grp.size, dtype=np.uint8)
     for kk in range(n_k):  # one candidate at a time: a (K, m) gather of the scales costs more
-        k += np.greater_equal(np.take(fit.scs[kk], sb, mode="clip"), s_o).view(np.uint8)
+        k += np.greater_equal(fit.scs[kk].take(sb, mode="clip"), s_o).view(np.uint8)
     inside = (k >= 1) & (k < n_k)
     # flat (group, candidate) position of k (clipped into range; `inside` says where it is real)
     pos = grp * n_k + np.clip(k.astype(np.intp) - 1, 0, n_k - 2)
     codes_f, clear_f, gi_f = fit.codes.reshape(-1), fit.clear.reshape(-1), fit.gi.reshape(-1)
-    c0 = np.take(codes_f, pos, mode="clip")
+    c0 = codes_f.take(pos, mode="clip")
     pos += 1
-    ok = inside & (c0 == codes[off]) & (np.take(codes_f, pos, mode="clip") == c0)
-    ok &= np.take(clear_f, pos, mode="clip")
-    g1 = np.take(gi_f, pos, mode="clip")
+    ok = inside & (c0 == codes[off]) & (codes_f.take(pos, mode="clip") == c0)
+    ok &= clear_f.take(pos, mode="clip")
+    g1 = gi_f.take(pos, mode="clip")
     pos -= 1
-    ok &= np.take(clear_f, pos, mode="clip")
-    g0 = np.take(gi_f, pos, mode="clip")
+    ok &= clear_f.take(pos, mode="clip")
+    g0 = gi_f.take(pos, mode="clip")
     ok &= g0 == g1
     gnew[off[ok]] = g0[ok]
     rest: IntpArray = off[~ok]
@@ -847,7 +879,7 @@ def _make_qp_quants_32_4(x: F32Array, w: F32Array) -> F32Array:
     # value-major copies: C's sequential sums over the 32 values become whole-row adds
     xt = np.ascontiguousarray(x.T)
     wt = np.ascontiguousarray(w.T)
-    iscale = _qp_best_iscale(xt, wt, x.max(axis=1))
+    iscale = _qp_best_iscale(xt, wt, xt.max(axis=0))  # over rows: a short-row max is ~15x slower
     li_int = np.minimum(nearest_int(iscale[:, None] * x), 4)
     lf = li_int.astype(np.float32)
     wx = w * x
@@ -911,15 +943,27 @@ class _Prep:
     mx: F32Array  # (S,) max xval of the sub-block
 
 
+# one byte per flag (0/1), little-endian in a uint64: this product gathers flag i into bit 56 + i
+_GATHER8 = np.uint64(sum(1 << (56 - 7 * i) for i in range(8)))
+
+
+def _pack_bits8(flags: BoolArray) -> U8Array:
+    """``np.packbits(flags, axis=-1, bitorder="little")[..., 0]`` for a last axis of 8 (much cheaper)."""
+    v = np.ascontiguousarray(flags).view(np.uint64)[..., 0]
+    v = v * _GATHER8
+    v >>= np.uint64(56)
+    return v.astype(np.uint8)
+
+
 def _prepare(
     rows: F32Array, imatrix: F32Array | None, sub: int, *, parity: bool, iq2s: bool
 ) -> tuple[int, _Prep]:
     n_rows, n_per_row = rows.shape
     nbl = n_rows * n_per_row // QK_K
     x = rows.reshape(nbl, QK_K)
-    sumx2 = _seqsum(x * x)
-    sigma2 = (np.float32(2) * sumx2 if iq2s else sumx2) / np.float32(QK_K)
     x2 = x * x
+    sumx2 = _seqsum(x2)
+    sigma2 = (np.float32(2) * sumx2 if iq2s else sumx2) / np.float32(QK_K)
     if imatrix is not None:
         qw = np.broadcast_to(imatrix.reshape(1, n_per_row), (n_rows, n_per_row)).reshape(nbl, QK_K)
         w = qw * np.sqrt(sigma2[:, None] + x2)
@@ -936,13 +980,12 @@ def _prepare(
     flipbit <<= np.uint32(31)
     flipbit ^= xs.view(np.uint32)
     xval = flipbit.view(np.float32)
-    sbyte = np.packbits(neg, axis=-1, bitorder="little")[..., 0]
+    sbyte = _pack_bits8(neg)
     signs = sbyte.astype(np.int32)
     if parity:
         odd = _ODD_BITS[sbyte]
         if odd.any():
-            ax = (w * xs) * xs
-            imin = np.argmin(ax, axis=-1)
+            imin = np.argmin((w * xs) * xs, axis=-1)
             pos = np.flatnonzero(odd.reshape(-1))
             pos = pos * 8 + imin.reshape(-1)[pos]
             xflat = xval.reshape(-1)
@@ -954,6 +997,14 @@ def _prepare(
     for i in range(1, xf.shape[1]):  # column by column: numpy's short-row reductions are slow
         np.maximum(mx, xf[:, i], out=mx)
     return nbl, _Prep(xval, w, waux, signs, mx)
+
+
+def _pack_columns(v: I32Array, bits: int) -> npt.NDArray[np.uint32]:
+    """``sum(v[:, i] << bits*i)`` as uint32 (fields that do not overlap), column by column."""
+    out = v[:, 0].astype(np.uint32)
+    for i in range(1, v.shape[1]):
+        out |= v[:, i].astype(np.uint32) << np.uint32(bits * i)
+    return out
 
 
 def _superblock_scales(scales: F32Array, nbl: int, n_sub: int) -> tuple[F32Array, I32Array, BoolArray]:
@@ -1018,8 +1069,8 @@ def _iq2_xxs(rows: F32Array, imatrix: F32Array | None) -> U8Array:
             scales[act], signs[act] = _fold_sign(scale, p.signs[act], 127)
             gidx[act] = g.canon[gi]
     d, ls, nz = _superblock_scales(scales, nbl, 8)
-    q_lo = (gidx.astype(np.uint32) << (8 * np.arange(4, dtype=np.uint32))).sum(axis=1, dtype=np.uint32)
-    q_hi = (signs.astype(np.uint32) << (7 * np.arange(4, dtype=np.uint32))).sum(axis=1, dtype=np.uint32)
+    q_lo = _pack_columns(gidx, 8)
+    q_hi = _pack_columns(signs, 7)
     q_hi = q_hi | (ls.reshape(-1).astype(np.uint32) << np.uint32(28))
     q2 = np.stack([q_lo, q_hi], axis=1).reshape(nbl, 16)
     q2[~nz] = 0
@@ -1077,7 +1128,7 @@ def _iq2_s(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     d, ls, nz = _superblock_scales(scales, nbl, 16)
     gall = gall.reshape(nbl, 32)
     sc = _scale_nibbles(ls, nz)
-    qh = ((gall >> 8).reshape(nbl, 8, 4) << (2 * np.arange(4, dtype=np.int32))).sum(axis=2)
+    qh = _pack_columns((gall >> 8).reshape(nbl * 8, 4), 2).reshape(nbl, 8)
     out = np.empty((nbl, 82), dtype=np.uint8)
     out[:, 0:2] = _fp16_header(d * np.float32(0.9875), nz)
     out[:, 2:34] = (gall & 255).astype(np.uint8)
