@@ -659,8 +659,7 @@ def _q8_0(rows: F32Array, dest: U8Array | None) -> U8Array:
     half |= _HALF_DOWN_BITS
     v += half.view(np.float32)
     np.copyto(w.q, v, casting="unsafe")
-    contiguous = dest is not None and dest.flags.c_contiguous
-    out = dest.reshape(nb, 34) if dest is not None and contiguous else np.empty((nb, 34), dtype=np.uint8)
+    out = _out_blocks(dest, nb, 34)
     scale = out[:, :2].view("<u2")
     _scale_fp16_into(w, d.reshape(1, nb), scale)
     if nan_d is not None:
@@ -668,12 +667,7 @@ def _q8_0(rows: F32Array, dest: U8Array | None) -> U8Array:
     words = out[:, 2:].view("<u4")
     for i, row in enumerate(_words(w.q_u8)):  # one strided row each: a 2-D copy runs along the short axis
         words[:, i] = row
-    if dest is not None:
-        if not contiguous:
-            dest[...] = out.reshape(rows.shape[0], -1)
-        return dest
-    res: U8Array = out.reshape(rows.shape[0], -1)
-    return res
+    return _finish_blocks(out, rows.shape[0], dest)
 
 
 def _q8_0_nan_block_scales(rows: F32Array, d: F32Array) -> npt.NDArray[np.intp]:
