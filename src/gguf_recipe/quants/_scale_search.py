@@ -223,17 +223,6 @@ def _first_absmax_finite(xt: F32Array) -> tuple[F32Array, bool]:
     return m, finite
 
 
-def clamped_levels(v: F32Array, lo: np.float32, hi: np.float32, finite: bool) -> None:
-    """``MAX(lo, MIN(hi, nearest_int(v)))`` in place (clamp then round == round then clamp for integer
-    bounds; numpy's clip is vectorized where minimum/maximum with a scalar are not)."""
-    if not finite:
-        # nearest_int's magic-number trick: a NaN's payload bits (0 for numpy's NaN), -4194304 for +-inf.
-        odd = ~np.isfinite(v)
-        v[odd] = nearest_int_f(v[odd])
-    np.clip(v, lo, hi, out=v)
-    np.rint(v, out=v)
-
-
 def _einsum_probe_operands() -> tuple[F32Array, F32Array, F32Array]:
     """(a, b, c) of shape (40, 9000) whose columns tell C's ``s = 0; for (i) s += a[i]*b[i]`` (products and
     sums rounded to float32, in order of i, from +0.0) from a fused multiply-add, a wider temporary, a
@@ -433,9 +422,11 @@ def make_qx_quants_iscale(
 _ClipBound = np.float32 | F32Array  # np.clip takes 0-d arrays several us faster than scalars
 
 
-def _levels_clamped(q: F32Array, lo: _ClipBound, hi: _ClipBound, small: bool = False) -> F32Array:
+def clamped_levels(q: F32Array, lo: _ClipBound, hi: _ClipBound, small: bool = False) -> F32Array:
     """``MAX(lo, MIN(hi, nearest_int(q)))`` in place, as float32. ``small``: the caller knows that
-    every ``|q|`` is below 2^22 (no NaN), where nearest_int is round-half-even."""
+    every ``|q|`` is below 2^22 (finite, e.g. ``iscale * x`` bounded by construction), where
+    nearest_int is round-half-even; otherwise a range check decides, and values outside it (NaN, inf,
+    huge) take ggml's magic-number trick (a NaN's payload bits, -4194304 for +-inf)."""
     if small or (q.max() < _NINT_SAFE and q.min() > -_NINT_SAFE):  # False as well when q holds a NaN
         np.rint(q, out=q)
     else:
@@ -526,7 +517,7 @@ def _q3_refine(
     xr.take(gid, axis=0, out=z[0], mode="clip")
     # the initial levels again (the same float operations) plus the first change: a column gather of
     # L costs several times more
-    _levels_clamped(np.multiply(z[0], iscale.take(gid)[:, None], out=z[1]), lo, hi, finite)
+    clamped_levels(np.multiply(z[0], iscale.take(gid)[:, None], out=z[1]), lo, hi, finite)
     z[1].reshape(-1)[np.arange(0, a * n, n) + pos - 1] = L.reshape(-1).take((pos - 1) * g + gid)
     np.multiply(z[0], z[0], out=z[2])
     np.multiply(z[2], z[0], out=z[3])
@@ -543,7 +534,7 @@ def _q3_refine(
         np.subtract(s[:, :, None], r, out=r)  # [sl2, slx]: the sums without element i
         nl = np.multiply(z[0], r[0], out=z[6])
         nl /= r[1]
-        _levels_clamped(nl, lo, hi)
+        clamped_levels(nl, lo, hi)
         ne = np.not_equal(nl, z[1], out=nebuf[: a * n].reshape(a, n))
         idx = ne.reshape(-1).nonzero()[0]
         col, i = _split_index(idx, n)
@@ -597,7 +588,7 @@ def make_q3_quants(
     with np.errstate(all="ignore"):
         iscale = cast(F32Array, np.float32(-nmax) / np.where(zero, _F1, mx))
         # |x * iscale| <= nmax (rounded) when x is finite
-        L = _levels_clamped(np.multiply(x, iscale, out=scratch("q3.L", (n, g))), lo, hi, finite)
+        L = clamped_levels(np.multiply(x, iscale, out=scratch("q3.L", (n, g))), lo, hi, finite)
         t = scratch("q3.t", (2, n, g))
         np.multiply(x, x, out=t[0])
         np.multiply(t[0], x, out=t[1])
@@ -607,7 +598,7 @@ def make_q3_quants(
         np.subtract(sums[:, None, :], t, out=t)  # [sl2, slx]: the sums without element i
         nl = np.multiply(x, t[0], out=scratch("q3.nl", (n, g)))
         nl /= t[1]
-        _levels_clamped(nl, lo, hi, finite and _q3_first_round_small(mx))
+        clamped_levels(nl, lo, hi, finite and _q3_first_round_small(mx))
         ne = np.not_equal(nl, L, out=scratch("q3.ne", (n, g), np.bool_))
         if finite:
             # mx > 0: every w*x*l is <= 0 (l = nearest_int(-nmax*x/mx) has the sign of -x), so every
