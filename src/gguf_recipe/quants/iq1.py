@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from ._iq1_tables import NGRID_IQ1S, iq1_tables
 from ._iq2_tables import first_min
-from ._numeric import F32Array, U8Array, fp32_to_fp16_bits, nearest_int, scratch, seq_sum
+from ._numeric import F32Array, U8Array, fp32_to_fp16_bits, nearest_int, scratch, seq_sum, take_flat
 
 __all__ = ["quantize_iq1_m", "quantize_iq1_s"]
 
@@ -229,11 +229,6 @@ def _collect_factor(band: float) -> np.float32:
     """The running threshold factor (1-eps)*(1-2*band) of the collecting loops as one float32: its
     rounding (< 1e-7 relative) is far inside the extra band that :func:`_contenders` does not rely on."""
     return _F((1.0 - _COLLECT_EPS) * (1.0 - 2 * band))
-
-
-def _at(a: F32Array, flat: I64Array) -> F32Array:
-    """``a.reshape(-1)[flat]``."""
-    return np.take(a.reshape(-1), flat)
 
 
 _TAIL_BLOCKS = 4  # _replay finishes this few blocks one candidate at a time...
@@ -700,9 +695,9 @@ def _iq1s_search(
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):
         f1 = p1 * nb + blk  # flat positions in the (bs+1, nb) prefix tables
         f2 = p2 * nb + blk
-        sx1, sx2, sw1, sw2 = _at(sx, f1), _at(sx, f2), _at(sw, f1), _at(sw, f2)
-        r3 = _at(sx, blk + bs * nb) - sx2  # sumx[n] - sumx[i2]
-        rw3 = _at(sw, blk + bs * nb) - sw2
+        sx1, sx2, sw1, sw2 = take_flat(sx, f1), take_flat(sx, f2), take_flat(sw, f1), take_flat(sw, f2)
+        r3 = take_flat(sx, blk + bs * nb) - sx2  # sumx[n] - sumx[i2]
+        rw3 = take_flat(sw, blk + bs * nb) - sw2
         d8 = (sx2 - sx1) * xp1
         qq = ((sw2 - sw1) * xp1) * xp1
         qx = np.where(minus, (sx1 * xm0 - d8) + r3 * xm2, (sx1 * xp0 + d8) + r3 * xp2)
@@ -973,10 +968,10 @@ def _iq1m_search(x: F32Array, w: F32Array) -> tuple[npt.NDArray[np.int8], F32Arr
         f2 = p2i * nb + blk
         hq: list[tuple[F32Array, F32Array, F32Array, F32Array]] = []
         for h in (0, 1):
-            sxh = _at(px[h], f1) + _at(px[h], f2)
+            sxh = take_flat(px[h], f1) + take_flat(px[h], f2)
             tws = pw[h][bs][blk]
-            w1 = _at(pw[h], f1)
-            w2 = _at(pw[h], f2)
+            w1 = take_flat(pw[h], f1)
+            w2 = take_flat(pw[h], f2)
             hq.append(
                 (
                     tp[h][blk] - sxh,

@@ -40,13 +40,12 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from ._iq2_tables import KMAP_SIZE, GridTables, first_min, iq2_tables
-from ._numeric import F32Array, U8Array, fp32_to_fp16_bits, nearest_int, seq_sum
+from ._numeric import F32Array, U8Array, fp32_to_fp16_bits, nearest_int, seq_sum, take_flat
 
 __all__ = ["quantize_iq2_s", "quantize_iq2_xs", "quantize_iq2_xxs"]
 
@@ -270,16 +269,6 @@ def _grid(name: str) -> _Grid:
     )
 
 
-_T = TypeVar("_T", bound=np.generic)
-
-
-def _take(a: npt.NDArray[_T], idx: npt.NDArray[np.integer[Any]]) -> npt.NDArray[_T]:
-    """``a.reshape(-1)[idx]`` for in-range ``idx`` (see the module notes on ``mode="clip"``). The method,
-    not ``np.take``: its Python wrapper costs ~1 us a call, and there are thousands of calls a chunk."""
-    out: npt.NDArray[_T] = a.take(idx, mode="clip")
-    return out
-
-
 def _seqsum(a: F32Array) -> F32Array:
     """C's ``float s = 0; for (i...) s += a[i];`` along the (short) last axis (whole-column adds)."""
     if a.shape[-1] == 0:
@@ -368,7 +357,7 @@ def _exact_chunk(g: _Grid, rows: I32Array, cnt: I32Array, terms: F32Array) -> I3
     n = rows.shape[0]
     seg = np.cumsum(cnt, dtype=np.int64) - cnt
     total = int(seg[-1] + cnt[-1])
-    flat = (_take(t.nb_start, rows) - seg).repeat(cnt) + np.arange(total, dtype=np.int32)
+    flat = (take_flat(t.nb_start, rows) - seg).repeat(cnt) + np.arange(total, dtype=np.int32)
     gid = np.arange(n, dtype=np.int32).repeat(cnt)
     pre = _prefix_sums(terms, _PREFIX)
     d2 = pre.reshape(-1).take(t.nb_lo3.take(flat, mode="clip") * n + gid, mode="clip")
@@ -378,7 +367,7 @@ def _exact_chunk(g: _Grid, rows: I32Array, cnt: I32Array, terms: F32Array) -> I3
         d2 += tflat.take(g.tcode_t[i].take(flat, mode="clip") + base, mode="clip")
     # C's `d2 < best` never picks a NaN; a group without a finite distance takes its first neighbour
     first = first_min(np.where(np.isnan(d2), _INF, d2), seg)
-    out: I32Array = _take(t.nb_flat, _take(flat, first))
+    out: I32Array = take_flat(t.nb_flat, take_flat(flat, first))
     return out
 
 
@@ -478,7 +467,7 @@ def _pick_lines(
     n_e = eb.size
     ev = mi.reshape(n_col, n_p).take(loc, axis=1, mode="clip")  # (n_col, entries)
     ab = mt.take(ev, mode="clip").view(np.float32)
-    _, j, bad = _pick(ab[:, 0::2], ab[:, 1::2], _take(es, eb), _take(thr, eb))
+    _, j, bad = _pick(ab[:, 0::2], ab[:, 1::2], take_flat(es, eb), take_flat(thr, eb))
     pick = ev.reshape(-1).take(j * n_e + np.arange(n_e), mode="clip")
     return eb, np.append(gpts, 0).take(pick, mode="clip"), bad
 
@@ -513,7 +502,7 @@ def _neighbours(
     every neighbour. The scales along a row of ``sc`` must be monotone, spanning a ratio below 1.5.
     """
     n, k_n = codes.shape
-    look = _take(g.look, codes)
+    look = take_flat(g.look, codes)
     on = look >= 0
     gi = look
     coefs = _margin_coefs(xv, wa)
@@ -534,9 +523,9 @@ def _neighbours(
         elast[:-1] = efirst[1:] - 1
         elast[-1] = ent.size - 1
         pgrp = pstart // k_n
-        prow = -1 - _take(lk, pstart)
+        prow = -1 - take_flat(lk, pstart)
         egrp = ent // k_n
-        es = _take(sc[a:b].reshape(-1), ent)
+        es = take_flat(sc[a:b].reshape(-1), ent)
         cf = coefs.take(a + egrp, axis=0, mode="clip")
         thr = cf[:, 0] * es
         thr += cf[:, 1]
@@ -551,12 +540,12 @@ def _neighbours(
         lines_l: list[
             tuple[npt.NDArray[np.uint64], I32Array, npt.NDArray[np.uint16], IntpArray, IntpArray]
         ] = []
-        pbk = _take(g.bucket, prow)
+        pbk = take_flat(g.bucket, prow)
         for bi, width in enumerate(g.widths):
             pl = (pbk == bi).nonzero()[0]
             if pl.size == 0:
                 continue
-            rows_b = _take(g.slot, _take(prow, pl))
+            rows_b = take_flat(g.slot, take_flat(prow, pl))
             nbp = g.nbp[bi]
             # (parts, width, pairs): every neighbour of a pair is a column entry, pairs run along rows
             idx = g.hcode[bi].take(rows_b, axis=2, mode="clip")
@@ -567,13 +556,13 @@ def _neighbours(
                 ab_sum += ab[part]
             av = ab_sum[:, :, 0]
             b2 = ab_sum[:, :, 1]
-            f, la = _take(efirst, pl), _take(elast, pl)
-            est0, j0, bad0 = _pick(av, b2, _take(es, f), _take(thr, f))
+            f, la = take_flat(efirst, pl), take_flat(elast, pl)
+            est0, j0, bad0 = _pick(av, b2, take_flat(es, f), take_flat(thr, f))
             if k_n == 1:  # one candidate per run: both ends are the same entry
                 est1, j1, bad1 = est0, j0, bad0
             else:
-                est1, j1, bad1 = _pick(av, b2, _take(es, la), _take(thr, la))
-            ends = ~(bad0 | bad1 | _take(bad_e, f) | _take(bad_e, la))
+                est1, j1, bad1 = _pick(av, b2, take_flat(es, la), take_flat(thr, la))
+            ends = ~(bad0 | bad1 | take_flat(bad_e, f) | take_flat(bad_e, la))
             dec = ends & (j0 == j1)
             nbp_flat = nbp.reshape(-1)
             rw = rows_b * width
@@ -596,16 +585,16 @@ def _neighbours(
                     t0, t1 = t0[only2], t1[only2]
                     # the two lines' packed (A, 2B), pair by pair, then entry by entry
                     abu = ab_sum.view(np.uint64).reshape(-1)
-                    line0, line1 = _take(abu, t0 * pl.size + p2), _take(abu, t1 * pl.size + p2)
+                    line0, line1 = take_flat(abu, t0 * pl.size + p2), take_flat(abu, t1 * pl.size + p2)
                     loc, eb = _run_entries(f[p2], la[p2])
-                    ln0, ln1 = _take(line0, loc).view(np.float32), _take(line1, loc).view(np.float32)
-                    se = _take(es, eb)
+                    ln0, ln1 = take_flat(line0, loc).view(np.float32), take_flat(line1, loc).view(np.float32)
+                    se = take_flat(es, eb)
                     d = ln1[0::2] * se - ln1[1::2]
                     d -= ln0[0::2] * se - ln0[1::2]
                     g1 = nbp_flat.take(rw[p2] + t1, mode="clip").take(loc, mode="clip")
                     g0 = nbp_flat.take(rw[p2] + t0, mode="clip").take(loc, mode="clip")
                     res[eb] = np.where(d < 0, g1, g0)
-                    bad = ~(np.abs(d) > _take(thr, eb)) | _take(bad_e, eb)
+                    bad = ~(np.abs(d) > take_flat(thr, eb)) | take_flat(bad_e, eb)
                     if bad.any():
                         amb_l.append(eb[bad])
                     dec[p2] = True
@@ -614,15 +603,15 @@ def _neighbours(
                 if p2.size:
                     # the members' (A, 2B) and grid points now; evaluated once per block below
                     rr, cc = np.nonzero(inset[:, few].T)  # pair by pair, rows ascending
-                    pr = _take(p2, rr)
+                    pr = take_flat(p2, rr)
                     abu = ab_sum.view(np.uint64).reshape(-1)
                     lines_l.append(
                         (
                             abu.take(cc * pl.size + pr, mode="clip"),
-                            nbp_flat.take(_take(rw, pr) + cc, mode="clip"),
+                            nbp_flat.take(take_flat(rw, pr) + cc, mode="clip"),
                             n_in[few],
-                            _take(f, p2),
-                            _take(la, p2),
+                            take_flat(f, p2),
+                            take_flat(la, p2),
                         )
                     )
                     dec[p2] = True
@@ -635,15 +624,15 @@ def _neighbours(
             ab_e = (
                 ab_sum.view(np.uint64)[:, :, 0].take(loc, axis=1, mode="clip").view(np.float32)
             )  # (A, 2B) pairs
-            _, j, bad = _pick(ab_e[:, 0::2], ab_e[:, 1::2], _take(es, eb), _take(thr, eb))
-            res[eb] = _take(nbp_flat, _take(rw, loc) + j)
-            bad |= _take(bad_e, eb)
+            _, j, bad = _pick(ab_e[:, 0::2], ab_e[:, 1::2], take_flat(es, eb), take_flat(thr, eb))
+            res[eb] = take_flat(nbp_flat, take_flat(rw, loc) + j)
+            bad |= take_flat(bad_e, eb)
             if bad.any():
                 amb_l.append(eb[bad])
         if lines_l:
             eb, gl, bad = _pick_lines(lines_l, es, thr)
             res[eb] = gl
-            bad |= _take(bad_e, eb)
+            bad |= take_flat(bad_e, eb)
             if bad.any():
                 amb_l.append(eb[bad])
         dec_e = pres.repeat(elast - efirst + 1)
@@ -753,7 +742,7 @@ def _scale_search(
     w_t = np.ascontiguousarray(w.reshape(n_sb, -1).T)
     # the grid points of every changed (sub-block, candidate): flat takes, not 3-D fancy indexing
     at = (sbe * (ng * n_k) + ke) + (np.arange(ng) * n_k)[:, None]  # (ng, m): long rows
-    sumqx, sumq2 = _sub_sums(g, wx_t, w_t, sbe, _take(gi.reshape(-1), at))
+    sumqx, sumq2 = _sub_sums(g, wx_t, w_t, sbe, take_flat(gi.reshape(-1), at))
     best = np.zeros(n_sb, dtype=np.float32)
     kbest = np.full(n_sb, -1, dtype=np.int64)
     for k in range(n_k):
