@@ -25,7 +25,9 @@ def _c_sum(a: np.ndarray, from_first: bool) -> np.ndarray:
     return s
 
 
-@pytest.mark.parametrize("shape", [(32, 5), (32, 1), (256, 1), (7, 3, 2), (16, 1, 1), (1, 4), (300, 2)])
+@pytest.mark.parametrize(
+    "shape", [(32, 5), (32, 1), (256, 1), (7, 3, 2), (16, 1, 1), (1, 4), (300, 2), (8, 4096)]
+)
 @pytest.mark.parametrize("from_first", [False, True])
 def test_seq_sum_is_sequential(shape: tuple[int, ...], from_first: bool) -> None:
     rng = np.random.default_rng(len(shape) * 100 + shape[0])
@@ -36,6 +38,9 @@ def test_seq_sum_is_sequential(shape: tuple[int, ...], from_first: bool) -> None
     b = np.ascontiguousarray(np.moveaxis(np.stack([a, -a]), 0, -1))  # (*shape, 2)
     got_mid = seq_sum(np.moveaxis(b, -1, 0), axis=1, from_first=from_first)
     assert np.array_equal(got_mid[0].view(np.uint32), want.view(np.uint32))
+    # and along the last (innermost) axis, where numpy itself would sum pairwise
+    c = np.ascontiguousarray(np.moveaxis(a, 0, -1))
+    assert np.array_equal(seq_sum(c, axis=-1, from_first=from_first).view(np.uint32), want.view(np.uint32))
     out = np.empty(shape[1:], dtype=np.float32)
     seq_sum(a, from_first=from_first, out=out)
     assert np.array_equal(out.view(np.uint32), want.view(np.uint32))

@@ -129,11 +129,6 @@ def _prefix_t(*vs: F32Array) -> F32Array:
     return z
 
 
-def _seq_sum(v: F32Array) -> F32Array:
-    """``s = 0; for i: s += v[:, i]`` in float32 (C's sequential loop)."""
-    return seq_sum(v.T, axis=0)
-
-
 class Collected(NamedTuple):
     """Candidates gathered while the scores were computed (see :func:`_contenders`)."""
 
@@ -311,7 +306,7 @@ def _c_max(v: F32Array) -> F32Array:
 
 def _imatrix_weights(xsb: F32Array, qw: F32Array) -> F32Array:
     """``weight[i] = qw[i] * sqrtf(sigma2 + x[i]*x[i])``, sigma2 = 2*sum(x^2)/QK_K per super-block."""
-    sumx2 = _seq_sum(xsb * xsb)
+    sumx2 = seq_sum(xsb * xsb, axis=-1)
     sigma2 = (_F(2) * sumx2) / _F(QK_K)
     return qw * np.sqrt(sigma2[:, None] + xsb * xsb)
 
@@ -554,8 +549,8 @@ def _snap_and_refit(
     q = np.take(_grid_values(), gi + np.where(minus, gi.dtype.type(NGRID_IQ1S), 0), axis=0)
     q = q.reshape(na, bs)
     wq = wa * q
-    sqx = _seq_sum(wq * xa)
-    sq2 = _seq_sum(wq * q)
+    sqx = seq_sum(wq * xa, axis=-1)
+    sq2 = seq_sum(wq * q, axis=-1)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         newscale = sqx / sq2
     return gi.reshape(na, ng), np.where(refit & (sqx > 0) & (sq2 > 0), newscale, scale), q
@@ -1049,8 +1044,8 @@ def _iq1m_blocks(xsb: F32Array, qw: F32Array | None) -> U8Array:
     sh = shifts.reshape(nsb, 16)
     q = (lvl_val.reshape(nsb, 16, 16) * (2 * lsc + 1).astype(_F)[:, :, None]).reshape(nsb, QK_K)
     wq = wsb * q
-    sqx = _seq_sum(wq * xsb)
-    sq2 = _seq_sum(wq * q)
+    sqx = seq_sum(wq * xsb, axis=-1)
+    sq2 = seq_sum(wq * q, axis=-1)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         dfit = np.where(sq2 > 0, sqx / sq2, d)
         sbits = fp32_to_fp16_bits((dfit * _F(1.1125)).astype(_F)).astype(np.int64)

@@ -269,16 +269,6 @@ def _grid(name: str) -> _Grid:
     )
 
 
-def _seqsum(a: F32Array) -> F32Array:
-    """C's ``float s = 0; for (i...) s += a[i];`` along the (short) last axis (whole-column adds)."""
-    if a.shape[-1] == 0:
-        return np.zeros(a.shape[:-1], dtype=np.float32)
-    out: F32Array = a[..., 0] + _F0
-    for i in range(1, a.shape[-1]):
-        out += a[..., i]
-    return out
-
-
 def _level_bytes(y: F32Array, safe: bool | None = None, out: U8Array | None = None) -> U8Array:
     """C's ``MAX(0, MIN(2, nearest_int(0.5f*(y - 1))))`` as uint8, same shape as y (into ``out``).
     ``safe``: the caller knows every |y| < _Y_SAFE (no NaN); None checks."""
@@ -872,8 +862,8 @@ def _make_qp_quants_32_4(x: F32Array, w: F32Array) -> F32Array:
     li_int = np.minimum(nearest_int(iscale[:, None] * x), 4)
     lf = li_int.astype(np.float32)
     wx = w * x
-    sumlx = _seqsum(wx * lf)
-    suml2 = _seqsum((w * lf) * lf)
+    sumlx = seq_sum(wx * lf, axis=-1)
+    suml2 = seq_sum((w * lf) * lf, axis=-1)
     # value-major (32, S): the sequential loop over i reads contiguous rows
     lst = np.ascontiguousarray((li_int & 255).T)  # stored as uint8 in C
     wxt = wt * xt
@@ -951,7 +941,7 @@ def _prepare(
     nbl = n_rows * n_per_row // QK_K
     x = rows.reshape(nbl, QK_K)
     x2 = x * x
-    sumx2 = _seqsum(x2)
+    sumx2 = seq_sum(x2, axis=-1)
     sigma2 = (np.float32(2) * sumx2 if iq2s else sumx2) / np.float32(QK_K)
     if imatrix is not None:
         qw = np.broadcast_to(imatrix.reshape(1, n_per_row), (n_rows, n_per_row)).reshape(nbl, QK_K)
