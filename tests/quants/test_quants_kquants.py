@@ -425,3 +425,54 @@ def test_q3_k_super_scale_ties_match_ggml() -> None:
     x[2, 256:272], x[2, 272:288] = x[2, 0:16], -x[2, 0:16]
     x[3] = rng.standard_normal(512).astype(np.float32)
     assert np.array_equal(quantize(x, "Q3_K", threads=1), ggml_bytes(x, spec_for("Q3_K").qtype, None))
+
+
+def _ref_signed_absmax(group: np.ndarray) -> np.float32:
+    """make_q3_quants' ``if (ax > amax) { amax = ax; max = x[i]; }`` from amax = max = 0."""
+    amax, mx = f32(0), f32(0)
+    for v in group:
+        if abs(v) > amax:
+            amax, mx = abs(v), v
+    return mx
+
+
+def test_signed_absmax_picks_cs_element() -> None:
+    """The largest-magnitude element with its sign, bit for bit (zeros are +0.0), on the cases where
+    the sign choice is decided by one rounding or by order: near and exact ties of opposite signs
+    (huge, tiny and subnormal), signed zeros, infinities and NaNs next to random groups."""
+    rng = np.random.default_rng(5)
+    big, sub = f32(3e38), f32(1e-45)
+    cases = [
+        [0.0, -0.0],
+        [-0.0, -0.0],
+        [-0.0, 0.0, -0.0],
+        [1.0, -1.0],
+        [-1.0, 1.0],
+        [1.0, -np.nextafter(f32(1), f32(2))],
+        [-1.0, np.nextafter(f32(1), f32(2))],
+        [np.nextafter(f32(1), f32(0)), -1.0],
+        [big, -big],
+        [-big, big, 1.0],
+        [sub, -sub],
+        [-sub, 2 * sub],
+        [-2 * sub, sub],
+        [np.inf, -np.inf],
+        [-np.inf, np.inf],
+        [-np.inf, 1.0],
+        [np.inf, -big],
+        [np.nan, -1.0],
+        [np.nan, 1.0, -1.0],
+        [-3.0, np.nan, 2.0],
+    ]
+    groups = np.zeros((16, len(cases) + 200), dtype=np.float32)
+    for j, c in enumerate(cases):
+        groups[:, j] = np.resize(np.array(c, dtype=np.float32), 16)  # repeated: no +0.0 padding
+    groups[:, len(cases) :] = rng.standard_normal((16, 200)).astype(np.float32)
+    mx, finite = ss._first_absmax_finite(groups)
+    expected = np.array([_ref_signed_absmax(groups[:, j]) for j in range(groups.shape[1])], dtype=np.float32)
+    assert not finite
+    assert np.array_equal(mx.view(np.uint32), expected.view(np.uint32))
+    finite_part = groups[:, 10:13]  # subnormal near-ties, all finite: the fast path
+    mx_f, finite_f = ss._first_absmax_finite(np.ascontiguousarray(finite_part))
+    assert finite_f
+    assert np.array_equal(mx_f.view(np.uint32), expected[10:13].view(np.uint32))

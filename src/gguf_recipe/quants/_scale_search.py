@@ -211,9 +211,15 @@ def _first_absmax_finite(xt: F32Array) -> tuple[F32Array, bool]:
         mn = clean.min(axis=0)
     else:
         clean = xt
-    neg = -mn
-    # "+ 0.0" turns a -0.0 into +0.0 (all-zero blocks) and leaves everything else alone.
-    m: F32Array = np.where(neg > mx, mn, mx) + _F0
+    neg = np.negative(mn)
+    # np.where(neg > mx, mn, mx) without a data-dependent select: mx + mn < 0 exactly when neg > mx
+    # (a rounded sum keeps the exact sum's sign, and is +0.0 for mx == neg); mx + mn is NaN only for
+    # +-inf, a tie, which is redone below. "+ 0.0" turns a -0.0 into +0.0 (all-zero blocks) and
+    # leaves everything else alone.
+    m: F32Array = np.maximum(mx, neg)
+    with np.errstate(invalid="ignore"):  # inf + -inf
+        np.copysign(m, np.add(mx, mn), out=m)
+    m += _F0
     tie = np.flatnonzero((neg == mx) & (mx != 0))
     if tie.size:
         sub = clean[:, tie]
