@@ -446,8 +446,9 @@ def _q3_levels(rows: F32Array, d: F32Array, keep: Callable[[], AnyArray]) -> U8A
     return L.reshape(-1, QK_K)
 
 
-def _q3_pack(n_super: int, L: U8Array, scale_bytes: U8Array, d: F32Array) -> U8Array:
-    """L in [0, 8): high bit to hmask (bit j/32 of byte j%32), low 2 bits to qs.
+def _q3_pack(n_super: int, L: U8Array, scale_bytes: U8Array, d: F32Array, out: U8Array) -> U8Array:
+    """L in [0, 8): high bit to hmask (bit j/32 of byte j%32), low 2 bits to qs; written with the
+    scales and ``d`` into ``out`` (S, 110).
 
     Byte-parallel on uint64 words: every shift below stays inside its byte once masked. The words are
     first regrouped by j/32 (one small copy) so that every step reads whole contiguous planes instead
@@ -466,13 +467,12 @@ def _q3_pack(n_super: int, L: U8Array, scale_bytes: U8Array, d: F32Array) -> U8A
     qs |= lo[:, 2] << np.uint64(4)
     qs |= lo[:, 1] << np.uint64(2)
     qs |= lo[:, 0]
-    parts = (
-        hm.view(np.uint8).reshape(n_super, 32),
-        qs.transpose(1, 0, 2).view(np.uint8).reshape(n_super, 64),
-        scale_bytes,
-        _fp16_bytes(d),
-    )
-    return np.concatenate(parts, axis=1)
+    # whole uint64 planes above; the strided byte rows of ``out`` (110 apart) are written once each
+    out[:, :32] = hm.view(np.uint8).reshape(n_super, 32)
+    out[:, 32:96].reshape(n_super, 2, 32)[...] = qs.view(np.uint8).reshape(2, n_super, 32).transpose(1, 0, 2)
+    out[:, 96:108] = scale_bytes
+    out[:, 108:110] = _fp16_bytes(d)
+    return out
 
 
 @quiet_fp
@@ -524,7 +524,8 @@ def quantize_q3_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     sc_dec -= np.float32(32)
     dq = _fp16r(d)[:, None] * sc_dec
     L = _q3_levels(rows, dq.reshape(-1), keep)
-    return _q3_pack(n_super, L, scale_bytes, d).reshape(n_rows, -1)
+    out = np.empty((n_super, 110), dtype=np.uint8)
+    return _q3_pack(n_super, L, scale_bytes, d, out).reshape(n_rows, -1)
 
 
 # ---------------------------------------------------------------------------------------------- Q4_K / Q5_K
