@@ -476,3 +476,13 @@ def test_signed_absmax_picks_cs_element() -> None:
     mx_f, finite_f = ss._first_absmax_finite(np.ascontiguousarray(finite_part))
     assert finite_f
     assert np.array_equal(mx_f.view(np.uint32), expected[10:13].view(np.uint32))
+
+
+def test_q3_first_round_small_bounds_only_negative_maxima() -> None:
+    """The no-range-check predicate looks at groups whose largest magnitude is negative only, with
+    |max| in [1e-6, 1e6] inclusive; positive maxima of any size do not matter."""
+    lo, hi = f32(1e-6), f32(1e6)
+    ok = np.array([-lo, -hi, -1, 1e-30, 1e30, 0, -0.0], dtype=np.float32)
+    assert ss._q3_first_round_small(ok)
+    for bad in (np.nextafter(-lo, f32(0)), np.nextafter(-hi, f32(-np.inf)), f32(-1e-30)):
+        assert not ss._q3_first_round_small(np.append(ok, bad).astype(np.float32))
