@@ -475,8 +475,13 @@ def _q3_pack(n_super: int, L: U8Array, scale_bytes: U8Array, d: F32Array, out: U
     return out
 
 
-@quiet_fp
-def quantize_q3_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
+def quantize_q3_k(rows: F32Array, imatrix: F32Array | None, out: U8Array | None = None) -> U8Array:
+    """Q3_K rows, written into ``out`` (the caller's ``(n_rows, row_bytes)`` rows) when given."""
+    with np.errstate(all="ignore"):  # as quiet_fp
+        return _q3_k(rows, imatrix, out)
+
+
+def _q3_k(rows: F32Array, imatrix: F32Array | None, dest: U8Array | None) -> U8Array:
     n_rows = rows.shape[0]
     n_super = rows.size // QK_K
     x16 = _groups16(rows)
@@ -524,8 +529,14 @@ def quantize_q3_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     sc_dec -= np.float32(32)
     dq = _fp16r(d)[:, None] * sc_dec
     L = _q3_levels(rows, dq.reshape(-1), keep)
-    out = np.empty((n_super, 110), dtype=np.uint8)
-    return _q3_pack(n_super, L, scale_bytes, d, out).reshape(n_rows, -1)
+    if dest is not None and dest.flags.c_contiguous:
+        _q3_pack(n_super, L, scale_bytes, d, dest.reshape(n_super, 110))
+        return dest
+    packed = _q3_pack(n_super, L, scale_bytes, d, np.empty((n_super, 110), dtype=np.uint8))
+    if dest is None:
+        return packed.reshape(n_rows, -1)
+    dest[...] = packed.reshape(n_rows, -1)
+    return dest
 
 
 # ---------------------------------------------------------------------------------------------- Q4_K / Q5_K
