@@ -646,7 +646,7 @@ def make_q3_quants(
             first = scratch("q3.first", (g,), np.intp)
             first.fill(n)
             np.minimum.at(first, ca, ia)
-            ch = pa[ia == first.take(ca)]
+            ch = pa.take(np.equal(ia, first.take(ca)).nonzero()[0])
             kh, gid = i.take(ch), col.take(ch)
             taken = e.take(ch, axis=1)
             L.reshape(-1)[idx.take(ch)] = taken[4]

@@ -375,8 +375,10 @@ def _q3_super_scale(scales: F32Array, n_super: int) -> tuple[U8Array, F32Array]:
     lo = np.minimum.reduce(sct, axis=0)
     nlo = np.negative(lo)
     if np.isfinite(hi - lo).all() and not ((nlo == hi) & (hi != 0)).any():
-        # one sign holds the largest magnitude: no tie to break
-        max_scale = cast(F32Array, np.where(nlo > hi, lo, hi))
+        # one sign holds the largest magnitude: no tie to break (and hi + lo < 0 exactly when
+        # -lo > hi: the sign picked without a data-dependent select)
+        max_scale = np.maximum(hi, nlo)
+        np.copysign(max_scale, np.add(hi, lo), out=max_scale)
     else:  # NaN, inf, a huge range, or +a and -a both largest (the first one wins)
         max_scale = _first_absmax(sct)[1]
     nz = max_scale != 0
