@@ -424,7 +424,7 @@ def _q3_levels(rows: F32Array, d: F32Array, keep: Callable[[], AnyArray]) -> U8A
     (``keep()``, in the (16, G) group layout) stay. The result lives in a scratch buffer (valid until
     the next call).
 
-    Computed in row order (a division broadcasting ``d`` over each group): the group layout needed a
+    Computed in row order (a division by ``d`` repeated over each group): the group layout needed a
     byte transposition back (16 strided row copies) that cost more than all the rest. nearest_int is
     ggml's own bit trick (exact for every input, no range check): the bits of ``q + 1.5*2^23`` hold
     ``0x400000 + l`` in their low 23 bits; clamped there, their low byte is ``l`` modulo 256.
@@ -433,7 +433,7 @@ def _q3_levels(rows: F32Array, d: F32Array, keep: Callable[[], AnyArray]) -> U8A
     dz = d == 0
     any_dz = bool(dz.any())
     dd = np.where(dz, _F1, d) if any_dz else d
-    # a contiguous divisor: broadcasting d over 16-value inner loops costs three times more
+    # a contiguous divisor: broadcasting d over 16-value inner loops costs more than repeating it
     divisor = np.repeat(dd, 16).reshape(g, 16)
     q = np.divide(np.ascontiguousarray(rows).reshape(g, 16), divisor, out=scratch("q3k.q", (g, 16)))
     q += _MAGIC
