@@ -6,6 +6,8 @@ behaviour on inputs the oracle does not contain.
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -15,6 +17,7 @@ from hypothesis.extra import numpy as hnp
 from gguf_recipe.quants import _scale_search as ss
 from gguf_recipe.quants import quantize, spec_for
 from gguf_recipe.quants._numeric import nearest_int
+from gguf_recipe.quants.registry import QuantIntoFn
 from helpers.quants import round_trip
 
 KQUANTS = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
@@ -425,3 +428,84 @@ def test_q3_k_super_scale_ties_match_ggml() -> None:
     x[2, 256:272], x[2, 272:288] = x[2, 0:16], -x[2, 0:16]
     x[3] = rng.standard_normal(512).astype(np.float32)
     assert np.array_equal(quantize(x, "Q3_K", threads=1), ggml_bytes(x, spec_for("Q3_K").qtype, None))
+
+
+def _ref_signed_absmax(group: np.ndarray) -> np.float32:
+    """make_q3_quants' ``if (ax > amax) { amax = ax; max = x[i]; }`` from amax = max = 0."""
+    amax, mx = f32(0), f32(0)
+    for v in group:
+        if abs(v) > amax:
+            amax, mx = abs(v), v
+    return mx
+
+
+def test_signed_absmax_picks_cs_element() -> None:
+    """The largest-magnitude element with its sign, bit for bit (zeros are +0.0), on the cases where
+    the sign choice is decided by one rounding or by order: near and exact ties of opposite signs
+    (huge, tiny and subnormal), signed zeros, infinities and NaNs next to random groups."""
+    rng = np.random.default_rng(5)
+    big, sub = f32(3e38), f32(1e-45)
+    cases = [
+        [0.0, -0.0],
+        [-0.0, -0.0],
+        [-0.0, 0.0, -0.0],
+        [1.0, -1.0],
+        [-1.0, 1.0],
+        [1.0, -np.nextafter(f32(1), f32(2))],
+        [-1.0, np.nextafter(f32(1), f32(2))],
+        [np.nextafter(f32(1), f32(0)), -1.0],
+        [big, -big],
+        [-big, big, 1.0],
+        [sub, -sub],
+        [-sub, 2 * sub],
+        [-2 * sub, sub],
+        [np.inf, -np.inf],
+        [-np.inf, np.inf],
+        [-np.inf, 1.0],
+        [np.inf, -big],
+        [np.nan, -1.0],
+        [np.nan, 1.0, -1.0],
+        [-3.0, np.nan, 2.0],
+    ]
+    groups = np.zeros((16, len(cases) + 200), dtype=np.float32)
+    for j, c in enumerate(cases):
+        groups[:, j] = np.resize(np.array(c, dtype=np.float32), 16)  # repeated: no +0.0 padding
+    groups[:, len(cases) :] = rng.standard_normal((16, 200)).astype(np.float32)
+    mx, finite = ss._first_absmax_finite(groups)
+    expected = np.array([_ref_signed_absmax(groups[:, j]) for j in range(groups.shape[1])], dtype=np.float32)
+    assert not finite
+    assert np.array_equal(mx.view(np.uint32), expected.view(np.uint32))
+    finite_part = groups[:, 10:13]  # subnormal near-ties, all finite: the fast path
+    mx_f, finite_f = ss._first_absmax_finite(np.ascontiguousarray(finite_part))
+    assert finite_f
+    assert np.array_equal(mx_f.view(np.uint32), expected[10:13].view(np.uint32))
+
+
+def test_q3_first_round_small_bounds_only_negative_maxima() -> None:
+    """The no-range-check predicate looks at groups whose largest magnitude is negative only, with
+    |max| in [1e-6, 1e6] inclusive; positive maxima of any size do not matter."""
+    lo, hi = f32(1e-6), f32(1e6)
+    ok = np.array([-lo, -hi, -1, 1e-30, 1e30, 0, -0.0], dtype=np.float32)
+    assert ss._q3_first_round_small(ok)
+    for bad in (np.nextafter(-lo, f32(0)), np.nextafter(-hi, f32(-np.inf)), f32(-1e-30)):
+        assert not ss._q3_first_round_small(np.append(ok, bad).astype(np.float32))
+
+
+@pytest.mark.parametrize("with_imatrix", [False, True])
+def test_q3_k_writes_into_the_callers_rows(with_imatrix: bool) -> None:
+    """Q3_K's ``out=`` path (what ``quantize`` uses) writes exactly the bytes it returns without it,
+    into contiguous rows and into rows of a wider array, and nothing else."""
+    spec = spec_for("Q3_K")
+    assert spec.writes_into
+    fn = spec.load()
+    into = cast(QuantIntoFn, fn)
+    x = np.random.default_rng(3).standard_normal((3, 512), dtype=np.float32)
+    im = np.random.default_rng(4).exponential(1.0, 512).astype(np.float32) if with_imatrix else None
+    expected = fn(x, im)
+    contiguous = np.zeros_like(expected)
+    assert into(x, im, out=contiguous) is contiguous
+    assert np.array_equal(contiguous, expected)
+    wide = np.full((3, 2 * expected.shape[1]), 0xAB, dtype=np.uint8)
+    assert into(x, im, out=wide[:, : expected.shape[1]]).base is wide
+    assert np.array_equal(wide[:, : expected.shape[1]], expected)
+    assert (wide[:, expected.shape[1] :] == 0xAB).all()

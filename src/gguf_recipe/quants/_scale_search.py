@@ -211,9 +211,18 @@ def _first_absmax_finite(xt: F32Array) -> tuple[F32Array, bool]:
         mn = clean.min(axis=0)
     else:
         clean = xt
-    neg = -mn
-    # "+ 0.0" turns a -0.0 into +0.0 (all-zero blocks) and leaves everything else alone.
-    m: F32Array = np.where(neg > mx, mn, mx) + _F0
+    neg = np.negative(mn)
+    # np.where(neg > mx, mn, mx) without a data-dependent select: mx + mn < 0 exactly when neg > mx
+    # (a rounded sum keeps the exact sum's sign, and is +0.0 for mx == neg); mx + mn is NaN only for
+    # +-inf, a tie, which is redone below. "+ 0.0" turns a -0.0 into +0.0 (all-zero blocks) and
+    # leaves everything else alone.
+    m: F32Array = np.maximum(mx, neg)
+    if finite:
+        np.copysign(m, np.add(mx, mn), out=m)
+    else:
+        with np.errstate(invalid="ignore"):  # inf + -inf (a numpy errstate costs several us)
+            np.copysign(m, np.add(mx, mn), out=m)
+    m += _F0
     tie = np.flatnonzero((neg == mx) & (mx != 0))
     if tie.size:
         sub = clean[:, tie]
@@ -477,8 +486,10 @@ def _q3_first_round_small(mx: F32Array) -> bool:
     C skips the element) or at least about (|mx|/8)^3, far above the rounding error of the sums
     (<= 16 ulp of at most 64|mx|^3). So |x*sl2/slx| <= |mx| * 2*iscale * (1 + small) ~ 2*nmax.
     """
-    m = np.where(mx < 0, mx, -_F1)
-    return bool((m <= -_Q3_MAG_LO).all() and (m >= -_Q3_MAG_HI).all())
+    # no mx in (-1e-6, 0) and none below -1e6 (a select on the sign costs several times more)
+    tiny = np.greater(mx, -_Q3_MAG_LO)
+    tiny &= mx < 0
+    return bool(mx.min() >= -_Q3_MAG_HI and not tiny.any())
 
 
 def _q3_refine(
@@ -489,13 +500,14 @@ def _q3_refine(
     sums: F32Array,
     gid: IntpArray,
     pos: IntpArray,
+    first: F32Array,
     lo: F32Array,
     hi: F32Array,
 ) -> None:
     """make_q3_quants' ``itry`` refinement, in place on ``L`` (n, G) and ``sums`` ([suml2, sumlx], (2, G)),
-    of the groups ``gid`` that have just taken their first change (itry 0, at element ``pos - 1``; ``L``
-    and ``sums`` hold it). ``xr``: the groups as rows (G, n); ``iscale``, ``finite``: as for the initial
-    levels.
+    of the groups ``gid`` that have just taken their first change (itry 0, level ``first`` at element
+    ``pos - 1``; ``L`` and ``sums`` hold it). ``xr``: the groups as rows (G, n); ``iscale``,
+    ``finite``: as for the initial levels. ``n`` is a power of two.
 
     Runs in rounds, one accepted change per group and round. Until the next acceptance every element
     of a group sees the same sums, so all of them are tested at once and the group takes the first
@@ -516,9 +528,11 @@ def _q3_refine(
     z = zbuf[0].reshape(7, a, n)
     xr.take(gid, axis=0, out=z[0], mode="clip")
     # the initial levels again (the same float operations) plus the first change: a column gather of
-    # L costs several times more
-    clamped_levels(np.multiply(z[0], iscale.take(gid)[:, None], out=z[1]), lo, hi, finite)
-    z[1].reshape(-1)[np.arange(0, a * n, n) + pos - 1] = L.reshape(-1).take((pos - 1) * g + gid)
+    # L costs several times more. Per-group factors are repeated to whole rows: a broadcast over
+    # 16-value inner loops costs about three times more.
+    np.multiply(z[0], np.repeat(iscale.take(gid), n).reshape(a, n), out=z[1])
+    clamped_levels(z[1], lo, hi, finite)
+    z[1].reshape(-1)[np.arange(-1, a * n - 1, n) + pos] = first
     np.multiply(z[0], z[0], out=z[2])
     np.multiply(z[2], z[0], out=z[3])
     s: F32Array = sums.take(gid, axis=1)
@@ -526,40 +540,48 @@ def _q3_refine(
     step = pos
     no_step = 5 * n + 1  # the key of a rejected candidate: never a minimum below 5n
     best = np.empty(a, dtype=np.intp)
+    shift, low = n.bit_length() - 1, n - 1
+    if n & low:
+        raise ValueError(f"make_q3_quants: groups of {n}, not a power of two")
     rnd = 0
     while True:
         r = z[4:6]
         np.multiply(z[2:4], z[1], out=r)
         np.multiply(r[0], z[1], out=r[0])
-        np.subtract(s[:, :, None], r, out=r)  # [sl2, slx]: the sums without element i
+        if a > 256:
+            np.subtract(np.repeat(s, n, axis=1).reshape(2, a, n), r, out=r)  # [sl2, slx] without element i
+        else:
+            np.subtract(s[:, :, None], r, out=r)
         nl = np.multiply(z[0], r[0], out=z[6])
         nl /= r[1]
         clamped_levels(nl, lo, hi)
         ne = np.not_equal(nl, z[1], out=nebuf[: a * n].reshape(a, n))
         idx = ne.reshape(-1).nonzero()[0]
-        col, i = _split_index(idx, n)
+        col = idx >> shift
+        i = idx & low
         e = z[2:].reshape(5, -1).take(idx, axis=1)
         acc = _q3_accept(e, s, col)
         pc = step.take(col)
         at = i - pc
-        at &= n - 1
+        at &= low
         at += pc  # the step at which C visits element i next
         key = np.where(acc, at, no_step)
         best.fill(5 * n - 1)  # the last step: a group whose first accepted step is later keeps it
         np.minimum.at(best, col, key)
-        ch = np.flatnonzero(key == best.take(col))
+        ch = np.equal(key, best.take(col)).nonzero()[0]
         if not ch.size:
             return
-        c, kh = col.take(ch), i.take(ch)
+        c = col.take(ch)
         taken = e.take(ch, axis=1)
         s, nlv = taken[0:2], taken[4]
         gid = gid.take(c)
-        L[kh, gid] = nlv
+        zf = idx.take(ch)  # flat (a, n) positions of the changes
+        L.reshape(-1)[(zf & low) * g + gid] = nlv
         sf[gid] = s[0]  # flat scatters: a (2, G) column scatter is slower
         sf[gid + g] = s[1]
         step = at.take(ch)
         step += 1
-        z[1][c, kh] = nlv
+        z[1].reshape(-1)[zf] = nlv
         a = c.size
         best = best[:a]
         rnd += 1
@@ -624,7 +646,7 @@ def make_q3_quants(
             first = scratch("q3.first", (g,), np.intp)
             first.fill(n)
             np.minimum.at(first, ca, ia)
-            ch = pa[ia == first.take(ca)]
+            ch = pa.take(np.equal(ia, first.take(ca)).nonzero()[0])
             kh, gid = i.take(ch), col.take(ch)
             taken = e.take(ch, axis=1)
             L.reshape(-1)[idx.take(ch)] = taken[4]
@@ -632,7 +654,7 @@ def make_q3_quants(
             sf[gid] = taken[0]
             sf[gid + g] = taken[1]
             rows = np.ascontiguousarray(x.T) if xr is None else xr
-            _q3_refine(rows, iscale, finite, L, sums, gid, kh + 1, lo, hi)
+            _q3_refine(rows, iscale, finite, L, sums, gid, kh + 1, taken[4], lo, hi)
         scale = np.where(sums[0] > 0, sums[1] / sums[0], _F0)
     if zero.any():  # C returns L = 0 (before any offset) and 0
         np.copyto(L, np.float32(-nmax), where=zero)

@@ -375,8 +375,10 @@ def _q3_super_scale(scales: F32Array, n_super: int) -> tuple[U8Array, F32Array]:
     lo = np.minimum.reduce(sct, axis=0)
     nlo = np.negative(lo)
     if np.isfinite(hi - lo).all() and not ((nlo == hi) & (hi != 0)).any():
-        # one sign holds the largest magnitude: no tie to break
-        max_scale = cast(F32Array, np.where(nlo > hi, lo, hi))
+        # one sign holds the largest magnitude: no tie to break (and hi + lo < 0 exactly when
+        # -lo > hi: the sign picked without a data-dependent select)
+        max_scale = np.maximum(hi, nlo)
+        np.copysign(max_scale, np.add(hi, lo), out=max_scale)
     else:  # NaN, inf, a huge range, or +a and -a both largest (the first one wins)
         max_scale = _first_absmax(sct)[1]
     nz = max_scale != 0
@@ -422,7 +424,7 @@ def _q3_levels(rows: F32Array, d: F32Array, keep: Callable[[], AnyArray]) -> U8A
     (``keep()``, in the (16, G) group layout) stay. The result lives in a scratch buffer (valid until
     the next call).
 
-    Computed in row order (a division broadcasting ``d`` over each group): the group layout needed a
+    Computed in row order (a division by ``d`` repeated over each group): the group layout needed a
     byte transposition back (16 strided row copies) that cost more than all the rest. nearest_int is
     ggml's own bit trick (exact for every input, no range check): the bits of ``q + 1.5*2^23`` hold
     ``0x400000 + l`` in their low 23 bits; clamped there, their low byte is ``l`` modulo 256.
@@ -431,7 +433,9 @@ def _q3_levels(rows: F32Array, d: F32Array, keep: Callable[[], AnyArray]) -> U8A
     dz = d == 0
     any_dz = bool(dz.any())
     dd = np.where(dz, _F1, d) if any_dz else d
-    q = np.divide(np.ascontiguousarray(rows).reshape(g, 16), dd[:, None], out=scratch("q3k.q", (g, 16)))
+    # a contiguous divisor: broadcasting d over 16-value inner loops costs more than repeating it
+    divisor = np.repeat(dd, 16).reshape(g, 16)
+    q = np.divide(np.ascontiguousarray(rows).reshape(g, 16), divisor, out=scratch("q3k.q", (g, 16)))
     q += _MAGIC
     qi = q.view(np.int32)
     qi &= np.int32(0x007FFFFF)
@@ -444,8 +448,9 @@ def _q3_levels(rows: F32Array, d: F32Array, keep: Callable[[], AnyArray]) -> U8A
     return L.reshape(-1, QK_K)
 
 
-def _q3_pack(n_super: int, L: U8Array, scale_bytes: U8Array, d: F32Array) -> U8Array:
-    """L in [0, 8): high bit to hmask (bit j/32 of byte j%32), low 2 bits to qs.
+def _q3_pack(n_super: int, L: U8Array, scale_bytes: U8Array, d: F32Array, out: U8Array) -> U8Array:
+    """L in [0, 8): high bit to hmask (bit j/32 of byte j%32), low 2 bits to qs; written with the
+    scales and ``d`` into ``out`` (S, 110).
 
     Byte-parallel on uint64 words: every shift below stays inside its byte once masked. The words are
     first regrouped by j/32 (one small copy) so that every step reads whole contiguous planes instead
@@ -464,17 +469,21 @@ def _q3_pack(n_super: int, L: U8Array, scale_bytes: U8Array, d: F32Array) -> U8A
     qs |= lo[:, 2] << np.uint64(4)
     qs |= lo[:, 1] << np.uint64(2)
     qs |= lo[:, 0]
-    parts = (
-        hm.view(np.uint8).reshape(n_super, 32),
-        qs.transpose(1, 0, 2).view(np.uint8).reshape(n_super, 64),
-        scale_bytes,
-        _fp16_bytes(d),
-    )
-    return np.concatenate(parts, axis=1)
+    # whole uint64 planes above; the strided byte rows of ``out`` (110 apart) are written once each
+    out[:, :32] = hm.view(np.uint8).reshape(n_super, 32)
+    out[:, 32:96].reshape(n_super, 2, 32)[...] = qs.view(np.uint8).reshape(2, n_super, 32).transpose(1, 0, 2)
+    out[:, 96:108] = scale_bytes
+    out[:, 108:110] = _fp16_bytes(d)
+    return out
 
 
-@quiet_fp
-def quantize_q3_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
+def quantize_q3_k(rows: F32Array, imatrix: F32Array | None, out: U8Array | None = None) -> U8Array:
+    """Q3_K rows, written into ``out`` (the caller's ``(n_rows, row_bytes)`` rows) when given."""
+    with np.errstate(all="ignore"):  # as quiet_fp
+        return _q3_k(rows, imatrix, out)
+
+
+def _q3_k(rows: F32Array, imatrix: F32Array | None, dest: U8Array | None) -> U8Array:
     n_rows = rows.shape[0]
     n_super = rows.size // QK_K
     x16 = _groups16(rows)
@@ -522,7 +531,14 @@ def quantize_q3_k(rows: F32Array, imatrix: F32Array | None) -> U8Array:
     sc_dec -= np.float32(32)
     dq = _fp16r(d)[:, None] * sc_dec
     L = _q3_levels(rows, dq.reshape(-1), keep)
-    return _q3_pack(n_super, L, scale_bytes, d).reshape(n_rows, -1)
+    if dest is not None and dest.flags.c_contiguous:
+        _q3_pack(n_super, L, scale_bytes, d, dest.reshape(n_super, 110))
+        return dest
+    packed = _q3_pack(n_super, L, scale_bytes, d, np.empty((n_super, 110), dtype=np.uint8))
+    if dest is None:
+        return packed.reshape(n_rows, -1)
+    dest[...] = packed.reshape(n_rows, -1)
+    return dest
 
 
 # ---------------------------------------------------------------------------------------------- Q4_K / Q5_K

@@ -88,7 +88,7 @@ SPECS: dict[GGMLQuantizationType, QuantizerSpec] = {
         _spec(T.Q5_0, "legacy", writes_into=True),
         _spec(T.Q5_1, "legacy", writes_into=True),
         _spec(T.Q2_K, "kquants"),
-        _spec(T.Q3_K, "kquants"),
+        _spec(T.Q3_K, "kquants", writes_into=True),
         _spec(T.Q4_K, "kquants"),
         _spec(T.Q5_K, "kquants"),
         _spec(T.Q6_K, "kquants"),
