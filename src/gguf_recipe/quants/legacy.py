@@ -623,15 +623,18 @@ def _scale_fp16_fast(
     _half_of_magnitude(magnitude, t)
     if not _all_normal_half(t):
         return False
+    signed_rows = range(k)[signed]
     if sign_bits is not None:
         t |= np.right_shift(sign_bits.view(np.uint32), _U16, out=mag)
-    else:
-        sign = np.right_shift(u[signed], _U16, out=mag[signed])
+    elif 0 in signed_rows:
+        sign = np.right_shift(u[:1], _U16, out=mag[:1])
         sign &= _SIGN16
-        t[signed] |= sign
+        t[:1] |= sign
     if k == 2:  # both halves of each block's first word: one strided copy instead of two
         t[1] <<= _U16
         t[0] |= t[1]
+        if 1 in signed_rows:  # the second half's sign is bit 31 of the word: one pass, not two
+            t[0] |= np.bitwise_and(u[1], _SIGN32, out=mag[1])
         dst.view("<u4")[:, 0] = t[0]
     else:
         np.copyto(dst[:, 0], t[0], casting="unsafe")  # the low 16 bits
