@@ -278,10 +278,11 @@ _HUGE_PAGE = 2 << 20
 def _page_aligned(*specs: tuple[tuple[int, ...], type[np.generic]]) -> list[npt.NDArray[Any]]:
     """Empty arrays of the given (shape, dtype), carved from one allocation, each on a page boundary.
 
-    numpy's own large arrays start 16 bytes into a page, and the quad paths run 2-4% slower on such
-    work arrays than on page-aligned ones (measured). An allocation of 4 MiB or more is advised for
-    transparent huge pages by numpy; the arrays then start on a huge page boundary (fewer TLB misses:
-    another 1-2%, measured on 64x4096 chunks).
+    numpy's own arrays start at arbitrary 16-byte offsets (large ones 16 bytes into a page), and the
+    quad paths run 2-4% slower on such work arrays than on page-aligned ones (measured). numpy advises
+    an allocation of 4 MiB or more for transparent huge pages; a set of 2 MiB or more then starts on a
+    huge page boundary (fewer TLB misses: another 1-2%, measured on 64x4096 chunks). The alignment
+    slack is never touched, so it costs address space only.
     """
     sizes = [-(-int(np.prod(shape)) * np.dtype(dt).itemsize // _PAGE) * _PAGE for shape, dt in specs]
     total = sum(sizes)
