@@ -271,6 +271,32 @@ _CHUNK_VALUES = 1 << 18  # quants.CHUNK_VALUES: a whole chunk's transposition is
 _WORK_CACHE_LIMIT = 1 << 20  # values per chunk; work arrays of bigger chunks are not kept between calls
 
 
+_PAGE = 4096
+_HUGE_PAGE = 2 << 20
+
+
+def _page_aligned(*specs: tuple[tuple[int, ...], type[np.generic]]) -> list[npt.NDArray[Any]]:
+    """Empty arrays of the given (shape, dtype), carved from one allocation, each on a page boundary.
+
+    numpy's own arrays start at arbitrary 16-byte offsets (large ones 16 bytes into a page), and the
+    quad paths run 2-4% slower on such work arrays than on page-aligned ones (measured). numpy advises
+    an allocation of 4 MiB or more for transparent huge pages; a set of 2 MiB or more then starts on a
+    huge page boundary (fewer TLB misses: another 1-2%, measured on 64x4096 chunks). The alignment
+    slack is never touched, so it costs address space only.
+    """
+    sizes = [-(-int(np.prod(shape)) * np.dtype(dt).itemsize // _PAGE) * _PAGE for shape, dt in specs]
+    total = sum(sizes)
+    align = _HUGE_PAGE if total >= _HUGE_PAGE else _PAGE
+    raw = np.empty(total + align, dtype=np.uint8)
+    off = -raw.ctypes.data % align
+    arrays = []
+    for (shape, dt), size in zip(specs, sizes, strict=True):
+        n = int(np.prod(shape)) * np.dtype(dt).itemsize
+        arrays.append(raw[off : off + n].view(dt).reshape(shape))
+        off += size
+    return arrays
+
+
 class _Work:
     """The quad-layout paths' work arrays for chunks of ``nb`` blocks, with fixed views of them.
 
@@ -278,25 +304,53 @@ class _Work:
     few reshapes) per array, which adds up over the ~40 numpy calls of a chunk.
     """
 
+    quads: npt.NDArray[np.complex128]
+    red: F32Array
+    pairs: F32Array
+    blk: F32Array
+    bcast: F32Array
+    pairs64: npt.NDArray[np.uint64]
+    q: npt.NDArray[np.int8]
+    h16: npt.NDArray[np.uint32]
+    hi: npt.NDArray[np.uint32]
+    lo: npt.NDArray[np.uint32]
+    qh8: npt.NDArray[np.uint32]
+    qh: npt.NDArray[np.uint32]
+
     def __init__(self, nb: int) -> None:
         n4 = 4 * nb
         self.nb = nb
-        self.quads = np.empty((8, nb), dtype=np.complex128)
+        (
+            self.quads,
+            self.red,  # the 8-row reductions, per lane
+            self.pairs,
+            self.blk,  # per-block values; rows 0, 1: max, min
+            self.bcast,  # per-block values repeated over the 4 lanes
+            self.pairs64,
+            self.q,
+            self.h16,  # fp16 conversion of up to 2 scale rows
+            self.hi,
+            self.lo,
+            self.qh8,
+            self.qh,
+        ) = _page_aligned(
+            ((8, nb), np.complex128),
+            ((2, n4), _F),
+            ((2, n4), _F),
+            ((6, nb), _F),
+            ((2, nb, 4), _F),
+            ((2, nb), np.uint64),
+            ((8, n4), np.int8),
+            ((2, 2, nb), np.uint32),
+            ((4, nb), np.uint32),
+            ((4, nb), np.uint32),
+            ((8, nb), np.uint32),
+            ((nb,), np.uint32),
+        )
         self.xq: F32Array = self.quads.view(np.float32).reshape(8, n4)
-        self.red: F32Array = np.empty((2, n4), dtype=_F)  # the 8-row reductions, per lane
-        self.pairs: F32Array = np.empty((2, n4), dtype=_F)
-        self.blk: F32Array = np.empty((6, nb), dtype=_F)  # per-block values; rows 0, 1: max, min
-        self.bcast: F32Array = np.empty((2, nb, 4), dtype=_F)  # per-block values repeated over the 4 lanes
         self.lanes: F32Array = self.bcast.reshape(2, n4)
         self.bcast64: npt.NDArray[np.uint64] = self.bcast.view(np.uint64)  # (2, nb, 2)
-        self.pairs64 = np.empty((2, nb), dtype=np.uint64)
-        self.q = np.empty((8, n4), dtype=np.int8)
         self.q_u8: U8Array = self.q.view(np.uint8)
-        self.h16 = np.empty((2, 2, nb), dtype=np.uint32)  # fp16 conversion of up to 2 scale rows
-        self.hi = np.empty((4, nb), dtype=np.uint32)
-        self.lo = np.empty((4, nb), dtype=np.uint32)
-        self.qh8 = np.empty((8, nb), dtype=np.uint32)
-        self.qh = np.empty(nb, dtype=np.uint32)
         self._tops: dict[int, npt.NDArray[np.int8]] = {}
         self._half: npt.NDArray[np.uint32] | None = None
         # Fixed views, made once: a view costs 0.1-0.2 us, on a 1-row chunk's ~40 us.
@@ -570,15 +624,18 @@ def _scale_fp16_fast(
     _half_of_magnitude(magnitude, t)
     if not _all_normal_half(t):
         return False
+    signed_rows = range(k)[signed]
     if sign_bits is not None:
         t |= np.right_shift(sign_bits.view(np.uint32), _U16, out=mag)
-    else:
-        sign = np.right_shift(u[signed], _U16, out=mag[signed])
+    elif 0 in signed_rows:
+        sign = np.right_shift(u[:1], _U16, out=mag[:1])
         sign &= _SIGN16
-        t[signed] |= sign
+        t[:1] |= sign
     if k == 2:  # both halves of each block's first word: one strided copy instead of two
         t[1] <<= _U16
         t[0] |= t[1]
+        if 1 in signed_rows:  # the second half's sign is bit 31 of the word: one pass, not two
+            t[0] |= np.bitwise_and(u[1], _SIGN32, out=mag[1])
         dst.view("<u4")[:, 0] = t[0]
     else:
         np.copyto(dst[:, 0], t[0], casting="unsafe")  # the low 16 bits
