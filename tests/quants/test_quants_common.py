@@ -14,7 +14,7 @@ import numpy.typing as npt
 import pytest
 
 from gguf_recipe.quants import CHUNK_VALUES, implemented_types, quantize, spec_for
-from gguf_recipe.quants._numeric import fp32_to_fp16_bits, scratch, seq_sum
+from gguf_recipe.quants._numeric import fp32_to_fp16_bits, page_aligned, scratch, seq_sum
 
 
 def _c_sum(a: np.ndarray, from_first: bool) -> np.ndarray:
@@ -61,6 +61,24 @@ def test_scratch_reuses_per_key() -> None:
     assert np.shares_memory(a, b)
     c = scratch("test.c", (2, 3), np.int32)
     assert c.dtype == np.int32 and not np.shares_memory(a, c)
+
+
+def test_page_aligned_arrays_are_aligned_and_disjoint() -> None:
+    """Work arrays (the legacy quad paths'): the asked shapes and dtypes,
+    C-contiguous, each on a page boundary (a set of 2 MiB or more on a huge page boundary), none
+    overlapping another."""
+    for specs, align in (
+        ((((3, 5), np.float32), ((7,), np.uint64), ((2, 3, 4), np.int8)), 4096),
+        ((((8, 16384), np.complex128), ((2, 32768), np.float32), ((9,), np.uint16)), 2 << 20),
+    ):
+        arrays = page_aligned(*specs)
+        assert [(a.shape, a.dtype) for a in arrays] == [(shape, np.dtype(dt)) for shape, dt in specs]
+        assert all(a.flags.c_contiguous and a.ctypes.data % 4096 == 0 for a in arrays)
+        assert arrays[0].ctypes.data % align == 0
+        for i, a in enumerate(arrays):
+            a.view(np.uint8)[...] = i + 1
+        for i, a in enumerate(arrays):
+            assert np.all(a.view(np.uint8) == i + 1)
 
 
 SHAPES = [(1, 32), (3, 32), (1, 256), (3, 256), (5, 512), (64, 256)]

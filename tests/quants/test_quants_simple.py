@@ -254,25 +254,6 @@ def test_legacy_fast_scale_fp16_is_ieee_or_declines() -> None:
     assert accepted == list(range(113, 143))
 
 
-def test_legacy_work_arrays_are_page_aligned_and_disjoint() -> None:
-    """The quad paths' work arrays: the asked shapes and dtypes, C-contiguous, each on a page boundary
-    (a set of 2 MiB or more on a huge page boundary), none overlapping another."""
-    from gguf_recipe.quants.legacy import _page_aligned
-
-    for specs, align in (
-        ((((3, 5), np.float32), ((7,), np.uint64), ((2, 3, 4), np.int8)), 4096),
-        ((((8, 16384), np.complex128), ((2, 32768), np.float32), ((9,), np.uint16)), 2 << 20),
-    ):
-        arrays = _page_aligned(*specs)
-        assert [(a.shape, a.dtype) for a in arrays] == [(shape, np.dtype(dt)) for shape, dt in specs]
-        assert all(a.flags.c_contiguous and a.ctypes.data % 4096 == 0 for a in arrays)
-        assert arrays[0].ctypes.data % align == 0
-        for i, a in enumerate(arrays):
-            a.view(np.uint8)[...] = i + 1
-        for i, a in enumerate(arrays):
-            assert np.all(a.view(np.uint8) == i + 1)
-
-
 moderate_f32 = st.floats(min_value=-1e4, max_value=1e4, width=32, allow_nan=False)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ._numeric import F32Array, U8Array, cast_fp16_bits, scratch, seq_sum
+from ._numeric import F32Array, U8Array, cast_fp16_bits, page_aligned, scratch, seq_sum
 from ._scale_search import clamped_levels, make_qx_quants_iscale
 
 __all__ = ["quantize_q4_0", "quantize_q4_1", "quantize_q5_0", "quantize_q5_1", "quantize_q8_0"]
@@ -271,32 +271,6 @@ _CHUNK_VALUES = 1 << 18  # quants.CHUNK_VALUES: a whole chunk's transposition is
 _WORK_CACHE_LIMIT = 1 << 20  # values per chunk; work arrays of bigger chunks are not kept between calls
 
 
-_PAGE = 4096
-_HUGE_PAGE = 2 << 20
-
-
-def _page_aligned(*specs: tuple[tuple[int, ...], type[np.generic]]) -> list[npt.NDArray[Any]]:
-    """Empty arrays of the given (shape, dtype), carved from one allocation, each on a page boundary.
-
-    numpy's own arrays start at arbitrary 16-byte offsets (large ones 16 bytes into a page), and the
-    quad paths run 2-4% slower on such work arrays than on page-aligned ones (measured). numpy advises
-    an allocation of 4 MiB or more for transparent huge pages; a set of 2 MiB or more then starts on a
-    huge page boundary (fewer TLB misses: another 1-2%, measured on 64x4096 chunks). The alignment
-    slack is never touched, so it costs address space only.
-    """
-    sizes = [-(-int(np.prod(shape)) * np.dtype(dt).itemsize // _PAGE) * _PAGE for shape, dt in specs]
-    total = sum(sizes)
-    align = _HUGE_PAGE if total >= _HUGE_PAGE else _PAGE
-    raw = np.empty(total + align, dtype=np.uint8)
-    off = -raw.ctypes.data % align
-    arrays = []
-    for (shape, dt), size in zip(specs, sizes, strict=True):
-        n = int(np.prod(shape)) * np.dtype(dt).itemsize
-        arrays.append(raw[off : off + n].view(dt).reshape(shape))
-        off += size
-    return arrays
-
-
 class _Work:
     """The quad-layout paths' work arrays for chunks of ``nb`` blocks, with fixed views of them.
 
@@ -333,7 +307,7 @@ class _Work:
             self.lo,
             self.qh8,
             self.qh,
-        ) = _page_aligned(
+        ) = page_aligned(
             ((8, nb), np.complex128),
             ((2, n4), _F),
             ((2, n4), _F),
