@@ -61,10 +61,11 @@ def test_scratch_reuses_per_key() -> None:
     assert np.shares_memory(a, b)
     c = scratch("test.c", (2, 3), np.int32)
     assert c.dtype == np.int32 and not np.shares_memory(a, c)
+    assert a.ctypes.data % 4096 == 0 and c.ctypes.data % 4096 == 0
 
 
 def test_page_aligned_arrays_are_aligned_and_disjoint() -> None:
-    """Work arrays (the legacy quad paths'): the asked shapes and dtypes,
+    """Work arrays (the legacy quad paths', every scratch buffer): the asked shapes and dtypes,
     C-contiguous, each on a page boundary (a set of 2 MiB or more on a huge page boundary), none
     overlapping another."""
     for specs, align in (

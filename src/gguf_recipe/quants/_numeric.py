@@ -199,7 +199,7 @@ def scratch(key: str, shape: tuple[int, ...], dtype: type[np.generic] = np.float
         size *= d
     buf = pool.get(key)
     if buf is None or buf.size < size or buf.dtype != dtype:
-        buf = np.empty(size, dtype=dtype)
+        (buf,) = page_aligned(((size,), dtype))
         if size <= _SCRATCH_CACHE_LIMIT:
             pool[key] = buf
     return buf[:size].reshape(shape)
