@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -15,6 +15,7 @@ import pytest
 
 from gguf_recipe.quants import CHUNK_VALUES, implemented_types, quantize, spec_for
 from gguf_recipe.quants._numeric import fp32_to_fp16_bits, page_aligned, scratch, seq_sum
+from gguf_recipe.quants.registry import QuantIntoFn
 
 
 def _c_sum(a: np.ndarray, from_first: bool) -> np.ndarray:
@@ -182,3 +183,31 @@ def test_fp16_bits_match_numpy_conversion() -> None:
     np.testing.assert_array_equal(got, want)
     small = np.concatenate([np.flatnonzero(nan)[:50], np.arange(50)])  # the small-array path
     np.testing.assert_array_equal(fp32_to_fp16_bits(x[small]), want[small])
+
+
+_WRITES_INTO = [t for t in implemented_types() if spec_for(t).writes_into]
+
+
+def test_the_direct_writers_include_the_streaming_types() -> None:
+    names = {t.name for t in _WRITES_INTO}
+    assert {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q3_K"} <= names
+
+
+@pytest.mark.parametrize("qtype", _WRITES_INTO, ids=lambda t: t.name)
+@pytest.mark.parametrize("with_imatrix", [False, True])
+def test_writing_into_the_callers_rows_gives_the_returned_bytes(qtype: Any, with_imatrix: bool) -> None:
+    """The ``out=`` path (what ``quantize`` uses for these types) fills the caller's rows with exactly
+    the bytes the function returns without it, contiguous rows and rows of a wider array, and nothing
+    else."""
+    fn = spec_for(qtype).load()
+    into = cast(QuantIntoFn, fn)
+    x = np.random.default_rng(3).standard_normal((3, 512), dtype=np.float32)
+    im = np.random.default_rng(4).exponential(1.0, 512).astype(np.float32) if with_imatrix else None
+    expected = fn(x, im)
+    contiguous = np.zeros_like(expected)
+    assert np.shares_memory(into(x, im, out=contiguous), contiguous)
+    assert np.array_equal(contiguous, expected)
+    wide = np.full((3, 2 * expected.shape[1]), 0xAB, dtype=np.uint8)
+    assert np.shares_memory(into(x, im, out=wide[:, : expected.shape[1]]), wide)
+    assert np.array_equal(wide[:, : expected.shape[1]], expected)
+    assert (wide[:, expected.shape[1] :] == 0xAB).all()

@@ -6,8 +6,6 @@ behaviour on inputs the oracle does not contain.
 
 from __future__ import annotations
 
-from typing import cast
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -17,7 +15,6 @@ from hypothesis.extra import numpy as hnp
 from gguf_recipe.quants import _scale_search as ss
 from gguf_recipe.quants import quantize, spec_for
 from gguf_recipe.quants._numeric import nearest_int
-from gguf_recipe.quants.registry import QuantIntoFn
 from helpers.quants import round_trip
 
 KQUANTS = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
@@ -489,23 +486,3 @@ def test_q3_first_round_small_bounds_only_negative_maxima() -> None:
     assert ss._q3_first_round_small(ok)
     for bad in (np.nextafter(-lo, f32(0)), np.nextafter(-hi, f32(-np.inf)), f32(-1e-30)):
         assert not ss._q3_first_round_small(np.append(ok, bad).astype(np.float32))
-
-
-@pytest.mark.parametrize("with_imatrix", [False, True])
-def test_q3_k_writes_into_the_callers_rows(with_imatrix: bool) -> None:
-    """Q3_K's ``out=`` path (what ``quantize`` uses) writes exactly the bytes it returns without it,
-    into contiguous rows and into rows of a wider array, and nothing else."""
-    spec = spec_for("Q3_K")
-    assert spec.writes_into
-    fn = spec.load()
-    into = cast(QuantIntoFn, fn)
-    x = np.random.default_rng(3).standard_normal((3, 512), dtype=np.float32)
-    im = np.random.default_rng(4).exponential(1.0, 512).astype(np.float32) if with_imatrix else None
-    expected = fn(x, im)
-    contiguous = np.zeros_like(expected)
-    assert into(x, im, out=contiguous) is contiguous
-    assert np.array_equal(contiguous, expected)
-    wide = np.full((3, 2 * expected.shape[1]), 0xAB, dtype=np.uint8)
-    assert into(x, im, out=wide[:, : expected.shape[1]]).base is wide
-    assert np.array_equal(wide[:, : expected.shape[1]], expected)
-    assert (wide[:, expected.shape[1] :] == 0xAB).all()

@@ -3,7 +3,7 @@ with gguf-py's numpy quantizers, and hypothesis properties (never crash, right b
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,8 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from gguf_recipe.quants import implemented_types, quantize, spec_for
-from gguf_recipe.quants.registry import QuantIntoFn
+from gguf_recipe.quants import implemented_types, quantize
 from helpers.ggml_ref import ggml_bytes
 from helpers.quants import FINITE_F32, imatrices
 
@@ -101,27 +100,6 @@ def test_zero_block_sign_conventions() -> None:
     y[0, 0] = -0.0
     y[0, 5] = 1.0
     assert quantize(y, "Q4_1")[0, 2:4].tolist() == [0x00, 0x80]
-
-
-@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"])
-@pytest.mark.parametrize("with_imatrix", [False, True])
-def test_writing_into_the_callers_rows_gives_the_returned_bytes(qtype: str, with_imatrix: bool) -> None:
-    """The ``out=`` path (what ``quantize`` uses for these types) writes exactly the bytes the function
-    returns without it, into contiguous rows and into rows of a wider array, and nothing else."""
-    spec = spec_for(qtype)
-    assert spec.writes_into
-    fn = spec.load()
-    into = cast(QuantIntoFn, fn)
-    x = np.random.default_rng(3).standard_normal((3, 256), dtype=np.float32)
-    im = np.random.default_rng(4).exponential(1.0, 256).astype(np.float32) if with_imatrix else None
-    expected = fn(x, im)
-    contiguous = np.zeros_like(expected)
-    assert into(x, im, out=contiguous) is contiguous
-    assert np.array_equal(contiguous, expected)
-    wide = np.full((3, 2 * expected.shape[1]), 0xAB, dtype=np.uint8)
-    assert into(x, im, out=wide[:, : expected.shape[1]]).base is wide
-    assert np.array_equal(wide[:, : expected.shape[1]], expected)
-    assert (wide[:, expected.shape[1] :] == 0xAB).all()
 
 
 @pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "MXFP4"])
