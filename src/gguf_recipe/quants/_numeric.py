@@ -153,6 +153,24 @@ def seq_sum(
     return np.add(last, _F0, out=out)  # type: ignore[no-any-return]
 
 
+def out_blocks(dest: U8Array | None, nb: int, size: int) -> U8Array:
+    """The ``(n_blocks, size)`` blocks to write: ``dest`` itself (the caller's ``(n_rows, row_bytes)``
+    output rows) when it is contiguous, else a new array (``finish_blocks`` copies it over)."""
+    if dest is not None and dest.flags.c_contiguous:
+        return dest.reshape(nb, size)
+    return np.empty((nb, size), dtype=np.uint8)
+
+
+def finish_blocks(out: U8Array, n_rows: int, dest: U8Array | None) -> U8Array:
+    """The ``(n_rows, row_bytes)`` result of the blocks from ``out_blocks(dest, ...)``."""
+    if dest is None:
+        res: U8Array = out.reshape(n_rows, -1)
+        return res
+    if not dest.flags.c_contiguous:
+        dest[...] = out.reshape(n_rows, -1)
+    return dest
+
+
 _TLS = threading.local()
 _SCRATCH_CACHE_LIMIT = 1 << 20  # elements; bigger buffers (very long rows) are not kept between calls
 

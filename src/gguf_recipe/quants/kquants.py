@@ -16,9 +16,11 @@ import numpy.typing as npt
 from ._numeric import (
     F32Array,
     U8Array,
+    finish_blocks,
     fp16_round,
     fp32_to_fp16_bits,
     nearest_int,
+    out_blocks,
     quiet_fp,
     scratch,
     seq_sum,
@@ -531,14 +533,8 @@ def _q3_k(rows: F32Array, imatrix: F32Array | None, dest: U8Array | None) -> U8A
     sc_dec -= np.float32(32)
     dq = _fp16r(d)[:, None] * sc_dec
     L = _q3_levels(rows, dq.reshape(-1), keep)
-    if dest is not None and dest.flags.c_contiguous:
-        _q3_pack(n_super, L, scale_bytes, d, dest.reshape(n_super, 110))
-        return dest
-    packed = _q3_pack(n_super, L, scale_bytes, d, np.empty((n_super, 110), dtype=np.uint8))
-    if dest is None:
-        return packed.reshape(n_rows, -1)
-    dest[...] = packed.reshape(n_rows, -1)
-    return dest
+    out = _q3_pack(n_super, L, scale_bytes, d, out_blocks(dest, n_super, 110))
+    return finish_blocks(out, n_rows, dest)
 
 
 # ---------------------------------------------------------------------------------------------- Q4_K / Q5_K

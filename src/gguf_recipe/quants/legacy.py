@@ -22,7 +22,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ._numeric import F32Array, U8Array, cast_fp16_bits, page_aligned, scratch, seq_sum
+from ._numeric import (
+    F32Array,
+    U8Array,
+    cast_fp16_bits,
+    finish_blocks,
+    out_blocks,
+    page_aligned,
+    scratch,
+    seq_sum,
+)
 from ._scale_search import clamped_levels, make_qx_quants_iscale
 
 __all__ = ["quantize_q4_0", "quantize_q4_1", "quantize_q5_0", "quantize_q5_1", "quantize_q8_0"]
@@ -616,24 +625,6 @@ def _scale_fp16_fast(
     return True
 
 
-def _out_blocks(dest: U8Array | None, nb: int, size: int) -> U8Array:
-    """The ``(n_blocks, size)`` blocks to write: ``dest`` itself (the caller's ``(n_rows, row_bytes)``
-    output rows) when it is contiguous, else a new array (``_finish_blocks`` copies it over)."""
-    if dest is not None and dest.flags.c_contiguous:
-        return dest.reshape(nb, size)
-    return np.empty((nb, size), dtype=np.uint8)
-
-
-def _finish_blocks(out: U8Array, n_rows: int, dest: U8Array | None) -> U8Array:
-    """The ``(n_rows, row_bytes)`` result of the blocks from ``_out_blocks(dest, ...)``."""
-    if dest is None:
-        res: U8Array = out.reshape(n_rows, -1)
-        return res
-    if not dest.flags.c_contiguous:
-        dest[...] = out.reshape(n_rows, -1)
-    return dest
-
-
 def _pack_nibble_blocks(
     w: _Work, out: U8Array, scales: F32Array | None, qs_off: int, qh_off: int | None
 ) -> None:
@@ -690,7 +681,7 @@ def _q8_0(rows: F32Array, dest: U8Array | None) -> U8Array:
     half |= _HALF_DOWN_BITS
     v += half.view(np.float32)
     np.copyto(w.q, v, casting="unsafe")
-    out = _out_blocks(dest, nb, 34)
+    out = out_blocks(dest, nb, 34)
     scale = out[:, :2].view("<u2")
     _scale_fp16_into(w, d.reshape(1, nb), scale)
     if nan_d is not None:
@@ -698,7 +689,7 @@ def _q8_0(rows: F32Array, dest: U8Array | None) -> U8Array:
     words = out[:, 2:].view("<u4")
     for i, row in enumerate(_words(w.q_u8)):  # one strided row each: a 2-D copy runs along the short axis
         words[:, i] = row
-    return _finish_blocks(out, rows.shape[0], dest)
+    return finish_blocks(out, rows.shape[0], dest)
 
 
 def _q8_0_nan_block_scales(rows: F32Array, d: F32Array) -> npt.NDArray[np.intp]:
@@ -805,7 +796,7 @@ def _quantize_nibbles(
     nmax, levels = 1 << (bits - 1), (1 << bits) - 1
     with np.errstate(all="ignore"):  # as quiet_fp
         w = _work(rows.size // QK)
-        out = _out_blocks(dest, w.nb, qs_off + 16)
+        out = out_blocks(dest, w.nb, qs_off + 16)
         scales: F32Array | None = None
         if imatrix is not None:
             # the levels go to w.q_u8
@@ -815,7 +806,7 @@ def _quantize_nibbles(
         else:
             _q_0_ref(w, rows, nmax, out[:, :2].view("<u2"))
         _pack_nibble_blocks(w, out, scales, qs_off, qh_off)
-        return _finish_blocks(out, rows.shape[0], dest)
+        return finish_blocks(out, rows.shape[0], dest)
 
 
 def quantize_q4_0(rows: F32Array, imatrix: F32Array | None, out: U8Array | None = None) -> U8Array:
