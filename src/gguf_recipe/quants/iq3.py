@@ -129,11 +129,7 @@ def _trial_sums(codes: I16Array, w: F32Array, wx: F32Array) -> tuple[F32Array, F
     li = scratch("iq3.sums.l", shape, np.int16)
     for j in range(32):
         k, i = divmod(j, 4)
-        np.right_shift(codes[k], np.int16(3 * i), out=li)
-        li &= np.int16(7)
-        li <<= np.int16(1)
-        li |= np.int16(1)
-        np.copyto(q, li)
+        np.copyto(q, _level_positions(codes[k], i, li))
         if j == 0:  # C's sums start from +0.0: 0 + (-0.0) is +0.0
             np.multiply(q, wx[0][:, None], out=sx)
             sx += np.float32(0.0)
@@ -149,15 +145,21 @@ def _trial_sums(codes: I16Array, w: F32Array, wx: F32Array) -> tuple[F32Array, F
     return sx, s2
 
 
+def _level_positions(codes: I16Array, i: int, out: I16Array) -> I16Array:
+    """The positions ``q = 2*l + 1`` of value ``i`` (of 4) of every group code in ``codes``, into ``out``."""
+    np.right_shift(codes, np.int16(3 * i), out=out)
+    out &= np.int16(7)
+    out <<= np.int16(1)
+    out |= np.int16(1)
+    return out
+
+
 def _positions(codes: I16Array) -> F32Array:
     """(8, ...) group codes -> (32, ...) float32 positions ``q = 2*l + 1`` of the 32 values."""
     out = np.empty((8, 4, *codes.shape[1:]), dtype=np.float32)
+    li = np.empty_like(codes)
     for i in range(4):
-        li = codes >> np.int16(3 * i) if i else codes.copy()
-        li &= np.int16(7)
-        li <<= np.int16(1)
-        li |= np.int16(1)
-        out[:, i] = li
+        out[:, i] = _level_positions(codes, i, li)
     return out.reshape((32, *codes.shape[1:]))
 
 
